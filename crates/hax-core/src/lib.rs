@@ -1,0 +1,18 @@
+//! The safe model of Motr's halon interface: fids, HA states and messages,
+//! HA links, and calls into Motr that can only be made from threads Motr knows.
+//!
+//! `hax-sys` is the C boundary; nothing `unsafe` leaves this crate.
+
+pub mod fid;
+pub mod msg;
+pub mod state;
+
+pub use fid::{Fid, FidParseError, FidType, Uint128};
+pub use msg::{
+    BeIoErr, Cookie, FailvecRep, FailvecReq, HaMsg, HaMsgData, HaNote, InvalidMsg, LinkId, Nvec,
+    NvecKind, ProcessEvent, RpcEvent, ServiceEvent, SnsErr, StobIoqError, Tag, NOTES_MAX,
+};
+pub use state::{
+    BeLocation, CmOp, HaState, OutOfRange, ProcessEventKind, ProcessType, ServiceEventKind,
+    ServiceType,
+};

@@ -1,0 +1,1 @@
+//! Simulated m0d processes.
