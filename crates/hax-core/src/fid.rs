@@ -261,12 +261,18 @@ mod tests {
             ("0x:0x1", "container is not a 64-bit hex number"),
             ("0x1:", "key is not a 64-bit hex number"),
             ("0x1:0xg", "key is not a 64-bit hex number"),
-            ("1ffffffffffffffff:1", "container is not a 64-bit hex number"),
+            (
+                "1ffffffffffffffff:1",
+                "container is not a 64-bit hex number",
+            ),
             ("<1:2", "unbalanced angle brackets"),
             ("x|1:2", "unknown type letter"),
             ("rr|1:2", "type must be one letter"),
             ("r|-1:2", "bad container number"),
-            ("r|0x100000000000000:2", "container overflows the 56 bits left by the type"),
+            (
+                "r|0x100000000000000:2",
+                "container overflows the 56 bits left by the type",
+            ),
             ("+1:2", "container is not a 64-bit hex number"),
         ] {
             let e = s.parse::<Fid>().expect_err(s);

@@ -16,3 +16,21 @@ pub use state::{
     BeLocation, CmOp, HaState, OutOfRange, ProcessEventKind, ProcessType, ServiceEventKind,
     ServiceType,
 };
+
+mod callbacks;
+mod ctx;
+mod entrypoint;
+mod error;
+mod halon;
+mod raw;
+pub mod reply;
+mod thread;
+mod trampoline;
+
+pub use callbacks::Callbacks;
+pub use ctx::{Ctx, Outcome};
+pub use entrypoint::{Confd, EntrypointReply, EntrypointRequest, LinkInfo};
+pub use error::{ConvertError, Error, GlueCode, Result};
+pub use halon::{Completion, HaLink, Halon, HalonConfig, StopReport, Tracked};
+pub use reply::{Delivery, Disconnect, EntrypointResponder, FailvecRequest, NvecGet, EAGAIN};
+pub use thread::MotrThread;

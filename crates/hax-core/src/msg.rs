@@ -397,8 +397,7 @@ mod tests {
             Ok(())
         );
         assert!(matches!(
-            HaMsg::nvec_set(vec![HaNote::new(Fid::new(1, 1), HaState::Online)])
-                .validate_for_send(),
+            HaMsg::nvec_set(vec![HaNote::new(Fid::new(1, 1), HaState::Online)]).validate_for_send(),
             Err(InvalidMsg::NotConfFid(_))
         ));
         let many = vec![note(FidType::Sdev, HaState::Online); NOTES_MAX + 1];

@@ -207,6 +207,9 @@ mod tests {
     fn process_events_imply_states() {
         assert_eq!(ProcessEventKind::Started.implied_state(), HaState::Online);
         assert_eq!(ProcessEventKind::Stopped.implied_state(), HaState::Failed);
-        assert_eq!(ProcessEventKind::Stopping.implied_state(), HaState::Transient);
+        assert_eq!(
+            ProcessEventKind::Stopping.implied_state(),
+            HaState::Transient
+        );
     }
 }

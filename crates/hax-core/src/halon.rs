@@ -1,0 +1,459 @@
+//! Starting and stopping the halon interface, and the handle async code uses.
+//!
+//! Motr wants `init`, `start`, `stop` and `fini` on one thread, and every
+//! other call on a thread it knows. hax-core owns two threads for that: the
+//! lifecycle thread, which runs the four lifecycle calls and nothing else
+//! (it is blocked inside `start` and `stop` while callbacks run), and the call
+//! thread, adopted by Motr, which runs the calls that [`HaLink`] and the
+//! reply objects hand over from other threads.
+
+use std::ffi::CString;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{mpsc, Arc};
+use std::task::{Context, Poll};
+use std::thread::JoinHandle;
+
+use hax_sys as sys;
+use tokio::sync::oneshot;
+
+use crate::callbacks::Callbacks;
+use crate::ctx::{lock, CallMsg, Ctx, Outcome, Shared};
+use crate::entrypoint::LinkInfo;
+use crate::error::{Error, Result};
+use crate::fid::Fid;
+use crate::msg::{HaMsg, LinkId, Tag};
+use crate::raw;
+use crate::thread::MotrThread;
+use crate::trampoline::{self, Inner};
+
+/// What the halon interface is started with.
+#[derive(Clone, Debug)]
+pub struct HalonConfig {
+    /// hax's endpoint, where Motr processes connect.
+    pub endpoint: String,
+    /// hax's process fid (type `r`).
+    pub process_fid: Fid,
+    /// hax's HA service fid (type `s`).
+    pub ha_service_fid: Fid,
+    /// hax's RM service fid (type `s`).
+    pub rm_service_fid: Fid,
+    /// Motr debug options (`log-entrypoint log-link log-msg`, ...).
+    pub debug_options: String,
+    /// Node UUID; `None` selects Motr's default.
+    pub node_uuid: Option<String>,
+}
+
+/// What a stop found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StopReport {
+    /// Contract violations the C side counted over the run (0 on real Motr).
+    pub violations: u64,
+    /// Real Motr would have hung in stop (the emulator reported why and went on).
+    pub would_hang: bool,
+}
+
+/// The result of a call handed to hax-core's call thread. Await it, or
+/// [`Completion::wait`] for it from a thread outside any async runtime.
+/// Dropping it does not cancel the call.
+#[derive(Debug)]
+#[must_use = "a completion does nothing unless awaited; drop it to ignore the result"]
+pub struct Completion<T> {
+    pub(crate) rx: oneshot::Receiver<Result<T>>,
+}
+
+impl<T> Completion<T> {
+    /// Blocks until the call has run. Must not be called from async code.
+    pub fn wait(self) -> Result<T> {
+        self.rx.blocking_recv().unwrap_or(Err(Error::NotRunning))
+    }
+}
+
+impl<T> Future for Completion<T> {
+    type Output = Result<T>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
+        Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(Error::NotRunning)))
+    }
+}
+
+/// A cloneable, `Send + Sync` handle to a running halon interface, for any
+/// thread and for async code: every call goes to hax-core's adopted thread.
+#[derive(Clone)]
+pub struct HaLink {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for HaLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HaLink")
+            .field("endpoint", &self.shared.local_endpoint)
+            .finish()
+    }
+}
+
+/// A tracked send: its tag, and the outcome to come.
+#[derive(Debug)]
+pub struct Tracked {
+    /// The message's tag on its link.
+    pub tag: Tag,
+    outcome: oneshot::Receiver<Outcome>,
+}
+
+impl Tracked {
+    /// Waits for the outcome; `Err(NotRunning)` if the interface stopped first.
+    pub async fn outcome(self) -> Result<Outcome> {
+        self.outcome.await.map_err(|_| Error::NotRunning)
+    }
+}
+
+impl HaLink {
+    /// Runs `f` on hax-core's adopted thread, with a [`Ctx`].
+    pub fn run<R: Send + 'static>(
+        &self,
+        f: impl for<'t> FnOnce(&Ctx<'t>) -> Result<R> + Send + 'static,
+    ) -> Completion<R> {
+        self.shared.call(f)
+    }
+
+    /// Sends `msg` on `link`.
+    pub fn send(&self, link: LinkId, msg: HaMsg) -> Completion<Tag> {
+        self.run(move |cx| cx.send(link, &msg))
+    }
+
+    /// Sends `msg` on `link` and tracks whether it is delivered.
+    pub fn send_tracked(&self, link: LinkId, msg: HaMsg) -> Completion<Tracked> {
+        self.run(move |cx| {
+            cx.send_tracked(link, &msg)
+                .map(|(tag, outcome)| Tracked { tag, outcome })
+        })
+    }
+
+    /// Sends `msg` on each of `links`, tracking every send.
+    pub fn broadcast(
+        &self,
+        links: Vec<LinkId>,
+        msg: HaMsg,
+    ) -> Completion<Vec<(LinkId, Result<Tracked>)>> {
+        self.run(move |cx| {
+            msg.validate_for_send()?;
+            Ok(links
+                .into_iter()
+                .map(|l| {
+                    let r = cx
+                        .send_tracked(l, &msg)
+                        .map(|(tag, outcome)| Tracked { tag, outcome });
+                    (l, r)
+                })
+                .collect())
+        })
+    }
+
+    /// The links connected now.
+    pub fn links(&self) -> Vec<LinkInfo> {
+        self.shared.links()
+    }
+
+    /// Links that take messages now (connected, not disconnecting).
+    pub fn active_links(&self) -> Vec<LinkId> {
+        self.shared.active_links()
+    }
+
+    /// Contract violations counted by the C side so far (0 on real Motr).
+    pub fn violations(&self) -> u64 {
+        self.shared.violations()
+    }
+
+    /// Asks the owner's lifecycle thread to stop the interface. Returns at
+    /// once; [`Halon::stop`] waits for it. Harmless when already stopping.
+    pub fn request_stop(&self) {
+        if let Some(tx) = lock(&self.shared.stop_requests).as_ref() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A running halon interface. Dropping it stops it.
+#[must_use = "dropping a Halon stops it"]
+pub struct Halon<C: Callbacks> {
+    shared: Arc<Shared>,
+    inner: Arc<Inner<C>>,
+    lifecycle: Option<JoinHandle<StopReport>>,
+    outcome: Option<(StopReport, Option<String>)>,
+}
+
+impl<C: Callbacks> std::fmt::Debug for Halon<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Halon")
+            .field("endpoint", &self.shared.local_endpoint)
+            .field("running", &self.lifecycle.is_some())
+            .finish()
+    }
+}
+
+fn cstring(what: &str, s: &str) -> Result<CString> {
+    CString::new(s).map_err(|_| Error::InvalidArgument(format!("{what} contains a NUL byte")))
+}
+
+impl<C: Callbacks> Halon<C> {
+    /// Initialises and starts the halon interface. Blocks until Motr's own
+    /// entrypoint request has been answered with rc 0 by `callbacks` (from
+    /// async code, call it inside `spawn_blocking`).
+    pub fn start(cfg: HalonConfig, callbacks: C) -> Result<Self> {
+        let endpoint = cstring("endpoint", &cfg.endpoint)?;
+        let debug = cstring("debug options", &cfg.debug_options)?;
+        let uuid = cfg
+            .node_uuid
+            .as_deref()
+            .map(|u| cstring("node uuid", u))
+            .transpose()?;
+        let shared = Arc::new(Shared::new(cfg.endpoint.clone(), cfg.process_fid));
+        let inner = Arc::new(Inner {
+            cb: callbacks,
+            shared: Arc::clone(&shared),
+        });
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (stop_tx, stop_rx) = mpsc::channel();
+        *lock(&shared.stop_requests) = Some(stop_tx);
+        let life_inner = Arc::clone(&inner);
+        let lifecycle = std::thread::Builder::new()
+            .name("hax-motr-life".into())
+            .spawn(move || {
+                let args = StartArgs {
+                    endpoint,
+                    debug,
+                    uuid,
+                    process: raw::fid_to_raw(cfg.process_fid),
+                    ha_service: raw::fid_to_raw(cfg.ha_service_fid),
+                    rm_service: raw::fid_to_raw(cfg.rm_service_fid),
+                };
+                lifecycle(&life_inner, args, ready_tx, stop_rx)
+            })
+            .map_err(Error::Thread)?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(Halon {
+                shared,
+                inner,
+                lifecycle: Some(lifecycle),
+                outcome: None,
+            }),
+            Ok(Err(e)) => {
+                let _ = lifecycle.join();
+                Err(e)
+            }
+            Err(_) => {
+                let _ = lifecycle.join();
+                Err(Error::NotRunning)
+            }
+        }
+    }
+
+    /// A handle for other threads and async code.
+    pub fn handle(&self) -> HaLink {
+        HaLink {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// The callbacks.
+    pub fn callbacks(&self) -> &C {
+        &self.inner.cb
+    }
+
+    /// Stops the interface: Motr sends its stop events to the self link,
+    /// disconnects every link, and is finalised. Blocks until done (from async
+    /// code, call it inside `spawn_blocking`). Calling it again is harmless
+    /// and returns the same result. `Err(CallbackPanicked)` if a callback
+    /// panicked during the run.
+    pub fn stop(&mut self) -> Result<StopReport> {
+        if let Some(handle) = self.lifecycle.take() {
+            if let Some(tx) = lock(&self.shared.stop_requests).take() {
+                let _ = tx.send(());
+            }
+            let report = handle.join().unwrap_or_else(|_| {
+                tracing::error!("the lifecycle thread panicked");
+                StopReport::default()
+            });
+            let panic = lock(&self.shared.panic).clone();
+            self.outcome = Some((report, panic));
+        }
+        match &self.outcome {
+            Some((_, Some(p))) => Err(Error::CallbackPanicked(p.clone())),
+            Some((report, None)) => Ok(report.clone()),
+            None => Err(Error::NotRunning),
+        }
+    }
+}
+
+impl<C: Callbacks> Drop for Halon<C> {
+    fn drop(&mut self) {
+        if self.lifecycle.is_some() {
+            if let Err(e) = self.stop() {
+                tracing::warn!(error = %e, "halon interface stopped on drop");
+            }
+        }
+    }
+}
+
+struct StartArgs {
+    endpoint: CString,
+    debug: CString,
+    uuid: Option<CString>,
+    process: sys::hax_fid,
+    ha_service: sys::hax_fid,
+    rm_service: sys::hax_fid,
+}
+
+struct GlueHandle(*mut sys::hax_glue);
+// SAFETY: handed to the call thread, which Motr adopts before using it.
+unsafe impl Send for GlueHandle {}
+
+/// The body of the lifecycle thread: init, start, wait, stop, fini.
+fn lifecycle<C: Callbacks>(
+    inner: &Arc<Inner<C>>,
+    args: StartArgs,
+    ready: mpsc::Sender<Result<()>>,
+    stop: mpsc::Receiver<()>,
+) -> StopReport {
+    let shared = &inner.shared;
+    let mut glue: *mut sys::hax_glue = std::ptr::null_mut();
+    // SAFETY: out-pointer and strings are valid for the call; this thread
+    // becomes Motr's init thread.
+    let rc = unsafe {
+        sys::hax_glue_init(
+            &mut glue,
+            args.debug.as_ptr(),
+            args.uuid.as_ref().map_or(std::ptr::null(), |u| u.as_ptr()),
+        )
+    };
+    if rc != 0 {
+        let _ = ready.send(Err(Error::glue("hax_glue_init", rc)));
+        return StopReport::default();
+    }
+    shared.set_glue(glue);
+
+    let (call_tx, call_rx) = mpsc::channel();
+    let (adopted_tx, adopted_rx) = mpsc::channel();
+    let call_shared = Arc::clone(shared);
+    let call_glue = GlueHandle(glue);
+    let call_thread = std::thread::Builder::new()
+        .name("hax-motr-call".into())
+        .spawn(move || call_loop(call_shared, call_glue, call_rx, adopted_tx));
+    let call_thread = match call_thread {
+        Ok(t) => t,
+        Err(e) => {
+            finish(shared, glue);
+            let _ = ready.send(Err(Error::Thread(e)));
+            return StopReport::default();
+        }
+    };
+    if let Ok(Err(e)) | Err(e) = adopted_rx.recv().map_err(|_| Error::NotRunning) {
+        let _ = call_thread.join();
+        finish(shared, glue);
+        let _ = ready.send(Err(e));
+        return StopReport::default();
+    }
+    shared.set_calls(Some(call_tx.clone()));
+
+    let cbs = trampoline::table(inner);
+    // SAFETY: init thread; strings, fids and the callback table are valid for
+    // the call (Motr copies them); `cbs.user` stays valid until fini because
+    // this thread holds `inner`.
+    let rc = unsafe {
+        sys::hax_glue_start(
+            glue,
+            args.endpoint.as_ptr(),
+            &args.process,
+            &args.ha_service,
+            &args.rm_service,
+            &cbs,
+        )
+    };
+    if rc != 0 {
+        stop_call_thread(shared, &call_tx, call_thread);
+        finish(shared, glue);
+        let _ = ready.send(Err(Error::glue("hax_glue_start", rc)));
+        return StopReport::default();
+    }
+    tracing::info!(endpoint = %shared.local_endpoint, "halon interface started");
+    let _ = ready.send(Ok(()));
+
+    // Every stop request, or the loss of every sender, ends the run.
+    let _ = stop.recv();
+    tracing::info!("stopping the halon interface");
+    // SAFETY: init thread, started handle.
+    let rc = unsafe { sys::hax_glue_stop(glue) };
+    let would_hang = rc == sys::HAX_E_HANG;
+    if rc != 0 && !would_hang {
+        tracing::error!(code = %crate::error::GlueCode::from_rc(rc), "hax_glue_stop failed");
+    }
+    let violations = shared.violations();
+    stop_call_thread(shared, &call_tx, call_thread);
+    finish(shared, glue);
+    tracing::info!(violations, would_hang, "halon interface stopped");
+    StopReport {
+        violations,
+        would_hang,
+    }
+}
+
+fn stop_call_thread(shared: &Shared, tx: &mpsc::Sender<CallMsg>, t: JoinHandle<()>) {
+    shared.set_calls(None);
+    let _ = tx.send(CallMsg::Quit);
+    if t.join().is_err() {
+        tracing::error!("the call thread panicked");
+    }
+}
+
+/// Finalises the handle once nothing can use it any more.
+fn finish(shared: &Shared, glue: *mut sys::hax_glue) {
+    shared.set_glue(std::ptr::null_mut());
+    shared.drop_waiters();
+    // SAFETY: init thread; no thread can reach `glue` any more: the call
+    // thread is joined, callbacks ended with stop, and with_glue sees NULL.
+    let rc = unsafe { sys::hax_glue_fini(glue) };
+    if rc != 0 {
+        tracing::error!(code = %crate::error::GlueCode::from_rc(rc), "hax_glue_fini failed");
+    }
+}
+
+fn call_loop(
+    shared: Arc<Shared>,
+    glue: GlueHandle,
+    rx: mpsc::Receiver<CallMsg>,
+    adopted: mpsc::Sender<Result<()>>,
+) {
+    // SAFETY: the handle is initialised; adoption registers this thread.
+    let rc = unsafe { sys::hax_glue_thread_adopt(glue.0) };
+    if rc != 0 {
+        let _ = adopted.send(Err(Error::glue("hax_glue_thread_adopt", rc)));
+        return;
+    }
+    let _ = adopted.send(Ok(()));
+    {
+        // SAFETY: this thread is adopted until thread_shun below, and the
+        // token does not leave this block.
+        let thread = unsafe { MotrThread::assume() };
+        let cx = Ctx {
+            shared: &shared,
+            thread,
+        };
+        while let Ok(CallMsg::Run(f)) = rx.recv() {
+            if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&cx))) {
+                let msg = p
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(panic = %msg, "a call handed to the Motr thread panicked");
+            }
+        }
+    }
+    // SAFETY: this thread was adopted above.
+    let rc = unsafe { sys::hax_glue_thread_shun(glue.0) };
+    if rc != 0 {
+        tracing::warn!(code = %crate::error::GlueCode::from_rc(rc), "thread shun failed");
+    }
+}
