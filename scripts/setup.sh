@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Prepares a Debian machine to build and test hax: the Debian packages the
+# build and the tests need, and a local Consul agent binary. Idempotent; run as
+# root on a fresh machine (package installation needs it).
+set -euo pipefail
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+log() { echo "setup: $*" >&2; }
+
+if ! command -v cargo >/dev/null 2>&1; then
+    log "no Rust toolchain: install one with rustup (stable, 1.85 or newer), then run this again"
+    exit 1
+fi
+
+# gcc and make build the C emulator; libclang-dev lets the bindings test
+# regenerate src/bindings.rs; pkg-config finds libmotr for feature `motr`;
+# procps gives the tests ps/pgrep for leak checks.
+packages=(gcc make libclang-dev pkg-config procps)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        log "missing Debian packages: ${missing[*]} (run as root to install them)"
+        exit 1
+    fi
+    log "installing ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null
+fi
+
+"$repo_root/scripts/install-consul.sh" >/dev/null
+log "ready"
