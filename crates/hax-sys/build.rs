@@ -21,7 +21,10 @@ fn main() {
         motr_backend(&mut build);
     } else {
         println!("cargo:rustc-cfg=hax_backend=\"emulator\"");
-        build.file("csrc/hax_glue_emu.c");
+        build
+            .file("csrc/hax_glue_emu.c")
+            .file("csrc/emu_wire.c")
+            .file("csrc/emu_net.c");
         build.compile("hax_glue_emu");
         println!("cargo:rustc-link-lib=pthread");
     }

@@ -1,0 +1,283 @@
+/*
+ * emu.h - private to the emulator backend of hax_glue.h.
+ *
+ * The emulator stands in for Motr's HA layer: one handle owns a listening
+ * socket, a network thread (poll loop), and one handler thread that plays
+ * Motr's locality 0 and runs every asynchronous callback. All mutable state of
+ * a handle is guarded by h->mu; nothing is global.
+ */
+#ifndef HAX_EMU_H
+#define HAX_EMU_H
+
+#include "hax_glue.h"
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+
+/* Protocol constants (docs/emulator-protocol.md). */
+#define EMU_MAGIC 0x48415845u
+#define EMU_VERSION 1u
+#define EMU_FRAME_MAX 65536u
+#define EMU_STR_MAX 255u
+#define EMU_CONFD_MAX 64u
+#define EMU_OUT_LIMIT (16u << 20)
+#define EMU_FIDTAB_MAX 0x1000u /* HALON_INTERFACE_NVEC_SIZE_MAX */
+#define EMU_IN_CAP (2u * (EMU_FRAME_MAX + 4u))
+
+enum emu_frame_type {
+	F_HELLO = 0x01,
+	F_EP_REQ = 0x02,
+	F_MSG = 0x03,
+	F_DELIVERED = 0x04,
+	F_HELLO_R = 0x81,
+	F_EP_REP = 0x82,
+	F_MSG_R = 0x83,
+	F_DELIVERED_R = 0x84,
+	F_NOLINK = 0x85,
+};
+
+/* Layout of an encoded msg (the protocol's `msg`). */
+#define EMU_MSG_HDR 68u /* 3 fids, time, epoch, u32 type */
+#define EMU_MSG_OFF_TYPE 64u
+#define EMU_NOTE_WIRE 20u /* fid + u32 state */
+
+/* --- little-endian primitives ------------------------------------------- */
+
+static inline void emu_put_u16(uint8_t *p, uint16_t v)
+{
+	p[0] = (uint8_t)v;
+	p[1] = (uint8_t)(v >> 8);
+}
+static inline void emu_put_u32(uint8_t *p, uint32_t v)
+{
+	for (int i = 0; i < 4; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+}
+static inline void emu_put_u64(uint8_t *p, uint64_t v)
+{
+	for (int i = 0; i < 8; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+}
+static inline uint16_t emu_get_u16(const uint8_t *p)
+{
+	return (uint16_t)(p[0] | (p[1] << 8));
+}
+static inline uint32_t emu_get_u32(const uint8_t *p)
+{
+	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+	       (uint32_t)p[3] << 24;
+}
+static inline uint64_t emu_get_u64(const uint8_t *p)
+{
+	return (uint64_t)emu_get_u32(p) | (uint64_t)emu_get_u32(p + 4) << 32;
+}
+
+/* Sequential writer over a buffer sized in advance. */
+struct emu_wr {
+	uint8_t *p;
+};
+static inline void wr_u8(struct emu_wr *w, uint8_t v)
+{
+	*w->p++ = v;
+}
+static inline void wr_u16(struct emu_wr *w, uint16_t v)
+{
+	emu_put_u16(w->p, v);
+	w->p += 2;
+}
+static inline void wr_u32(struct emu_wr *w, uint32_t v)
+{
+	emu_put_u32(w->p, v);
+	w->p += 4;
+}
+static inline void wr_u64(struct emu_wr *w, uint64_t v)
+{
+	emu_put_u64(w->p, v);
+	w->p += 8;
+}
+static inline void wr_fid(struct emu_wr *w, const struct hax_fid *f)
+{
+	wr_u64(w, f->container);
+	wr_u64(w, f->key);
+}
+void wr_str(struct emu_wr *w, const char *s); /* s must be <= EMU_STR_MAX */
+
+/* Bounds-checked sequential reader: once `bad`, every read yields 0. */
+struct emu_rd {
+	const uint8_t *p;
+	size_t n;
+	const char *bad; /* first problem found, NULL while the input is fine */
+};
+uint8_t rd_u8(struct emu_rd *r);
+uint16_t rd_u16(struct emu_rd *r);
+uint32_t rd_u32(struct emu_rd *r);
+uint64_t rd_u64(struct emu_rd *r);
+void rd_fid(struct emu_rd *r, struct hax_fid *f);
+/* Copies a protocol `str` into out[EMU_STR_MAX + 1], NUL-terminated. */
+void rd_str(struct emu_rd *r, char *out);
+void rd_end(struct emu_rd *r); /* marks trailing bytes as bad */
+
+/* --- message codec (emu_wire.c) ----------------------------------------- */
+
+/* Encoded size of *m, or 0 when its type has no encoding. */
+size_t emu_msg_size(const struct hax_msg *m);
+/* Writes exactly emu_msg_size(m) bytes. */
+void emu_msg_encode(const struct hax_msg *m, uint8_t *out);
+/* Validates an encoded msg; NULL when fine, else why it is not. */
+const char *emu_msg_check(const uint8_t *p, size_t n);
+/*
+ * Decodes a validated msg into *m, which the caller keeps zeroed between uses:
+ * *dirty_notes is how many notes the previous decode left behind, so only
+ * those are cleared instead of the whole 24 KB.
+ */
+void emu_msg_decode(const uint8_t *p, size_t n, struct hax_msg *m, uint32_t *dirty_notes);
+bool emu_utf8_ok(const uint8_t *p, size_t n);
+const char *emu_type_name(uint32_t type);
+
+/* --- endpoints and sockets (emu_net.c) ---------------------------------- */
+
+struct emu_ep {
+	int family; /* AF_INET or AF_UNIX */
+	struct sockaddr_storage sa;
+	socklen_t salen;
+	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+};
+
+int emu_ep_parse(const char *s, struct emu_ep *ep);
+/* 0 and a listening non-blocking socket, or a negative errno. */
+int emu_listen(const struct emu_ep *ep, int *fd_out);
+
+/* Growable byte buffer. */
+struct emu_buf {
+	uint8_t *p;
+	size_t len;
+	size_t cap;
+};
+int emu_buf_reserve(struct emu_buf *b, size_t extra);
+void emu_buf_free(struct emu_buf *b);
+
+struct emu_req;
+struct emu_link;
+
+/*
+ * A peer connection. Created, read, written and freed by the network thread
+ * only; other threads reach it through link->conn / req->conn under h->mu and
+ * only append to `out`.
+ */
+struct emu_conn {
+	struct emu_conn *next;
+	struct emu_conn *prev;
+	uint64_t id;
+	int fd;
+	bool hello;           /* peer's HELLO seen */
+	bool doomed;          /* to be dropped by the network thread */
+	char why[160];        /* reason for dropping, logged on close */
+	struct emu_buf out;   /* frames queued by any thread (under mu) */
+	size_t wr_pending;    /* unsent bytes of `wr` (under mu) */
+	struct emu_buf wr;    /* being written by the network thread, no lock */
+	size_t wr_off;
+	uint8_t *in;          /* network thread only */
+	size_t in_len;
+	struct emu_req *req;  /* outstanding EP_REQ, at most one */
+	char peer[64];
+};
+
+/* --- the handle (hax_glue_emu.c) ---------------------------------------- */
+
+enum emu_state { S_INIT = 0, S_STARTING, S_WORKING, S_STOPPING };
+
+struct emu_ring { /* FIFO of uintptr_t, power-of-two capacity */
+	uintptr_t *v;
+	size_t head;
+	size_t len;
+	size_t cap;
+};
+
+struct emu_ev;
+struct emu_logline;
+struct emu_fidslot;
+
+struct hax_glue {
+	pthread_mutex_t mu;
+	pthread_cond_t hcv; /* handler thread waits for events */
+	pthread_cond_t wcv; /* start()/stop() wait for progress */
+	pthread_t init_tid;
+	enum emu_state state;
+	uint32_t stop_timeout_ms;
+	bool log_msg;
+	bool log_link;
+	bool log_ep;
+
+	pthread_t *adopted;
+	size_t n_adopted;
+	size_t cap_adopted;
+
+	/* One run, from start() to the end of stop(). */
+	struct hax_callbacks cbs;
+	char local_ep[HAX_EP_MAX];
+	struct hax_fid process_fid;
+	struct hax_fid ha_fid;
+	struct hax_fid rm_fid;
+	struct hax_u128 cookie;
+	uint64_t runs;
+	uint64_t next_req;
+	uint64_t next_link_id; /* kept across runs: ids are never reused */
+	uint64_t generation;
+	uint64_t ka_counter;
+	struct emu_link **links; /* sorted by id */
+	size_t n_links;
+	size_t cap_links;
+	struct emu_link *self;
+	struct emu_req *reqs;
+	struct emu_ev *evq_head;
+	struct emu_ev *evq_tail;
+	bool handler_sleeping;
+	bool quit_handler;
+	bool quit_net;
+	bool closing; /* stop() no longer takes entrypoint requests */
+	bool threads_up;
+	pthread_t handler_tid;
+	pthread_t net_tid;
+	int wake_fd;
+	bool net_kicked;
+	bool kick_deferred;
+	int listen_fd;
+	struct emu_ep ep;
+	struct emu_conn *conns;
+	size_t n_conns;
+	uint64_t next_conn_id;
+	struct emu_fidslot *fidtab;
+	size_t fid_n;
+	bool self_consumed;
+	int replying; /* entrypoint replies inside their link callback */
+	int waiters;
+	struct emu_logline *logs_head;
+	struct emu_logline *logs_tail;
+	struct hax_msg *scratch; /* handler thread only */
+	uint32_t scratch_dirty;
+
+	uint64_t violations; /* __atomic */
+};
+
+/* Called with h->mu held. */
+void emu_logf(hax_glue *h, int level, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+void emu_unlock(hax_glue *h); /* unlocks, then hands queued log lines out */
+void emu_kick_net(hax_glue *h);
+/* Reserves a frame on c's output: returns where its body goes, or NULL when
+ * the connection is (now) doomed. */
+uint8_t *emu_conn_frame(hax_glue *h, struct emu_conn *c, uint8_t type, size_t body_len);
+void emu_conn_doom(hax_glue *h, struct emu_conn *c, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+/* A complete frame from c; drops c (emu_conn_doom) when it is bad. */
+void emu_on_frame(hax_glue *h, struct emu_conn *c, uint8_t type, const uint8_t *body,
+		  size_t len);
+/* c is about to be freed: forget every reference to it. */
+void emu_on_conn_close(hax_glue *h, struct emu_conn *c);
+
+void *emu_net_main(void *arg);
+void emu_net_free_all(hax_glue *h); /* after the network thread is gone */
+
+#endif /* HAX_EMU_H */
