@@ -262,6 +262,11 @@ impl<C: Callbacks> Halon<C> {
         &self.inner.cb
     }
 
+    /// What the finished stop found, also when it returned an error.
+    pub fn report(&self) -> Option<StopReport> {
+        self.outcome.as_ref().map(|(r, _)| r.clone())
+    }
+
     /// Stops the interface: Motr sends its stop events to the self link,
     /// disconnects every link, and is finalised. Blocks until done (from async
     /// code, call it inside `spawn_blocking`). Calling it again is harmless
