@@ -1,1 +1,5 @@
+//! `hax`: the HA link eXtender daemon.
+
+mod config;
+
 fn main() {}
