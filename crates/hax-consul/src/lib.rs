@@ -2,3 +2,16 @@
 //! event queues, and the HTTP server that receives Consul watch handlers. It
 //! knows nothing of Motr.
 #![forbid(unsafe_code)]
+
+pub mod catalog;
+pub mod client;
+pub mod dev_agent;
+pub mod error;
+pub mod kv;
+pub mod session;
+pub mod txn;
+
+pub use client::{AclToken, ConsulClient, ConsulConfig, Indexed, QueryOptions, RetryPolicy};
+pub use error::{ConsulError, TxnOpError};
+pub use kv::KvPair;
+pub use txn::{TxnOp, TxnResponse};
