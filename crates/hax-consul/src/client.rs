@@ -349,6 +349,10 @@ impl Request {
             self.query.push(("index", index.to_string()));
             self.query.push(("wait", format!("{}ms", wait.as_millis())));
             self.wait = Some(wait);
+            // A blocking read that failed is re-issued by its owner (a
+            // watcher), with the index rules; retrying it here would only
+            // multiply the long timeouts.
+            self.retry = false;
         }
         match opts.consistency {
             Consistency::Default => {}

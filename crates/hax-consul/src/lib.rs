@@ -10,6 +10,7 @@ pub mod error;
 pub mod kv;
 pub mod session;
 pub mod txn;
+pub mod watch;
 
 pub use client::{AclToken, ConsulClient, ConsulConfig, Indexed, QueryOptions, RetryPolicy};
 pub use error::{ConsulError, TxnOpError};
