@@ -8,6 +8,8 @@ pub mod client;
 pub mod dev_agent;
 pub mod error;
 pub mod kv;
+pub mod pyjson;
+pub mod schema;
 pub mod session;
 pub mod txn;
 pub mod watch;
