@@ -9,6 +9,7 @@ pub mod dev_agent;
 pub mod error;
 pub mod kv;
 pub mod pyjson;
+pub mod queue;
 pub mod schema;
 pub mod session;
 pub mod txn;

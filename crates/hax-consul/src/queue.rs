@@ -1,0 +1,423 @@
+//! The broadcast queue (BQ) and event queue (EQ): epoch-numbered KV entries.
+//!
+//! Publishing takes the next epoch with a transaction that check-and-sets the
+//! epoch counter and creates the entry together, so concurrent writers never
+//! share or skip an epoch: the loser of a race gets a 409, re-reads and tries
+//! again.
+//!
+//! Consuming walks the entries above the consumer's offset in numeric order.
+//! After each entry the offset is advanced by a transaction that also checks
+//! the offset has not moved (another consumer with the same name) and may
+//! carry the handler's own KV writes. Effects written that way happen exactly
+//! once with the offset: a consumer killed at any point resumes after the last
+//! committed entry and neither repeats nor skips one. Effects outside Consul
+//! (e.g. notifying Motr) are at-least-once: an entry whose commit was lost is
+//! handled again.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::ConsulClient;
+use crate::error::ConsulError;
+use crate::kv::KvPair;
+use crate::schema::{decode_decimal, QueueKind, QueueMessage, SchemaError};
+use crate::txn::{TxnOp, MAX_TXN_OPS};
+use crate::watch::{PrefixSource, WatchConfig, Watcher};
+
+/// Errors of publishing and consuming.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum QueueError {
+    /// Consul failed. A failed publish may or may not have been applied when
+    /// the failure is a lost answer (timeout, reset): it is not retried here.
+    #[error(transparent)]
+    Consul(#[from] ConsulError),
+    /// A key or value does not fit the schema.
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    /// Too many concurrent writers: the epoch kept moving.
+    #[error("{kind:?} queue: epoch still contended after {attempts} attempts")]
+    Contended {
+        /// The queue.
+        kind: QueueKind,
+        /// Attempts made.
+        attempts: usize,
+    },
+    /// The handler asked for more KV operations than fit in one transaction.
+    #[error(
+        "handler of {key} returned {ops} operations; at most {max} fit with the offset update"
+    )]
+    TooManyOps {
+        /// Entry key.
+        key: String,
+        /// Operations returned.
+        ops: usize,
+        /// Limit.
+        max: usize,
+    },
+    /// The handler failed; the entry stays pending.
+    #[error("handler failed on {key}: {reason}")]
+    Handler {
+        /// Entry key.
+        key: String,
+        /// The handler's error.
+        reason: String,
+    },
+    /// The handler's own transaction operations failed (the offset did not move).
+    #[error("effects of {key} rolled back: {source}")]
+    Effects {
+        /// Entry key.
+        key: String,
+        /// The transaction error.
+        #[source]
+        source: ConsulError,
+    },
+}
+
+/// Result alias of the queues.
+pub type Result<T, E = QueueError> = std::result::Result<T, E>;
+
+/// How many times a publish re-reads the epoch after losing a race.
+const PUBLISH_ATTEMPTS: usize = 200;
+/// How many times one consumption re-reads an offset moved by someone else.
+const MAX_OFFSET_RACES: usize = 1000;
+
+/// Appends messages to a queue.
+#[derive(Debug, Clone)]
+pub struct QueuePublisher {
+    client: ConsulClient,
+    kind: QueueKind,
+}
+
+impl QueuePublisher {
+    /// A publisher of `kind`.
+    pub fn new(client: ConsulClient, kind: QueueKind) -> Self {
+        QueuePublisher { client, kind }
+    }
+
+    /// Appends `message` and returns its epoch. A missing epoch counter counts
+    /// as 0 and is created (only if still absent), so the first entry is 1;
+    /// clusters where cfgen set it to 1 start at 2, as with the original.
+    pub async fn publish(&self, message: &QueueMessage) -> Result<u64> {
+        let epoch_key = self.kind.epoch_key();
+        for attempt in 0..PUBLISH_ATTEMPTS {
+            let current = self.client.kv_get(epoch_key).await?.value;
+            let (epoch, index) = match &current {
+                None => (0, 0),
+                Some(p) => (decode_decimal(epoch_key, &p.value)?, p.modify_index),
+            };
+            let next = epoch + 1;
+            let entry_key = self.kind.entry_key(next);
+            let body = message.encode(&entry_key)?;
+            let ops = [
+                TxnOp::cas(epoch_key, next.to_string(), index),
+                // An entry that already exists means the counter went back
+                // (deleted or restored); never overwrite a message.
+                TxnOp::check_not_exists(entry_key.clone()),
+                TxnOp::set(entry_key.clone(), body),
+            ];
+            match self.client.txn(&ops).await {
+                Ok(_) => {
+                    tracing::debug!(queue = ?self.kind, epoch = next, "published");
+                    return Ok(next);
+                }
+                Err(ConsulError::TxnFailed { errors }) => {
+                    if errors.iter().any(|e| e.op_index == 1) {
+                        self.repair_epoch(index).await?;
+                    } else {
+                        // Lost the race to another writer: back off a little,
+                        // with jitter so the writers spread out.
+                        let ms = fastrand::u64(0..=(2u64 << attempt.min(5)));
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(QueueError::Contended {
+            kind: self.kind,
+            attempts: PUBLISH_ATTEMPTS,
+        })
+    }
+
+    /// Moves the counter up to the highest existing entry.
+    async fn repair_epoch(&self, index: u64) -> Result<()> {
+        let keys = self.client.kv_keys(self.kind.prefix(), None).await?.value;
+        let highest = keys
+            .iter()
+            .filter_map(|k| self.kind.parse_entry_key(k))
+            .max()
+            .unwrap_or(0);
+        tracing::warn!(queue = ?self.kind, highest, "epoch counter behind the entries, moving it up");
+        // If this cas loses, someone else moved the counter: fine either way.
+        self.client
+            .kv_cas(self.kind.epoch_key(), highest.to_string(), index)
+            .await?;
+        Ok(())
+    }
+}
+
+/// One queue entry handed to a consumer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueEntry {
+    /// Its epoch.
+    pub epoch: u64,
+    /// Its key.
+    pub key: String,
+    /// The decoded message, or why it could not be decoded (the handler
+    /// decides whether to skip it).
+    pub message: std::result::Result<QueueMessage, String>,
+}
+
+impl QueueEntry {
+    /// Builds entries from KV pairs (a listing or a watch payload): keys that
+    /// are not entries of `kind` are ignored; sorted by epoch.
+    pub fn from_pairs(kind: QueueKind, pairs: &[KvPair]) -> Vec<QueueEntry> {
+        let mut entries: Vec<QueueEntry> = pairs
+            .iter()
+            .filter_map(|p| {
+                let epoch = kind.parse_entry_key(&p.key)?;
+                Some(QueueEntry {
+                    epoch,
+                    key: p.key.clone(),
+                    message: QueueMessage::decode(&p.key, &p.value).map_err(|e| e.to_string()),
+                })
+            })
+            .collect();
+        entries.sort_by_key(|e| e.epoch);
+        entries
+    }
+}
+
+/// Settings of a consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerConfig {
+    /// Queue.
+    pub kind: QueueKind,
+    /// Name under which the offset is stored (`bq-delivered/<name>`): the
+    /// node's hostname for the BQ.
+    pub name: String,
+    /// Delete each entry together with its offset update (the EQ is consumed
+    /// this way; BQ entries are shared by all nodes and kept).
+    pub delete_consumed: bool,
+}
+
+#[derive(Debug, Default)]
+struct OffsetState {
+    /// Last consumed epoch, `None` if nothing was ever consumed.
+    value: Option<u64>,
+    /// Modify index of the offset key, 0 if absent.
+    index: u64,
+}
+
+/// Consumes a queue in order, keeping its offset in Consul.
+#[derive(Debug)]
+pub struct QueueConsumer {
+    client: ConsulClient,
+    config: ConsumerConfig,
+    offset_key: String,
+    // Serialises consumption within this process: two watch deliveries
+    // handled at once must not run the same entry twice.
+    state: Mutex<OffsetState>,
+}
+
+impl QueueConsumer {
+    /// A consumer; fails on a name that cannot be a key segment.
+    pub fn new(client: ConsulClient, config: ConsumerConfig) -> Result<Self> {
+        let offset_key = config.kind.offset_key(&config.name)?;
+        Ok(QueueConsumer {
+            client,
+            config,
+            offset_key,
+            state: Mutex::new(OffsetState::default()),
+        })
+    }
+
+    /// The offset key.
+    pub fn offset_key(&self) -> &str {
+        &self.offset_key
+    }
+
+    async fn load(&self, state: &mut OffsetState) -> Result<()> {
+        let got = self.client.kv_get(&self.offset_key).await?.value;
+        *state = match got {
+            None => OffsetState {
+                value: None,
+                index: 0,
+            },
+            Some(p) => OffsetState {
+                value: if p.value.is_empty() {
+                    None
+                } else {
+                    Some(decode_decimal(&self.offset_key, &p.value)?)
+                },
+                index: p.modify_index,
+            },
+        };
+        Ok(())
+    }
+
+    /// The last consumed epoch as stored in Consul.
+    pub async fn offset(&self) -> Result<Option<u64>> {
+        let mut state = self.state.lock().await;
+        self.load(&mut state).await?;
+        Ok(state.value)
+    }
+
+    /// Reads the queue and handles every entry above the offset, in order.
+    /// Returns how many entries were handled.
+    pub async fn consume_available<F, Fut, E>(&self, handler: F) -> Result<usize>
+    where
+        F: FnMut(&QueueEntry) -> Fut,
+        Fut: Future<Output = std::result::Result<Vec<TxnOp>, E>>,
+        E: std::fmt::Display,
+    {
+        let pairs = self.client.kv_list(self.config.kind.prefix()).await?.value;
+        self.consume_entries(&QueueEntry::from_pairs(self.config.kind, &pairs), handler)
+            .await
+    }
+
+    /// Handles the given entries (e.g. from a watch payload) that are above
+    /// the offset, in epoch order. For each, `handler` returns KV operations
+    /// to commit atomically with the offset update (none for pure side
+    /// effects). A handler error stops consumption and leaves that entry
+    /// pending. Returns how many entries were handled.
+    pub async fn consume_entries<F, Fut, E>(
+        &self,
+        entries: &[QueueEntry],
+        mut handler: F,
+    ) -> Result<usize>
+    where
+        F: FnMut(&QueueEntry) -> Fut,
+        Fut: Future<Output = std::result::Result<Vec<TxnOp>, E>>,
+        E: std::fmt::Display,
+    {
+        let mut sorted: Vec<&QueueEntry> = entries.iter().collect();
+        sorted.sort_by_key(|e| e.epoch);
+        let mut state = self.state.lock().await;
+        // Always start from the stored offset: another process may have
+        // consumed under the same name since the last call.
+        self.load(&mut state).await?;
+        let mut handled = 0;
+        let mut i = 0;
+        let mut moved = 0;
+        while let Some(entry) = sorted.get(i).copied() {
+            if state.value.is_some_and(|o| entry.epoch <= o) {
+                i += 1;
+                continue;
+            }
+            let mut ops = handler(entry).await.map_err(|e| QueueError::Handler {
+                key: entry.key.clone(),
+                reason: e.to_string(),
+            })?;
+            let extra = ops.len();
+            let fixed = if self.config.delete_consumed { 3 } else { 2 };
+            if extra + fixed > MAX_TXN_OPS {
+                return Err(QueueError::TooManyOps {
+                    key: entry.key.clone(),
+                    ops: extra,
+                    max: MAX_TXN_OPS - fixed,
+                });
+            }
+            let guard = if state.index == 0 {
+                TxnOp::check_not_exists(self.offset_key.clone())
+            } else {
+                TxnOp::check_index(self.offset_key.clone(), state.index)
+            };
+            let mut txn = vec![
+                guard,
+                TxnOp::set(self.offset_key.clone(), entry.epoch.to_string()),
+            ];
+            if self.config.delete_consumed {
+                txn.push(TxnOp::delete(entry.key.clone()));
+            }
+            txn.append(&mut ops);
+            match self.client.txn(&txn).await {
+                Ok(resp) => {
+                    state.value = Some(entry.epoch);
+                    // The guard's result carries the old index; the set's
+                    // the new one.
+                    state.index = resp
+                        .results
+                        .iter()
+                        .filter(|r| r.key == self.offset_key)
+                        .map(|r| r.modify_index)
+                        .max()
+                        .unwrap_or(resp.index);
+                    handled += 1;
+                    i += 1;
+                }
+                Err(ConsulError::TxnFailed { errors })
+                    if errors.iter().any(|e| e.op_index == 0) =>
+                {
+                    // Someone else advanced the offset: re-read it and go on
+                    // from there (this entry included, if they did not reach it).
+                    moved += 1;
+                    if moved > MAX_OFFSET_RACES {
+                        return Err(QueueError::Contended {
+                            kind: self.config.kind,
+                            attempts: moved,
+                        });
+                    }
+                    tracing::info!(consumer = %self.offset_key, epoch = entry.epoch, "offset moved by another consumer");
+                    self.load(&mut state).await?;
+                }
+                Err(e @ ConsulError::TxnFailed { .. }) => {
+                    return Err(QueueError::Effects {
+                        key: entry.key.clone(),
+                        source: e,
+                    })
+                }
+                // The answer may be lost after a commit; the next call starts
+                // by re-reading the stored offset, so nothing is redone twice.
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(handled)
+    }
+
+    /// Follows the queue with a watcher and handles entries as they appear,
+    /// until `cancel`. Handler and Consul errors are logged and retried on
+    /// the next change or after `retry_after`.
+    pub async fn run<F, Fut, E>(
+        &self,
+        watch: WatchConfig,
+        retry_after: Duration,
+        cancel: &CancellationToken,
+        mut handler: F,
+    ) where
+        F: FnMut(&QueueEntry) -> Fut,
+        Fut: Future<Output = std::result::Result<Vec<TxnOp>, E>>,
+        E: std::fmt::Display,
+    {
+        let watcher = Watcher::spawn(
+            self.client.clone(),
+            PrefixSource(self.config.kind.prefix().to_owned()),
+            watch,
+            cancel,
+        );
+        let mut rx = watcher.subscribe();
+        loop {
+            let snapshot = rx.borrow_and_update().clone();
+            if snapshot.loaded {
+                let pairs: Vec<KvPair> = snapshot.value.values().cloned().collect();
+                let entries = QueueEntry::from_pairs(self.config.kind, &pairs);
+                if let Err(e) = self.consume_entries(&entries, &mut handler).await {
+                    tracing::warn!(consumer = %self.offset_key, error = %e, "queue consumption failed, will retry");
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tokio::time::sleep(retry_after) => continue,
+                    }
+                }
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                changed = rx.changed() => if changed.is_err() { break },
+            }
+        }
+        watcher.shutdown().await;
+    }
+}
