@@ -11,6 +11,7 @@ pub mod kv;
 pub mod pyjson;
 pub mod queue;
 pub mod schema;
+pub mod server;
 pub mod session;
 pub mod txn;
 pub mod watch;

@@ -1,0 +1,707 @@
+//! The HTTP server that Consul watch handlers POST to.
+//!
+//! Handlers decode the payloads (base64 values included) into typed
+//! [`WatchUpdate`]s and hand them to the daemon through a bounded channel. A
+//! 2xx answer means the update is in that channel: Consul never retries a
+//! failed handler, so when the channel stays full the answer is 503 and the
+//! update is recovered by the next [`reconcile`] (run on start and
+//! periodically by [`spawn_resync`]), which reads the same data from Consul
+//! and sends the same updates.
+//!
+//! Routes:
+//! * `GET /healthz` – liveness (never needs the bearer token);
+//! * `GET /` – the original hax liveness text;
+//! * `POST /` – `service` watches of hax, confd, ios... (service ids must be
+//!   decimal fid keys);
+//! * `POST /watcher/bq` – `keyprefix` watch of `bq/`;
+//! * `POST /watcher/processes` – `key` watch of one `processes/<fid>` key;
+//! * `POST /watch/{kind}/{label}` with kind `key`, `keyprefix`, `service` or
+//!   `checks` – any other watch, labelled by the deployment.
+//!
+//! Bad input (malformed JSON, wrong shapes, bad base64, bad fids, oversize
+//! bodies) is answered with a 4xx and a JSON error body, and logged.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::{HealthCheck, ServiceEntry};
+use crate::client::{AclToken, ConsulClient, QueryOptions};
+use crate::error::ConsulError;
+use crate::kv::{KvPair, RawKvPair};
+use crate::queue::QueueEntry;
+use crate::schema::{keys, FidText, ProcessStatus, QueueKind};
+
+/// Where an update came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateOrigin {
+    /// A Consul watch handler POST.
+    Watch,
+    /// A read of the KV store / catalog by [`reconcile`].
+    Resync,
+}
+
+/// The data of an update.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UpdateData {
+    /// A `key` watch: the entry, or `None` when the key does not exist.
+    Key(Option<KvPair>),
+    /// A `keyprefix` watch: every entry under the prefix.
+    KeyPrefix(Vec<KvPair>),
+    /// A `service` watch: health entries of the service's instances.
+    Service(Vec<ServiceEntry>),
+    /// A `checks` watch.
+    Checks(Vec<HealthCheck>),
+    /// The broadcast queue (`bq/`), as entries sorted by epoch.
+    BroadcastQueue(Vec<QueueEntry>),
+    /// One process state (`processes/<fid>`); `None` when the key is gone.
+    ProcessState {
+        /// The process.
+        fid: FidText,
+        /// Its recorded state.
+        status: Option<ProcessStatus>,
+    },
+}
+
+/// A typed update handed to the daemon.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WatchUpdate {
+    /// Label of the watch: `service` for `POST /`, `bq` for the BQ route,
+    /// `processes` for the processes route, the `{label}` of generic routes.
+    pub label: String,
+    /// Watch POST or resync.
+    pub origin: UpdateOrigin,
+    /// The data.
+    pub data: UpdateData,
+}
+
+/// Settings of the server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to bind (loopback by default).
+    pub bind: SocketAddr,
+    /// Largest accepted request body; more is answered 413. The BQ watch
+    /// posts the whole `bq/` tree, so this bounds the queue size too.
+    pub body_limit: usize,
+    /// Deadline of one request (408 after it).
+    pub request_timeout: Duration,
+    /// How long a handler waits for room in the update channel before 503.
+    pub enqueue_timeout: Duration,
+    /// When set, every route except `/healthz` needs `Authorization: Bearer <token>`.
+    pub bearer_token: Option<AclToken>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8008)),
+            body_limit: 16 * 1024 * 1024,
+            request_timeout: Duration::from_secs(10),
+            enqueue_timeout: Duration::from_millis(500),
+            bearer_token: None,
+        }
+    }
+}
+
+/// What the routes share.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    updates: mpsc::Sender<WatchUpdate>,
+    config: Arc<ServerConfig>,
+}
+
+impl AppState {
+    /// State handing updates to `updates`.
+    pub fn new(updates: mpsc::Sender<WatchUpdate>, config: ServerConfig) -> Self {
+        AppState {
+            updates,
+            config: Arc::new(config),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Payload decoding (pure, never panics)
+
+/// Why a payload was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind}: {message}")]
+pub struct PayloadError {
+    /// Short class of the error (`json`, `base64`, `fid`, ...).
+    pub kind: &'static str,
+    /// Details.
+    pub message: String,
+}
+
+impl PayloadError {
+    fn new(kind: &'static str, message: impl Into<String>) -> Self {
+        PayloadError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<Option<T>, PayloadError> {
+    // Consul posts `null` when the watched data does not exist; an empty
+    // body is read the same way.
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    // Two steps, so that broken JSON and a JSON of the wrong shape are
+    // told apart in the answer.
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| PayloadError::new("json", e.to_string()))?;
+    serde_json::from_value::<Option<T>>(value)
+        .map_err(|e| PayloadError::new("shape", e.to_string()))
+}
+
+fn decode_pairs(raw: Vec<RawKvPair>) -> Result<Vec<KvPair>, PayloadError> {
+    raw.into_iter()
+        .map(|r| {
+            r.decode()
+                .map_err(|e| PayloadError::new("base64", e.to_string()))
+        })
+        .collect()
+}
+
+/// Decodes a `key` watch payload: one entry or `null`.
+pub fn decode_key_payload(body: &[u8]) -> Result<Option<KvPair>, PayloadError> {
+    match parse_json::<RawKvPair>(body)? {
+        None => Ok(None),
+        Some(raw) => raw
+            .decode()
+            .map(Some)
+            .map_err(|e| PayloadError::new("base64", e.to_string())),
+    }
+}
+
+/// Decodes a `keyprefix` watch payload: a list of entries or `null`.
+pub fn decode_keyprefix_payload(body: &[u8]) -> Result<Vec<KvPair>, PayloadError> {
+    decode_pairs(parse_json::<Vec<RawKvPair>>(body)?.unwrap_or_default())
+}
+
+/// Decodes a `service` watch payload: health entries or `null`.
+pub fn decode_service_payload(body: &[u8]) -> Result<Vec<ServiceEntry>, PayloadError> {
+    Ok(parse_json::<Vec<ServiceEntry>>(body)?.unwrap_or_default())
+}
+
+/// Decodes a `checks` watch payload: checks or `null`.
+pub fn decode_checks_payload(body: &[u8]) -> Result<Vec<HealthCheck>, PayloadError> {
+    Ok(parse_json::<Vec<HealthCheck>>(body)?.unwrap_or_default())
+}
+
+/// Decodes the payload of the hax `service` route: service ids are the
+/// decimal fid keys of Motr processes.
+pub fn decode_hax_service_payload(body: &[u8]) -> Result<Vec<ServiceEntry>, PayloadError> {
+    let entries = decode_service_payload(body)?;
+    for e in &entries {
+        if e.service.id.parse::<u64>().is_err() {
+            return Err(PayloadError::new(
+                "fid",
+                format!(
+                    "service id {:?} of {:?} is not a decimal fid key",
+                    e.service.id, e.service.service
+                ),
+            ));
+        }
+    }
+    Ok(entries)
+}
+
+/// Decodes the BQ watch payload into entries sorted by epoch. Keys that are
+/// not `bq/<n>` are skipped (logged): refusing the whole delivery would stall
+/// the queue, since every later delivery carries the same keys.
+pub fn decode_bq_payload(body: &[u8]) -> Result<Vec<QueueEntry>, PayloadError> {
+    let pairs = decode_keyprefix_payload(body)?;
+    for p in &pairs {
+        if QueueKind::Broadcast.parse_entry_key(&p.key).is_none() {
+            tracing::warn!(key = %p.key, "ignoring a key under bq/ that is not an entry");
+        }
+    }
+    Ok(QueueEntry::from_pairs(QueueKind::Broadcast, &pairs))
+}
+
+fn process_update(entry_key: &str, value: Option<&[u8]>) -> Result<UpdateData, PayloadError> {
+    let fid_text = entry_key
+        .strip_prefix(keys::PROCESSES_PREFIX)
+        .ok_or_else(|| PayloadError::new("key", format!("{entry_key:?} is not processes/<fid>")))?;
+    let fid = FidText::parse(fid_text).map_err(|e| PayloadError::new("fid", e.to_string()))?;
+    let status = match value {
+        None => None,
+        Some(v) => Some(
+            serde_json::from_slice::<ProcessStatus>(v)
+                .map_err(|e| PayloadError::new("value", format!("{entry_key}: {e}")))?,
+        ),
+    };
+    Ok(UpdateData::ProcessState { fid, status })
+}
+
+/// Decodes the payload of the processes route (a `key` watch of
+/// `processes/<fid>`). A `null` payload carries no key, so it cannot name
+/// the process: it is refused.
+pub fn decode_processes_payload(body: &[u8]) -> Result<UpdateData, PayloadError> {
+    let pair = decode_key_payload(body)?
+        .ok_or_else(|| PayloadError::new("shape", "null payload names no process"))?;
+    let value = (!pair.value.is_empty()).then_some(pair.value.as_slice());
+    process_update(&pair.key, value)
+}
+
+// ---------------------------------------------------------------------------
+// Errors as JSON
+
+/// An error answer: `{"status_code", "error_type", "error_message", "reason"}`
+/// (the shape of the original hax).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status_code: u16,
+    /// Class of the error.
+    pub error_type: String,
+    /// Details.
+    pub error_message: String,
+    /// Short human explanation.
+    pub reason: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, error_type: &str, message: impl Into<String>, reason: &str) -> Self {
+        ApiError {
+            status_code: status.as_u16(),
+            error_type: error_type.to_owned(),
+            error_message: message.into(),
+            reason: reason.to_owned(),
+        }
+    }
+
+    fn bad_payload(e: PayloadError) -> Self {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            e.kind,
+            e.message,
+            "Bad payload provided",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.status_code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, Json(self)).into_response()
+    }
+}
+
+fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|r| {
+        let status = r.status();
+        let reason = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "Request body too large"
+        } else {
+            "Cannot read the request body"
+        };
+        ApiError::new(status, "body", r.body_text(), reason)
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Handlers
+
+async fn enqueue(state: &AppState, label: &str, data: UpdateData) -> Result<StatusCode, ApiError> {
+    let update = WatchUpdate {
+        label: label.to_owned(),
+        origin: UpdateOrigin::Watch,
+        data,
+    };
+    match state
+        .updates
+        .send_timeout(update, state.config.enqueue_timeout)
+        .await
+    {
+        Ok(()) => Ok(StatusCode::OK),
+        Err(mpsc::error::SendTimeoutError::Timeout(_)) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "the update queue is full",
+            "Update not queued; it will be recovered by the next resync",
+        )),
+        Err(mpsc::error::SendTimeoutError::Closed(_)) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "closed",
+            "the update receiver is gone",
+            "Server is shutting down",
+        )),
+    }
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn alive() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        "I'm alive! Sincerely, HaX",
+    )
+}
+
+async fn post_service(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<StatusCode, ApiError> {
+    let body = body_or_error(body)?;
+    let entries = decode_hax_service_payload(&body).map_err(ApiError::bad_payload)?;
+    enqueue(&state, "service", UpdateData::Service(entries)).await
+}
+
+async fn post_bq(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<StatusCode, ApiError> {
+    let body = body_or_error(body)?;
+    let entries = decode_bq_payload(&body).map_err(ApiError::bad_payload)?;
+    enqueue(&state, "bq", UpdateData::BroadcastQueue(entries)).await
+}
+
+async fn post_processes(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<StatusCode, ApiError> {
+    let body = body_or_error(body)?;
+    let data = decode_processes_payload(&body).map_err(ApiError::bad_payload)?;
+    enqueue(&state, "processes", data).await
+}
+
+async fn post_generic(
+    State(state): State<AppState>,
+    Path((kind, label)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<StatusCode, ApiError> {
+    let body = body_or_error(body)?;
+    let data = match kind.as_str() {
+        "key" => UpdateData::Key(decode_key_payload(&body).map_err(ApiError::bad_payload)?),
+        "keyprefix" => {
+            UpdateData::KeyPrefix(decode_keyprefix_payload(&body).map_err(ApiError::bad_payload)?)
+        }
+        "service" => {
+            UpdateData::Service(decode_service_payload(&body).map_err(ApiError::bad_payload)?)
+        }
+        "checks" => {
+            UpdateData::Checks(decode_checks_payload(&body).map_err(ApiError::bad_payload)?)
+        }
+        other => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "route",
+                format!("unknown watch kind {other:?} (key, keyprefix, service, checks)"),
+                "Not found",
+            ))
+        }
+    };
+    enqueue(&state, &label, data).await
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "route", "no such route", "Not found")
+}
+
+/// Equal-time comparison, so the token cannot be guessed byte by byte.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn authorised(config: &ServerConfig, headers: &HeaderMap) -> bool {
+    let Some(token) = &config.bearer_token else {
+        return true;
+    };
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|given| same_secret(given.trim().as_bytes(), token.expose_secret().as_bytes()))
+}
+
+async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    if path != "/healthz" && !authorised(&state.config, req.headers()) {
+        tracing::warn!(%method, %path, "request without a valid bearer token");
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "auth",
+            "missing or wrong bearer token",
+            "Unauthorized",
+        )
+        .into_response();
+    }
+    let response = match tokio::time::timeout(state.config.request_timeout, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            format!("not handled within {:?}", state.config.request_timeout),
+            "Request timeout",
+        )
+        .into_response(),
+    };
+    let status = response.status();
+    if status.is_client_error() {
+        tracing::warn!(%method, %path, %status, "watch request refused");
+    } else if status.is_server_error() {
+        tracing::error!(%method, %path, %status, "watch request failed");
+    } else {
+        tracing::debug!(%method, %path, %status, "watch request handled");
+    }
+    response
+}
+
+/// The routes, with body limit, timeout, optional bearer token and logging.
+pub fn router(state: AppState) -> Router {
+    let limit = state.config.body_limit;
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/", get(alive).post(post_service))
+        .route("/watcher/bq", post(post_bq))
+        .route("/watcher/processes", post(post_processes))
+        .route("/watch/{kind}/{label}", post(post_generic))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
+        .with_state(state)
+}
+
+/// Binds `config.bind`.
+pub async fn bind(config: &ServerConfig) -> std::io::Result<TcpListener> {
+    TcpListener::bind(config.bind).await
+}
+
+/// Serves `router` on `listener` until `cancel`, then lets in-flight requests
+/// finish (each bounded by the request timeout).
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    cancel: CancellationToken,
+) -> std::io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "watch server listening");
+    }
+    axum::serve(listener, router)
+        .with_graceful_shutdown(cancel.cancelled_owned())
+        .await
+}
+
+// ---------------------------------------------------------------------------
+// Reconciliation
+
+/// Something to re-read from Consul and deliver as an update, for the
+/// deliveries Consul may have lost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResyncTarget {
+    /// A key, delivered as [`UpdateData::Key`].
+    Key {
+        /// Update label.
+        label: String,
+        /// The key.
+        key: String,
+    },
+    /// A prefix, delivered as [`UpdateData::KeyPrefix`].
+    KeyPrefix {
+        /// Update label.
+        label: String,
+        /// The prefix.
+        prefix: String,
+    },
+    /// A service's health, delivered as [`UpdateData::Service`].
+    Service {
+        /// Update label.
+        label: String,
+        /// Service name.
+        name: String,
+    },
+    /// A service's checks, delivered as [`UpdateData::Checks`].
+    Checks {
+        /// Update label.
+        label: String,
+        /// Service name.
+        name: String,
+    },
+    /// The broadcast queue, delivered as [`UpdateData::BroadcastQueue`] (label `bq`).
+    BroadcastQueue,
+    /// Every `processes/<fid>`, each delivered as [`UpdateData::ProcessState`]
+    /// (label `processes`).
+    Processes,
+}
+
+async fn read_target(
+    client: &ConsulClient,
+    target: &ResyncTarget,
+) -> Result<Vec<WatchUpdate>, ConsulError> {
+    let one = |label: &str, data| {
+        vec![WatchUpdate {
+            label: label.to_owned(),
+            origin: UpdateOrigin::Resync,
+            data,
+        }]
+    };
+    Ok(match target {
+        ResyncTarget::Key { label, key } => {
+            one(label, UpdateData::Key(client.kv_get(key).await?.value))
+        }
+        ResyncTarget::KeyPrefix { label, prefix } => one(
+            label,
+            UpdateData::KeyPrefix(client.kv_list(prefix).await?.value),
+        ),
+        ResyncTarget::Service { label, name } => one(
+            label,
+            UpdateData::Service(client.health_service(name, false).await?.value),
+        ),
+        ResyncTarget::Checks { label, name } => one(
+            label,
+            UpdateData::Checks(
+                client
+                    .health_checks(name, &QueryOptions::default())
+                    .await?
+                    .value,
+            ),
+        ),
+        ResyncTarget::BroadcastQueue => {
+            let pairs = client.kv_list(QueueKind::Broadcast.prefix()).await?.value;
+            one(
+                "bq",
+                UpdateData::BroadcastQueue(QueueEntry::from_pairs(QueueKind::Broadcast, &pairs)),
+            )
+        }
+        ResyncTarget::Processes => {
+            let pairs = client.kv_list(keys::PROCESSES_PREFIX).await?.value;
+            let mut updates = Vec::new();
+            for p in pairs {
+                match process_update(&p.key, Some(&p.value)) {
+                    Ok(data) => updates.push(WatchUpdate {
+                        label: "processes".to_owned(),
+                        origin: UpdateOrigin::Resync,
+                        data,
+                    }),
+                    Err(e) => {
+                        tracing::warn!(key = %p.key, error = %e, "skipping malformed process state")
+                    }
+                }
+            }
+            updates
+        }
+    })
+}
+
+/// Reads every target from Consul and sends the resulting updates (waiting
+/// for room in the channel). Returns how many updates were sent. Stops at the
+/// first Consul error; a closed channel ends it quietly.
+pub async fn reconcile(
+    client: &ConsulClient,
+    targets: &[ResyncTarget],
+    updates: &mpsc::Sender<WatchUpdate>,
+) -> Result<usize, ConsulError> {
+    let mut sent = 0;
+    for target in targets {
+        for update in read_target(client, target).await? {
+            if updates.send(update).await.is_err() {
+                return Ok(sent);
+            }
+            sent += 1;
+        }
+    }
+    Ok(sent)
+}
+
+/// Runs [`reconcile`] now and then every `period` until `cancel`. Errors are
+/// logged and retried at the next period.
+pub fn spawn_resync(
+    client: ConsulClient,
+    targets: Vec<ResyncTarget>,
+    updates: mpsc::Sender<WatchUpdate>,
+    period: Duration,
+    cancel: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let run = tokio::select! {
+                _ = cancel.cancelled() => break,
+                r = reconcile(&client, &targets, &updates) => r,
+            };
+            match run {
+                Ok(n) => tracing::debug!(updates = n, "resync done"),
+                Err(e) => tracing::warn!(error = %e, "resync failed, will retry"),
+            }
+            if updates.is_closed() {
+                break;
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(period) => {}
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_shapes() {
+        assert_eq!(decode_key_payload(b"null").expect("null"), None);
+        assert_eq!(decode_key_payload(b"").expect("empty"), None);
+        let kv = decode_key_payload(br#"{"Key":"leader","Value":"bm9kZTE=","ModifyIndex":5}"#)
+            .expect("entry")
+            .expect("some");
+        assert_eq!(kv.value, b"node1");
+        assert_eq!(decode_keyprefix_payload(b"null").expect("null"), vec![]);
+        assert_eq!(decode_key_payload(b"{").expect_err("json").kind, "json");
+        assert_eq!(decode_key_payload(b"[1]").expect_err("shape").kind, "shape");
+        assert_eq!(
+            decode_key_payload(br#"{"Key":"k","Value":"***"}"#)
+                .expect_err("b64")
+                .kind,
+            "base64"
+        );
+        let svc = br#"[{"Node":{"Node":"n1"},"Service":{"ID":"x1","Service":"hax"},"Checks":[]}]"#;
+        assert_eq!(decode_service_payload(svc).expect("generic").len(), 1);
+        assert_eq!(
+            decode_hax_service_payload(svc).expect_err("fid").kind,
+            "fid"
+        );
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abc", b"abd"));
+        assert!(!same_secret(b"abc", b"ab"));
+    }
+
+    #[test]
+    fn processes_payload() {
+        let body = br#"{"Key":"processes/0x7200000000000001:0x6","Value":"eyJzdGF0ZSI6ICJNMF9DT05GX0hBX1BST0NFU1NfU1RBUlRFRCIsICJ0eXBlIjogIk0wX0NPTkZfSEFfUFJPQ0VTU19NMEQifQ=="}"#;
+        match decode_processes_payload(body).expect("decodes") {
+            UpdateData::ProcessState { fid, status } => {
+                assert_eq!(fid, FidText::new(0x7200_0000_0000_0001, 6));
+                assert!(status.is_some());
+            }
+            other => panic!("{other:?}"),
+        }
+        let bad = br#"{"Key":"processes/zzz","Value":null}"#;
+        assert_eq!(decode_processes_payload(bad).expect_err("fid").kind, "fid");
+        assert_eq!(
+            decode_processes_payload(b"null").expect_err("null").kind,
+            "shape"
+        );
+    }
+}
