@@ -25,6 +25,10 @@
 #define EMU_OUT_LIMIT (16u << 20)
 #define EMU_FIDTAB_MAX 0x1000u /* HALON_INTERFACE_NVEC_SIZE_MAX */
 #define EMU_IN_CAP (2u * (EMU_FRAME_MAX + 4u))
+/* A backlog (resend after reattach) is fed to a connection in slices, so
+ * that it never counts as a peer that stopped reading. */
+#define EMU_PUMP_LOW (256u << 10)
+#define EMU_PUMP_HIGH (1u << 20)
 
 enum emu_frame_type {
 	F_HELLO = 0x01,
@@ -181,6 +185,7 @@ struct emu_conn {
 	uint8_t *in;          /* network thread only */
 	size_t in_len;
 	struct emu_req *req;  /* outstanding EP_REQ, at most one */
+	bool starved;         /* a link attached here has messages not yet queued */
 	char peer[64];
 };
 
@@ -276,6 +281,8 @@ void emu_on_frame(hax_glue *h, struct emu_conn *c, uint8_t type, const uint8_t *
 		  size_t len);
 /* c is about to be freed: forget every reference to it. */
 void emu_on_conn_close(hax_glue *h, struct emu_conn *c);
+/* Queues more of the backlog of the links attached to c. */
+void emu_pump_conn(hax_glue *h, struct emu_conn *c);
 
 void *emu_net_main(void *arg);
 void emu_net_free_all(hax_glue *h); /* after the network thread is gone */

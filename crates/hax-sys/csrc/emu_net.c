@@ -233,6 +233,7 @@ struct netslot {
 	int io_err;  /* errno of a failed read or write, 0 if none */
 	bool eof;    /* the peer closed its side */
 	bool got;    /* new input to parse */
+	bool more;   /* output waits behind the write buffer */
 };
 
 static void conn_free(hax_glue *h, struct emu_conn *c)
@@ -458,7 +459,11 @@ void *emu_net_main(void *arg)
 		pfd[1] = (struct pollfd){.fd = paused ? -1 : h->listen_fd, .events = POLLIN};
 		for (struct emu_conn *c = h->conns; c != NULL && n < cap; c = c->next) {
 			conn_swap(c);
-			slot[n] = (struct netslot){.c = c};
+			if (c->starved && c->out.len + c->wr_pending < EMU_PUMP_LOW) {
+				emu_pump_conn(h, c);
+				conn_swap(c);
+			}
+			slot[n] = (struct netslot){.c = c, .more = c->out.len > 0 || c->starved};
 			pfd[n] = (struct pollfd){.fd = c->fd, .events = POLLIN};
 			n++;
 		}
@@ -466,9 +471,13 @@ void *emu_net_main(void *arg)
 		emu_unlock(h);
 
 		for (size_t i = 2; i < n; i++) {
-			if (slot[i].c->wr_off < slot[i].c->wr.len && conn_write(&slot[i]) &&
-			    slot[i].c->wr_off < slot[i].c->wr.len)
-				pfd[i].events |= POLLOUT;
+			struct emu_conn *c = slot[i].c;
+			if (c->wr_off < c->wr.len && conn_write(&slot[i])) {
+				if (c->wr_off < c->wr.len)
+					pfd[i].events |= POLLOUT;
+				else if (slot[i].more)
+					timeout = 0; /* refill at once, nothing would wake us */
+			}
 		}
 		int pr = poll(pfd, n, timeout);
 		if (pr > 0 && (pfd[0].revents & POLLIN)) {

@@ -83,6 +83,7 @@ struct emu_link {
 	struct emu_conn *conn;
 	uint64_t out_base; /* oldest send not confirmed in order */
 	uint64_t out_next;
+	uint64_t tx_next;  /* next tag to queue on conn */
 	struct emu_ring outq; /* struct emu_out *, tags out_base, +2, ... */
 	uint64_t in_base;     /* oldest received tag not delivered in order */
 	uint64_t in_next;
@@ -487,16 +488,43 @@ static void send_msg_frame(hax_glue *h, struct emu_conn *c, hax_link_id id, uint
 	}
 }
 
+/* Queues l's messages from tx_next on, up to EMU_PUMP_HIGH bytes of output;
+ * true when nothing is left behind. */
+static bool link_pump(hax_glue *h, struct emu_link *l)
+{
+	struct emu_conn *c = l->conn;
+	if (l->tx_next < l->out_base)
+		l->tx_next = l->out_base;
+	while (l->tx_next < l->out_next) {
+		if (c->doomed || c->out.len + c->wr_pending >= EMU_PUMP_HIGH)
+			return false;
+		const struct emu_out *o =
+			(const struct emu_out *)*ring_at(&l->outq, (size_t)(l->tx_next - l->out_base) / 2);
+		if (!o->confirmed)
+			send_msg_frame(h, c, l->id, l->tx_next, o);
+		l->tx_next += 2;
+	}
+	return true;
+}
+
+void emu_pump_conn(hax_glue *h, struct emu_conn *c)
+{
+	bool done = true;
+	for (size_t i = 0; i < h->n_links; i++) {
+		if (h->links[i]->conn == c)
+			done &= link_pump(h, h->links[i]);
+	}
+	c->starved = !done;
+}
+
 /* Attaches c to l and resends, in tag order, what the peer has not
  * confirmed: its side keeps only what it has already received. */
 static void link_attach(hax_glue *h, struct emu_link *l, struct emu_conn *c)
 {
 	l->conn = c;
-	for (size_t i = 0; i < l->outq.len && !c->doomed; i++) {
-		const struct emu_out *o = (const struct emu_out *)*ring_at(&l->outq, i);
-		if (!o->confirmed)
-			send_msg_frame(h, c, l->id, l->out_base + 2 * i, o);
-	}
+	l->tx_next = l->out_base;
+	if (!link_pump(h, l))
+		c->starved = true;
 	emu_logf(h, HAX_LOG_INFO, "link %llu: peer attached on connection %llu (%s), %zu unconfirmed",
 		 (unsigned long long)l->id, (unsigned long long)c->id, c->peer, l->outq.len);
 }
@@ -1516,10 +1544,17 @@ int hax_glue_send(hax_glue *h, hax_link_id link, const struct hax_msg *msg, uint
 	if (h->log_msg)
 		emu_logf(h, HAX_LOG_DEBUG, "link %llu: sent tag %llu %s", (unsigned long long)link,
 			 (unsigned long long)tag, emu_type_name(msg->type));
-	if (l->self)
+	if (l->self) {
 		self_model(h, l, msg, tag);
-	else if (l->conn != NULL)
+	} else if (l->conn != NULL && l->tx_next == tag) {
+		/* In step with the peer: straight out, unless it stopped reading
+		 * (emu_conn_frame drops the connection at the bound). */
 		send_msg_frame(h, l->conn, l->id, tag, o);
+		l->tx_next = tag + 2;
+	} else if (l->conn != NULL) {
+		l->conn->starved = true; /* behind a backlog: keeps tag order */
+		emu_kick_net(h);
+	}
 	return leave(h, &v, 0);
 }
 
