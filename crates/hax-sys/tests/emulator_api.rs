@@ -107,7 +107,10 @@ fn start_with_reply_inside_callback_then_stop() {
     assert_eq!(cfid.key, PROCESS.key);
     assert_eq!(th, req_th, "link_connected runs on the replying thread");
     assert!(link != 0);
-    assert_eq!(e.auto_rcs().first(), Some(&("entrypoint_reply", 0)));
+    let rcs = e.wait_inner("the reply's rc", |g| {
+        (!g.auto_rcs.is_empty()).then(|| g.auto_rcs.clone())
+    });
+    assert_eq!(rcs.first(), Some(&("entrypoint_reply", 0)));
 
     let l = e.wait_started();
     let evs = e.wait("start events", |evs| {

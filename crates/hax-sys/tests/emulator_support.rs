@@ -147,6 +147,7 @@ impl Shared {
 
     fn auto_rc(&self, what: &'static str, rc: c_int) {
         self.lock().auto_rcs.push((what, rc));
+        self.cv.notify_all();
     }
 }
 
@@ -483,10 +484,15 @@ impl Emu {
 
     /// Waits until `pred` holds over the events so far; panics after WAIT.
     pub fn wait<T>(&self, what: &str, mut pred: impl FnMut(&[Ev]) -> Option<T>) -> T {
+        self.wait_inner(what, |g| pred(&g.events))
+    }
+
+    /// Like `wait`, over everything recorded.
+    pub fn wait_inner<T>(&self, what: &str, mut pred: impl FnMut(&Inner) -> Option<T>) -> T {
         let deadline = Instant::now() + WAIT;
         let mut g = self.shared.lock();
         loop {
-            if let Some(v) = pred(&g.events) {
+            if let Some(v) = pred(&g) {
                 return v;
             }
             let now = Instant::now();
