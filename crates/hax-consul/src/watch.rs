@@ -10,9 +10,11 @@
 //!   from scratch and counts a reset;
 //! * an index of 0 is never sent as a blocking index (it would not block).
 //!
-//! Errors back off exponentially with jitter up to a cap, and all requests go
-//! through a token bucket, so a misbehaving agent cannot turn the loop into a
-//! busy loop.
+//! Errors back off exponentially with jitter up to a cap. Answers that bring
+//! nothing new (the index moved for other data, or the wait ended) make the
+//! next request go through a token bucket, so a misbehaving agent cannot turn
+//! the loop into a busy loop; an answer that changed the data is followed at
+//! once by the next query, so bursts of changes are seen without added delay.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -176,7 +178,7 @@ pub struct WatchConfig {
     /// Backoff after consecutive errors (attempts are unlimited; only the
     /// delays are used).
     pub error_backoff: RetryPolicy,
-    /// Token bucket over all requests: burst size...
+    /// Token bucket over requests that follow an answer without news: burst...
     pub burst: u32,
     /// ...and sustained requests per second.
     pub rate_per_sec: f64,
@@ -378,10 +380,15 @@ async fn run<S: WatchSource>(
     let mut next_index = 0u64;
     let mut seen_index = 0u64;
     let mut errors = 0u32;
+    // Whether the last answer changed the snapshot (then the next query is
+    // not rate limited).
+    let mut news = true;
     loop {
-        if !sleep_or_cancel(bucket.take(), &cancel).await {
+        let delay = if news { Duration::ZERO } else { bucket.take() };
+        if !sleep_or_cancel(delay, &cancel).await {
             break;
         }
+        news = false;
         let opts = QueryOptions {
             index: Some(next_index),
             wait: Some(config.wait),
@@ -413,7 +420,7 @@ async fn run<S: WatchSource>(
                 seen_index = index;
                 // Never block on 0: it would return at once, forever.
                 next_index = index.max(1);
-                tx.send_if_modified(|s| {
+                news = tx.send_if_modified(|s| {
                     let changed = !s.loaded || s.stale || reset || *s.value != value;
                     s.index = index;
                     if reset {

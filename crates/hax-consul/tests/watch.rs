@@ -251,3 +251,29 @@ async fn service_health_watch_sees_a_check_failing() {
     .expect("critical seen");
     w.shutdown().await;
 }
+
+#[tokio::test]
+async fn answers_without_news_are_rate_limited() {
+    let agent = DevAgent::start().await.expect("agent");
+    let c = agent.client().expect("client");
+    let cancel = CancellationToken::new();
+    // A 10 ms wait makes every answer an empty one: without the token bucket
+    // this would be about 100 requests a second.
+    let w = watch_key(
+        c,
+        "k",
+        WatchConfig {
+            wait: Duration::from_millis(10),
+            ..WatchConfig::default()
+        },
+        &cancel,
+    );
+    w.loaded(T).await.expect("loaded");
+    let before = w.requests();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let sent = w.requests() - before;
+    // Burst of 5, then 20 per second.
+    assert!(sent <= 5 + 20 + 3, "{sent} requests in 1 s");
+    assert!(sent >= 10, "still polling: {sent}");
+    w.shutdown().await;
+}
