@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use hax_consul::catalog::{CheckRegistration, CheckStatus, ServiceRegistration};
 use hax_consul::dev_agent::{AgentMode, DevAgent};
-use hax_consul::watch::{watch_key, watch_prefix, ServiceHealthSource, WatchConfig, Watcher};
+use hax_consul::watch::{
+    watch_key, watch_prefix, CatalogServiceSource, ServiceHealthSource, WatchConfig, Watcher,
+};
 use hax_consul::{ConsulClient, ConsulConfig, RetryPolicy};
 use tokio_util::sync::CancellationToken;
 
@@ -241,6 +243,15 @@ async fn service_health_watch_sees_a_check_failing() {
     })
     .await
     .expect("passing");
+    let catalog = Watcher::spawn(
+        c.clone(),
+        CatalogServiceSource("confd".into()),
+        WatchConfig::default(),
+        &cancel,
+    );
+    let listed = catalog.loaded(T).await.expect("catalog loaded");
+    assert_eq!(listed.value[0].service_id, "11");
+    assert_eq!(listed.value[0].service_port, 21001);
     c.agent_check_update("service:11", CheckStatus::Critical, "down")
         .await
         .expect("fail check");
@@ -249,7 +260,13 @@ async fn service_health_watch_sees_a_check_failing() {
     })
     .await
     .expect("critical seen");
+    c.agent_service_deregister("11").await.expect("deregister");
+    catalog
+        .wait_until(T, |s| s.value.is_empty())
+        .await
+        .expect("deregistration seen in the catalog");
     w.shutdown().await;
+    catalog.shutdown().await;
 }
 
 #[tokio::test]
