@@ -97,7 +97,11 @@ pub fn find_consul_binary() -> Result<PathBuf, DevAgentError> {
         if path.is_file() {
             return Ok(path);
         }
-        tried.push(format!("$HAX_CONSUL_BIN={}", path.display()));
+        // An explicit choice that does not exist is an error, not a hint to
+        // silently test against some other binary.
+        return Err(DevAgentError::BinaryNotFound {
+            tried: format!("$HAX_CONSUL_BIN={}", path.display()),
+        });
     }
     let local = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.local/consul/usr/bin/consul");
     if local.is_file() {
