@@ -702,6 +702,25 @@ mod tests {
         assert!(!e(404, "").is_retryable());
     }
 
+    #[tokio::test]
+    async fn redirects_are_not_followed() {
+        let agent = crate::dev_agent::DevAgent::start().await.expect("agent");
+        let client = agent.client().expect("client");
+        client.kv_put("a", "1").await.expect("put");
+        // A raw non-normalised path, as a key bypassing normalisation would give.
+        let err = client
+            .call(Request::get("/v1/kv//a".to_owned()))
+            .await
+            .expect_err("redirect is an error");
+        match err {
+            ConsulError::Status { status, body, .. } => {
+                assert!(status.is_redirection(), "{status}");
+                assert!(body.contains("/v1/kv/a"), "{body}");
+            }
+            other => panic!("expected a redirect status, got {other:?}"),
+        }
+    }
+
     #[test]
     fn blocking_timeout_covers_wait_and_jitter() {
         let client = ConsulClient::with_address("127.0.0.1:1").expect("client");
