@@ -1,5 +1,3 @@
 //! `hax`: the HA link eXtender daemon.
 
-mod config;
-
 fn main() {}

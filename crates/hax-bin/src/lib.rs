@@ -1,0 +1,7 @@
+//! The hax daemon as a library: what `hax` runs, reusable by tests and other
+//! tools. `main.rs` only parses the command line and calls [`app::run`].
+#![forbid(unsafe_code)]
+
+pub mod broadcast;
+pub mod config;
+pub mod model;
