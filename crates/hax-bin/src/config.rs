@@ -49,7 +49,7 @@ pub enum LogFormat {
 }
 
 /// Every setting of the daemon.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Consul agent.
@@ -134,19 +134,6 @@ pub struct LimitsSection {
     pub pending_writes: usize,
     /// How often the watched state is reread from Consul, in seconds.
     pub resync_secs: u64,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            consul: ConsulSection::default(),
-            http: HttpSection::default(),
-            identity: IdentitySection::default(),
-            motr: MotrSection::default(),
-            log: LogSection::default(),
-            limits: LimitsSection::default(),
-        }
-    }
 }
 
 impl Default for ConsulSection {
