@@ -87,3 +87,71 @@ mod tests {
         }
     }
 }
+
+/// What the Motr side hands to the daemon's event pipeline. Each message
+/// carries its [`Delivery`]: the pipeline delivers it once what the message
+/// asks for is durable (written to Consul), so a message is never lost, only
+/// possibly handled twice after a crash.
+#[derive(Debug)]
+pub enum MotrEvent {
+    /// A process event (`M0_HA_MSG_EVENT_PROCESS`); `fid` is the process.
+    Process {
+        /// The link it came on.
+        link: LinkId,
+        /// The process.
+        fid: Fid,
+        /// The event.
+        event: ProcessEvent,
+        /// Deliver once handled.
+        delivery: Delivery,
+    },
+    /// A service event (`M0_HA_MSG_EVENT_SERVICE`); `fid` is the service.
+    Service {
+        /// The link it came on.
+        link: LinkId,
+        /// The service.
+        fid: Fid,
+        /// Its process.
+        source_process: Fid,
+        /// The event.
+        event: ServiceEvent,
+        /// Deliver once handled.
+        delivery: Delivery,
+    },
+    /// A failed disk I/O (`M0_HA_MSG_STOB_IOQ`); `fid` is the message's fid.
+    StobIoq {
+        /// The link it came on.
+        link: LinkId,
+        /// The message's fid.
+        fid: Fid,
+        /// The error.
+        error: StobIoqError,
+        /// Deliver once handled.
+        delivery: Delivery,
+    },
+    /// States a process reports (`M0_HA_MSG_NVEC` SET).
+    NvecSet {
+        /// The link it came on.
+        link: LinkId,
+        /// The notes.
+        notes: Vec<HaNote>,
+        /// Deliver once handled.
+        delivery: Delivery,
+    },
+    /// A first entrypoint request from a process other than hax: a restart
+    /// must be noticed (and the old incarnation declared failed) before the
+    /// reply, which is `reply` once that is done.
+    FirstRequest {
+        /// The request.
+        req: EntrypointRequest,
+        /// The reply the configuration snapshot gives.
+        reply: EntrypointReply,
+        /// Answer it.
+        responder: EntrypointResponder,
+    },
+}
+
+pub use hax_core::{
+    Delivery, EntrypointReply, EntrypointRequest, EntrypointResponder, HaNote, LinkId,
+    ProcessEvent, ServiceEvent, StobIoqError,
+};
