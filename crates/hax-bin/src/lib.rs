@@ -2,6 +2,8 @@
 //! tools. `main.rs` only parses the command line and calls [`app::run`].
 #![forbid(unsafe_code)]
 
+pub mod bridge;
 pub mod broadcast;
 pub mod config;
+pub mod metrics;
 pub mod model;

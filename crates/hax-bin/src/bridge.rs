@@ -1,0 +1,268 @@
+//! The Motr side of the daemon: the [`Callbacks`] that Motr's threads call.
+//! Nothing here waits: answers that hax knows from memory (entrypoint replies
+//! from the configuration snapshot, NVEC GET states, keepalives) are given at
+//! once; everything that needs Consul is copied into a [`MotrEvent`] and
+//! queued for the event pipeline, which delivers the message once it is
+//! durable.
+
+use std::num::NonZeroI32;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hax_core::{
+    Callbacks, Ctx, Delivery, EntrypointReply, EntrypointRequest, EntrypointResponder, Fid,
+    HaMsg, HaMsgData, HaState, LinkId, LinkInfo, NvecGet, NvecKind, Tag, Uint128,
+};
+use tokio::sync::{mpsc, watch};
+
+use crate::metrics::Metrics;
+use crate::model::MotrEvent;
+
+/// How long an entrypoint request waits for the configuration before it is
+/// refused (so that the requester asks again): long enough not to flood,
+/// short enough to answer as soon as the configuration is there.
+const CONFIG_WAIT: Duration = Duration::from_secs(1);
+
+/// The configuration an entrypoint reply is made of; `None` until known.
+pub type EntrypointSnapshot = watch::Receiver<Option<Arc<EntrypointReply>>>;
+
+/// Answers NVEC GETs from memory.
+pub trait StateSource: Send + Sync + 'static {
+    /// The state of one object, as hax knows it now.
+    fn nvec_state(&self, fid: Fid) -> HaState;
+}
+
+/// The daemon's [`Callbacks`].
+pub struct Bridge {
+    events: mpsc::Sender<MotrEvent>,
+    entrypoint: EntrypointSnapshot,
+    states: Arc<dyn StateSource>,
+    hax_fid: Fid,
+    stopping: AtomicBool,
+    metrics: Arc<Metrics>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl std::fmt::Debug for Bridge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bridge").field("hax_fid", &self.hax_fid).finish()
+    }
+}
+
+impl Bridge {
+    /// A bridge queuing into `events`. `runtime` runs the few waits that must
+    /// not happen on Motr's threads.
+    pub fn new(
+        events: mpsc::Sender<MotrEvent>,
+        entrypoint: EntrypointSnapshot,
+        states: Arc<dyn StateSource>,
+        hax_fid: Fid,
+        metrics: Arc<Metrics>,
+        runtime: tokio::runtime::Handle,
+    ) -> Self {
+        Bridge {
+            events,
+            entrypoint,
+            states,
+            hax_fid,
+            stopping: AtomicBool::new(false),
+            metrics,
+            runtime,
+        }
+    }
+
+    /// From now on entrypoint requests get an empty configuration, as the
+    /// original does while it stops (nothing may wait on Consul any more).
+    pub fn set_stopping(&self) {
+        self.stopping.store(true, Ordering::Release);
+    }
+
+    /// Queues an event; when the queue is full the event waits in a task
+    /// (counted), never on Motr's thread.
+    fn queue(&self, ev: MotrEvent) {
+        match self.events.try_send(ev) {
+            Ok(()) => {
+                self.metrics.events_queued.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(mpsc::error::TrySendError::Full(ev)) => {
+                self.metrics.events_overflow.fetch_add(1, Ordering::Relaxed);
+                let tx = self.events.clone();
+                let metrics = Arc::clone(&self.metrics);
+                self.runtime.spawn(async move {
+                    if tx.send(ev).await.is_ok() {
+                        metrics.events_queued.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+            }
+            Err(mpsc::error::TrySendError::Closed(ev)) => {
+                // The pipeline is gone (shutdown): the message stays
+                // undelivered in Motr's view only until its delivery object
+                // is dropped here, which delivers it.
+                tracing::warn!(?ev, "event pipeline closed; event dropped");
+            }
+        }
+    }
+
+    fn answer_entrypoint(
+        &self,
+        cx: &Ctx<'_>,
+        req: EntrypointRequest,
+        reply: EntrypointResponder,
+        config: Arc<EntrypointReply>,
+    ) {
+        if req.first_request && req.process_fid != self.hax_fid {
+            self.queue(MotrEvent::FirstRequest {
+                req,
+                reply: (*config).clone(),
+                responder: reply,
+            });
+            return;
+        }
+        match reply.accept_now(cx, &config) {
+            Ok(()) => {
+                self.metrics.entrypoint_accepted.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => tracing::error!(error = %e, "entrypoint reply failed"),
+        }
+    }
+}
+
+impl Callbacks for Bridge {
+    fn entrypoint_request(&self, cx: &Ctx<'_>, req: EntrypointRequest, reply: EntrypointResponder) {
+        self.metrics.entrypoint_requests.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(req_id = %req.req_id, endpoint = %req.remote_endpoint, process = %req.process_fid, first = req.first_request, "entrypoint request");
+        if self.stopping.load(Ordering::Acquire) {
+            let empty = EntrypointReply::default();
+            if let Err(e) = reply.accept_now(cx, &empty) {
+                tracing::error!(error = %e, "entrypoint reply failed");
+            }
+            return;
+        }
+        let config = self.entrypoint.borrow().clone();
+        match config {
+            Some(config) => self.answer_entrypoint(cx, req, reply, config),
+            None => {
+                // Wait for the configuration off Motr's thread, then answer
+                // through the call thread; refuse if it does not come.
+                let mut snapshot = self.entrypoint.clone();
+                let events = self.events.clone();
+                let metrics = Arc::clone(&self.metrics);
+                let hax_fid = self.hax_fid;
+                self.runtime.spawn(async move {
+                    let ready = tokio::time::timeout(CONFIG_WAIT, snapshot.wait_for(Option::is_some))
+                        .await
+                        .ok()
+                        .and_then(|r| r.ok().and_then(|c| c.clone()));
+                    match ready {
+                        Some(config) if req.first_request && req.process_fid != hax_fid => {
+                            let ev = MotrEvent::FirstRequest {
+                                req,
+                                reply: (*config).clone(),
+                                responder: reply,
+                            };
+                            let _ = events.send(ev).await;
+                        }
+                        Some(config) => {
+                            metrics.entrypoint_accepted.fetch_add(1, Ordering::Relaxed);
+                            reply.accept((*config).clone());
+                        }
+                        None => {
+                            tracing::warn!(process = %req.process_fid, "configuration not ready; entrypoint request refused");
+                            metrics.entrypoint_refused.fetch_add(1, Ordering::Relaxed);
+                            reply.refuse(NonZeroI32::new(hax_core::EAGAIN).unwrap_or(NonZeroI32::MIN));
+                        }
+                    }
+                });
+            }
+        }
+    }
+
+    fn msg_received(&self, cx: &Ctx<'_>, link: LinkId, tag: Tag, msg: HaMsg, delivery: Delivery) {
+        self.metrics.count_received(msg.data.type_name());
+        tracing::debug!(%link, %tag, kind = msg.data.type_name(), fid = %msg.fid, "message received");
+        let fid = msg.fid;
+        match msg.data {
+            HaMsgData::ProcessEvent(event) => self.queue(MotrEvent::Process {
+                link,
+                fid,
+                event,
+                delivery,
+            }),
+            HaMsgData::ServiceEvent(event) => self.queue(MotrEvent::Service {
+                link,
+                fid,
+                source_process: msg.source_process,
+                event,
+                delivery,
+            }),
+            HaMsgData::StobIoq(error) => self.queue(MotrEvent::StobIoq {
+                link,
+                fid,
+                error,
+                delivery,
+            }),
+            HaMsgData::Nvec(n) if n.kind == NvecKind::Set => self.queue(MotrEvent::NvecSet {
+                link,
+                notes: n.notes,
+                delivery,
+            }),
+            HaMsgData::KeepaliveReq { id } => {
+                // What Motr's own keepalive handler does: echo the id.
+                let rep = HaMsg::new(HaMsgData::KeepaliveRep { id, counter: tag.0 });
+                match cx.send(link, &rep) {
+                    Ok(_) => self.metrics.count_sent("keepalive_rep", 1),
+                    Err(e) => tracing::warn!(%link, error = %e, "keepalive reply failed"),
+                }
+                deliver(cx, delivery);
+            }
+            HaMsgData::BeIoErr(e) => {
+                tracing::error!(%link, errcode = e.errcode, location = %e.location, opcode = e.opcode, "BE I/O error reported");
+                deliver(cx, delivery);
+            }
+            HaMsgData::SnsErr(e) => {
+                tracing::error!(%link, errcode = e.errcode, opcode = %e.opcode, "SNS error reported");
+                deliver(cx, delivery);
+            }
+            other => {
+                tracing::debug!(%link, kind = other.type_name(), "message needs no action");
+                deliver(cx, delivery);
+            }
+        }
+    }
+
+    fn nvec_get(&self, cx: &Ctx<'_>, get: NvecGet, delivery: Delivery) {
+        self.metrics.count_received("nvec_get");
+        let states = &self.states;
+        match get.answer_now(cx, |fid| states.nvec_state(fid)) {
+            Ok(_) => self.metrics.count_sent("nvec_set", 1),
+            Err(e) => tracing::warn!(error = %e, "NVEC GET reply failed"),
+        }
+        deliver(cx, delivery);
+    }
+
+    fn msg_delivered(&self, _cx: &Ctx<'_>, _link: LinkId, _tag: Tag) {
+        self.metrics.delivered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn msg_not_delivered(&self, _cx: &Ctx<'_>, link: LinkId, tag: Tag) {
+        self.metrics.not_delivered.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(%link, %tag, "message not delivered");
+    }
+
+    fn link_connected(&self, _cx: &Ctx<'_>, _req: Uint128, _link: &LinkInfo) {
+        self.metrics.links.fetch_add(1, Ordering::Relaxed);
+        self.metrics.links_connected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn link_disconnected(&self, _cx: &Ctx<'_>, _link: LinkId) {
+        self.metrics.links.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.links_disconnected.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn deliver(cx: &Ctx<'_>, delivery: Delivery) {
+    if let Err(e) = delivery.deliver_now(cx) {
+        tracing::warn!(error = %e, "delivered failed");
+    }
+}

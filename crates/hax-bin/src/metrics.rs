@@ -1,0 +1,194 @@
+//! Counters and gauges of the daemon, rendered in the Prometheus text format
+//! for `GET /metrics`. Plain atomics owned by the daemon: no global registry.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+/// HA message types, in `m0_ha_msg_type` order, for per-type counters.
+pub const MSG_TYPES: [&str; 12] = [
+    "stob_ioq",
+    "nvec_get",
+    "nvec_set",
+    "failvec_req",
+    "failvec_rep",
+    "keepalive_req",
+    "keepalive_rep",
+    "event_process",
+    "event_service",
+    "event_rpc",
+    "be_io_err",
+    "sns_err",
+];
+
+/// The daemon's metrics.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Links connected now.
+    pub links: AtomicI64,
+    /// Links ever connected.
+    pub links_connected: AtomicU64,
+    /// Links disconnected.
+    pub links_disconnected: AtomicU64,
+    /// Entrypoint requests received.
+    pub entrypoint_requests: AtomicU64,
+    /// Entrypoint requests answered rc 0.
+    pub entrypoint_accepted: AtomicU64,
+    /// Entrypoint requests refused (configuration not ready).
+    pub entrypoint_refused: AtomicU64,
+    /// Messages received, by type (index in [`MSG_TYPES`]).
+    pub received: [AtomicU64; 12],
+    /// Messages sent, by type.
+    pub sent: [AtomicU64; 12],
+    /// Sent messages delivered.
+    pub delivered: AtomicU64,
+    /// Sent messages not delivered.
+    pub not_delivered: AtomicU64,
+    /// Broadcasts made.
+    pub broadcasts: AtomicU64,
+    /// Events waiting for the pipeline because its queue was full.
+    pub events_overflow: AtomicU64,
+    /// Events queued for the pipeline now.
+    pub events_queued: AtomicI64,
+    /// Consul requests that failed.
+    pub consul_errors: AtomicU64,
+    /// Consul write latency: sum (µs) and count, for an average.
+    pub consul_write_us_sum: AtomicU64,
+    /// Consul writes measured.
+    pub consul_write_count: AtomicU64,
+    /// Watch updates received.
+    pub watch_updates: AtomicU64,
+}
+
+fn index_of(type_name: &str) -> Option<usize> {
+    MSG_TYPES.iter().position(|t| *t == type_name)
+}
+
+impl Metrics {
+    /// Counts a received message by type name (`HaMsgData::type_name`).
+    pub fn count_received(&self, type_name: &str) {
+        if let Some(i) = index_of(type_name) {
+            self.received[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a sent message by type name.
+    pub fn count_sent(&self, type_name: &str, n: u64) {
+        if let Some(i) = index_of(type_name) {
+            self.sent[i].fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let g = |v: &AtomicU64| v.load(Ordering::Relaxed);
+        let gi = |v: &AtomicI64| v.load(Ordering::Relaxed);
+        let mut metric = |name: &str, kind: &str, help: &str, lines: Vec<(String, String)>| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, value) in lines {
+                let _ = writeln!(out, "{name}{labels} {value}");
+            }
+        };
+        let one = |v: String| vec![(String::new(), v)];
+        metric("hax_links", "gauge", "HA links connected now.", one(gi(&self.links).to_string()));
+        metric(
+            "hax_links_connected_total",
+            "counter",
+            "HA links connected.",
+            one(g(&self.links_connected).to_string()),
+        );
+        metric(
+            "hax_links_disconnected_total",
+            "counter",
+            "HA links disconnected.",
+            one(g(&self.links_disconnected).to_string()),
+        );
+        metric(
+            "hax_entrypoint_requests_total",
+            "counter",
+            "Entrypoint requests by outcome.",
+            vec![
+                ("{outcome=\"received\"}".into(), g(&self.entrypoint_requests).to_string()),
+                ("{outcome=\"accepted\"}".into(), g(&self.entrypoint_accepted).to_string()),
+                ("{outcome=\"refused\"}".into(), g(&self.entrypoint_refused).to_string()),
+            ],
+        );
+        let by_type = |arr: &[AtomicU64; 12], dir: &str| {
+            MSG_TYPES
+                .iter()
+                .zip(arr)
+                .map(|(t, v)| (format!("{{direction=\"{dir}\",type=\"{t}\"}}"), g(v).to_string()))
+                .collect::<Vec<_>>()
+        };
+        let mut lines = by_type(&self.received, "in");
+        lines.extend(by_type(&self.sent, "out"));
+        metric("hax_messages_total", "counter", "HA messages by direction and type.", lines);
+        metric(
+            "hax_sent_outcomes_total",
+            "counter",
+            "Outcomes of sent messages.",
+            vec![
+                ("{outcome=\"delivered\"}".into(), g(&self.delivered).to_string()),
+                ("{outcome=\"not_delivered\"}".into(), g(&self.not_delivered).to_string()),
+            ],
+        );
+        metric("hax_broadcasts_total", "counter", "HA state broadcasts.", one(g(&self.broadcasts).to_string()));
+        metric(
+            "hax_event_queue_depth",
+            "gauge",
+            "Motr events waiting for the pipeline.",
+            one(gi(&self.events_queued).to_string()),
+        );
+        metric(
+            "hax_event_queue_overflow_total",
+            "counter",
+            "Motr events that found the pipeline queue full.",
+            one(g(&self.events_overflow).to_string()),
+        );
+        metric(
+            "hax_consul_errors_total",
+            "counter",
+            "Consul requests that failed.",
+            one(g(&self.consul_errors).to_string()),
+        );
+        let count = g(&self.consul_write_count);
+        let avg = if count == 0 { 0.0 } else { g(&self.consul_write_us_sum) as f64 / count as f64 / 1e6 };
+        metric(
+            "hax_consul_write_seconds_avg",
+            "gauge",
+            "Average latency of Consul writes.",
+            one(format!("{avg:.6}")),
+        );
+        metric(
+            "hax_watch_updates_total",
+            "counter",
+            "Updates received from Consul watches and resyncs.",
+            one(g(&self.watch_updates).to_string()),
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_with_labels() {
+        let m = Metrics::default();
+        m.count_received("event_process");
+        m.count_received("event_process");
+        m.count_sent("nvec_set", 3);
+        m.count_received("no such type");
+        m.links.store(2, Ordering::Relaxed);
+        let text = m.render();
+        assert!(text.contains("hax_messages_total{direction=\"in\",type=\"event_process\"} 2\n"));
+        assert!(text.contains("hax_messages_total{direction=\"out\",type=\"nvec_set\"} 3\n"));
+        assert!(text.contains("# TYPE hax_links gauge\nhax_links 2\n"));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (name, value) = line.rsplit_once(' ').expect("name value");
+            assert!(name.starts_with("hax_"), "{line}");
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+    }
+}
