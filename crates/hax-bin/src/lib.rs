@@ -5,5 +5,6 @@
 pub mod bridge;
 pub mod broadcast;
 pub mod config;
+pub mod entrypoint;
 pub mod metrics;
 pub mod model;
