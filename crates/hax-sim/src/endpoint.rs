@@ -107,13 +107,16 @@ impl std::str::FromStr for Endpoint {
             let tmid: u32 = tmid
                 .parse()
                 .map_err(|_| err("bad transfer machine id (a number is needed)"))?;
-            let port = lnet_port(portal, tmid).ok_or_else(|| err("portal/tmid give no TCP port"))?;
+            let port =
+                lnet_port(portal, tmid).ok_or_else(|| err("portal/tmid give no TCP port"))?;
             return Ok(Endpoint::Tcp {
                 host: "127.0.0.1".to_owned(),
                 port,
             });
         }
-        Err(err("not inet:tcp:HOST@PORT, LNet NID@NET:12345:PORTAL:TMID or unix:PATH"))
+        Err(err(
+            "not inet:tcp:HOST@PORT, LNet NID@NET:12345:PORTAL:TMID or unix:PATH",
+        ))
     }
 }
 
@@ -146,7 +149,10 @@ mod tests {
             ("0@lo:12345:34:101", tcp("127.0.0.1", 9317)),
             ("127.0.0.1@tcp:12345:34:101", tcp("127.0.0.1", 9317)),
             ("192.168.1.5@tcp:12345:43:100", tcp("127.0.0.1", 27748)),
-            ("unix:/run/hax/ha.sock", Endpoint::Unix("/run/hax/ha.sock".into())),
+            (
+                "unix:/run/hax/ha.sock",
+                Endpoint::Unix("/run/hax/ha.sock".into()),
+            ),
         ] {
             assert_eq!(s.parse::<Endpoint>(), Ok(want), "{s}");
         }
@@ -155,8 +161,14 @@ mod tests {
     #[test]
     fn rejects_the_rest() {
         for (s, reason) in [
-            ("", "not inet:tcp:HOST@PORT, LNet NID@NET:12345:PORTAL:TMID or unix:PATH"),
-            ("tcp://x:1", "not inet:tcp:HOST@PORT, LNet NID@NET:12345:PORTAL:TMID or unix:PATH"),
+            (
+                "",
+                "not inet:tcp:HOST@PORT, LNet NID@NET:12345:PORTAL:TMID or unix:PATH",
+            ),
+            (
+                "tcp://x:1",
+                "not inet:tcp:HOST@PORT, LNet NID@NET:12345:PORTAL:TMID or unix:PATH",
+            ),
             ("inet:tcp:127.0.0.1", "expected inet:tcp:HOST@PORT"),
             ("inet:tcp:@1", "empty host"),
             ("inet:tcp:h@70000", "bad port"),
@@ -166,7 +178,10 @@ mod tests {
             ("0@lo:999:34:101", "LNet pid must be 12345"),
             ("0:12345:34:101", "NID must be ADDR@NET"),
             ("1@lo:12345:34:101", "NID must be 0@lo or IPV4@tcp"),
-            ("0@lo:12345:34:*", "bad transfer machine id (a number is needed)"),
+            (
+                "0@lo:12345:34:*",
+                "bad transfer machine id (a number is needed)",
+            ),
             ("0@lo:12345:x:1", "bad portal"),
             ("0@lo:12345:34:4000", "portal/tmid give no TCP port"),
         ] {

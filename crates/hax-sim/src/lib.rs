@@ -3,8 +3,17 @@
 //!
 //! - [`wire`]: the frames of the protocol, both directions, with strict checks.
 //! - [`endpoint`]: Motr endpoint strings and the sockets they name.
+//! - [`process`]: [`SimProcess`], one simulated `m0d`.
 
 #![forbid(unsafe_code)]
 
 pub mod endpoint;
+pub mod process;
 pub mod wire;
+
+pub use endpoint::{Endpoint, EndpointError};
+pub use process::{
+    check_get_reply, Delivery, Entrypoint, LinkOutcome, LinkState, NvecReplyError, Received,
+    SimConfig, SimError, SimEvent, SimEventKind, SimProcess, SimStats, Violation, FIRST_GET_ID,
+};
+pub use wire::{Confd, Control, EpRep, EpReq, HaxFrame, PeerFrame, WireError};
