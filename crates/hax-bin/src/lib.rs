@@ -6,5 +6,6 @@ pub mod bridge;
 pub mod broadcast;
 pub mod config;
 pub mod entrypoint;
+pub mod identity;
 pub mod metrics;
 pub mod model;

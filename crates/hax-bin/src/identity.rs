@@ -1,0 +1,132 @@
+//! Who this hax is: node name, Motr endpoint and fids. Each comes from the
+//! configuration when set there, else from Consul, as the original derives
+//! it: the `hax` catalog service registered on the local Consul node gives
+//! the process fid key (its ServiceID), the HA service fid (the next key) and
+//! the endpoint; the RM service is the principal RM of the entrypoint
+//! configuration.
+
+use std::time::Duration;
+
+use hax_consul::schema::HaxKv;
+use hax_consul::ConsulClient;
+use hax_core::{Fid, FidType};
+use tokio_util::sync::CancellationToken;
+
+use crate::bridge::EntrypointSnapshot;
+use crate::config::IdentitySection;
+use crate::entrypoint::{service_endpoint, strip_node_suffix};
+
+/// hax's identity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// Local node name.
+    pub node: String,
+    /// hax's Motr endpoint.
+    pub endpoint: String,
+    /// hax's process fid.
+    pub process_fid: Fid,
+    /// hax's HA service fid.
+    pub ha_service_fid: Fid,
+    /// The principal RM service fid.
+    pub rm_service_fid: Fid,
+}
+
+/// Why the identity is not known (yet).
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// Consul could not be asked.
+    #[error("consul: {0}")]
+    Consul(#[from] hax_consul::ConsulError),
+    /// A KV value is malformed.
+    #[error(transparent)]
+    Schema(#[from] hax_consul::schema::SchemaError),
+    /// No `hax` service on the local node.
+    #[error("no hax service registered on Consul node {0}")]
+    NoHaxService(String),
+    /// The hax service's id is not a decimal fid key.
+    #[error("hax service id {0:?} is not a decimal fid key")]
+    BadServiceId(String),
+    /// Stopped while waiting.
+    #[error("stopped while resolving the identity")]
+    Cancelled,
+}
+
+async fn from_consul(
+    client: &ConsulClient,
+    cfg: &IdentitySection,
+) -> Result<(String, String, Fid, Fid), IdentityError> {
+    let node = match &cfg.node {
+        Some(n) => n.clone(),
+        None => strip_node_suffix(&client.agent_self().await?.config.node_name).to_owned(),
+    };
+    if let (Some(ep), Some(p), Some(h)) = (&cfg.endpoint, cfg.process_fid, cfg.ha_service_fid) {
+        return Ok((node, ep.clone(), p, h));
+    }
+    // consul/node/<hostname> maps a host to its Consul node; without it the
+    // node name is the Consul node name.
+    let consul_node = HaxKv::new(client.clone())
+        .consul_node_of(&node)
+        .await?
+        .unwrap_or_else(|| node.clone());
+    let services = client.catalog_service("hax").await?.value;
+    // Equality, not the original's substring match (node1 vs node10).
+    let svc = services
+        .iter()
+        .find(|s| strip_node_suffix(&s.node) == strip_node_suffix(&consul_node))
+        .ok_or_else(|| IdentityError::NoHaxService(consul_node.clone()))?;
+    let key: u64 = svc
+        .service_id
+        .parse()
+        .map_err(|_| IdentityError::BadServiceId(svc.service_id.clone()))?;
+    Ok((
+        node,
+        cfg.endpoint.clone().unwrap_or_else(|| service_endpoint(svc)),
+        cfg.process_fid
+            .unwrap_or(Fid::typed(FidType::Process, 1, key)),
+        cfg.ha_service_fid
+            .unwrap_or(Fid::typed(FidType::Service, 1, key + 1)),
+    ))
+}
+
+/// Resolves the identity, retrying every `retry` while Consul does not know
+/// it yet (the original waits the same way), until `cancel`.
+pub async fn resolve(
+    client: &ConsulClient,
+    cfg: &IdentitySection,
+    entrypoint: &mut EntrypointSnapshot,
+    retry: Duration,
+    cancel: &CancellationToken,
+) -> Result<Identity, IdentityError> {
+    let (node, endpoint, process_fid, ha_service_fid) = loop {
+        match from_consul(client, cfg).await {
+            Ok(v) => break v,
+            Err(e) => tracing::warn!(error = %e, "identity not known yet; retrying"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return Err(IdentityError::Cancelled),
+            _ = tokio::time::sleep(retry) => {}
+        }
+    };
+    let rm_service_fid = match cfg.rm_service_fid {
+        Some(f) => f,
+        None => {
+            tracing::info!("waiting for the principal RM (leader session, confd, rms)");
+            tokio::select! {
+                _ = cancel.cancelled() => return Err(IdentityError::Cancelled),
+                r = entrypoint.wait_for(Option::is_some) => match r {
+                    Ok(rep) => rep.as_ref().map(|r| r.rm_fid).unwrap_or_default(),
+                    Err(_) => return Err(IdentityError::Cancelled),
+                },
+            }
+        }
+    };
+    let id = Identity {
+        node,
+        endpoint,
+        process_fid,
+        ha_service_fid,
+        rm_service_fid,
+    };
+    tracing::info!(node = %id.node, endpoint = %id.endpoint, process = %id.process_fid, ha = %id.ha_service_fid, rm = %id.rm_service_fid, "identity");
+    Ok(id)
+}
