@@ -7,5 +7,7 @@ pub mod broadcast;
 pub mod config;
 pub mod entrypoint;
 pub mod identity;
+pub mod logging;
 pub mod metrics;
 pub mod model;
+pub mod notify;
