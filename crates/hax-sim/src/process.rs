@@ -397,8 +397,8 @@ pub enum SimEventKind {
     Sent {
         /// Its tag.
         tag: u64,
-        /// Its type name.
-        kind: &'static str,
+        /// The message.
+        msg: HaMsg,
     },
     /// hax's user delivered the process's message.
     Confirmed {
@@ -742,7 +742,7 @@ impl Shared {
         if self.cfg.events.is_some() {
             self.emit(SimEventKind::Sent {
                 tag,
-                kind: msg.data.type_name(),
+                msg: msg.clone(),
             });
         }
         g.unconfirmed.insert(tag, msg);
