@@ -335,6 +335,7 @@ unsafe extern "C" fn cb_log(user: *mut c_void, level: i32, text: *const c_char) 
         eprintln!("emu[{level}]: {text}");
     }
     s.lock().logs.push((level, text));
+    s.cv.notify_all();
 }
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -508,6 +509,19 @@ impl Emu {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+    }
+
+    /// Waits for log lines matching `f`, until there are more than `n`; returns them.
+    pub fn wait_logs(&self, what: &str, n: usize, f: impl Fn(&str) -> bool) -> Vec<String> {
+        self.wait_inner(what, |g| {
+            let v: Vec<String> = g
+                .logs
+                .iter()
+                .filter(|(_, t)| f(t))
+                .map(|(_, t)| t.clone())
+                .collect();
+            (v.len() > n).then_some(v)
+        })
     }
 
     /// Waits until `n` events match `f`, returns them.
