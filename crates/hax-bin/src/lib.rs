@@ -10,5 +10,5 @@ pub mod identity;
 pub mod logging;
 pub mod metrics;
 pub mod model;
-pub mod writer;
 pub mod notify;
+pub mod writer;
