@@ -211,6 +211,7 @@ struct hax_glue {
 	pthread_t init_tid;
 	enum emu_state state;
 	uint32_t stop_timeout_ms;
+	uint32_t start_timeout_ms;
 	bool log_msg;
 	bool log_link;
 	bool log_ep;

@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #define DEFAULT_STOP_TIMEOUT_MS 5000u
+#define DEFAULT_START_TIMEOUT_MS 30000u
 #define FIDTAB_SLOTS 8192u /* power of two, twice EMU_FIDTAB_MAX */
 #define GIT_REV_ID "emulator"
 
@@ -787,6 +788,18 @@ uint64_t hax_glue_violations(hax_glue *h)
 	return h == NULL ? 0 : __atomic_load_n(&h->violations, __ATOMIC_RELAXED);
 }
 
+/* Reads "name=N" (milliseconds, at most an hour) from the debug options. */
+static uint32_t opt_ms(const char *opts, const char *name, uint32_t dflt)
+{
+	const char *t = strstr(opts, name);
+	if (t == NULL)
+		return dflt;
+	t += strlen(name);
+	char *end;
+	unsigned long v = strtoul(t, &end, 10);
+	return end != t && v <= 3600000ul ? (uint32_t)v : dflt;
+}
+
 int hax_glue_init(hax_glue **out, const char *debug_options, const char *node_uuid)
 {
 	(void)node_uuid;
@@ -797,14 +810,11 @@ int hax_glue_init(hax_glue **out, const char *debug_options, const char *node_uu
 	if (h == NULL)
 		return -ENOMEM;
 	h->stop_timeout_ms = DEFAULT_STOP_TIMEOUT_MS;
+	h->start_timeout_ms = DEFAULT_START_TIMEOUT_MS;
 	if (debug_options != NULL) {
-		const char *t = strstr(debug_options, "emu-stop-timeout-ms=");
-		if (t != NULL) {
-			char *end;
-			unsigned long v = strtoul(t + strlen("emu-stop-timeout-ms="), &end, 10);
-			if (end != t + strlen("emu-stop-timeout-ms=") && v <= 3600000ul)
-				h->stop_timeout_ms = (uint32_t)v;
-		}
+		h->stop_timeout_ms = opt_ms(debug_options, "emu-stop-timeout-ms=", h->stop_timeout_ms);
+		h->start_timeout_ms =
+			opt_ms(debug_options, "emu-start-timeout-ms=", h->start_timeout_ms);
 		h->log_msg = strstr(debug_options, "log-msg") != NULL;
 		h->log_link = strstr(debug_options, "log-link") != NULL;
 		h->log_ep = strstr(debug_options, "log-entrypoint") != NULL;
@@ -1838,7 +1848,8 @@ int hax_glue_start(hax_glue *h, const char *local_ep, const struct hax_fid *proc
 	h->reqs = self;
 	ev_simple(h, EV_EPREQ, 0, self->n, 0);
 
-	struct timespec dl = deadline_after(h->stop_timeout_ms);
+	/* Real Motr blocks forever here; a test had better fail. */
+	struct timespec dl = deadline_after(h->start_timeout_ms);
 	while (!h->self_consumed && wait_until(h, &dl))
 		;
 	if (!h->self_consumed) {
@@ -1846,7 +1857,7 @@ int hax_glue_start(hax_glue *h, const char *local_ep, const struct hax_fid *proc
 		violate(h, &v, HAX_E_HANG,
 			"start: the own entrypoint request was not answered with rc 0 within %u ms "
 			"(real Motr would block forever)",
-			h->stop_timeout_ms);
+			h->start_timeout_ms);
 		emu_unlock(h);
 		vio_report(&v);
 		pthread_mutex_lock(&h->mu);

@@ -734,7 +734,7 @@ fn stop_reports_where_motr_would_hang() {
 
 #[test]
 fn start_gives_up_when_its_request_is_never_answered() {
-    let mut e = Emu::init("emu-stop-timeout-ms=150");
+    let mut e = Emu::init("emu-stop-timeout-ms=10 emu-start-timeout-ms=150");
     e.set_policy(Policy {
         auto_reply: false,
         ..Policy::default()
