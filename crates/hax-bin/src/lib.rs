@@ -6,6 +6,7 @@ pub mod bridge;
 pub mod broadcast;
 pub mod config;
 pub mod entrypoint;
+pub mod events;
 pub mod identity;
 pub mod logging;
 pub mod metrics;

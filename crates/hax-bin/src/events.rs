@@ -1,0 +1,966 @@
+//! The event pipeline: what hax does with the messages and requests Motr
+//! processes send it ([`MotrEvent`]), as the original's consumer threads do.
+//!
+//! | event | effect |
+//! |---|---|
+//! | process event | broadcast of the process health (health table, confd and hax overrides, hax-only for mkfs and hax); `processes/<fid>` (type `M0_CONF_HA_PROCESS_HA` for hax); BQ `PROCESS-STATE-UPDATE` unless mkfs |
+//! | service event | logged and counted |
+//! | STOB I/O error | EQ `stob-ioq` entry for the RC rule of that name |
+//! | NVEC SET | ONLINE/REPAIRED notes broadcast again, REPAIR rolled back to FAILED, REBALANCE to REPAIRED |
+//! | first entrypoint request | restart detection with `<node>/process_restarts/<fid>`: on a genuine restart, `processes/<fid>` STOPPED, BQ publication, FAILED broadcast to the other processes and a wait for its delivery, then the reply |
+//!
+//! Every Consul write goes through the [`KvWriter`]; a message's
+//! [`hax_core::Delivery`] rides on the acks of its writes, so the message is
+//! delivered once what it asked for is durable.
+//!
+//! # Ordering
+//!
+//! Events are spread over lanes by object (process fid, the link for NVEC
+//! SETs); a lane handles its events one at a time in arrival order, so the
+//! events of one process keep their order while different processes
+//! proceed concurrently. A lane waits when the writer has no room, which
+//! fills the pipeline's bounded input: what the Motr side does then is its
+//! own policy (it never blocks).
+
+use std::future::Future;
+use std::num::NonZeroI32;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hax_consul::pyjson;
+use hax_consul::schema::{
+    self, keys, FidText, HaxKv, ProcessState, ProcessStateUpdate, ProcessStatus, QueueKind,
+    QueueMessage, SchemaError, StobId,
+};
+use hax_core::{
+    Fid, HaNote, HaState, LinkId, Outcome, ProcessEvent, ProcessEventKind, ProcessType, Tracked,
+};
+use tokio::sync::mpsc;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::model::{
+    EntrypointReply, EntrypointRequest, EntrypointResponder, HaUpdate, MotrEvent, ObjHealth,
+    StobIoqError,
+};
+use crate::writer::{Ack, AckWaiter, KvWriter, WriteError, WriteOp};
+
+// ---------------------------------------------------------------------------
+// What the pipeline needs from the rest of the daemon
+
+/// Options of one broadcast (the original's `broadcast_ha_states` flags).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BroadcastOptions {
+    /// Also notify the drives (and controllers, nodes, enclosures) of
+    /// processes.
+    pub notify_devices: bool,
+    /// Write the implied configuration-tree states to Consul.
+    pub update_kv: bool,
+    /// Send only to hax's own link (mkfs and hax events).
+    pub broadcast_hax_only: bool,
+    /// Processes whose links are skipped.
+    pub proc_skip_list: Vec<Fid>,
+}
+
+impl Default for BroadcastOptions {
+    fn default() -> Self {
+        BroadcastOptions {
+            notify_devices: true,
+            update_kv: true,
+            broadcast_hax_only: false,
+            proc_skip_list: Vec::new(),
+        }
+    }
+}
+
+/// A broadcast that could not be handed to Motr.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("broadcast failed: {reason}")]
+pub struct BroadcastFailed {
+    /// Why.
+    pub reason: String,
+    /// Trying again later may succeed (Consul unavailable, Motr busy).
+    pub transient: bool,
+}
+
+type OutcomeFuture = Pin<Box<dyn Future<Output = Option<Outcome>> + Send>>;
+
+/// The messages a broadcast handed to Motr, each resolving with its outcome
+/// (`None`: the halon interface stopped first).
+pub struct Sent {
+    outcomes: Vec<OutcomeFuture>,
+}
+
+impl std::fmt::Debug for Sent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sent")
+            .field("messages", &self.outcomes.len())
+            .finish()
+    }
+}
+
+/// How the messages of a broadcast ended by a deadline.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeliveryReport {
+    /// Delivered.
+    pub delivered: usize,
+    /// Not delivered (link gone, or interface stopped).
+    pub not_delivered: usize,
+    /// Still unknown at the deadline.
+    pub pending: usize,
+}
+
+impl Sent {
+    /// Nothing was sent (no link to send to).
+    pub fn none() -> Self {
+        Sent {
+            outcomes: Vec::new(),
+        }
+    }
+
+    /// Messages tracked by hax-core.
+    pub fn from_tracked(tracked: Vec<Tracked>) -> Self {
+        Sent::from_futures(
+            tracked
+                .into_iter()
+                .map(|t| async move { t.outcome().await.ok() }),
+        )
+    }
+
+    /// Any futures resolving with an outcome.
+    pub fn from_futures<F>(futures: impl IntoIterator<Item = F>) -> Self
+    where
+        F: Future<Output = Option<Outcome>> + Send + 'static,
+    {
+        Sent {
+            outcomes: futures
+                .into_iter()
+                .map(|f| Box::pin(f) as OutcomeFuture)
+                .collect(),
+        }
+    }
+
+    /// Messages sent.
+    pub fn len(&self) -> usize {
+        self.outcomes.len()
+    }
+
+    /// Whether nothing was sent.
+    pub fn is_empty(&self) -> bool {
+        self.outcomes.is_empty()
+    }
+
+    /// Waits until every message has an outcome or the deadline passes.
+    pub async fn wait_all(self, deadline: Instant) -> DeliveryReport {
+        self.wait(deadline, false).await
+    }
+
+    /// Waits until one message is delivered, all have an outcome, or the
+    /// deadline passes.
+    pub async fn wait_any(self, deadline: Instant) -> DeliveryReport {
+        self.wait(deadline, true).await
+    }
+
+    async fn wait(self, deadline: Instant, any: bool) -> DeliveryReport {
+        let mut report = DeliveryReport {
+            pending: self.outcomes.len(),
+            ..DeliveryReport::default()
+        };
+        let mut set = JoinSet::new();
+        for f in self.outcomes {
+            set.spawn(f);
+        }
+        while report.pending > 0 {
+            match tokio::time::timeout_at(deadline, set.join_next()).await {
+                Err(_) | Ok(None) => break,
+                Ok(Some(r)) => {
+                    report.pending -= 1;
+                    if matches!(r, Ok(Some(Outcome::Delivered))) {
+                        report.delivered += 1;
+                        if any {
+                            break;
+                        }
+                    } else {
+                        report.not_delivered += 1;
+                    }
+                }
+            }
+        }
+        report
+    }
+}
+
+/// Sends HA state updates to the links (implemented by the daemon's
+/// broadcaster).
+pub trait Broadcast: Send + Sync + 'static {
+    /// Broadcasts `updates` with `options`; resolves once the messages are
+    /// handed to Motr.
+    fn broadcast(
+        &self,
+        updates: Vec<HaUpdate>,
+        options: BroadcastOptions,
+    ) -> impl Future<Output = Result<Sent, BroadcastFailed>> + Send;
+}
+
+/// What the pipeline needs to know of the cluster (implemented by the
+/// daemon's cluster view). Answers come from memory.
+pub trait ClusterFacts: Send + Sync + 'static {
+    /// This hax's process fid.
+    fn hax_fid(&self) -> Fid;
+    /// The local node's name (as in `<node>/process_restarts/...`).
+    fn local_node(&self) -> String;
+    /// Whether the process is a confd (in the `confd` catalog service).
+    fn is_confd(&self, process: Fid) -> bool;
+    /// Whether the process is a Motr client (one of its services has a type
+    /// listed in `m0_client_types`).
+    fn is_client(&self, process: Fid) -> bool;
+    /// Whether the process runs on this node.
+    fn is_local(&self, process: Fid) -> bool;
+    /// The drive fid of the sdev with path `device` on node `node`.
+    fn drive_of_device(&self, node: &str, device: &str) -> Option<Fid>;
+    /// Records a process status just written (the in-memory status map).
+    fn record_process_status(&self, _process: Fid, _status: ProcessStatus) {}
+}
+
+// ---------------------------------------------------------------------------
+// Tables
+
+/// Health of a process after an event (the original's
+/// `processEventToObjHealth`); `None` for pairs it has no entry for.
+pub fn process_event_health(kind: ProcessType, event: ProcessEventKind) -> Option<ObjHealth> {
+    use ProcessEventKind as E;
+    use ProcessType as T;
+    match (kind, event) {
+        (T::M0mkfs, E::Started) => Some(ObjHealth::Ok),
+        (T::M0mkfs, E::Stopped) => Some(ObjHealth::Failed),
+        (T::M0d | T::Other, E::Started) => Some(ObjHealth::Recovering),
+        (T::M0d | T::Other, E::DtmRecovered) => Some(ObjHealth::Ok),
+        (T::M0d | T::Other, E::Stopped) => Some(ObjHealth::Failed),
+        _ => None,
+    }
+}
+
+/// The KV name of a process event.
+pub fn process_state(event: ProcessEventKind) -> ProcessState {
+    match event {
+        ProcessEventKind::Starting => ProcessState::Starting,
+        ProcessEventKind::Started => ProcessState::Started,
+        ProcessEventKind::Stopping => ProcessState::Stopping,
+        ProcessEventKind::Stopped => ProcessState::Stopped,
+        ProcessEventKind::DtmRecovered => ProcessState::DtmRecovered,
+    }
+}
+
+/// The KV name of a process type.
+pub fn process_kind(kind: ProcessType) -> schema::ProcessType {
+    match kind {
+        ProcessType::Other => schema::ProcessType::Other,
+        ProcessType::Kernel => schema::ProcessType::Kernel,
+        ProcessType::M0mkfs => schema::ProcessType::M0mkfs,
+        ProcessType::M0d => schema::ProcessType::M0d,
+    }
+}
+
+/// The notes of an NVEC SET that are broadcast again, with the health they
+/// are broadcast with: ONLINE and REPAIRED as they are, a REPAIR rolled back
+/// to FAILED and a REBALANCE to REPAIRED (failed repair or rebalance).
+pub fn nvec_set_rebroadcast(notes: &[HaNote]) -> Vec<HaUpdate> {
+    notes
+        .iter()
+        .filter_map(|n| {
+            let health = match n.state {
+                HaState::Online => ObjHealth::Ok,
+                HaState::Repaired | HaState::Rebalance => ObjHealth::Repaired,
+                HaState::Repair => ObjHealth::Failed,
+                _ => return None,
+            };
+            Some(HaUpdate::new(n.fid, health))
+        })
+        .collect()
+}
+
+/// A fid as the KV schema writes it.
+pub fn fid_text(fid: Fid) -> FidText {
+    FidText::new(fid.container, fid.key)
+}
+
+/// The payload of the EQ `stob-ioq` event (the original's `StobIoqError`
+/// JSON).
+pub fn stob_ioq_payload(fid: Fid, e: &StobIoqError) -> schema::StobIoqError {
+    schema::StobIoqError {
+        fid: fid_text(fid),
+        conf_sdev: fid_text(e.conf_sdev),
+        stob_id: StobId {
+            domain_fid: fid_text(e.stob_domain),
+            fid: fid_text(e.stob_fid),
+        },
+        fd: e.fd,
+        opcode: e.opcode,
+        rc: e.rc,
+        offset: e.offset,
+        size: e.size,
+        bshift: e.bshift,
+    }
+}
+
+/// Queue message time stamps: `YYYY-MM-DD HH:MM:SS.ffffff` as the original
+/// writes them (consumers ignore them), in UTC.
+pub fn timestamp_now() -> String {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    format_timestamp(d)
+}
+
+fn format_timestamp(since_epoch: Duration) -> String {
+    let secs = since_epoch.as_secs();
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{:06}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since_epoch.subsec_micros()
+    )
+}
+
+/// A BQ `PROCESS-STATE-UPDATE` message.
+pub fn process_state_message(fid: Fid, status: ProcessStatus) -> QueueMessage {
+    let payload = ProcessStateUpdate {
+        fid: fid_text(fid),
+        state: status.state,
+        kind: status.kind,
+    };
+    QueueMessage::new(
+        timestamp_now(),
+        "PROCESS-STATE-UPDATE",
+        serde_json::to_value(payload).unwrap_or_default(),
+    )
+}
+
+/// The `processes/<fid>` write of a status.
+pub fn process_status_write(fid: Fid, status: ProcessStatus) -> Result<WriteOp, WriteError> {
+    let key = keys::process(fid_text(fid));
+    let value = pyjson::to_string(&status).map_err(|e| WriteError::Invalid {
+        key: key.clone(),
+        reason: e.to_string(),
+    })?;
+    Ok(WriteOp::put(key, value))
+}
+
+// ---------------------------------------------------------------------------
+// The pipeline
+
+/// Settings of the pipeline.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventsConfig {
+    /// Lanes (events of one object always go to the same lane).
+    pub lanes: usize,
+    /// Events waiting in each lane.
+    pub lane_depth: usize,
+    /// How long a first entrypoint request of a restarted process waits for
+    /// the FAILED broadcast to be delivered (the original: 30 s).
+    pub restart_delivery_wait: Duration,
+    /// How long a first entrypoint request waits for Consul (restart count
+    /// read, writes) before it is refused with EAGAIN, so that the process
+    /// asks again.
+    pub consul_wait: Duration,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig {
+            lanes: 32,
+            lane_depth: 64,
+            restart_delivery_wait: Duration::from_secs(30),
+            consul_wait: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct EventMetrics {
+    /// Process events handled.
+    pub process_events: AtomicU64,
+    /// Process events with no health-table entry (not recorded, as the
+    /// original).
+    pub process_events_ignored: AtomicU64,
+    /// Service events seen.
+    pub service_events: AtomicU64,
+    /// STOB I/O errors published to the EQ.
+    pub stob_ioq: AtomicU64,
+    /// NVEC SETs handled.
+    pub nvec_set: AtomicU64,
+    /// First entrypoint requests handled.
+    pub first_requests: AtomicU64,
+    /// Restarts detected (FAILED broadcast before the reply).
+    pub restarts: AtomicU64,
+    /// First entrypoint requests refused because Consul did not answer.
+    pub first_requests_refused: AtomicU64,
+    /// Broadcasts that could not be handed to Motr.
+    pub broadcast_failures: AtomicU64,
+    /// Writes refused (invalid or writer closed).
+    pub write_failures: AtomicU64,
+}
+
+fn inc(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The event pipeline.
+pub struct EventPipeline<B, C> {
+    inner: Arc<Inner<B, C>>,
+}
+
+impl<B, C> Clone for EventPipeline<B, C> {
+    fn clone(&self) -> Self {
+        EventPipeline {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<B, C> std::fmt::Debug for EventPipeline<B, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventPipeline")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner<B, C> {
+    writer: KvWriter,
+    kv: HaxKv,
+    broadcaster: Arc<B>,
+    cluster: Arc<C>,
+    config: EventsConfig,
+    metrics: Arc<EventMetrics>,
+}
+
+impl<B: Broadcast, C: ClusterFacts> EventPipeline<B, C> {
+    /// A pipeline writing through `writer`, reading through `kv`.
+    pub fn new(
+        writer: KvWriter,
+        kv: HaxKv,
+        broadcaster: Arc<B>,
+        cluster: Arc<C>,
+        config: EventsConfig,
+    ) -> Self {
+        EventPipeline {
+            inner: Arc::new(Inner {
+                writer,
+                kv,
+                broadcaster,
+                cluster,
+                config,
+                metrics: Arc::new(EventMetrics::default()),
+            }),
+        }
+    }
+
+    /// The counters.
+    pub fn metrics(&self) -> Arc<EventMetrics> {
+        Arc::clone(&self.inner.metrics)
+    }
+
+    /// Runs the pipeline on `events` until the sender side closes or
+    /// `cancel` fires; then the lanes finish the events they hold and the
+    /// task ends. Writes submitted are made durable by the writer (flush it
+    /// with [`KvWriter::shutdown`] after this task ends).
+    pub fn spawn(
+        &self,
+        mut events: mpsc::Receiver<MotrEvent>,
+        cancel: CancellationToken,
+    ) -> JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let n = this.inner.config.lanes.max(1);
+            let depth = this.inner.config.lane_depth.max(1);
+            let mut lanes = Vec::with_capacity(n);
+            let mut tasks = JoinSet::new();
+            for _ in 0..n {
+                let (tx, mut rx) = mpsc::channel::<MotrEvent>(depth);
+                lanes.push(tx);
+                let lane = this.clone();
+                tasks.spawn(async move {
+                    while let Some(ev) = rx.recv().await {
+                        lane.handle(ev).await;
+                    }
+                });
+            }
+            tracing::info!(lanes = n, "event pipeline started");
+            loop {
+                let ev = tokio::select! {
+                    ev = events.recv() => ev,
+                    _ = cancel.cancelled() => None,
+                };
+                let Some(ev) = ev else { break };
+                let lane = usize::try_from(route_key(&ev) % n as u64).unwrap_or(0);
+                if lanes[lane].send(ev).await.is_err() {
+                    tracing::error!(lane, "event lane ended; event dropped");
+                }
+            }
+            drop(lanes);
+            while tasks.join_next().await.is_some() {}
+            tracing::info!("event pipeline stopped");
+        })
+    }
+
+    /// Handles one event to the end (writes submitted, broadcasts handed
+    /// over, replies sent).
+    pub async fn handle(&self, event: MotrEvent) {
+        match event {
+            MotrEvent::Process {
+                link,
+                fid,
+                event,
+                delivery,
+            } => {
+                self.on_process(link, fid, event, Ack::delivery(delivery))
+                    .await
+            }
+            MotrEvent::Service {
+                link,
+                fid,
+                source_process,
+                event,
+                delivery,
+            } => {
+                inc(&self.inner.metrics.service_events);
+                tracing::debug!(%link, service = %fid, process = %source_process, event = %event.event, kind = %event.service_type, "service event");
+                delivery.deliver();
+            }
+            MotrEvent::StobIoq {
+                link,
+                fid,
+                error,
+                delivery,
+            } => {
+                self.on_stob_ioq(link, fid, &error, Ack::delivery(delivery))
+                    .await
+            }
+            MotrEvent::NvecSet {
+                link,
+                notes,
+                delivery,
+            } => {
+                self.on_nvec_set(link, &notes).await;
+                delivery.deliver();
+            }
+            MotrEvent::FirstRequest {
+                req,
+                reply,
+                responder,
+            } => self.on_first_request(req, reply, responder).await,
+        }
+    }
+
+    async fn submit(&self, op: WriteOp, ack: Ack) {
+        if let Err(e) = self.inner.writer.submit(op, Some(ack)).await {
+            inc(&self.inner.metrics.write_failures);
+            tracing::error!(error = %e, "Consul write not queued");
+        }
+    }
+
+    async fn broadcast(&self, updates: Vec<HaUpdate>, options: BroadcastOptions) -> Option<Sent> {
+        match self.inner.broadcaster.broadcast(updates, options).await {
+            Ok(sent) => Some(sent),
+            Err(e) => {
+                inc(&self.inner.metrics.broadcast_failures);
+                tracing::warn!(error = %e, "broadcast not handed to Motr");
+                None
+            }
+        }
+    }
+
+    /// A process event, with `ack` completed once its writes are durable.
+    pub async fn on_process(&self, link: LinkId, fid: Fid, ev: ProcessEvent, ack: Ack) {
+        let inner = &self.inner;
+        inc(&inner.metrics.process_events);
+        let is_hax = fid == inner.cluster.hax_fid();
+        let mut event = ev.event;
+        if matches!(
+            event,
+            ProcessEventKind::DtmRecovered | ProcessEventKind::Started | ProcessEventKind::Stopped
+        ) {
+            let Some(mut health) = process_event_health(ev.process_type, event) else {
+                // The original fails on its table lookup and drops the
+                // whole event; kernel clients and mkfs DTM recovery are
+                // not recorded either.
+                inc(&inner.metrics.process_events_ignored);
+                tracing::warn!(%link, process = %fid, event = %event, kind = %ev.process_type, "process event with no health entry; ignored");
+                ack.complete(Ok(()));
+                return;
+            };
+            // confd and hax skip DTM recovery.
+            if (event == ProcessEventKind::Started
+                && ev.process_type == ProcessType::M0d
+                && inner.cluster.is_confd(fid))
+                || is_hax
+            {
+                health = ObjHealth::Ok;
+                event = ProcessEventKind::DtmRecovered;
+            }
+            let options = BroadcastOptions {
+                broadcast_hax_only: ev.process_type == ProcessType::M0mkfs || is_hax,
+                ..BroadcastOptions::default()
+            };
+            self.broadcast(vec![HaUpdate::new(fid, health)], options)
+                .await;
+        }
+        let status = ProcessStatus {
+            state: process_state(event),
+            kind: if is_hax {
+                schema::ProcessType::Ha
+            } else {
+                process_kind(ev.process_type)
+            },
+        };
+        tracing::info!(%link, process = %fid, state = ?status.state, kind = ?status.kind, pid = ev.pid, "process event");
+        inner.cluster.record_process_status(fid, status);
+        let publish = ev.process_type != ProcessType::M0mkfs;
+        let mut acks = ack.split(if publish { 2 } else { 1 }).into_iter();
+        match process_status_write(fid, status) {
+            Ok(op) => {
+                if let Some(a) = acks.next() {
+                    self.submit(op, a).await;
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "process status not written");
+                if let Some(a) = acks.next() {
+                    a.complete(Err(e));
+                }
+            }
+        }
+        if let Some(a) = acks.next() {
+            let op = WriteOp::publish(QueueKind::Broadcast, process_state_message(fid, status));
+            self.submit(op, a).await;
+        }
+    }
+
+    /// A STOB I/O error: published to the EQ as `stob-ioq`.
+    pub async fn on_stob_ioq(&self, link: LinkId, fid: Fid, error: &StobIoqError, ack: Ack) {
+        inc(&self.inner.metrics.stob_ioq);
+        let payload = stob_ioq_payload(fid, error);
+        tracing::warn!(%link, fid = %fid, sdev = %error.conf_sdev, rc = error.rc, opcode = error.opcode, offset = error.offset, size = error.size, "STOB I/O error");
+        let message = QueueMessage::new(
+            timestamp_now(),
+            "stob-ioq",
+            serde_json::to_value(payload).unwrap_or_default(),
+        );
+        self.submit(WriteOp::publish(QueueKind::Event, message), ack)
+            .await;
+    }
+
+    /// An NVEC SET: states reported by a process, some broadcast again.
+    pub async fn on_nvec_set(&self, link: LinkId, notes: &[HaNote]) {
+        inc(&self.inner.metrics.nvec_set);
+        let updates = nvec_set_rebroadcast(notes);
+        tracing::info!(%link, notes = notes.len(), rebroadcast = updates.len(), "NVEC SET");
+        if !updates.is_empty() {
+            self.broadcast(updates, BroadcastOptions::default()).await;
+        }
+    }
+
+    async fn restart_count(&self, node: &str, fid: Fid, deadline: Instant) -> Option<u64> {
+        let mut pause = Duration::from_millis(50);
+        loop {
+            match self.inner.kv.process_restarts(node, fid_text(fid)).await {
+                Ok(n) => return Some(n),
+                Err(SchemaError::Consul(e)) if e.is_retryable() => {
+                    tracing::debug!(error = %e, "restart count not read yet");
+                }
+                Err(e @ SchemaError::BadValue { .. }) => {
+                    // A count that cannot be read counts as none: the
+                    // process is taken as starting, and the key repaired.
+                    tracing::warn!(error = %e, "restart count unreadable; counting from 0");
+                    return Some(0);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "restart count cannot be read");
+                    return None;
+                }
+            }
+            if Instant::now() + pause > deadline {
+                return None;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// A first entrypoint request: restart detection, then the reply (or
+    /// EAGAIN when Consul cannot be read, so that the process asks again).
+    pub async fn on_first_request(
+        &self,
+        req: EntrypointRequest,
+        reply: EntrypointReply,
+        responder: EntrypointResponder,
+    ) {
+        match self
+            .restart_check(req.process_fid, &req.remote_endpoint)
+            .await
+        {
+            Ok(_) => responder.accept(reply),
+            Err(e) => {
+                inc(&self.inner.metrics.first_requests_refused);
+                tracing::warn!(process = %req.process_fid, endpoint = %req.remote_endpoint, error = %e, "refusing the entrypoint request");
+                responder.refuse(NonZeroI32::new(hax_core::EAGAIN).unwrap_or(NonZeroI32::MIN));
+            }
+        }
+    }
+
+    /// Restart detection of a first entrypoint request: reads and bumps
+    /// `<node>/process_restarts/<fid>`; on a genuine restart records the
+    /// process STOPPED, publishes it to the BQ, broadcasts it FAILED to the
+    /// other processes and waits (bounded) for the deliveries. Returns once
+    /// the reply may be sent.
+    pub async fn restart_check(
+        &self,
+        fid: Fid,
+        endpoint: &str,
+    ) -> Result<RestartCheck, ConsulUnavailable> {
+        let inner = &self.inner;
+        inc(&inner.metrics.first_requests);
+        let node = inner.cluster.local_node();
+        let deadline = Instant::now() + inner.config.consul_wait;
+        let count = self
+            .restart_count(&node, fid, deadline)
+            .await
+            .ok_or(ConsulUnavailable)?;
+        // 0: first start ever; 1: the m0d start after m0mkfs (same fid);
+        // more: a genuine restart after a crash.
+        let restarted =
+            fid != inner.cluster.hax_fid() && !inner.cluster.is_client(fid) && count > 1;
+        let mut waiting: Vec<AckWaiter> = Vec::new();
+        if restarted {
+            inc(&inner.metrics.restarts);
+            let status = ProcessStatus {
+                state: ProcessState::Stopped,
+                kind: schema::ProcessType::M0d,
+            };
+            inner.cluster.record_process_status(fid, status);
+            match process_status_write(fid, status) {
+                Ok(op) => {
+                    let (ack, w) = Ack::channel();
+                    self.submit(op, ack).await;
+                    waiting.push(w);
+                }
+                Err(e) => tracing::error!(error = %e, "process status not written"),
+            }
+            let (ack, w) = Ack::channel();
+            let op = WriteOp::publish(QueueKind::Broadcast, process_state_message(fid, status));
+            self.submit(op, ack).await;
+            waiting.push(w);
+        }
+        match restart_count_write(&node, fid, count + 1) {
+            Ok(op) => {
+                let (ack, w) = Ack::channel();
+                self.submit(op, ack).await;
+                waiting.push(w);
+            }
+            Err(e) => tracing::error!(error = %e, "restart count not written"),
+        }
+        for w in waiting {
+            match tokio::time::timeout_at(deadline, w).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(process = %fid, error = %e, "restart bookkeeping not written")
+                }
+                Err(_) => {
+                    // The writes stay queued and land once Consul is back.
+                    tracing::warn!(process = %fid, "restart bookkeeping not durable yet; answering anyway");
+                    break;
+                }
+            }
+        }
+        let mut delivery = None;
+        if restarted {
+            tracing::info!(process = %fid, %endpoint, restarts = count, "process restarted; telling the others its previous incarnation failed");
+            let options = BroadcastOptions {
+                notify_devices: true,
+                proc_skip_list: vec![fid],
+                ..BroadcastOptions::default()
+            };
+            if let Some(sent) = self
+                .broadcast(vec![HaUpdate::new(fid, ObjHealth::Failed)], options)
+                .await
+            {
+                // Not delivered is no reason to hold the process back.
+                let report = sent
+                    .wait_all(Instant::now() + inner.config.restart_delivery_wait)
+                    .await;
+                tracing::info!(process = %fid, delivered = report.delivered, not_delivered = report.not_delivered, pending = report.pending, "FAILED broadcast of a restarted process");
+                delivery = Some(report);
+            }
+        } else {
+            tracing::debug!(process = %fid, %endpoint, restarts = count, "first entrypoint request");
+        }
+        Ok(RestartCheck {
+            count,
+            restarted,
+            delivery,
+        })
+    }
+}
+
+/// What restart detection found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RestartCheck {
+    /// The restart count read (before this start).
+    pub count: u64,
+    /// Whether this start is a restart after a crash.
+    pub restarted: bool,
+    /// How the FAILED broadcast ended, when one was sent.
+    pub delivery: Option<DeliveryReport>,
+}
+
+/// Consul could not be read in time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("Consul unavailable for restart detection")]
+pub struct ConsulUnavailable;
+
+/// The `<node>/process_restarts/<fid>` write of a count (a JSON string such
+/// as `"2"`).
+pub fn restart_count_write(node: &str, fid: Fid, count: u64) -> Result<WriteOp, SchemaError> {
+    let key = keys::process_restarts(node, fid_text(fid))?;
+    let value = pyjson::to_string(&count.to_string()).map_err(|e| SchemaError::BadValue {
+        key: key.clone(),
+        reason: e.to_string(),
+    })?;
+    Ok(WriteOp::put(key, value))
+}
+
+/// The lane key of an event: events of one process (or one link) share a
+/// lane.
+fn route_key(ev: &MotrEvent) -> u64 {
+    match ev {
+        MotrEvent::Process { fid, .. } | MotrEvent::StobIoq { fid, .. } => fid.key,
+        MotrEvent::Service { source_process, .. } => source_process.key,
+        MotrEvent::NvecSet { link, .. } => link.0,
+        MotrEvent::FirstRequest { req, .. } => req.process_fid.key,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_table_is_the_original() {
+        use ProcessEventKind as E;
+        use ProcessType as T;
+        assert_eq!(
+            process_event_health(T::M0mkfs, E::Started),
+            Some(ObjHealth::Ok)
+        );
+        assert_eq!(
+            process_event_health(T::M0mkfs, E::Stopped),
+            Some(ObjHealth::Failed)
+        );
+        assert_eq!(process_event_health(T::M0mkfs, E::DtmRecovered), None);
+        for t in [T::M0d, T::Other] {
+            assert_eq!(
+                process_event_health(t, E::Started),
+                Some(ObjHealth::Recovering)
+            );
+            assert_eq!(
+                process_event_health(t, E::DtmRecovered),
+                Some(ObjHealth::Ok)
+            );
+            assert_eq!(process_event_health(t, E::Stopped), Some(ObjHealth::Failed));
+        }
+        assert_eq!(process_event_health(T::Kernel, E::Started), None);
+    }
+
+    #[test]
+    fn nvec_set_rolls_back_failed_sns() {
+        let f = |k| Fid::typed(hax_core::FidType::Sdev, 1, k);
+        let notes = [
+            HaNote::new(f(1), HaState::Online),
+            HaNote::new(f(2), HaState::Repaired),
+            HaNote::new(f(3), HaState::Repair),
+            HaNote::new(f(4), HaState::Rebalance),
+            HaNote::new(f(5), HaState::Failed),
+            HaNote::new(f(6), HaState::Transient),
+        ];
+        assert_eq!(
+            nvec_set_rebroadcast(&notes),
+            vec![
+                HaUpdate::new(f(1), ObjHealth::Ok),
+                HaUpdate::new(f(2), ObjHealth::Repaired),
+                HaUpdate::new(f(3), ObjHealth::Failed),
+                HaUpdate::new(f(4), ObjHealth::Repaired),
+            ]
+        );
+    }
+
+    #[test]
+    fn timestamps_look_like_pythons_str_of_datetime() {
+        assert_eq!(
+            format_timestamp(Duration::new(0, 0)),
+            "1970-01-01 00:00:00.000000"
+        );
+        // 2021-11-08 16:04:43.061234 UTC
+        assert_eq!(
+            format_timestamp(Duration::new(1_636_387_483, 61_234_000)),
+            "2021-11-08 16:04:43.061234"
+        );
+        assert_eq!(
+            format_timestamp(Duration::new(951_782_400, 0)),
+            "2000-02-29 00:00:00.000000"
+        );
+    }
+
+    #[test]
+    fn stob_ioq_payload_is_the_originals() {
+        let e = StobIoqError {
+            conf_sdev: Fid::new(1, 2),
+            stob_domain: Fid::new(0xc, 0xd),
+            stob_fid: Fid::new(0xe, 0xf),
+            fd: 42,
+            opcode: 4,
+            rc: 2,
+            offset: 191,
+            size: 100,
+            bshift: 4,
+        };
+        let p = stob_ioq_payload(Fid::new(5, 6), &e);
+        assert_eq!(
+            pyjson::to_string(&p).expect("json"),
+            r#"{"fid": "0x5:0x6", "conf_sdev": "0x1:0x2", "stob_id": {"domain_fid": "0xc:0xd", "fid": "0xe:0xf"}, "fd": 42, "opcode": 4, "rc": 2, "offset": 191, "size": 100, "bshift": 4}"#
+        );
+    }
+
+    #[test]
+    fn process_messages_carry_fid_state_type() {
+        let m = process_state_message(
+            Fid::new(0x7200000000000001, 6),
+            ProcessStatus {
+                state: ProcessState::Stopped,
+                kind: schema::ProcessType::M0d,
+            },
+        );
+        assert_eq!(m.message_type, "PROCESS-STATE-UPDATE");
+        assert_eq!(
+            pyjson::to_string(&m.payload).expect("json"),
+            r#"{"fid": "0x7200000000000001:0x6", "state": "M0_CONF_HA_PROCESS_STOPPED", "type": "M0_CONF_HA_PROCESS_M0D"}"#
+        );
+    }
+}
