@@ -447,17 +447,17 @@ async fn run(args: Args) -> Result<bool, String> {
     };
     tokio::pin!(end);
     let mut ka = tokio::time::interval(ka_every);
+    let mut keepalives: JoinSet<bool> = JoinSet::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
     loop {
         tokio::select! {
             _ = &mut end => break,
             _ = ka.tick(), if args.keepalive => {
-                let mut set = JoinSet::new();
                 for p in &procs {
                     if p.state() != LinkState::Up { continue; }
                     let (p, out) = (p.clone(), out.clone());
-                    set.spawn(async move {
+                    keepalives.spawn(async move {
                         match p.keepalive().await {
                             Ok(counter) => {
                                 out.line(Instant::now(), Some(&p.fid()), &format!("✓ keepalive answered (counter {counter})"),
@@ -472,9 +472,9 @@ async fn run(args: Args) -> Result<bool, String> {
                         }
                     });
                 }
-                while let Some(r) = set.join_next().await {
-                    if !r.unwrap_or(false) { failed = true; }
-                }
+            }
+            Some(r) = keepalives.join_next(), if !keepalives.is_empty() => {
+                if !r.unwrap_or(false) { failed = true; }
             }
             _ = tick.tick(), if !args.no_reattach => {
                 for p in &procs {
@@ -486,6 +486,9 @@ async fn run(args: Args) -> Result<bool, String> {
             }
         }
     }
+
+    // Keepalives still waiting at the end prove nothing either way.
+    keepalives.abort_all();
 
     // Stop: events, and a last wait for hax's confirmations.
     if args.events {
