@@ -2,6 +2,7 @@
 //! tools. `main.rs` only parses the command line and calls [`app::run`].
 #![forbid(unsafe_code)]
 
+pub mod bq;
 pub mod bridge;
 pub mod broadcast;
 pub mod config;

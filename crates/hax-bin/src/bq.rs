@@ -1,0 +1,545 @@
+//! The broadcast-queue (BQ) consumer of this node: every hax handles every
+//! `bq/<n>` entry once, in order, keeping its offset in
+//! `bq-delivered/<hostname>`.
+//!
+//! | message type | effect |
+//! |---|---|
+//! | `PROCESS-STATE-UPDATE` | for a process of another node: broadcast of its health to the local links (no KV update), and `<local node>/processes/<fid>` |
+//! | `M0_HA_MSG_NVEC` | the drive of `{node, device}` broadcast with the given state; waits (bounded) for one delivery |
+//! | `SNS_OP` | handed on as an [`SnsRequest`] |
+//! | `STOB_IOQ_ERROR` | the sdev broadcast FAILED; waits (bounded) for one delivery |
+//! | other | logged, skipped |
+//!
+//! # The offset
+//!
+//! An entry's offset is committed by [`QueueConsumer`] in one transaction
+//! with the KV writes its handling produced, after its broadcast was handed
+//! to Motr. So a hax killed at any point resumes after the last committed
+//! entry: nothing is skipped, Consul effects happen once, and Motr sees at
+//! most the one broadcast whose commit was lost again (harmless: broadcasts
+//! ask Motr to ignore states it already has). A broadcast that could not be
+//! handed over for a reason that may pass (Consul unavailable) leaves the
+//! entry pending: it is tried again on the next trigger or resync. Malformed
+//! entries and unknown types are skipped, as the original does.
+//!
+//! One task consumes, so watch deliveries arriving together never handle
+//! an entry twice.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hax_consul::pyjson;
+use hax_consul::queue::{ConsumerConfig, QueueConsumer, QueueEntry, QueueError};
+use hax_consul::schema::{
+    keys, BroadcastMessage, DeviceStateUpdate, FidText, ProcessState, ProcessStateUpdate,
+    ProcessStatus, QueueKind, SnsOp,
+};
+use hax_consul::{ConsulClient, TxnOp};
+use hax_core::Fid;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::events::{Broadcast, BroadcastOptions, ClusterFacts, Sent};
+use crate::model::{HaUpdate, ObjHealth};
+
+/// An SNS operation asked for through the BQ (`SNS_OP`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SnsOperation {
+    /// `rebalance-start`
+    RebalanceStart,
+    /// `rebalance-stop`
+    RebalanceStop,
+    /// `rebalance-pause`
+    RebalancePause,
+    /// `rebalance-resume`
+    RebalanceResume,
+    /// `repair-start`
+    RepairStart,
+    /// `repair-stop`
+    RepairStop,
+    /// `repair-pause`
+    RepairPause,
+    /// `repair-resume`
+    RepairResume,
+    /// `disk-attach`
+    DiskAttach,
+    /// `disk-detach`
+    DiskDetach,
+}
+
+impl SnsOperation {
+    /// Every operation.
+    pub const ALL: [SnsOperation; 10] = [
+        SnsOperation::RebalanceStart,
+        SnsOperation::RebalanceStop,
+        SnsOperation::RebalancePause,
+        SnsOperation::RebalanceResume,
+        SnsOperation::RepairStart,
+        SnsOperation::RepairStop,
+        SnsOperation::RepairPause,
+        SnsOperation::RepairResume,
+        SnsOperation::DiskAttach,
+        SnsOperation::DiskDetach,
+    ];
+
+    /// The operation's name (as in `POST /api/v1/sns/{operation}`).
+    pub fn name(self) -> &'static str {
+        match self {
+            SnsOperation::RebalanceStart => "rebalance-start",
+            SnsOperation::RebalanceStop => "rebalance-stop",
+            SnsOperation::RebalancePause => "rebalance-pause",
+            SnsOperation::RebalanceResume => "rebalance-resume",
+            SnsOperation::RepairStart => "repair-start",
+            SnsOperation::RepairStop => "repair-stop",
+            SnsOperation::RepairPause => "repair-pause",
+            SnsOperation::RepairResume => "repair-resume",
+            SnsOperation::DiskAttach => "disk-attach",
+            SnsOperation::DiskDetach => "disk-detach",
+        }
+    }
+
+    /// The operation of a name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        SnsOperation::ALL.into_iter().find(|o| o.name() == name)
+    }
+}
+
+/// An SNS operation on a pool, for the SNS handler.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnsRequest {
+    /// The operation.
+    pub op: SnsOperation,
+    /// The pool.
+    pub pool: Fid,
+}
+
+/// Settings of the consumer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BqConfig {
+    /// How often the whole queue is read from Consul even without a watch
+    /// delivery (a lost POST loses nothing).
+    pub resync_every: Duration,
+    /// Pause before an entry left pending is tried again.
+    pub retry_after: Duration,
+    /// How long device and STOB broadcasts wait for a delivery (the
+    /// original: 30 s).
+    pub delivery_wait: Duration,
+}
+
+impl Default for BqConfig {
+    fn default() -> Self {
+        BqConfig {
+            resync_every: Duration::from_secs(60),
+            retry_after: Duration::from_secs(1),
+            delivery_wait: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct BqMetrics {
+    /// Gauge: the last committed epoch.
+    pub offset: AtomicU64,
+    /// Entries committed (handled or skipped).
+    pub consumed: AtomicU64,
+    /// `PROCESS-STATE-UPDATE` entries broadcast.
+    pub process_updates: AtomicU64,
+    /// `M0_HA_MSG_NVEC` entries broadcast.
+    pub device_updates: AtomicU64,
+    /// `SNS_OP` entries handed on.
+    pub sns_ops: AtomicU64,
+    /// `STOB_IOQ_ERROR` entries broadcast.
+    pub stob_errors: AtomicU64,
+    /// Entries skipped (malformed, unknown, for nothing known).
+    pub skipped: AtomicU64,
+    /// Broadcasts with no delivery by the deadline.
+    pub not_delivered: AtomicU64,
+    /// Consumption rounds that stopped on an error (entry left pending).
+    pub failed_rounds: AtomicU64,
+}
+
+fn inc(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Why an entry stays pending.
+#[derive(Debug, thiserror::Error)]
+pub enum BqError {
+    /// The broadcast could not be handed over for now.
+    #[error("broadcast not handed to Motr: {0}")]
+    Broadcast(String),
+    /// The SNS handler is gone.
+    #[error("SNS operations are not taken any more")]
+    SnsClosed,
+}
+
+/// Handles BQ entries (what one entry does; the consumer task commits).
+pub struct BqProcessor<B, C> {
+    broadcaster: Arc<B>,
+    cluster: Arc<C>,
+    sns: mpsc::Sender<SnsRequest>,
+    config: BqConfig,
+    metrics: Arc<BqMetrics>,
+}
+
+impl<B, C> std::fmt::Debug for BqProcessor<B, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BqProcessor")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn fid_of(t: FidText) -> Fid {
+    Fid::new(t.container(), t.key())
+}
+
+/// The health a process event stands for in a BQ `PROCESS-STATE-UPDATE`
+/// (the original's `event_to_svchealth`).
+pub fn update_health(state: ProcessState) -> ObjHealth {
+    match state {
+        ProcessState::Starting | ProcessState::DtmRecovered => ObjHealth::Ok,
+        ProcessState::Started => ObjHealth::Recovering,
+        ProcessState::Stopping | ProcessState::Stopped => ObjHealth::Offline,
+    }
+}
+
+/// The event recorded for a health (the original's
+/// `objHealthToProcessEvent`).
+pub fn health_event(health: ObjHealth) -> ProcessState {
+    match health {
+        ObjHealth::Recovering => ProcessState::Started,
+        ObjHealth::Ok => ProcessState::DtmRecovered,
+        _ => ProcessState::Stopped,
+    }
+}
+
+/// The health of a device state word of an `M0_HA_MSG_NVEC` entry.
+pub fn device_health(state: &str) -> Option<ObjHealth> {
+    Some(match state {
+        "online" => ObjHealth::Ok,
+        "failed" => ObjHealth::Failed,
+        "offline" => ObjHealth::Offline,
+        "repair" => ObjHealth::Repair,
+        "repaired" => ObjHealth::Repaired,
+        "rebalance" => ObjHealth::Rebalance,
+        _ => return None,
+    })
+}
+
+impl<B: Broadcast, C: ClusterFacts> BqProcessor<B, C> {
+    /// A processor broadcasting with `broadcaster` and handing SNS
+    /// operations to `sns`.
+    pub fn new(
+        broadcaster: Arc<B>,
+        cluster: Arc<C>,
+        sns: mpsc::Sender<SnsRequest>,
+        config: BqConfig,
+    ) -> Self {
+        BqProcessor {
+            broadcaster,
+            cluster,
+            sns,
+            config,
+            metrics: Arc::new(BqMetrics::default()),
+        }
+    }
+
+    /// The counters.
+    pub fn metrics(&self) -> Arc<BqMetrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    fn skip(&self, entry: &QueueEntry, why: &str) -> Result<Vec<TxnOp>, BqError> {
+        inc(&self.metrics.skipped);
+        tracing::warn!(key = %entry.key, reason = why, "BQ entry skipped");
+        Ok(Vec::new())
+    }
+
+    async fn broadcast(
+        &self,
+        updates: Vec<HaUpdate>,
+        options: BroadcastOptions,
+    ) -> Result<Option<Sent>, BqError> {
+        match self.broadcaster.broadcast(updates, options).await {
+            Ok(sent) => Ok(Some(sent)),
+            Err(e) if e.transient => Err(BqError::Broadcast(e.reason)),
+            Err(e) => {
+                tracing::error!(error = %e, "BQ broadcast failed for good; entry skipped");
+                Ok(None)
+            }
+        }
+    }
+
+    async fn wait_any(&self, entry: &QueueEntry, sent: Option<Sent>) {
+        let Some(sent) = sent else { return };
+        if sent.is_empty() {
+            return;
+        }
+        let report = sent
+            .wait_any(Instant::now() + self.config.delivery_wait)
+            .await;
+        if report.delivered == 0 {
+            inc(&self.metrics.not_delivered);
+            tracing::warn!(key = %entry.key, not_delivered = report.not_delivered, pending = report.pending, "BQ broadcast not delivered");
+        }
+    }
+
+    /// Handles one entry; returns the KV writes to commit with its offset.
+    /// An error leaves the entry pending.
+    pub async fn handle(&self, entry: &QueueEntry) -> Result<Vec<TxnOp>, BqError> {
+        let message = match &entry.message {
+            Ok(m) => m,
+            Err(e) => return self.skip(entry, e),
+        };
+        let typed = match message.broadcast(&entry.key) {
+            Ok(t) => t,
+            Err(e) => return self.skip(entry, &e.to_string()),
+        };
+        tracing::info!(key = %entry.key, kind = %message.message_type, "BQ message");
+        match typed {
+            BroadcastMessage::ProcessStateUpdate(u) => self.on_process_update(entry, u).await,
+            BroadcastMessage::DeviceState(d) => self.on_device_state(entry, &d).await,
+            BroadcastMessage::SnsOp(op) => self.on_sns_op(entry, &op).await,
+            BroadcastMessage::StobIoqError(e) => {
+                let sdev = fid_of(e.conf_sdev);
+                if sdev.is_zero() {
+                    return self.skip(entry, "STOB I/O error without an sdev");
+                }
+                inc(&self.metrics.stob_errors);
+                let sent = self
+                    .broadcast(
+                        vec![HaUpdate::new(sdev, ObjHealth::Failed)],
+                        BroadcastOptions::default(),
+                    )
+                    .await?;
+                self.wait_any(entry, sent).await;
+                Ok(Vec::new())
+            }
+            BroadcastMessage::Other(m) => {
+                self.skip(entry, &format!("unknown message type {:?}", m.message_type))
+            }
+        }
+    }
+
+    async fn on_process_update(
+        &self,
+        entry: &QueueEntry,
+        u: ProcessStateUpdate,
+    ) -> Result<Vec<TxnOp>, BqError> {
+        let fid = fid_of(u.fid);
+        // A local process was handled when its event arrived here.
+        if self.cluster.is_local(fid) {
+            tracing::debug!(key = %entry.key, process = %fid, "BQ update of a local process; nothing to do");
+            return Ok(Vec::new());
+        }
+        let health = update_health(u.state);
+        inc(&self.metrics.process_updates);
+        // The process' own node (or the RC) keeps the configuration tree:
+        // this is only the Motr broadcast.
+        let options = BroadcastOptions {
+            update_kv: false,
+            ..BroadcastOptions::default()
+        };
+        self.broadcast(vec![HaUpdate::new(fid, health)], options)
+            .await?;
+        let status = ProcessStatus {
+            state: health_event(health),
+            kind: u.kind,
+        };
+        let node = self.cluster.local_node();
+        let key = match keys::node_process(&node, u.fid) {
+            Ok(k) => k,
+            Err(e) => return self.skip(entry, &e.to_string()),
+        };
+        let value = match pyjson::to_string(&status) {
+            Ok(v) => v,
+            Err(e) => return self.skip(entry, &e.to_string()),
+        };
+        Ok(vec![TxnOp::set(key, value)])
+    }
+
+    async fn on_device_state(
+        &self,
+        entry: &QueueEntry,
+        d: &DeviceStateUpdate,
+    ) -> Result<Vec<TxnOp>, BqError> {
+        let Some(health) = device_health(&d.state) else {
+            return self.skip(entry, &format!("unknown device state {:?}", d.state));
+        };
+        // The original broadcast the fid 0:0 for a device it did not know.
+        let Some(drive) = self.cluster.drive_of_device(&d.node, &d.device) else {
+            return self.skip(
+                entry,
+                &format!("no drive for device {} on node {}", d.device, d.node),
+            );
+        };
+        inc(&self.metrics.device_updates);
+        tracing::info!(node = %d.node, device = %d.device, %drive, state = %d.state, "device state from the BQ");
+        let sent = self
+            .broadcast(
+                vec![HaUpdate::new(drive, health)],
+                BroadcastOptions::default(),
+            )
+            .await?;
+        self.wait_any(entry, sent).await;
+        Ok(Vec::new())
+    }
+
+    async fn on_sns_op(&self, entry: &QueueEntry, op: &SnsOp) -> Result<Vec<TxnOp>, BqError> {
+        let Some(kind) = SnsOperation::from_name(&op.op_name) else {
+            return self.skip(entry, &format!("unknown SNS operation {:?}", op.op_name));
+        };
+        inc(&self.metrics.sns_ops);
+        let req = SnsRequest {
+            op: kind,
+            pool: fid_of(op.fid),
+        };
+        tracing::info!(op = kind.name(), pool = %req.pool, "SNS operation from the BQ");
+        self.sns.send(req).await.map_err(|_| BqError::SnsClosed)?;
+        Ok(Vec::new())
+    }
+}
+
+/// The consumer of this node's offset (`bq-delivered/<hostname>`).
+pub fn consumer(client: ConsulClient, hostname: &str) -> Result<QueueConsumer, QueueError> {
+    QueueConsumer::new(
+        client,
+        ConsumerConfig {
+            kind: QueueKind::Broadcast,
+            name: hostname.to_owned(),
+            delete_consumed: false,
+        },
+    )
+}
+
+/// What makes the consumer look at the queue: the entries of a watch
+/// delivery (`POST /watcher/bq`, [`hax_consul::server::UpdateData::BroadcastQueue`])
+/// or a request to read the queue from Consul.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BqTrigger {
+    /// The whole `bq/` tree as a watch delivered it.
+    Entries(Vec<QueueEntry>),
+    /// Read the queue now.
+    Resync,
+}
+
+/// Runs the consumer until `cancel` (or the trigger sender closes):
+/// consumes on every trigger, every [`BqConfig::resync_every`], and
+/// [`BqConfig::retry_after`] after a round that left an entry pending.
+pub fn spawn<B: Broadcast, C: ClusterFacts>(
+    consumer: QueueConsumer,
+    processor: Arc<BqProcessor<B, C>>,
+    mut triggers: mpsc::Receiver<BqTrigger>,
+    cancel: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let metrics = processor.metrics();
+        let config = processor.config.clone();
+        tracing::info!(offset_key = consumer.offset_key(), "BQ consumer started");
+        // Read everything at start: entries published while hax was down.
+        let mut next = Some(BqTrigger::Resync);
+        let mut resync_at = Instant::now() + config.resync_every;
+        loop {
+            if let Some(trigger) = next.take() {
+                let result = consume(&consumer, &processor, trigger).await;
+                match result {
+                    Ok(n) => {
+                        if n > 0 {
+                            tracing::debug!(entries = n, "BQ entries consumed");
+                            metrics.consumed.fetch_add(n as u64, Ordering::Relaxed);
+                        }
+                    }
+                    Err(e) => {
+                        inc(&metrics.failed_rounds);
+                        tracing::warn!(error = %e, "BQ consumption stopped; will retry");
+                        resync_at = resync_at.min(Instant::now() + config.retry_after);
+                    }
+                }
+                if let Ok(Some(o)) = consumer.offset().await {
+                    metrics.offset.store(o, Ordering::Relaxed);
+                }
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                t = triggers.recv() => match t {
+                    None => break,
+                    Some(t) => next = Some(merge(t, &mut triggers)),
+                },
+                _ = tokio::time::sleep_until(resync_at) => {
+                    next = Some(BqTrigger::Resync);
+                    resync_at = Instant::now() + config.resync_every;
+                }
+            }
+        }
+        tracing::info!("BQ consumer stopped");
+    })
+}
+
+/// Folds triggers already queued into one: entries are unioned by epoch (a
+/// later delivery holds the newer tree), a resync wins over entries.
+fn merge(first: BqTrigger, rest: &mut mpsc::Receiver<BqTrigger>) -> BqTrigger {
+    let mut acc = first;
+    while let Ok(t) = rest.try_recv() {
+        acc = match (acc, t) {
+            (BqTrigger::Resync, _) | (_, BqTrigger::Resync) => BqTrigger::Resync,
+            (BqTrigger::Entries(mut a), BqTrigger::Entries(b)) => {
+                for e in b {
+                    match a.iter_mut().find(|x| x.epoch == e.epoch) {
+                        Some(x) => *x = e,
+                        None => a.push(e),
+                    }
+                }
+                BqTrigger::Entries(a)
+            }
+        };
+    }
+    acc
+}
+
+async fn consume<B: Broadcast, C: ClusterFacts>(
+    consumer: &QueueConsumer,
+    processor: &Arc<BqProcessor<B, C>>,
+    trigger: BqTrigger,
+) -> Result<usize, QueueError> {
+    let handler = |entry: &QueueEntry| {
+        let entry = entry.clone();
+        let processor = Arc::clone(processor);
+        async move { processor.handle(&entry).await }
+    };
+    match trigger {
+        BqTrigger::Entries(entries) => consumer.consume_entries(&entries, handler).await,
+        BqTrigger::Resync => consumer.consume_available(handler).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sns_operation_names_round_trip() {
+        for op in SnsOperation::ALL {
+            assert_eq!(SnsOperation::from_name(op.name()), Some(op));
+        }
+        assert_eq!(SnsOperation::from_name("repair-status"), None);
+    }
+
+    #[test]
+    fn process_updates_map_as_the_original() {
+        assert_eq!(update_health(ProcessState::Starting), ObjHealth::Ok);
+        assert_eq!(update_health(ProcessState::Started), ObjHealth::Recovering);
+        assert_eq!(update_health(ProcessState::DtmRecovered), ObjHealth::Ok);
+        assert_eq!(update_health(ProcessState::Stopping), ObjHealth::Offline);
+        assert_eq!(update_health(ProcessState::Stopped), ObjHealth::Offline);
+        assert_eq!(health_event(ObjHealth::Recovering), ProcessState::Started);
+        assert_eq!(health_event(ObjHealth::Ok), ProcessState::DtmRecovered);
+        assert_eq!(health_event(ObjHealth::Offline), ProcessState::Stopped);
+        assert_eq!(device_health("repair"), Some(ObjHealth::Repair));
+        assert_eq!(device_health("bogus"), None);
+    }
+}
