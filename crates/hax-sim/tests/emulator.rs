@@ -355,3 +355,38 @@ async fn hax_restart_reconnects_with_continuing_tags() {
     assert!(p.violations().is_empty(), "{:?}", p.violations());
     assert_eq!(stop(halon2).await, 0);
 }
+
+/// Throughput of 16 processes into hax through the emulator; run with
+/// `cargo test --release -p hax-sim --test emulator -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check"]
+async fn throughput_of_16_processes() {
+    let (halon, hax, ep) = start(0);
+    let cl = SimCluster::connect(cluster::configs(&ep, 16, 200)).await.unwrap();
+    const N: usize = 50_000;
+    let procs: Vec<Arc<SimProcess>> = cl.into_processes().into_iter().map(Arc::new).collect();
+    let msgs: Vec<Vec<HaMsg>> = procs
+        .iter()
+        .map(|p| (0..N).map(|_| p.process_event(ProcessEventKind::Started)).collect())
+        .collect();
+    let t0 = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for (p, m) in procs.iter().zip(msgs) {
+        let p = p.clone();
+        tasks.push(tokio::spawn(async move {
+            p.send_many(m).await.unwrap();
+            p.wait_all_confirmed(Duration::from_secs(120)).await.unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let dt = t0.elapsed();
+    let total = 16 * N;
+    println!(
+        "{total} messages confirmed in {dt:?}: {:.0} messages/s",
+        total as f64 / dt.as_secs_f64()
+    );
+    hax.wait("every message", |s| s.msgs.len() == total).await;
+    assert_eq!(stop(halon).await, 0);
+}
