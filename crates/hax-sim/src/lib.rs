@@ -8,6 +8,23 @@
 //! - [`cluster`]: [`SimCluster`], N of them connected at once.
 //!
 //! The binary `m0d-sim` drives a cluster from the command line.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), hax_sim::SimError> {
+//! use std::time::Duration;
+//! use hax_core::{Fid, FidType, ProcessEventKind};
+//! use hax_sim::{SimConfig, SimProcess};
+//!
+//! let fid = Fid::typed(FidType::Process, 1, 1);
+//! let p = SimProcess::connect(SimConfig::new("inet:tcp:127.0.0.1@22001", fid)).await?;
+//! println!("confds: {:?}", p.entrypoint().map(|e| e.reply.confds));
+//! let tag = p.send_process_event(ProcessEventKind::Started)?; // does not wait
+//! p.wait_confirmed(tag, Duration::from_secs(5)).await?;     // hax's DELIVERED
+//! p.wait_received(1, Duration::from_secs(5)).await?;        // a broadcast from hax
+//! let notes = p.nvec_get(&[fid]).await?;                    // checked answer
+//! # let _ = notes;
+//! # Ok(()) }
+//! ```
 
 #![forbid(unsafe_code)]
 
