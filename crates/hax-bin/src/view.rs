@@ -1,0 +1,1939 @@
+//! [`ClusterView`]: what the daemon knows of the cluster, in memory, so that
+//! Motr's questions are answered without a Consul round trip.
+//!
+//! It holds the configuration tree (`m0conf/`), the recorded process states
+//! (`processes/`), the health checks of the Motr services (one
+//! service-health watch per service name), the Consul node of each host
+//! (`consul/node/`), the RC leader (`leader`), the client service types
+//! (`m0_client_types`), and this node's identity. Watchers built on blocking
+//! queries keep each part up to date; every change publishes a new immutable
+//! [`ClusterState`], which readers take with [`ClusterView::snapshot`] (a
+//! pointer copy under a lock held for nothing else) and query synchronously.
+//!
+//! What hax itself writes (configuration states, process states) is made
+//! visible at once with [`ClusterView::record_conf_writes`] and
+//! [`ClusterView::record_process_status`]: the write is kept as an overlay
+//! until a snapshot at least as new as the write arrives, so that a reader
+//! never sees hax's own write undone by a watch answer that predates it.
+//!
+//! The original hax read `m0conf/nodes` once and never again; here the tree
+//! follows the KV store, which gives the same answers on a static
+//! configuration and the right ones when hare's tools change it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::Duration;
+
+use hax_consul::catalog::ServiceEntry;
+use hax_consul::schema::{
+    keys, ConfEntry, ConfKey, ConfObject, ConfTree, ConfValue, FidText, ProcessStatus, ProcessType,
+};
+use hax_consul::watch::{ServiceHealthSource, Snapshot, WatchConfig, Watcher};
+use hax_consul::{ConsulClient, KvPair};
+use hax_core::{Fid, FidType, HaState};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::health::{self, NodeChecks, NodeHealthMap};
+use crate::model::ObjHealth;
+
+/// The Consul services whose health checks the view follows by default: the
+/// ones the original's Consul watches point at hax.
+pub const DEFAULT_HEALTH_SERVICES: [&str; 4] = ["hax", "confd", "ios", "s3service"];
+
+/// What [`ClusterView::spawn`] needs besides a Consul client.
+#[derive(Debug, Clone)]
+pub struct ViewConfig {
+    /// This node's name (as in `m0conf/nodes/<fid>` `name`).
+    pub local_node: String,
+    /// hax's process fid.
+    pub hax_fid: Fid,
+    /// Consul services whose health is followed.
+    pub health_services: Vec<String>,
+    /// Tuning of the watchers.
+    pub watch: WatchConfig,
+}
+
+impl ViewConfig {
+    /// The default services and watcher tuning.
+    pub fn new(local_node: impl Into<String>, hax_fid: Fid) -> Self {
+        ViewConfig {
+            local_node: local_node.into(),
+            hax_fid,
+            health_services: DEFAULT_HEALTH_SERVICES.map(str::to_owned).to_vec(),
+            watch: WatchConfig::default(),
+        }
+    }
+}
+
+/// Everything a view holds, as plain data ([`ClusterView::from_data`]).
+#[derive(Debug, Clone, Default)]
+pub struct ViewData {
+    /// This node's name.
+    pub local_node: String,
+    /// hax's process fid.
+    pub hax_fid: Fid,
+    /// The configuration tree.
+    pub conf: ConfTree,
+    /// `processes/<fid>` entries.
+    pub processes: BTreeMap<FidText, ProcessStatus>,
+    /// Health entries of the followed services.
+    pub health: Vec<ServiceEntry>,
+    /// Host name → Consul node name (`consul/node/<host>`).
+    pub consul_nodes: BTreeMap<String, String>,
+    /// The RC leader's node name.
+    pub leader: Option<String>,
+    /// `m0_client_types`.
+    pub client_types: Vec<String>,
+    /// Base fid → full fid (top-level `<base fid>` keys).
+    pub dynamic_fids: BTreeMap<FidText, FidText>,
+}
+
+/// Why waiting for the view failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ViewError {
+    /// Some parts were not read from Consul in time.
+    #[error("cluster view not loaded within {timeout:?}: waiting for {missing:?}")]
+    NotLoaded {
+        /// How long was waited.
+        timeout: Duration,
+        /// The parts still missing.
+        missing: Vec<&'static str>,
+    },
+    /// The condition waited for did not hold in time.
+    #[error("cluster view condition not met within {0:?}")]
+    Timeout(Duration),
+}
+
+// ---------------------------------------------------------------------------
+// Fid helpers
+
+/// A fid as the KV schema writes it.
+pub fn fid_text(fid: Fid) -> FidText {
+    FidText::new(fid.container, fid.key)
+}
+
+/// The fid of a KV fid text.
+pub fn fid_of(text: FidText) -> Fid {
+    Fid::new(text.container(), text.key())
+}
+
+/// The upper 32 bits of process and service keys are a dynamic part; the
+/// configuration knows objects by their base fid (key with those bits clear).
+const BASE_KEY_MASK: u64 = 0xffff_ffff;
+
+/// The base fid of a process or service fid; other fids are their own base.
+pub fn base_fid(fid: Fid) -> Fid {
+    if fid.is(FidType::Process) || fid.is(FidType::Service) {
+        Fid::new(fid.container, fid.key & BASE_KEY_MASK)
+    } else {
+        fid
+    }
+}
+
+/// The service fid with decimal key `key` (`0x7300000000000001:<key>`).
+pub fn service_fid(key: u64) -> Fid {
+    Fid::typed(FidType::Service, 1, key)
+}
+
+/// Sdev fids are compared by key with the sdev container, as the original
+/// rebuilds them from the key before matching.
+fn sdev_fid(f: FidText) -> FidText {
+    fid_text(Fid::typed(FidType::Sdev, 1, f.key()))
+}
+
+// ---------------------------------------------------------------------------
+// State vocabularies
+
+/// The note state of an sdev `state` word (`get_sdev_state`): `unknown`,
+/// `m0_nc_unknown`, `dtm_recovering` and `online` → ONLINE, `offline` →
+/// TRANSIENT, `failed` → FAILED, `repairing` → REPAIR, `repaired` →
+/// REPAIRED, `rebalancing` → REBALANCE. Words the original does not know
+/// (it fails and sends no answer) are ONLINE here, as an unknown state is.
+pub fn sdev_note_state(word: Option<&str>) -> HaState {
+    let Some(w) = word else {
+        return HaState::Online;
+    };
+    match w.to_ascii_lowercase().as_str() {
+        "unknown" | "m0_nc_unknown" | "dtm_recovering" | "online" | "m0_nc_online" => {
+            HaState::Online
+        }
+        "offline" | "m0_nc_transient" => HaState::Transient,
+        "failed" | "m0_nc_failed" => HaState::Failed,
+        "repairing" | "m0_nc_repair" => HaState::Repair,
+        "repaired" | "m0_nc_repaired" => HaState::Repaired,
+        "rebalancing" | "m0_nc_rebalance" => HaState::Rebalance,
+        other => {
+            tracing::warn!(state = other, "unknown sdev state, reported ONLINE");
+            HaState::Online
+        }
+    }
+}
+
+/// The note state of an `M0_NC_*` state of a node, enclosure or controller:
+/// the state of that name, except `M0_NC_UNKNOWN` (and a missing or unknown
+/// name) → TRANSIENT.
+pub fn nc_note_state(name: Option<&str>) -> HaState {
+    match name.and_then(HaState::from_name) {
+        None | Some(HaState::Unknown) => HaState::Transient,
+        Some(s) => s,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The structure of the configuration tree
+
+/// Lookups over the keys (and the fields that do not change at run time) of
+/// a configuration tree, built once per tree.
+#[derive(Debug, Default)]
+struct ConfStructure {
+    node_by_name: HashMap<String, FidText>,
+    node_name: HashMap<FidText, String>,
+    /// `m0conf/nodes/<nf>/processes/<pf>` keys of each process.
+    process_keys: HashMap<FidText, Vec<ConfKey>>,
+    process_node: HashMap<FidText, FidText>,
+    /// Processes holding each service (`.../services/<sf>` keys).
+    service_process: HashMap<FidText, Vec<FidText>>,
+    /// Processes of a node that hold an `ios` service.
+    ios_of_node: HashMap<FidText, Vec<FidText>>,
+    /// By-name branch: (service type, service key) of each process key.
+    services_by_pkey: HashMap<u64, Vec<(String, u64)>>,
+    pkey_node_name: HashMap<u64, String>,
+    endpoints: HashMap<u64, String>,
+    /// Sdevs of (process, service).
+    sdevs: HashMap<(FidText, FidText), Vec<FidText>>,
+    /// The sdev of a process listed first in KV order.
+    first_sdev_of_process: HashMap<FidText, (String, FidText)>,
+    sdev_keys: HashMap<FidText, Vec<ConfKey>>,
+    /// Sdev of each (node, device path).
+    sdev_by_path: HashMap<(FidText, String), FidText>,
+    drive_sdev: HashMap<FidText, FidText>,
+    drive_of_sdev: HashMap<FidText, FidText>,
+    ctrl_of_sdev: HashMap<FidText, FidText>,
+    encl_of_node: HashMap<FidText, FidText>,
+    encl_keys: HashMap<FidText, Vec<ConfKey>>,
+    ctrl_keys: HashMap<FidText, Vec<ConfKey>>,
+    ctrls_of_encl: HashMap<FidText, Vec<FidText>>,
+}
+
+impl ConfStructure {
+    fn build(tree: &ConfTree) -> Self {
+        let mut s = ConfStructure::default();
+        for (key, entry) in &tree.entries {
+            let obj = match &entry.value {
+                ConfValue::Object(o) => Some(o),
+                _ => None,
+            };
+            match key {
+                ConfKey::Node { node } => {
+                    if let Some(name) = obj.and_then(|o| o.name.clone()) {
+                        s.node_by_name.entry(name.clone()).or_insert(*node);
+                        s.node_name.insert(*node, name);
+                    }
+                }
+                ConfKey::Process { node, process } => {
+                    s.process_keys
+                        .entry(*process)
+                        .or_default()
+                        .push(key.clone());
+                    s.process_node.entry(*process).or_insert(*node);
+                }
+                ConfKey::Service {
+                    node,
+                    process,
+                    service,
+                } => {
+                    s.service_process
+                        .entry(*service)
+                        .or_default()
+                        .push(*process);
+                    if obj.and_then(|o| o.name.as_deref()) == Some("ios") {
+                        s.ios_of_node.entry(*node).or_default().push(*process);
+                    }
+                }
+                ConfKey::Sdev {
+                    node,
+                    process,
+                    service,
+                    sdev,
+                } => {
+                    if let Some(path) = obj.and_then(|o| o.path.clone()) {
+                        s.sdev_by_path.entry((*node, path)).or_insert(*sdev);
+                    }
+                    s.sdevs.entry((*process, *service)).or_default().push(*sdev);
+                    s.sdev_keys
+                        .entry(sdev_fid(*sdev))
+                        .or_default()
+                        .push(key.clone());
+                    let text = key.to_key();
+                    let first = s
+                        .first_sdev_of_process
+                        .entry(*process)
+                        .or_insert_with(|| (text.clone(), *sdev));
+                    if text < first.0 {
+                        *first = (text, *sdev);
+                    }
+                }
+                ConfKey::ServiceKey {
+                    node_name,
+                    process_key,
+                    service_type,
+                } => {
+                    if let ConfValue::FidKey(k) = entry.value {
+                        s.services_by_pkey
+                            .entry(*process_key)
+                            .or_default()
+                            .push((service_type.clone(), k));
+                    }
+                    s.pkey_node_name
+                        .entry(*process_key)
+                        .or_insert_with(|| node_name.clone());
+                }
+                ConfKey::ProcessAttr {
+                    node_name,
+                    process_key,
+                    attr,
+                } => {
+                    if let (ConfValue::Text(t), "endpoint") = (&entry.value, attr.as_str()) {
+                        s.endpoints.insert(*process_key, t.clone());
+                    }
+                    s.pkey_node_name
+                        .entry(*process_key)
+                        .or_insert_with(|| node_name.clone());
+                }
+                ConfKey::Enclosure { encl, .. } => {
+                    s.encl_keys.entry(*encl).or_default().push(key.clone());
+                    if let Some(node) = obj.and_then(|o| o.node) {
+                        s.encl_of_node.entry(node).or_insert(*encl);
+                    }
+                }
+                ConfKey::Controller { encl, ctrl, .. } => {
+                    s.ctrl_keys.entry(*ctrl).or_default().push(key.clone());
+                    let list = s.ctrls_of_encl.entry(*encl).or_default();
+                    if !list.contains(ctrl) {
+                        list.push(*ctrl);
+                    }
+                }
+                ConfKey::Drive { ctrl, drive, .. } => {
+                    if let Some(sdev) = obj.and_then(|o| o.sdev) {
+                        let sdev = sdev_fid(sdev);
+                        s.drive_sdev.insert(*drive, sdev);
+                        s.drive_of_sdev.entry(sdev).or_insert(*drive);
+                        s.ctrl_of_sdev.entry(sdev).or_insert(*ctrl);
+                    }
+                }
+                _ => {}
+            }
+        }
+        s
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The immutable state
+
+/// One consistent picture of the cluster. Cheap to share (`Arc`), queried
+/// synchronously, never changes: a newer picture is a new value.
+#[derive(Debug)]
+pub struct ClusterState {
+    local_node: String,
+    hax_fid: Fid,
+    conf: Arc<ConfTree>,
+    structure: Arc<ConfStructure>,
+    processes: Arc<BTreeMap<FidText, ProcessStatus>>,
+    health: Arc<NodeHealthMap>,
+    consul_nodes: Arc<BTreeMap<String, String>>,
+    leader: Option<String>,
+    client_types: Arc<Vec<String>>,
+    dynamic_fids: Arc<BTreeMap<FidText, FidText>>,
+    missing: Vec<&'static str>,
+    version: u64,
+}
+
+impl ClusterState {
+    /// This node's name.
+    pub fn local_node(&self) -> &str {
+        &self.local_node
+    }
+
+    /// hax's process fid.
+    pub fn hax_fid(&self) -> Fid {
+        self.hax_fid
+    }
+
+    /// Whether every part has been read from Consul at least once.
+    pub fn loaded(&self) -> bool {
+        self.missing.is_empty()
+    }
+
+    /// The parts not read yet.
+    pub fn missing(&self) -> &[&'static str] {
+        &self.missing
+    }
+
+    /// Changes since the view was made (a new value each time).
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The configuration tree (with hax's own recent writes).
+    pub fn conf(&self) -> &ConfTree {
+        &self.conf
+    }
+
+    /// One configuration entry.
+    pub fn conf_entry(&self, key: &ConfKey) -> Option<&ConfEntry> {
+        self.conf.entries.get(key)
+    }
+
+    /// The object of a configuration entry, if it holds one.
+    pub fn conf_object(&self, key: &ConfKey) -> Option<&ConfObject> {
+        match self.conf_entry(key).map(|e| &e.value) {
+            Some(ConfValue::Object(o)) => Some(o),
+            _ => None,
+        }
+    }
+
+    /// The `state` of a configuration object.
+    pub fn conf_state(&self, key: &ConfKey) -> Option<&str> {
+        self.conf_object(key)?.state.as_deref()
+    }
+
+    /// The recorded status of a process (`processes/<base fid>`).
+    pub fn process_status(&self, fid: Fid) -> Option<ProcessStatus> {
+        self.processes.get(&fid_text(base_fid(fid))).copied()
+    }
+
+    /// Every recorded process status.
+    pub fn process_statuses(&self) -> &BTreeMap<FidText, ProcessStatus> {
+        &self.processes
+    }
+
+    /// Whether the process is recorded as an m0mkfs run.
+    pub fn is_mkfs(&self, fid: Fid) -> bool {
+        self.process_status(fid)
+            .is_some_and(|s| s.kind == ProcessType::M0mkfs)
+    }
+
+    /// The name of the node a process belongs to.
+    pub fn node_name_of_process(&self, fid: Fid) -> Option<&str> {
+        let base = base_fid(fid);
+        let s = &self.structure;
+        s.process_node
+            .get(&fid_text(base))
+            .and_then(|n| s.node_name.get(n))
+            .or_else(|| s.pkey_node_name.get(&base.key))
+            .map(String::as_str)
+    }
+
+    /// The fid of the node named `name`.
+    pub fn node_fid_by_name(&self, name: &str) -> Option<Fid> {
+        self.structure.node_by_name.get(name).copied().map(fid_of)
+    }
+
+    /// The name of node `fid`.
+    pub fn node_name(&self, fid: Fid) -> Option<&str> {
+        self.structure
+            .node_name
+            .get(&fid_text(fid))
+            .map(String::as_str)
+    }
+
+    /// Whether the process runs on this node.
+    pub fn is_local_process(&self, fid: Fid) -> bool {
+        self.node_name_of_process(fid) == Some(self.local_node.as_str())
+    }
+
+    /// The services (type, fid) of a process, from the by-name branch of the
+    /// tree (`m0conf/nodes/<name>/processes/<key>/services/<type>`).
+    pub fn services_of_process(&self, fid: Fid) -> Vec<(&str, Fid)> {
+        self.structure
+            .services_by_pkey
+            .get(&base_fid(fid).key)
+            .map(|v| {
+                v.iter()
+                    .map(|(t, k)| (t.as_str(), service_fid(*k)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Whether the process holds a `confd` service.
+    pub fn is_confd(&self, fid: Fid) -> bool {
+        self.services_of_process(fid)
+            .iter()
+            .any(|(t, _)| *t == "confd")
+    }
+
+    /// Whether the process is a Motr client (one of its service types is in
+    /// `m0_client_types`).
+    pub fn is_client(&self, fid: Fid) -> bool {
+        self.services_of_process(fid)
+            .iter()
+            .any(|(t, _)| self.client_types.iter().any(|c| c == t))
+    }
+
+    /// The endpoint of a process.
+    pub fn endpoint_of_process(&self, fid: Fid) -> Option<&str> {
+        self.structure
+            .endpoints
+            .get(&base_fid(fid).key)
+            .map(String::as_str)
+    }
+
+    /// The process holding a service.
+    pub fn process_of_service(&self, fid: Fid) -> Option<Fid> {
+        let list = self.structure.service_process.get(&fid_text(fid))?;
+        if list.len() > 1 {
+            tracing::warn!(service = %fid, processes = list.len(), "service listed under several processes, using the first");
+        }
+        list.first().copied().map(fid_of)
+    }
+
+    /// The sdevs of service `service` of process `process`.
+    pub fn sdevs_of(&self, process: Fid, service: Fid) -> Vec<Fid> {
+        self.structure
+            .sdevs
+            .get(&(fid_text(process), fid_text(service)))
+            .map(|v| v.iter().copied().map(fid_of).collect())
+            .unwrap_or_default()
+    }
+
+    /// The keys of an sdev (one per listing of it).
+    pub fn sdev_keys(&self, sdev: Fid) -> &[ConfKey] {
+        self.structure
+            .sdev_keys
+            .get(&sdev_fid(fid_text(sdev)))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// The drive that references an sdev.
+    pub fn drive_of_sdev(&self, sdev: Fid) -> Option<Fid> {
+        self.structure
+            .drive_of_sdev
+            .get(&sdev_fid(fid_text(sdev)))
+            .copied()
+            .map(fid_of)
+    }
+
+    /// The drive of the sdev with device path `path` on node `node` (BQ
+    /// device state messages name drives so).
+    pub fn drive_of_device(&self, node: &str, path: &str) -> Option<Fid> {
+        let node = self.structure.node_by_name.get(node)?;
+        let sdev = self.structure.sdev_by_path.get(&(*node, path.to_owned()))?;
+        self.drive_of_sdev(fid_of(*sdev))
+    }
+
+    /// The sdev a drive references.
+    pub fn sdev_of_drive(&self, drive: Fid) -> Option<Fid> {
+        self.structure
+            .drive_sdev
+            .get(&fid_text(drive))
+            .copied()
+            .map(fid_of)
+    }
+
+    /// The controller of a process: that of the drive of the process's first
+    /// sdev (the original's `get_ioservice_ctrl_fid`).
+    pub fn ctrl_of_process(&self, process: Fid) -> Option<Fid> {
+        let s = &self.structure;
+        let (_, sdev) = s.first_sdev_of_process.get(&fid_text(process))?;
+        s.ctrl_of_sdev.get(&sdev_fid(*sdev)).copied().map(fid_of)
+    }
+
+    /// The enclosure of a node.
+    pub fn encl_of_node(&self, node: Fid) -> Option<Fid> {
+        self.structure
+            .encl_of_node
+            .get(&fid_text(node))
+            .copied()
+            .map(fid_of)
+    }
+
+    /// The keys of an enclosure.
+    pub fn encl_keys(&self, encl: Fid) -> &[ConfKey] {
+        self.structure
+            .encl_keys
+            .get(&fid_text(encl))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// The controllers of an enclosure.
+    pub fn ctrls_of_encl(&self, encl: Fid) -> Vec<Fid> {
+        self.structure
+            .ctrls_of_encl
+            .get(&fid_text(encl))
+            .map(|v| v.iter().copied().map(fid_of).collect())
+            .unwrap_or_default()
+    }
+
+    /// The keys of a controller.
+    pub fn ctrl_keys(&self, ctrl: Fid) -> &[ConfKey] {
+        self.structure
+            .ctrl_keys
+            .get(&fid_text(ctrl))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// The keys of a process under `m0conf/nodes/<node fid>/processes/`.
+    pub fn process_keys(&self, process: Fid) -> &[ConfKey] {
+        self.structure
+            .process_keys
+            .get(&fid_text(base_fid(process)))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// The processes of a node that hold an `ios` service.
+    pub fn ios_processes_of_node(&self, node: Fid) -> Vec<Fid> {
+        self.structure
+            .ios_of_node
+            .get(&fid_text(node))
+            .map(|v| v.iter().copied().map(fid_of).collect())
+            .unwrap_or_default()
+    }
+
+    /// The full (dynamic) fid of a base fid; the base fid when none is known.
+    pub fn full_fid(&self, base: Fid) -> Fid {
+        self.dynamic_fids
+            .get(&fid_text(base))
+            .copied()
+            .map_or(base, fid_of)
+    }
+
+    /// The checks of the Consul node of host `node`: through
+    /// `consul/node/<node>` when set, else the Consul node of that name
+    /// (container deployments add a `:<suffix>`).
+    pub fn node_checks(&self, node: &str) -> Option<&NodeChecks> {
+        match self.consul_nodes.get(node) {
+            Some(consul) => self.health.node(consul),
+            None => self.health.node_of_host(node),
+        }
+    }
+
+    /// The health checks of every followed node.
+    pub fn health(&self) -> &NodeHealthMap {
+        &self.health
+    }
+
+    /// The health of process `key` (decimal fid key) of node `node`
+    /// ([`health::service_health`], with the recorded state and whether
+    /// `node` is this node).
+    pub fn service_health(&self, node: &str, key: u64) -> ObjHealth {
+        let recorded = self
+            .process_status(health::process_fid(key))
+            .map(|s| s.state);
+        health::service_health(
+            self.node_checks(node),
+            &key.to_string(),
+            recorded,
+            node == self.local_node,
+        )
+    }
+
+    /// The RC leader's node name.
+    pub fn leader(&self) -> Option<&str> {
+        self.leader.as_deref()
+    }
+
+    /// Whether this node is the RC leader.
+    pub fn is_rc(&self) -> bool {
+        self.leader.as_deref() == Some(self.local_node.as_str())
+    }
+
+    /// `m0_client_types`.
+    pub fn client_types(&self) -> &[String] {
+        &self.client_types
+    }
+
+    /// The state to answer an NVEC GET with (the original's
+    /// `get_conf_obj_status`):
+    ///
+    /// * process, service (through its process): the health of the process
+    ///   ([`ClusterState::service_health`]) as a note state, except that a
+    ///   RECOVERING confd or hax is ONLINE (they skip DTM recovery);
+    /// * sdev, drive (through its sdev): the sdev's `state`
+    ///   ([`sdev_note_state`]);
+    /// * node, enclosure, controller: their `M0_NC_*` state
+    ///   ([`nc_note_state`]);
+    /// * objects not found, and every other type: ONLINE. (The original sent
+    ///   no answer at all for processes and services it could not find.)
+    pub fn nvec_state(&self, fid: Fid) -> HaState {
+        match fid.kind() {
+            Some(FidType::Process) => self.process_note_state(fid),
+            Some(FidType::Service) => match self.process_of_service(fid) {
+                Some(p) => self.process_note_state(p),
+                None => HaState::Online,
+            },
+            Some(FidType::Sdev) => self.sdev_state(fid),
+            Some(FidType::Drive) => match self.sdev_of_drive(fid) {
+                Some(sdev) => self.sdev_state(sdev),
+                None => HaState::Online,
+            },
+            Some(FidType::Node) => match self.conf_entry(&ConfKey::Node {
+                node: fid_text(fid),
+            }) {
+                Some(_) => nc_note_state(self.conf_state(&ConfKey::Node {
+                    node: fid_text(fid),
+                })),
+                None => HaState::Online,
+            },
+            Some(FidType::Enclosure) => self.first_nc_state(self.encl_keys(fid)),
+            Some(FidType::Controller) => self.first_nc_state(self.ctrl_keys(fid)),
+            _ => HaState::Online,
+        }
+    }
+
+    fn process_note_state(&self, fid: Fid) -> HaState {
+        let Some(node) = self.node_name_of_process(fid) else {
+            return HaState::Online;
+        };
+        let health = self.service_health(node, fid.key);
+        let started_early = self.is_confd(fid) || base_fid(fid) == base_fid(self.hax_fid);
+        if health == ObjHealth::Recovering && started_early {
+            return HaState::Online;
+        }
+        health.note_state()
+    }
+
+    fn sdev_state(&self, sdev: Fid) -> HaState {
+        match self.sdev_keys(sdev).first() {
+            Some(k) => sdev_note_state(self.conf_state(k)),
+            None => HaState::Online,
+        }
+    }
+
+    fn first_nc_state(&self, keys: &[ConfKey]) -> HaState {
+        match keys.first() {
+            Some(k) => nc_note_state(self.conf_state(k)),
+            None => HaState::Online,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The view
+
+/// Parts of the view, for readiness reports.
+const PART_CONF: &str = "m0conf/";
+const PART_PROCESSES: &str = "processes/";
+const PART_HEALTH: &str = "service health";
+const PART_CONSUL_NODES: &str = "consul/node/";
+const PART_LEADER: &str = "leader";
+const PART_CLIENT_TYPES: &str = "m0_client_types";
+
+/// The latest data of each source, and hax's own writes not yet seen in it.
+#[derive(Debug, Default)]
+struct Sources {
+    local_node: String,
+    hax_fid: Fid,
+    conf_snapshot: Arc<ConfTree>,
+    conf_index: u64,
+    conf_overlay: BTreeMap<ConfKey, ConfEntry>,
+    conf: Arc<ConfTree>,
+    structure: Arc<ConfStructure>,
+    /// `processes/` entries with their modify indexes.
+    processes_snapshot: BTreeMap<FidText, (ProcessStatus, u64)>,
+    processes_index: u64,
+    process_overlay: BTreeMap<FidText, (ProcessStatus, Until)>,
+    processes: Arc<BTreeMap<FidText, ProcessStatus>>,
+    health_by_service: BTreeMap<String, Vec<ServiceEntry>>,
+    health: Arc<NodeHealthMap>,
+    consul_nodes: Arc<BTreeMap<String, String>>,
+    leader: Option<String>,
+    client_types: Arc<Vec<String>>,
+    dynamic_fids: Arc<BTreeMap<FidText, FidText>>,
+    /// Parts not loaded yet; health services are listed by name.
+    missing: BTreeSet<String>,
+    version: u64,
+}
+
+impl Sources {
+    fn state(&self) -> ClusterState {
+        let mut missing: Vec<&'static str> = Vec::new();
+        for m in &self.missing {
+            let part = match m.as_str() {
+                PART_CONF => PART_CONF,
+                PART_PROCESSES => PART_PROCESSES,
+                PART_CONSUL_NODES => PART_CONSUL_NODES,
+                PART_LEADER => PART_LEADER,
+                PART_CLIENT_TYPES => PART_CLIENT_TYPES,
+                _ => PART_HEALTH,
+            };
+            if !missing.contains(&part) {
+                missing.push(part);
+            }
+        }
+        ClusterState {
+            local_node: self.local_node.clone(),
+            hax_fid: self.hax_fid,
+            conf: Arc::clone(&self.conf),
+            structure: Arc::clone(&self.structure),
+            processes: Arc::clone(&self.processes),
+            health: Arc::clone(&self.health),
+            consul_nodes: Arc::clone(&self.consul_nodes),
+            leader: self.leader.clone(),
+            client_types: Arc::clone(&self.client_types),
+            dynamic_fids: Arc::clone(&self.dynamic_fids),
+            missing,
+            version: self.version,
+        }
+    }
+
+    fn set_conf(&mut self, tree: ConfTree, index: u64) {
+        self.conf_index = index;
+        self.conf_overlay.retain(|_, e| e.modify_index > index);
+        self.structure = Arc::new(ConfStructure::build(&tree));
+        self.conf_snapshot = Arc::new(tree);
+        self.merge_conf();
+    }
+
+    fn merge_conf(&mut self) {
+        self.conf = if self.conf_overlay.is_empty() {
+            Arc::clone(&self.conf_snapshot)
+        } else {
+            let mut t = (*self.conf_snapshot).clone();
+            for (k, e) in &self.conf_overlay {
+                // Overlay only what exists: a key deleted since is gone.
+                if t.entries.contains_key(k) {
+                    t.entries.insert(k.clone(), e.clone());
+                }
+            }
+            Arc::new(t)
+        };
+    }
+
+    fn set_processes(&mut self, map: BTreeMap<FidText, (ProcessStatus, u64)>, index: u64) {
+        self.processes_index = index;
+        self.process_overlay.retain(|fid, (_, until)| {
+            let entry = map.get(fid).map(|(_, i)| *i);
+            !until.caught_up(index, entry)
+        });
+        self.processes_snapshot = map;
+        self.merge_processes();
+    }
+
+    fn merge_processes(&mut self) {
+        let mut m: BTreeMap<FidText, ProcessStatus> = self
+            .processes_snapshot
+            .iter()
+            .map(|(f, (s, _))| (*f, *s))
+            .collect();
+        for (f, (s, _)) in &self.process_overlay {
+            m.insert(*f, *s);
+        }
+        self.processes = Arc::new(m);
+    }
+
+    fn set_health(&mut self, service: &str, entries: Vec<ServiceEntry>) {
+        self.health_by_service.insert(service.to_owned(), entries);
+        self.health = Arc::new(NodeHealthMap::from_entries(
+            self.health_by_service.values().flatten(),
+        ));
+    }
+}
+
+/// How long an overlay of hax's own write stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Until {
+    /// The write's modify index is known: until a snapshot that new.
+    Index(u64),
+    /// Written through a path that does not report the index: until the
+    /// entry changes from the version seen when the write was recorded (the
+    /// write itself, or a later one), or disappears after having existed.
+    EntryNewerThan(u64),
+}
+
+impl Until {
+    fn caught_up(self, snapshot_index: u64, entry_index: Option<u64>) -> bool {
+        match self {
+            Until::Index(w) => snapshot_index >= w,
+            Until::EntryNewerThan(base) => match entry_index {
+                Some(i) => i > base,
+                None => base > 0,
+            },
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[derive(Debug)]
+struct ViewInner {
+    sources: Mutex<Sources>,
+    current: RwLock<Arc<ClusterState>>,
+    version: watch::Sender<u64>,
+}
+
+impl ViewInner {
+    fn new(sources: Sources) -> Self {
+        let current = RwLock::new(Arc::new(sources.state()));
+        ViewInner {
+            sources: Mutex::new(sources),
+            current,
+            version: watch::Sender::new(0),
+        }
+    }
+
+    /// Changes the sources and publishes the new state.
+    fn update(&self, f: impl FnOnce(&mut Sources)) {
+        let mut s = lock(&self.sources);
+        f(&mut s);
+        s.version += 1;
+        let state = Arc::new(s.state());
+        let version = s.version;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = state;
+        drop(s);
+        self.version.send_replace(version);
+    }
+}
+
+/// The daemon's in-memory read model of the cluster. Cloning is cheap (all
+/// clones share one view); every method is synchronous and never waits on
+/// Consul.
+#[derive(Debug, Clone)]
+pub struct ClusterView {
+    inner: Arc<ViewInner>,
+}
+
+impl ClusterView {
+    /// A view of fixed data, loaded, without watchers (tests, tools).
+    pub fn from_data(data: ViewData) -> Self {
+        let mut s = Sources {
+            local_node: data.local_node,
+            hax_fid: data.hax_fid,
+            leader: data.leader,
+            client_types: Arc::new(data.client_types),
+            consul_nodes: Arc::new(data.consul_nodes),
+            dynamic_fids: Arc::new(data.dynamic_fids),
+            ..Sources::default()
+        };
+        s.set_conf(data.conf, 0);
+        s.set_processes(
+            data.processes
+                .into_iter()
+                .map(|(f, st)| (f, (st, 0)))
+                .collect(),
+            0,
+        );
+        s.health = Arc::new(NodeHealthMap::from_entries(&data.health));
+        s.health_by_service.insert(String::new(), data.health);
+        ClusterView {
+            inner: Arc::new(ViewInner::new(s)),
+        }
+    }
+
+    /// A view kept up to date by Consul watchers, which run until `cancel`
+    /// is cancelled. Must be called inside a tokio runtime. The view starts
+    /// empty and not loaded: wait with [`ClusterView::wait_loaded`].
+    pub fn spawn(client: ConsulClient, config: ViewConfig, cancel: &CancellationToken) -> Self {
+        let mut missing: BTreeSet<String> = [
+            PART_CONF,
+            PART_PROCESSES,
+            PART_CONSUL_NODES,
+            PART_LEADER,
+            PART_CLIENT_TYPES,
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+        let services: BTreeSet<String> = config.health_services.iter().cloned().collect();
+        missing.extend(services.iter().map(|s| format!("health:{s}")));
+        let sources = Sources {
+            local_node: config.local_node.clone(),
+            hax_fid: config.hax_fid,
+            missing,
+            ..Sources::default()
+        };
+        let view = ClusterView {
+            inner: Arc::new(ViewInner::new(sources)),
+        };
+        let wc = config.watch;
+        let c = &client;
+        view.follow(
+            hax_consul::watch::watch_prefix(c.clone(), keys::CONF_PREFIX, wc, cancel),
+            PART_CONF.to_owned(),
+            |s, snap| s.set_conf(parse_conf(&snap.value), snap.index),
+        );
+        view.follow(
+            hax_consul::watch::watch_prefix(c.clone(), keys::PROCESSES_PREFIX, wc, cancel),
+            PART_PROCESSES.to_owned(),
+            |s, snap| s.set_processes(parse_processes(&snap.value), snap.index),
+        );
+        view.follow(
+            hax_consul::watch::watch_prefix(c.clone(), CONSUL_NODE_PREFIX, wc, cancel),
+            PART_CONSUL_NODES.to_owned(),
+            |s, snap| s.consul_nodes = Arc::new(parse_consul_nodes(&snap.value)),
+        );
+        view.follow(
+            hax_consul::watch::watch_key(c.clone(), keys::LEADER, wc, cancel),
+            PART_LEADER.to_owned(),
+            |s, snap| s.leader = parse_leader(snap.value.as_ref().as_ref()),
+        );
+        view.follow(
+            hax_consul::watch::watch_key(c.clone(), keys::M0_CLIENT_TYPES, wc, cancel),
+            PART_CLIENT_TYPES.to_owned(),
+            |s, snap| s.client_types = Arc::new(parse_client_types(snap.value.as_ref().as_ref())),
+        );
+        for name in services {
+            let source = ServiceHealthSource {
+                name: name.clone(),
+                passing_only: false,
+            };
+            let key = name.clone();
+            view.follow(
+                Watcher::spawn(c.clone(), source, wc, cancel),
+                format!("health:{name}"),
+                move |s, snap| s.set_health(&key, (*snap.value).clone()),
+            );
+        }
+        let inner = Arc::clone(&view.inner);
+        let client = client.clone();
+        let token = cancel.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = token.cancelled() => {}
+                fids = load_dynamic_fids(&client) => match fids {
+                    Ok(m) if !m.is_empty() => {
+                        tracing::info!(count = m.len(), "dynamic fids loaded");
+                        inner.update(|s| s.dynamic_fids = Arc::new(m));
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "dynamic fids not read, base fids used"),
+                },
+            }
+        });
+        view
+    }
+
+    /// Feeds the snapshots of `watcher` into the view with `apply`, from a
+    /// task that owns the watcher and ends with it.
+    fn follow<T, F>(&self, watcher: Watcher<T>, part: String, apply: F)
+    where
+        T: Clone + PartialEq + Default + Send + Sync + 'static,
+        F: Fn(&mut Sources, &Snapshot<T>) + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::spawn(async move {
+            let mut rx = watcher.subscribe();
+            let mut last: Option<Arc<T>> = None;
+            loop {
+                let snap = rx.borrow_and_update().clone();
+                let fresh = !last.as_ref().is_some_and(|l| Arc::ptr_eq(l, &snap.value));
+                if snap.loaded && fresh {
+                    inner.update(|s| {
+                        apply(s, &snap);
+                        s.missing.remove(&part);
+                    });
+                    last = Some(Arc::clone(&snap.value));
+                }
+                if rx.changed().await.is_err() {
+                    break;
+                }
+            }
+            drop(watcher);
+            tracing::debug!(%part, "view source stopped");
+        });
+    }
+
+    /// The current picture.
+    pub fn snapshot(&self) -> Arc<ClusterState> {
+        Arc::clone(
+            &self
+                .inner
+                .current
+                .read()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
+    }
+
+    /// The state to answer an NVEC GET with ([`ClusterState::nvec_state`]).
+    pub fn nvec_state(&self, fid: Fid) -> HaState {
+        self.snapshot().nvec_state(fid)
+    }
+
+    /// A receiver notified at every change (the value is the version).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.version.subscribe()
+    }
+
+    /// Waits until `pred` holds for the current picture, at most `timeout`.
+    pub async fn wait_until(
+        &self,
+        timeout: Duration,
+        mut pred: impl FnMut(&ClusterState) -> bool,
+    ) -> Result<Arc<ClusterState>, ViewError> {
+        let mut rx = self.subscribe();
+        let waited = tokio::time::timeout(timeout, async {
+            loop {
+                let st = self.snapshot();
+                if pred(&st) {
+                    return Some(st);
+                }
+                if rx.changed().await.is_err() {
+                    return None;
+                }
+            }
+        })
+        .await;
+        match waited {
+            Ok(Some(st)) => Ok(st),
+            Ok(None) | Err(_) => Err(ViewError::Timeout(timeout)),
+        }
+    }
+
+    /// Waits until every part has been read from Consul once.
+    pub async fn wait_loaded(&self, timeout: Duration) -> Result<Arc<ClusterState>, ViewError> {
+        self.wait_until(timeout, ClusterState::loaded)
+            .await
+            .map_err(|_| ViewError::NotLoaded {
+                timeout,
+                missing: self.snapshot().missing().to_vec(),
+            })
+    }
+
+    /// Makes configuration entries hax has just written visible at once:
+    /// each `(key, object, modify index of the write)` stands until a
+    /// snapshot of `m0conf/` at least that new arrives.
+    pub fn record_conf_writes(&self, writes: &[(ConfKey, ConfObject, u64)]) {
+        if writes.is_empty() {
+            return;
+        }
+        self.inner.update(|s| {
+            for (key, obj, index) in writes {
+                if *index > s.conf_index {
+                    s.conf_overlay.insert(
+                        key.clone(),
+                        ConfEntry {
+                            key: key.clone(),
+                            value: ConfValue::Object(obj.clone()),
+                            modify_index: *index,
+                        },
+                    );
+                }
+            }
+            s.merge_conf();
+        });
+    }
+
+    /// Makes a `processes/<fid>` write of hax's visible at once, until a
+    /// snapshot of `processes/` at least as new as `index` (the write's
+    /// modify index) arrives.
+    pub fn record_process_status_at(&self, fid: Fid, status: ProcessStatus, index: u64) {
+        self.inner.update(|s| {
+            if index > s.processes_index {
+                s.process_overlay
+                    .insert(fid_text(fid), (status, Until::Index(index)));
+            }
+            s.merge_processes();
+        });
+    }
+
+    /// Makes a `processes/<fid>` write of hax's visible at once when its
+    /// modify index is not known (it goes through the daemon's writer): it
+    /// stands until the entry changes in a snapshot.
+    pub fn record_process_status(&self, fid: Fid, status: ProcessStatus) {
+        self.inner.update(|s| {
+            let seen = s
+                .processes_snapshot
+                .get(&fid_text(fid))
+                .map_or(0, |(_, i)| *i);
+            s.process_overlay
+                .insert(fid_text(fid), (status, Until::EntryNewerThan(seen)));
+            s.merge_processes();
+        });
+    }
+}
+
+impl crate::bridge::StateSource for ClusterView {
+    fn nvec_state(&self, fid: Fid) -> HaState {
+        ClusterView::nvec_state(self, fid)
+    }
+}
+
+impl crate::events::ClusterFacts for ClusterView {
+    fn hax_fid(&self) -> Fid {
+        self.snapshot().hax_fid()
+    }
+
+    fn local_node(&self) -> String {
+        self.snapshot().local_node().to_owned()
+    }
+
+    fn is_confd(&self, process: Fid) -> bool {
+        self.snapshot().is_confd(process)
+    }
+
+    fn is_client(&self, process: Fid) -> bool {
+        self.snapshot().is_client(process)
+    }
+
+    fn is_local(&self, process: Fid) -> bool {
+        self.snapshot().is_local_process(process)
+    }
+
+    fn drive_of_device(&self, node: &str, device: &str) -> Option<Fid> {
+        self.snapshot().drive_of_device(node, device)
+    }
+
+    fn record_process_status(&self, process: Fid, status: ProcessStatus) {
+        ClusterView::record_process_status(self, process, status);
+    }
+}
+
+const CONSUL_NODE_PREFIX: &str = "consul/node/";
+
+/// Parses `m0conf/`, entry by entry: a malformed value is logged and left
+/// out instead of hiding the whole tree.
+fn parse_conf(pairs: &BTreeMap<String, KvPair>) -> ConfTree {
+    let mut tree = ConfTree::default();
+    for pair in pairs.values() {
+        match ConfTree::from_pairs(std::slice::from_ref(pair)) {
+            Ok(t) => {
+                tree.entries.extend(t.entries);
+                tree.unrecognised.extend(t.unrecognised);
+            }
+            Err(e) => tracing::warn!(error = %e, "configuration entry ignored"),
+        }
+    }
+    tree
+}
+
+fn parse_processes(pairs: &BTreeMap<String, KvPair>) -> BTreeMap<FidText, (ProcessStatus, u64)> {
+    pairs
+        .values()
+        .filter_map(|p| {
+            let text = p.key.strip_prefix(keys::PROCESSES_PREFIX)?;
+            let fid = FidText::parse(text).ok()?;
+            match serde_json::from_slice::<ProcessStatus>(&p.value) {
+                Ok(s) => Some((fid, (s, p.modify_index))),
+                Err(e) => {
+                    tracing::warn!(key = %p.key, error = %e, "process state ignored");
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
+fn parse_consul_nodes(pairs: &BTreeMap<String, KvPair>) -> BTreeMap<String, String> {
+    pairs
+        .values()
+        .filter_map(|p| {
+            let host = p.key.strip_prefix(CONSUL_NODE_PREFIX)?;
+            let node = std::str::from_utf8(&p.value).ok()?.trim();
+            (!host.is_empty() && !node.is_empty()).then(|| (host.to_owned(), node.to_owned()))
+        })
+        .collect()
+}
+
+/// The leader's node name: none while the key is empty or holds an
+/// `elect<N>` placeholder.
+fn parse_leader(pair: Option<&KvPair>) -> Option<String> {
+    let text = std::str::from_utf8(&pair?.value).ok()?.trim();
+    let placeholder = text
+        .strip_prefix("elect")
+        .is_some_and(|d| !d.is_empty() && d.bytes().all(|c| c.is_ascii_digit()));
+    (!text.is_empty() && !placeholder).then(|| text.to_owned())
+}
+
+fn parse_client_types(pair: Option<&KvPair>) -> Vec<String> {
+    let Some(p) = pair else {
+        return Vec::new();
+    };
+    serde_json::from_slice(&p.value).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "m0_client_types ignored");
+        Vec::new()
+    })
+}
+
+/// Top-level `<base fid>` keys, whose values (JSON strings) are full fids.
+async fn load_dynamic_fids(
+    client: &ConsulClient,
+) -> Result<BTreeMap<FidText, FidText>, hax_consul::ConsulError> {
+    let mut out = BTreeMap::new();
+    let listed = client.kv_keys("0x", Some("/")).await?.value;
+    for key in listed {
+        let Ok(base) = FidText::parse(&key) else {
+            continue;
+        };
+        if let Some(p) = client.kv_get(&key).await?.value {
+            match serde_json::from_slice::<FidText>(&p.value) {
+                Ok(full) => {
+                    out.insert(base, full);
+                }
+                Err(e) => tracing::warn!(%key, error = %e, "dynamic fid ignored"),
+            }
+        }
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------
+// A sample cluster
+
+/// A small cluster description shaped like hare's cfgen output, for tests
+/// and demonstrations: two nodes, hax and an `ios` process on each (two on
+/// the second), a confd on the first, drives behind one controller per
+/// enclosure, and one sdev without a drive.
+pub mod sample {
+    use super::*;
+    use hax_consul::schema::ProcessState;
+
+    /// The fids and names of the sample.
+    #[derive(Debug)]
+    pub struct Sample;
+
+    /// A process of the sample: fid, node name, process name, services
+    /// (type, fid).
+    pub type SampleProcess = (Fid, &'static str, &'static str, Vec<(&'static str, Fid)>);
+
+    const fn f(t: FidType, key: u64) -> Fid {
+        Fid::typed(t, 1, key)
+    }
+
+    #[allow(missing_docs)]
+    impl Sample {
+        pub const NODE1_NAME: &'static str = "srvnode-1";
+        pub const NODE2_NAME: &'static str = "srvnode-2";
+        /// Consul node names (a container-style suffix, as hare uses).
+        pub const CONSUL1: &'static str = "srvnode-1:0a1b2c3d";
+        pub const CONSUL2: &'static str = "srvnode-2:4e5f6a7b";
+        pub const NODE1: Fid = f(FidType::Node, 0x3);
+        pub const NODE2: Fid = f(FidType::Node, 0x20);
+        pub const HAX1: Fid = f(FidType::Process, 0x6);
+        pub const HA1: Fid = f(FidType::Service, 0x7);
+        pub const RMS_HAX1: Fid = f(FidType::Service, 0x8);
+        pub const CONFD1: Fid = f(FidType::Process, 0x9);
+        pub const CONFD1_SVC: Fid = f(FidType::Service, 0xa);
+        pub const RMS_CONFD1: Fid = f(FidType::Service, 0xb);
+        pub const IOS1: Fid = f(FidType::Process, 0xc);
+        pub const IOS1_SVC: Fid = f(FidType::Service, 0xd);
+        pub const SDEV1A: Fid = f(FidType::Sdev, 0xe);
+        pub const SDEV1B: Fid = f(FidType::Sdev, 0xf);
+        pub const RMS_IOS1: Fid = f(FidType::Service, 0x10);
+        pub const HAX2: Fid = f(FidType::Process, 0x21);
+        pub const HA2: Fid = f(FidType::Service, 0x22);
+        pub const IOS2A: Fid = f(FidType::Process, 0x24);
+        pub const IOS2A_SVC: Fid = f(FidType::Service, 0x25);
+        pub const SDEV2A: Fid = f(FidType::Sdev, 0x26);
+        pub const SDEV2B: Fid = f(FidType::Sdev, 0x27);
+        pub const IOS2B: Fid = f(FidType::Process, 0x29);
+        pub const IOS2B_SVC: Fid = f(FidType::Service, 0x2a);
+        pub const SDEV2C: Fid = f(FidType::Sdev, 0x2b);
+        /// An sdev no drive references.
+        pub const SDEV2_ORPHAN: Fid = f(FidType::Sdev, 0x2c);
+        pub const SITE: Fid = f(FidType::Site, 0x1);
+        pub const RACK: Fid = f(FidType::Rack, 0x2);
+        pub const ENCL1: Fid = f(FidType::Enclosure, 0x30);
+        pub const CTRL1: Fid = f(FidType::Controller, 0x31);
+        pub const DRIVE1A: Fid = f(FidType::Drive, 0x32);
+        pub const DRIVE1B: Fid = f(FidType::Drive, 0x33);
+        pub const ENCL2: Fid = f(FidType::Enclosure, 0x40);
+        pub const CTRL2: Fid = f(FidType::Controller, 0x41);
+        pub const DRIVE2A: Fid = f(FidType::Drive, 0x42);
+        pub const DRIVE2B: Fid = f(FidType::Drive, 0x43);
+        pub const DRIVE2C: Fid = f(FidType::Drive, 0x44);
+        pub const PROFILE: Fid = f(FidType::Profile, 0x50);
+        pub const POOL: Fid = f(FidType::Pool, 0x51);
+
+        /// Every process with its node name, process name and services
+        /// (type, fid).
+        pub fn processes() -> Vec<SampleProcess> {
+            vec![
+                (
+                    Self::HAX1,
+                    Self::NODE1_NAME,
+                    "hax",
+                    vec![("ha", Self::HA1), ("rms", Self::RMS_HAX1)],
+                ),
+                (
+                    Self::CONFD1,
+                    Self::NODE1_NAME,
+                    "m0_server",
+                    vec![("confd", Self::CONFD1_SVC), ("rms", Self::RMS_CONFD1)],
+                ),
+                (
+                    Self::IOS1,
+                    Self::NODE1_NAME,
+                    "m0_server",
+                    vec![("ios", Self::IOS1_SVC), ("rms", Self::RMS_IOS1)],
+                ),
+                (Self::HAX2, Self::NODE2_NAME, "hax", vec![("ha", Self::HA2)]),
+                (
+                    Self::IOS2A,
+                    Self::NODE2_NAME,
+                    "m0_server",
+                    vec![("ios", Self::IOS2A_SVC)],
+                ),
+                (
+                    Self::IOS2B,
+                    Self::NODE2_NAME,
+                    "m0_server",
+                    vec![("ios", Self::IOS2B_SVC)],
+                ),
+            ]
+        }
+
+        /// The sdevs of each ios service, with their device paths.
+        pub fn sdevs() -> Vec<(Fid, Fid, Fid, &'static str)> {
+            vec![
+                (Self::IOS1, Self::IOS1_SVC, Self::SDEV1A, "/dev/sdb"),
+                (Self::IOS1, Self::IOS1_SVC, Self::SDEV1B, "/dev/sdc"),
+                (Self::IOS2A, Self::IOS2A_SVC, Self::SDEV2A, "/dev/sdb"),
+                (Self::IOS2A, Self::IOS2A_SVC, Self::SDEV2B, "/dev/sdc"),
+                (Self::IOS2B, Self::IOS2B_SVC, Self::SDEV2C, "/dev/sdd"),
+                (Self::IOS2B, Self::IOS2B_SVC, Self::SDEV2_ORPHAN, "/dev/sde"),
+            ]
+        }
+
+        /// Drives: (enclosure, controller, drive, sdev).
+        pub fn drives() -> Vec<(Fid, Fid, Fid, Fid)> {
+            vec![
+                (Self::ENCL1, Self::CTRL1, Self::DRIVE1A, Self::SDEV1A),
+                (Self::ENCL1, Self::CTRL1, Self::DRIVE1B, Self::SDEV1B),
+                (Self::ENCL2, Self::CTRL2, Self::DRIVE2A, Self::SDEV2A),
+                (Self::ENCL2, Self::CTRL2, Self::DRIVE2B, Self::SDEV2B),
+                (Self::ENCL2, Self::CTRL2, Self::DRIVE2C, Self::SDEV2C),
+            ]
+        }
+
+        /// The fid of a node by name.
+        pub fn node(name: &str) -> Fid {
+            if name == Self::NODE1_NAME {
+                Self::NODE1
+            } else {
+                Self::NODE2
+            }
+        }
+
+        /// The endpoint of a process.
+        pub fn endpoint(p: Fid) -> String {
+            format!("inet:tcp:192.168.0.1@{}", 3000 + p.key)
+        }
+    }
+
+    /// The configuration as (key, value) text, in cfgen's layout.
+    pub fn conf_entries() -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        let unknown = "M0_NC_UNKNOWN";
+        for (name, node) in [
+            (Sample::NODE1_NAME, Sample::NODE1),
+            (Sample::NODE2_NAME, Sample::NODE2),
+        ] {
+            out.push((
+                format!("m0conf/nodes/{node}"),
+                format!(r#"{{"name": "{name}", "state": "{unknown}"}}"#),
+            ));
+        }
+        for (p, node_name, pname, services) in Sample::processes() {
+            let node = Sample::node(node_name);
+            let pk = format!("m0conf/nodes/{node}/processes/{p}");
+            out.push((
+                pk.clone(),
+                format!(r#"{{"name": "{pname}", "state": "{unknown}"}}"#),
+            ));
+            for (t, s) in &services {
+                out.push((
+                    format!("{pk}/services/{s}"),
+                    format!(r#"{{"name": "{t}", "state": "{unknown}"}}"#),
+                ));
+                out.push((
+                    format!("m0conf/nodes/{node_name}/processes/{}/services/{t}", p.key),
+                    s.key.to_string(),
+                ));
+            }
+            out.push((
+                format!("m0conf/nodes/{node_name}/processes/{}/endpoint", p.key),
+                Sample::endpoint(p),
+            ));
+        }
+        for (p, s, d, path) in Sample::sdevs() {
+            let node = Sample::node(
+                Sample::processes()
+                    .iter()
+                    .find(|x| x.0 == p)
+                    .map_or(Sample::NODE1_NAME, |x| x.1),
+            );
+            out.push((
+                format!("m0conf/nodes/{node}/processes/{p}/services/{s}/sdevs/{d}"),
+                format!(r#"{{"path": "{path}", "state": "{unknown}"}}"#),
+            ));
+        }
+        let site = format!("m0conf/sites/{}", Sample::SITE);
+        let rack = format!("{site}/racks/{}", Sample::RACK);
+        out.push((site.clone(), format!(r#"{{"state": "{unknown}"}}"#)));
+        out.push((rack.clone(), format!(r#"{{"state": "{unknown}"}}"#)));
+        for (encl, node) in [
+            (Sample::ENCL1, Sample::NODE1),
+            (Sample::ENCL2, Sample::NODE2),
+        ] {
+            out.push((
+                format!("{rack}/encls/{encl}"),
+                format!(r#"{{"node": "{node}", "state": "{unknown}"}}"#),
+            ));
+        }
+        let mut ctrls: Vec<(Fid, Fid)> = Vec::new();
+        for (encl, ctrl, drive, sdev) in Sample::drives() {
+            if !ctrls.contains(&(encl, ctrl)) {
+                ctrls.push((encl, ctrl));
+                out.push((
+                    format!("{rack}/encls/{encl}/ctrls/{ctrl}"),
+                    format!(r#"{{"state": "{unknown}"}}"#),
+                ));
+            }
+            out.push((
+                format!("{rack}/encls/{encl}/ctrls/{ctrl}/drives/{drive}"),
+                format!(r#"{{"sdev": "{sdev}", "state": "{unknown}"}}"#),
+            ));
+        }
+        out.push((
+            format!("m0conf/profiles/{}", Sample::PROFILE),
+            format!(
+                r#"{{"name": "Profile_the_pool", "pools": ["{}"]}}"#,
+                Sample::POOL
+            ),
+        ));
+        out
+    }
+
+    /// [`conf_entries`] as KV pairs (modify indexes 1, 2, ...).
+    pub fn conf_pairs() -> Vec<KvPair> {
+        conf_entries()
+            .into_iter()
+            .zip(1u64..)
+            .map(|((key, value), i)| KvPair {
+                key,
+                value: value.into_bytes(),
+                flags: 0,
+                create_index: i,
+                modify_index: i,
+                lock_index: 0,
+                session: None,
+            })
+            .collect()
+    }
+
+    /// Every process recorded DTM_RECOVERED (hax with its `HA` type).
+    pub fn process_statuses() -> BTreeMap<FidText, ProcessStatus> {
+        Sample::processes()
+            .into_iter()
+            .map(|(p, _, pname, _)| {
+                let kind = if pname == "hax" {
+                    ProcessType::Ha
+                } else {
+                    ProcessType::M0d
+                };
+                (
+                    fid_text(p),
+                    ProcessStatus {
+                        state: ProcessState::DtmRecovered,
+                        kind,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Consul health entries of every process: `serfHealth` passing (node 2:
+    /// critical unless `node2_alive`) and each service check passing unless
+    /// `overrides` gives (process key, status).
+    pub fn health_entries(overrides: &[(u64, &str)], node2_alive: bool) -> Vec<ServiceEntry> {
+        Sample::processes()
+            .into_iter()
+            .filter(|(_, _, _, services)| {
+                services
+                    .iter()
+                    .any(|(t, _)| ["ha", "confd", "ios"].contains(t))
+            })
+            .map(|(p, node_name, pname, _)| {
+                let consul = if node_name == Sample::NODE1_NAME {
+                    Sample::CONSUL1
+                } else {
+                    Sample::CONSUL2
+                };
+                let serf = if node_name == Sample::NODE2_NAME && !node2_alive {
+                    "critical"
+                } else {
+                    "passing"
+                };
+                let id = p.key.to_string();
+                let status = overrides
+                    .iter()
+                    .find(|(k, _)| *k == p.key)
+                    .map_or("passing", |(_, s)| *s);
+                let json = serde_json::json!({
+                    "Node": {"Node": consul, "Address": "192.168.0.1"},
+                    "Service": {"ID": id, "Service": if pname == "hax" { "hax" } else { "ios" }, "Port": 3000 + p.key},
+                    "Checks": [
+                        {"Node": consul, "CheckID": "serfHealth", "Name": "Serf Health Status", "Status": serf, "ServiceID": ""},
+                        {"Node": consul, "CheckID": format!("service:{id}"), "Name": "m0d", "Status": status, "ServiceID": id},
+                    ],
+                });
+                serde_json::from_value(json).unwrap_or_else(|e| panic!("sample entry: {e}"))
+            })
+            .collect()
+    }
+
+    /// The whole sample as seen from node 1's hax, everything healthy.
+    pub fn view_data() -> ViewData {
+        ViewData {
+            local_node: Sample::NODE1_NAME.to_owned(),
+            hax_fid: Sample::HAX1,
+            conf: ConfTree::from_pairs(&conf_pairs())
+                .unwrap_or_else(|e| panic!("sample configuration: {e}")),
+            processes: process_statuses(),
+            health: health_entries(&[], true),
+            consul_nodes: [
+                (Sample::NODE1_NAME.to_owned(), Sample::CONSUL1.to_owned()),
+                (Sample::NODE2_NAME.to_owned(), Sample::CONSUL2.to_owned()),
+            ]
+            .into_iter()
+            .collect(),
+            leader: None,
+            client_types: vec!["m0_client_s3".to_owned()],
+            dynamic_fids: BTreeMap::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sample::{self, Sample};
+    use super::*;
+    use hax_consul::schema::ProcessState;
+
+    fn set_state(d: &mut ViewData, key: &ConfKey, state: &str) {
+        match d.conf.entries.get_mut(key).map(|e| &mut e.value) {
+            Some(ConfValue::Object(o)) => o.state = Some(state.to_owned()),
+            other => panic!("{key}: {other:?}"),
+        }
+    }
+
+    fn sdev_key(st: &ClusterState, sdev: Fid) -> ConfKey {
+        st.sdev_keys(sdev)[0].clone()
+    }
+
+    fn with_status(d: &mut ViewData, p: Fid, state: ProcessState) {
+        d.processes
+            .get_mut(&fid_text(p))
+            .unwrap_or_else(|| panic!("{p}"))
+            .state = state;
+    }
+
+    #[test]
+    fn the_sample_has_the_expected_shape() {
+        let st = ClusterView::from_data(sample::view_data()).snapshot();
+        assert!(st.loaded());
+        assert!(st.conf().unrecognised.is_empty());
+        assert_eq!(st.node_name_of_process(Sample::IOS2B), Some("srvnode-2"));
+        assert_eq!(st.node_fid_by_name("srvnode-2"), Some(Sample::NODE2));
+        assert!(st.is_local_process(Sample::CONFD1));
+        assert!(!st.is_local_process(Sample::HAX2));
+        assert!(st.is_confd(Sample::CONFD1) && !st.is_confd(Sample::IOS1));
+        assert_eq!(
+            st.services_of_process(Sample::IOS1),
+            vec![("ios", Sample::IOS1_SVC), ("rms", Sample::RMS_IOS1)]
+        );
+        assert_eq!(st.process_of_service(Sample::RMS_IOS1), Some(Sample::IOS1));
+        assert_eq!(
+            st.sdevs_of(Sample::IOS1, Sample::IOS1_SVC),
+            vec![Sample::SDEV1A, Sample::SDEV1B]
+        );
+        assert_eq!(st.drive_of_sdev(Sample::SDEV2C), Some(Sample::DRIVE2C));
+        assert_eq!(st.drive_of_sdev(Sample::SDEV2_ORPHAN), None);
+        assert_eq!(st.sdev_of_drive(Sample::DRIVE1B), Some(Sample::SDEV1B));
+        assert_eq!(st.ctrl_of_process(Sample::IOS2A), Some(Sample::CTRL2));
+        assert_eq!(st.ctrl_of_process(Sample::HAX1), None);
+        assert_eq!(st.encl_of_node(Sample::NODE1), Some(Sample::ENCL1));
+        assert_eq!(st.ctrls_of_encl(Sample::ENCL2), vec![Sample::CTRL2]);
+        assert_eq!(
+            st.ios_processes_of_node(Sample::NODE2),
+            vec![Sample::IOS2A, Sample::IOS2B]
+        );
+        assert_eq!(
+            st.endpoint_of_process(Sample::IOS1).map(str::to_owned),
+            Some(Sample::endpoint(Sample::IOS1))
+        );
+        assert_eq!(st.full_fid(Sample::HA1), Sample::HA1);
+        assert_eq!(
+            st.drive_of_device("srvnode-2", "/dev/sdd"),
+            Some(Sample::DRIVE2C)
+        );
+        assert_eq!(st.drive_of_device("srvnode-1", "/dev/sdd"), None);
+        assert_eq!(
+            st.drive_of_device("srvnode-2", "/dev/sde"),
+            None,
+            "an sdev without a drive has no drive (not 0:0)"
+        );
+        assert!(!st.is_rc());
+        assert!(!st.is_client(Sample::IOS1));
+    }
+
+    #[test]
+    fn processes_and_services_answer_their_health() {
+        let st = ClusterView::from_data(sample::view_data()).snapshot();
+        for p in [Sample::IOS1, Sample::IOS2A, Sample::HAX2] {
+            assert_eq!(st.nvec_state(p), HaState::Online, "{p}");
+        }
+        assert_eq!(st.nvec_state(Sample::IOS1_SVC), HaState::Online);
+
+        let mut d = sample::view_data();
+        d.health = sample::health_entries(&[(Sample::IOS1.key, "critical")], false);
+        for p in [Sample::IOS1, Sample::CONFD1, Sample::IOS2A, Sample::HAX2] {
+            with_status(&mut d, p, ProcessState::Started);
+        }
+        let st = ClusterView::from_data(d).snapshot();
+        assert_eq!(
+            st.nvec_state(Sample::IOS1),
+            HaState::Transient,
+            "check critical"
+        );
+        assert_eq!(
+            st.nvec_state(Sample::IOS1_SVC),
+            HaState::Transient,
+            "via its process"
+        );
+        assert_eq!(st.nvec_state(Sample::RMS_IOS1), HaState::Transient);
+        assert_eq!(
+            st.nvec_state(Sample::CONFD1),
+            HaState::Online,
+            "a started confd skips DTM recovery"
+        );
+        assert_eq!(
+            st.nvec_state(Sample::IOS2A),
+            HaState::Transient,
+            "node 2 is dead"
+        );
+
+        let mut d = sample::view_data();
+        for p in [Sample::IOS1, Sample::HAX1, Sample::IOS2A] {
+            with_status(&mut d, p, ProcessState::Started);
+        }
+        let st = ClusterView::from_data(d).snapshot();
+        assert_eq!(st.nvec_state(Sample::IOS1), HaState::DtmRecovering);
+        assert_eq!(st.nvec_state(Sample::IOS2A), HaState::DtmRecovering);
+        assert_eq!(
+            st.nvec_state(Sample::HAX1),
+            HaState::Online,
+            "hax skips DTM recovery"
+        );
+        assert_eq!(st.nvec_state(Sample::HA1), HaState::Online);
+
+        let mut d = sample::view_data();
+        with_status(&mut d, Sample::IOS2A, ProcessState::Stopping);
+        with_status(&mut d, Sample::IOS1, ProcessState::Stopping);
+        d.processes.remove(&fid_text(Sample::IOS2B));
+        let st = ClusterView::from_data(d).snapshot();
+        assert_eq!(
+            st.nvec_state(Sample::IOS2A),
+            HaState::Transient,
+            "remote STOPPING"
+        );
+        assert_eq!(
+            st.nvec_state(Sample::IOS1),
+            HaState::Transient,
+            "local STOPPING is UNKNOWN, broadcast as TRANSIENT"
+        );
+        assert_eq!(
+            st.nvec_state(Sample::IOS2B),
+            HaState::Transient,
+            "no record"
+        );
+    }
+
+    #[test]
+    fn consul_nodes_are_found_through_the_mapping() {
+        let mut d = sample::view_data();
+        // Without the mapping, the container suffix is stripped.
+        d.consul_nodes.clear();
+        let st = ClusterView::from_data(d.clone()).snapshot();
+        assert_eq!(st.nvec_state(Sample::IOS1), HaState::Online);
+        // A mapping to a node Consul does not know: no checks, OFFLINE.
+        d.consul_nodes
+            .insert(Sample::NODE1_NAME.into(), "elsewhere".into());
+        let st = ClusterView::from_data(d).snapshot();
+        assert_eq!(st.nvec_state(Sample::IOS1), HaState::Transient);
+    }
+
+    #[test]
+    fn sdevs_and_drives_answer_the_sdev_state() {
+        let base = ClusterView::from_data(sample::view_data()).snapshot();
+        // cfgen's initial M0_NC_UNKNOWN reads as ONLINE.
+        assert_eq!(base.nvec_state(Sample::SDEV1A), HaState::Online);
+        assert_eq!(base.nvec_state(Sample::DRIVE1A), HaState::Online);
+        let table = [
+            ("unknown", HaState::Online),
+            ("online", HaState::Online),
+            ("dtm_recovering", HaState::Online),
+            ("offline", HaState::Transient),
+            ("failed", HaState::Failed),
+            ("repairing", HaState::Repair),
+            ("repaired", HaState::Repaired),
+            ("rebalancing", HaState::Rebalance),
+            ("bogus", HaState::Online),
+        ];
+        for (word, want) in table {
+            let mut d = sample::view_data();
+            set_state(&mut d, &sdev_key(&base, Sample::SDEV1B), word);
+            let st = ClusterView::from_data(d).snapshot();
+            assert_eq!(st.nvec_state(Sample::SDEV1B), want, "{word}");
+            assert_eq!(st.nvec_state(Sample::DRIVE1B), want, "drive of {word}");
+            assert_eq!(st.nvec_state(Sample::DRIVE1A), HaState::Online);
+        }
+        let unknown_drive = Fid::typed(FidType::Drive, 1, 0x999);
+        assert_eq!(base.nvec_state(unknown_drive), HaState::Online);
+        assert_eq!(
+            base.nvec_state(Fid::typed(FidType::Sdev, 1, 0x999)),
+            HaState::Online
+        );
+    }
+
+    #[test]
+    fn nodes_enclosures_and_controllers_answer_their_nc_state() {
+        let base = ClusterView::from_data(sample::view_data()).snapshot();
+        for f in [Sample::NODE1, Sample::ENCL1, Sample::CTRL2] {
+            assert_eq!(base.nvec_state(f), HaState::Transient, "M0_NC_UNKNOWN {f}");
+        }
+        let mut d = sample::view_data();
+        set_state(
+            &mut d,
+            &ConfKey::Node {
+                node: fid_text(Sample::NODE1),
+            },
+            "M0_NC_FAILED",
+        );
+        set_state(&mut d, &base.encl_keys(Sample::ENCL1)[0], "M0_NC_ONLINE");
+        set_state(&mut d, &base.ctrl_keys(Sample::CTRL2)[0], "M0_NC_REPAIR");
+        let st = ClusterView::from_data(d).snapshot();
+        assert_eq!(st.nvec_state(Sample::NODE1), HaState::Failed);
+        assert_eq!(st.nvec_state(Sample::ENCL1), HaState::Online);
+        assert_eq!(st.nvec_state(Sample::CTRL2), HaState::Repair);
+        for absent in [
+            Fid::typed(FidType::Node, 1, 0x999),
+            Fid::typed(FidType::Enclosure, 1, 0x999),
+            Fid::typed(FidType::Controller, 1, 0x999),
+            Fid::typed(FidType::Process, 1, 0x999),
+            Fid::typed(FidType::Service, 1, 0x999),
+        ] {
+            assert_eq!(st.nvec_state(absent), HaState::Online, "{absent}");
+        }
+        for other in [Sample::POOL, Sample::SITE, Sample::RACK, Sample::PROFILE] {
+            assert_eq!(st.nvec_state(other), HaState::Online, "{other}");
+        }
+    }
+
+    #[test]
+    fn own_writes_stand_until_the_snapshot_catches_up() {
+        let view = ClusterView::from_data(sample::view_data());
+        let key = sdev_key(&view.snapshot(), Sample::SDEV1A);
+        let mut obj = view.snapshot().conf_object(&key).cloned().expect("sdev");
+        obj.state = Some("failed".into());
+        view.record_conf_writes(&[(key.clone(), obj.clone(), 500)]);
+        assert_eq!(view.nvec_state(Sample::DRIVE1A), HaState::Failed);
+        assert_eq!(
+            view.snapshot().conf_entry(&key).map(|e| e.modify_index),
+            Some(500)
+        );
+
+        // A snapshot older than the write does not undo it...
+        let tree = ConfTree::from_pairs(&sample::conf_pairs()).expect("tree");
+        view.inner.update(|s| s.set_conf(tree.clone(), 499));
+        assert_eq!(view.nvec_state(Sample::DRIVE1A), HaState::Failed);
+        // ...one at least as new replaces it (here: someone else's later write).
+        view.inner.update(|s| s.set_conf(tree, 500));
+        assert_eq!(view.nvec_state(Sample::DRIVE1A), HaState::Online);
+
+        let status = ProcessStatus {
+            state: ProcessState::Stopped,
+            kind: ProcessType::M0d,
+        };
+        let listed = |index: u64| {
+            sample::process_statuses()
+                .into_iter()
+                .map(|(f, s)| (f, (s, index)))
+                .collect::<BTreeMap<_, _>>()
+        };
+        view.record_process_status_at(Sample::IOS1, status, 10);
+        assert_eq!(view.snapshot().process_status(Sample::IOS1), Some(status));
+        view.inner.update(|s| s.set_processes(listed(9), 9));
+        assert_eq!(view.snapshot().process_status(Sample::IOS1), Some(status));
+        view.inner.update(|s| s.set_processes(listed(10), 10));
+        assert_eq!(
+            view.snapshot()
+                .process_status(Sample::IOS1)
+                .map(|s| s.state),
+            Some(ProcessState::DtmRecovered)
+        );
+
+        // Index unknown: stands until the entry changes.
+        view.record_process_status(Sample::IOS1, status);
+        view.inner.update(|s| s.set_processes(listed(10), 12));
+        assert_eq!(view.snapshot().process_status(Sample::IOS1), Some(status));
+        view.inner.update(|s| s.set_processes(listed(13), 13));
+        assert_eq!(
+            view.snapshot()
+                .process_status(Sample::IOS1)
+                .map(|s| s.state),
+            Some(ProcessState::DtmRecovered)
+        );
+    }
+
+    #[test]
+    fn malformed_entries_are_left_out_alone() {
+        let mut pairs: BTreeMap<String, KvPair> = sample::conf_pairs()
+            .into_iter()
+            .map(|p| (p.key.clone(), p))
+            .collect();
+        let node_key = format!("m0conf/nodes/{}", Sample::NODE2);
+        if let Some(p) = pairs.get_mut(&node_key) {
+            p.value = b"{not json".to_vec();
+        }
+        let tree = parse_conf(&pairs);
+        assert!(!tree.entries.contains_key(&ConfKey::Node {
+            node: fid_text(Sample::NODE2)
+        }));
+        assert!(tree.entries.contains_key(&ConfKey::Node {
+            node: fid_text(Sample::NODE1)
+        }));
+    }
+
+    #[test]
+    fn leader_and_client_types_parse() {
+        let pair = |v: &str| KvPair {
+            key: "k".into(),
+            value: v.as_bytes().to_vec(),
+            flags: 0,
+            create_index: 1,
+            modify_index: 1,
+            lock_index: 0,
+            session: None,
+        };
+        assert_eq!(
+            parse_leader(Some(&pair("srvnode-1"))),
+            Some("srvnode-1".into())
+        );
+        assert_eq!(parse_leader(Some(&pair("elect2805"))), None);
+        assert_eq!(parse_leader(Some(&pair(""))), None);
+        assert_eq!(parse_leader(None), None);
+        assert_eq!(
+            parse_client_types(Some(&pair(r#"["m0_client_s3", "m0_client_other"]"#))),
+            vec!["m0_client_s3".to_owned(), "m0_client_other".to_owned()]
+        );
+        assert!(parse_client_types(Some(&pair("nope"))).is_empty());
+        let mut d = sample::view_data();
+        d.leader = Some(Sample::NODE1_NAME.into());
+        let st = ClusterView::from_data(d).snapshot();
+        assert!(st.is_rc());
+    }
+
+    #[test]
+    fn base_fids_drop_the_dynamic_part() {
+        let dynamic = Fid::typed(FidType::Process, 1, (7 << 32) | 0xc);
+        assert_eq!(base_fid(dynamic), Sample::IOS1);
+        assert_eq!(base_fid(Sample::DRIVE1A), Sample::DRIVE1A);
+        let st = ClusterView::from_data(sample::view_data()).snapshot();
+        assert_eq!(st.node_name_of_process(dynamic), Some(Sample::NODE1_NAME));
+    }
+}
