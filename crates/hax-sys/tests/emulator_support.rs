@@ -711,3 +711,250 @@ pub fn recv_of(evs: &[Ev], l: u64) -> Vec<(u64, Msg)> {
         })
         .collect()
 }
+
+/// A minimal peer speaking docs/emulator-protocol.md.
+pub mod peer {
+    use super::{fid, WAIT};
+    use hax_sys::*;
+    use std::io::{ErrorKind, Read, Write};
+    use std::os::unix::net::UnixStream;
+
+    pub const HELLO: u8 = 0x01;
+    pub const EP_REQ: u8 = 0x02;
+    pub const MSG: u8 = 0x03;
+    pub const DELIVERED: u8 = 0x04;
+    pub const R_HELLO: u8 = 0x81;
+    pub const R_EP_REP: u8 = 0x82;
+    pub const R_MSG: u8 = 0x83;
+    pub const R_DELIVERED: u8 = 0x84;
+    pub const R_NOLINK: u8 = 0x85;
+    pub const MAGIC: u32 = 0x4841_5845;
+
+    pub fn u64_at(b: &[u8], at: usize) -> u64 {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&b[at..at + 8]);
+        u64::from_le_bytes(a)
+    }
+
+    pub fn u32_at(b: &[u8], at: usize) -> u32 {
+        let mut a = [0u8; 4];
+        a.copy_from_slice(&b[at..at + 4]);
+        u32::from_le_bytes(a)
+    }
+
+    #[derive(Debug, Clone, Copy, Default)]
+    pub struct Rep {
+        pub control: u32,
+        pub flags: u8,
+        pub req: u64,
+        pub cookie: (u64, u64),
+        pub link: u64,
+        pub next_out: u64,
+        pub next_in: u64,
+        pub quorum: u32,
+    }
+
+    pub struct Peer {
+        pub s: UnixStream,
+        buf: Vec<u8>,
+    }
+
+    pub fn put_str(b: &mut Vec<u8>, s: &str) {
+        b.extend_from_slice(&(s.len() as u16).to_le_bytes());
+        b.extend_from_slice(s.as_bytes());
+    }
+
+    impl Peer {
+        pub fn connect(ep: &str) -> Peer {
+            let s = UnixStream::connect(ep.trim_start_matches("unix:"))
+                .unwrap_or_else(|e| panic!("{e}"));
+            s.set_read_timeout(Some(WAIT)).unwrap_or(());
+            Peer { s, buf: Vec::new() }
+        }
+
+        pub fn hello(ep: &str) -> Peer {
+            let mut p = Peer::connect(ep);
+            let mut b = MAGIC.to_le_bytes().to_vec();
+            b.extend_from_slice(&1u32.to_le_bytes());
+            p.send(HELLO, &b);
+            let (t, body) = p.recv();
+            assert_eq!(t, R_HELLO);
+            assert_eq!((u32_at(&body, 0), u32_at(&body, 4)), (MAGIC, 1));
+            p
+        }
+
+        pub fn raw(&mut self, bytes: &[u8]) {
+            self.s
+                .write_all(bytes)
+                .unwrap_or_else(|e| panic!("write: {e}"));
+        }
+
+        pub fn send(&mut self, ty: u8, body: &[u8]) {
+            let mut f = ((body.len() + 1) as u32).to_le_bytes().to_vec();
+            f.push(ty);
+            f.extend_from_slice(body);
+            self.raw(&f);
+        }
+
+        pub fn try_recv(&mut self) -> std::io::Result<(u8, Vec<u8>)> {
+            loop {
+                if self.buf.len() >= 4 {
+                    let n = u32_at(&self.buf, 0) as usize;
+                    if self.buf.len() >= 4 + n {
+                        let t = self.buf[4];
+                        let body = self.buf[5..4 + n].to_vec();
+                        self.buf.drain(..4 + n);
+                        return Ok((t, body));
+                    }
+                }
+                let mut chunk = [0u8; 65536];
+                let n = self.s.read(&mut chunk)?;
+                if n == 0 {
+                    return Err(ErrorKind::UnexpectedEof.into());
+                }
+                self.buf.extend_from_slice(&chunk[..n]);
+            }
+        }
+
+        pub fn recv(&mut self) -> (u8, Vec<u8>) {
+            self.try_recv().unwrap_or_else(|e| panic!("recv: {e}"))
+        }
+
+        pub fn expect(&mut self, ty: u8) -> Vec<u8> {
+            let (t, b) = self.recv();
+            assert_eq!(t, ty, "frame type");
+            b
+        }
+
+        /// Connection closed by hax (anything still queued is skipped).
+        pub fn expect_closed(&mut self, what: &str) {
+            loop {
+                match self.try_recv() {
+                    Ok(_) => continue,
+                    Err(e) => {
+                        assert!(
+                            matches!(
+                                e.kind(),
+                                ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset
+                            ),
+                            "{what}: expected a close, got {e}"
+                        );
+                        return;
+                    }
+                }
+            }
+        }
+
+        #[allow(clippy::too_many_arguments)]
+        pub fn ep_req(
+            &mut self,
+            first: bool,
+            f: hax_fid,
+            cookie: (u64, u64),
+            link: u64,
+            nout: u64,
+            nin: u64,
+            ep: &str,
+        ) {
+            let mut b = vec![u8::from(first)];
+            for v in [
+                1,
+                f.container,
+                f.key,
+                4242,
+                cookie.0,
+                cookie.1,
+                link,
+                nout,
+                nin,
+            ] {
+                b.extend_from_slice(&u64::to_le_bytes(v));
+            }
+            put_str(&mut b, ep);
+            put_str(&mut b, "peer-git");
+            self.send(EP_REQ, &b);
+        }
+
+        pub fn ep_rep(&mut self) -> Rep {
+            let b = self.expect(R_EP_REP);
+            Rep {
+                control: u32_at(&b, 0),
+                flags: b[4],
+                req: u64_at(&b, 13),
+                cookie: (u64_at(&b, 21), u64_at(&b, 29)),
+                link: u64_at(&b, 37),
+                next_out: u64_at(&b, 45),
+                next_in: u64_at(&b, 53),
+                quorum: u32_at(&b, 61),
+            }
+        }
+
+        pub fn first(&mut self, f: hax_fid, ep: &str) -> Rep {
+            self.ep_req(true, f, (0, 0), 0, 0, 0, ep);
+            self.ep_rep()
+        }
+
+        pub fn msg(&mut self, link: u64, tag: u64, m: &[u8]) {
+            let mut b = link.to_le_bytes().to_vec();
+            b.extend_from_slice(&tag.to_le_bytes());
+            b.extend_from_slice(m);
+            self.send(MSG, &b);
+        }
+
+        pub fn delivered(&mut self, link: u64, tag: u64) {
+            let mut b = link.to_le_bytes().to_vec();
+            b.extend_from_slice(&tag.to_le_bytes());
+            self.send(DELIVERED, &b);
+        }
+
+        /// Next MSG from hax: (link, tag, message type).
+        pub fn recv_msg(&mut self) -> (u64, u64, u32) {
+            let b = self.expect(R_MSG);
+            (u64_at(&b, 0), u64_at(&b, 8), u32_at(&b, 16 + 64))
+        }
+
+        pub fn recv_delivered(&mut self) -> (u64, u64) {
+            let b = self.expect(R_DELIVERED);
+            (u64_at(&b, 0), u64_at(&b, 8))
+        }
+    }
+
+    pub fn enc_header(f: hax_fid, ty: u32) -> Vec<u8> {
+        let mut b = vec![];
+        for v in [f.container, f.key, 0, 0, 0, 0, 12345, 0] {
+            b.extend_from_slice(&u64::to_le_bytes(v));
+        }
+        b.extend_from_slice(&ty.to_le_bytes());
+        b
+    }
+
+    pub fn enc_event(f: hax_fid, ev: u64) -> Vec<u8> {
+        let mut b = enc_header(f, HAX_MSG_EVENT_PROCESS);
+        for v in [ev, 3, 4242] {
+            b.extend_from_slice(&u64::to_le_bytes(v));
+        }
+        b
+    }
+
+    pub fn enc_nvec(dir: u64, id: u64, notes: &[(hax_fid, u32)]) -> Vec<u8> {
+        let mut b = enc_header(hax_fid::default(), HAX_MSG_NVEC);
+        for v in [dir, id, 0] {
+            b.extend_from_slice(&u64::to_le_bytes(v));
+        }
+        b.extend_from_slice(&(notes.len() as u32).to_le_bytes());
+        for (f, s) in notes {
+            b.extend_from_slice(&f.container.to_le_bytes());
+            b.extend_from_slice(&f.key.to_le_bytes());
+            b.extend_from_slice(&s.to_le_bytes());
+        }
+        b
+    }
+
+    pub fn enc_fvec_req(cookie: (u64, u64)) -> Vec<u8> {
+        let mut b = enc_header(hax_fid::default(), HAX_MSG_FVEC_REQ);
+        for v in [fid(b'o', 2, 9).container, 9, cookie.0, cookie.1] {
+            b.extend_from_slice(&u64::to_le_bytes(v));
+        }
+        b
+    }
+}
