@@ -130,10 +130,8 @@ impl Handle {
         let lean = Arc::new(Lean::default());
         let mut h = ptr::null_mut();
         // SAFETY: valid out pointer.
-        assert_eq!(
-            unsafe { hax_glue_init(&mut h, ptr::null(), ptr::null()) },
-            0
-        );
+        let rc = unsafe { hax_glue_init(&mut h, ptr::null(), ptr::null()) };
+        assert_eq!(rc, 0);
         lean.h.store(h, Ordering::Release);
         let cbs = hax_callbacks {
             user: Arc::as_ptr(&lean) as *mut c_void,
