@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use hax_core::{
     Callbacks, Confd, Ctx, Delivery, EntrypointReply, EntrypointRequest, EntrypointResponder, Fid,
-    FidType, HaMsg, HaMsgData, HaNote, HaState, Halon, HalonConfig, LinkId, LinkInfo, NvecGet,
-    Tag, Uint128,
+    FidType, HaMsg, HaMsgData, HaNote, HaState, Halon, HalonConfig, LinkId, LinkInfo, NvecGet, Tag,
+    Uint128,
 };
 
 struct Demo;
@@ -42,7 +42,11 @@ impl Callbacks for Demo {
     }
 
     fn msg_received(&self, cx: &Ctx<'_>, link: LinkId, tag: Tag, msg: HaMsg, d: Delivery) {
-        println!("{link} tag {tag}: {} about {}", msg.data.type_name(), msg.fid);
+        println!(
+            "{link} tag {tag}: {} about {}",
+            msg.data.type_name(),
+            msg.fid
+        );
         if let HaMsgData::KeepaliveReq { id } = msg.data {
             let rep = HaMsg::new(HaMsgData::KeepaliveRep { id, counter: 1 });
             if let Err(e) = cx.send(link, &rep) {
@@ -55,7 +59,11 @@ impl Callbacks for Demo {
     }
 
     fn nvec_get(&self, cx: &Ctx<'_>, get: NvecGet, d: Delivery) {
-        println!("{} asks the state of {} objects", get.link(), get.fids().len());
+        println!(
+            "{} asks the state of {} objects",
+            get.link(),
+            get.fids().len()
+        );
         if let Err(e) = get.answer_now(cx, |_| HaState::Online) {
             eprintln!("NVEC reply failed: {e}");
         }
@@ -112,7 +120,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if round % 15 != 0 {
             continue;
         }
-        let state = if round % 30 == 0 { HaState::Online } else { HaState::Transient };
+        let state = if round % 30 == 0 {
+            HaState::Online
+        } else {
+            HaState::Transient
+        };
         let peers: Vec<LinkId> = ha
             .links()
             .into_iter()
