@@ -24,7 +24,7 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 
 echo "== HA side (emulator backend) on $endpoint"
-target/release/examples/halon_demo "$endpoint" 2>&1 | sed 's/^/[hax] /' &
+target/release/examples/halon_demo "$endpoint" 2>&1 | sed -u 's/^/[hax] /' &
 pids+=($!)
 for _ in $(seq 50); do
     (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
@@ -34,5 +34,5 @@ done
 echo "== $peers simulated m0d processes for $seconds s"
 target/release/m0d-sim --ha-endpoint "$endpoint" --count "$peers" --events \
     --nvec-get 0x6400000000000001:0x20,0x7200000000000001:0x3 --keepalive \
-    --duration "$seconds" 2>&1 | sed 's/^/[m0d-sim] /'
+    --duration "$seconds" 2>&1 | sed -u 's/^/[m0d-sim] /'
 echo "== done"
