@@ -14,5 +14,6 @@ pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod notify;
+pub mod sample;
 pub mod view;
 pub mod writer;
