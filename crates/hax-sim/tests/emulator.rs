@@ -362,12 +362,18 @@ async fn hax_restart_reconnects_with_continuing_tags() {
 #[ignore = "a measurement, not a check"]
 async fn throughput_of_16_processes() {
     let (halon, hax, ep) = start(0);
-    let cl = SimCluster::connect(cluster::configs(&ep, 16, 200)).await.unwrap();
+    let cl = SimCluster::connect(cluster::configs(&ep, 16, 200))
+        .await
+        .unwrap();
     const N: usize = 50_000;
     let procs: Vec<Arc<SimProcess>> = cl.into_processes().into_iter().map(Arc::new).collect();
     let msgs: Vec<Vec<HaMsg>> = procs
         .iter()
-        .map(|p| (0..N).map(|_| p.process_event(ProcessEventKind::Started)).collect())
+        .map(|p| {
+            (0..N)
+                .map(|_| p.process_event(ProcessEventKind::Started))
+                .collect()
+        })
         .collect();
     let t0 = std::time::Instant::now();
     let mut tasks = Vec::new();
@@ -375,7 +381,9 @@ async fn throughput_of_16_processes() {
         let p = p.clone();
         tasks.push(tokio::spawn(async move {
             p.send_many(m).await.unwrap();
-            p.wait_all_confirmed(Duration::from_secs(120)).await.unwrap();
+            p.wait_all_confirmed(Duration::from_secs(120))
+                .await
+                .unwrap();
         }));
     }
     for t in tasks {
