@@ -1767,10 +1767,11 @@ impl SimProcess {
 
     // ------------------------------------------------------------ waiting
 
-    /// Waits until at least `n` messages have been received from hax.
+    /// Waits until at least `n` messages have been received from hax since
+    /// the process was made (resends not counted).
     pub async fn wait_received(&self, n: usize, timeout: Duration) -> Result<(), SimError> {
         self.wait_until(timeout, &format!("{n} received messages"), |g| {
-            (g.received.len() >= n).then_some(Ok(()))
+            (g.stats.received >= n as u64).then_some(Ok(()))
         })
         .await
     }
@@ -1864,9 +1865,15 @@ impl SimProcess {
         self.shared.lock().received.clone()
     }
 
-    /// How many messages were received from hax.
+    /// Takes the recorded messages out (for long runs); counts and
+    /// [`SimProcess::wait_received`] are not affected.
+    pub fn take_received(&self) -> Vec<Received> {
+        std::mem::take(&mut self.shared.lock().received)
+    }
+
+    /// How many messages were received from hax since the process was made.
     pub fn received_count(&self) -> usize {
-        self.shared.lock().received.len()
+        self.shared.lock().stats.received as usize
     }
 
     /// Tags of received messages not delivered yet.

@@ -325,6 +325,10 @@ async fn receives_acknowledges_and_drops_resends() {
     let got = p.received();
     assert_eq!(got.iter().map(|r| r.tag).collect::<Vec<_>>(), [1, 3]);
     assert_eq!(got[0].msg, set(0, vec![note]));
+    assert!(got[0].at <= got[1].at);
+    assert_eq!(p.take_received().len(), 2);
+    assert!(p.received().is_empty());
+    assert_eq!(p.received_count(), 2);
     let s = p.stats();
     assert_eq!((s.received, s.duplicates, s.out_of_order), (2, 1, 1));
     assert!(p.violations().is_empty());
