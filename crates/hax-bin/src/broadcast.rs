@@ -2,3 +2,1388 @@
 //! processes get (with the services, drives, controllers, nodes and
 //! enclosures they imply) and the configuration-tree states written to
 //! Consul, then sent to the links and tracked to delivered / not delivered.
+//!
+//! Planning ([`plan_broadcast`]) is a pure function of a [`ClusterState`],
+//! the updates and the [`BroadcastOptions`]: it gives the notes, the
+//! `m0conf/` state writes and the links to send to ([`BroadcastPlan`]).
+//! Execution ([`Broadcaster`]) writes the states, makes them visible in the
+//! [`ClusterView`] at once, and sends the notes in NVEC SETs of at most
+//! [`NOTES_MAX`] notes to every selected active link.
+//!
+//! The rules are those of the original's `broadcast_ha_states`; where it
+//! misbehaves, hax does not:
+//! * every message of every chunk is returned for delivery tracking (the
+//!   original returned only the last chunk's);
+//! * an sdev no drive references is left out (the original broadcast the
+//!   drive `0:0` for it);
+//! * healths without a KV word in the original (STOPPED for devices and
+//!   nodes, REPAIR... for processes) are written as their note state says
+//!   instead of failing the whole broadcast;
+//! * a process or node the configuration does not know yields its own note
+//!   only, with a warning (the original retried forever).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hax_consul::schema::{
+    ConfKey, ConfObject, ConfState, ConfValue, HaxKv, NcState, ObjState, SchemaError,
+};
+use hax_consul::txn::MAX_TXN_OPS;
+use hax_consul::{ConsulError, TxnOp};
+use hax_core::{
+    Fid, FidType, HaLink, HaMsg, HaNote, HaState, LinkId, LinkInfo, Tracked, NOTES_MAX,
+};
+use tokio::time::Instant;
+
+use crate::events::{Broadcast, BroadcastFailed};
+pub use crate::events::{BroadcastOptions, DeliveryReport, Sent};
+use crate::metrics::Metrics;
+use crate::model::{HaUpdate, ObjHealth};
+use crate::view::{base_fid, fid_text, nc_note_state, sdev_note_state, ClusterState, ClusterView};
+
+/// Sdev states a process-driven update never overwrites: a device failure is
+/// only cleared by an explicit device update.
+pub const PROTECTED_SDEV_STATES: &[&str] = &["failed", "repairing", "repaired", "rebalancing"];
+
+/// Process states under which a node's `ios` process counts as down.
+const DOWN_PROCESS_STATES: &[&str] = &["stopped", "failed", "offline"];
+
+/// One `state` write of a configuration object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfWrite {
+    /// The key.
+    pub key: ConfKey,
+    /// The new state.
+    pub state: ConfState,
+    /// The whole new value (other fields as read).
+    pub object: ConfObject,
+    /// Modify index of the value the plan read (the write is a check-and-set).
+    pub modify_index: u64,
+    /// Current states that must not be replaced.
+    pub keep: &'static [&'static str],
+}
+
+/// Which links a broadcast goes to (among the active ones).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkSelection {
+    /// Only hax's own link (`broadcast_hax_only`).
+    SelfOnly,
+    /// Every link but those made by these processes (`proc_skip_list`).
+    AllExcept(Vec<Fid>),
+}
+
+impl LinkSelection {
+    /// The links of `links` that are `active` and selected.
+    pub fn select(&self, links: &[LinkInfo], active: &[LinkId]) -> Vec<LinkId> {
+        links
+            .iter()
+            .filter(|l| active.contains(&l.id))
+            .filter(|l| match self {
+                LinkSelection::SelfOnly => l.is_self,
+                LinkSelection::AllExcept(skip) => !skip.contains(&l.process_fid),
+            })
+            .map(|l| l.id)
+            .collect()
+    }
+}
+
+/// What a broadcast does.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BroadcastPlan {
+    /// The notes, in order (an object's repeated identical note left out).
+    pub notes: Vec<HaNote>,
+    /// The configuration states to write first.
+    pub kv_writes: Vec<ConfWrite>,
+    /// Where the notes go.
+    pub targets: LinkSelection,
+}
+
+impl BroadcastPlan {
+    /// The notes as sent: NVEC SETs of at most [`NOTES_MAX`] notes.
+    pub fn chunks(&self) -> std::slice::Chunks<'_, HaNote> {
+        self.notes.chunks(NOTES_MAX)
+    }
+}
+
+/// The lowercase word a process health is recorded as; `None` for the
+/// device-only healths (REPAIR, REPAIRED, REBALANCE), which are not written.
+pub fn process_word(h: ObjHealth) -> Option<ObjState> {
+    Some(match h {
+        ObjHealth::Ok => ObjState::Online,
+        ObjHealth::Failed => ObjState::Failed,
+        ObjHealth::Offline => ObjState::Offline,
+        ObjHealth::Unknown => ObjState::Unknown,
+        ObjHealth::Stopped => ObjState::Stopped,
+        ObjHealth::Recovering => ObjState::DtmRecovering,
+        ObjHealth::Repair | ObjHealth::Repaired | ObjHealth::Rebalance => return None,
+    })
+}
+
+/// The lowercase word a device (sdev) health is recorded as. UNKNOWN and
+/// STOPPED are `offline` (the original had no word for STOPPED).
+pub fn device_word(h: ObjHealth) -> ObjState {
+    match h {
+        ObjHealth::Ok => ObjState::Online,
+        ObjHealth::Unknown | ObjHealth::Offline | ObjHealth::Stopped => ObjState::Offline,
+        ObjHealth::Recovering => ObjState::DtmRecovering,
+        ObjHealth::Failed => ObjState::Failed,
+        ObjHealth::Repair => ObjState::Repairing,
+        ObjHealth::Repaired => ObjState::Repaired,
+        ObjHealth::Rebalance => ObjState::Rebalancing,
+    }
+}
+
+/// The `M0_NC_*` state nodes, enclosures and controllers are recorded with:
+/// that of the health's note state (UNKNOWN, OFFLINE, STOPPED → TRANSIENT).
+pub fn nc_state(h: ObjHealth) -> NcState {
+    match h.note_state() {
+        HaState::Unknown | HaState::Transient => NcState::Transient,
+        HaState::Online => NcState::Online,
+        HaState::Failed => NcState::Failed,
+        HaState::Repair => NcState::Repair,
+        HaState::Repaired => NcState::Repaired,
+        HaState::Rebalance => NcState::Rebalance,
+        HaState::DtmRecovering => NcState::DtmRecovering,
+    }
+}
+
+/// The text of a state as stored in the `state` field.
+fn state_text(s: ConfState) -> String {
+    let v = match s {
+        ConfState::Word(w) => serde_json::to_value(w),
+        ConfState::Nc(n) => serde_json::to_value(n),
+    };
+    match v {
+        Ok(serde_json::Value::String(t)) => t,
+        // Both vocabularies are unit enums serialised as strings.
+        _ => String::new(),
+    }
+}
+
+fn is_down(h: ObjHealth) -> bool {
+    matches!(h, ObjHealth::Offline | ObjHealth::Failed)
+}
+
+/// Builds a plan, reading its own writes: a later rule sees the states an
+/// earlier one wrote (as the original, which re-read the KV store).
+struct Planner<'a> {
+    st: &'a ClusterState,
+    notes: Vec<HaNote>,
+    last: HashMap<Fid, HaState>,
+    writes: Vec<ConfWrite>,
+    pending: HashMap<ConfKey, usize>,
+}
+
+impl<'a> Planner<'a> {
+    fn new(st: &'a ClusterState) -> Self {
+        Planner {
+            st,
+            notes: Vec::new(),
+            last: HashMap::new(),
+            writes: Vec::new(),
+            pending: HashMap::new(),
+        }
+    }
+
+    /// Adds a note, unless the object's last note already says the same
+    /// (a node reached from several processes); a change in between is kept.
+    fn note(&mut self, fid: Fid, state: HaState) {
+        if self.last.insert(fid, state) != Some(state) {
+            self.notes.push(HaNote::new(fid, state));
+        }
+    }
+
+    fn object(&self, key: &ConfKey) -> Option<&ConfObject> {
+        match self.pending.get(key) {
+            Some(i) => Some(&self.writes[*i].object),
+            None => self.st.conf_object(key),
+        }
+    }
+
+    fn state_of(&self, key: &ConfKey) -> Option<&str> {
+        self.object(key)?.state.as_deref()
+    }
+
+    /// Plans a state write of an existing key, unless its current state is
+    /// already `state` or one of `keep`.
+    fn write(&mut self, key: &ConfKey, state: ConfState, keep: &'static [&'static str]) {
+        let Some(entry) = self.st.conf_entry(key) else {
+            return;
+        };
+        if !matches!(entry.value, ConfValue::Object(_)) {
+            return;
+        }
+        let Some(current) = self.object(key) else {
+            return;
+        };
+        let text = state_text(state);
+        let now = current.state.as_deref();
+        if now.is_some_and(|s| keep.contains(&s)) || now == Some(text.as_str()) {
+            return;
+        }
+        let mut object = current.clone();
+        object.state = Some(text);
+        match self.pending.get(key) {
+            Some(&i) => {
+                let w = &mut self.writes[i];
+                w.state = state;
+                w.object = object;
+                w.keep = keep;
+            }
+            None => {
+                self.pending.insert(key.clone(), self.writes.len());
+                self.writes.push(ConfWrite {
+                    key: key.clone(),
+                    state,
+                    object,
+                    modify_index: entry.modify_index,
+                    keep,
+                });
+            }
+        }
+    }
+
+    fn write_all(&mut self, keys: &[ConfKey], state: ConfState, keep: &'static [&'static str]) {
+        for k in keys {
+            self.write(k, state, keep);
+        }
+    }
+
+    /// A process, its services, drives, controller, node and enclosure.
+    fn process_tree(
+        &mut self,
+        fid: Fid,
+        health: ObjHealth,
+        state: HaState,
+        opts: &BroadcastOptions,
+    ) {
+        let st = self.st;
+        if opts.update_kv {
+            match process_word(health) {
+                Some(w) => self.write_all(st.process_keys(fid), ConfState::Word(w), &[]),
+                None => {
+                    tracing::warn!(%fid, ?health, "no process state for this health, not recorded")
+                }
+            }
+        }
+        let services = st.services_of_process(fid);
+        for (_, svc) in &services {
+            self.note(st.full_fid(*svc), state);
+        }
+        if opts.notify_devices {
+            let svcs: Vec<Fid> = services.iter().map(|(_, s)| *s).collect();
+            self.disks(fid, &svcs, state, opts.update_kv);
+        }
+        self.node_by_process(fid, state, opts.update_kv);
+    }
+
+    /// The drives of a process's sdevs. A FAILED process makes its disks
+    /// OFFLINE, not FAILED: a process failure is not a device failure (the
+    /// FAILED note only makes Motr drop the process's links).
+    fn disks(&mut self, process: Fid, services: &[Fid], state: HaState, update_kv: bool) {
+        let st = self.st;
+        let health = if state == HaState::Failed {
+            ObjHealth::Offline
+        } else {
+            ObjHealth::from_note_state(state)
+        };
+        let mut drives = Vec::new();
+        for svc in services {
+            for sdev in st.sdevs_of(base_fid(process), *svc) {
+                match st.drive_of_sdev(sdev) {
+                    Some(d) => drives.push(d),
+                    // The original broadcast the drive 0:0 here.
+                    None => tracing::warn!(%sdev, %process, "sdev without a drive, not broadcast"),
+                }
+            }
+        }
+        if update_kv {
+            for d in &drives {
+                if let Some(sdev) = st.sdev_of_drive(*d) {
+                    let word = ConfState::Word(device_word(health));
+                    self.write_all(st.sdev_keys(sdev), word, PROTECTED_SDEV_STATES);
+                }
+            }
+        }
+        for d in drives {
+            // The note says what the sdev says now, written or kept.
+            let state = self.drive_note_state(d);
+            self.note(d, state);
+        }
+    }
+
+    fn drive_note_state(&self, drive: Fid) -> HaState {
+        let key = self
+            .st
+            .sdev_of_drive(drive)
+            .and_then(|s| self.st.sdev_keys(s).first());
+        match key {
+            Some(k) => sdev_note_state(self.state_of(k)),
+            None => HaState::Online,
+        }
+    }
+
+    /// Controller, node and enclosure of a process (the original's
+    /// `notify_node_status_by_process`).
+    fn node_by_process(&mut self, process: Fid, state: HaState, update_kv: bool) {
+        let st = self.st;
+        let health = ObjHealth::from_note_state(state);
+        let Some(node_name) = st.node_name_of_process(process) else {
+            tracing::warn!(%process, "process of no known node: no node or controller notes");
+            return;
+        };
+        if let Some(ctrl) = st.ctrl_of_process(base_fid(process)) {
+            if update_kv {
+                self.write_all(st.ctrl_keys(ctrl), ConfState::Nc(nc_state(health)), &[]);
+            }
+            self.note(ctrl, state);
+        }
+        let Some(node) = st.node_fid_by_name(node_name) else {
+            tracing::warn!(
+                node = node_name,
+                "node without a fid: no node or enclosure notes"
+            );
+            return;
+        };
+        // A failed process fails its node only once every ios process of the
+        // node is down; anything else is the node's state too.
+        if !is_down(health) || self.all_ios_down(node) {
+            self.node_and_enclosure(node, health, update_kv);
+        }
+    }
+
+    fn all_ios_down(&self, node: Fid) -> bool {
+        let node_text = fid_text(node);
+        self.st.ios_processes_of_node(node).into_iter().all(|p| {
+            self.st
+                .process_keys(p)
+                .iter()
+                .filter(|k| matches!(k, ConfKey::Process { node: n, .. } if *n == node_text))
+                .all(|k| {
+                    self.state_of(k)
+                        .is_some_and(|s| DOWN_PROCESS_STATES.contains(&s))
+                })
+        })
+    }
+
+    fn node_and_enclosure(&mut self, node: Fid, health: ObjHealth, update_kv: bool) {
+        let st = self.st;
+        let nc = ConfState::Nc(nc_state(health));
+        // As the original: the node's state is written even without
+        // `update_kv` (broadcasts of remote process states write it too).
+        self.write(
+            &ConfKey::Node {
+                node: fid_text(node),
+            },
+            nc,
+            &[],
+        );
+        self.note(node, health.note_state());
+        if let Some(encl) = st.encl_of_node(node) {
+            if update_kv {
+                self.write_all(st.encl_keys(encl), nc, &[]);
+            }
+            self.note(encl, health.note_state());
+        }
+    }
+
+    /// An update of a node: its enclosure, and its controllers (written as
+    /// the node when it is down; their notes say their recorded state).
+    fn node_tree(&mut self, node: Fid, health: ObjHealth, update_kv: bool) {
+        let st = self.st;
+        let nc = ConfState::Nc(nc_state(health));
+        if update_kv {
+            self.write(
+                &ConfKey::Node {
+                    node: fid_text(node),
+                },
+                nc,
+                &[],
+            );
+        }
+        let Some(encl) = st.encl_of_node(node) else {
+            return;
+        };
+        let ctrls = st.ctrls_of_encl(encl);
+        if update_kv {
+            self.write_all(st.encl_keys(encl), nc, &[]);
+            if is_down(health) {
+                for c in &ctrls {
+                    self.write_all(st.ctrl_keys(*c), nc, &[]);
+                }
+            }
+        }
+        self.note(encl, health.note_state());
+        for c in ctrls {
+            let state = match st.ctrl_keys(c).first() {
+                Some(k) => nc_note_state(self.state_of(k)),
+                None => HaState::Online,
+            };
+            self.note(c, state);
+        }
+    }
+
+    /// An update of a drive: its sdev's state, failures included.
+    fn drive_state(&mut self, drive: Fid, health: ObjHealth) {
+        let st = self.st;
+        match st.sdev_of_drive(drive) {
+            Some(sdev) => {
+                let word = ConfState::Word(device_word(health));
+                self.write_all(st.sdev_keys(sdev), word, &[]);
+            }
+            None => tracing::warn!(%drive, "drive without an sdev, state not recorded"),
+        }
+    }
+}
+
+/// Plans a broadcast of `updates` (the original's `broadcast_ha_states`):
+///
+/// * UNKNOWN updates are skipped; each other update is a note with its
+///   health's note state;
+/// * a process (not hax, not an m0mkfs run, unless `broadcast_hax_only`):
+///   its `m0conf` state (with `update_kv`), a note per service with the same
+///   state, with `notify_devices` its drives ([`PROTECTED_SDEV_STATES`] are
+///   never overwritten; the note gives the sdev's resulting state), its
+///   controller, and its node and enclosure (for a failure only when every
+///   `ios` process of the node is down);
+/// * a drive: its sdev's state is written (with `update_kv`);
+/// * a node: its state (with `update_kv`), its enclosure's note (and state),
+///   its controllers' notes (and states when the node is down);
+/// * other objects: the note only.
+pub fn plan_broadcast(
+    state: &ClusterState,
+    updates: &[HaUpdate],
+    opts: &BroadcastOptions,
+) -> BroadcastPlan {
+    let mut p = Planner::new(state);
+    let hax = base_fid(state.hax_fid());
+    for u in updates {
+        if u.health == ObjHealth::Unknown {
+            continue;
+        }
+        let note_state = u.health.note_state();
+        p.note(u.fid, note_state);
+        match u.fid.kind() {
+            Some(FidType::Process) => {
+                let tree =
+                    !opts.broadcast_hax_only && !state.is_mkfs(u.fid) && base_fid(u.fid) != hax;
+                if tree {
+                    p.process_tree(u.fid, u.health, note_state, opts);
+                }
+            }
+            Some(FidType::Drive) if opts.update_kv => p.drive_state(u.fid, u.health),
+            Some(FidType::Node) => p.node_tree(u.fid, u.health, opts.update_kv),
+            _ => {}
+        }
+    }
+    BroadcastPlan {
+        notes: p.notes,
+        kv_writes: p.writes,
+        targets: if opts.broadcast_hax_only {
+            LinkSelection::SelfOnly
+        } else {
+            LinkSelection::AllExcept(opts.proc_skip_list.clone())
+        },
+    }
+}
+
+/// The updates an NVEC SET from Motr leads to (the original's
+/// `ha_nvec_set_process`): ONLINE and REPAIRED are broadcast again as they
+/// are, REPAIR is rolled back to FAILED (repair failed), REBALANCE to
+/// REPAIRED (rebalance failed); other states are ignored.
+pub fn plan_nvec_set_rebroadcast(notes: &[HaNote]) -> Vec<HaUpdate> {
+    crate::events::nvec_set_rebroadcast(notes)
+}
+
+/// The check-and-set transactions of configuration writes, at most
+/// [`MAX_TXN_OPS`] operations each.
+pub fn txn_batches(writes: &[ConfWrite]) -> Result<Vec<Vec<TxnOp>>, SchemaError> {
+    writes
+        .chunks(MAX_TXN_OPS)
+        .map(|batch| batch.iter().map(cas_op).collect())
+        .collect()
+}
+
+fn cas_op(w: &ConfWrite) -> Result<TxnOp, SchemaError> {
+    let key = w.key.to_key();
+    let body = hax_consul::pyjson::to_string(&w.object).map_err(|e| SchemaError::BadValue {
+        key: key.clone(),
+        reason: format!("cannot encode: {e}"),
+    })?;
+    Ok(TxnOp::cas(key, body, w.modify_index))
+}
+
+/// Why a broadcast failed. Nothing was sent when it fails in the KV step;
+/// repeating the broadcast is safe.
+#[derive(Debug, thiserror::Error)]
+pub enum BroadcastError {
+    /// Consul failed while writing the configuration states.
+    #[error("writing configuration states: {0}")]
+    Consul(#[from] ConsulError),
+    /// A configuration state could not be written.
+    #[error("writing configuration states: {0}")]
+    Schema(#[from] SchemaError),
+    /// The halon interface refused the send (not running).
+    #[error("sending to Motr: {0}")]
+    Motr(#[from] hax_core::Error),
+}
+
+impl BroadcastError {
+    /// Whether trying again later may succeed (Consul unavailable).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            BroadcastError::Consul(e) | BroadcastError::Schema(SchemaError::Consul(e)) => {
+                e.is_retryable()
+            }
+            BroadcastError::Schema(SchemaError::Contended { .. }) => true,
+            BroadcastError::Schema(_) | BroadcastError::Motr(_) => false,
+        }
+    }
+}
+
+/// One NVEC SET handed to Motr.
+#[derive(Debug)]
+pub struct SentMessage {
+    /// The link.
+    pub link: LinkId,
+    /// Which chunk of the plan's notes (0-based).
+    pub chunk: usize,
+    /// How many notes it carries.
+    pub notes: usize,
+    /// Its outcome to come.
+    pub tracked: Tracked,
+}
+
+/// A broadcast as done.
+#[derive(Debug)]
+pub struct BroadcastReport {
+    /// What was planned.
+    pub plan: BroadcastPlan,
+    /// Every message sent, all chunks, all links.
+    pub sent: Vec<SentMessage>,
+}
+
+/// Plans and performs broadcasts. `Send + Sync`: share it (in an `Arc`)
+/// between the daemon's tasks. Broadcasts are serialised: each one is
+/// planned on a view that includes the previous one's writes, and their
+/// messages reach each link in call order.
+#[derive(Debug)]
+pub struct Broadcaster {
+    view: ClusterView,
+    link: HaLink,
+    kv: HaxKv,
+    metrics: Option<Arc<Metrics>>,
+    turn: tokio::sync::Mutex<()>,
+}
+
+impl Broadcaster {
+    /// A broadcaster planning on `view`, writing through `kv`, sending
+    /// through `link`.
+    pub fn new(view: ClusterView, link: HaLink, kv: HaxKv) -> Self {
+        Broadcaster {
+            view,
+            link,
+            kv,
+            metrics: None,
+            turn: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Counts broadcasts and sent messages in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// The view it plans on.
+    pub fn view(&self) -> &ClusterView {
+        &self.view
+    }
+
+    /// Broadcasts `updates` ([`plan_broadcast`]): writes the configuration
+    /// states, then sends the notes; returns every message sent, to be
+    /// waited on with [`wait_for_outcomes`] if needed. A Consul error stops
+    /// the broadcast before anything is sent (as the original, which retried
+    /// until the write succeeded); the caller may repeat it.
+    pub async fn broadcast(
+        &self,
+        updates: Vec<HaUpdate>,
+        opts: BroadcastOptions,
+    ) -> Result<Vec<Tracked>, BroadcastError> {
+        let report = self.broadcast_report(updates, opts).await?;
+        Ok(report.sent.into_iter().map(|s| s.tracked).collect())
+    }
+
+    /// [`Broadcaster::broadcast`], with the plan and the messages per link
+    /// and chunk.
+    pub async fn broadcast_report(
+        &self,
+        updates: Vec<HaUpdate>,
+        opts: BroadcastOptions,
+    ) -> Result<BroadcastReport, BroadcastError> {
+        let _turn = self.turn.lock().await;
+        let state = self.view.snapshot();
+        let plan = plan_broadcast(&state, &updates, &opts);
+        if plan.notes.is_empty() && plan.kv_writes.is_empty() {
+            return Ok(BroadcastReport {
+                plan,
+                sent: Vec::new(),
+            });
+        }
+        self.write_states(&plan.kv_writes).await?;
+        let sent = self.send(&plan.notes, &plan.targets).await?;
+        tracing::info!(
+            updates = updates.len(),
+            notes = plan.notes.len(),
+            writes = plan.kv_writes.len(),
+            messages = sent.len(),
+            "HA states broadcast"
+        );
+        if let Some(m) = &self.metrics {
+            m.broadcasts
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            m.count_sent("nvec_set", sent.len() as u64);
+        }
+        Ok(BroadcastReport { plan, sent })
+    }
+
+    /// Writes configuration states: check-and-set transactions of at most
+    /// 64 operations, on the modify indexes the plan read. When the view was
+    /// behind (a check failed), that batch is written again key by key from
+    /// fresh reads, with the same protected states. Written values are made
+    /// visible in the view at once.
+    pub async fn write_states(&self, writes: &[ConfWrite]) -> Result<(), BroadcastError> {
+        for (batch, ops) in writes.chunks(MAX_TXN_OPS).zip(txn_batches(writes)?) {
+            let mut written = Vec::with_capacity(batch.len());
+            match self.kv.client().txn(&ops).await {
+                Ok(resp) => {
+                    for w in batch {
+                        let key = w.key.to_key();
+                        let index = resp
+                            .results
+                            .iter()
+                            .find(|r| r.key == key)
+                            .map_or(resp.index, |r| r.modify_index);
+                        written.push((w.key.clone(), w.object.clone(), index));
+                    }
+                }
+                Err(ConsulError::TxnFailed { errors }) => {
+                    tracing::debug!(
+                        ?errors,
+                        "configuration changed since read, writing key by key"
+                    );
+                    for w in batch {
+                        self.kv.set_conf_state(&w.key, w.state, w.keep).await?;
+                        if let Some(e) = self.kv.conf_entry(&w.key).await? {
+                            if let ConfValue::Object(o) = e.value {
+                                written.push((w.key.clone(), o, e.modify_index));
+                            }
+                        }
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+            self.view.record_conf_writes(&written);
+        }
+        Ok(())
+    }
+
+    /// Sends `notes` to the selected active links, in NVEC SETs of at most
+    /// [`NOTES_MAX`] notes, and returns every message of every chunk. A link
+    /// that goes away meanwhile is skipped with a warning.
+    pub async fn send(
+        &self,
+        notes: &[HaNote],
+        targets: &LinkSelection,
+    ) -> Result<Vec<SentMessage>, BroadcastError> {
+        let links = targets.select(&self.link.links(), &self.link.active_links());
+        let mut sent = Vec::new();
+        if notes.is_empty() || links.is_empty() {
+            return Ok(sent);
+        }
+        for (chunk, part) in notes.chunks(NOTES_MAX).enumerate() {
+            let msg = HaMsg::nvec_set(part.to_vec());
+            for (link, result) in self.link.broadcast(links.clone(), msg).await? {
+                match result {
+                    Ok(tracked) => sent.push(SentMessage {
+                        link,
+                        chunk,
+                        notes: part.len(),
+                        tracked,
+                    }),
+                    Err(e) => tracing::warn!(%link, error = %e, "broadcast not sent on this link"),
+                }
+            }
+        }
+        Ok(sent)
+    }
+}
+
+impl Broadcast for Broadcaster {
+    async fn broadcast(
+        &self,
+        updates: Vec<HaUpdate>,
+        options: BroadcastOptions,
+    ) -> Result<Sent, BroadcastFailed> {
+        match Broadcaster::broadcast(self, updates, options).await {
+            Ok(tracked) => Ok(Sent::from_tracked(tracked)),
+            Err(e) => Err(BroadcastFailed {
+                reason: e.to_string(),
+                transient: e.is_transient(),
+            }),
+        }
+    }
+}
+
+/// Waits until every message has an outcome, at most `timeout`: how many
+/// were delivered, not delivered (link gone, interface stopped) and still
+/// pending at the deadline.
+pub async fn wait_for_outcomes(tracked: Vec<Tracked>, timeout: Duration) -> DeliveryReport {
+    Sent::from_tracked(tracked)
+        .wait_all(Instant::now() + timeout)
+        .await
+}
+
+/// Waits until one message is delivered, every message has an outcome, or
+/// `timeout` passes (the broadcast queue's wait for "any" delivery).
+pub async fn wait_for_any_outcome(tracked: Vec<Tracked>, timeout: Duration) -> DeliveryReport {
+    Sent::from_tracked(tracked)
+        .wait_any(Instant::now() + timeout)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::view::sample::{self, Sample};
+    use crate::view::{ClusterView, ViewData};
+    use hax_consul::schema::{ProcessState, ProcessStatus, ProcessType};
+
+    use HaState::{DtmRecovering, Failed, Online, Transient};
+
+    fn data_with(changes: &[(Fid, &str)]) -> ViewData {
+        let mut d = sample::view_data();
+        let st = ClusterView::from_data(d.clone()).snapshot();
+        for (f, state) in changes {
+            let key = any_key(&st, *f);
+            match d.conf.entries.get_mut(&key).map(|e| &mut e.value) {
+                Some(ConfValue::Object(o)) => o.state = Some((*state).to_owned()),
+                other => panic!("{key}: {other:?}"),
+            }
+        }
+        d
+    }
+
+    /// The (first) configuration key of an object of the sample.
+    fn any_key(st: &ClusterState, f: Fid) -> ConfKey {
+        match f.kind() {
+            Some(FidType::Process) => st.process_keys(f)[0].clone(),
+            Some(FidType::Sdev) => st.sdev_keys(f)[0].clone(),
+            Some(FidType::Controller) => st.ctrl_keys(f)[0].clone(),
+            Some(FidType::Enclosure) => st.encl_keys(f)[0].clone(),
+            Some(FidType::Node) => ConfKey::Node { node: fid_text(f) },
+            _ => panic!("no key for {f}"),
+        }
+    }
+
+    fn plan(d: &ViewData, updates: &[(Fid, ObjHealth)], opts: &BroadcastOptions) -> BroadcastPlan {
+        let st = ClusterView::from_data(d.clone()).snapshot();
+        let updates: Vec<HaUpdate> = updates.iter().map(|(f, h)| HaUpdate::new(*f, *h)).collect();
+        plan_broadcast(&st, &updates, opts)
+    }
+
+    fn notes(p: &BroadcastPlan) -> Vec<(Fid, HaState)> {
+        p.notes.iter().map(|n| (n.fid, n.state)).collect()
+    }
+
+    /// Writes as (object fid, new state text).
+    fn writes(p: &BroadcastPlan) -> Vec<(Fid, String)> {
+        let st = ClusterView::from_data(sample::view_data()).snapshot();
+        let all = [
+            Sample::IOS1,
+            Sample::IOS2A,
+            Sample::IOS2B,
+            Sample::CONFD1,
+            Sample::SDEV1A,
+            Sample::SDEV1B,
+            Sample::SDEV2A,
+            Sample::SDEV2B,
+            Sample::SDEV2C,
+            Sample::CTRL1,
+            Sample::CTRL2,
+            Sample::ENCL1,
+            Sample::ENCL2,
+            Sample::NODE1,
+            Sample::NODE2,
+        ];
+        p.kv_writes
+            .iter()
+            .map(|w| {
+                let f = all
+                    .into_iter()
+                    .find(|f| any_key(&st, *f) == w.key)
+                    .unwrap_or_else(|| panic!("unexpected write of {}", w.key));
+                assert_eq!(
+                    w.object.state.as_deref(),
+                    Some(state_text(w.state).as_str())
+                );
+                (f, state_text(w.state))
+            })
+            .collect()
+    }
+
+    fn w(f: Fid, s: &str) -> (Fid, String) {
+        (f, s.to_owned())
+    }
+
+    fn opts() -> BroadcastOptions {
+        BroadcastOptions::default()
+    }
+
+    #[test]
+    fn unknown_updates_are_skipped() {
+        let p = plan(
+            &sample::view_data(),
+            &[(Sample::IOS1, ObjHealth::Unknown)],
+            &opts(),
+        );
+        assert!(p.notes.is_empty() && p.kv_writes.is_empty());
+        assert_eq!(p.targets, LinkSelection::AllExcept(vec![]));
+    }
+
+    #[test]
+    fn an_online_process_brings_its_whole_tree() {
+        let p = plan(
+            &sample::view_data(),
+            &[(Sample::IOS1, ObjHealth::Ok)],
+            &opts(),
+        );
+        assert_eq!(
+            notes(&p),
+            vec![
+                (Sample::IOS1, Online),
+                (Sample::IOS1_SVC, Online),
+                (Sample::RMS_IOS1, Online),
+                (Sample::DRIVE1A, Online),
+                (Sample::DRIVE1B, Online),
+                (Sample::CTRL1, Online),
+                (Sample::NODE1, Online),
+                (Sample::ENCL1, Online),
+            ]
+        );
+        assert_eq!(
+            writes(&p),
+            vec![
+                w(Sample::IOS1, "online"),
+                w(Sample::SDEV1A, "online"),
+                w(Sample::SDEV1B, "online"),
+                w(Sample::CTRL1, "M0_NC_ONLINE"),
+                w(Sample::NODE1, "M0_NC_ONLINE"),
+                w(Sample::ENCL1, "M0_NC_ONLINE"),
+            ]
+        );
+        // Other fields are kept, modify indexes are those read.
+        let st = ClusterView::from_data(sample::view_data()).snapshot();
+        let sdev = &p.kv_writes[1];
+        assert_eq!(sdev.object.path.as_deref(), Some("/dev/sdb"));
+        assert_eq!(
+            Some(sdev.modify_index),
+            st.conf_entry(&sdev.key).map(|e| e.modify_index)
+        );
+        assert_eq!(sdev.keep, PROTECTED_SDEV_STATES);
+    }
+
+    #[test]
+    fn recovering_and_stopped_processes() {
+        let p = plan(
+            &sample::view_data(),
+            &[(Sample::IOS1, ObjHealth::Recovering)],
+            &opts(),
+        );
+        assert_eq!(
+            notes(&p),
+            vec![
+                (Sample::IOS1, DtmRecovering),
+                (Sample::IOS1_SVC, DtmRecovering),
+                (Sample::RMS_IOS1, DtmRecovering),
+                // dtm_recovering sdevs read as ONLINE.
+                (Sample::DRIVE1A, Online),
+                (Sample::DRIVE1B, Online),
+                (Sample::CTRL1, DtmRecovering),
+                (Sample::NODE1, DtmRecovering),
+                (Sample::ENCL1, DtmRecovering),
+            ]
+        );
+        assert_eq!(writes(&p)[1], w(Sample::SDEV1A, "dtm_recovering"));
+        assert_eq!(writes(&p)[3], w(Sample::CTRL1, "M0_NC_DTM_RECOVERING"));
+
+        // STOPPED: TRANSIENT everywhere, recorded `stopped`; the node's only
+        // ios is down, so the node is too.
+        let p = plan(
+            &sample::view_data(),
+            &[(Sample::IOS1, ObjHealth::Stopped)],
+            &opts(),
+        );
+        assert!(
+            notes(&p).iter().all(|(_, s)| *s == Transient),
+            "{:?}",
+            notes(&p)
+        );
+        assert_eq!(notes(&p).len(), 8);
+        assert_eq!(
+            writes(&p),
+            vec![
+                w(Sample::IOS1, "stopped"),
+                w(Sample::SDEV1A, "offline"),
+                w(Sample::SDEV1B, "offline"),
+                w(Sample::CTRL1, "M0_NC_TRANSIENT"),
+                w(Sample::NODE1, "M0_NC_TRANSIENT"),
+                w(Sample::ENCL1, "M0_NC_TRANSIENT"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_failed_process_makes_its_disks_offline_and_fails_its_node_with_its_last_ios() {
+        let p = plan(
+            &sample::view_data(),
+            &[(Sample::IOS1, ObjHealth::Failed)],
+            &opts(),
+        );
+        assert_eq!(
+            notes(&p),
+            vec![
+                (Sample::IOS1, Failed),
+                (Sample::IOS1_SVC, Failed),
+                (Sample::RMS_IOS1, Failed),
+                (Sample::DRIVE1A, Transient),
+                (Sample::DRIVE1B, Transient),
+                (Sample::CTRL1, Failed),
+                (Sample::NODE1, Failed),
+                (Sample::ENCL1, Failed),
+            ]
+        );
+        assert_eq!(
+            writes(&p),
+            vec![
+                w(Sample::IOS1, "failed"),
+                w(Sample::SDEV1A, "offline"),
+                w(Sample::SDEV1B, "offline"),
+                w(Sample::CTRL1, "M0_NC_FAILED"),
+                w(Sample::NODE1, "M0_NC_FAILED"),
+                w(Sample::ENCL1, "M0_NC_FAILED"),
+            ]
+        );
+
+        // Node 2 keeps a running ios: the node is not failed.
+        let p = plan(
+            &sample::view_data(),
+            &[(Sample::IOS2A, ObjHealth::Failed)],
+            &opts(),
+        );
+        assert_eq!(
+            notes(&p),
+            vec![
+                (Sample::IOS2A, Failed),
+                (Sample::IOS2A_SVC, Failed),
+                (Sample::DRIVE2A, Transient),
+                (Sample::DRIVE2B, Transient),
+                (Sample::CTRL2, Failed),
+            ]
+        );
+        // Unless the other one is already down.
+        let d = data_with(&[(Sample::IOS2B, "offline")]);
+        let p = plan(&d, &[(Sample::IOS2A, ObjHealth::Offline)], &opts());
+        assert_eq!(
+            notes(&p)[notes(&p).len() - 2..],
+            [(Sample::NODE2, Transient), (Sample::ENCL2, Transient)]
+        );
+    }
+
+    #[test]
+    fn later_rules_see_earlier_writes_and_repeated_notes_go_once() {
+        let p = plan(
+            &sample::view_data(),
+            &[
+                (Sample::IOS2A, ObjHealth::Failed),
+                (Sample::IOS2B, ObjHealth::Failed),
+            ],
+            &opts(),
+        );
+        assert_eq!(
+            notes(&p),
+            vec![
+                (Sample::IOS2A, Failed),
+                (Sample::IOS2A_SVC, Failed),
+                (Sample::DRIVE2A, Transient),
+                (Sample::DRIVE2B, Transient),
+                (Sample::CTRL2, Failed),
+                (Sample::IOS2B, Failed),
+                (Sample::IOS2B_SVC, Failed),
+                (Sample::DRIVE2C, Transient),
+                // CTRL2 again, same state: once.
+                // IOS2A's `failed` planned above counts: the node is down.
+                (Sample::NODE2, Failed),
+                (Sample::ENCL2, Failed),
+            ]
+        );
+        assert!(
+            writes(&p).contains(&w(Sample::NODE2, "M0_NC_FAILED")),
+            "{:?}",
+            writes(&p)
+        );
+        // A change of state in between is kept.
+        let p = plan(
+            &sample::view_data(),
+            &[
+                (Sample::POOL, ObjHealth::Failed),
+                (Sample::POOL, ObjHealth::Ok),
+                (Sample::POOL, ObjHealth::Ok),
+                (Sample::POOL, ObjHealth::Failed),
+            ],
+            &opts(),
+        );
+        assert_eq!(
+            notes(&p),
+            vec![
+                (Sample::POOL, Failed),
+                (Sample::POOL, Online),
+                (Sample::POOL, Failed)
+            ]
+        );
+    }
+
+    #[test]
+    fn process_updates_never_clear_a_device_failure() {
+        let d = data_with(&[(Sample::SDEV1A, "failed"), (Sample::SDEV1B, "repairing")]);
+        let p = plan(&d, &[(Sample::IOS1, ObjHealth::Ok)], &opts());
+        let n = notes(&p);
+        assert!(n.contains(&(Sample::DRIVE1A, Failed)), "{n:?}");
+        assert!(n.contains(&(Sample::DRIVE1B, HaState::Repair)), "{n:?}");
+        let written: Vec<Fid> = writes(&p).into_iter().map(|(f, _)| f).collect();
+        assert!(!written.contains(&Sample::SDEV1A) && !written.contains(&Sample::SDEV1B));
+
+        // A drive update does overwrite it.
+        let p = plan(&d, &[(Sample::DRIVE1A, ObjHealth::Ok)], &opts());
+        assert_eq!(notes(&p), vec![(Sample::DRIVE1A, Online)]);
+        assert_eq!(writes(&p), vec![w(Sample::SDEV1A, "online")]);
+        assert!(p.kv_writes[0].keep.is_empty());
+        let p = plan(&d, &[(Sample::DRIVE1B, ObjHealth::Repaired)], &opts());
+        assert_eq!(writes(&p), vec![w(Sample::SDEV1B, "repaired")]);
+        let p = plan(
+            &d,
+            &[(Sample::DRIVE1A, ObjHealth::Ok)],
+            &BroadcastOptions {
+                update_kv: false,
+                ..opts()
+            },
+        );
+        assert!(p.kv_writes.is_empty());
+        assert_eq!(notes(&p), vec![(Sample::DRIVE1A, Online)]);
+    }
+
+    #[test]
+    fn sdevs_without_a_drive_are_not_broadcast_as_fid_zero() {
+        let p = plan(
+            &sample::view_data(),
+            &[(Sample::IOS2B, ObjHealth::Ok)],
+            &opts(),
+        );
+        assert!(p.notes.iter().all(|n| !n.fid.is_zero()), "{:?}", p.notes);
+        let drives: Vec<Fid> = p
+            .notes
+            .iter()
+            .filter(|n| n.fid.is(FidType::Drive))
+            .map(|n| n.fid)
+            .collect();
+        assert_eq!(drives, vec![Sample::DRIVE2C]);
+    }
+
+    #[test]
+    fn hax_mkfs_and_hax_only_broadcasts_carry_the_note_alone() {
+        let p = plan(
+            &sample::view_data(),
+            &[(Sample::HAX1, ObjHealth::Ok)],
+            &opts(),
+        );
+        assert_eq!(notes(&p), vec![(Sample::HAX1, Online)]);
+        assert!(p.kv_writes.is_empty());
+
+        let mut d = sample::view_data();
+        d.processes.insert(
+            fid_text(Sample::IOS1),
+            ProcessStatus {
+                state: ProcessState::Started,
+                kind: ProcessType::M0mkfs,
+            },
+        );
+        let p = plan(&d, &[(Sample::IOS1, ObjHealth::Ok)], &opts());
+        assert_eq!(notes(&p), vec![(Sample::IOS1, Online)]);
+        assert!(p.kv_writes.is_empty());
+
+        let only = BroadcastOptions {
+            broadcast_hax_only: true,
+            proc_skip_list: vec![Sample::IOS2A],
+            ..opts()
+        };
+        let p = plan(
+            &sample::view_data(),
+            &[(Sample::IOS1, ObjHealth::Failed)],
+            &only,
+        );
+        assert_eq!(notes(&p), vec![(Sample::IOS1, Failed)]);
+        assert!(p.kv_writes.is_empty());
+        assert_eq!(p.targets, LinkSelection::SelfOnly);
+    }
+
+    #[test]
+    fn without_update_kv_only_the_node_state_is_written() {
+        let no_kv = BroadcastOptions {
+            update_kv: false,
+            ..opts()
+        };
+        let p = plan(
+            &sample::view_data(),
+            &[(Sample::IOS1, ObjHealth::Ok)],
+            &no_kv,
+        );
+        assert_eq!(notes(&p).len(), 8);
+        assert_eq!(writes(&p), vec![w(Sample::NODE1, "M0_NC_ONLINE")]);
+
+        let no_devices = BroadcastOptions {
+            notify_devices: false,
+            ..opts()
+        };
+        let p = plan(
+            &sample::view_data(),
+            &[(Sample::IOS1, ObjHealth::Ok)],
+            &no_devices,
+        );
+        assert!(!p.notes.iter().any(|n| n.fid.is(FidType::Drive)));
+        assert!(!writes(&p).iter().any(|(f, _)| f.is(FidType::Sdev)));
+        assert!(notes(&p).contains(&(Sample::CTRL1, Online)));
+    }
+
+    #[test]
+    fn node_updates_reach_their_enclosure_and_controllers() {
+        let p = plan(
+            &sample::view_data(),
+            &[(Sample::NODE2, ObjHealth::Failed)],
+            &opts(),
+        );
+        assert_eq!(
+            notes(&p),
+            vec![
+                (Sample::NODE2, Failed),
+                (Sample::ENCL2, Failed),
+                (Sample::CTRL2, Failed)
+            ]
+        );
+        assert_eq!(
+            writes(&p),
+            vec![
+                w(Sample::NODE2, "M0_NC_FAILED"),
+                w(Sample::ENCL2, "M0_NC_FAILED"),
+                w(Sample::CTRL2, "M0_NC_FAILED"),
+            ]
+        );
+        // Back online: the controllers keep (and report) their own state.
+        let d = data_with(&[(Sample::CTRL2, "M0_NC_FAILED")]);
+        let p = plan(&d, &[(Sample::NODE2, ObjHealth::Ok)], &opts());
+        assert_eq!(
+            notes(&p),
+            vec![
+                (Sample::NODE2, Online),
+                (Sample::ENCL2, Online),
+                (Sample::CTRL2, Failed)
+            ]
+        );
+        assert_eq!(
+            writes(&p),
+            vec![
+                w(Sample::NODE2, "M0_NC_ONLINE"),
+                w(Sample::ENCL2, "M0_NC_ONLINE")
+            ]
+        );
+        // Without update_kv: notes only.
+        let p = plan(
+            &sample::view_data(),
+            &[(Sample::NODE2, ObjHealth::Offline)],
+            &BroadcastOptions {
+                update_kv: false,
+                ..opts()
+            },
+        );
+        assert!(p.kv_writes.is_empty());
+        assert_eq!(
+            notes(&p),
+            vec![
+                (Sample::NODE2, Transient),
+                (Sample::ENCL2, Transient),
+                (Sample::CTRL2, Transient)
+            ]
+        );
+    }
+
+    #[test]
+    fn other_objects_get_their_note_alone() {
+        for f in [
+            Sample::POOL,
+            Sample::SDEV1A,
+            Sample::IOS1_SVC,
+            Sample::SITE,
+            Sample::ENCL1,
+            Sample::CTRL1,
+        ] {
+            let p = plan(&sample::view_data(), &[(f, ObjHealth::Failed)], &opts());
+            assert_eq!(notes(&p), vec![(f, Failed)], "{f}");
+            assert!(p.kv_writes.is_empty(), "{f}");
+        }
+    }
+
+    #[test]
+    fn unchanged_states_are_not_rewritten() {
+        let d = data_with(&[
+            (Sample::IOS1, "online"),
+            (Sample::SDEV1A, "online"),
+            (Sample::SDEV1B, "online"),
+            (Sample::CTRL1, "M0_NC_ONLINE"),
+            (Sample::NODE1, "M0_NC_ONLINE"),
+            (Sample::ENCL1, "M0_NC_ONLINE"),
+        ]);
+        let p = plan(&d, &[(Sample::IOS1, ObjHealth::Ok)], &opts());
+        assert!(p.kv_writes.is_empty(), "{:?}", writes(&p));
+        assert_eq!(notes(&p).len(), 8, "the notes still go");
+    }
+
+    #[test]
+    fn state_vocabularies() {
+        use ObjHealth as H;
+        let words = [
+            (H::Ok, Some(ObjState::Online)),
+            (H::Failed, Some(ObjState::Failed)),
+            (H::Offline, Some(ObjState::Offline)),
+            (H::Unknown, Some(ObjState::Unknown)),
+            (H::Stopped, Some(ObjState::Stopped)),
+            (H::Recovering, Some(ObjState::DtmRecovering)),
+            (H::Repair, None),
+        ];
+        for (h, want) in words {
+            assert_eq!(process_word(h), want, "{h:?}");
+        }
+        let devices = [
+            (H::Ok, "online"),
+            (H::Unknown, "offline"),
+            (H::Offline, "offline"),
+            (H::Stopped, "offline"),
+            (H::Recovering, "dtm_recovering"),
+            (H::Failed, "failed"),
+            (H::Repair, "repairing"),
+            (H::Repaired, "repaired"),
+            (H::Rebalance, "rebalancing"),
+        ];
+        for (h, want) in devices {
+            assert_eq!(state_text(ConfState::Word(device_word(h))), want, "{h:?}");
+        }
+        let nc = [
+            (H::Unknown, "M0_NC_TRANSIENT"),
+            (H::Offline, "M0_NC_TRANSIENT"),
+            (H::Stopped, "M0_NC_TRANSIENT"),
+            (H::Ok, "M0_NC_ONLINE"),
+            (H::Recovering, "M0_NC_DTM_RECOVERING"),
+            (H::Failed, "M0_NC_FAILED"),
+            (H::Repair, "M0_NC_REPAIR"),
+            (H::Repaired, "M0_NC_REPAIRED"),
+            (H::Rebalance, "M0_NC_REBALANCE"),
+        ];
+        for (h, want) in nc {
+            assert_eq!(state_text(ConfState::Nc(nc_state(h))), want, "{h:?}");
+        }
+    }
+
+    #[test]
+    fn nvec_set_notes_are_rebroadcast_or_rolled_back() {
+        let f = Sample::SDEV1A;
+        let notes: Vec<HaNote> = HaState::ALL.iter().map(|s| HaNote::new(f, *s)).collect();
+        assert_eq!(
+            plan_nvec_set_rebroadcast(&notes),
+            vec![
+                HaUpdate::new(f, ObjHealth::Ok),
+                HaUpdate::new(f, ObjHealth::Failed),
+                HaUpdate::new(f, ObjHealth::Repaired),
+                HaUpdate::new(f, ObjHealth::Repaired),
+            ]
+        );
+    }
+
+    fn link(id: u64, process: Fid, is_self: bool) -> LinkInfo {
+        LinkInfo {
+            id: LinkId(id),
+            endpoint: format!("inet:tcp:127.0.0.1@{id}"),
+            process_fid: process,
+            is_self,
+        }
+    }
+
+    #[test]
+    fn links_are_selected_among_the_active_ones() {
+        let links = [
+            link(1, Sample::HAX1, true),
+            link(2, Sample::IOS1, false),
+            link(3, Sample::CONFD1, false),
+            link(4, Sample::IOS1, false),
+        ];
+        let active = [LinkId(1), LinkId(2), LinkId(3)];
+        assert_eq!(
+            LinkSelection::AllExcept(vec![]).select(&links, &active),
+            vec![LinkId(1), LinkId(2), LinkId(3)],
+            "link 4 is disconnecting"
+        );
+        assert_eq!(
+            LinkSelection::AllExcept(vec![Sample::IOS1]).select(&links, &active),
+            vec![LinkId(1), LinkId(3)]
+        );
+        assert_eq!(
+            LinkSelection::SelfOnly.select(&links, &active),
+            vec![LinkId(1)]
+        );
+        assert!(LinkSelection::SelfOnly
+            .select(&links, &[LinkId(2)])
+            .is_empty());
+    }
+
+    #[test]
+    fn notes_go_in_chunks_of_at_most_notes_max() {
+        let updates: Vec<(Fid, ObjHealth)> = (0..2500)
+            .map(|k| (Fid::typed(FidType::Pool, 1, k), ObjHealth::Ok))
+            .collect();
+        let p = plan(&sample::view_data(), &updates, &opts());
+        let sizes: Vec<usize> = p.chunks().map(<[HaNote]>::len).collect();
+        assert_eq!(sizes, vec![NOTES_MAX, NOTES_MAX, 2500 - 2 * NOTES_MAX]);
+    }
+
+    #[test]
+    fn writes_go_in_check_and_set_transactions_of_at_most_64() {
+        let p = plan(
+            &sample::view_data(),
+            &[(Sample::IOS1, ObjHealth::Failed)],
+            &opts(),
+        );
+        let many: Vec<ConfWrite> = vec![p.kv_writes[1].clone(); 100];
+        let batches = txn_batches(&many).expect("encodes");
+        assert_eq!(
+            batches.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![64, 36]
+        );
+        let TxnOp::Cas { key, value, index } = &batches[0][0] else {
+            panic!("{:?}", batches[0][0]);
+        };
+        assert_eq!(*key, p.kv_writes[1].key.to_key());
+        assert_eq!(*index, p.kv_writes[1].modify_index);
+        assert_eq!(
+            String::from_utf8_lossy(value),
+            r#"{"path": "/dev/sdb", "state": "offline"}"#
+        );
+    }
+}
