@@ -259,18 +259,18 @@ struct hax_glue {
 	bool self_consumed;
 	int replying; /* entrypoint replies inside their link callback */
 	int waiters;
-	struct emu_logline *logs_head;
-	struct emu_logline *logs_tail;
 	struct hax_msg *scratch; /* handler thread only */
 	uint32_t scratch_dirty;
 
 	uint64_t violations; /* __atomic */
 };
 
-/* Called with h->mu held. */
+/* Called with h->mu held: the line waits in a queue of the calling thread. */
 void emu_logf(hax_glue *h, int level, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
-void emu_unlock(hax_glue *h); /* unlocks, then hands queued log lines out */
+/* Unlocks, then hands this thread's queued log lines to the log callback. */
+void emu_unlock(hax_glue *h);
+bool emu_logs_pending(void);
 void emu_kick_net(hax_glue *h);
 /* Reserves a frame on c's output: returns where its body goes, or NULL when
  * the connection is (now) doomed. */

@@ -34,9 +34,19 @@ enum { PROCESS_M0D = 3, SERVICE_HA = 6 };
 
 struct emu_logline {
 	struct emu_logline *next;
+	void (*cb)(void *, int32_t, const char *);
+	void *user;
 	int level;
 	char text[];
 };
+
+/*
+ * Log lines wait in a queue of the thread that made them, and that thread
+ * hands them out once it has dropped h->mu: the log callback never runs
+ * inside another thread's API call (where its caller may hold a lock).
+ */
+static _Thread_local struct emu_logline *tl_logs_head;
+static _Thread_local struct emu_logline *tl_logs_tail;
 
 struct emu_fidslot {
 	struct hax_fid fid;
@@ -153,9 +163,15 @@ static struct timespec deadline_after(uint32_t ms)
 	return ts;
 }
 
-/* Waits on wcv; false once the deadline has passed. */
+/* Waits on wcv; false once the deadline has passed. Returns at once after
+ * handing out queued log lines, so the caller checks its condition again. */
 static bool wait_until(hax_glue *h, const struct timespec *dl)
 {
+	if (emu_logs_pending()) {
+		emu_unlock(h);
+		pthread_mutex_lock(&h->mu);
+		return true;
+	}
 	h->waiters++;
 	int rc = pthread_cond_timedwait(&h->wcv, &h->mu, dl);
 	h->waiters--;
@@ -237,26 +253,30 @@ void emu_logf(hax_glue *h, int level, const char *fmt, ...)
 	if (l == NULL)
 		return;
 	l->next = NULL;
+	l->cb = h->cbs.log;
+	l->user = h->cbs.user;
 	l->level = level;
 	memcpy(l->text, buf, len + 1);
-	if (h->logs_tail != NULL)
-		h->logs_tail->next = l;
+	if (tl_logs_tail != NULL)
+		tl_logs_tail->next = l;
 	else
-		h->logs_head = l;
-	h->logs_tail = l;
+		tl_logs_head = l;
+	tl_logs_tail = l;
+}
+
+bool emu_logs_pending(void)
+{
+	return tl_logs_head != NULL;
 }
 
 void emu_unlock(hax_glue *h)
 {
-	struct emu_logline *l = h->logs_head;
-	void (*cb)(void *, int32_t, const char *) = h->cbs.log;
-	void *user = h->cbs.user;
-	h->logs_head = h->logs_tail = NULL;
+	struct emu_logline *l = tl_logs_head;
+	tl_logs_head = tl_logs_tail = NULL;
 	pthread_mutex_unlock(&h->mu);
 	while (l != NULL) {
 		struct emu_logline *next = l->next;
-		if (cb != NULL)
-			cb(user, l->level, l->text);
+		l->cb(l->user, l->level, l->text);
 		free(l);
 		l = next;
 	}
@@ -851,10 +871,6 @@ int hax_glue_fini(hax_glue *h)
 		return HAX_E_STATE;
 	}
 	emu_unlock(h);
-	for (struct emu_logline *l = h->logs_head, *n; l != NULL; l = n) {
-		n = l->next;
-		free(l);
-	}
 	free(h->adopted);
 	pthread_cond_destroy(&h->hcv);
 	pthread_cond_destroy(&h->wcv);
