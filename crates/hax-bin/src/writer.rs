@@ -336,6 +336,9 @@ pub struct WriterMetrics {
     pub conflicts: AtomicU64,
     /// Failed attempts (any cause).
     pub errors: AtomicU64,
+    /// Attempts whose answer was lost but which had committed (found on the
+    /// next attempt, so their entries were not appended twice).
+    pub recovered: AtomicU64,
     /// Writes refused by Consul for good.
     pub rejected: AtomicU64,
     /// Writes abandoned at shutdown.
@@ -1062,6 +1065,10 @@ impl Task {
             let got = self.client.kv_get(key).await.map_err(classify)?.value;
             if got.is_some_and(|p| p.value == body.as_bytes()) {
                 tracing::info!(%key, "an earlier attempt whose answer was lost had committed");
+                self.shared
+                    .metrics
+                    .recovered
+                    .fetch_add(1, Ordering::Relaxed);
                 self.epochs.clear();
                 return Ok(());
             }
