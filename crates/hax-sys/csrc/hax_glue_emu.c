@@ -514,6 +514,8 @@ static void send_msg_frame(hax_glue *h, struct emu_conn *c, hax_link_id id, uint
 static bool link_pump(hax_glue *h, struct emu_link *l)
 {
 	struct emu_conn *c = l->conn;
+	if (l->disconnected)
+		return true; /* stopping: what is not out stays not delivered */
 	if (l->tx_next < l->out_base)
 		l->tx_next = l->out_base;
 	while (l->tx_next < l->out_next) {
