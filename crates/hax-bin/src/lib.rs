@@ -5,6 +5,7 @@
 pub mod bq;
 pub mod bridge;
 pub mod broadcast;
+pub mod cli;
 pub mod config;
 pub mod entrypoint;
 pub mod events;

@@ -1,0 +1,135 @@
+//! The `hax` command line: every setting of [`Config`] can be given here, and
+//! overrides the configuration file and the `HAX_*` environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use hax_core::Fid;
+
+use crate::config::{Config, ConfigError, LogFormat};
+
+/// hax: the HA link eXtender between Motr m0d processes and Consul.
+///
+/// Settings come from the configuration file (TOML), then HAX_* environment
+/// variables, then these options. Unset identity settings are read from
+/// Consul (the `hax` service registered on the local node).
+#[derive(Debug, Parser)]
+#[command(name = "hax", version)]
+pub struct Args {
+    /// Configuration file (TOML).
+    #[arg(short, long, env = "HAX_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Consul agent address (host:port or URL).
+    #[arg(long, value_name = "ADDR")]
+    pub consul_address: Option<String>,
+    /// File holding the Consul ACL token.
+    #[arg(long, value_name = "FILE")]
+    pub consul_token_file: Option<PathBuf>,
+    /// Address of the HTTP server (watch handlers, /metrics, /healthz).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub http_bind: Option<SocketAddr>,
+    /// Local node name.
+    #[arg(long)]
+    pub node: Option<String>,
+    /// hax's Motr endpoint.
+    #[arg(long, value_name = "ENDPOINT")]
+    pub endpoint: Option<String>,
+    /// hax's process fid (0x7200000000000001:0x6).
+    #[arg(long, value_name = "FID")]
+    pub process_fid: Option<Fid>,
+    /// hax's HA service fid.
+    #[arg(long, value_name = "FID")]
+    pub ha_service_fid: Option<Fid>,
+    /// The principal RM service fid.
+    #[arg(long, value_name = "FID")]
+    pub rm_service_fid: Option<Fid>,
+    /// Motr debug options.
+    #[arg(long, value_name = "OPTIONS")]
+    pub motr_debug_options: Option<String>,
+    /// Log format.
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Log filter (e.g. `info`, `hax_bin=debug`).
+    #[arg(long, value_name = "FILTER")]
+    pub log: Option<String>,
+    /// Print the effective configuration and exit.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+impl Args {
+    /// The effective configuration: file, then environment (`lookup`), then
+    /// these options; validated.
+    pub fn config(&self, lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let mut c = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        c.apply_env(lookup)?;
+        if let Some(v) = &self.consul_address {
+            c.consul.address = v.clone();
+        }
+        if let Some(v) = &self.consul_token_file {
+            c.consul.token_file = Some(v.clone());
+        }
+        if let Some(v) = self.http_bind {
+            c.http.bind = v;
+        }
+        if let Some(v) = &self.node {
+            c.identity.node = Some(v.clone());
+        }
+        if let Some(v) = &self.endpoint {
+            c.identity.endpoint = Some(v.clone());
+        }
+        c.identity.process_fid = self.process_fid.or(c.identity.process_fid);
+        c.identity.ha_service_fid = self.ha_service_fid.or(c.identity.ha_service_fid);
+        c.identity.rm_service_fid = self.rm_service_fid.or(c.identity.rm_service_fid);
+        if let Some(v) = &self.motr_debug_options {
+            c.motr.debug_options = v.clone();
+        }
+        if let Some(v) = self.log_format {
+            c.log.format = v;
+        }
+        if let Some(v) = &self.log {
+            c.log.filter = v.clone();
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_override_the_environment() {
+        let args = Args::try_parse_from([
+            "hax",
+            "--http-bind",
+            "127.0.0.1:9100",
+            "--process-fid",
+            "0x7200000000000001:0x6",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
+        let env = |n: &str| (n == "HAX_HTTP_BIND").then(|| "127.0.0.1:9000".to_owned());
+        let c = args.config(env).unwrap();
+        assert_eq!(c.http.bind.port(), 9100);
+        assert_eq!(c.identity.process_fid.map(|f| f.key), Some(6));
+        assert_eq!(c.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn bad_values_are_refused_by_the_parser() {
+        let e = Args::try_parse_from(["hax", "--process-fid", "nope"]).unwrap_err();
+        assert!(e.to_string().contains("invalid fid"), "{e}");
+        let e = Args::try_parse_from(["hax", "--rm-service-fid", "0x7200000000000001:0x1"])
+            .unwrap()
+            .config(|_| None)
+            .unwrap_err();
+        assert!(e.to_string().contains("not a fid of type 's'"), "{e}");
+    }
+}
