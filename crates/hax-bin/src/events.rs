@@ -858,9 +858,466 @@ fn route_key(ev: &MotrEvent) -> u64 {
     }
 }
 
+/// Recording fakes of what the pipeline calls, for the unit tests of this
+/// module and of the BQ consumer.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Mutex;
+
+    use tokio::sync::Notify;
+
+    use super::*;
+
+    /// One broadcast call.
+    pub(crate) type Call = (Vec<HaUpdate>, BroadcastOptions);
+
+    /// Records broadcasts once handed over; each sends one message that
+    /// is delivered. Call number `block_at` (1-based) never returns.
+    #[derive(Default)]
+    pub(crate) struct Recorder {
+        pub(crate) calls: Arc<Mutex<Vec<Call>>>,
+        pub(crate) started: AtomicUsize,
+        pub(crate) block_at: Option<usize>,
+        pub(crate) blocked: Arc<Notify>,
+    }
+
+    impl Recorder {
+        pub(crate) fn calls(&self) -> Vec<Call> {
+            self.calls.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        }
+    }
+
+    impl Broadcast for Recorder {
+        fn broadcast(
+            &self,
+            updates: Vec<HaUpdate>,
+            options: BroadcastOptions,
+        ) -> impl Future<Output = Result<Sent, BroadcastFailed>> + Send {
+            let n = self.started.fetch_add(1, Ordering::SeqCst) + 1;
+            let block = self.block_at == Some(n);
+            let calls = Arc::clone(&self.calls);
+            let blocked = Arc::clone(&self.blocked);
+            async move {
+                if block {
+                    blocked.notify_one();
+                    std::future::pending::<()>().await;
+                }
+                calls
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((updates, options));
+                Ok(Sent::from_futures([async { Some(Outcome::Delivered) }]))
+            }
+        }
+    }
+
+    /// A cluster described by lists.
+    #[derive(Default)]
+    pub(crate) struct Facts {
+        pub(crate) hax: Fid,
+        pub(crate) node: String,
+        pub(crate) confds: Vec<Fid>,
+        pub(crate) clients: Vec<Fid>,
+        pub(crate) local: Vec<Fid>,
+        pub(crate) drives: Vec<(String, String, Fid)>,
+        pub(crate) recorded: Mutex<Vec<(Fid, ProcessStatus)>>,
+    }
+
+    impl ClusterFacts for Facts {
+        fn hax_fid(&self) -> Fid {
+            self.hax
+        }
+        fn local_node(&self) -> String {
+            self.node.clone()
+        }
+        fn is_confd(&self, process: Fid) -> bool {
+            self.confds.contains(&process)
+        }
+        fn is_client(&self, process: Fid) -> bool {
+            self.clients.contains(&process)
+        }
+        fn is_local(&self, process: Fid) -> bool {
+            self.local.contains(&process)
+        }
+        fn drive_of_device(&self, node: &str, device: &str) -> Option<Fid> {
+            self.drives
+                .iter()
+                .find(|(n, d, _)| n == node && d == device)
+                .map(|(_, _, f)| *f)
+        }
+        fn record_process_status(&self, process: Fid, status: ProcessStatus) {
+            self.recorded
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((process, status));
+        }
+    }
+
+    /// A process fid.
+    pub(crate) fn process(key: u64) -> Fid {
+        Fid::typed(hax_core::FidType::Process, 1, key)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::sync::atomic::AtomicU64 as Counter;
+
+    use hax_consul::dev_agent::{AgentMode, DevAgent};
+    use hax_consul::queue::QueueEntry;
+    use hax_consul::ConsulClient;
+
+    use super::testing::{process, Facts, Recorder};
+    use crate::writer::WriterConfig;
+
+    const HAX: u64 = 0x10;
+    const CONFD: u64 = 0x11;
+    const CLIENT: u64 = 0x12;
+    const IOS: u64 = 0x13;
+
+    fn facts() -> Facts {
+        Facts {
+            hax: process(HAX),
+            node: "node-1".into(),
+            confds: vec![process(CONFD)],
+            clients: vec![process(CLIENT)],
+            local: vec![process(HAX), process(CONFD), process(IOS)],
+            ..Facts::default()
+        }
+    }
+
+    struct Setup {
+        _agent: DevAgent,
+        client: ConsulClient,
+        pipeline: EventPipeline<Recorder, Facts>,
+        recorder: Arc<Recorder>,
+    }
+
+    async fn setup(agent: DevAgent, config: EventsConfig) -> Setup {
+        let client = agent.client().expect("client");
+        let writer = KvWriter::spawn(client.clone(), WriterConfig::default());
+        let recorder = Arc::new(Recorder::default());
+        let pipeline = EventPipeline::new(
+            writer,
+            HaxKv::new(client.clone()),
+            Arc::clone(&recorder),
+            Arc::new(facts()),
+            config,
+        );
+        Setup {
+            _agent: agent,
+            client,
+            pipeline,
+            recorder,
+        }
+    }
+
+    async fn text(client: &ConsulClient, key: &str) -> Option<String> {
+        client
+            .kv_get(key)
+            .await
+            .expect("read")
+            .value
+            .map(|p| String::from_utf8(p.value).expect("utf-8"))
+    }
+
+    async fn entries(client: &ConsulClient, kind: QueueKind) -> Vec<QueueMessage> {
+        let pairs = client.kv_list(kind.prefix()).await.expect("list").value;
+        QueueEntry::from_pairs(kind, &pairs)
+            .into_iter()
+            .map(|e| e.message.expect("decodable"))
+            .collect()
+    }
+
+    fn status_json(state: &str, kind: &str) -> String {
+        format!(r#"{{"state": "M0_CONF_HA_PROCESS_{state}", "type": "M0_CONF_HA_PROCESS_{kind}"}}"#)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn restart_detection_declares_the_old_incarnation_failed() {
+        let s = setup(
+            DevAgent::start().await.expect("agent"),
+            EventsConfig::default(),
+        )
+        .await;
+        let ios = process(IOS);
+        let restarts_key = format!("node-1/process_restarts/{ios}");
+        // First start ever, then the m0d start following m0mkfs.
+        for expected in [0, 1] {
+            let r = s.pipeline.restart_check(ios, "ep").await.expect("checked");
+            assert_eq!(r.count, expected);
+            assert!(!r.restarted);
+        }
+        assert!(s.recorder.calls().is_empty());
+        assert_eq!(
+            text(&s.client, &restarts_key).await.as_deref(),
+            Some("\"2\"")
+        );
+        assert_eq!(text(&s.client, &keys::process(fid_text(ios))).await, None);
+
+        let r = s.pipeline.restart_check(ios, "ep").await.expect("checked");
+        assert!(r.restarted);
+        assert_eq!(r.count, 2);
+        assert_eq!(
+            r.delivery,
+            Some(DeliveryReport {
+                delivered: 1,
+                not_delivered: 0,
+                pending: 0
+            })
+        );
+        assert_eq!(
+            s.recorder.calls(),
+            vec![(
+                vec![HaUpdate::new(ios, ObjHealth::Failed)],
+                BroadcastOptions {
+                    notify_devices: true,
+                    update_kv: true,
+                    broadcast_hax_only: false,
+                    proc_skip_list: vec![ios],
+                }
+            )]
+        );
+        // Durable before the reply.
+        assert_eq!(
+            text(&s.client, &keys::process(fid_text(ios))).await,
+            Some(status_json("STOPPED", "M0D"))
+        );
+        let bq = entries(&s.client, QueueKind::Broadcast).await;
+        assert_eq!(bq.len(), 1);
+        assert_eq!(bq[0].message_type, "PROCESS-STATE-UPDATE");
+        assert_eq!(
+            bq[0].payload,
+            serde_json::json!({"fid": ios.to_string(), "state": "M0_CONF_HA_PROCESS_STOPPED", "type": "M0_CONF_HA_PROCESS_M0D"})
+        );
+        assert_eq!(
+            text(&s.client, &restarts_key).await.as_deref(),
+            Some("\"3\"")
+        );
+
+        // hax itself and clients are never declared failed.
+        for fid in [process(HAX), process(CLIENT)] {
+            for _ in 0..3 {
+                let r = s.pipeline.restart_check(fid, "ep").await.expect("checked");
+                assert!(!r.restarted);
+            }
+        }
+        assert_eq!(s.recorder.calls().len(), 1);
+        let m = s.pipeline.metrics();
+        assert_eq!(m.restarts.load(Ordering::Relaxed), 1);
+        assert_eq!(m.first_requests.load(Ordering::Relaxed), 9);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn restart_detection_gives_up_when_consul_is_gone() {
+        let mut agent = DevAgent::builder()
+            .mode(AgentMode::Persistent)
+            .start()
+            .await
+            .expect("agent");
+        agent.kill();
+        let s = setup(
+            agent,
+            EventsConfig {
+                consul_wait: Duration::from_millis(500),
+                ..EventsConfig::default()
+            },
+        )
+        .await;
+        let started = Instant::now();
+        assert_eq!(
+            s.pipeline.restart_check(process(IOS), "ep").await,
+            Err(ConsulUnavailable)
+        );
+        assert!(started.elapsed() < Duration::from_secs(20));
+        assert!(s.recorder.calls().is_empty());
+    }
+
+    fn ev(event: ProcessEventKind, process_type: ProcessType) -> ProcessEvent {
+        ProcessEvent {
+            event,
+            process_type,
+            pid: 42,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn process_events_are_recorded_published_and_broadcast() {
+        use ProcessEventKind as E;
+        use ProcessType as T;
+        let s = setup(
+            DevAgent::start().await.expect("agent"),
+            EventsConfig::default(),
+        )
+        .await;
+        let link = LinkId(1);
+        let done = Arc::new(Counter::new(0));
+        let cases = [
+            (process(IOS), ev(E::Starting, T::M0d)),
+            (process(IOS), ev(E::Started, T::M0d)),
+            (process(CONFD), ev(E::Started, T::M0d)),
+            (process(HAX), ev(E::Started, T::M0d)),
+            (process(0x20), ev(E::Started, T::M0mkfs)),
+            (process(0x21), ev(E::Started, T::Kernel)),
+            (process(IOS), ev(E::Stopped, T::M0d)),
+        ];
+        let mut waiters = Vec::new();
+        for (fid, e) in cases {
+            let (ack, w) = Ack::channel();
+            let done = Arc::clone(&done);
+            s.pipeline
+                .on_process(
+                    link,
+                    fid,
+                    e,
+                    Ack::new(move |r| {
+                        done.fetch_add(1, Ordering::SeqCst);
+                        ack.complete(r);
+                    }),
+                )
+                .await;
+            waiters.push(w);
+        }
+        for w in waiters {
+            tokio::time::timeout(Duration::from_secs(30), w)
+                .await
+                .expect("acked")
+                .expect("durable");
+        }
+        assert_eq!(done.load(Ordering::SeqCst), cases.len() as u64);
+        let hax_only = BroadcastOptions {
+            broadcast_hax_only: true,
+            ..BroadcastOptions::default()
+        };
+        assert_eq!(
+            s.recorder.calls(),
+            vec![
+                (
+                    vec![HaUpdate::new(process(IOS), ObjHealth::Recovering)],
+                    BroadcastOptions::default()
+                ),
+                // confd and hax skip DTM recovery.
+                (
+                    vec![HaUpdate::new(process(CONFD), ObjHealth::Ok)],
+                    BroadcastOptions::default()
+                ),
+                (
+                    vec![HaUpdate::new(process(HAX), ObjHealth::Ok)],
+                    hax_only.clone()
+                ),
+                (vec![HaUpdate::new(process(0x20), ObjHealth::Ok)], hax_only),
+                (
+                    vec![HaUpdate::new(process(IOS), ObjHealth::Failed)],
+                    BroadcastOptions::default()
+                ),
+            ]
+        );
+        let kv = |fid: Fid| keys::process(fid_text(fid));
+        assert_eq!(
+            text(&s.client, &kv(process(IOS))).await,
+            Some(status_json("STOPPED", "M0D"))
+        );
+        assert_eq!(
+            text(&s.client, &kv(process(CONFD))).await,
+            Some(status_json("DTM_RECOVERED", "M0D"))
+        );
+        assert_eq!(
+            text(&s.client, &kv(process(HAX))).await,
+            Some(status_json("DTM_RECOVERED", "HA"))
+        );
+        assert_eq!(
+            text(&s.client, &kv(process(0x20))).await,
+            Some(status_json("STARTED", "M0MKFS"))
+        );
+        assert_eq!(text(&s.client, &kv(process(0x21))).await, None);
+        // Published in order; mkfs is not.
+        let bq: Vec<(String, String, String)> = entries(&s.client, QueueKind::Broadcast)
+            .await
+            .into_iter()
+            .map(|m| {
+                let f = |k: &str| m.payload[k].as_str().unwrap_or_default().to_owned();
+                (f("fid"), f("state"), f("type"))
+            })
+            .collect();
+        let row = |fid: Fid, state: &str, kind: &str| {
+            (
+                fid.to_string(),
+                format!("M0_CONF_HA_PROCESS_{state}"),
+                format!("M0_CONF_HA_PROCESS_{kind}"),
+            )
+        };
+        assert_eq!(
+            bq,
+            vec![
+                row(process(IOS), "STARTING", "M0D"),
+                row(process(IOS), "STARTED", "M0D"),
+                row(process(CONFD), "DTM_RECOVERED", "M0D"),
+                row(process(HAX), "DTM_RECOVERED", "HA"),
+                row(process(IOS), "STOPPED", "M0D"),
+            ]
+        );
+        let m = s.pipeline.metrics();
+        assert_eq!(m.process_events.load(Ordering::Relaxed), 7);
+        assert_eq!(m.process_events_ignored.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stob_errors_reach_the_event_queue_and_nvec_sets_are_rebroadcast() {
+        let s = setup(
+            DevAgent::start().await.expect("agent"),
+            EventsConfig::default(),
+        )
+        .await;
+        let error = StobIoqError {
+            conf_sdev: Fid::new(0x6400000000000001, 2),
+            stob_domain: Fid::new(0xc, 0xd),
+            stob_fid: Fid::new(0xe, 0xf),
+            fd: 42,
+            opcode: 4,
+            rc: -5,
+            offset: 191,
+            size: 100,
+            bshift: 4,
+        };
+        let (ack, w) = Ack::channel();
+        s.pipeline
+            .on_stob_ioq(LinkId(3), Fid::new(5, 6), &error, ack)
+            .await;
+        w.await.expect("durable");
+        let eq = entries(&s.client, QueueKind::Event).await;
+        assert_eq!(eq.len(), 1);
+        assert_eq!(eq[0].message_type, "stob-ioq");
+        assert_eq!(
+            eq[0].payload,
+            serde_json::json!({"fid": "0x5:0x6", "conf_sdev": "0x6400000000000001:0x2",
+                "stob_id": {"domain_fid": "0xc:0xd", "fid": "0xe:0xf"},
+                "fd": 42, "opcode": 4, "rc": -5, "offset": 191, "size": 100, "bshift": 4})
+        );
+
+        let sdev = |k| Fid::typed(hax_core::FidType::Sdev, 1, k);
+        s.pipeline
+            .on_nvec_set(
+                LinkId(3),
+                &[
+                    HaNote::new(sdev(1), HaState::Repair),
+                    HaNote::new(sdev(2), HaState::Transient),
+                ],
+            )
+            .await;
+        s.pipeline
+            .on_nvec_set(LinkId(3), &[HaNote::new(sdev(2), HaState::Failed)])
+            .await;
+        assert_eq!(
+            s.recorder.calls(),
+            vec![(
+                vec![HaUpdate::new(sdev(1), ObjHealth::Failed)],
+                BroadcastOptions::default()
+            )]
+        );
+    }
 
     #[test]
     fn health_table_is_the_original() {
