@@ -179,6 +179,11 @@ impl Drop for Handle {
     }
 }
 
+/// Under valgrind only correctness is checked, not speed.
+fn timed() -> bool {
+    !std::env::var("LD_PRELOAD").is_ok_and(|v| v.contains("vgpreload"))
+}
+
 fn event_msg(pid: u64) -> Vec<u8> {
     let mut b = vec![];
     for v in [0x7200_0000_0000_0001u64, 7, 0, 0, 0, 0, 1, 0] {
@@ -260,7 +265,10 @@ fn messages_from_16_peers() {
     } else {
         100_000.0
     };
-    assert!(rate >= floor, "{rate:.0} messages/s, want at least {floor}");
+    assert!(
+        !timed() || rate >= floor,
+        "{rate:.0} messages/s, want at least {floor}"
+    );
 }
 
 #[test]
@@ -328,7 +336,7 @@ fn broadcast_of_1000_notes_to_100_links() {
     );
     let bound = Duration::from_millis(if cfg!(debug_assertions) { 200 } else { 20 });
     assert!(
-        best_send <= bound,
+        !timed() || best_send <= bound,
         "{best_send:?} to send, want at most {bound:?}"
     );
 }
