@@ -521,6 +521,260 @@ async fn consume<B: Broadcast, C: ClusterFacts>(
 mod tests {
     use super::*;
 
+    use hax_consul::dev_agent::DevAgent;
+    use hax_consul::queue::QueuePublisher;
+    use hax_consul::schema::QueueMessage;
+    use hax_consul::ConsulClient;
+
+    use crate::events::testing::{process, Call, Facts, Recorder};
+
+    const LOCAL: u64 = 0x30;
+
+    fn facts() -> Facts {
+        Facts {
+            hax: process(0x10),
+            node: "node-1".into(),
+            local: vec![process(0x10), process(LOCAL)],
+            drives: vec![(
+                "node-2".into(),
+                "/dev/sdc".into(),
+                Fid::typed(hax_core::FidType::Drive, 1, 0x44),
+            )],
+            ..Facts::default()
+        }
+    }
+
+    fn update(fid: Fid, state: &str) -> QueueMessage {
+        QueueMessage::new(
+            "2024-01-01 00:00:00.000000",
+            "PROCESS-STATE-UPDATE",
+            serde_json::json!({"fid": fid.to_string(), "state": format!("M0_CONF_HA_PROCESS_{state}"), "type": "M0_CONF_HA_PROCESS_M0D"}),
+        )
+    }
+
+    fn other(kind: &str, payload: serde_json::Value) -> QueueMessage {
+        QueueMessage::new("2024-01-01 00:00:00.000000", kind, payload)
+    }
+
+    struct Run {
+        handle: JoinHandle<()>,
+        recorder: Arc<Recorder>,
+        triggers: mpsc::Sender<BqTrigger>,
+        sns: mpsc::Receiver<SnsRequest>,
+        cancel: CancellationToken,
+    }
+
+    fn start(client: &ConsulClient, block_at: Option<usize>) -> Run {
+        let recorder = Arc::new(Recorder {
+            block_at,
+            ..Recorder::default()
+        });
+        let (sns_tx, sns) = mpsc::channel(16);
+        let processor = Arc::new(BqProcessor::new(
+            Arc::clone(&recorder),
+            Arc::new(facts()),
+            sns_tx,
+            BqConfig {
+                resync_every: Duration::from_secs(3600),
+                retry_after: Duration::from_millis(100),
+                delivery_wait: Duration::from_secs(5),
+            },
+        ));
+        let (triggers, rx) = mpsc::channel(16);
+        let cancel = CancellationToken::new();
+        let handle = spawn(
+            consumer(client.clone(), "host-1").expect("consumer"),
+            processor,
+            rx,
+            cancel.clone(),
+        );
+        Run {
+            handle,
+            recorder,
+            triggers,
+            sns,
+            cancel,
+        }
+    }
+
+    async fn offset(client: &ConsulClient) -> Option<u64> {
+        client
+            .kv_get("bq-delivered/host-1")
+            .await
+            .expect("read")
+            .value
+            .map(|p| {
+                String::from_utf8(p.value)
+                    .expect("utf-8")
+                    .parse()
+                    .expect("decimal")
+            })
+    }
+
+    async fn wait_offset(client: &ConsulClient, epoch: u64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while offset(client).await != Some(epoch) {
+            assert!(Instant::now() < deadline, "offset never reached {epoch}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_consumer_killed_mid_stream_neither_repeats_nor_skips() {
+        let agent = DevAgent::start().await.expect("agent");
+        let client = agent.client().expect("client");
+        let publisher = QueuePublisher::new(client.clone(), QueueKind::Broadcast);
+        let remote = [process(0x40), process(0x41)];
+        let states = [
+            "STARTING",
+            "STARTED",
+            "DTM_RECOVERED",
+            "STOPPING",
+            "STOPPED",
+        ];
+        let mut expected = Vec::new();
+        let mut last_state = std::collections::HashMap::new();
+        for i in 0..20 {
+            let fid = remote[i % 2];
+            let state = states[i % states.len()];
+            publisher
+                .publish(&update(fid, state))
+                .await
+                .expect("publish");
+            let health = update_health(
+                serde_json::from_value(serde_json::json!(format!("M0_CONF_HA_PROCESS_{state}")))
+                    .expect("state"),
+            );
+            expected.push(HaUpdate::new(fid, health));
+            last_state.insert(fid, health_event(health));
+        }
+        // The consumer is stopped while it hands the 8th broadcast over,
+        // as a SIGKILL would stop it.
+        let run = start(&client, Some(8));
+        tokio::time::timeout(Duration::from_secs(30), run.recorder.blocked.notified())
+            .await
+            .expect("8th broadcast reached");
+        run.handle.abort();
+        assert!(run.handle.await.is_err_and(|e| e.is_cancelled()));
+        assert_eq!(offset(&client).await, Some(7));
+        let mut seen: Vec<HaUpdate> = run
+            .recorder
+            .calls()
+            .into_iter()
+            .flat_map(|(u, o)| {
+                assert!(!o.update_kv, "remote updates do not rewrite the tree");
+                u
+            })
+            .collect();
+        assert_eq!(seen.len(), 7);
+
+        let run = start(&client, None);
+        wait_offset(&client, 20).await;
+        seen.extend(run.recorder.calls().into_iter().flat_map(|(u, _)| u));
+        assert_eq!(seen, expected, "each entry once, in order");
+        for (fid, state) in &last_state {
+            let key = keys::node_process("node-1", crate::events::fid_text(*fid)).expect("key");
+            let value = client
+                .kv_get(&key)
+                .await
+                .expect("read")
+                .value
+                .expect("written");
+            let status: ProcessStatus = serde_json::from_slice(&value.value).expect("status");
+            assert_eq!(status.state, *state);
+        }
+
+        // Later entries, delivered by a watch POST.
+        publisher
+            .publish(&update(process(LOCAL), "STARTED"))
+            .await
+            .expect("publish");
+        publisher
+            .publish(&other(
+                "SNS_OP",
+                serde_json::json!({"op_name": "repair-start", "fid": "0x6f00000000000001:0x9"}),
+            ))
+            .await
+            .expect("publish");
+        publisher
+            .publish(&other("NEW-THING", serde_json::json!({})))
+            .await
+            .expect("publish");
+        publisher
+            .publish(&other(
+                "M0_HA_MSG_NVEC",
+                serde_json::json!({"node": "node-2", "device": "/dev/sdc", "state": "failed"}),
+            ))
+            .await
+            .expect("publish");
+        publisher
+            .publish(&other(
+                "M0_HA_MSG_NVEC",
+                serde_json::json!({"node": "node-2", "device": "/dev/sdz", "state": "failed"}),
+            ))
+            .await
+            .expect("publish");
+        let stob = |sdev: &str| {
+            other(
+                "STOB_IOQ_ERROR",
+                serde_json::json!({"fid": "0x5:0x6", "conf_sdev": sdev,
+                    "stob_id": {"domain_fid": "0xc:0xd", "fid": "0xe:0xf"},
+                    "fd": 42, "opcode": 4, "rc": 2, "offset": 191, "size": 100, "bshift": 4}),
+            )
+        };
+        publisher.publish(&stob("0x0:0x0")).await.expect("publish");
+        publisher
+            .publish(&stob("0x6400000000000001:0x2"))
+            .await
+            .expect("publish");
+        let pairs = client.kv_list("bq/").await.expect("list").value;
+        run.triggers
+            .send(BqTrigger::Entries(QueueEntry::from_pairs(
+                QueueKind::Broadcast,
+                &pairs,
+            )))
+            .await
+            .expect("trigger");
+        wait_offset(&client, 27).await;
+        let mut run = run;
+        assert_eq!(
+            run.sns.recv().await,
+            Some(SnsRequest {
+                op: SnsOperation::RepairStart,
+                pool: Fid::new(0x6f00000000000001, 9),
+            })
+        );
+        let calls = run.recorder.calls();
+        let tail: Vec<&Call> = calls.iter().skip(calls.len() - 2).collect();
+        assert_eq!(
+            tail,
+            vec![
+                &(
+                    vec![HaUpdate::new(
+                        Fid::typed(hax_core::FidType::Drive, 1, 0x44),
+                        ObjHealth::Failed
+                    )],
+                    BroadcastOptions::default()
+                ),
+                &(
+                    vec![HaUpdate::new(
+                        Fid::new(0x6400000000000001, 2),
+                        ObjHealth::Failed
+                    )],
+                    BroadcastOptions::default()
+                ),
+            ]
+        );
+        // Nothing for the local process, the unknown type, the unknown
+        // device and the STOB error without an sdev.
+        assert_eq!(calls.len(), 13 + 2);
+        let key =
+            keys::node_process("node-1", crate::events::fid_text(process(LOCAL))).expect("key");
+        assert!(client.kv_get(&key).await.expect("read").value.is_none());
+        run.cancel.cancel();
+        run.handle.await.expect("stops");
+    }
+
     #[test]
     fn sns_operation_names_round_trip() {
         for op in SnsOperation::ALL {
