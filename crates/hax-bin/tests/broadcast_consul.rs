@@ -1,0 +1,312 @@
+//! The cluster view and broadcasts against a real Consul agent and the
+//! emulator: the sample configuration loaded into KV, service health from
+//! Consul checks, a Consul-detected failure recorded and broadcast, and the
+//! configuration states the broadcast writes.
+
+use std::time::Duration;
+
+use hax_bin::broadcast::{wait_for_outcomes, BroadcastOptions, Broadcaster};
+use hax_bin::health::{commit_process_failure, plan_process_failure};
+use hax_bin::model::{HaUpdate, ObjHealth};
+use hax_bin::view::sample::{self, Sample};
+use hax_bin::view::{fid_text, ClusterState, ClusterView, ViewConfig};
+use hax_bin::writer::{KvWriter, WriterConfig};
+use hax_consul::catalog::{CheckRegistration, CheckStatus, ServiceRegistration};
+use hax_consul::dev_agent::DevAgent;
+use hax_consul::schema::{
+    keys, ConfKey, ConfValue, HaxKv, ProcessState, ProcessType, QueueKind, QueueMessage,
+};
+use hax_consul::ConsulClient;
+use hax_core::{
+    Callbacks, Ctx, EntrypointReply, EntrypointRequest, EntrypointResponder, Fid, HaState, Halon,
+    HalonConfig,
+};
+use tokio_util::sync::CancellationToken;
+
+const T: Duration = Duration::from_secs(20);
+
+struct Hax;
+
+impl Callbacks for Hax {
+    fn entrypoint_request(&self, cx: &Ctx<'_>, req: EntrypointRequest, reply: EntrypointResponder) {
+        let rep = EntrypointReply {
+            quorum: 1,
+            rm_fid: Sample::RMS_HAX1,
+            rm_endpoint: req.remote_endpoint,
+            ..Default::default()
+        };
+        if let Err(e) = reply.accept_now(cx, &rep) {
+            panic!("entrypoint reply: {e}");
+        }
+    }
+}
+
+fn start_halon() -> Halon<Hax> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let cfg = HalonConfig {
+        endpoint: format!("inet:tcp:127.0.0.1@{port}"),
+        process_fid: Sample::HAX1,
+        ha_service_fid: Sample::HA1,
+        rm_service_fid: Sample::RMS_HAX1,
+        debug_options: "emu-stop-timeout-ms=2000".into(),
+        node_uuid: None,
+    };
+    Halon::start(cfg, Hax).expect("halon starts")
+}
+
+/// The sample as cfgen and hare's bootstrap leave it, seen from node 1
+/// whose Consul node is the agent's.
+async fn load_sample(agent: &DevAgent, c: &ConsulClient) {
+    for (key, value) in sample::conf_entries() {
+        c.kv_put(&key, value).await.expect("conf entry");
+    }
+    let kv = HaxKv::new(c.clone());
+    for (fid, status) in sample::process_statuses() {
+        kv.put_process_status(fid, status)
+            .await
+            .expect("process status");
+    }
+    kv.put_consul_node(Sample::NODE1_NAME, agent.node_name())
+        .await
+        .expect("consul node");
+    c.kv_put(keys::LEADER, Sample::NODE1_NAME)
+        .await
+        .expect("leader");
+    c.kv_put(keys::M0_CLIENT_TYPES, r#"["m0_client_s3"]"#)
+        .await
+        .expect("client types");
+    c.kv_put(QueueKind::Broadcast.epoch_key(), "1")
+        .await
+        .expect("epoch");
+    for (p, name) in [
+        (Sample::HAX1, "hax"),
+        (Sample::CONFD1, "confd"),
+        (Sample::IOS1, "ios"),
+    ] {
+        c.agent_service_register(&ServiceRegistration {
+            id: p.key.to_string(),
+            name: name.into(),
+            address: "127.0.0.1".into(),
+            port: 3000,
+            checks: vec![CheckRegistration {
+                check_id: Some(check_id(p)),
+                name: format!("{name} alive"),
+                ttl: Some("600s".into()),
+                status: Some(CheckStatus::Passing),
+            }],
+            ..ServiceRegistration::default()
+        })
+        .await
+        .expect("service registration");
+    }
+}
+
+fn check_id(p: Fid) -> String {
+    format!("service:{}", p.key)
+}
+
+/// The `state` of a configuration object in Consul.
+async fn kv_state(kv: &HaxKv, st: &ClusterState, f: Fid) -> String {
+    let key = match f.kind() {
+        Some(hax_core::FidType::Process) => st.process_keys(f)[0].clone(),
+        Some(hax_core::FidType::Sdev) => st.sdev_keys(f)[0].clone(),
+        Some(hax_core::FidType::Controller) => st.ctrl_keys(f)[0].clone(),
+        Some(hax_core::FidType::Enclosure) => st.encl_keys(f)[0].clone(),
+        _ => ConfKey::Node { node: fid_text(f) },
+    };
+    match kv.conf_entry(&key).await.expect("read").map(|e| e.value) {
+        Some(ConfValue::Object(o)) => o.state.unwrap_or_default(),
+        other => panic!("{key}: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consul_detected_failure_is_recorded_broadcast_and_written() {
+    let agent = DevAgent::start().await.expect("consul agent");
+    let c = agent.client().expect("client");
+    load_sample(&agent, &c).await;
+    let kv = HaxKv::new(c.clone());
+
+    let cancel = CancellationToken::new();
+    let view = ClusterView::spawn(
+        c.clone(),
+        ViewConfig::new(Sample::NODE1_NAME, Sample::HAX1),
+        &cancel,
+    );
+    let st = view.wait_loaded(T).await.expect("view loaded");
+    assert!(st.is_rc());
+    assert_eq!(st.client_types(), ["m0_client_s3".to_owned()]);
+    assert_eq!(st.nvec_state(Sample::IOS1), HaState::Online);
+    assert_eq!(st.nvec_state(Sample::CONFD1), HaState::Online);
+    assert_eq!(
+        st.nvec_state(Sample::IOS2A),
+        HaState::Transient,
+        "node 2 has no Consul agent here"
+    );
+
+    // Consul notices the ios is gone; the view follows.
+    c.agent_check_update(&check_id(Sample::IOS1), CheckStatus::Critical, "gone")
+        .await
+        .expect("check update");
+    let st = view
+        .wait_until(T, |s| s.nvec_state(Sample::IOS1) == HaState::Transient)
+        .await
+        .expect("health followed");
+
+    // The watch reports it (as FAILED, say): it is this node's process, so
+    // it is recorded STOPPED and announced, and broadcast as it is now.
+    let plan = plan_process_failure(&st, &[HaUpdate::new(Sample::IOS1, ObjHealth::Failed)]);
+    assert_eq!(
+        plan.broadcast,
+        vec![HaUpdate::new(Sample::IOS1, ObjHealth::Offline)]
+    );
+    let writer = KvWriter::spawn(c.clone(), WriterConfig::default());
+    commit_process_failure(&plan, &writer, &view)
+        .await
+        .expect("recorded");
+    let status = kv
+        .process_status(fid_text(Sample::IOS1))
+        .await
+        .expect("read")
+        .expect("recorded");
+    assert_eq!(status.state, ProcessState::Stopped);
+    assert_eq!(status.kind, ProcessType::M0d);
+    let bq = c
+        .kv_get("bq/2")
+        .await
+        .expect("read")
+        .value
+        .expect("published");
+    let msg = QueueMessage::decode("bq/2", &bq.value).expect("message");
+    assert_eq!(msg.message_type, "PROCESS-STATE-UPDATE");
+    assert_eq!(
+        msg.payload["state"],
+        serde_json::json!("M0_CONF_HA_PROCESS_STOPPED")
+    );
+
+    let mut halon = start_halon();
+    let b = Broadcaster::new(view.clone(), halon.handle(), kv.clone());
+    let tracked = b
+        .broadcast(plan.broadcast.clone(), BroadcastOptions::default())
+        .await
+        .expect("broadcast");
+    assert_eq!(tracked.len(), 1, "one message, to hax's own link");
+    let outcomes = wait_for_outcomes(tracked, T).await;
+    assert_eq!(outcomes.delivered, 1);
+
+    // What the original writes for an OFFLINE process whose node has no
+    // other ios: the process, its sdevs, controller, node and enclosure.
+    for (f, want) in [
+        (Sample::IOS1, "offline"),
+        (Sample::SDEV1A, "offline"),
+        (Sample::SDEV1B, "offline"),
+        (Sample::CTRL1, "M0_NC_TRANSIENT"),
+        (Sample::NODE1, "M0_NC_TRANSIENT"),
+        (Sample::ENCL1, "M0_NC_TRANSIENT"),
+        (Sample::CONFD1, "M0_NC_UNKNOWN"),
+        (Sample::SDEV2A, "M0_NC_UNKNOWN"),
+    ] {
+        assert_eq!(kv_state(&kv, &st, f).await, want, "{f}");
+    }
+    // Answers from memory reflect the writes at once.
+    assert_eq!(view.nvec_state(Sample::DRIVE1A), HaState::Transient);
+    assert_eq!(view.nvec_state(Sample::NODE1), HaState::Transient);
+
+    // A device failure recorded meanwhile (by the RC) survives the process
+    // coming back; the other sdev comes back online.
+    c.kv_put(
+        &st.sdev_keys(Sample::SDEV1A)[0].to_key(),
+        r#"{"path": "/dev/sdb", "state": "failed"}"#,
+    )
+    .await
+    .expect("device failure");
+    view.wait_until(T, |s| s.nvec_state(Sample::DRIVE1A) == HaState::Failed)
+        .await
+        .expect("seen");
+    let tracked = b
+        .broadcast(
+            vec![HaUpdate::new(Sample::IOS1, ObjHealth::Ok)],
+            BroadcastOptions::default(),
+        )
+        .await
+        .expect("broadcast");
+    assert_eq!(wait_for_outcomes(tracked, T).await.delivered, 1);
+    assert_eq!(kv_state(&kv, &st, Sample::SDEV1A).await, "failed");
+    assert_eq!(kv_state(&kv, &st, Sample::SDEV1B).await, "online");
+    assert_eq!(kv_state(&kv, &st, Sample::IOS1).await, "online");
+    assert_eq!(kv_state(&kv, &st, Sample::NODE1).await, "M0_NC_ONLINE");
+
+    cancel.cancel();
+    let report = tokio::task::spawn_blocking(move || halon.stop())
+        .await
+        .expect("joined")
+        .expect("clean stop");
+    assert_eq!(report.violations, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_planned_on_a_stale_view_are_redone_from_fresh_reads() {
+    let agent = DevAgent::start().await.expect("consul agent");
+    let c = agent.client().expect("client");
+    load_sample(&agent, &c).await;
+    let kv = HaxKv::new(c.clone());
+    // A device failed after the view was taken: the view still says
+    // M0_NC_UNKNOWN, and its modify indexes are not Consul's.
+    let stale = ClusterView::from_data(sample::view_data());
+    let st = stale.snapshot();
+    c.kv_put(
+        &st.sdev_keys(Sample::SDEV2B)[0].to_key(),
+        r#"{"path": "/dev/sdc", "state": "failed"}"#,
+    )
+    .await
+    .expect("device failure");
+
+    let mut halon = start_halon();
+    let b = Broadcaster::new(stale.clone(), halon.handle(), kv.clone());
+    let report = b
+        .broadcast_report(
+            vec![HaUpdate::new(Sample::IOS2A, ObjHealth::Ok)],
+            BroadcastOptions::default(),
+        )
+        .await
+        .expect("broadcast");
+    assert!(
+        report
+            .plan
+            .kv_writes
+            .iter()
+            .any(|w| w.key == st.sdev_keys(Sample::SDEV2B)[0]),
+        "the stale view planned to bring the sdev online"
+    );
+    for (f, want) in [
+        (Sample::IOS2A, "online"),
+        (Sample::SDEV2A, "online"),
+        (Sample::SDEV2B, "failed"),
+        (Sample::CTRL2, "M0_NC_ONLINE"),
+        (Sample::NODE2, "M0_NC_ONLINE"),
+        (Sample::ENCL2, "M0_NC_ONLINE"),
+    ] {
+        assert_eq!(kv_state(&kv, &st, f).await, want, "{f}");
+    }
+    // The view now holds what was written, Consul's version of it.
+    let now = stale.snapshot();
+    assert_eq!(now.nvec_state(Sample::DRIVE2B), HaState::Failed);
+    assert_eq!(now.nvec_state(Sample::DRIVE2A), HaState::Online);
+    let key = &st.sdev_keys(Sample::SDEV2A)[0];
+    let in_consul = kv.conf_entry(key).await.expect("read").expect("entry");
+    assert_eq!(
+        now.conf_entry(key).map(|e| e.modify_index),
+        Some(in_consul.modify_index)
+    );
+
+    let tracked = report.sent.into_iter().map(|s| s.tracked).collect();
+    assert_eq!(wait_for_outcomes(tracked, T).await.delivered, 1);
+    let report = tokio::task::spawn_blocking(move || halon.stop())
+        .await
+        .expect("joined")
+        .expect("clean stop");
+    assert_eq!(report.violations, 0);
+}
