@@ -594,10 +594,17 @@ impl<B: Broadcast, C: ClusterFacts> EventPipeline<B, C> {
         inc(&inner.metrics.process_events);
         let is_hax = fid == inner.cluster.hax_fid();
         let mut event = ev.event;
-        if matches!(
+        let broadcasting = matches!(
             event,
             ProcessEventKind::DtmRecovered | ProcessEventKind::Started | ProcessEventKind::Stopped
-        ) {
+        );
+        if broadcasting && is_hax && event == ProcessEventKind::Stopped {
+            // The original's hax override rewrote every hax event to
+            // DTM_RECOVERED/ONLINE, a stop included; a stopping hax is
+            // recorded as stopped, and not broadcast to its own link, where a
+            // FAILED note about itself would fence its own Motr.
+            tracing::info!(%link, process = %fid, "hax itself stopped; recorded, not broadcast");
+        } else if broadcasting {
             let Some(mut health) = process_event_health(ev.process_type, event) else {
                 // The original fails on its table lookup and drops the
                 // whole event; kernel clients and mkfs DTM recovery are
@@ -1163,6 +1170,7 @@ mod tests {
             (process(0x20), ev(E::Started, T::M0mkfs)),
             (process(0x21), ev(E::Started, T::Kernel)),
             (process(IOS), ev(E::Stopped, T::M0d)),
+            (process(HAX), ev(E::Stopped, T::M0d)),
         ];
         let mut waiters = Vec::new();
         for (fid, e) in cases {
@@ -1226,7 +1234,7 @@ mod tests {
         );
         assert_eq!(
             text(&s.client, &kv(process(HAX))).await,
-            Some(status_json("DTM_RECOVERED", "HA"))
+            Some(status_json("STOPPED", "HA"))
         );
         assert_eq!(
             text(&s.client, &kv(process(0x20))).await,
@@ -1257,11 +1265,148 @@ mod tests {
                 row(process(CONFD), "DTM_RECOVERED", "M0D"),
                 row(process(HAX), "DTM_RECOVERED", "HA"),
                 row(process(IOS), "STOPPED", "M0D"),
+                row(process(HAX), "STOPPED", "HA"),
             ]
         );
         let m = s.pipeline.metrics();
-        assert_eq!(m.process_events.load(Ordering::Relaxed), 7);
+        assert_eq!(m.process_events.load(Ordering::Relaxed), 8);
         assert_eq!(m.process_events_ignored.load(Ordering::Relaxed), 1);
+    }
+
+    /// Hands what Motr calls back with to the pipeline, as the daemon's
+    /// bridge does.
+    struct Forward(mpsc::Sender<MotrEvent>);
+
+    impl hax_core::Callbacks for Forward {
+        fn entrypoint_request(
+            &self,
+            _cx: &hax_core::Ctx<'_>,
+            req: EntrypointRequest,
+            responder: EntrypointResponder,
+        ) {
+            let reply = EntrypointReply {
+                quorum: 1,
+                rm_fid: Fid::typed(hax_core::FidType::Service, 1, 5),
+                rm_endpoint: req.remote_endpoint.clone(),
+                ..EntrypointReply::default()
+            };
+            let _ = self.0.try_send(MotrEvent::FirstRequest {
+                req,
+                reply,
+                responder,
+            });
+        }
+
+        fn msg_received(
+            &self,
+            _cx: &hax_core::Ctx<'_>,
+            link: LinkId,
+            _tag: hax_core::Tag,
+            msg: hax_core::HaMsg,
+            delivery: hax_core::Delivery,
+        ) {
+            let ev = match msg.data {
+                hax_core::HaMsgData::ProcessEvent(event) => MotrEvent::Process {
+                    link,
+                    fid: msg.fid,
+                    event,
+                    delivery,
+                },
+                hax_core::HaMsgData::ServiceEvent(event) => MotrEvent::Service {
+                    link,
+                    fid: msg.fid,
+                    source_process: msg.source_process,
+                    event,
+                    delivery,
+                },
+                _ => {
+                    delivery.deliver();
+                    return;
+                }
+            };
+            let _ = self.0.try_send(ev);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_pipeline_handles_motr_messages_and_answers_them() {
+        let s = setup(
+            DevAgent::start().await.expect("agent"),
+            EventsConfig::default(),
+        )
+        .await;
+        let (tx, rx) = mpsc::channel(64);
+        let cancel = CancellationToken::new();
+        let task = s.pipeline.spawn(rx, cancel.clone());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port")
+            .port();
+        let config = hax_core::HalonConfig {
+            endpoint: format!("inet:tcp:127.0.0.1@{port}"),
+            process_fid: process(HAX),
+            ha_service_fid: Fid::typed(hax_core::FidType::Service, 1, 4),
+            rm_service_fid: Fid::typed(hax_core::FidType::Service, 1, 5),
+            debug_options: "emu-stop-timeout-ms=5000".into(),
+            node_uuid: None,
+        };
+        // Start returns once the pipeline answered hax's own first
+        // entrypoint request.
+        let mut halon =
+            tokio::task::spawn_blocking(move || hax_core::Halon::start(config, Forward(tx)))
+                .await
+                .expect("start task")
+                .expect("started");
+        let hax_key = keys::process(fid_text(process(HAX)));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while text(&s.client, &hax_key).await != Some(status_json("DTM_RECOVERED", "HA")) {
+            assert!(Instant::now() < deadline, "hax start events not recorded");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let bq: Vec<String> = entries(&s.client, QueueKind::Broadcast)
+            .await
+            .into_iter()
+            .map(|m| m.payload["state"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        assert_eq!(
+            bq,
+            [
+                "M0_CONF_HA_PROCESS_STARTING",
+                "M0_CONF_HA_PROCESS_DTM_RECOVERED"
+            ]
+        );
+        assert_eq!(
+            text(
+                &s.client,
+                &format!("node-1/process_restarts/{}", process(HAX))
+            )
+            .await,
+            Some("\"1\"".to_owned())
+        );
+        assert_eq!(
+            s.recorder.calls(),
+            vec![(
+                vec![HaUpdate::new(process(HAX), ObjHealth::Ok)],
+                BroadcastOptions {
+                    broadcast_hax_only: true,
+                    ..BroadcastOptions::default()
+                }
+            )]
+        );
+        // Stop waits until every message received is delivered: the stop
+        // events go through the pipeline too.
+        let report = tokio::task::spawn_blocking(move || halon.stop())
+            .await
+            .expect("stop task")
+            .expect("stopped");
+        assert_eq!(report.violations, 0);
+        assert!(!report.would_hang);
+        cancel.cancel();
+        task.await.expect("pipeline ends");
+        let m = s.pipeline.metrics();
+        assert_eq!(m.first_requests.load(Ordering::Relaxed), 1);
+        assert!(m.process_events.load(Ordering::Relaxed) >= 2);
+        assert!(m.service_events.load(Ordering::Relaxed) >= 2);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
