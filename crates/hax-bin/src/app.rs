@@ -1,0 +1,296 @@
+//! The daemon: start order, the tasks, and shutdown.
+//!
+//! Start: Consul reachable with a leader, entrypoint configuration and the
+//! cluster view loading, identity known, halon started (it blocks until hax's
+//! own entrypoint request is answered from the configuration), HTTP server
+//! listening, then readiness is reported to systemd.
+//!
+//! Stop (on `shutdown`): the HTTP server stops taking requests, the Motr
+//! events queued so far are handled and their Consul writes finished, every
+//! link goes through the disconnect handshake, halon stops.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::routing::get;
+use hax_consul::schema::HaxKv;
+use hax_consul::server::{self, AppState, ResyncTarget, ServerConfig, UpdateData, WatchUpdate};
+use hax_consul::{AclToken, ConsulClient, ConsulConfig};
+use hax_core::{Halon, HalonConfig};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::bq::{self, BqConfig, BqProcessor, BqTrigger};
+use crate::bridge::Bridge;
+use crate::broadcast::Broadcaster;
+use crate::config::Config;
+use crate::events::{BroadcastOptions, EventPipeline, EventsConfig};
+use crate::health;
+use crate::identity;
+use crate::metrics::Metrics;
+use crate::view::{ClusterView, ViewConfig};
+use crate::writer::{KvWriter, WriterConfig};
+
+/// Why the daemon could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// A setting is unusable.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// Consul could not be used.
+    #[error("consul: {0}")]
+    Consul(#[from] hax_consul::ConsulError),
+    /// The identity could not be resolved.
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
+    /// Motr's halon interface failed.
+    #[error("motr: {0}")]
+    Motr(#[from] hax_core::Error),
+    /// The HTTP server could not listen.
+    #[error("http server on {addr}: {source}")]
+    Http {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// How long shutdown waits for queued Consul writes.
+const FLUSH_GRACE: Duration = Duration::from_secs(10);
+
+fn consul_client(cfg: &Config) -> Result<ConsulClient, AppError> {
+    let mut cc = ConsulConfig::new(cfg.consul.address.clone());
+    cc.request_timeout = cfg.consul_timeout();
+    if let Some(path) = &cfg.consul.token_file {
+        let token = std::fs::read_to_string(path).map_err(|e| {
+            AppError::Config(format!("consul token file {}: {e}", path.display()))
+        })?;
+        cc.token = Some(AclToken::new(token.trim()));
+    }
+    Ok(ConsulClient::new(cc)?)
+}
+
+/// Waits until Consul answers and has a leader, retrying until `cancel`.
+async fn wait_for_consul(client: &ConsulClient, cancel: &CancellationToken) -> Option<String> {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match client.status_leader().await {
+            Ok(Some(leader)) => return Some(leader),
+            Ok(None) => tracing::warn!("consul has no leader yet"),
+            Err(e) => tracing::warn!(error = %e, "consul not reachable yet"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return None,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Runs the daemon until `shutdown` is cancelled.
+pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppError> {
+    let started = Instant::now();
+    let client = consul_client(&cfg)?;
+    let Some(leader) = wait_for_consul(&client, &shutdown).await else {
+        return Ok(());
+    };
+    tracing::info!(%leader, address = %cfg.consul.address, "consul reachable");
+    let tasks = shutdown.child_token();
+    let metrics = Arc::new(Metrics::default());
+
+    let mut entrypoint = crate::entrypoint::spawn(client.clone(), &tasks);
+    let id = match identity::resolve(
+        &client,
+        &cfg.identity,
+        &mut entrypoint,
+        Duration::from_secs(2),
+        &shutdown,
+    )
+    .await
+    {
+        Ok(id) => id,
+        Err(identity::IdentityError::Cancelled) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let view = ClusterView::spawn(
+        client.clone(),
+        ViewConfig::new(id.node.clone(), id.process_fid),
+        &tasks,
+    );
+
+    // Motr events go through a bounded queue to the pipeline.
+    let (events_tx, events_rx) = mpsc::channel(cfg.limits.event_queue);
+    let bridge = Bridge::new(
+        events_tx,
+        entrypoint.clone(),
+        Arc::new(view.clone()),
+        id.process_fid,
+        Arc::clone(&metrics),
+        tokio::runtime::Handle::current(),
+    );
+    let halon_cfg = HalonConfig {
+        endpoint: id.endpoint.clone(),
+        process_fid: id.process_fid,
+        ha_service_fid: id.ha_service_fid,
+        rm_service_fid: id.rm_service_fid,
+        debug_options: cfg.motr.debug_options.clone(),
+        node_uuid: None,
+    };
+    let mut halon = tokio::task::spawn_blocking(move || Halon::start(halon_cfg, bridge))
+        .await
+        .map_err(|e| AppError::Config(format!("halon start task: {e}")))??;
+    let ha = halon.handle();
+
+    let writer = KvWriter::spawn(
+        client.clone(),
+        WriterConfig {
+            max_pending: cfg.limits.pending_writes,
+            ..WriterConfig::default()
+        },
+    );
+    let kv = HaxKv::new(client.clone());
+    let broadcaster = Arc::new(
+        Broadcaster::new(view.clone(), ha.clone(), kv.clone()).with_metrics(Arc::clone(&metrics)),
+    );
+    let cluster = Arc::new(view.clone());
+    let pipeline = EventPipeline::new(
+        writer.clone(),
+        kv.clone(),
+        Arc::clone(&broadcaster),
+        Arc::clone(&cluster),
+        EventsConfig::default(),
+    );
+    let pipeline_task = pipeline.spawn(events_rx, tasks.clone());
+
+    // The broadcast queue consumer of this node.
+    let (sns_tx, mut sns_rx) = mpsc::channel(64);
+    let (bq_tx, bq_rx) = mpsc::channel(64);
+    let consumer = bq::consumer(client.clone(), &id.node)
+        .map_err(|e| AppError::Config(format!("broadcast queue: {e}")))?;
+    let processor = Arc::new(BqProcessor::new(
+        Arc::clone(&broadcaster),
+        Arc::clone(&cluster),
+        sns_tx,
+        BqConfig::default(),
+    ));
+    let bq_task = bq::spawn(consumer, processor, bq_rx, tasks.clone());
+    tokio::spawn(async move {
+        while let Some(req) = sns_rx.recv().await {
+            tracing::warn!(?req, "SNS operation requested; SNS control is not part of this daemon yet");
+        }
+    });
+
+    // Watch updates: service health becomes broadcasts, BQ posts wake the
+    // consumer.
+    let (updates_tx, mut updates_rx) = mpsc::channel::<WatchUpdate>(1024);
+    let watch_metrics = Arc::clone(&metrics);
+    let watch_broadcaster = Arc::clone(&broadcaster);
+    let watch_view = view.clone();
+    let watch_writer = writer.clone();
+    tokio::spawn(async move {
+        while let Some(u) = updates_rx.recv().await {
+            watch_metrics
+                .watch_updates
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            match u.data {
+                UpdateData::BroadcastQueue(entries) => {
+                    let _ = bq_tx.send(BqTrigger::Entries(entries)).await;
+                }
+                UpdateData::Service(_) | UpdateData::Checks(_) | UpdateData::ProcessState { .. } => {
+                    let updates = health::updates_from_watch(&u);
+                    if updates.is_empty() {
+                        continue;
+                    }
+                    let state = watch_view.snapshot();
+                    let plan = health::plan_process_failure(&state, &updates);
+                    if let Err(e) = health::commit_process_failure(&plan, &watch_writer, &watch_view).await {
+                        tracing::warn!(error = %e, "recording process failures failed");
+                    }
+                    let states = plan.broadcast;
+                    if states.is_empty() {
+                        continue;
+                    }
+                    if let Err(e) = crate::events::Broadcast::broadcast(
+                        &*watch_broadcaster,
+                        states,
+                        BroadcastOptions::default(),
+                    )
+                    .await
+                    {
+                        tracing::warn!(error = %e, "broadcast of a health change failed");
+                    }
+                }
+                UpdateData::Key(_) | UpdateData::KeyPrefix(_) => {}
+            }
+        }
+    });
+
+    // The HTTP server.
+    let server_cfg = ServerConfig {
+        bind: cfg.http.bind,
+        ..ServerConfig::default()
+    };
+    let listener = server::bind(&server_cfg)
+        .await
+        .map_err(|source| AppError::Http {
+            addr: cfg.http.bind,
+            source,
+        })?;
+    let http_metrics = Arc::clone(&metrics);
+    let router = server::router(AppState::new(updates_tx.clone(), server_cfg)).route(
+        "/metrics",
+        get(move || {
+            let m = Arc::clone(&http_metrics);
+            async move { m.render() }
+        }),
+    );
+    let http_cancel = shutdown.child_token();
+    let http_task = tokio::spawn(server::serve(listener, router, http_cancel.clone()));
+    let resync = server::spawn_resync(
+        client.clone(),
+        vec![
+            ResyncTarget::BroadcastQueue,
+            ResyncTarget::Service {
+                label: "service".into(),
+                name: "ios".into(),
+            },
+        ],
+        updates_tx,
+        Duration::from_secs(cfg.limits.resync_secs.max(1)),
+        tasks.clone(),
+    );
+
+    if let Err(e) = crate::notify::notify("READY=1") {
+        tracing::warn!(error = %e, "systemd notification failed");
+    }
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        endpoint = %id.endpoint,
+        http = %cfg.http.bind,
+        "hax ready"
+    );
+
+    shutdown.cancelled().await;
+    tracing::info!("stopping");
+    let _ = crate::notify::notify("STOPPING=1");
+    http_cancel.cancel();
+    let _ = http_task.await;
+    halon.callbacks().set_stopping();
+    // The pipeline ends once its queue is drained (the bridge still holds a
+    // sender, so cancelling ends it), then the writer flushes.
+    tasks.cancel();
+    let _ = pipeline_task.await;
+    let _ = bq_task.await;
+    let _ = resync.await;
+    let report = writer.shutdown(tokio::time::Instant::now() + FLUSH_GRACE).await;
+    tracing::info!(?report, "consul writes finished");
+    let stop = tokio::task::spawn_blocking(move || halon.stop())
+        .await
+        .map_err(|e| AppError::Config(format!("halon stop task: {e}")))?;
+    match stop {
+        Ok(r) => tracing::info!(violations = r.violations, "halon stopped"),
+        Err(e) => tracing::error!(error = %e, "halon stopped with an error"),
+    }
+    Ok(())
+}
