@@ -63,9 +63,8 @@ fn consul_client(cfg: &Config) -> Result<ConsulClient, AppError> {
     let mut cc = ConsulConfig::new(cfg.consul.address.clone());
     cc.request_timeout = cfg.consul_timeout();
     if let Some(path) = &cfg.consul.token_file {
-        let token = std::fs::read_to_string(path).map_err(|e| {
-            AppError::Config(format!("consul token file {}: {e}", path.display()))
-        })?;
+        let token = std::fs::read_to_string(path)
+            .map_err(|e| AppError::Config(format!("consul token file {}: {e}", path.display())))?;
         cc.token = Some(AclToken::new(token.trim()));
     }
     Ok(ConsulClient::new(cc)?)
@@ -121,6 +120,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
 
     // Motr events go through a bounded queue to the pipeline.
     let (events_tx, events_rx) = mpsc::channel(cfg.limits.event_queue);
+    let queue_probe = events_tx.downgrade();
     let bridge = Bridge::new(
         events_tx,
         entrypoint.clone(),
@@ -177,7 +177,10 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
     let bq_task = bq::spawn(consumer, processor, bq_rx, tasks.clone());
     tokio::spawn(async move {
         while let Some(req) = sns_rx.recv().await {
-            tracing::warn!(?req, "SNS operation requested; SNS control is not part of this daemon yet");
+            tracing::warn!(
+                ?req,
+                "SNS operation requested; SNS control is not part of this daemon yet"
+            );
         }
     });
 
@@ -197,14 +200,18 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
                 UpdateData::BroadcastQueue(entries) => {
                     let _ = bq_tx.send(BqTrigger::Entries(entries)).await;
                 }
-                UpdateData::Service(_) | UpdateData::Checks(_) | UpdateData::ProcessState { .. } => {
+                UpdateData::Service(_)
+                | UpdateData::Checks(_)
+                | UpdateData::ProcessState { .. } => {
                     let updates = health::updates_from_watch(&u);
                     if updates.is_empty() {
                         continue;
                     }
                     let state = watch_view.snapshot();
                     let plan = health::plan_process_failure(&state, &updates);
-                    if let Err(e) = health::commit_process_failure(&plan, &watch_writer, &watch_view).await {
+                    if let Err(e) =
+                        health::commit_process_failure(&plan, &watch_writer, &watch_view).await
+                    {
                         tracing::warn!(error = %e, "recording process failures failed");
                     }
                     let states = plan.broadcast;
@@ -242,7 +249,16 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
         "/metrics",
         get(move || {
             let m = Arc::clone(&http_metrics);
-            async move { m.render() }
+            let depth = queue_probe
+                .upgrade()
+                .map_or(0, |tx| tx.max_capacity() - tx.capacity());
+            async move {
+                m.events_queued.store(
+                    i64::try_from(depth).unwrap_or(i64::MAX),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                m.render()
+            }
         }),
     );
     let http_cancel = shutdown.child_token();
@@ -283,7 +299,9 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
     let _ = pipeline_task.await;
     let _ = bq_task.await;
     let _ = resync.await;
-    let report = writer.shutdown(tokio::time::Instant::now() + FLUSH_GRACE).await;
+    let report = writer
+        .shutdown(tokio::time::Instant::now() + FLUSH_GRACE)
+        .await;
     tracing::info!(?report, "consul writes finished");
     let stop = tokio::task::spawn_blocking(move || halon.stop())
         .await

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hax_core::{
-    Callbacks, Ctx, Delivery, EntrypointReply, EntrypointRequest, EntrypointResponder, Fid,
-    HaMsg, HaMsgData, HaState, LinkId, LinkInfo, NvecGet, NvecKind, Tag, Uint128,
+    Callbacks, Ctx, Delivery, EntrypointReply, EntrypointRequest, EntrypointResponder, Fid, HaMsg,
+    HaMsgData, HaState, LinkId, LinkInfo, NvecGet, NvecKind, Tag, Uint128,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -46,7 +46,9 @@ pub struct Bridge {
 
 impl std::fmt::Debug for Bridge {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Bridge").field("hax_fid", &self.hax_fid).finish()
+        f.debug_struct("Bridge")
+            .field("hax_fid", &self.hax_fid)
+            .finish()
     }
 }
 
@@ -82,24 +84,21 @@ impl Bridge {
     /// (counted), never on Motr's thread.
     fn queue(&self, ev: MotrEvent) {
         match self.events.try_send(ev) {
-            Ok(()) => {
-                self.metrics.events_queued.fetch_add(1, Ordering::Relaxed);
-            }
+            Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(ev)) => {
                 self.metrics.events_overflow.fetch_add(1, Ordering::Relaxed);
                 let tx = self.events.clone();
-                let metrics = Arc::clone(&self.metrics);
                 self.runtime.spawn(async move {
-                    if tx.send(ev).await.is_ok() {
-                        metrics.events_queued.fetch_add(1, Ordering::Relaxed);
+                    if let Err(mpsc::error::SendError(ev)) = tx.send(ev).await {
+                        ev.abandon();
                     }
                 });
             }
             Err(mpsc::error::TrySendError::Closed(ev)) => {
-                // The pipeline is gone (shutdown): the message stays
-                // undelivered in Motr's view only until its delivery object
-                // is dropped here, which delivers it.
-                tracing::warn!(?ev, "event pipeline closed; event dropped");
+                // The pipeline has stopped (hax is stopping): nothing more
+                // is recorded; the message is delivered so Motr can stop.
+                tracing::debug!(?ev, "event pipeline closed; event not recorded");
+                ev.abandon();
             }
         }
     }
@@ -121,7 +120,9 @@ impl Bridge {
         }
         match reply.accept_now(cx, &config) {
             Ok(()) => {
-                self.metrics.entrypoint_accepted.fetch_add(1, Ordering::Relaxed);
+                self.metrics
+                    .entrypoint_accepted
+                    .fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => tracing::error!(error = %e, "entrypoint reply failed"),
         }
@@ -130,7 +131,9 @@ impl Bridge {
 
 impl Callbacks for Bridge {
     fn entrypoint_request(&self, cx: &Ctx<'_>, req: EntrypointRequest, reply: EntrypointResponder) {
-        self.metrics.entrypoint_requests.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .entrypoint_requests
+            .fetch_add(1, Ordering::Relaxed);
         tracing::info!(req_id = %req.req_id, endpoint = %req.remote_endpoint, process = %req.process_fid, first = req.first_request, "entrypoint request");
         if self.stopping.load(Ordering::Acquire) {
             let empty = EntrypointReply::default();
@@ -257,7 +260,9 @@ impl Callbacks for Bridge {
 
     fn link_disconnected(&self, _cx: &Ctx<'_>, _link: LinkId) {
         self.metrics.links.fetch_sub(1, Ordering::Relaxed);
-        self.metrics.links_disconnected.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .links_disconnected
+            .fetch_add(1, Ordering::Relaxed);
     }
 }
 

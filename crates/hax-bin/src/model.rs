@@ -151,6 +151,25 @@ pub enum MotrEvent {
     },
 }
 
+impl MotrEvent {
+    /// Gives up on the event without recording it (hax is stopping): the
+    /// message is delivered, a first request is refused so that it is asked
+    /// again of the next hax.
+    pub fn abandon(self) {
+        match self {
+            MotrEvent::Process { delivery, .. }
+            | MotrEvent::Service { delivery, .. }
+            | MotrEvent::StobIoq { delivery, .. }
+            | MotrEvent::NvecSet { delivery, .. } => delivery.deliver(),
+            MotrEvent::FirstRequest { responder, .. } => {
+                if let Some(rc) = std::num::NonZeroI32::new(hax_core::EAGAIN) {
+                    responder.refuse(rc);
+                }
+            }
+        }
+    }
+}
+
 pub use hax_core::{
     Delivery, EntrypointReply, EntrypointRequest, EntrypointResponder, HaNote, LinkId,
     ProcessEvent, ServiceEvent, StobIoqError,
