@@ -4,15 +4,38 @@
 
 use clap::Parser;
 use hax_bin::sample::{self, SampleSpec};
+use hax_consul::catalog::CheckStatus;
 use hax_consul::{ConsulClient, ConsulConfig};
 
-/// Loads a one-node sample cluster (hax, a confd, ioservices) into Consul.
+/// Loads a one-node sample cluster (hax, a confd, ioservices) into Consul,
+/// or changes the health check of one of its services.
 #[derive(Debug, Parser)]
 #[command(name = "hax-sample-cluster", version)]
-struct Args {
+struct Cli {
     /// Consul agent address.
-    #[arg(long, default_value = "127.0.0.1:8500")]
+    #[arg(long, default_value = "127.0.0.1:8500", global = true)]
     consul_address: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Load the sample.
+    Load(Args),
+    /// Set the health check of a service instance (by its id, the process
+    /// fid key): passing, warning or critical.
+    SetCheck {
+        /// Service id (decimal process fid key, e.g. 21).
+        service_id: String,
+        /// New status.
+        #[arg(value_parser = ["passing", "warning", "critical"])]
+        status: String,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct Args {
     /// hax's Motr endpoint.
     #[arg(long)]
     hax_endpoint: String,
@@ -32,12 +55,36 @@ struct Args {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
-    let a = Args::parse();
-    let client = match ConsulClient::new(ConsulConfig::new(a.consul_address.clone())) {
+    let cli = Cli::parse();
+    let client = match ConsulClient::new(ConsulConfig::new(cli.consul_address.clone())) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("hax-sample-cluster: {e}");
             return std::process::ExitCode::from(2);
+        }
+    };
+    let a = match cli.command {
+        Command::Load(a) => a,
+        Command::SetCheck { service_id, status } => {
+            let status = match status.as_str() {
+                "passing" => CheckStatus::Passing,
+                "warning" => CheckStatus::Warning,
+                _ => CheckStatus::Critical,
+            };
+            let check = format!("service:{service_id}");
+            return match client
+                .agent_check_update(&check, status, "set by hax-sample-cluster")
+                .await
+            {
+                Ok(()) => {
+                    println!("{check} is now {status:?}");
+                    std::process::ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("hax-sample-cluster: {e}");
+                    std::process::ExitCode::FAILURE
+                }
+            };
         }
     };
     let spec = SampleSpec {
@@ -49,7 +96,10 @@ async fn main() -> std::process::ExitCode {
     };
     match sample::load(&client, &spec).await {
         Ok(s) => {
-            println!("node {}: hax {}, confd {} at {}", s.node, s.hax, s.confd.0, s.confd.1);
+            println!(
+                "node {}: hax {}, confd {} at {}",
+                s.node, s.hax, s.confd.0, s.confd.1
+            );
             for (f, ep) in &s.ioservices {
                 println!("ioservice {f} at {ep}");
             }
