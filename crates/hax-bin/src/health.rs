@@ -185,11 +185,42 @@ pub fn updates_from_service_entries(entries: &[ServiceEntry]) -> Vec<HaUpdate> {
     out
 }
 
-/// The HA updates of a watch update: those of a `service` watch, none for
-/// other kinds of data.
+/// The HA updates of a watch update:
+/// * `service` watches: [`updates_from_service_entries`];
+/// * `checks` watches: each check of a service instance reports its process,
+///   OK when passing, else OFFLINE;
+/// * the legacy `processes/<fid>` key watch (the original's
+///   `/watcher/processes`): a non-m0mkfs process STARTED → RECOVERING,
+///   DTM_RECOVERED → OK, STOPPED → OFFLINE; other states nothing;
+/// * other data: nothing.
 pub fn updates_from_watch(update: &WatchUpdate) -> Vec<HaUpdate> {
     match &update.data {
         UpdateData::Service(entries) => updates_from_service_entries(entries),
+        UpdateData::Checks(checks) => checks
+            .iter()
+            .filter(|c| !c.service_id.is_empty())
+            .filter_map(|c| {
+                let key = c.service_id.parse::<u64>().ok()?;
+                let health = if c.status == CheckStatus::Passing {
+                    ObjHealth::Ok
+                } else {
+                    ObjHealth::Offline
+                };
+                Some(HaUpdate::new(process_fid(key), health))
+            })
+            .collect(),
+        UpdateData::ProcessState {
+            fid,
+            status: Some(status),
+        } if status.kind != ProcessType::M0mkfs => {
+            let health = match status.state {
+                ProcessState::Started => ObjHealth::Recovering,
+                ProcessState::DtmRecovered => ObjHealth::Ok,
+                ProcessState::Stopped => ObjHealth::Offline,
+                ProcessState::Starting | ProcessState::Stopping => return Vec::new(),
+            };
+            vec![HaUpdate::new(Fid::new(fid.container(), fid.key()), health)]
+        }
         _ => Vec::new(),
     }
 }
@@ -479,12 +510,50 @@ mod tests {
             "the fid the original builds"
         );
         assert!(updates_from_service_entries(&[]).is_empty());
-        let w = WatchUpdate {
-            label: "service".into(),
+        let w = |data| WatchUpdate {
+            label: "w".into(),
             origin: hax_consul::server::UpdateOrigin::Watch,
-            data: UpdateData::KeyPrefix(vec![]),
+            data,
         };
-        assert!(updates_from_watch(&w).is_empty());
+        assert!(updates_from_watch(&w(UpdateData::KeyPrefix(vec![]))).is_empty());
+        let checks: Vec<HealthCheck> = serde_json::from_value(serde_json::json!([
+            check("n", SERF_HEALTH, "critical", ""),
+            check("n", "service:12", "passing", "12"),
+            check("n", "service:13", "warning", "13"),
+        ]))
+        .expect("checks");
+        assert_eq!(
+            updates_from_watch(&w(UpdateData::Checks(checks))),
+            vec![
+                HaUpdate::new(process_fid(12), ObjHealth::Ok),
+                HaUpdate::new(process_fid(13), ObjHealth::Offline),
+            ]
+        );
+        let fid = fid_text(process_fid(12));
+        let recorded = |state, kind| {
+            w(UpdateData::ProcessState {
+                fid,
+                status: Some(ProcessStatus { state, kind }),
+            })
+        };
+        let m0d = ProcessType::M0d;
+        for (state, want) in [
+            (ProcessState::Started, Some(ObjHealth::Recovering)),
+            (ProcessState::DtmRecovered, Some(ObjHealth::Ok)),
+            (ProcessState::Stopped, Some(ObjHealth::Offline)),
+            (ProcessState::Starting, None),
+            (ProcessState::Stopping, None),
+        ] {
+            let want: Vec<HaUpdate> = want
+                .map(|h| HaUpdate::new(process_fid(12), h))
+                .into_iter()
+                .collect();
+            assert_eq!(updates_from_watch(&recorded(state, m0d)), want, "{state:?}");
+        }
+        assert!(
+            updates_from_watch(&recorded(ProcessState::Stopped, ProcessType::M0mkfs)).is_empty()
+        );
+        assert!(updates_from_watch(&w(UpdateData::ProcessState { fid, status: None })).is_empty());
     }
 
     /// The sample with the ios of node 1 critical in Consul, node 2 dead or
