@@ -892,9 +892,22 @@ impl ViewInner {
 /// The daemon's in-memory read model of the cluster. Cloning is cheap (all
 /// clones share one view); every method is synchronous and never waits on
 /// Consul.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClusterView {
     inner: Arc<ViewInner>,
+}
+
+impl std::fmt::Debug for ClusterView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The whole tree would drown any log line that prints a view.
+        let st = self.snapshot();
+        f.debug_struct("ClusterView")
+            .field("local_node", &st.local_node)
+            .field("version", &st.version)
+            .field("conf_entries", &st.conf.entries.len())
+            .field("missing", &st.missing)
+            .finish()
+    }
 }
 
 impl ClusterView {
