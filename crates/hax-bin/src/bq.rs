@@ -35,6 +35,7 @@ use hax_consul::schema::{
     keys, BroadcastMessage, DeviceStateUpdate, FidText, ProcessState, ProcessStateUpdate,
     ProcessStatus, QueueKind, SnsOp,
 };
+use hax_consul::server::{UpdateData, WatchUpdate};
 use hax_consul::{ConsulClient, TxnOp};
 use hax_core::Fid;
 use tokio::sync::mpsc;
@@ -426,6 +427,17 @@ pub enum BqTrigger {
     Entries(Vec<QueueEntry>),
     /// Read the queue now.
     Resync,
+}
+
+impl BqTrigger {
+    /// The trigger of a watch-server update, if it is one of the BQ route
+    /// (or a resync of it).
+    pub fn from_update(update: WatchUpdate) -> Option<Self> {
+        match update.data {
+            UpdateData::BroadcastQueue(entries) => Some(BqTrigger::Entries(entries)),
+            _ => None,
+        }
+    }
 }
 
 /// Runs the consumer until `cancel` (or the trigger sender closes):

@@ -996,7 +996,13 @@ impl Task {
             if self.shared.abandon.is_cancelled() {
                 return (batch, Outcome::Abandoned);
             }
-            let result = self.attempt(&mut batch).await;
+            // At the shutdown deadline an attempt stuck on a hung agent is
+            // given up too, not only the pauses between attempts.
+            let abandon = self.shared.abandon.clone();
+            let result = tokio::select! {
+                r = self.attempt(&mut batch) => r,
+                _ = abandon.cancelled() => return (batch, Outcome::Abandoned),
+            };
             if result.is_ok() || matches!(result, Err(AttemptError::Refused(_))) {
                 if let Some(since) = outage_since {
                     metrics.outage.store(0, Ordering::Relaxed);
