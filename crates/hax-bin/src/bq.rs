@@ -632,6 +632,40 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deliveries_arriving_together_handle_each_entry_once() {
+        let agent = DevAgent::start().await.expect("agent");
+        let client = agent.client().expect("client");
+        let publisher = QueuePublisher::new(client.clone(), QueueKind::Broadcast);
+        for _ in 0..10 {
+            publisher
+                .publish(&update(process(0x40), "STARTED"))
+                .await
+                .expect("publish");
+        }
+        let pairs = client.kv_list("bq/").await.expect("list").value;
+        let entries = QueueEntry::from_pairs(QueueKind::Broadcast, &pairs);
+        let run = start(&client, None);
+        // The start-up read and several deliveries of the same tree race.
+        for _ in 0..5 {
+            run.triggers
+                .send(BqTrigger::Entries(entries.clone()))
+                .await
+                .expect("trigger");
+            run.triggers.send(BqTrigger::Resync).await.expect("trigger");
+        }
+        wait_offset(&client, 10).await;
+        // Let every queued trigger be looked at.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while run.triggers.capacity() < run.triggers.max_capacity() {
+            assert!(Instant::now() < deadline, "triggers not taken");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        run.cancel.cancel();
+        run.handle.await.expect("stops");
+        assert_eq!(run.recorder.calls().len(), 10);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_consumer_killed_mid_stream_neither_repeats_nor_skips() {
         let agent = DevAgent::start().await.expect("agent");
         let client = agent.client().expect("client");
