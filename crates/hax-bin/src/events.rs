@@ -481,7 +481,11 @@ impl<B: Broadcast, C: ClusterFacts> EventPipeline<B, C> {
     /// Runs the pipeline on `events` until the sender side closes or
     /// `cancel` fires; then the lanes finish the events they hold and the
     /// task ends. Writes submitted are made durable by the writer (flush it
-    /// with [`KvWriter::shutdown`] after this task ends).
+    /// with [`KvWriter::shutdown`] after this task ends). While Consul is
+    /// down and the writer is full, lanes wait for room; [`KvWriter::close`]
+    /// releases them (their writes then fail with
+    /// [`WriteError::Closed`] and their messages are delivered), so a
+    /// shutdown that cannot wait longer closes the writer first.
     pub fn spawn(
         &self,
         mut events: mpsc::Receiver<MotrEvent>,
