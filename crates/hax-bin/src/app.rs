@@ -56,6 +56,9 @@ pub enum AppError {
     },
 }
 
+/// How long start waits for the cluster view before it goes on.
+const VIEW_WAIT: Duration = Duration::from_secs(30);
+
 /// How long shutdown waits for queued Consul writes.
 const FLUSH_GRACE: Duration = Duration::from_secs(10);
 
@@ -118,6 +121,14 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
         &tasks,
     );
 
+    // NVEC GETs are answered from the view: load it before Motr can ask.
+    tokio::select! {
+        _ = shutdown.cancelled() => return Ok(()),
+        r = view.wait_loaded(VIEW_WAIT) => if let Err(e) = r {
+            tracing::warn!(error = %e, "cluster view not fully loaded; starting anyway");
+        },
+    }
+
     // Motr events go through a bounded queue to the pipeline.
     let (events_tx, events_rx) = mpsc::channel(cfg.limits.event_queue);
     let queue_probe = events_tx.downgrade();
@@ -174,6 +185,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
         sns_tx,
         BqConfig::default(),
     ));
+    let processor_metrics = processor.metrics();
     let bq_task = bq::spawn(consumer, processor, bq_rx, tasks.clone());
     tokio::spawn(async move {
         while let Some(req) = sns_rx.recv().await {
@@ -245,10 +257,13 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
             source,
         })?;
     let http_metrics = Arc::clone(&metrics);
+    let writer_metrics = writer.metrics();
+    let bq_metrics = processor_metrics;
     let router = server::router(AppState::new(updates_tx.clone(), server_cfg)).route(
         "/metrics",
         get(move || {
             let m = Arc::clone(&http_metrics);
+            let (w, b) = (Arc::clone(&writer_metrics), Arc::clone(&bq_metrics));
             let depth = queue_probe
                 .upgrade()
                 .map_or(0, |tx| tx.max_capacity() - tx.capacity());
@@ -257,7 +272,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
                     i64::try_from(depth).unwrap_or(i64::MAX),
                     std::sync::atomic::Ordering::Relaxed,
                 );
-                m.render()
+                m.render_all(&w, &b)
             }
         }),
     );

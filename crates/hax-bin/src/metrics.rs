@@ -4,6 +4,9 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
+use crate::bq::BqMetrics;
+use crate::writer::WriterMetrics;
+
 /// HA message types, in `m0_ha_msg_type` order, for per-type counters.
 pub const MSG_TYPES: [&str; 12] = [
     "stob_ioq",
@@ -49,12 +52,6 @@ pub struct Metrics {
     pub events_overflow: AtomicU64,
     /// Events queued for the pipeline now.
     pub events_queued: AtomicI64,
-    /// Consul requests that failed.
-    pub consul_errors: AtomicU64,
-    /// Consul write latency: sum (µs) and count, for an average.
-    pub consul_write_us_sum: AtomicU64,
-    /// Consul writes measured.
-    pub consul_write_count: AtomicU64,
     /// Watch updates received.
     pub watch_updates: AtomicU64,
 }
@@ -78,7 +75,93 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition.
+    /// The Prometheus text exposition of these metrics and of the Consul
+    /// writer's and the broadcast queue consumer's.
+    pub fn render_all(&self, writer: &WriterMetrics, bq: &BqMetrics) -> String {
+        let mut out = self.render();
+        let g = |v: &AtomicU64| v.load(Ordering::Relaxed);
+        let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        };
+        metric(
+            "hax_consul_write_queue_depth",
+            "gauge",
+            "Consul writes waiting.",
+            g(&writer.queue_depth).to_string(),
+        );
+        metric(
+            "hax_consul_writes_committed_total",
+            "counter",
+            "Consul writes committed.",
+            g(&writer.committed).to_string(),
+        );
+        metric(
+            "hax_consul_writes_coalesced_total",
+            "counter",
+            "Consul writes replaced by a newer value of the same key before being sent.",
+            g(&writer.coalesced).to_string(),
+        );
+        metric(
+            "hax_consul_transactions_total",
+            "counter",
+            "Consul transactions sent.",
+            g(&writer.batches).to_string(),
+        );
+        metric(
+            "hax_consul_errors_total",
+            "counter",
+            "Consul write attempts that failed.",
+            g(&writer.errors).to_string(),
+        );
+        metric(
+            "hax_consul_retries_total",
+            "counter",
+            "Consul write attempts retried.",
+            g(&writer.retries).to_string(),
+        );
+        metric(
+            "hax_consul_outage",
+            "gauge",
+            "1 while Consul does not take writes.",
+            g(&writer.outage).to_string(),
+        );
+        let n = g(&writer.latency_count);
+        let avg = if n == 0 {
+            0.0
+        } else {
+            g(&writer.latency_us_sum) as f64 / n as f64 / 1e6
+        };
+        metric(
+            "hax_consul_write_seconds_avg",
+            "gauge",
+            "Average time from submission to commit of a Consul write.",
+            format!("{avg:.6}"),
+        );
+        metric(
+            "hax_consul_write_seconds_max",
+            "gauge",
+            "Longest time from submission to commit of a Consul write.",
+            format!("{:.6}", g(&writer.latency_us_max) as f64 / 1e6),
+        );
+        metric(
+            "hax_bq_offset",
+            "gauge",
+            "Last broadcast queue entry handled by this node.",
+            g(&bq.offset).to_string(),
+        );
+        metric(
+            "hax_bq_consumed_total",
+            "counter",
+            "Broadcast queue entries handled.",
+            g(&bq.consumed).to_string(),
+        );
+        out
+    }
+
+    /// The Prometheus text exposition of these metrics.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
         let g = |v: &AtomicU64| v.load(Ordering::Relaxed);
@@ -90,7 +173,12 @@ impl Metrics {
             }
         };
         let one = |v: String| vec![(String::new(), v)];
-        metric("hax_links", "gauge", "HA links connected now.", one(gi(&self.links).to_string()));
+        metric(
+            "hax_links",
+            "gauge",
+            "HA links connected now.",
+            one(gi(&self.links).to_string()),
+        );
         metric(
             "hax_links_connected_total",
             "counter",
@@ -108,31 +196,61 @@ impl Metrics {
             "counter",
             "Entrypoint requests by outcome.",
             vec![
-                ("{outcome=\"received\"}".into(), g(&self.entrypoint_requests).to_string()),
-                ("{outcome=\"accepted\"}".into(), g(&self.entrypoint_accepted).to_string()),
-                ("{outcome=\"refused\"}".into(), g(&self.entrypoint_refused).to_string()),
+                (
+                    "{outcome=\"received\"}".into(),
+                    g(&self.entrypoint_requests).to_string(),
+                ),
+                (
+                    "{outcome=\"accepted\"}".into(),
+                    g(&self.entrypoint_accepted).to_string(),
+                ),
+                (
+                    "{outcome=\"refused\"}".into(),
+                    g(&self.entrypoint_refused).to_string(),
+                ),
             ],
         );
         let by_type = |arr: &[AtomicU64; 12], dir: &str| {
             MSG_TYPES
                 .iter()
                 .zip(arr)
-                .map(|(t, v)| (format!("{{direction=\"{dir}\",type=\"{t}\"}}"), g(v).to_string()))
+                .map(|(t, v)| {
+                    (
+                        format!("{{direction=\"{dir}\",type=\"{t}\"}}"),
+                        g(v).to_string(),
+                    )
+                })
                 .collect::<Vec<_>>()
         };
         let mut lines = by_type(&self.received, "in");
         lines.extend(by_type(&self.sent, "out"));
-        metric("hax_messages_total", "counter", "HA messages by direction and type.", lines);
+        metric(
+            "hax_messages_total",
+            "counter",
+            "HA messages by direction and type.",
+            lines,
+        );
         metric(
             "hax_sent_outcomes_total",
             "counter",
             "Outcomes of sent messages.",
             vec![
-                ("{outcome=\"delivered\"}".into(), g(&self.delivered).to_string()),
-                ("{outcome=\"not_delivered\"}".into(), g(&self.not_delivered).to_string()),
+                (
+                    "{outcome=\"delivered\"}".into(),
+                    g(&self.delivered).to_string(),
+                ),
+                (
+                    "{outcome=\"not_delivered\"}".into(),
+                    g(&self.not_delivered).to_string(),
+                ),
             ],
         );
-        metric("hax_broadcasts_total", "counter", "HA state broadcasts.", one(g(&self.broadcasts).to_string()));
+        metric(
+            "hax_broadcasts_total",
+            "counter",
+            "HA state broadcasts.",
+            one(g(&self.broadcasts).to_string()),
+        );
         metric(
             "hax_event_queue_depth",
             "gauge",
@@ -144,20 +262,6 @@ impl Metrics {
             "counter",
             "Motr events that found the pipeline queue full.",
             one(g(&self.events_overflow).to_string()),
-        );
-        metric(
-            "hax_consul_errors_total",
-            "counter",
-            "Consul requests that failed.",
-            one(g(&self.consul_errors).to_string()),
-        );
-        let count = g(&self.consul_write_count);
-        let avg = if count == 0 { 0.0 } else { g(&self.consul_write_us_sum) as f64 / count as f64 / 1e6 };
-        metric(
-            "hax_consul_write_seconds_avg",
-            "gauge",
-            "Average latency of Consul writes.",
-            one(format!("{avg:.6}")),
         );
         metric(
             "hax_watch_updates_total",
