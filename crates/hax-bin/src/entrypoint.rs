@@ -122,7 +122,12 @@ pub fn spawn(client: ConsulClient, cancel: &CancellationToken) -> EntrypointSnap
         loop {
             let leader_kv: Option<KvPair> = (*leader_rx.borrow_and_update().value).clone();
             let confd_list: Arc<Vec<CatalogService>> = confd_rx.borrow_and_update().value.clone();
-            let pairs: Vec<KvPair> = conf_rx.borrow_and_update().value.values().cloned().collect();
+            let pairs: Vec<KvPair> = conf_rx
+                .borrow_and_update()
+                .value
+                .values()
+                .cloned()
+                .collect();
             let rm_node = match leader_kv.and_then(|kv| kv.session) {
                 Some(id) => match client.session_info(&id).await {
                     Ok(info) => info.value.map(|s| strip_node_suffix(&s.node).to_owned()),
@@ -142,7 +147,9 @@ pub fn spawn(client: ConsulClient, cancel: &CancellationToken) -> EntrypointSnap
             };
             if last.as_ref() != Some(&result) {
                 match &result {
-                    Ok(r) => tracing::info!(confds = r.confds.len(), quorum = r.quorum, rm = %r.rm_fid, rm_endpoint = %r.rm_endpoint, "entrypoint configuration ready"),
+                    Ok(r) => {
+                        tracing::info!(confds = r.confds.len(), quorum = r.quorum, rm = %r.rm_fid, rm_endpoint = %r.rm_endpoint, "entrypoint configuration ready")
+                    }
                     Err(e) => tracing::warn!(reason = %e, "entrypoint configuration not ready"),
                 }
                 let _ = tx.send(result.clone().ok().map(Arc::new));
@@ -230,7 +237,8 @@ mod tests {
     #[test]
     fn endpoints_follow_the_transport() {
         let mut s = svc("n", "1", "10.0.0.1@tcp:12345:34", 101);
-        s.service_meta.insert("transport_type".into(), "lnet".into());
+        s.service_meta
+            .insert("transport_type".into(), "lnet".into());
         assert_eq!(service_endpoint(&s), "10.0.0.1@tcp:12345:34:101");
         assert_eq!(strip_node_suffix("node:abcd"), "node");
     }

@@ -80,7 +80,9 @@ async fn from_consul(
         .map_err(|_| IdentityError::BadServiceId(svc.service_id.clone()))?;
     Ok((
         node,
-        cfg.endpoint.clone().unwrap_or_else(|| service_endpoint(svc)),
+        cfg.endpoint
+            .clone()
+            .unwrap_or_else(|| service_endpoint(svc)),
         cfg.process_fid
             .unwrap_or(Fid::typed(FidType::Process, 1, key)),
         cfg.ha_service_fid

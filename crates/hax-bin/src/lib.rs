@@ -2,7 +2,6 @@
 //! tools. `main.rs` only parses the command line and calls [`app::run`].
 #![forbid(unsafe_code)]
 
-
 pub mod app;
 pub mod bq;
 pub mod bridge;

@@ -60,7 +60,9 @@ fn main() -> ExitCode {
             tracing::warn!("second signal: exiting now");
             std::process::exit(130);
         });
-        hax_bin::app::run(cfg, shutdown).await.map_err(|e| e.to_string())
+        hax_bin::app::run(cfg, shutdown)
+            .await
+            .map_err(|e| e.to_string())
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

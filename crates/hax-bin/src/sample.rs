@@ -99,13 +99,21 @@ pub async fn load(client: &ConsulClient, spec: &SampleSpec) -> Result<Sample, Co
         json!({"name": node, "state": "M0_NC_UNKNOWN"}),
     );
     put(ConfKey::Site { site }, json!({"state": "M0_NC_UNKNOWN"}));
-    put(ConfKey::Rack { site, rack }, json!({"state": "M0_NC_UNKNOWN"}));
+    put(
+        ConfKey::Rack { site, rack },
+        json!({"state": "M0_NC_UNKNOWN"}),
+    );
     put(
         ConfKey::Enclosure { site, rack, encl },
         json!({"node": node_fid.to_string(), "state": "M0_NC_UNKNOWN"}),
     );
     put(
-        ConfKey::Controller { site, rack, encl, ctrl },
+        ConfKey::Controller {
+            site,
+            rack,
+            encl,
+            ctrl,
+        },
         json!({"state": "M0_NC_UNKNOWN"}),
     );
     put(
@@ -116,19 +124,37 @@ pub async fn load(client: &ConsulClient, spec: &SampleSpec) -> Result<Sample, Co
     );
     let mut attrs: Vec<(ConfKey, String)> = Vec::new();
     let mut procs: Vec<SampleProcess> = vec![
-        (fids::HAX, "hax", spec.hax_endpoint.clone(), vec![("ha", fids::HAX + 1)]),
-        (fids::CONFD, "m0_server", ep(0), vec![("confd", 10), ("rms", 11)]),
+        (
+            fids::HAX,
+            "hax",
+            spec.hax_endpoint.clone(),
+            vec![("ha", fids::HAX + 1)],
+        ),
+        (
+            fids::CONFD,
+            "m0_server",
+            ep(0),
+            vec![("confd", 10), ("rms", 11)],
+        ),
     ];
     for i in 0..spec.ioservices {
         let port_offset = u16::try_from(i + 1).unwrap_or(u16::MAX);
-        procs.push((fids::IOS + i, "m0_server", ep(port_offset), vec![("ios", 100 + i)]));
+        procs.push((
+            fids::IOS + i,
+            "m0_server",
+            ep(port_offset),
+            vec![("ios", 100 + i)],
+        ));
     }
     let mut sdevs = Vec::new();
     let mut drives = Vec::new();
     for (pkey, name, endpoint, services) in &procs {
         let process = t(FidType::Process, *pkey);
         put(
-            ConfKey::Process { node: node_fid, process },
+            ConfKey::Process {
+                node: node_fid,
+                process,
+            },
             json!({"name": name, "state": "M0_NC_UNKNOWN"}),
         );
         attrs.push((
@@ -142,7 +168,11 @@ pub async fn load(client: &ConsulClient, spec: &SampleSpec) -> Result<Sample, Co
         for (stype, skey) in services {
             let service = t(FidType::Service, *skey);
             put(
-                ConfKey::Service { node: node_fid, process, service },
+                ConfKey::Service {
+                    node: node_fid,
+                    process,
+                    service,
+                },
                 json!({"name": stype, "state": "M0_NC_UNKNOWN"}),
             );
             attrs.push((
@@ -157,11 +187,22 @@ pub async fn load(client: &ConsulClient, spec: &SampleSpec) -> Result<Sample, Co
                 let n = 200 + (pkey - fids::IOS);
                 let (sdev, drive) = (t(FidType::Sdev, n), t(FidType::Drive, n));
                 put(
-                    ConfKey::Sdev { node: node_fid, process, service, sdev },
+                    ConfKey::Sdev {
+                        node: node_fid,
+                        process,
+                        service,
+                        sdev,
+                    },
                     json!({"path": format!("/dev/sd{}", (b'b' + (n - 200) as u8) as char), "state": "online"}),
                 );
                 put(
-                    ConfKey::Drive { site, rack, encl, ctrl, drive },
+                    ConfKey::Drive {
+                        site,
+                        rack,
+                        encl,
+                        ctrl,
+                        drive,
+                    },
                     json!({"sdev": sdev.to_string(), "state": "M0_NC_ONLINE"}),
                 );
                 sdevs.push(fid(FidType::Sdev, n));
@@ -172,12 +213,18 @@ pub async fn load(client: &ConsulClient, spec: &SampleSpec) -> Result<Sample, Co
     for (k, v) in attrs {
         ops.push(TxnOp::set(k.to_key(), v.into_bytes()));
     }
-    for q in [hax_consul::schema::QueueKind::Broadcast, hax_consul::schema::QueueKind::Event] {
+    for q in [
+        hax_consul::schema::QueueKind::Broadcast,
+        hax_consul::schema::QueueKind::Event,
+    ] {
         if client.kv_get(q.epoch_key()).await?.value.is_none() {
             ops.push(TxnOp::set(q.epoch_key(), b"1".to_vec()));
         }
     }
-    ops.push(TxnOp::set(keys::consul_node(&node).map_err(schema_err)?, node.clone().into_bytes()));
+    ops.push(TxnOp::set(
+        keys::consul_node(&node).map_err(schema_err)?,
+        node.clone().into_bytes(),
+    ));
     for chunk in ops.chunks(64) {
         client.txn(chunk).await?;
     }
@@ -228,13 +275,20 @@ pub async fn load(client: &ConsulClient, spec: &SampleSpec) -> Result<Sample, Co
             ..Default::default()
         })
         .await?;
-    client.kv_acquire(keys::LEADER, node.as_bytes(), &session).await?;
+    client
+        .kv_acquire(keys::LEADER, node.as_bytes(), &session)
+        .await?;
 
     Ok(Sample {
         hax: fid(FidType::Process, fids::HAX),
         confd: (fid(FidType::Process, fids::CONFD), ep(0)),
         ioservices: (0..spec.ioservices)
-            .map(|i| (fid(FidType::Process, fids::IOS + i), ep(u16::try_from(i + 1).unwrap_or(0))))
+            .map(|i| {
+                (
+                    fid(FidType::Process, fids::IOS + i),
+                    ep(u16::try_from(i + 1).unwrap_or(0)),
+                )
+            })
             .collect(),
         sdevs,
         drives,
