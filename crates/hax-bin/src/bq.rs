@@ -719,7 +719,7 @@ mod tests {
         seen.extend(run.recorder.calls().into_iter().flat_map(|(u, _)| u));
         assert_eq!(seen, expected, "each entry once, in order");
         for (fid, state) in &last_state {
-            let key = keys::node_process("node-1", crate::events::fid_text(*fid)).expect("key");
+            let key = keys::node_process("node-1", crate::view::fid_text(*fid)).expect("key");
             let value = client
                 .kv_get(&key)
                 .await
@@ -814,8 +814,7 @@ mod tests {
         // Nothing for the local process, the unknown type, the unknown
         // device and the STOB error without an sdev.
         assert_eq!(calls.len(), 13 + 2);
-        let key =
-            keys::node_process("node-1", crate::events::fid_text(process(LOCAL))).expect("key");
+        let key = keys::node_process("node-1", crate::view::fid_text(process(LOCAL))).expect("key");
         assert!(client.kv_get(&key).await.expect("read").value.is_none());
         run.cancel.cancel();
         run.handle.await.expect("stops");

@@ -488,14 +488,6 @@ pub fn plan_broadcast(
     }
 }
 
-/// The updates an NVEC SET from Motr leads to (the original's
-/// `ha_nvec_set_process`): ONLINE and REPAIRED are broadcast again as they
-/// are, REPAIR is rolled back to FAILED (repair failed), REBALANCE to
-/// REPAIRED (rebalance failed); other states are ignored.
-pub fn plan_nvec_set_rebroadcast(notes: &[HaNote]) -> Vec<HaUpdate> {
-    crate::events::nvec_set_rebroadcast(notes)
-}
-
 /// The check-and-set transactions of configuration writes, at most
 /// [`MAX_TXN_OPS`] operations each.
 pub fn txn_batches(writes: &[ConfWrite]) -> Result<Vec<Vec<TxnOp>>, SchemaError> {
@@ -1307,7 +1299,7 @@ mod tests {
         let f = Sample::SDEV1A;
         let notes: Vec<HaNote> = HaState::ALL.iter().map(|s| HaNote::new(f, *s)).collect();
         assert_eq!(
-            plan_nvec_set_rebroadcast(&notes),
+            crate::events::nvec_set_rebroadcast(&notes),
             vec![
                 HaUpdate::new(f, ObjHealth::Ok),
                 HaUpdate::new(f, ObjHealth::Failed),

@@ -31,8 +31,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hax_consul::pyjson;
 use hax_consul::schema::{
-    self, keys, FidText, HaxKv, ProcessState, ProcessStateUpdate, ProcessStatus, QueueKind,
-    QueueMessage, SchemaError, StobId,
+    self, keys, HaxKv, ProcessState, ProcessStateUpdate, ProcessStatus, QueueKind, QueueMessage,
+    SchemaError, StobId,
 };
 use hax_core::{
     Fid, HaNote, HaState, LinkId, Outcome, ProcessEvent, ProcessEventKind, ProcessType, Tracked,
@@ -46,6 +46,7 @@ use crate::model::{
     EntrypointReply, EntrypointRequest, EntrypointResponder, HaUpdate, MotrEvent, ObjHealth,
     StobIoqError,
 };
+use crate::view::fid_text;
 use crate::writer::{Ack, AckWaiter, KvWriter, WriteError, WriteOp};
 
 // ---------------------------------------------------------------------------
@@ -280,11 +281,6 @@ pub fn nvec_set_rebroadcast(notes: &[HaNote]) -> Vec<HaUpdate> {
             Some(HaUpdate::new(n.fid, health))
         })
         .collect()
-}
-
-/// A fid as the KV schema writes it.
-pub fn fid_text(fid: Fid) -> FidText {
-    FidText::new(fid.container, fid.key)
 }
 
 /// The payload of the EQ `stob-ioq` event (the original's `StobIoqError`
