@@ -28,7 +28,10 @@ fn main() {
         build.compile("hax_glue_emu");
         println!("cargo:rustc-link-lib=pthread");
     }
-    println!("cargo:include={}/csrc", env::var("CARGO_MANIFEST_DIR").unwrap_or_default());
+    println!(
+        "cargo:include={}/csrc",
+        env::var("CARGO_MANIFEST_DIR").unwrap_or_default()
+    );
 }
 
 fn motr_backend(_build: &mut cc::Build) {

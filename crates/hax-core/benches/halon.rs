@@ -81,7 +81,11 @@ async fn throughput(peers: usize, per_peer: usize) -> (f64, Duration) {
     let procs: Vec<Arc<SimProcess>> = cl.into_processes().into_iter().map(Arc::new).collect();
     let msgs: Vec<Vec<HaMsg>> = procs
         .iter()
-        .map(|p| (0..per_peer).map(|_| p.process_event(ProcessEventKind::Started)).collect())
+        .map(|p| {
+            (0..per_peer)
+                .map(|_| p.process_event(ProcessEventKind::Started))
+                .collect()
+        })
         .collect();
     let t = Instant::now();
     let done = counter.done.notified();
@@ -110,7 +114,9 @@ async fn throughput(peers: usize, per_peer: usize) -> (f64, Duration) {
 async fn round_trip(n: usize) -> (Duration, Duration, Duration) {
     let (mut halon, _counter, ep) = start();
     let fid = Fid::typed(FidType::Process, 1, 100);
-    let p = SimProcess::connect(SimConfig::new(ep, fid)).await.expect("peer");
+    let p = SimProcess::connect(SimConfig::new(ep, fid))
+        .await
+        .expect("peer");
     let ha = halon.handle();
     let link = ha
         .links()
@@ -118,7 +124,10 @@ async fn round_trip(n: usize) -> (Duration, Duration, Duration) {
         .find(|l| l.process_fid == fid)
         .expect("link")
         .id;
-    let msg = HaMsg::nvec_set(vec![HaNote::new(Fid::typed(FidType::Sdev, 1, 1), HaState::Online)]);
+    let msg = HaMsg::nvec_set(vec![HaNote::new(
+        Fid::typed(FidType::Sdev, 1, 1),
+        HaState::Online,
+    )]);
     let mut lat = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
