@@ -1,1 +1,726 @@
-//! Shared helpers of the end-to-end tests.
+//! Shared harness of the end-to-end tests: a real Consul agent whose watches
+//! POST to hax, the sample cluster loaded into it, the real `hax` binary as a
+//! child process, and simulated `m0d` peers (`hax-sim`).
+//!
+//! Every test builds its own [`Env`]: its own agent, ports, `hax` and
+//! working directory, so tests run in parallel. Dropping an `Env` (also when
+//! a test panics) kills `hax` and the agent; on a panic the tail of hax's log
+//! and of the agent's log is printed and the working directory is kept.
+//!
+//! # The `hax` binary
+//!
+//! `$HAX_BIN` when set (it must exist). Otherwise `target/<profile>/hax`
+//! next to the test executable. `cargo test --workspace` builds it before
+//! running tests; `cargo test -p hax-e2e` alone does not, so the harness
+//! runs `cargo build -p hax-bin --bins` (same profile and target directory)
+//! once per test process before the first start: a no-op when the binary is
+//! up to date, and it keeps a stale binary from being tested. If cargo is not
+//! available the existing binary is used; if there is none, the test fails
+//! saying so. (Cargo does not hold its build lock while tests run, so this
+//! nested build does not wait on the outer `cargo test`.)
+//!
+//! # Waiting
+//!
+//! Nothing sleeps and hopes: [`wait_for`] polls a condition until a
+//! deadline and fails naming what it waited for.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use hax_bin::sample::{self, Sample, SampleSpec};
+use hax_consul::catalog::CheckStatus;
+use hax_consul::dev_agent::{AgentMode, DevAgent};
+use hax_consul::queue::QueuePublisher;
+use hax_consul::schema::{
+    ConfKey, ConfValue, FidText, HaxKv, ProcessStatus, QueueKind, QueueMessage,
+};
+use hax_consul::ConsulClient;
+use hax_core::{Fid, FidType, HaMsgData, HaNote, NvecKind, ServiceType};
+use hax_sim::{Received, SimCluster, SimConfig, SimProcess};
+
+/// The usual deadline of one awaited condition.
+pub const T: Duration = Duration::from_secs(15);
+
+/// How long `hax` may take to become ready.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+// ---------------------------------------------------------------------------
+// The binary
+
+static HAX_BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+
+/// The `hax` binary to test (see the module documentation).
+pub fn hax_binary() -> PathBuf {
+    match HAX_BIN.get_or_init(locate_hax) {
+        Ok(p) => p.clone(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn locate_hax() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("HAX_BIN") {
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(format!("HAX_BIN={} does not exist", p.display()))
+        };
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    // target/<profile>/deps/<test>-<hash>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| format!("unexpected test executable path {}", exe.display()))?;
+    let bin = profile_dir.join("hax");
+    build_hax(profile_dir);
+    if bin.is_file() {
+        Ok(bin)
+    } else {
+        Err(format!(
+            "the hax binary is missing at {} and could not be built: run \
+             `cargo build -p hax-bin` (or `cargo test --workspace`), or set HAX_BIN",
+            bin.display()
+        ))
+    }
+}
+
+/// Brings `<profile_dir>/hax` up to date with cargo, if cargo is there.
+fn build_hax(profile_dir: &Path) {
+    let Some(name) = profile_dir.file_name().and_then(|n| n.to_str()) else {
+        return;
+    };
+    let profile = if name == "debug" { "dev" } else { name };
+    let Some(target_dir) = profile_dir.parent() else {
+        return;
+    };
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = Command::new(&cargo)
+        .args(["build", "-p", "hax-bin", "--bins", "--profile", profile])
+        .env("CARGO_TARGET_DIR", target_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::null())
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => eprintln!(
+            "hax-e2e: `cargo build -p hax-bin` failed ({}); using the existing binary if any:\n{}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(e) => eprintln!("hax-e2e: cannot run cargo ({e}); using the existing binary if any"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Small helpers
+
+/// A TCP port free on 127.0.0.1 right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Polls `f` every 25 ms until it gives a value or `timeout` passes; then
+/// fails naming `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The text form of a fid, as Consul keys hold it.
+pub fn ft(f: Fid) -> FidText {
+    FidText::new(f.container, f.key)
+}
+
+/// The process fid of ioservice `i` of the sample.
+pub fn ios_fid(i: usize) -> Fid {
+    Fid::typed(FidType::Process, 1, sample::fids::IOS + i as u64)
+}
+
+/// The ios service fid of ioservice `i` of the sample.
+pub fn ios_service(i: usize) -> Fid {
+    Fid::typed(FidType::Service, 1, 100 + i as u64)
+}
+
+/// The device path of the disk of ioservice `i` of the sample.
+pub fn ios_device(i: usize) -> String {
+    format!("/dev/sd{}", (b'b' + i as u8) as char)
+}
+
+/// The notes of every NVEC SET in `received`, one entry per message.
+pub fn nvec_sets(received: &[Received]) -> Vec<Vec<HaNote>> {
+    received
+        .iter()
+        .filter_map(|r| match &r.msg.data {
+            HaMsgData::Nvec(n) if n.kind == NvecKind::Set && n.id_of_get == 0 => {
+                Some(n.notes.clone())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// Metrics
+
+/// A `/metrics` answer: value by `name{labels}`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Metrics(pub BTreeMap<String, f64>);
+
+impl Metrics {
+    /// Parses the Prometheus text format.
+    pub fn parse(text: &str) -> Metrics {
+        Metrics(
+            text.lines()
+                .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+                .filter_map(|l| {
+                    let (k, v) = l.rsplit_once(' ')?;
+                    Some((k.to_owned(), v.parse().ok()?))
+                })
+                .collect(),
+        )
+    }
+
+    /// The value of `key` (`name` or `name{labels}`); fails if absent.
+    pub fn get(&self, key: &str) -> f64 {
+        *self
+            .0
+            .get(key)
+            .unwrap_or_else(|| panic!("metric {key} missing from /metrics"))
+    }
+
+    /// [`Metrics::get`] as an integer.
+    pub fn n(&self, key: &str) -> u64 {
+        self.get(key) as u64
+    }
+
+    /// Sent messages with an outcome (delivered or not).
+    pub fn outcomes(&self) -> u64 {
+        self.n("hax_sent_outcomes_total{outcome=\"delivered\"}")
+            + self.n("hax_sent_outcomes_total{outcome=\"not_delivered\"}")
+    }
+
+    /// Messages sent, every type.
+    pub fn sent(&self) -> u64 {
+        self.0
+            .iter()
+            .filter(|(k, _)| k.starts_with("hax_messages_total{direction=\"out\""))
+            .map(|(_, v)| *v as u64)
+            .sum()
+    }
+
+    /// `hax_sent_outcomes_total{outcome="not_delivered"}`.
+    pub fn not_delivered(&self) -> u64 {
+        self.n("hax_sent_outcomes_total{outcome=\"not_delivered\"}")
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The environment
+
+/// How an [`Env`] is made.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// ioservices in the sample.
+    pub ioservices: u64,
+    /// Agent mode (`Persistent` keeps data across agent restarts).
+    pub mode: AgentMode,
+    /// hax's log filter.
+    pub log_filter: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            ioservices: 3,
+            mode: AgentMode::Dev,
+            log_filter: "info".into(),
+        }
+    }
+}
+
+struct HaxChild {
+    child: Child,
+}
+
+/// One agent, the sample, one `hax` (restartable), peers made on demand.
+pub struct Env {
+    /// The Consul agent.
+    pub agent: DevAgent,
+    /// A client of it.
+    pub client: ConsulClient,
+    /// Typed KV access.
+    pub kv: HaxKv,
+    /// What the sample loaded.
+    pub sample: Sample,
+    /// hax's HTTP address.
+    pub http: SocketAddr,
+    /// hax's Motr endpoint.
+    pub hax_endpoint: String,
+    opts: Options,
+    dir: Option<tempfile::TempDir>,
+    hax: Option<HaxChild>,
+    logs: Vec<PathBuf>,
+    web: reqwest::Client,
+}
+
+impl std::fmt::Debug for Env {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Env")
+            .field("http", &self.http)
+            .field("hax_endpoint", &self.hax_endpoint)
+            .field("runs", &self.logs.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn watches(http: SocketAddr) -> serde_json::Value {
+    let handler = |path: &str| {
+        serde_json::json!({
+            "path": format!("http://{http}{path}"),
+            "method": "POST",
+            "timeout": "10s",
+        })
+    };
+    serde_json::json!({
+        "watches": [
+            {"type": "service", "service": "ios", "handler_type": "http",
+             "http_handler_config": handler("/")},
+            {"type": "keyprefix", "prefix": "bq/", "handler_type": "http",
+             "http_handler_config": handler("/watcher/bq")},
+        ]
+    })
+}
+
+impl Env {
+    /// An agent with watches pointing at hax, the sample loaded, and hax
+    /// started and ready.
+    pub async fn start(opts: Options) -> Env {
+        let bin = hax_binary();
+        assert!(bin.is_file(), "{} missing", bin.display());
+        let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let hax_endpoint = format!("inet:tcp:127.0.0.1@{}", free_port());
+        let agent = DevAgent::builder()
+            .mode(opts.mode)
+            .extra_config(watches(http))
+            .start()
+            .await
+            .expect("consul agent (scripts/install-consul.sh installs it)");
+        let client = agent.client().expect("consul client");
+        let spec = SampleSpec {
+            node: None,
+            hax_endpoint: hax_endpoint.clone(),
+            hax_http_port: http.port(),
+            ioservices: opts.ioservices,
+            first_port: free_port(),
+        };
+        let sample = sample::load(&client, &spec).await.expect("sample loaded");
+        let dir = tempfile::Builder::new()
+            .prefix("hax-e2e.")
+            .tempdir()
+            .expect("work dir");
+        let mut env = Env {
+            kv: HaxKv::new(client.clone()),
+            agent,
+            client,
+            sample,
+            http,
+            hax_endpoint,
+            opts,
+            dir: Some(dir),
+            hax: None,
+            logs: Vec::new(),
+            web: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("http client"),
+        };
+        env.start_hax().await;
+        env
+    }
+
+    fn dir(&self) -> &Path {
+        self.dir.as_ref().map(|d| d.path()).expect("work dir")
+    }
+
+    // ----------------------------------------------------------- hax itself
+
+    /// Starts hax (again) and waits until it is ready: `GET /healthz`
+    /// answers and the log says `hax ready`.
+    pub async fn start_hax(&mut self) {
+        assert!(self.hax.is_none(), "hax is already running");
+        let log = self.dir().join(format!("hax.{}.log", self.logs.len() + 1));
+        let file = std::fs::File::create(&log).expect("log file");
+        let mut cmd = Command::new(hax_binary());
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("HAX_") || k == "NOTIFY_SOCKET" {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.arg("--consul-address")
+            .arg(self.agent.http_addr().to_string())
+            .arg("--http-bind")
+            .arg(self.http.to_string())
+            .args(["--log-format", "json", "--log", &self.opts.log_filter])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file);
+        let child = cmd.spawn().expect("hax started");
+        self.hax = Some(HaxChild { child });
+        self.logs.push(log);
+        let run = self.logs.len();
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = self.try_wait() {
+                panic!(
+                    "hax exited with {status} before it was ready; its log:\n{}",
+                    self.log_text(run)
+                );
+            }
+            if self.log_has(run, "hax ready") && self.healthz().await {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!(
+                    "hax not ready after {READY_TIMEOUT:?}; its log:\n{}",
+                    self.log_text(run)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        eprintln!("hax run {run} ready in {:?}", started.elapsed());
+    }
+
+    /// Whether `GET /healthz` answers 200.
+    pub async fn healthz(&self) -> bool {
+        matches!(self.http_get("/healthz").await, Ok((200, _)))
+    }
+
+    /// hax's pid (it must be running).
+    pub fn hax_pid(&self) -> u32 {
+        self.hax.as_ref().expect("hax is running").child.id()
+    }
+
+    /// Whether hax has exited; reaps it if so.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        let h = self.hax.as_mut()?;
+        match h.child.try_wait() {
+            Ok(Some(s)) => {
+                self.hax = None;
+                Some(s)
+            }
+            _ => None,
+        }
+    }
+
+    fn signal(&self, sig: nix::sys::signal::Signal) {
+        let pid = i32::try_from(self.hax_pid()).expect("pid");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).expect("signal sent");
+    }
+
+    /// Sends SIGTERM to hax (it must be running); see [`Env::wait_exit`].
+    pub fn sigterm(&self) {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+    }
+
+    /// Kills hax with SIGKILL and reaps it.
+    pub fn sigkill(&mut self) {
+        if let Some(mut h) = self.hax.take() {
+            let _ = h.child.kill();
+            let _ = h.child.wait();
+        }
+    }
+
+    /// Waits until hax exits, at most `timeout`; its exit status.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.try_wait() {
+                return s;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!(
+                    "hax still running {timeout:?} later; its log:\n{}",
+                    self.log_tail(self.runs(), 80)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Open file descriptors of hax.
+    pub fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.hax_pid()))
+            .expect("/proc/<pid>/fd")
+            .count()
+    }
+
+    /// Threads of hax.
+    pub fn thread_count(&self) -> usize {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.hax_pid())).expect("status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Threads:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("Threads: line")
+    }
+
+    // ----------------------------------------------------------- logs
+
+    /// How many times hax was started.
+    pub fn runs(&self) -> usize {
+        self.logs.len()
+    }
+
+    /// The log of run `run` (1-based).
+    pub fn log_text(&self, run: usize) -> String {
+        std::fs::read_to_string(&self.logs[run - 1]).unwrap_or_default()
+    }
+
+    /// The last `n` lines of the log of run `run`.
+    pub fn log_tail(&self, run: usize, n: usize) -> String {
+        let text = self.log_text(run);
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// The JSON log lines of run `run` (lines that do not parse are left out).
+    pub fn log_lines(&self, run: usize) -> Vec<serde_json::Value> {
+        self.log_text(run)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// The log lines of run `run` whose message is `message`.
+    pub fn log_messages(&self, run: usize, message: &str) -> Vec<serde_json::Value> {
+        self.log_lines(run)
+            .into_iter()
+            .filter(|l| l["message"] == message)
+            .collect()
+    }
+
+    /// Whether a line of run `run` has message `message`.
+    pub fn log_has(&self, run: usize, message: &str) -> bool {
+        !self.log_messages(run, message).is_empty()
+    }
+
+    /// Fails if any run logged a contract violation (the emulator logs each
+    /// one at error level) or a panic.
+    pub fn assert_no_contract_violations(&self) {
+        for run in 1..=self.runs() {
+            for line in self.log_text(run).lines() {
+                let l = line.to_ascii_lowercase();
+                assert!(
+                    !l.contains("contract violation") && !l.contains("panicked"),
+                    "run {run} of hax logged: {line}"
+                );
+            }
+        }
+    }
+
+    // ----------------------------------------------------------- HTTP
+
+    /// `GET path` on hax's HTTP server: status and body.
+    pub async fn http_get(&self, path: &str) -> Result<(u16, String), reqwest::Error> {
+        let r = self
+            .web
+            .get(format!("http://{}{path}", self.http))
+            .send()
+            .await?;
+        let status = r.status().as_u16();
+        Ok((status, r.text().await?))
+    }
+
+    /// `POST path` with `body` (JSON content type): status and body.
+    pub async fn http_post(&self, path: &str, body: &str) -> Result<(u16, String), reqwest::Error> {
+        let r = self
+            .web
+            .post(format!("http://{}{path}", self.http))
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await?;
+        let status = r.status().as_u16();
+        Ok((status, r.text().await?))
+    }
+
+    /// hax's `/metrics`.
+    pub async fn metrics(&self) -> Metrics {
+        let (status, body) = self.http_get("/metrics").await.expect("GET /metrics");
+        assert_eq!(status, 200, "GET /metrics: {body}");
+        Metrics::parse(&body)
+    }
+
+    /// Waits until `/metrics` satisfies `pred`; returns that answer.
+    pub async fn wait_metrics(&self, what: &str, pred: impl Fn(&Metrics) -> bool) -> Metrics {
+        wait_for(what, T, || async {
+            let m = self.metrics().await;
+            pred(&m).then_some(m)
+        })
+        .await
+    }
+
+    // ----------------------------------------------------------- peers
+
+    /// The configuration of a peer playing ioservice `i` of the sample.
+    pub fn peer_config(&self, i: usize) -> SimConfig {
+        let mut c = SimConfig::new(self.hax_endpoint.clone(), ios_fid(i));
+        c.endpoint = self.sample.ioservices[i].1.clone();
+        c.services = vec![(ios_service(i), ServiceType::Ios)];
+        c.timeout = T;
+        c
+    }
+
+    /// Peers playing ioservices `0..n`, connected at once.
+    pub async fn connect_peers(&self, n: usize) -> Vec<SimProcess> {
+        let cfgs = (0..n).map(|i| self.peer_config(i)).collect();
+        SimCluster::connect(cfgs)
+            .await
+            .expect("peers connected")
+            .into_processes()
+    }
+
+    // ----------------------------------------------------------- Consul
+
+    /// Sets the TTL check of the service instance with id `service_id`.
+    pub async fn set_check(&self, service_id: u64, status: CheckStatus) {
+        self.client
+            .agent_check_update(&format!("service:{service_id}"), status, "set by a test")
+            .await
+            .expect("check updated");
+    }
+
+    /// `processes/<fid>`.
+    pub async fn process_status(&self, fid: Fid) -> Option<ProcessStatus> {
+        self.kv
+            .process_status(ft(fid))
+            .await
+            .expect("processes/<fid>")
+    }
+
+    /// Every `bq/<n>` entry, by epoch.
+    pub async fn bq(&self) -> Vec<(u64, QueueMessage)> {
+        let pairs = self
+            .client
+            .kv_list(QueueKind::Broadcast.prefix())
+            .await
+            .expect("bq/ listed")
+            .value;
+        let mut out: Vec<(u64, QueueMessage)> = pairs
+            .iter()
+            .filter_map(|p| {
+                let n = QueueKind::Broadcast.parse_entry_key(&p.key)?;
+                Some((n, QueueMessage::decode(&p.key, &p.value).expect("bq entry")))
+            })
+            .collect();
+        out.sort_by_key(|(n, _)| *n);
+        out
+    }
+
+    /// The BQ epoch counter (the last published entry).
+    pub async fn bq_epoch(&self) -> u64 {
+        self.kv
+            .queue_epoch(QueueKind::Broadcast)
+            .await
+            .expect("epoch")
+            .unwrap_or(0)
+    }
+
+    /// This node's BQ offset (`bq-delivered/<node>`), 0 when absent.
+    pub async fn bq_offset(&self) -> u64 {
+        self.kv
+            .queue_offset(QueueKind::Broadcast, &self.sample.node)
+            .await
+            .expect("offset")
+            .unwrap_or(0)
+    }
+
+    /// Waits until this node's BQ offset reached the last published entry.
+    pub async fn wait_bq_consumed(&self) -> u64 {
+        wait_for("the BQ offset to reach the last entry", T, || async {
+            let (epoch, offset) = (self.bq_epoch().await, self.bq_offset().await);
+            (offset == epoch).then_some(offset)
+        })
+        .await
+    }
+
+    /// Publishes a BQ message; its epoch.
+    pub async fn publish_bq(&self, msg: &QueueMessage) -> u64 {
+        QueuePublisher::new(self.client.clone(), QueueKind::Broadcast)
+            .publish(msg)
+            .await
+            .expect("BQ publish")
+    }
+
+    /// The `m0conf` key of the sdev of ioservice `i`.
+    pub async fn sdev_key(&self, i: usize) -> ConfKey {
+        let sdev = ft(self.sample.sdevs[i]);
+        let tree = self.kv.conf_tree().await.expect("m0conf");
+        tree.entries
+            .keys()
+            .find(|k| matches!(k, ConfKey::Sdev { sdev: s, .. } if *s == sdev))
+            .cloned()
+            .expect("sdev key")
+    }
+
+    /// The `state` of a configuration entry.
+    pub async fn conf_state(&self, key: &ConfKey) -> Option<String> {
+        let e = self.kv.conf_entry(key).await.expect("m0conf entry")?;
+        match e.value {
+            ConfValue::Object(o) => o.state,
+            _ => None,
+        }
+    }
+
+    /// Waits until there are no queued events or Consul writes in hax.
+    pub async fn wait_idle(&self) -> Metrics {
+        self.wait_metrics("hax's queues to drain", |m| {
+            m.n("hax_event_queue_depth") == 0 && m.n("hax_consul_write_queue_depth") == 0
+        })
+        .await
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        self.sigkill();
+        if std::thread::panicking() {
+            if let Some(run) = (self.runs() > 0).then(|| self.runs()) {
+                eprintln!(
+                    "---- last lines of hax's log (run {run}):\n{}",
+                    self.log_tail(run, 60)
+                );
+            }
+            eprintln!(
+                "---- last lines of the agent's log:\n{}",
+                self.agent.log_tail(4000)
+            );
+            if let Some(dir) = self.dir.take() {
+                eprintln!("---- logs kept in {}", dir.keep().display());
+            }
+        }
+    }
+}
