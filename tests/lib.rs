@@ -686,6 +686,16 @@ impl Env {
             .expect("sdev key")
     }
 
+    /// The `m0conf` key of process `fid` (fid branch).
+    pub async fn process_conf_key(&self, fid: Fid) -> ConfKey {
+        let tree = self.kv.conf_tree().await.expect("m0conf");
+        tree.entries
+            .keys()
+            .find(|k| matches!(k, ConfKey::Process { process, .. } if *process == ft(fid)))
+            .cloned()
+            .expect("process key")
+    }
+
     /// The `state` of a configuration entry.
     pub async fn conf_state(&self, key: &ConfKey) -> Option<String> {
         let e = self.kv.conf_entry(key).await.expect("m0conf entry")?;

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use hax_consul::catalog::CheckStatus;
 use hax_consul::schema::{
-    BroadcastMessage, ConfState, ObjState, ProcessState, ProcessStatus, ProcessType,
+    BroadcastMessage, ConfState, ObjState, ProcessState, ProcessStatus, ProcessType, QueueMessage,
 };
 use hax_core::{Fid, FidType, HaState, ProcessEventKind};
-use hax_e2e::{ft, ios_fid, nvec_sets, wait_for, Env, Options, T};
+use hax_e2e::{ft, ios_device, ios_fid, nvec_sets, wait_for, Env, Options, T};
 use hax_sim::{LinkOutcome, SimProcess};
 
 /// PROCESS-STATE-UPDATE entries of the BQ about `fid`, in epoch order.
@@ -228,5 +228,100 @@ async fn malformed_http_input_changes_nothing() {
     let _ = Duration::ZERO;
     let _ = ios_fid(0);
     let _ = CheckStatus::Passing;
+    env.assert_no_contract_violations();
+}
+
+/// A BQ `M0_HA_MSG_NVEC` entry: the disk of ioservice `i` is `state`.
+fn device_entry(env: &Env, i: usize, state: &str) -> QueueMessage {
+    QueueMessage::new(
+        "2026-01-01 00:00:00.000000",
+        "M0_HA_MSG_NVEC",
+        serde_json::json!({
+            "node": env.sample.node,
+            "device": ios_device(i),
+            "state": state,
+        }),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_change_reaches_every_peer_exactly_once() {
+    let env = Env::start(Options {
+        ioservices: 4,
+        ..Options::default()
+    })
+    .await;
+    let peers = env.connect_peers(4).await;
+    for p in &peers {
+        p.send_process_event(ProcessEventKind::Started).unwrap();
+    }
+    for p in &peers {
+        p.wait_all_confirmed(T).await.unwrap();
+    }
+    env.wait_bq_consumed().await;
+
+    // Consul sees ioservice 1 fail: its check goes critical; the service
+    // watch POSTs to hax.
+    let victim = peers[1].fid();
+    env.set_check(victim.key, CheckStatus::Critical).await;
+    wait_for("the failure recorded in processes/<fid>", T, || async {
+        (env.process_status(victim).await
+            == Some(ProcessStatus {
+                state: ProcessState::Stopped,
+                kind: ProcessType::M0d,
+            }))
+        .then_some(())
+    })
+    .await;
+    wait_for("every peer to hear the failure (TRANSIENT)", T, || async {
+        peers
+            .iter()
+            .all(|p| sets_with(p, victim, HaState::Transient) >= 1)
+            .then_some(())
+    })
+    .await;
+
+    // Quiescence by condition: the BQ entry announcing the failure is
+    // consumed; then a marker broadcast (a BQ device entry) goes through
+    // after anything still queued, and is the only broadcast meanwhile.
+    env.wait_bq_consumed().await;
+    let before = env.wait_idle().await.n("hax_broadcasts_total");
+    let drive = env.sample.drives[3];
+    env.publish_bq(&device_entry(&env, 3, "online")).await;
+    wait_for("every peer to receive the marker", T, || async {
+        peers
+            .iter()
+            .all(|p| {
+                nvec_sets(&p.received())
+                    .iter()
+                    .any(|n| n.len() == 1 && n[0].fid == drive && n[0].state == HaState::Online)
+            })
+            .then_some(())
+    })
+    .await;
+    env.wait_bq_consumed().await;
+    let after = env.wait_idle().await.n("hax_broadcasts_total");
+    assert_eq!(after, before + 1, "only the marker was broadcast meanwhile");
+
+    // Exactly one TRANSIENT per peer (the broadcast goes to every link; the
+    // victim's process is still connected, so it gets one too).
+    for p in &peers {
+        assert_eq!(
+            sets_with(p, victim, HaState::Transient),
+            1,
+            "{} received {:?}",
+            p.fid(),
+            nvec_sets(&p.received())
+        );
+    }
+    // Recorded: processes/<fid> STOPPED (above), its configuration object
+    // offline, and one PROCESS-STATE-UPDATE for the other nodes.
+    let conf = env.process_conf_key(victim).await;
+    assert_eq!(env.conf_state(&conf).await.as_deref(), Some("offline"));
+    assert_eq!(
+        bq_process_updates(&env, victim).await,
+        vec![ProcessState::Started, ProcessState::Stopped]
+    );
+    assert_no_violations(&peers);
     env.assert_no_contract_violations();
 }
