@@ -1353,7 +1353,10 @@ int hax_glue_entrypoint_reply(hax_glue *h, const struct hax_u128 *req_id, int32_
 	uint8_t flags = 0;
 	struct emu_link *l = NULL;
 	struct emu_link *found = req->first ? NULL : link_find(h, req->link_id);
-	if (found != NULL && (found->disconnected || found->self != req->self))
+	/* A link id names a link of the run whose cookie the requester holds
+	 * (Motr's link ids are unique uuids; the emulator's restart at 1). */
+	if (found != NULL && (found->disconnected || found->self != req->self ||
+			      !u128_eq(&req->cookie_expected, &h->cookie)))
 		found = NULL;
 	if (req->first) {
 		l = link_new(h, req, 1, 2);
