@@ -120,8 +120,23 @@ fn build_hax(profile_dir: &Path) {
 // ---------------------------------------------------------------------------
 // Small helpers
 
-/// A TCP port free on 127.0.0.1 right now.
+/// A TCP port free on 127.0.0.1 right now, below the kernel's ephemeral
+/// range when there is room: hax is restarted on the same ports, and a port
+/// of the ephemeral range may meanwhile become the local end of some
+/// connection, or be handed to another test asking for port 0.
 pub fn free_port() -> u16 {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    if low > 12_000 {
+        for _ in 0..200 {
+            let port = fastrand::u16(10_000..low);
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
