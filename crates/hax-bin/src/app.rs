@@ -16,7 +16,7 @@ use axum::routing::get;
 use hax_consul::schema::HaxKv;
 use hax_consul::server::{self, AppState, ResyncTarget, ServerConfig, UpdateData, WatchUpdate};
 use hax_consul::{AclToken, ConsulClient, ConsulConfig};
-use hax_core::{Halon, HalonConfig};
+use hax_core::{FidType, Halon, HalonConfig};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -28,7 +28,8 @@ use crate::events::{BroadcastOptions, EventPipeline, EventsConfig};
 use crate::health;
 use crate::identity;
 use crate::metrics::Metrics;
-use crate::view::{ClusterView, ViewConfig};
+use crate::model::{HaUpdate, ObjHealth};
+use crate::view::{ClusterState, ClusterView, ViewConfig};
 use crate::writer::{KvWriter, WriterConfig};
 
 /// Why the daemon could not run.
@@ -61,6 +62,23 @@ const VIEW_WAIT: Duration = Duration::from_secs(30);
 
 /// How long shutdown waits for queued Consul writes.
 const FLUSH_GRACE: Duration = Duration::from_secs(10);
+
+/// How long a watch update reporting a failure waits for the cluster view to
+/// show it.
+const VIEW_CATCH_UP: Duration = Duration::from_secs(2);
+
+/// Whether `st` shows every process failure `updates` report (processes the
+/// configuration does not know excepted).
+fn view_shows_failures(st: &ClusterState, updates: &[HaUpdate]) -> bool {
+    let down = |h: ObjHealth| matches!(h, ObjHealth::Offline | ObjHealth::Failed);
+    updates
+        .iter()
+        .filter(|u| u.fid.is(FidType::Process) && down(u.health))
+        .all(|u| {
+            st.node_name_of_process(u.fid)
+                .is_none_or(|node| down(st.service_health(node, u.fid.key)))
+        })
+}
 
 fn consul_client(cfg: &Config) -> Result<ConsulClient, AppError> {
     let mut cc = ConsulConfig::new(cfg.consul.address.clone());
@@ -219,7 +237,13 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
                     if updates.is_empty() {
                         continue;
                     }
-                    let state = watch_view.snapshot();
+                    // The view follows Consul with its own queries and may
+                    // not show yet the failure this update reports: wait
+                    // (bounded) until it does, as the original asked Consul.
+                    let state = watch_view
+                        .wait_until(VIEW_CATCH_UP, |st| view_shows_failures(st, &updates))
+                        .await
+                        .unwrap_or_else(|_| watch_view.snapshot());
                     let plan = health::plan_process_failure(&state, &updates);
                     if let Err(e) =
                         health::commit_process_failure(&plan, &watch_writer, &watch_view).await
