@@ -659,3 +659,315 @@ async fn consul_outage_during_an_event_storm() {
     assert_no_violations(&peers);
     env.assert_no_contract_violations();
 }
+
+/// How a victim's failure becomes known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    /// Its Consul check goes critical (TRANSIENT, as the original); its
+    /// next incarnation's first entrypoint request declares the old one
+    /// FAILED.
+    ConsulCheck,
+    /// Its own STOPPED event reaches hax just before it dies.
+    StoppedEvent,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_peer_is_failed_and_fenced() {
+    const CYCLES: usize = 10;
+    let env = Env::start(Options::default()).await;
+    let victim = ios_fid(0);
+    // As after m0mkfs: the next start of the victim is its first m0d start,
+    // every later one a restart after a crash.
+    env.kv
+        .put_process_restarts(&env.sample.node, ft(victim), 1)
+        .await
+        .unwrap();
+    let mut helpers = Vec::new();
+    for i in 1..3 {
+        let h = SimProcess::connect(env.peer_config(i)).await.unwrap();
+        h.send_process_event(ProcessEventKind::Started).unwrap();
+        h.wait_all_confirmed(T).await.unwrap();
+        helpers.push(h);
+    }
+    let mut incarnation = || {
+        let mut cfg = env.peer_config(0);
+        // A dying m0d: it never delivers what hax sends it.
+        cfg.delivery = hax_sim::Delivery::Never;
+        cfg
+    };
+
+    // The previous incarnation, its undelivered messages and the metrics
+    // before it died.
+    let mut prev: Option<(SimProcess, usize, hax_e2e::Metrics)> = None;
+    let mut usage = Vec::new();
+    for cycle in 0..=CYCLES {
+        let v = SimProcess::connect(incarnation()).await.unwrap();
+        assert_eq!(v.entrypoint().unwrap().outcome, LinkOutcome::New);
+        if let Some((old, pending, before)) = prev.take() {
+            // Whichever way its failure became known, the dead incarnation's
+            // link went through the disconnect handshake and every message
+            // pending on it ended not delivered.
+            let m = env
+                .wait_metrics("the dead incarnation's link to be disconnected", |m| {
+                    m.n("hax_links_disconnected_total")
+                        == before.n("hax_links_disconnected_total") + 1
+                        && m.not_delivered() >= before.not_delivered() + pending as u64
+                })
+                .await;
+            eprintln!(
+                "cycle {cycle}: {pending} messages pending at the dead peer, {} ended not delivered",
+                m.not_delivered() - before.not_delivered()
+            );
+            // It is fenced: coming back, it learns hax disconnected it.
+            assert!(matches!(
+                old.reattach().await,
+                Err(hax_sim::SimError::Fenced)
+            ));
+            assert_eq!(old.state(), LinkState::Fenced);
+            assert_no_violations(std::slice::from_ref(&old));
+            for h in &helpers {
+                assert!(
+                    sets_with(h, victim, HaState::Failed) >= cycle,
+                    "{}",
+                    h.fid()
+                );
+            }
+            if cycle == 2 {
+                usage.push((env.fd_count(), env.thread_count()));
+            }
+        }
+        if cycle == CYCLES {
+            v.deliver_all();
+            v.set_delivery(hax_sim::Delivery::Auto);
+            break;
+        }
+
+        v.send_process_event(ProcessEventKind::Started).unwrap();
+        v.wait_all_confirmed(T).await.unwrap();
+        // Mid-stream: the others' events make broadcasts it never delivers.
+        for h in &helpers {
+            h.send_process_event(ProcessEventKind::DtmRecovered)
+                .unwrap();
+        }
+        v.wait_received(3, T).await.unwrap();
+        let before = env.wait_idle().await;
+        let pending = v.undelivered().len();
+        assert!(pending >= 3, "{pending}");
+
+        let route = if cycle % 2 == 0 {
+            Route::ConsulCheck
+        } else {
+            Route::StoppedEvent
+        };
+        match route {
+            Route::ConsulCheck => {
+                v.vanish();
+                let transient: Vec<usize> = helpers
+                    .iter()
+                    .map(|h| sets_with(h, victim, HaState::Transient))
+                    .collect();
+                env.set_check(victim.key, CheckStatus::Critical).await;
+                wait_for("the victim recorded STOPPED", T, || async {
+                    (env.process_status(victim).await.map(|s| s.state)
+                        == Some(ProcessState::Stopped))
+                    .then_some(())
+                })
+                .await;
+                wait_for("the helpers to hear TRANSIENT", T, || async {
+                    helpers
+                        .iter()
+                        .zip(&transient)
+                        .all(|(h, n)| sets_with(h, victim, HaState::Transient) > *n)
+                        .then_some(())
+                })
+                .await;
+                // TRANSIENT does not stop a link: it lives on, its messages
+                // pending, until the process is declared FAILED.
+                let m = env.wait_idle().await;
+                assert_eq!(m.n("hax_links"), before.n("hax_links"));
+                assert_eq!(m.not_delivered(), before.not_delivered());
+                // The check passes again before the next incarnation.
+                let updates = m.n("hax_watch_updates_total");
+                env.set_check(victim.key, CheckStatus::Passing).await;
+                env.wait_metrics("the passing check to reach hax", |m| {
+                    m.n("hax_watch_updates_total") > updates
+                })
+                .await;
+            }
+            Route::StoppedEvent => {
+                let received =
+                    before.n("hax_messages_total{direction=\"in\",type=\"event_process\"}");
+                v.send_process_event(ProcessEventKind::Stopped).unwrap();
+                env.wait_metrics("hax to receive the STOPPED event", |m| {
+                    m.n("hax_messages_total{direction=\"in\",type=\"event_process\"}") > received
+                })
+                .await;
+                v.vanish();
+                wait_for("the victim recorded STOPPED", T, || async {
+                    (env.process_status(victim).await.map(|s| s.state)
+                        == Some(ProcessState::Stopped))
+                    .then_some(())
+                })
+                .await;
+            }
+        }
+        if cycle == 0 {
+            usage.push((env.fd_count(), env.thread_count()));
+        }
+        prev = Some((v, pending, before));
+    }
+
+    // Every message hax sent has an outcome; nothing leaked over the cycles.
+    let m = env
+        .wait_metrics("every sent message to have an outcome", |m| {
+            m.sent() == m.outcomes()
+        })
+        .await;
+    assert_eq!(
+        m.n("hax_links"),
+        4,
+        "the helpers, the last incarnation, hax"
+    );
+    usage.push((env.fd_count(), env.thread_count()));
+    eprintln!("hax (fds, threads) after cycle 1, 2 and {CYCLES}: {usage:?}");
+    // Open descriptors vary by a few with Consul connections kept for reuse.
+    let (fds, threads) = usage[1];
+    let (fds_end, threads_end) = usage[2];
+    assert!(fds_end <= fds + 3, "fds {usage:?}");
+    assert!(threads_end <= threads, "threads {usage:?}");
+    assert_no_violations(&helpers);
+    env.assert_no_contract_violations();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_is_graceful() {
+    const KINDS: [ProcessEventKind; 2] =
+        [ProcessEventKind::Started, ProcessEventKind::DtmRecovered];
+    let mut env = Env::start(Options::default()).await;
+    let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let mut cfgs: Vec<_> = (0..3).map(|i| env.peer_config(i)).collect();
+    for c in &mut cfgs {
+        c.events = Some(tx.clone());
+    }
+    // Peer 2 holds on to what hax sends it: at the stop those messages are
+    // still pending.
+    cfgs[2].delivery = hax_sim::Delivery::Manual;
+    let peers = Arc::new(
+        hax_sim::SimCluster::connect(cfgs)
+            .await
+            .unwrap()
+            .into_processes(),
+    );
+    let links: Vec<u64> = peers.iter().map(|p| p.link_id()).collect();
+
+    // Traffic: process events every 10 ms from every peer until the links
+    // end; each event makes a broadcast to every link.
+    let storm = tokio::spawn({
+        let peers = Arc::clone(&peers);
+        async move {
+            let mut sent: Vec<Vec<(u64, ProcessEventKind)>> = vec![Vec::new(); peers.len()];
+            for i in 0.. {
+                let mut any = false;
+                for (k, p) in peers.iter().enumerate() {
+                    let kind = KINDS[i % KINDS.len()];
+                    if let Ok(tag) = p.send_process_event(kind) {
+                        sent[k].push((tag, kind));
+                        any = true;
+                    }
+                }
+                if !any || i > 2000 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            sent
+        }
+    });
+    wait_for("traffic", T, || async {
+        peers.iter().all(|p| p.stats().confirmed >= 5).then_some(())
+    })
+    .await;
+
+    env.sigterm();
+    let t = std::time::Instant::now();
+    let status = env.wait_exit(Duration::from_secs(30)).await;
+    eprintln!("hax exited with {status} {:?} after SIGTERM", t.elapsed());
+    assert!(status.success(), "exit status {status}");
+    for p in peers.iter() {
+        p.close();
+    }
+    let sent = storm.await.unwrap();
+
+    // Every link went through the disconnect handshake: each peer was told
+    // NOLINK for its link.
+    let mut nolink = BTreeSet::new();
+    while let Ok(e) = events.try_recv() {
+        if let hax_sim::SimEventKind::NoLink { link_id } = e.kind {
+            nolink.insert((e.process, link_id));
+        }
+    }
+    for (p, link) in peers.iter().zip(&links) {
+        assert!(
+            nolink.contains(&(p.fid(), *link)),
+            "{} was not told NOLINK for link {link}: {nolink:?}",
+            p.fid()
+        );
+    }
+    assert_no_violations(&peers);
+
+    // hax's log: the stop in order, no contract violation, no forced step.
+    env.assert_no_contract_violations();
+    let run = 1;
+    for m in [
+        "signal received: stopping (a second signal exits at once)",
+        "stopping",
+        "consul writes finished",
+    ] {
+        assert!(env.log_has(run, m), "no {m:?} in the log");
+    }
+    let stopped = env.log_messages(run, "halon stopped");
+    assert_eq!(stopped.len(), 1, "{stopped:?}");
+    assert_eq!(stopped[0]["violations"], 0);
+    let text = env.log_text(run);
+    assert!(
+        !text.contains("forcing a hang"),
+        "the emulator forced a stop step"
+    );
+    // The messages peer 2 still held ended not delivered when its link
+    // went: the emulator reports them per link.
+    let not_delivered: u64 = env
+        .log_lines(run)
+        .iter()
+        .filter_map(|l| {
+            let m = l["message"].as_str()?;
+            let rest = m.strip_prefix(&format!("link {} (", links[2]))?;
+            let (_, n) = rest.split_once(") disconnected, ")?;
+            n.strip_suffix(" messages not delivered")?.parse().ok()
+        })
+        .sum();
+    let held = peers[2].undelivered().len() as u64;
+    assert!(held > 0);
+    assert!(
+        not_delivered >= held,
+        "{not_delivered} not delivered, {held} held"
+    );
+
+    // What hax confirmed is durable: each process's recorded state is that
+    // of its last confirmed event or of a later one.
+    for (p, sent) in peers.iter().zip(&sent) {
+        let unconfirmed: BTreeSet<u64> = p.unconfirmed().into_iter().collect();
+        let last_confirmed = sent
+            .iter()
+            .rposition(|(tag, _)| !unconfirmed.contains(tag))
+            .expect("some event confirmed");
+        let recorded = env.process_status(p.fid()).await.map(|s| s.state);
+        assert!(
+            sent[last_confirmed..]
+                .iter()
+                .any(|(_, k)| Some(recorded_as(*k)) == recorded),
+            "{}: recorded {recorded:?}, last confirmed {:?}",
+            p.fid(),
+            sent[last_confirmed]
+        );
+    }
+}
