@@ -350,6 +350,19 @@ impl Env {
             first_port: free_port(),
         };
         let sample = sample::load(&client, &spec).await.expect("sample loaded");
+        // The sample's TTL checks are registered passing; an update makes
+        // the agent persist that state, so that an agent restarted on its
+        // data (AgentMode::Persistent) brings them back passing rather than
+        // critical.
+        let ids = [sample::fids::HAX, sample::fids::CONFD]
+            .into_iter()
+            .chain((0..opts.ioservices).map(|i| sample::fids::IOS + i));
+        for id in ids {
+            client
+                .agent_check_update(&format!("service:{id}"), CheckStatus::Passing, "loaded")
+                .await
+                .expect("check updated");
+        }
         let dir = tempfile::Builder::new()
             .prefix("hax-e2e.")
             .tempdir()
