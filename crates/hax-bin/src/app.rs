@@ -116,7 +116,10 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
         return Ok(());
     };
     tracing::info!(%leader, address = %cfg.consul.address, "consul reachable");
-    let tasks = shutdown.child_token();
+    // The daemon's tasks outlive the signal: they keep recording what Motr
+    // sends while the links are disconnected. They end when `run` returns.
+    let tasks = CancellationToken::new();
+    let _tasks_guard = tasks.clone().drop_guard();
     let metrics = Arc::new(Metrics::default());
 
     let mut entrypoint = crate::entrypoint::spawn(client.clone(), &tasks);
@@ -204,7 +207,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
         BqConfig::default(),
     ));
     let processor_metrics = processor.metrics();
-    let bq_task = bq::spawn(consumer, processor, bq_rx, tasks.clone());
+    let bq_stop = tasks.child_token();
+    let bq_task = bq::spawn(consumer, processor, bq_rx, bq_stop.clone());
     tokio::spawn(async move {
         while let Some(req) = sns_rx.recv().await {
             tracing::warn!(
@@ -300,7 +304,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
             }
         }),
     );
-    let http_cancel = shutdown.child_token();
+    let http_cancel = tasks.child_token();
     let http_task = tokio::spawn(server::serve(listener, router, http_cancel.clone()));
     let resync = server::spawn_resync(
         client.clone(),
@@ -313,7 +317,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
         ],
         updates_tx,
         Duration::from_secs(cfg.limits.resync_secs.max(1)),
-        tasks.clone(),
+        bq_stop.clone(),
     );
 
     if let Err(e) = crate::notify::notify("READY=1") {
@@ -332,22 +336,34 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
     http_cancel.cancel();
     let _ = http_task.await;
     halon.callbacks().set_stopping();
-    // The pipeline ends once its queue is drained (the bridge still holds a
-    // sender, so cancelling ends it), then the writer flushes.
-    tasks.cancel();
-    let _ = pipeline_task.await;
+    bq_stop.cancel();
     let _ = bq_task.await;
     let _ = resync.await;
-    let report = writer
-        .shutdown(tokio::time::Instant::now() + FLUSH_GRACE)
-        .await;
-    tracing::info!(?report, "consul writes finished");
-    let stop = tokio::task::spawn_blocking(move || halon.stop())
-        .await
-        .map_err(|e| AppError::Config(format!("halon stop task: {e}")))?;
+    // Motr stops while the pipeline and the writer still run: what the
+    // processes send until their links are gone is recorded before it is
+    // delivered. If Consul cannot take it in time, the writes are abandoned,
+    // which delivers the messages and lets Motr finish.
+    let mut stop = tokio::task::spawn_blocking(move || halon.stop());
+    let stop = tokio::select! {
+        r = &mut stop => r,
+        _ = tokio::time::sleep(FLUSH_GRACE) => {
+            tracing::warn!("consul writes did not finish in time; abandoning them to let Motr stop");
+            let report = writer.shutdown(tokio::time::Instant::now()).await;
+            tracing::warn!(?report, "consul writes abandoned");
+            stop.await
+        }
+    }
+    .map_err(|e| AppError::Config(format!("halon stop task: {e}")))?;
     match stop {
         Ok(r) => tracing::info!(violations = r.violations, "halon stopped"),
         Err(e) => tracing::error!(error = %e, "halon stopped with an error"),
     }
+    // Nothing reaches the pipeline any more: let it finish, then flush.
+    tasks.cancel();
+    let _ = pipeline_task.await;
+    let report = writer
+        .shutdown(tokio::time::Instant::now() + FLUSH_GRACE)
+        .await;
+    tracing::info!(?report, "consul writes finished");
     Ok(())
 }
