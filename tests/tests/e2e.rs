@@ -903,6 +903,15 @@ async fn sigterm_during_traffic() -> Stopped {
     let status = env.wait_exit(Duration::from_secs(30)).await;
     eprintln!("hax exited with {status} {:?} after SIGTERM", t.elapsed());
     assert!(status.success(), "exit status {status}");
+    // hax is gone: each peer reads what it was sent up to the end of its
+    // connection (NOLINK included) before it is closed.
+    wait_for("every peer to see its connection end", T, || async {
+        peers
+            .iter()
+            .all(|p| matches!(p.state(), LinkState::Disconnected | LinkState::Fenced))
+            .then_some(())
+    })
+    .await;
     for p in peers.iter() {
         p.close();
     }
