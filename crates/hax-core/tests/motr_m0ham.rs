@@ -1,0 +1,430 @@
+//! hax on real Motr (feature `motr`) against Motr's own HA test tool, m0ham,
+//! which speaks the real RPC / HA link protocol.
+//!
+//! Skips, saying why, unless hax-core is built with `--features motr` and
+//! `MOTR_PREFIX` names an installed Motr with `sbin/m0ham`:
+//!
+//! ```text
+//! MOTR_PREFIX=/opt/motr cargo test -p hax-core --features motr --test motr_m0ham -- --nocapture
+//! ```
+//!
+//! Two m0ham runs in connect mode (acting as an m0d), one hax:
+//! 1. m0ham sends an entrypoint request, hax answers it (link connected);
+//!    m0ham sends an NVEC GET (id 77, two fids), hax answers it with an NVEC
+//!    SET; m0ham prints what it receives and exits 0.
+//! 2. A second m0ham does the same, and hax, on its GET, first broadcasts an
+//!    unsolicited NVEC SET to every peer link, then answers: m0ham prints the
+//!    broadcast as the first message it receives.
+//!
+//! Then hax stops: the stop events reach the self link, every link gets the
+//! disconnect handshake (the links of the exited m0ham processes included),
+//! and nothing was refused or forced.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hax_core::{
+    Callbacks, Confd, Ctx, Delivery, Disconnect, EntrypointReply, EntrypointRequest,
+    EntrypointResponder, Fid, FidType, HaMsg, HaNote, HaState, Halon, HalonConfig, LinkId,
+    LinkInfo, NvecGet, Tag, Uint128,
+};
+
+const HAM_PROCESS: Fid = Fid::typed(FidType::Process, 72, 1);
+const CTRL_1: Fid = Fid::typed(FidType::Controller, 1, 1);
+const CTRL_2: Fid = Fid::typed(FidType::Controller, 1, 2);
+const BROADCAST_FID: Fid = Fid::typed(FidType::Controller, 1, 3);
+
+/// Why the test cannot run here, if it cannot.
+fn m0ham_path() -> Result<PathBuf, String> {
+    if !cfg!(feature = "motr") {
+        return Err(
+            "hax-core is built without `--features motr` (the emulator cannot talk \
+                    to m0ham)"
+                .into(),
+        );
+    }
+    let prefix = std::env::var_os("MOTR_PREFIX")
+        .filter(|p| !p.is_empty())
+        .ok_or("MOTR_PREFIX is not set (it names the prefix of an installed Motr)")?;
+    let m0ham = Path::new(&prefix).join("sbin/m0ham");
+    if !m0ham.exists() {
+        return Err(format!("{} does not exist", m0ham.display()));
+    }
+    Ok(m0ham)
+}
+
+#[derive(Default)]
+struct Recorder {
+    events: Mutex<Vec<String>>,
+    broadcast_on_get: AtomicBool,
+}
+
+impl Recorder {
+    fn note(&self, s: String) {
+        eprintln!("hax: {s}");
+        self.events.lock().unwrap().push(s);
+    }
+
+    fn events(&self) -> Vec<String> {
+        self.events.lock().unwrap().clone()
+    }
+}
+
+#[derive(Clone)]
+struct Rec(Arc<Recorder>);
+
+impl Callbacks for Rec {
+    fn entrypoint_request(&self, cx: &Ctx<'_>, req: EntrypointRequest, reply: EntrypointResponder) {
+        self.0.note(format!(
+            "entrypoint_request {} from {} process {} pid {} first {} git {}",
+            req.req_id,
+            req.remote_endpoint,
+            req.process_fid,
+            req.pid,
+            req.first_request,
+            req.git_rev_id
+        ));
+        let rep = EntrypointReply {
+            confds: vec![Confd {
+                fid: Fid::typed(FidType::Process, 1, 0x10),
+                endpoint: "inet:tcp:127.0.0.1@1".into(),
+            }],
+            quorum: 1,
+            rm_fid: Fid::typed(FidType::Service, 1, 5),
+            rm_endpoint: "inet:tcp:127.0.0.1@1".into(),
+        };
+        if let Err(e) = reply.accept_now(cx, &rep) {
+            self.0.note(format!("entrypoint reply failed: {e}"));
+        }
+    }
+
+    fn msg_received(&self, cx: &Ctx<'_>, link: LinkId, tag: Tag, msg: HaMsg, d: Delivery) {
+        self.0.note(format!(
+            "msg_received {link} tag {tag} {} about {} {:?}",
+            msg.data.type_name(),
+            msg.fid,
+            msg.data
+        ));
+        if let Err(e) = d.deliver_now(cx) {
+            self.0.note(format!("delivered failed: {e}"));
+        }
+    }
+
+    fn nvec_get(&self, cx: &Ctx<'_>, get: NvecGet, d: Delivery) {
+        let link = get.link();
+        self.0.note(format!(
+            "nvec_get {link} tag {} id {} fids {:?}",
+            d.tag(),
+            get.id_of_get(),
+            get.fids().iter().map(|f| f.to_string()).collect::<Vec<_>>()
+        ));
+        let is_self = cx.links().iter().any(|l| l.id == link && l.is_self);
+        if !is_self && self.0.broadcast_on_get.load(Ordering::SeqCst) {
+            let peers: Vec<LinkId> = cx
+                .links()
+                .into_iter()
+                .filter(|l| !l.is_self)
+                .map(|l| l.id)
+                .collect();
+            let msg = HaMsg::nvec_set(vec![HaNote::new(BROADCAST_FID, HaState::Transient)]);
+            match cx.broadcast(&peers, &msg) {
+                Ok(sent) => {
+                    for (l, r) in sent {
+                        self.0.note(format!("broadcast to {l}: {r:?}"));
+                    }
+                }
+                Err(e) => self.0.note(format!("broadcast failed: {e}")),
+            }
+        }
+        let r = get.answer_now(cx, |f| {
+            if f == CTRL_1 {
+                HaState::Online
+            } else {
+                HaState::Transient
+            }
+        });
+        self.0.note(format!("nvec answer on {link}: {r:?}"));
+        if let Err(e) = d.deliver_now(cx) {
+            self.0.note(format!("delivered failed: {e}"));
+        }
+    }
+
+    fn msg_delivered(&self, _cx: &Ctx<'_>, link: LinkId, tag: Tag) {
+        self.0.note(format!("msg_delivered {link} tag {tag}"));
+    }
+
+    fn msg_not_delivered(&self, _cx: &Ctx<'_>, link: LinkId, tag: Tag) {
+        self.0.note(format!("msg_not_delivered {link} tag {tag}"));
+    }
+
+    fn link_connected(&self, _cx: &Ctx<'_>, req_id: Uint128, link: &LinkInfo) {
+        self.0.note(format!(
+            "link_connected {} req {req_id} ep {} process {} self {}",
+            link.id, link.endpoint, link.process_fid, link.is_self
+        ));
+    }
+
+    fn link_reused(&self, _cx: &Ctx<'_>, req_id: Uint128, link: LinkId) {
+        self.0.note(format!("link_reused {link} req {req_id}"));
+    }
+
+    fn link_absent(&self, _cx: &Ctx<'_>, req_id: Uint128) {
+        self.0.note(format!("link_absent req {req_id}"));
+    }
+
+    fn link_is_disconnecting(&self, cx: &Ctx<'_>, link: LinkId, disconnect: Disconnect) {
+        self.0.note(format!("link_is_disconnecting {link}"));
+        if let Err(e) = disconnect.disconnect_now(cx) {
+            self.0.note(format!("disconnect {link} failed: {e}"));
+        }
+    }
+
+    fn link_disconnected(&self, _cx: &Ctx<'_>, link: LinkId) {
+        self.0.note(format!("link_disconnected {link}"));
+    }
+}
+
+/// A free endpoint on 127.0.0.1 in LNet style, which every Motr transport
+/// parses (SOCK and libfabric alike): `127.0.0.1@tcp:12345:<portal>:<tmid>`
+/// listens on TCP port `tmid + 1024 + (portal - 30) * 2048`.
+fn free_endpoint(taken: &mut Vec<u16>) -> String {
+    const PORTAL: u16 = 34;
+    let seed = (std::process::id() % 1000) as u16;
+    for i in 0..1024u16 {
+        let tmid = (seed + i * 7) % 1024;
+        let port = tmid + 1024 + (PORTAL - 30) * 2048;
+        if taken.contains(&port) || TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue;
+        }
+        taken.push(port);
+        return format!("127.0.0.1@tcp:12345:{PORTAL}:{tmid}");
+    }
+    panic!("no free port for an LNet-style endpoint on 127.0.0.1");
+}
+
+/// An NVEC GET as one `m0_ha_msg` in xcode text (`m0_xcode_read`): the fixed
+/// note array must list all 1024 notes.
+fn nvec_get_text(id_of_get: u64, fids: &[Fid]) -> String {
+    let mut notes: Vec<String> = fids
+        .iter()
+        .map(|f| format!("(({:#x}, {:#x}), 0)", f.container, f.key))
+        .collect();
+    notes.resize(1024, "((0, 0), 0)".into());
+    format!(
+        "((0, 0), (0, 0), (0, 0), 0, 0, {{2| (1, {id_of_get}, 0, {}, <{}>)}}, 0)\n",
+        fids.len(),
+        notes.join(", ")
+    )
+}
+
+struct HamRun {
+    status: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `m0ham -v -s <local> <hax>` with `input` on stdin, for at most
+/// `limit`.
+fn run_m0ham(
+    m0ham: &Path,
+    dir: &Path,
+    local: &str,
+    hax: &str,
+    input: &str,
+    limit: Duration,
+) -> HamRun {
+    let mut child = Command::new(m0ham)
+        .args(["-v", "-s", local, hax])
+        .current_dir(dir)
+        .env("M0_TRACE_DIR", dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("m0ham starts");
+    {
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(input.as_bytes())
+            .expect("m0ham reads stdin");
+    }
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let t_out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break st.code(),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+        }
+    };
+    HamRun {
+        status,
+        stdout: t_out.join().unwrap_or_default(),
+        stderr: t_err.join().unwrap_or_default(),
+    }
+}
+
+/// (type, id_of_get, ignore_same, [(container, key, state)]) of a printed NVEC.
+type NvecLine = (u64, u64, u64, Vec<(u64, u64, u64)>);
+
+/// The NVEC payloads of m0ham's output lines (one `m0_ha_msg` in xcode
+/// text per line): (type, id_of_get, ignore_same, [(container, key, state)]).
+fn parse_nvecs(stdout: &str) -> Vec<NvecLine> {
+    let mut out = Vec::new();
+    for line in stdout.lines() {
+        // m0_xcode_print writes the union tag in hex: `{0x2|(...)}`.
+        let Some(at) = line.find("{0x2|").or_else(|| line.find("{2|")) else {
+            continue;
+        };
+        let body = &line[at..];
+        let nums: Vec<u64> = body[body.find('|').unwrap_or(0) + 1..]
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .filter(|t| !t.is_empty())
+            .filter_map(|t| match t.strip_prefix("0x") {
+                Some(h) => u64::from_str_radix(h, 16).ok(),
+                None => t.parse().ok(),
+            })
+            .collect();
+        if nums.len() < 4 {
+            continue;
+        }
+        let nr = nums[3] as usize;
+        let notes = nums[4..]
+            .chunks(3)
+            .take(nr)
+            .map(|c| (c[0], c[1], c.get(2).copied().unwrap_or(u64::MAX)))
+            .collect();
+        out.push((nums[0], nums[1], nums[2], notes));
+    }
+    out
+}
+
+#[test]
+fn m0ham_entrypoint_nvec_get_and_broadcast() {
+    let m0ham = match m0ham_path() {
+        Ok(p) => p,
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+    let dir = std::env::temp_dir().join(format!("hax-motr-m0ham-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    // Motr writes its trace buffer file there instead of the working dir.
+    std::env::set_var("M0_TRACE_DIR", &dir);
+
+    let mut ports = Vec::new();
+    let hax_ep = free_endpoint(&mut ports);
+    let rec = Arc::new(Recorder::default());
+    let cfg = HalonConfig {
+        endpoint: hax_ep.clone(),
+        process_fid: Fid::typed(FidType::Process, 1, 3),
+        ha_service_fid: Fid::typed(FidType::Service, 1, 4),
+        rm_service_fid: Fid::typed(FidType::Service, 1, 5),
+        debug_options: String::new(),
+        node_uuid: None,
+    };
+    let t0 = Instant::now();
+    let mut halon = Halon::start(cfg, Rec(Arc::clone(&rec))).expect("halon interface starts");
+    eprintln!("hax: started on {hax_ep} in {:?}", t0.elapsed());
+
+    // 1. Entrypoint, GET, answer.
+    let get = nvec_get_text(77, &[CTRL_1, CTRL_2]);
+    let ep1 = free_endpoint(&mut ports);
+    let run1 = run_m0ham(&m0ham, &dir, &ep1, &hax_ep, &get, Duration::from_secs(60));
+    eprintln!(
+        "m0ham 1 exit {:?}\n--- stdout\n{}--- stderr\n{}",
+        run1.status, run1.stdout, run1.stderr
+    );
+    assert_eq!(run1.status, Some(0), "m0ham 1 exits 0");
+    let got1 = parse_nvecs(&run1.stdout);
+    assert_eq!(got1.len(), 1, "m0ham 1 prints the one message it received");
+    let (kind, id, _, notes) = &got1[0];
+    assert_eq!((*kind, *id), (0, 77), "an NVEC SET answering GET 77");
+    assert_eq!(
+        notes,
+        &vec![
+            (CTRL_1.container, CTRL_1.key, HaState::Online as u64),
+            (CTRL_2.container, CTRL_2.key, HaState::Transient as u64)
+        ],
+        "the GET's fids in its order, with hax's states"
+    );
+
+    // 2. On the next GET, a broadcast first, then the answer.
+    rec.broadcast_on_get.store(true, Ordering::SeqCst);
+    let ep2 = free_endpoint(&mut ports);
+    let run2 = run_m0ham(&m0ham, &dir, &ep2, &hax_ep, &get, Duration::from_secs(60));
+    eprintln!(
+        "m0ham 2 exit {:?}\n--- stdout\n{}--- stderr\n{}",
+        run2.status, run2.stdout, run2.stderr
+    );
+    assert_eq!(run2.status, Some(0), "m0ham 2 exits 0");
+    let got2 = parse_nvecs(&run2.stdout);
+    assert!(!got2.is_empty(), "m0ham 2 prints what it received");
+    let (kind, id, ignore_same, notes) = &got2[0];
+    assert_eq!(
+        (*kind, *id, *ignore_same),
+        (0, 0, 1),
+        "the broadcast: unsolicited SET"
+    );
+    assert_eq!(
+        notes,
+        &vec![(
+            BROADCAST_FID.container,
+            BROADCAST_FID.key,
+            HaState::Transient as u64
+        )]
+    );
+
+    let ev = rec.events();
+    let ham_requests = ev
+        .iter()
+        .filter(|e| e.starts_with("entrypoint_request") && e.contains(&HAM_PROCESS.to_string()))
+        .count();
+    assert_eq!(ham_requests, 2, "one entrypoint request per m0ham run");
+    let peer_links = ev
+        .iter()
+        .filter(|e| e.starts_with("link_connected") && e.ends_with("self false"))
+        .count();
+    assert_eq!(peer_links, 2, "one link per m0ham run");
+    assert!(ev
+        .iter()
+        .any(|e| e.starts_with("link_connected") && e.ends_with("self true")));
+
+    // 3. Stop: events to self, handshake on every link, nothing forced.
+    let t1 = Instant::now();
+    let report = halon.stop().expect("stop");
+    eprintln!("hax: stopped in {:?}: {report:?}", t1.elapsed());
+    assert_eq!(report.violations, 0);
+    assert!(!report.would_hang, "stop needed no forcing");
+    let ev = rec.events();
+    let disconnected = ev
+        .iter()
+        .filter(|e| e.starts_with("link_disconnected"))
+        .count();
+    assert_eq!(
+        disconnected, 3,
+        "self link and both m0ham links disconnected"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
