@@ -93,10 +93,8 @@ fn real_motr_lifecycle_contract_and_stop_deadline() {
     // A second interface in the same process: refused (one per process).
     let mut h2 = ptr::null_mut();
     // SAFETY: valid out pointer.
-    assert_eq!(
-        unsafe { hax_glue_init(&mut h2, ptr::null(), ptr::null()) },
-        HAX_E_STATE
-    );
+    let rc = unsafe { hax_glue_init(&mut h2, ptr::null(), ptr::null()) };
+    assert_eq!(rc, HAX_E_STATE);
     // Calls before start.
     assert_eq!(e.send(1, &keepalive(0, 1)).0, HAX_E_STATE);
 
@@ -249,11 +247,8 @@ fn real_motr_lifecycle_contract_and_stop_deadline() {
     assert_eq!(e.disconnect(999), HAX_E_NOLINK);
     assert_eq!(e.try_start(&ep), HAX_E_STATE, "start twice");
     // SAFETY: live handle, init thread, started: refused.
-    assert_eq!(
-        unsafe { hax_glue_fini(e.h) },
-        HAX_E_STATE,
-        "fini before stop"
-    );
+    let rc = unsafe { hax_glue_fini(e.h) };
+    assert_eq!(rc, HAX_E_STATE, "fini before stop");
     let mut buf = [0 as std::ffi::c_char; HAX_EP_MAX as usize];
     // SAFETY: live handle, buffer of HAX_EP_MAX bytes.
     let rc = unsafe { hax_glue_link_endpoint(e.h, l, buf.as_mut_ptr(), buf.len()) };
