@@ -37,10 +37,11 @@ use hax_consul::catalog::CheckStatus;
 use hax_consul::dev_agent::{AgentMode, DevAgent};
 use hax_consul::queue::QueuePublisher;
 use hax_consul::schema::{
-    ConfKey, ConfValue, FidText, HaxKv, ProcessStatus, QueueKind, QueueMessage,
+    BroadcastMessage, ConfKey, ConfValue, FidText, HaxKv, ProcessState, ProcessStatus, QueueKind,
+    QueueMessage,
 };
 use hax_consul::ConsulClient;
-use hax_core::{Fid, FidType, HaMsgData, HaNote, NvecKind, ServiceType};
+use hax_core::{Fid, FidType, HaMsgData, HaNote, HaState, NvecKind, ProcessEventKind, ServiceType};
 use hax_sim::{Received, SimCluster, SimConfig, SimProcess};
 
 /// The usual deadline of one awaited condition.
@@ -193,6 +194,51 @@ pub fn nvec_sets(received: &[Received]) -> Vec<Vec<HaNote>> {
             _ => None,
         })
         .collect()
+}
+
+/// How many NVEC SETs `p` received with the note `(fid, state)`.
+pub fn sets_with(p: &SimProcess, fid: Fid, state: HaState) -> usize {
+    nvec_sets(&p.received())
+        .iter()
+        .filter(|notes| notes.iter().any(|n| n.fid == fid && n.state == state))
+        .count()
+}
+
+/// Fails if any of `peers` saw hax break the protocol.
+pub fn assert_no_violations(peers: &[SimProcess]) {
+    for p in peers {
+        assert!(
+            p.violations().is_empty(),
+            "{} saw protocol violations: {:?}",
+            p.fid(),
+            p.violations()
+        );
+    }
+}
+
+/// The state `processes/<fid>` records for a process event.
+pub fn recorded_as(e: ProcessEventKind) -> ProcessState {
+    match e {
+        ProcessEventKind::Starting => ProcessState::Starting,
+        ProcessEventKind::Started => ProcessState::Started,
+        ProcessEventKind::Stopping => ProcessState::Stopping,
+        ProcessEventKind::Stopped => ProcessState::Stopped,
+        ProcessEventKind::DtmRecovered => ProcessState::DtmRecovered,
+    }
+}
+
+/// A BQ `M0_HA_MSG_NVEC` entry: the disk of ioservice `i` of `node` is
+/// `state`.
+pub fn device_entry(node: &str, i: usize, state: &str) -> QueueMessage {
+    QueueMessage::new(
+        "2026-01-01 00:00:00.000000",
+        "M0_HA_MSG_NVEC",
+        serde_json::json!({
+            "node": node,
+            "device": ios_device(i),
+            "state": state,
+        }),
+    )
 }
 
 // ---------------------------------------------------------------------------
@@ -378,8 +424,11 @@ impl Env {
             dir: Some(dir),
             hax: None,
             logs: Vec::new(),
+            // A fresh connection per request: one hax closed (after a 4xx,
+            // or hax restarted) is never reused.
             web: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
+                .pool_max_idle_per_host(0)
                 .build()
                 .expect("http client"),
         };
@@ -550,6 +599,16 @@ impl Env {
             .collect()
     }
 
+    /// Index of the first line of run `run` (among [`Env::log_lines`])
+    /// satisfying `pred`.
+    pub fn log_position(
+        &self,
+        run: usize,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> Option<usize> {
+        self.log_lines(run).iter().position(pred)
+    }
+
     /// Whether a line of run `run` has message `message`.
     pub fn log_has(&self, run: usize, message: &str) -> bool {
         !self.log_messages(run, message).is_empty()
@@ -666,6 +725,18 @@ impl Env {
             .collect();
         out.sort_by_key(|(n, _)| *n);
         out
+    }
+
+    /// The `PROCESS-STATE-UPDATE` entries of the BQ about `fid`, in order.
+    pub async fn bq_process_updates(&self, fid: Fid) -> Vec<ProcessState> {
+        self.bq()
+            .await
+            .into_iter()
+            .filter_map(|(n, m)| match m.broadcast(&format!("bq/{n}")).ok()? {
+                BroadcastMessage::ProcessStateUpdate(u) if u.fid == ft(fid) => Some(u.state),
+                _ => None,
+            })
+            .collect()
     }
 
     /// The BQ epoch counter (the last published entry).
