@@ -3,9 +3,10 @@
 //! child process, and simulated `m0d` peers (`hax-sim`).
 //!
 //! Every test builds its own [`Env`]: its own agent, ports, `hax` and
-//! working directory, so tests run in parallel. Dropping an `Env` (also when
-//! a test panics) kills `hax` and the agent; on a panic the tail of hax's log
-//! and of the agent's log is printed and the working directory is kept.
+//! working directory, so the tests of a file run in parallel (the files,
+//! `tests/*.rs`, run one after another). Dropping an `Env` (also when a test
+//! panics) kills `hax` and the agent; on a panic the tail of hax's log and of
+//! the agent's log is printed and the working directory is kept.
 //!
 //! # The `hax` binary
 //!
@@ -17,7 +18,9 @@
 //! up to date, and it keeps a stale binary from being tested. If cargo is not
 //! available the existing binary is used; if there is none, the test fails
 //! saying so. (Cargo does not hold its build lock while tests run, so this
-//! nested build does not wait on the outer `cargo test`.)
+//! nested build does not wait on the outer `cargo test`.) A change to the C
+//! emulator alone may leave `hax` unlinked again (cargo sees hax-sys's
+//! metadata unchanged): touch a hax-bin source file then.
 //!
 //! # Waiting
 //!
