@@ -287,11 +287,16 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
     let http_metrics = Arc::clone(&metrics);
     let writer_metrics = writer.metrics();
     let bq_metrics = processor_metrics;
+    let event_metrics = pipeline.metrics();
     let router = server::router(AppState::new(updates_tx.clone(), server_cfg)).route(
         "/metrics",
         get(move || {
             let m = Arc::clone(&http_metrics);
-            let (w, b) = (Arc::clone(&writer_metrics), Arc::clone(&bq_metrics));
+            let (w, b, e) = (
+                Arc::clone(&writer_metrics),
+                Arc::clone(&bq_metrics),
+                Arc::clone(&event_metrics),
+            );
             let depth = queue_probe
                 .upgrade()
                 .map_or(0, |tx| tx.max_capacity() - tx.capacity());
@@ -300,7 +305,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
                     i64::try_from(depth).unwrap_or(i64::MAX),
                     std::sync::atomic::Ordering::Relaxed,
                 );
-                m.render_all(&w, &b)
+                m.render_all(&w, &b, &e)
             }
         }),
     );

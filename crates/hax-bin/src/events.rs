@@ -406,6 +406,8 @@ pub struct EventMetrics {
     pub first_requests: AtomicU64,
     /// Restarts detected (FAILED broadcast before the reply).
     pub restarts: AtomicU64,
+    /// First entrypoint requests answered rc 0 after restart detection.
+    pub first_requests_accepted: AtomicU64,
     /// First entrypoint requests refused because Consul did not answer.
     pub first_requests_refused: AtomicU64,
     /// Broadcasts that could not be handed to Motr.
@@ -724,7 +726,10 @@ impl<B: Broadcast, C: ClusterFacts> EventPipeline<B, C> {
             .restart_check(req.process_fid, &req.remote_endpoint)
             .await
         {
-            Ok(_) => responder.accept(reply),
+            Ok(_) => {
+                inc(&self.inner.metrics.first_requests_accepted);
+                responder.accept(reply);
+            }
             Err(e) => {
                 inc(&self.inner.metrics.first_requests_refused);
                 tracing::warn!(process = %req.process_fid, endpoint = %req.remote_endpoint, error = %e, "refusing the entrypoint request");

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use crate::bq::BqMetrics;
+use crate::events::EventMetrics;
 use crate::writer::WriterMetrics;
 
 /// HA message types, in `m0_ha_msg_type` order, for per-type counters.
@@ -77,9 +78,19 @@ impl Metrics {
 
     /// The Prometheus text exposition of these metrics and of the Consul
     /// writer's and the broadcast queue consumer's.
-    pub fn render_all(&self, writer: &WriterMetrics, bq: &BqMetrics) -> String {
-        let mut out = self.render();
+    pub fn render_all(
+        &self,
+        writer: &WriterMetrics,
+        bq: &BqMetrics,
+        events: &EventMetrics,
+    ) -> String {
         let g = |v: &AtomicU64| v.load(Ordering::Relaxed);
+        // First requests of other processes are answered by the pipeline,
+        // after restart detection.
+        let mut out = self.render_with(
+            g(&events.first_requests_accepted),
+            g(&events.first_requests_refused),
+        );
         let mut metric = |name: &str, kind: &str, help: &str, value: String| {
             let _ = writeln!(
                 out,
@@ -163,6 +174,10 @@ impl Metrics {
 
     /// The Prometheus text exposition of these metrics.
     pub fn render(&self) -> String {
+        self.render_with(0, 0)
+    }
+
+    fn render_with(&self, more_accepted: u64, more_refused: u64) -> String {
         let mut out = String::with_capacity(4096);
         let g = |v: &AtomicU64| v.load(Ordering::Relaxed);
         let gi = |v: &AtomicI64| v.load(Ordering::Relaxed);
@@ -202,11 +217,11 @@ impl Metrics {
                 ),
                 (
                     "{outcome=\"accepted\"}".into(),
-                    g(&self.entrypoint_accepted).to_string(),
+                    (g(&self.entrypoint_accepted) + more_accepted).to_string(),
                 ),
                 (
                     "{outcome=\"refused\"}".into(),
-                    g(&self.entrypoint_refused).to_string(),
+                    (g(&self.entrypoint_refused) + more_refused).to_string(),
                 ),
             ],
         );

@@ -263,7 +263,13 @@ pub async fn load(client: &ConsulClient, spec: &SampleSpec) -> Result<Sample, Co
             ttl: Some("24h".into()),
             status: Some(CheckStatus::Passing),
         }];
+        let check = format!("service:{}", r.id);
         client.agent_service_register(&r).await?;
+        // An agent restarted on its data keeps a TTL check's status only
+        // once the check has been updated.
+        client
+            .agent_check_update(&check, CheckStatus::Passing, "sample cluster")
+            .await?;
     }
 
     // The RC leader: this node, holding `leader` with a session.
