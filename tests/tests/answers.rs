@@ -191,8 +191,6 @@ async fn malformed_http_input_changes_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "first entrypoint requests, answered after restart detection, are not counted \
-            as accepted in /metrics"]
 async fn every_entrypoint_answer_is_counted() {
     let env = Env::start(Options::default()).await;
     let _peers = env.connect_peers(3).await;
