@@ -96,11 +96,11 @@ fn free_port() -> u16 {
 fn start_answers_self_entrypoint_and_stop_is_clean() {
     let log = Arc::new(Log::default());
     let mut halon = Halon::start(config(free_port()), Recorder(Arc::clone(&log))).unwrap();
-    let ev = log.wait_for("the four start events", |e| {
+    let ev = log.wait_for("the six start events", |e| {
         e.iter()
             .filter(|s| s.contains("process") || s.contains("service"))
             .count()
-            == 4
+            == 6
     });
     assert!(ev[0].starts_with("ep inet:tcp:127.0.0.1@"), "{ev:?}");
     assert!(ev[0].ends_with("first=true"));
@@ -112,7 +112,9 @@ fn start_answers_self_entrypoint_and_stop_is_clean() {
             &format!("link#1 2 process {}", ProcessEventKind::Starting),
             &"link#1 4 service M0_CONF_HA_SERVICE_STARTING".to_string(),
             &"link#1 6 service M0_CONF_HA_SERVICE_STARTED".to_string(),
-            &format!("link#1 8 process {}", ProcessEventKind::Started),
+            &"link#1 8 service M0_CONF_HA_SERVICE_STARTING".to_string(),
+            &"link#1 10 service M0_CONF_HA_SERVICE_STARTED".to_string(),
+            &format!("link#1 12 process {}", ProcessEventKind::Started),
         ]
     );
     let handle = halon.handle();
@@ -122,7 +124,7 @@ fn start_answers_self_entrypoint_and_stop_is_clean() {
     assert!(!report.would_hang);
     let ev = log.wait_for("stop", |e| e.iter().any(|s| s == "disconnected link#1"));
     let stop_events: Vec<&String> = ev.iter().filter(|s| s.contains("STOP")).collect();
-    assert_eq!(stop_events.len(), 4, "{ev:?}");
+    assert_eq!(stop_events.len(), 6, "{ev:?}");
     // A second stop is harmless and a stopped handle refuses calls.
     assert_eq!(halon.stop().unwrap(), report);
     assert!(handle.links().is_empty());

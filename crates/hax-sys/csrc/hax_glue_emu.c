@@ -26,11 +26,12 @@
 #define DEFAULT_STOP_TIMEOUT_MS 5000u
 #define DEFAULT_START_TIMEOUT_MS 30000u
 #define FIDTAB_SLOTS 8192u /* power of two, twice EMU_FIDTAB_MAX */
-#define GIT_REV_ID "emulator"
+/* Motr's own entrypoint request carries an empty git rev id. */
+#define GIT_REV_ID ""
 
 /* Motr's enum m0_conf_ha_process_event / _service_event / types. */
 enum { EV_STARTING = 0, EV_STARTED = 1, EV_STOPPING = 2, EV_STOPPED = 3 };
-enum { PROCESS_M0D = 3, SERVICE_HA = 6 };
+enum { PROCESS_M0D = 3, SERVICE_RMS = 4, SERVICE_HA = 6 };
 
 struct emu_logline {
 	struct emu_logline *next;
@@ -585,20 +586,21 @@ static void self_recv(hax_glue *h, const uint8_t *data, size_t len)
 	ev_push(h, ev);
 }
 
-static void self_event(hax_glue *h, uint32_t type, uint64_t event)
+/* A process event (svc NULL) or an event of one of hax's own services, as
+ * the interface posts them to its self link. */
+static void self_event(hax_glue *h, const struct hax_fid *svc, uint64_t svc_type, uint64_t event)
 {
 	uint8_t buf[EMU_MSG_HDR + 24];
 	struct emu_wr w = {buf};
 	static const struct hax_fid zero = {0, 0};
-	bool svc = type == HAX_MSG_EVENT_SERVICE;
-	wr_fid(&w, svc ? &h->ha_fid : &h->process_fid);
-	wr_fid(&w, svc ? &h->process_fid : &zero);
-	wr_fid(&w, svc ? &h->ha_fid : &zero);
+	wr_fid(&w, svc != NULL ? svc : &h->process_fid);
+	wr_fid(&w, svc != NULL ? &h->process_fid : &zero);
+	wr_fid(&w, svc != NULL ? svc : &zero);
 	wr_u64(&w, now_ns());
 	wr_u64(&w, 0);
-	wr_u32(&w, type);
+	wr_u32(&w, svc != NULL ? HAX_MSG_EVENT_SERVICE : HAX_MSG_EVENT_PROCESS);
 	wr_u64(&w, event);
-	wr_u64(&w, svc ? SERVICE_HA : PROCESS_M0D);
+	wr_u64(&w, svc != NULL ? svc_type : PROCESS_M0D);
 	wr_u64(&w, (uint64_t)getpid());
 	self_recv(h, buf, sizeof(buf));
 }
@@ -1888,10 +1890,13 @@ int hax_glue_start(hax_glue *h, const char *local_ep, const struct hax_fid *proc
 		emu_unlock(h);
 		return HAX_E_HANG;
 	}
-	self_event(h, HAX_MSG_EVENT_PROCESS, EV_STARTING);
-	self_event(h, HAX_MSG_EVENT_SERVICE, EV_STARTING);
-	self_event(h, HAX_MSG_EVENT_SERVICE, EV_STARTED);
-	self_event(h, HAX_MSG_EVENT_PROCESS, EV_STARTED);
+	/* Real Motr's order: the HA service, then the RM service it sets up. */
+	self_event(h, NULL, 0, EV_STARTING);
+	self_event(h, &h->ha_fid, SERVICE_HA, EV_STARTING);
+	self_event(h, &h->ha_fid, SERVICE_HA, EV_STARTED);
+	self_event(h, &h->rm_fid, SERVICE_RMS, EV_STARTING);
+	self_event(h, &h->rm_fid, SERVICE_RMS, EV_STARTED);
+	self_event(h, NULL, 0, EV_STARTED);
 	h->state = S_WORKING;
 	emu_unlock(h);
 	return 0;
@@ -1935,10 +1940,12 @@ int hax_glue_stop(hax_glue *h)
 	emu_logf(h, HAX_LOG_INFO, "stopping: %zu links", h->n_links);
 
 	/* 1. The stop events on the self link, then m0_ha_flush(). */
-	self_event(h, HAX_MSG_EVENT_PROCESS, EV_STOPPING);
-	self_event(h, HAX_MSG_EVENT_SERVICE, EV_STOPPING);
-	self_event(h, HAX_MSG_EVENT_SERVICE, EV_STOPPED);
-	self_event(h, HAX_MSG_EVENT_PROCESS, EV_STOPPED);
+	self_event(h, NULL, 0, EV_STOPPING);
+	self_event(h, &h->rm_fid, SERVICE_RMS, EV_STOPPING);
+	self_event(h, &h->rm_fid, SERVICE_RMS, EV_STOPPED);
+	self_event(h, &h->ha_fid, SERVICE_HA, EV_STOPPING);
+	self_event(h, &h->ha_fid, SERVICE_HA, EV_STOPPED);
+	self_event(h, NULL, 0, EV_STOPPED);
 	struct timespec dl = deadline_after(ms);
 	while (self_undelivered(h) && wait_until(h, &dl))
 		;

@@ -33,21 +33,31 @@ fn backend_version_and_null_handle() {
     }
 }
 
-/// Checks the four events of start (or stop) on the self link, in order.
+/// Checks the six events of start (or stop) on the self link, in real Motr's
+/// order: the process event, the HA and RM service events (HA first at start,
+/// RM first at stop), the process event.
 fn check_events(msgs: &[(u64, Msg)], first_tag: u64, proc_ev: [u64; 2], svc_ev: [u64; 2]) {
-    assert_eq!(msgs.len(), 4, "{msgs:?}");
+    assert_eq!(msgs.len(), 6, "{msgs:?}");
     let pid = u64::from(std::process::id());
     for (i, (tag, m)) in msgs.iter().enumerate() {
         assert_eq!(*tag, first_tag + 2 * i as u64, "tags step by 2");
         assert_eq!(m.0.tag, *tag);
     }
+    let starting = proc_ev[0] == EV_STARTING;
+    let (first, second) = if starting {
+        ((HA_SVC, 6), (RM_SVC, 4))
+    } else {
+        ((RM_SVC, 4), (HA_SVC, 6))
+    };
     let want = [
-        (HAX_MSG_EVENT_PROCESS, proc_ev[0]),
-        (HAX_MSG_EVENT_SERVICE, svc_ev[0]),
-        (HAX_MSG_EVENT_SERVICE, svc_ev[1]),
-        (HAX_MSG_EVENT_PROCESS, proc_ev[1]),
+        (HAX_MSG_EVENT_PROCESS, proc_ev[0], None),
+        (HAX_MSG_EVENT_SERVICE, svc_ev[0], Some(first)),
+        (HAX_MSG_EVENT_SERVICE, svc_ev[1], Some(first)),
+        (HAX_MSG_EVENT_SERVICE, svc_ev[0], Some(second)),
+        (HAX_MSG_EVENT_SERVICE, svc_ev[1], Some(second)),
+        (HAX_MSG_EVENT_PROCESS, proc_ev[1], None),
     ];
-    for ((_, m), (ty, ev)) in msgs.iter().zip(want) {
+    for ((_, m), (ty, ev, svc)) in msgs.iter().zip(want) {
         let m = &m.0;
         assert_eq!(m.type_, ty);
         // SAFETY: event messages use the event member.
@@ -55,17 +65,20 @@ fn check_events(msgs: &[(u64, Msg)], first_tag: u64, proc_ev: [u64; 2], svc_ev: 
         assert_eq!(e.event, ev);
         assert_eq!(e.pid, pid);
         assert!(m.time_ns > 0);
-        if ty == HAX_MSG_EVENT_PROCESS {
-            assert_eq!(
-                (m.fid.container, m.fid.key),
-                (PROCESS.container, PROCESS.key)
-            );
-            assert_eq!(e.type_, 3, "M0_CONF_HA_PROCESS_M0D");
-        } else {
-            assert_eq!((m.fid.container, m.fid.key), (HA_SVC.container, HA_SVC.key));
-            assert_eq!(m.source_process.container, PROCESS.container);
-            assert_eq!(m.source_service.key, HA_SVC.key);
-            assert_eq!(e.type_, 6, "M0_CST_HA");
+        match svc {
+            None => {
+                assert_eq!(
+                    (m.fid.container, m.fid.key),
+                    (PROCESS.container, PROCESS.key)
+                );
+                assert_eq!(e.type_, 3, "M0_CONF_HA_PROCESS_M0D");
+            }
+            Some((fid, svc_type)) => {
+                assert_eq!((m.fid.container, m.fid.key), (fid.container, fid.key));
+                assert_eq!(m.source_process.container, PROCESS.container);
+                assert_eq!(m.source_service.key, fid.key);
+                assert_eq!(e.type_, svc_type, "M0_CST_HA (6) or M0_CST_RMS (4)");
+            }
         }
     }
 }
@@ -89,7 +102,10 @@ fn start_with_reply_inside_callback_then_stop() {
     assert_eq!(req, 1, "req_id {{0,1}}");
     assert_eq!(ep, e.ep, "remote_ep == local_ep");
     assert_eq!((fid.container, fid.key), (PROCESS.container, PROCESS.key));
-    assert!(!git.is_empty());
+    assert!(
+        git.is_empty(),
+        "Motr's own request carries an empty git rev id"
+    );
     assert_eq!(pid, u64::from(std::process::id()));
     assert!(first);
     let Some(Ev::Connected {
@@ -114,7 +130,7 @@ fn start_with_reply_inside_callback_then_stop() {
 
     let l = e.wait_started();
     let evs = e.wait("start events", |evs| {
-        (recv_of(evs, l).len() == 4).then(|| evs.to_vec())
+        (recv_of(evs, l).len() == 6).then(|| evs.to_vec())
     });
     check_events(
         &recv_of(&evs, l),
@@ -154,7 +170,7 @@ fn start_with_reply_inside_callback_then_stop() {
     let evs = e.events();
     check_events(
         &recv_of(&evs, l),
-        10,
+        14,
         [EV_STOPPING, EV_STOPPED],
         [EV_STOPPING, EV_STOPPED],
     );
@@ -416,7 +432,7 @@ fn sends_on_the_self_link_are_confirmed_in_order() {
         (r.len() == 5).then_some(r)
     });
     for (i, (tag, m)) in reps.iter().enumerate() {
-        assert_eq!(*tag, 10 + 2 * i as u64);
+        assert_eq!(*tag, 14 + 2 * i as u64);
         assert_eq!(m.0.type_, HAX_MSG_KEEPALIVE_REP);
         // SAFETY: KEEPALIVE_REP uses the keepalive member.
         let k = unsafe { m.0.u.keepalive };
@@ -463,7 +479,7 @@ fn contract_violations_without_peers() {
     );
     let l = e.wait_started();
     // Deliver the start events by hand; the second time is a violation.
-    for t in [2, 4, 6, 8] {
+    for t in [2, 4, 6, 8, 10, 12] {
         assert_eq!(e.delivered(l, t), 0);
     }
     let d = e.expect_violation(HAX_E_NOTAG, || e.delivered(l, 2));
@@ -607,7 +623,7 @@ fn failed_note_fences_the_self_link() {
         },
     );
     let l = e.wait_started();
-    for t in [2, 4, 6, 8] {
+    for t in [2, 4, 6, 8, 10, 12] {
         assert_eq!(e.delivered(l, t), 0);
     }
     let failed = |ignore_same| nvec(HAX_NVEC_SET, 0, ignore_same, &[(PROCESS, HAX_NC_FAILED)]);

@@ -257,7 +257,11 @@ fn messages_from_16_peers() {
     }
     let dt = t0.elapsed();
     let total = per_peer * PEERS as u64;
-    assert_eq!(hd.lean.received.load(Ordering::Relaxed), total + 4);
+    assert_eq!(
+        hd.lean.received.load(Ordering::Relaxed),
+        total + 6,
+        "the six start events of the self link too"
+    );
     let rate = total as f64 / dt.as_secs_f64();
     eprintln!("{total} messages from {PEERS} peers in {dt:?}: {rate:.0} messages/s");
     let floor = if cfg!(debug_assertions) {

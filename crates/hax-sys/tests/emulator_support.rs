@@ -543,12 +543,12 @@ impl Emu {
         })
     }
 
-    /// Waits for the four start events on the self link (and their delivery).
+    /// Waits for the six start events on the self link (and their delivery).
     pub fn wait_started(&self) -> u64 {
         let l = self.self_link();
         self.wait_n(
-            "four start events",
-            4,
+            "six start events",
+            6,
             |e| matches!(e, Ev::Recv { link, .. } if *link == l),
         );
         l
