@@ -25,7 +25,8 @@ fn main() {
         build
             .file("csrc/hax_glue_emu.c")
             .file("csrc/emu_wire.c")
-            .file("csrc/emu_net.c");
+            .file("csrc/emu_net.c")
+            .file("csrc/glue_check.c");
         build.compile("hax_glue_emu");
         println!("cargo:rustc-link-lib=pthread");
     }
@@ -138,6 +139,7 @@ fn motr_backend(build: &mut cc::Build) {
     // defines Motr itself is built with (configure.ac: M0_CPPFLAGS).
     build
         .file("csrc/hax_glue_motr.c")
+        .file("csrc/glue_check.c")
         .flag("-std=gnu11")
         .flag("-isystem")
         .flag(

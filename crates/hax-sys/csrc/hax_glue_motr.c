@@ -23,6 +23,7 @@
  * for every call the glue makes with it.
  */
 #include "hax_glue.h"
+#include "glue_check.h"
 
 #include "addb2/global.h"
 #include "fid/fid.h"
@@ -303,7 +304,7 @@ static void msg_from_motr(const struct m0_ha_msg *m, uint64_t tag, struct hax_ms
 	}
 }
 
-/* msg has passed check_msg(); m is zeroed by the caller. hm_tag stays 0. */
+/* msg has passed glue_check_msg(); m is zeroed by the caller. hm_tag stays 0. */
 static void msg_to_motr(const struct hax_msg *msg, struct m0_ha_msg *m)
 {
 	struct m0_ha_msg_data *d = &m->hm_data;
@@ -388,97 +389,6 @@ static void msg_to_motr(const struct hax_msg *msg, struct m0_ha_msg *m)
 			notes[i].no_state = msg->notes[i].state;
 		}
 	}
-}
-
-static const char *type_name(uint32_t t)
-{
-	static const char *const names[] = {
-		"INVALID",       "STOB_IOQ",      "NVEC",      "FVEC_REQ",
-		"FVEC_REP",      "KEEPALIVE_REQ", "KEEPALIVE_REP", "EVENT_PROCESS",
-		"EVENT_SERVICE", "EVENT_RPC",     "BE_IO_ERR", "SNS_ERR",
-	};
-	return t < sizeof(names) / sizeof(names[0]) ? names[t] : "?";
-}
-
-static bool conf_type(uint8_t t)
-{
-	return t != 0 && strchr("tDpovjnrsdSaeckgl", t) != NULL;
-}
-
-/* The checks of the emulator's check_msg(): what Motr or the receiver
- * would assert on. Returns 0 or a code; *why says what is wrong. */
-static int check_msg(const struct hax_msg *m, char *why, size_t wlen)
-{
-	if (m->tag != 0) {
-		snprintf(why, wlen, "msg->tag is %llu, must be 0", (unsigned long long)m->tag);
-		return HAX_E_TAG;
-	}
-	if (m->type == HAX_MSG_INVALID || m->type > HAX_MSG_SNS_ERR) {
-		snprintf(why, wlen, "message type %u is not valid", m->type);
-		return HAX_E_INVAL;
-	}
-	if (m->type != HAX_MSG_NVEC && m->type != HAX_MSG_FVEC_REP)
-		return 0;
-	if (m->nr_notes > HAX_NOTES_MAX) {
-		snprintf(why, wlen, "%s with %u notes, more than %u", type_name(m->type),
-			 m->nr_notes, HAX_NOTES_MAX);
-		return HAX_E_LIMIT;
-	}
-	if (m->type == HAX_MSG_FVEC_REP) {
-		for (uint32_t i = 0; i < m->nr_notes; i++) {
-			if (m->notes[i].state > HAX_NC_DTM_RECOVERING) {
-				snprintf(why, wlen, "FVEC_REP note %u has state %u, out of range", i,
-					 m->notes[i].state);
-				return HAX_E_NVEC;
-			}
-		}
-		return 0;
-	}
-	const struct hax_nvec *nv = &m->u.nvec;
-	if (m->nr_notes == 0) {
-		snprintf(why, wlen, "NVEC with no notes");
-		return HAX_E_NVEC;
-	}
-	if (nv->dir > HAX_NVEC_GET) {
-		snprintf(why, wlen, "NVEC direction %llu is neither SET nor GET",
-			 (unsigned long long)nv->dir);
-		return HAX_E_NVEC;
-	}
-	if (nv->ignore_same > 1) {
-		snprintf(why, wlen, "NVEC ignore_same is %llu, not 0 or 1",
-			 (unsigned long long)nv->ignore_same);
-		return HAX_E_NVEC;
-	}
-	for (uint32_t i = 0; i < m->nr_notes; i++) {
-		const struct hax_note *no = &m->notes[i];
-		if (no->state > HAX_NC_DTM_RECOVERING) {
-			snprintf(why, wlen, "NVEC note %u has state %u, out of range", i, no->state);
-			return HAX_E_NVEC;
-		}
-		if (nv->dir != HAX_NVEC_SET)
-			continue;
-		if (no->state == HAX_NC_UNKNOWN) {
-			snprintf(why, wlen, "NVEC SET note %u (" FIDF ") has state UNKNOWN", i,
-				 FIDP(&no->id));
-			return HAX_E_NVEC;
-		}
-		bool set = no->id.container != 0 || no->id.key != 0;
-		uint8_t t = fid_type(&no->id);
-		if (set && !conf_type(t)) {
-			snprintf(why, wlen, "NVEC SET note %u: " FIDF " is not a conf object fid", i,
-				 FIDP(&no->id));
-			return HAX_E_NVEC;
-		}
-		if ((no->state == HAX_NC_REPAIR || no->state == HAX_NC_REBALANCE) && t != 'o' &&
-		    t != 'd' && t != 'n' && t != 'k') {
-			snprintf(why, wlen,
-				 "NVEC SET note %u: %s on " FIDF
-				 ", which is not a pool, sdev, node or drive",
-				 i, no->state == HAX_NC_REPAIR ? "REPAIR" : "REBALANCE", FIDP(&no->id));
-			return HAX_E_NVEC;
-		}
-	}
-	return 0;
 }
 
 /* --- links --------------------------------------------------------------- */
@@ -1357,7 +1267,7 @@ int hax_glue_send(hax_glue *h, hax_link_id link, const struct hax_msg *msg, uint
 		return HAX_E_INVAL;
 	}
 	char why[256];
-	e = check_msg(msg, why, sizeof(why));
+	e = glue_check_msg(msg, why, sizeof(why));
 	if (e != 0) {
 		pthread_mutex_unlock(&h->mu);
 		glog(h, HAX_LOG_WARN, "send refused (%d): %s", e, why);
