@@ -22,7 +22,7 @@
 extern "C" {
 #endif
 
-#define HAX_GLUE_ABI_VERSION 1u
+#define HAX_GLUE_ABI_VERSION 2u
 #define HAX_NOTES_MAX 1024u /* == M0_HA_STATE_UPDATE_LIMIT */
 #define HAX_EP_MAX 256u     /* >= M0_NET_IP_STRLEN_MAX + NUL */
 
@@ -61,6 +61,7 @@ enum hax_rc {
 	HAX_E_INVAL = -10011,  /* bad argument: NULL, bad endpoint, bad type */
 	HAX_E_UNDELIVERED = -10012, /* disconnect with received messages not delivered */
 	HAX_E_HANG = -10013,   /* stop() would hang in Motr; reported, then forced */
+	HAX_E_RCONFC = -10014, /* client call while rconfc is not started */
 };
 
 /* Values identical to enum m0_ha_msg_type (ha/msg.h). */
@@ -202,7 +203,8 @@ int hax_glue_fini(hax_glue *h);
 int hax_glue_start(hax_glue *h, const char *local_ep, const struct hax_fid *process_fid,
 		   const struct hax_fid *ha_service_fid, const struct hax_fid *rm_service_fid,
 		   const struct hax_callbacks *cbs);
-/* Blocks; sends the stop events to self and runs the disconnect handshake on
+/* Blocks; stops rconfc if it is running (client calls in progress return
+ * -ESHUTDOWN), sends the stop events to self and runs the disconnect handshake on
  * every link. HAX_E_HANG: real Motr would have hung (details reported through
  * contract_violation); the emulator forced its way through. */
 int hax_glue_stop(hax_glue *h);
@@ -220,6 +222,153 @@ int hax_glue_send(hax_glue *h, hax_link_id link, const struct hax_msg *msg, uint
 int hax_glue_delivered(hax_glue *h, hax_link_id link, uint64_t tag);
 int hax_glue_disconnect(hax_glue *h, hax_link_id link);
 int hax_glue_link_endpoint(hax_glue *h, hax_link_id link, char *buf, size_t len);
+
+/*
+ * --- Motr client operations (spiel) ---------------------------------------
+ *
+ * The calls below map one to one onto Motr's spiel API (spiel/spiel.h) over
+ * the halon interface's own request handler: rconfc, SNS repair/rebalance
+ * control and status, pool version status, filesystem stats and the byte
+ * counters of an ioservice.
+ *
+ * Threads: every client call may be made from any thread the implementation
+ * knows (see the top of this file), except the threads that run callbacks:
+ * client calls block (spiel sends RPCs and waits for every reply, which can
+ * take seconds), and a callback must not block. A call from a callback
+ * thread or an unknown thread is refused with HAX_E_THREAD. Calls may run
+ * concurrently on several threads; none of them holds up hax_glue_send() or
+ * the callbacks.
+ *
+ * Lifecycle: client calls are allowed between a successful hax_glue_start()
+ * and the beginning of hax_glue_stop(); otherwise HAX_E_STATE. Every call but
+ * hax_glue_rconfc_start() and hax_glue_rconfc_stop() needs rconfc started:
+ * otherwise HAX_E_RCONFC. hax_glue_stop() may begin while client calls are in
+ * progress on other threads: it stops rconfc itself (the caller need not call
+ * hax_glue_rconfc_stop() first), and calls in progress return -ESHUTDOWN as
+ * soon as the implementation can make them (at once in the emulator; in Motr
+ * when their RPCs end). A thread must still return from its client call
+ * before hax_glue_fini().
+ *
+ * Return codes: 0; HAX_E_* for what the glue itself refuses (HAX_E_INVAL for
+ * NULL pointers, bad enum values, a zero fid); otherwise the negative errno
+ * Motr returned, passed through unchanged. The codes a caller can expect
+ * from Motr (and from the emulator):
+ *   -ENOENT     the pool, pool version or ioservice is not in the configuration
+ *   -EBUSY, -EALREADY, -EPROTO
+ *               the SNS operation is not allowed in the current state
+ *   -ETIMEDOUT  a service did not answer in time
+ *   -ESHUTDOWN  hax_glue_stop() began during the call
+ * Output structs and arrays are written only when the call returns 0 (and
+ * *nr_out also with HAX_E_LIMIT).
+ */
+
+/* Which copy machine an SNS call addresses. */
+enum hax_sns_kind { HAX_SNS_REPAIR = 0, HAX_SNS_REBALANCE = 1 };
+
+/* What an SNS call does: m0_spiel_sns_<kind>_{start,abort,quiesce,continue}. */
+enum hax_sns_op {
+	HAX_SNS_START = 0,
+	HAX_SNS_ABORT = 1,
+	HAX_SNS_QUIESCE = 2,
+	HAX_SNS_CONTINUE = 3,
+};
+
+/* Values identical to enum m0_cm_status (cm/repreb/cm.h). */
+enum hax_cm_status {
+	HAX_CM_INVALID = 0,
+	HAX_CM_IDLE = 1,
+	HAX_CM_STARTED = 2,
+	HAX_CM_FAILED = 3,
+	HAX_CM_PAUSED = 4,
+};
+
+/* Values identical to enum m0_conf_pver_state (conf/pvers.h). */
+enum hax_pver_state {
+	HAX_PVER_HEALTHY = 0,  /* no failures */
+	HAX_PVER_DEGRADED = 1, /* failures < K */
+	HAX_PVER_CRITICAL = 2, /* failures == K */
+	HAX_PVER_DAMAGED = 3,  /* failures > K */
+};
+
+/* One service's answer to an SNS status call (== m0_spiel_repreb_status). */
+struct hax_sns_status {
+	struct hax_fid fid; /* the SNS service (ioservice) fid */
+	uint32_t state;     /* enum hax_cm_status */
+	uint32_t pad_;
+	uint64_t progress;  /* percent, 0..=100 */
+};
+
+/* m0_conf_pver_info, flattened. */
+struct hax_pver_info {
+	struct hax_fid fid;
+	uint32_t state;        /* enum hax_pver_state */
+	uint32_t data_units;   /* N (pa_N) */
+	uint32_t parity_units; /* K (pa_K) */
+	uint32_t pool_width;   /* P (pa_P) */
+	uint64_t unit_size;    /* bytes (pa_unit_size) */
+};
+
+/* == struct m0_fs_stats. */
+struct hax_fs_stats {
+	uint64_t free_seg;    /* free bytes in BE segments */
+	uint64_t total_seg;   /* total bytes in BE segments */
+	uint64_t free_disk;   /* free bytes on drives */
+	uint64_t avail_disk;  /* available bytes on drives */
+	uint64_t total_disk;  /* total bytes on drives */
+	uint32_t svc_total;   /* IOS, MDS and CAS services under the profile */
+	uint32_t svc_replied; /* how many of them replied */
+};
+
+/* One (pool version, user) entry of an ioservice's byte-count tree
+ * (m0_spiel_bckey + m0_spiel_bcrec). */
+struct hax_pver_count {
+	struct hax_fid pver;
+	uint64_t user_id;
+	uint64_t byte_count;
+	uint64_t object_count;
+};
+
+/*
+ * m0_spiel_cmd_profile_set() + m0_spiel_rconfc_start(). Blocks until rconfc
+ * has its read lock and a confd quorum (or fails). `profile` must be a
+ * profile fid (type 'p'; anything else: HAX_E_INVAL). -EALREADY when rconfc
+ * is already started. Must not run concurrently with hax_glue_rconfc_stop().
+ */
+int hax_glue_rconfc_start(hax_glue *h, const struct hax_fid *profile);
+/* m0_spiel_rconfc_stop(). 0 also when rconfc is not started. */
+int hax_glue_rconfc_stop(hax_glue *h);
+/* 1 when rconfc is started, 0 when not (or h is NULL). Any thread; never blocks. */
+int hax_glue_rconfc_ready(hax_glue *h);
+
+/*
+ * m0_spiel_sns_<kind>_<op>(pool). kind is enum hax_sns_kind, op enum
+ * hax_sns_op. Returns once every ioservice of the pool has answered.
+ */
+int hax_glue_sns(hax_glue *h, uint32_t kind, uint32_t op, const struct hax_fid *pool);
+
+/*
+ * m0_spiel_sns_<kind>_status(pool): one entry per ioservice of the pool,
+ * written to out[0..*nr_out). With more entries than `cap`, returns
+ * HAX_E_LIMIT with *nr_out set to the number needed (out untouched): call
+ * again with a larger array. out may be NULL when cap is 0.
+ */
+int hax_glue_sns_status(hax_glue *h, uint32_t kind, const struct hax_fid *pool,
+			struct hax_sns_status *out, uint32_t cap, uint32_t *nr_out);
+
+/* m0_spiel_conf_pver_status(pver). */
+int hax_glue_pver_status(hax_glue *h, const struct hax_fid *pver, struct hax_pver_info *out);
+
+/* m0_spiel_filesystem_stats_fetch(). */
+int hax_glue_fs_stats(hax_glue *h, struct hax_fs_stats *out);
+
+/*
+ * m0_spiel_count_stats_init() + m0_spiel_proc_counters_fetch(ios) (a failed
+ * pc_rc is the call's result) + m0_spiel_count_stats_fini(). *proc_fid_out
+ * is pc_proc_fid; the entries go to out[0..*nr_out), with the same
+ * HAX_E_LIMIT rule as hax_glue_sns_status().
+ */
+int hax_glue_proc_counters(hax_glue *h, const struct hax_fid *ios, struct hax_fid *proc_fid_out,
+			   struct hax_pver_count *out, uint32_t cap, uint32_t *nr_out);
 
 /* Contract violations seen so far (always 0 on real Motr, which asserts instead). */
 uint64_t hax_glue_violations(hax_glue *h);
