@@ -1,8 +1,9 @@
 //! hax on real Motr (feature `motr`) with a real `m0d`: a minimal single-node
-//! configuration (one process with confd, RM and MD services), `m0mkfs`,
+//! configuration (one process with confd, RM and I/O services), `m0mkfs`,
 //! then `m0d` with hax as its HA. hax answers m0d's entrypoint request with
-//! the confd and RM of that configuration and receives m0d's events (and
-//! answers its failure vector request, through the default callback).
+//! the confd and RM of that configuration, its failure vector request and its
+//! NVEC GET; m0d gets to PROCESS STARTED, answers a keepalive request from
+//! hax, and on SIGTERM stops cleanly, reporting it.
 //!
 //! Skips, saying why, unless hax-core is built with `--features motr` and
 //! `MOTR_PREFIX` names an installed Motr with `sbin/m0d` and `sbin/m0mkfs`:
@@ -18,9 +19,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use hax_core::{
-    Callbacks, Confd, Ctx, Delivery, EntrypointReply, EntrypointRequest, EntrypointResponder, Fid,
-    FidType, HaMsg, HaMsgData, HaState, Halon, HalonConfig, LinkId, LinkInfo, NvecGet, Tag,
-    Uint128,
+    Callbacks, Confd, Ctx, Delivery, EntrypointReply, EntrypointRequest, EntrypointResponder,
+    FailvecRequest, Fid, FidType, HaMsg, HaMsgData, HaState, Halon, HalonConfig, LinkId, LinkInfo,
+    NvecGet, Tag, Uint128,
 };
 
 /// The configuration `m0confgen` makes of a one-process cluster (root,
@@ -176,6 +177,17 @@ impl Callbacks for Rec {
         }
     }
 
+    fn failvec_request(&self, cx: &Ctx<'_>, req: FailvecRequest, d: Delivery) {
+        let link = req.link();
+        let pool = req.pool();
+        let r = req.answer_now(cx, pool, Vec::new());
+        self.0
+            .note(format!("failvec_request {link} pool {pool} answered {r:?}"));
+        if let Err(e) = d.deliver_now(cx) {
+            self.0.note(format!("delivered failed: {e}"));
+        }
+    }
+
     fn msg_delivered(&self, _cx: &Ctx<'_>, link: LinkId, tag: Tag) {
         self.0.note(format!("msg_delivered {link} tag {tag}"));
     }
@@ -225,6 +237,15 @@ fn m0d_args(dir: &Path, ep: &str) -> Vec<String> {
         format!("{d}/conf.xc"),
         "-w".into(),
         "3".into(),
+        // No network buffers for the I/O service. Motr's SOCK transport
+        // reports no limit on buffer segments (INT32_MAX / 2 of unlimited
+        // size), and the I/O service sizes each buffer of its pool by those
+        // limits: at start it zero-fills ~16 GiB of segment tables for the
+        // first buffer, then fails to allocate its first segment. With `-E 0`
+        // it provisions none and starts. (An LNet build, or SOCK built with
+        // `--enable-sock-mock-lnet`, reports 4 KiB x 512 segments.)
+        "-E".into(),
+        "0".into(),
         "-f".into(),
         format!("<{:#x}:{:#x}>", M0D_PROCESS.container, M0D_PROCESS.key),
     ]
@@ -311,19 +332,46 @@ fn m0d_connects_to_hax() {
     let starting = rec.wait_for("m0d's PROCESS STARTING", Duration::from_secs(30), |e| {
         e.contains("event_process") && e.contains(&m0d_fid) && e.contains("Starting")
     });
-    // What m0d sends next (service events, a failure vector request) and
-    // whether it gets to PROCESS STARTED is reported, not required: see
-    // docs/motr.md.
-    let started = rec.wait_for("m0d's PROCESS STARTED", Duration::from_secs(20), |e| {
+    let started = rec.wait_for("m0d's PROCESS STARTED", Duration::from_secs(60), |e| {
         e.contains("event_process") && e.contains(&m0d_fid) && e.contains("Started")
     });
-    eprintln!("m0d PROCESS STARTED seen: {started}");
-    eprintln!("m0d log:\n{}", tail(&dir, "m0d.log"));
-    // SIGTERM: m0d stops (and reports it, once started).
+    let m0d_link = rec
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|e| e.starts_with("link_connected") && e.contains(&m0d_fid))
+        .and_then(|e| e.split_whitespace().nth(1).map(str::to_owned));
+    // Motr's dispatcher answers a keepalive request with the same id.
+    let mut keepalive_answered = false;
+    if let (true, Some(link_name)) = (started, m0d_link.as_deref()) {
+        let link = halon
+            .handle()
+            .links()
+            .into_iter()
+            .find(|l| l.id.to_string() == link_name)
+            .map(|l| l.id)
+            .expect("m0d's link is listed");
+        let id = Uint128::new(0x4b41, 7);
+        let r = halon
+            .handle()
+            .send(link, HaMsg::new(HaMsgData::KeepaliveReq { id }))
+            .wait();
+        rec.note(format!("keepalive request on {link}: {r:?}"));
+        keepalive_answered = rec.wait_for("m0d's keepalive reply", Duration::from_secs(10), |e| {
+            e.starts_with(&format!("msg_received {link_name} "))
+                && e.contains("KeepaliveRep")
+                && e.contains("lo: 7")
+        });
+    }
+    // SIGTERM: m0d reports its stop and exits.
     let pid = child.id().to_string();
     let _ = Command::new("kill").args(["-TERM", &pid]).status();
-    let rc = wait_exit(&mut child, Duration::from_secs(30));
+    let rc = wait_exit(&mut child, Duration::from_secs(60));
     eprintln!("m0d exit {rc:?}\n{}", tail(&dir, "m0d.log"));
+    let stopped = rec.wait_for("m0d's PROCESS STOPPED", Duration::from_secs(10), |e| {
+        e.contains("event_process") && e.contains(&m0d_fid) && e.contains("Stopped")
+    });
     let report = halon.stop().expect("stop");
     eprintln!("hax stopped: {report:?}");
     assert!(
@@ -332,17 +380,26 @@ fn m0d_connects_to_hax() {
     );
     assert!(starting, "m0d reported PROCESS STARTING to hax");
     let ev = rec.events.lock().unwrap().clone();
-    let m0d_link = ev
-        .iter()
-        .find(|e| e.starts_with("link_connected") && e.contains(&m0d_fid))
-        .and_then(|e| e.split_whitespace().nth(1).map(str::to_owned))
-        .expect("m0d's link");
+    let m0d_link = m0d_link.expect("m0d's link");
+    let on_link = |what: &str| {
+        ev.iter()
+            .any(|e| e.starts_with(&format!("msg_received {m0d_link} ")) && e.contains(what))
+    };
+    assert!(on_link("event_service"), "m0d reported service events");
     assert!(
         ev.iter()
-            .any(|e| e.starts_with(&format!("msg_received {m0d_link} "))
-                && e.contains("event_service")),
-        "m0d reported service events"
+            .any(|e| e.starts_with(&format!("failvec_request {m0d_link} ")) && e.contains("Ok(")),
+        "m0d's failure vector request answered"
     );
+    assert!(
+        ev.iter()
+            .any(|e| e.starts_with(&format!("nvec answer on {m0d_link}")) && e.contains("Ok(")),
+        "m0d's NVEC GET answered"
+    );
+    assert!(started, "m0d reached PROCESS STARTED");
+    assert!(keepalive_answered, "m0d answered hax's keepalive request");
+    assert!(stopped, "m0d reported PROCESS STOPPED");
+    assert_eq!(rc, Some(0), "m0d exits 0 on SIGTERM");
     assert_eq!(report.violations, 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
