@@ -29,6 +29,15 @@ pub struct Args {
     /// Address of the HTTP server (watch handlers, /metrics, /healthz).
     #[arg(long, value_name = "ADDR:PORT")]
     pub http_bind: Option<SocketAddr>,
+    /// File holding the bearer token HTTP requests must carry.
+    #[arg(long, value_name = "FILE")]
+    pub http_token_file: Option<PathBuf>,
+    /// Period of the filesystem statistics in milliseconds (0: off).
+    #[arg(long, value_name = "MS")]
+    pub stats_filesystem_interval_ms: Option<u64>,
+    /// Period of the byte counts in milliseconds (0: off).
+    #[arg(long, value_name = "MS")]
+    pub stats_bytecount_interval_ms: Option<u64>,
     /// Local node name.
     #[arg(long)]
     pub node: Option<String>,
@@ -76,6 +85,15 @@ impl Args {
         if let Some(v) = self.http_bind {
             c.http.bind = v;
         }
+        if let Some(v) = &self.http_token_file {
+            c.http.token_file = Some(v.clone());
+        }
+        if let Some(v) = self.stats_filesystem_interval_ms {
+            c.stats.filesystem_interval_ms = v;
+        }
+        if let Some(v) = self.stats_bytecount_interval_ms {
+            c.stats.bytecount_interval_ms = v;
+        }
         if let Some(v) = &self.node {
             c.identity.node = Some(v.clone());
         }
@@ -120,6 +138,33 @@ mod tests {
         assert_eq!(c.http.bind.port(), 9100);
         assert_eq!(c.identity.process_fid.map(|f| f.key), Some(6));
         assert_eq!(c.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn stats_and_token_options() {
+        let args = Args::try_parse_from([
+            "hax",
+            "--stats-filesystem-interval-ms",
+            "200",
+            "--stats-bytecount-interval-ms",
+            "0",
+            "--http-token-file",
+            "/etc/hax/http-token",
+        ])
+        .unwrap();
+        let env = |n: &str| (n == "HAX_STATS_FILESYSTEM_INTERVAL_MS").then(|| "9000".to_owned());
+        let c = args.config(env).unwrap();
+        assert_eq!(c.stats.filesystem_interval_ms, 200);
+        assert_eq!(c.stats.bytecount_interval(), None);
+        assert_eq!(
+            c.http.token_file.as_deref(),
+            Some(std::path::Path::new("/etc/hax/http-token"))
+        );
+        let e = Args::try_parse_from(["hax", "--stats-bytecount-interval-ms", "1"])
+            .unwrap()
+            .config(|_| None)
+            .unwrap_err();
+        assert!(e.to_string().contains("minimum"), "{e}");
     }
 
     #[test]

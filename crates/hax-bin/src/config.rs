@@ -64,6 +64,8 @@ pub struct Config {
     pub log: LogSection,
     /// Queue bounds and intervals.
     pub limits: LimitsSection,
+    /// Periodic statistics written by the RC leader.
+    pub stats: StatsSection,
 }
 
 /// `[consul]`
@@ -84,6 +86,10 @@ pub struct ConsulSection {
 pub struct HttpSection {
     /// Where the HTTP server listens (loopback by default).
     pub bind: SocketAddr,
+    /// File holding a bearer token: when set, requests need
+    /// `Authorization: Bearer <token>` (all but `GET /healthz`, `GET
+    /// /metrics` and the read-only API routes). Never logged.
+    pub token_file: Option<PathBuf>,
 }
 
 /// `[identity]`
@@ -136,6 +142,50 @@ pub struct LimitsSection {
     pub resync_secs: u64,
 }
 
+/// `[stats]`
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StatsSection {
+    /// Period of the filesystem statistics (`stats/filesystem`), in
+    /// milliseconds; 0 turns them off.
+    pub filesystem_interval_ms: u64,
+    /// Period of the byte counts (`ioservices/...`, `bytecount/...`), in
+    /// milliseconds; 0 turns them off.
+    pub bytecount_interval_ms: u64,
+}
+
+/// The shortest period a statistics updater may have: each run makes Motr
+/// calls that reach every ioservice.
+pub const MIN_STATS_INTERVAL: Duration = Duration::from_millis(100);
+
+impl Default for StatsSection {
+    fn default() -> Self {
+        // The original ran both every 600 s as a workaround for a Motr
+        // problem. Filesystem statistics are one call answered by every
+        // ioservice and are what capacity displays read: a minute keeps
+        // them current at no real cost. Byte counts cost a call per
+        // ioservice and per pool version plus a key per (ioservice, pool
+        // version, user), and only move with the data: five minutes.
+        StatsSection {
+            filesystem_interval_ms: 60_000,
+            bytecount_interval_ms: 300_000,
+        }
+    }
+}
+
+impl StatsSection {
+    /// The filesystem statistics period, `None` when off.
+    pub fn filesystem_interval(&self) -> Option<Duration> {
+        (self.filesystem_interval_ms > 0)
+            .then(|| Duration::from_millis(self.filesystem_interval_ms))
+    }
+
+    /// The byte count period, `None` when off.
+    pub fn bytecount_interval(&self) -> Option<Duration> {
+        (self.bytecount_interval_ms > 0).then(|| Duration::from_millis(self.bytecount_interval_ms))
+    }
+}
+
 impl Default for ConsulSection {
     fn default() -> Self {
         ConsulSection {
@@ -150,6 +200,7 @@ impl Default for HttpSection {
     fn default() -> Self {
         HttpSection {
             bind: SocketAddr::from(([127, 0, 0, 1], 8008)),
+            token_file: None,
         }
     }
 }
@@ -208,7 +259,8 @@ impl Config {
     /// Applies `HAX_*` variables given by `lookup`: `HAX_CONSUL_ADDRESS`,
     /// `HAX_CONSUL_TOKEN_FILE`, `HAX_HTTP_BIND`, `HAX_NODE`, `HAX_ENDPOINT`,
     /// `HAX_PROCESS_FID`, `HAX_HA_SERVICE_FID`, `HAX_RM_SERVICE_FID`,
-    /// `HAX_LOG_FORMAT`, `HAX_LOG`.
+    /// `HAX_LOG_FORMAT`, `HAX_LOG`, `HAX_HTTP_TOKEN_FILE`,
+    /// `HAX_STATS_FILESYSTEM_INTERVAL_MS`, `HAX_STATS_BYTECOUNT_INTERVAL_MS`.
     pub fn apply_env(
         &mut self,
         lookup: impl Fn(&str) -> Option<String>,
@@ -253,6 +305,15 @@ impl Config {
         if let Some(v) = get("HAX_LOG") {
             self.log.filter = v;
         }
+        if let Some(v) = get("HAX_HTTP_TOKEN_FILE") {
+            self.http.token_file = Some(v.into());
+        }
+        if let Some(v) = get("HAX_STATS_FILESYSTEM_INTERVAL_MS") {
+            self.stats.filesystem_interval_ms = parse("HAX_STATS_FILESYSTEM_INTERVAL_MS", &v)?;
+        }
+        if let Some(v) = get("HAX_STATS_BYTECOUNT_INTERVAL_MS") {
+            self.stats.bytecount_interval_ms = parse("HAX_STATS_BYTECOUNT_INTERVAL_MS", &v)?;
+        }
         Ok(())
     }
 
@@ -286,6 +347,26 @@ impl Config {
                 message: "queue bounds must be positive".into(),
             });
         }
+        for (name, ms) in [
+            (
+                "stats.filesystem_interval_ms",
+                self.stats.filesystem_interval_ms,
+            ),
+            (
+                "stats.bytecount_interval_ms",
+                self.stats.bytecount_interval_ms,
+            ),
+        ] {
+            if ms != 0 && Duration::from_millis(ms) < MIN_STATS_INTERVAL {
+                return Err(ConfigError::Invalid {
+                    name,
+                    message: format!(
+                        "{ms} ms is below the minimum of {} ms (0 turns it off)",
+                        MIN_STATS_INTERVAL.as_millis()
+                    ),
+                });
+            }
+        }
         if self.consul.request_timeout_ms == 0 {
             return Err(ConfigError::Invalid {
                 name: "consul.request_timeout_ms",
@@ -298,6 +379,26 @@ impl Config {
     /// Timeout of each Consul request.
     pub fn consul_timeout(&self) -> Duration {
         Duration::from_millis(self.consul.request_timeout_ms)
+    }
+
+    /// The HTTP bearer token read from `http.token_file`, if set. An empty
+    /// file is refused: it would let every request through.
+    pub fn http_token(&self) -> Result<Option<hax_consul::AclToken>, ConfigError> {
+        let Some(path) = &self.http.token_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let token = text.trim();
+        if token.is_empty() {
+            return Err(ConfigError::Invalid {
+                name: "http.token_file",
+                message: format!("{} is empty", path.display()),
+            });
+        }
+        Ok(Some(hax_consul::AclToken::new(token)))
     }
 }
 
@@ -373,6 +474,51 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("not a fid of type 'r'"));
+    }
+
+    #[test]
+    fn stats_intervals() {
+        let c =
+            Config::from_toml("[stats]\nfilesystem_interval_ms = 250\nbytecount_interval_ms = 0\n")
+                .unwrap();
+        c.validate().unwrap();
+        assert_eq!(
+            c.stats.filesystem_interval(),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(c.stats.bytecount_interval(), None);
+        let d = Config::default();
+        assert_eq!(d.stats.filesystem_interval(), Some(Duration::from_secs(60)));
+        assert_eq!(d.stats.bytecount_interval(), Some(Duration::from_secs(300)));
+        let fast = Config::from_toml("[stats]\nbytecount_interval_ms = 5").unwrap();
+        let e = fast.validate().unwrap_err().to_string();
+        assert!(e.contains("stats.bytecount_interval_ms"), "{e}");
+        let mut env = Config::default();
+        env.apply_env(|n| (n == "HAX_STATS_FILESYSTEM_INTERVAL_MS").then(|| "1500".to_owned()))
+            .unwrap();
+        assert_eq!(env.stats.filesystem_interval_ms, 1500);
+        let e = env
+            .apply_env(|n| (n == "HAX_STATS_BYTECOUNT_INTERVAL_MS").then(|| "soon".to_owned()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("HAX_STATS_BYTECOUNT_INTERVAL_MS"), "{e}");
+    }
+
+    #[test]
+    fn http_token_file() {
+        let dir = std::env::temp_dir().join(format!("hax-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("token");
+        std::fs::write(&path, "s3cret\n").unwrap();
+        let mut c = Config::default();
+        assert!(c.http_token().unwrap().is_none());
+        c.http.token_file = Some(path.clone());
+        assert_eq!(c.http_token().unwrap().unwrap().expose_secret(), "s3cret");
+        std::fs::write(&path, " \n").unwrap();
+        assert!(c.http_token().unwrap_err().to_string().contains("empty"));
+        c.http.token_file = Some(dir.join("absent"));
+        assert!(c.http_token().unwrap_err().to_string().contains("absent"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! | `leader` | RC leader node name (or `elect<N>`), locked by a session |
 //! | `consul/node/<hostname>` | Consul node name of a host |
 //! | `m0conf/...` | configuration tree ([`ConfKey`]) |
+//! | `m0conf/pools/<fid>` | pool name ([`PoolRecord`]) |
 //! | `m0_client_types` | JSON list of client service types |
 //! | `ssl/hax` | [`SslConfig`] |
 //! | `processes/<fid>` | [`ProcessStatus`] (cluster-wide view) |
@@ -222,6 +223,13 @@ pub mod keys {
     pub const FAILVEC: &str = "failvec";
     /// `config_path`
     pub const CONFIG_PATH: &str = "config_path";
+    /// `m0conf/pools/` (pool fid → pool name, written by cfgen)
+    pub const CONF_POOLS_PREFIX: &str = "m0conf/pools/";
+
+    /// `m0conf/pools/<fid>`
+    pub fn conf_pool(fid: FidText) -> String {
+        format!("{CONF_POOLS_PREFIX}{fid}")
+    }
 
     /// `consul/node/<hostname>`
     pub fn consul_node(hostname: &str) -> Result<String> {
@@ -498,6 +506,27 @@ impl PverHealth {
         };
         format!("{}{name}", keys::BYTECOUNT_PREFIX)
     }
+}
+
+/// A profile as `m0conf/profiles/<fid>` holds it: cfgen lists the pools of
+/// a profile by name, other writers by fid, so they are kept as text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProfileRecord {
+    /// The profile.
+    pub fid: FidText,
+    /// Its name.
+    pub name: String,
+    /// Its pools, as written.
+    pub pools: Vec<String>,
+}
+
+/// A pool as `m0conf/pools/<fid>` holds it: the value is the pool's name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolRecord {
+    /// The pool.
+    pub fid: FidText,
+    /// Its name.
+    pub name: String,
 }
 
 /// Value of `ssl/hax`.
@@ -1359,6 +1388,16 @@ fn decode_conf_value(key: &ConfKey, raw_key: &str, bytes: &[u8]) -> Result<ConfV
     })
 }
 
+/// The fid that ends `key`, a key directly under `prefix`.
+fn last_segment_fid(key: &str, prefix: &str) -> Result<FidText> {
+    key.strip_prefix(prefix)
+        .and_then(|rest| FidText::parse(rest).ok())
+        .ok_or_else(|| SchemaError::BadKey {
+            key: key.to_owned(),
+            reason: format!("expected {prefix}<fid>"),
+        })
+}
+
 // ---------------------------------------------------------------------------
 // Typed access
 
@@ -1665,6 +1704,94 @@ impl HaxKv {
         self.put_json(&class.key(), &bytes).await
     }
 
+    /// Every `m0conf/profiles/<fid>` entry, in key order.
+    pub async fn profile_records(&self) -> Result<Vec<ProfileRecord>> {
+        #[derive(Deserialize)]
+        struct Value {
+            name: String,
+            #[serde(default)]
+            pools: Vec<String>,
+        }
+        let listed = self.client.kv_list(keys::CONF_PROFILES_PREFIX).await?.value;
+        listed
+            .iter()
+            .map(|p| {
+                let fid = last_segment_fid(&p.key, keys::CONF_PROFILES_PREFIX)?;
+                let v: Value = decode(&p.key, &p.value)?;
+                Ok(ProfileRecord {
+                    fid,
+                    name: v.name,
+                    pools: v.pools,
+                })
+            })
+            .collect()
+    }
+
+    /// Every `m0conf/pools/<fid>` entry, in key order.
+    pub async fn pool_records(&self) -> Result<Vec<PoolRecord>> {
+        let listed = self.client.kv_list(keys::CONF_POOLS_PREFIX).await?.value;
+        listed
+            .iter()
+            .map(|p| {
+                Ok(PoolRecord {
+                    fid: last_segment_fid(&p.key, keys::CONF_POOLS_PREFIX)?,
+                    name: text(&p.key, &p.value)?.to_owned(),
+                })
+            })
+            .collect()
+    }
+
+    /// Writes many `ioservices/<ios>/pvers/<pver>/users/<uid>` values, in
+    /// transactions of at most [`crate::txn::MAX_TXN_OPS`] writes.
+    pub async fn put_byte_counts(
+        &self,
+        counts: &[(FidText, FidText, u64, ByteCount)],
+    ) -> Result<()> {
+        let ops = counts
+            .iter()
+            .map(|(ios, pver, user, count)| {
+                let key = keys::ioservice_user(*ios, *pver, *user);
+                let body = encode(&key, count)?;
+                Ok(crate::txn::TxnOp::set(key, body.into_bytes()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        for chunk in ops.chunks(crate::txn::MAX_TXN_OPS) {
+            self.client.txn(chunk).await?;
+        }
+        Ok(())
+    }
+
+    /// Every `bytecount/<class>` entry present, by class name (the last key
+    /// segment), with its JSON value (`null` when it is not JSON).
+    pub async fn bytecount_entries(&self) -> Result<BTreeMap<String, serde_json::Value>> {
+        let listed = self.client.kv_list(keys::BYTECOUNT_PREFIX).await?.value;
+        Ok(listed
+            .iter()
+            .filter_map(|p| {
+                let class = p.key.strip_prefix(keys::BYTECOUNT_PREFIX)?;
+                let value = serde_json::from_slice(&p.value).unwrap_or(serde_json::Value::Null);
+                Some((class.to_owned(), value))
+            })
+            .collect())
+    }
+
+    /// Writes every `bytecount/<class>` in one transaction, so that readers
+    /// never see totals of two different runs.
+    pub async fn put_bytecount_totals(&self, totals: &[(PverHealth, u64)]) -> Result<()> {
+        let ops = totals
+            .iter()
+            .map(|(class, bytes)| {
+                let key = class.key();
+                let body = encode(&key, bytes)?;
+                Ok(crate::txn::TxnOp::set(key, body.into_bytes()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        for chunk in ops.chunks(crate::txn::MAX_TXN_OPS) {
+            self.client.txn(chunk).await?;
+        }
+        Ok(())
+    }
+
     // -- event subscriptions
 
     /// `events/subscription/<resource>` (empty when absent).
@@ -1683,6 +1810,33 @@ impl HaxKv {
     ) -> Result<()> {
         self.put_json(&keys::event_subscription(resource)?, interfaces)
             .await
+    }
+
+    /// Read-modify-write of `events/subscription/<resource>` with
+    /// check-and-set: `change` edits the list (empty when absent) and says
+    /// whether it changed; nothing is written when it did not. Returns the
+    /// list as stored afterwards.
+    pub async fn update_event_subscriptions(
+        &self,
+        resource: &str,
+        mut change: impl FnMut(&mut Vec<String>) -> bool,
+    ) -> Result<Vec<String>> {
+        let key = keys::event_subscription(resource)?;
+        for _ in 0..RMW_ATTEMPTS {
+            let current = self.get_raw(&key).await?;
+            let (mut list, index): (Vec<String>, u64) = match &current {
+                None => (Vec::new(), 0),
+                Some(p) => (decode(&key, &p.value)?, p.modify_index),
+            };
+            if !change(&mut list) {
+                return Ok(list);
+            }
+            let body = encode(&key, &list)?;
+            if self.client.kv_cas(&key, body, index).await? {
+                return Ok(list);
+            }
+        }
+        Err(SchemaError::Contended { key })
     }
 
     // -- queues
