@@ -9,7 +9,7 @@
 //! and sends the same updates.
 //!
 //! Routes:
-//! * `GET /healthz` – liveness (never needs the bearer token);
+//! * `GET /healthz` – liveness;
 //! * `GET /` – the original hax liveness text;
 //! * `POST /` – `service` watches of hax, confd, ios... (service ids must be
 //!   decimal fid keys);
@@ -19,7 +19,13 @@
 //!   `checks` – any other watch, labelled by the deployment.
 //!
 //! Bad input (malformed JSON, wrong shapes, bad base64, bad fids, oversize
-//! bodies) is answered with a 4xx and a JSON error body, and logged.
+//! bodies, a content type other than JSON) is answered with a 4xx and a JSON
+//! error body, and logged.
+//!
+//! Connections are bounded ([`ServerConfig::max_connections`]) and a client
+//! must send a request's head within [`ServerConfig::header_timeout`], also
+//! between the requests of a kept-alive connection: a slow or idle client
+//! cannot hold the server's descriptors.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,7 +34,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -101,8 +107,15 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// How long a handler waits for room in the update channel before 503.
     pub enqueue_timeout: Duration,
-    /// When set, every route except `/healthz` needs `Authorization: Bearer <token>`.
+    /// When set, every request that may change state (any method but `GET`
+    /// and `HEAD`) needs `Authorization: Bearer <token>`.
     pub bearer_token: Option<AclToken>,
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// Deadline for a request's head (request line and headers), counted
+    /// from the first byte, or from the end of the previous request on a
+    /// kept-alive connection: the connection is closed after it.
+    pub header_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -113,6 +126,8 @@ impl Default for ServerConfig {
             request_timeout: Duration::from_secs(10),
             enqueue_timeout: Duration::from_millis(500),
             bearer_token: None,
+            max_connections: 256,
+            header_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -424,10 +439,15 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn authorised(config: &ServerConfig, headers: &HeaderMap) -> bool {
+/// Whether a request may go on: read-only methods always, others with the
+/// bearer token when one is configured.
+fn authorised(config: &ServerConfig, method: &Method, headers: &HeaderMap) -> bool {
     let Some(token) = &config.bearer_token else {
         return true;
     };
+    if matches!(*method, Method::GET | Method::HEAD) {
+        return true;
+    }
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -435,16 +455,56 @@ fn authorised(config: &ServerConfig, headers: &HeaderMap) -> bool {
         .is_some_and(|given| same_secret(given.trim().as_bytes(), token.expose_secret().as_bytes()))
 }
 
+fn unauthorised(req: &Request) -> Response {
+    tracing::warn!(method = %req.method(), path = %req.uri().path(), "request without a valid bearer token");
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "auth",
+        "missing or wrong bearer token",
+        "Unauthorized",
+    )
+    .into_response()
+}
+
+/// Whether a request body of this content type may be JSON: none given, or
+/// `application/json` or `application/<x>+json`, any parameters.
+fn json_content_type(headers: &HeaderMap) -> bool {
+    let Some(v) = headers.get(header::CONTENT_TYPE) else {
+        return true;
+    };
+    let Ok(v) = v.to_str() else {
+        return false;
+    };
+    let essence = v
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || essence
+            .strip_prefix("application/")
+            .is_some_and(|t| t.ends_with("+json"))
+}
+
 async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    if path != "/healthz" && !authorised(&state.config, req.headers()) {
-        tracing::warn!(%method, %path, "request without a valid bearer token");
+    if !authorised(&state.config, &method, req.headers()) {
+        return unauthorised(&req);
+    }
+    if method == Method::POST && !json_content_type(req.headers()) {
+        let given = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .unwrap_or_default();
+        tracing::warn!(%method, %path, content_type = %given, "request body is not JSON");
         return ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "auth",
-            "missing or wrong bearer token",
-            "Unauthorized",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "content-type",
+            format!("content type {given:?}: the body must be application/json"),
+            "Unsupported media type",
         )
         .into_response();
     }
@@ -469,6 +529,15 @@ async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Respo
     response
 }
 
+/// The bearer token check alone, for routes added to the router after
+/// [`router`] (see [`serve_with`]).
+async fn auth_only(State(config): State<Arc<ServerConfig>>, req: Request, next: Next) -> Response {
+    if !authorised(&config, req.method(), req.headers()) {
+        return unauthorised(&req);
+    }
+    next.run(req).await
+}
+
 /// The routes, with body limit, timeout, optional bearer token and logging.
 pub fn router(state: AppState) -> Router {
     let limit = state.config.body_limit;
@@ -489,19 +558,109 @@ pub async fn bind(config: &ServerConfig) -> std::io::Result<TcpListener> {
     TcpListener::bind(config.bind).await
 }
 
-/// Serves `router` on `listener` until `cancel`, then lets in-flight requests
-/// finish (each bounded by the request timeout).
+/// [`serve_with`] with the default limits and no token check beyond the
+/// routes of [`router`].
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
-    if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "watch server listening");
+    let config = ServerConfig {
+        bearer_token: None,
+        ..ServerConfig::default()
+    };
+    serve_with(listener, router, cancel, &config).await
+}
+
+/// Serves `router` on `listener` until `cancel`, then lets in-flight requests
+/// finish (each bounded by the request timeout).
+///
+/// At most `config.max_connections` connections are served at once; the
+/// others wait in the listen backlog. A connection whose client does not
+/// send a whole request head within `config.header_timeout` (idle between
+/// requests included) is closed. When `config.bearer_token` is set, every
+/// request but `GET` and `HEAD` needs it, on routes added after [`router`]
+/// too.
+pub async fn serve_with(
+    listener: TcpListener,
+    router: Router,
+    cancel: CancellationToken,
+    config: &ServerConfig,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, max_connections = config.max_connections, "watch server listening");
+    let router = if config.bearer_token.is_some() {
+        router.layer(middleware::from_fn_with_state(
+            Arc::new(config.clone()),
+            auth_only,
+        ))
+    } else {
+        router
+    };
+    let service = TowerToHyperService::new(router);
+    let slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections.max(1)));
+    let connections = tokio_util::task::TaskTracker::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(config.header_timeout)
+        .keep_alive(true);
+    loop {
+        let slot = tokio::select! {
+            _ = cancel.cancelled() => break,
+            s = Arc::clone(&slots).acquire_owned() => match s {
+                Ok(s) => s,
+                Err(_) => break,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of descriptors, or a connection reset before it was
+                    // accepted: wait a little rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = http.serve_connection(TokioIo::new(stream), service.clone());
+        let cancel = cancel.clone();
+        connections.spawn(async move {
+            let _slot = slot;
+            let mut conn = std::pin::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = cancel.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.as_mut().await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "http connection ended");
+            }
+        });
     }
-    axum::serve(listener, router)
-        .with_graceful_shutdown(cancel.cancelled_owned())
+    drop(listener);
+    connections.close();
+    // In-flight requests are bounded by the request timeout; a connection
+    // still reading a request head by the header timeout.
+    let grace = config.request_timeout + config.header_timeout;
+    if tokio::time::timeout(grace, connections.wait())
         .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = connections.len(),
+            "http connections still open at shutdown; dropping them"
+        );
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------

@@ -270,7 +270,7 @@ async fn full_or_closed_receiver_is_503() {
 }
 
 #[tokio::test]
-async fn bearer_token_guards_everything_but_healthz() {
+async fn bearer_token_guards_every_state_changing_request() {
     let config = ServerConfig {
         bearer_token: Some(AclToken::new("s3cret")),
         ..ServerConfig::default()
@@ -285,9 +285,23 @@ async fn bearer_token_guards_everything_but_healthz() {
         .0,
         StatusCode::OK
     );
+    // Reading needs no token.
+    assert_eq!(
+        call(&app, Request::get("/").body(Body::empty()).expect("req"))
+            .await
+            .0,
+        StatusCode::OK
+    );
     let (status, body) = call(&app, post("/watch/key/a", "null")).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(error_body(&body).error_type, "auth");
+    for path in ["/", "/watcher/bq", "/watcher/processes", "/no/such/route"] {
+        assert_eq!(
+            call(&app, post(path, "null")).await.0,
+            StatusCode::UNAUTHORIZED,
+            "POST {path}"
+        );
+    }
     let wrong = Request::post("/watch/key/a")
         .header("authorization", "Bearer nope")
         .body(Body::from("null"))
