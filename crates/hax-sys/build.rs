@@ -26,6 +26,7 @@ fn main() {
             .file("csrc/hax_glue_emu.c")
             .file("csrc/emu_wire.c")
             .file("csrc/emu_net.c")
+            .file("csrc/emu_client.c")
             .file("csrc/glue_check.c");
         build.compile("hax_glue_emu");
         println!("cargo:rustc-link-lib=pthread");

@@ -35,11 +35,36 @@ enum emu_frame_type {
 	F_EP_REQ = 0x02,
 	F_MSG = 0x03,
 	F_DELIVERED = 0x04,
+	F_CTL = 0x05,
 	F_HELLO_R = 0x81,
 	F_EP_REP = 0x82,
 	F_MSG_R = 0x83,
 	F_DELIVERED_R = 0x84,
 	F_NOLINK = 0x85,
+	F_CTL_R = 0x86,
+};
+
+/* Control operations of a CTL frame (docs/emulator-protocol.md). */
+enum emu_ctl_op {
+	EMU_CTL_POOL = 1,
+	EMU_CTL_PVER_STATE = 2,
+	EMU_CTL_FS_STATS = 3,
+	EMU_CTL_COUNTERS = 4,
+	EMU_CTL_SNS_RATE = 5,
+	EMU_CTL_SNS_FAIL = 6,
+	EMU_CTL_FAULT = 7,
+	EMU_CTL_CLEAR = 8,
+};
+
+/* Client operations that faults can be injected into. */
+enum emu_client_op {
+	EMU_OP_RCONFC_START = 1,
+	EMU_OP_SNS = 2,
+	EMU_OP_SNS_STATUS = 3,
+	EMU_OP_PVER_STATUS = 4,
+	EMU_OP_FS_STATS = 5,
+	EMU_OP_PROC_COUNTERS = 6,
+	EMU_OP_NR,
 };
 
 /* Layout of an encoded msg (the protocol's `msg`). */
@@ -203,6 +228,7 @@ struct emu_ring { /* FIFO of uintptr_t, power-of-two capacity */
 struct emu_ev;
 struct emu_logline;
 struct emu_fidslot;
+struct emu_client;
 
 struct hax_glue {
 	pthread_mutex_t mu;
@@ -262,6 +288,8 @@ struct hax_glue {
 	struct hax_msg *scratch; /* handler thread only */
 	uint32_t scratch_dirty;
 
+	struct emu_client *client; /* the spiel model, from init to fini */
+
 	uint64_t violations; /* __atomic */
 };
 
@@ -284,6 +312,21 @@ void emu_on_frame(hax_glue *h, struct emu_conn *c, uint8_t type, const uint8_t *
 void emu_on_conn_close(hax_glue *h, struct emu_conn *c);
 /* Queues more of the backlog of the links attached to c. */
 void emu_pump_conn(hax_glue *h, struct emu_conn *c);
+
+/* --- the client model (emu_client.c) ----------------------------------- */
+
+struct emu_client *emu_client_new(void);
+void emu_client_free(struct emu_client *c);
+/* A client call is in progress on some thread. */
+bool emu_client_busy(struct emu_client *c);
+/* start() succeeded: client calls are allowed, rconfc is not started. */
+void emu_client_run(struct emu_client *c);
+/* stop() began: rconfc stops, delayed calls return -ESHUTDOWN. */
+void emu_client_stop(struct emu_client *c);
+/* A CTL frame from c (network thread, h->mu held). */
+void emu_client_on_ctl(hax_glue *h, struct emu_conn *conn, const uint8_t *body, size_t len);
+/* The thread and lifecycle checks of a client call (hax_glue_emu.c). */
+int emu_client_enter(hax_glue *h, const char *fn);
 
 void *emu_net_main(void *arg);
 void emu_net_free_all(hax_glue *h); /* after the network thread is gone */

@@ -358,6 +358,32 @@ static int enter(hax_glue *h, const char *fn)
 	return 0;
 }
 
+/*
+ * Client calls block, so the threads that run callbacks may not make them;
+ * and they need a started interface. Takes and releases h->mu.
+ */
+int emu_client_enter(hax_glue *h, const char *fn)
+{
+	pthread_mutex_lock(&h->mu);
+	if (!thread_known(h))
+		return thread_refused(h, fn);
+	pthread_t me = pthread_self();
+	if (h->threads_up && (pthread_equal(me, h->handler_tid) || pthread_equal(me, h->net_tid))) {
+		struct vio v = {0};
+		violate(h, &v, HAX_E_THREAD,
+			"%s: a client call blocks; it must not run on a thread that runs callbacks",
+			fn);
+		return leave(h, &v, HAX_E_THREAD);
+	}
+	if (h->state != S_WORKING) {
+		emu_logf(h, HAX_LOG_WARN, "%s: the interface is not running", fn);
+		emu_unlock(h);
+		return HAX_E_STATE;
+	}
+	emu_unlock(h);
+	return 0;
+}
+
 /* --- events ------------------------------------------------------------- */
 
 static struct emu_ev *ev_new(uint8_t kind, hax_link_id link, size_t len)
@@ -804,6 +830,14 @@ int hax_glue_init(hax_glue **out, const char *debug_options, const char *node_uu
 	pthread_cond_init(&h->hcv, NULL);
 	pthread_cond_init(&h->wcv, &ca);
 	pthread_condattr_destroy(&ca);
+	h->client = emu_client_new();
+	if (h->client == NULL) {
+		pthread_cond_destroy(&h->hcv);
+		pthread_cond_destroy(&h->wcv);
+		pthread_mutex_destroy(&h->mu);
+		free(h);
+		return -ENOMEM;
+	}
 	h->init_tid = pthread_self();
 	h->state = S_INIT;
 	h->next_link_id = 1;
@@ -825,7 +859,13 @@ int hax_glue_fini(hax_glue *h)
 		emu_unlock(h);
 		return HAX_E_STATE;
 	}
+	if (emu_client_busy(h->client)) {
+		emu_logf(h, HAX_LOG_WARN, "fini: a client call is still in progress");
+		emu_unlock(h);
+		return HAX_E_STATE;
+	}
 	emu_unlock(h);
+	emu_client_free(h->client);
 	free(h->adopted);
 	pthread_cond_destroy(&h->hcv);
 	pthread_cond_destroy(&h->wcv);
@@ -1210,6 +1250,9 @@ void emu_on_frame(hax_glue *h, struct emu_conn *c, uint8_t type, const uint8_t *
 		break;
 	case F_DELIVERED:
 		frame_delivered(h, c, body, len);
+		break;
+	case F_CTL:
+		emu_client_on_ctl(h, c, body, len);
 		break;
 	default:
 		emu_conn_doom(h, c, "unknown frame type %#x", type);
@@ -1848,6 +1891,7 @@ int hax_glue_start(hax_glue *h, const char *local_ep, const struct hax_fid *proc
 	self_event(h, &h->rm_fid, SERVICE_RMS, EV_STARTING);
 	self_event(h, &h->rm_fid, SERVICE_RMS, EV_STARTED);
 	self_event(h, NULL, 0, EV_STARTED);
+	emu_client_run(h->client);
 	h->state = S_WORKING;
 	emu_unlock(h);
 	return 0;
@@ -1886,6 +1930,7 @@ int hax_glue_stop(hax_glue *h)
 		return HAX_E_STATE;
 	}
 	h->state = S_STOPPING;
+	emu_client_stop(h->client);
 	bool hang = false;
 	uint32_t ms = h->stop_timeout_ms;
 	emu_logf(h, HAX_LOG_INFO, "stopping: %zu links", h->n_links);
