@@ -15,7 +15,11 @@
  *   interface is one per process, so the handle is global;
  * - stop() has a deadline: what the user leaves unanswered after it
  *   (received messages, entrypoint requests, disconnects) is answered by the
- *   glue, and stop() returns HAX_E_HANG.
+ *   glue, and stop() returns HAX_E_HANG;
+ * - the client operations run spiel on the interface's own spiel instance;
+ *   rconfc starts with a deadline (Motr's own start waits for a confd quorum
+ *   for ever), and stop() waits for client calls in progress, then stops
+ *   rconfc before the interface.
  *
  * Locks: h->mu is never held across a call into Motr nor across a user
  * callback. A link whose hl is in use by a glue call (busy > 0) is handed to
@@ -26,13 +30,21 @@
 #include "glue_check.h"
 
 #include "addb2/global.h"
+#include "cm/repreb/cm.h"
+#include "conf/obj.h"
+#include "conf/pvers.h"
+#include "conf/rconfc.h"
 #include "fid/fid.h"
 #include "ha/halon/interface.h"
 #include "ha/link.h"
 #include "ha/msg.h"
+#include "lib/locality.h"
+#include "lib/memory.h"
 #include "lib/thread.h"
+#include "lib/time.h"
 #include "lib/types.h"
 #include "motr/version.h"
+#include "spiel/spiel.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -44,6 +56,7 @@
 #include <unistd.h>
 
 #define DEFAULT_STOP_TIMEOUT_MS 5000u
+#define DEFAULT_RCONFC_TIMEOUT_MS 30000u
 #define FIDTAB_MAX 0x1000u /* HALON_INTERFACE_NVEC_SIZE_MAX */
 #define CONFD_MAX 64u
 #define STR_MAX 255u
@@ -54,8 +67,14 @@ _Static_assert(HAX_NOTES_MAX == M0_HA_STATE_UPDATE_LIMIT, "notes limit");
 _Static_assert(HAX_NOTES_MAX == M0_HA_MSG_FAILURE_VEC_LIMIT, "failvec limit");
 _Static_assert((int)HAX_MSG_SNS_ERR == (int)M0_HA_MSG_SNS_ERR, "message types");
 _Static_assert((int)HAX_NC_DTM_RECOVERING == (int)M0_NC_DTM_RECOVERING, "HA states");
+_Static_assert((int)HAX_CM_PAUSED == (int)CM_STATUS_PAUSED, "copy machine states");
+_Static_assert((int)HAX_PVER_DAMAGED == (int)M0_CPS_DAMAGED, "pool version states");
+_Static_assert(sizeof(struct hax_fs_stats) == sizeof(struct m0_fs_stats), "fs stats");
 
 enum glue_state { S_INIT = 0, S_STARTING, S_WORKING, S_STOPPING };
+
+/* rconfc of the interface's spiel instance. */
+enum rconfc_state { RC_OFF = 0, RC_STARTING, RC_ON, RC_STOPPING };
 
 /* A received message not delivered yet: Motr's message stays valid until
  * delivered() is called for it. */
@@ -123,6 +142,14 @@ struct hax_glue {
 	bool stop_done;
 	bool forced;
 	pthread_t watchdog;
+	/* Client operations: the interface's spiel (set at start, on the init
+	 * thread: Motr hands it only to one of its threads), rconfc's state and
+	 * the client calls in progress (stop waits for them). */
+	struct m0_spiel *spiel;
+	enum rconfc_state rconfc;
+	unsigned client_calls;
+	uint32_t rconfc_timeout_ms;
+	uint64_t run; /* start() count: a call begun in an earlier run is over */
 };
 
 /* One interface per process (Motr's rule): callbacks find the handle here. */
@@ -891,8 +918,12 @@ int hax_glue_init(hax_glue **out, const char *debug_options, const char *node_uu
 		return -ENOMEM;
 	}
 	h->stop_timeout_ms = DEFAULT_STOP_TIMEOUT_MS;
-	if (debug_options != NULL)
+	h->rconfc_timeout_ms = DEFAULT_RCONFC_TIMEOUT_MS;
+	if (debug_options != NULL) {
 		h->stop_timeout_ms = opt_ms(debug_options, "stop-timeout-ms=", h->stop_timeout_ms);
+		h->rconfc_timeout_ms =
+			opt_ms(debug_options, "rconfc-timeout-ms=", h->rconfc_timeout_ms);
+	}
 	/* The linked library's own build id: the compatibility check compares
 	 * hax's build with the libmotr it runs with, which is this one. */
 	const struct m0_build_info *bi = m0_build_info_get();
@@ -1022,10 +1053,50 @@ int hax_glue_start(hax_glue *h, const char *local_ep, const struct hax_fid *proc
 		return rc;
 	}
 	h->state = S_WORKING;
+	h->rconfc = RC_OFF;
+	h->run++;
 	pthread_mutex_unlock(&h->mu);
-	glog(h, HAX_LOG_INFO, "halon interface started on %s, process " FIDF, local_ep,
-	     FIDP(process_fid));
+	struct m0_spiel *spiel = m0_halon_interface_spiel(h->hi);
+	pthread_mutex_lock(&h->mu);
+	h->spiel = spiel;
+	pthread_mutex_unlock(&h->mu);
+	glog(h, HAX_LOG_INFO, "halon interface started on %s, process " FIDF "%s", local_ep,
+	     FIDP(process_fid), spiel == NULL ? " (no spiel: client operations unavailable)" : "");
 	return 0;
+}
+
+/* --- client operations: shutdown ----------------------------------------- */
+
+/*
+ * Waits for the client calls in progress (they end when their RPCs do; each
+ * then returns -ESHUTDOWN) and stops rconfc. Runs on the init thread, from
+ * stop(), with the state already S_STOPPING, so that no new call begins.
+ */
+static void client_shutdown(hax_glue *h)
+{
+	struct timespec t0;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	pthread_mutex_lock(&h->mu);
+	while (h->client_calls > 0)
+		pthread_cond_wait(&h->cv, &h->mu);
+	bool on = h->rconfc == RC_ON;
+	if (on)
+		h->rconfc = RC_STOPPING;
+	struct m0_spiel *spiel = h->spiel;
+	pthread_mutex_unlock(&h->mu);
+	struct timespec t1;
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	long waited = (long)(t1.tv_sec - t0.tv_sec) * 1000L + (t1.tv_nsec - t0.tv_nsec) / 1000000L;
+	if (waited > (long)h->stop_timeout_ms)
+		glog(h, HAX_LOG_WARN, "stop: client calls in progress took %ld ms to end", waited);
+	if (on && spiel != NULL) {
+		m0_spiel_rconfc_stop(spiel);
+		glog(h, HAX_LOG_INFO, "stop: rconfc stopped");
+	}
+	pthread_mutex_lock(&h->mu);
+	h->rconfc = RC_OFF;
+	h->spiel = NULL;
+	pthread_mutex_unlock(&h->mu);
 }
 
 /* --- stop and its deadline ----------------------------------------------- */
@@ -1162,8 +1233,10 @@ int hax_glue_stop(hax_glue *h)
 	h->stop_done = false;
 	h->forced = false;
 	size_t n = h->n_links;
+	unsigned calls = h->client_calls;
 	pthread_mutex_unlock(&h->mu);
-	glog(h, HAX_LOG_INFO, "stopping: %zu links", n);
+	glog(h, HAX_LOG_INFO, "stopping: %zu links, %u client calls in progress", n, calls);
+	client_shutdown(h);
 	bool dog = pthread_create(&h->watchdog, NULL, watchdog_main, h) == 0;
 	if (!dog)
 		glog(h, HAX_LOG_WARN, "stop: no watchdog thread: stop() has no deadline");
@@ -1434,4 +1507,300 @@ int hax_glue_link_endpoint(hax_glue *h, hax_link_id link, char *buf, size_t len)
 	memcpy(buf, l->ep, n + 1);
 	pthread_mutex_unlock(&h->mu);
 	return 0;
+}
+
+/* --- API: client operations (spiel) -------------------------------------- */
+
+/*
+ * Begins a client call: a known thread that is not running a callback (the
+ * call blocks), the interface working, rconfc started when `need_rconfc`.
+ * Counted in h->client_calls, which stop() waits to drain.
+ */
+static int client_enter(hax_glue *h, const char *fn, bool need_rconfc)
+{
+	int rc = 0;
+	const char *why = NULL;
+	pthread_mutex_lock(&h->mu);
+	if (!thread_known(h)) {
+		rc = HAX_E_THREAD;
+		why = "called from a thread unknown to the implementation (adopt it first)";
+	} else if (tl_in_cb > 0) {
+		rc = HAX_E_THREAD;
+		why = "called from a callback (client calls block)";
+	} else if (h->state != S_WORKING || h->spiel == NULL) {
+		rc = HAX_E_STATE;
+		why = h->state == S_WORKING ? "Motr gave the interface no spiel instance"
+					    : "the interface is not working";
+	} else if (need_rconfc && h->rconfc != RC_ON) {
+		rc = HAX_E_RCONFC;
+		why = "rconfc is not started";
+	}
+	if (rc == 0)
+		h->client_calls++;
+	pthread_mutex_unlock(&h->mu);
+	if (rc != 0)
+		glog(h, HAX_LOG_WARN, "%s: %s", fn, why);
+	return rc;
+}
+
+/* Ends a client call: its result, or -ESHUTDOWN when stop() began meanwhile. */
+static int client_leave(hax_glue *h, int rc)
+{
+	pthread_mutex_lock(&h->mu);
+	h->client_calls--;
+	bool stopping = h->state != S_WORKING;
+	pthread_cond_broadcast(&h->cv);
+	pthread_mutex_unlock(&h->mu);
+	return stopping ? -ESHUTDOWN : rc;
+}
+
+static bool fid_zero(const struct hax_fid *f)
+{
+	return f->container == 0 && f->key == 0;
+}
+
+int hax_glue_rconfc_start(hax_glue *h, const struct hax_fid *profile)
+{
+	if (h == NULL)
+		return HAX_E_INVAL;
+	int rc = client_enter(h, "rconfc_start", false);
+	if (rc != 0)
+		return rc;
+	if (profile == NULL || fid_type(profile) != 'p')
+		return client_leave(h, HAX_E_INVAL);
+	pthread_mutex_lock(&h->mu);
+	if (h->rconfc != RC_OFF) {
+		rc = h->rconfc == RC_STOPPING ? -EBUSY : -EALREADY;
+		pthread_mutex_unlock(&h->mu);
+		return client_leave(h, rc);
+	}
+	h->rconfc = RC_STARTING;
+	struct m0_spiel *spiel = h->spiel;
+	uint64_t timeout_ns = (uint64_t)h->rconfc_timeout_ms * 1000000ull;
+	pthread_mutex_unlock(&h->mu);
+	/* m0_spiel_cmd_profile_set() + m0_spiel_rconfc_start(), with a
+	 * deadline: Motr's own start waits for ever while no confd quorum
+	 * answers (rconfc asks HA for the entrypoint again and again). */
+	spiel->spl_core.spc_profile = to_m0_fid(profile);
+	struct m0_rconfc *rconfc = &spiel->spl_rconfc;
+	rc = m0_rconfc_init(rconfc, &spiel->spl_core.spc_profile, m0_locality0_get()->lo_grp,
+			    spiel->spl_core.spc_rmachine, NULL, NULL);
+	if (rc == 0) {
+		rc = m0_rconfc_start_wait(rconfc, timeout_ns);
+		if (rc != 0) {
+			m0_rconfc_stop_sync(rconfc);
+			m0_rconfc_fini(rconfc);
+		}
+	}
+	pthread_mutex_lock(&h->mu);
+	h->rconfc = rc == 0 ? RC_ON : RC_OFF;
+	pthread_mutex_unlock(&h->mu);
+	if (rc == 0)
+		glog(h, HAX_LOG_INFO, "rconfc started, profile " FIDF, FIDP(profile));
+	else
+		glog(h, HAX_LOG_WARN, "rconfc did not start (profile " FIDF "): %d", FIDP(profile),
+		     rc);
+	return client_leave(h, rc);
+}
+
+int hax_glue_rconfc_stop(hax_glue *h)
+{
+	if (h == NULL)
+		return HAX_E_INVAL;
+	int rc = client_enter(h, "rconfc_stop", false);
+	if (rc != 0)
+		return rc;
+	pthread_mutex_lock(&h->mu);
+	if (h->rconfc != RC_ON) {
+		rc = h->rconfc == RC_OFF ? 0 : -EBUSY;
+		pthread_mutex_unlock(&h->mu);
+		return client_leave(h, rc);
+	}
+	/* No new call gets the confc; the ones using it end first. */
+	h->rconfc = RC_STOPPING;
+	while (h->client_calls > 1)
+		pthread_cond_wait(&h->cv, &h->mu);
+	struct m0_spiel *spiel = h->spiel;
+	pthread_mutex_unlock(&h->mu);
+	m0_spiel_rconfc_stop(spiel);
+	pthread_mutex_lock(&h->mu);
+	h->rconfc = RC_OFF;
+	pthread_mutex_unlock(&h->mu);
+	glog(h, HAX_LOG_INFO, "rconfc stopped");
+	return client_leave(h, 0);
+}
+
+int hax_glue_rconfc_ready(hax_glue *h)
+{
+	if (h == NULL)
+		return 0;
+	pthread_mutex_lock(&h->mu);
+	bool on = h->rconfc == RC_ON;
+	pthread_mutex_unlock(&h->mu);
+	return on ? 1 : 0;
+}
+
+typedef int (*sns_fn)(struct m0_spiel *, const struct m0_fid *);
+typedef int (*sns_status_fn)(struct m0_spiel *, const struct m0_fid *,
+			     struct m0_spiel_repreb_status **);
+
+int hax_glue_sns(hax_glue *h, uint32_t kind, uint32_t op, const struct hax_fid *pool)
+{
+	static const sns_fn fns[2][4] = {
+		[HAX_SNS_REPAIR] = {m0_spiel_sns_repair_start, m0_spiel_sns_repair_abort,
+				    m0_spiel_sns_repair_quiesce, m0_spiel_sns_repair_continue},
+		[HAX_SNS_REBALANCE] = {m0_spiel_sns_rebalance_start, m0_spiel_sns_rebalance_abort,
+				       m0_spiel_sns_rebalance_quiesce,
+				       m0_spiel_sns_rebalance_continue},
+	};
+	if (h == NULL)
+		return HAX_E_INVAL;
+	int rc = client_enter(h, "sns", true);
+	if (rc != 0)
+		return rc;
+	if (pool == NULL || fid_zero(pool) || kind > HAX_SNS_REBALANCE || op > HAX_SNS_CONTINUE)
+		return client_leave(h, HAX_E_INVAL);
+	struct m0_fid f = to_m0_fid(pool);
+	rc = fns[kind][op](h->spiel, &f);
+	return client_leave(h, rc);
+}
+
+int hax_glue_sns_status(hax_glue *h, uint32_t kind, const struct hax_fid *pool,
+			struct hax_sns_status *out, uint32_t cap, uint32_t *nr_out)
+{
+	/* The rebalance status is the rebalance status call (the original
+	 * asked for repair's in both cases). */
+	static const sns_status_fn fns[2] = {
+		[HAX_SNS_REPAIR] = m0_spiel_sns_repair_status,
+		[HAX_SNS_REBALANCE] = m0_spiel_sns_rebalance_status,
+	};
+	if (h == NULL)
+		return HAX_E_INVAL;
+	int rc = client_enter(h, "sns_status", true);
+	if (rc != 0)
+		return rc;
+	if (pool == NULL || fid_zero(pool) || nr_out == NULL || kind > HAX_SNS_REBALANCE ||
+	    (out == NULL && cap > 0))
+		return client_leave(h, HAX_E_INVAL);
+	struct m0_fid f = to_m0_fid(pool);
+	struct m0_spiel_repreb_status *st = NULL;
+	rc = fns[kind](h->spiel, &f, &st);
+	uint32_t n = rc > 0 ? (uint32_t)rc : 0;
+	if (rc >= 0)
+		rc = n > cap ? HAX_E_LIMIT : 0;
+	rc = client_leave(h, rc);
+	if (rc == 0) {
+		for (uint32_t i = 0; i < n; i++) {
+			out[i] = (struct hax_sns_status){
+				.fid = to_hax_fid(&st[i].srs_fid),
+				.state = (uint32_t)st[i].srs_state,
+				.progress = st[i].srs_progress,
+			};
+		}
+	}
+	if (rc == 0 || rc == HAX_E_LIMIT)
+		*nr_out = n;
+	m0_free(st);
+	return rc;
+}
+
+int hax_glue_pver_status(hax_glue *h, const struct hax_fid *pver, struct hax_pver_info *out)
+{
+	if (h == NULL)
+		return HAX_E_INVAL;
+	int rc = client_enter(h, "pver_status", true);
+	if (rc != 0)
+		return rc;
+	if (pver == NULL || fid_zero(pver) || out == NULL)
+		return client_leave(h, HAX_E_INVAL);
+	/* Motr asserts on a fid of another type, and on a formulaic pool
+	 * version: neither has a status. */
+	if (fid_type(pver) != 'v')
+		return client_leave(h, -ENOENT);
+	struct m0_fid f = to_m0_fid(pver);
+	enum m0_conf_pver_kind kind;
+	rc = m0_conf_pver_fid_read(&f, &kind, NULL, NULL);
+	if (rc == 0 && kind == M0_CONF_PVER_FORMULAIC)
+		rc = -EINVAL;
+	struct m0_conf_pver_info info = {0};
+	if (rc == 0)
+		rc = m0_spiel_conf_pver_status(h->spiel, &f, &info);
+	rc = client_leave(h, rc);
+	if (rc == 0) {
+		*out = (struct hax_pver_info){
+			.fid = to_hax_fid(&info.cpi_fid),
+			.state = (uint32_t)info.cpi_state,
+			.data_units = info.cpi_attr.pa_N,
+			.parity_units = info.cpi_attr.pa_K,
+			.pool_width = info.cpi_attr.pa_P,
+			.unit_size = info.cpi_attr.pa_unit_size,
+		};
+	}
+	return rc;
+}
+
+int hax_glue_fs_stats(hax_glue *h, struct hax_fs_stats *out)
+{
+	if (h == NULL)
+		return HAX_E_INVAL;
+	int rc = client_enter(h, "fs_stats", true);
+	if (rc != 0)
+		return rc;
+	if (out == NULL)
+		return client_leave(h, HAX_E_INVAL);
+	struct m0_fs_stats st = {0};
+	rc = m0_spiel_filesystem_stats_fetch(h->spiel, &st);
+	rc = client_leave(h, rc);
+	if (rc == 0) {
+		*out = (struct hax_fs_stats){
+			.free_seg = st.fs_free_seg,
+			.total_seg = st.fs_total_seg,
+			.free_disk = st.fs_free_disk,
+			.avail_disk = st.fs_avail_disk,
+			.total_disk = st.fs_total_disk,
+			.svc_total = st.fs_svc_total,
+			.svc_replied = st.fs_svc_replied,
+		};
+	}
+	return rc;
+}
+
+int hax_glue_proc_counters(hax_glue *h, const struct hax_fid *ios, struct hax_fid *proc_fid_out,
+			   struct hax_pver_count *out, uint32_t cap, uint32_t *nr_out)
+{
+	if (h == NULL)
+		return HAX_E_INVAL;
+	int rc = client_enter(h, "proc_counters", true);
+	if (rc != 0)
+		return rc;
+	if (ios == NULL || fid_zero(ios) || proc_fid_out == NULL || nr_out == NULL ||
+	    (out == NULL && cap > 0))
+		return client_leave(h, HAX_E_INVAL);
+	struct m0_fid f = to_m0_fid(ios);
+	struct m0_proc_counter *cs = NULL;
+	rc = m0_spiel_count_stats_init(&cs);
+	if (rc == 0) {
+		rc = m0_spiel_proc_counters_fetch(h->spiel, &f, cs);
+		if (rc == 0)
+			rc = cs->pc_rc;
+	}
+	uint32_t n = rc == 0 ? cs->pc_cnt : 0;
+	if (rc == 0 && n > cap)
+		rc = HAX_E_LIMIT;
+	rc = client_leave(h, rc);
+	if (rc == 0) {
+		for (uint32_t i = 0; i < n; i++) {
+			out[i] = (struct hax_pver_count){
+				.pver = to_hax_fid(&cs->pc_bckey[i]->sbk_fid),
+				.user_id = cs->pc_bckey[i]->sbk_user_id,
+				.byte_count = cs->pc_bcrec[i]->sbr_byte_count,
+				.object_count = cs->pc_bcrec[i]->sbr_object_count,
+			};
+		}
+		*proc_fid_out = to_hax_fid(&cs->pc_proc_fid);
+	}
+	if (rc == 0 || rc == HAX_E_LIMIT)
+		*nr_out = n;
+	m0_spiel_count_stats_fini(cs);
+	return rc;
 }

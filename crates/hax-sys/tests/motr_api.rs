@@ -64,6 +64,9 @@ fn event_list(evs: &[Ev], l: u64) -> Vec<(u32, u64, u64)> {
         .collect()
 }
 
+/// EINVAL on Linux.
+const EINVAL: i32 = 22;
+
 fn fvec_rep(cookie: (u64, u64)) -> Box<hax_msg> {
     let mut m = zmsg();
     m.type_ = HAX_MSG_FVEC_REP;
@@ -89,7 +92,7 @@ fn real_motr_lifecycle_contract_and_stop_deadline() {
     let backend = unsafe { CStr::from_ptr(hax_glue_backend()) };
     assert_eq!(backend.to_str(), Ok("motr"));
 
-    let mut e = Emu::init("stop-timeout-ms=1500");
+    let mut e = Emu::init("stop-timeout-ms=1500 rconfc-timeout-ms=3000");
     // A second interface in the same process: refused (one per process).
     let mut h2 = ptr::null_mut();
     // SAFETY: valid out pointer.
@@ -285,6 +288,56 @@ fn real_motr_lifecycle_contract_and_stop_deadline() {
     eprintln!("msg_delivered on the self link: {delivered:?}");
     // SAFETY: live handle.
     assert_eq!(unsafe { hax_glue_violations(e.h) }, 0);
+
+    // --- client operations with no confd to read: refused before rconfc
+    // runs; rconfc fails at once on an entrypoint that lists no confd.
+    let pool = fid(b'o', 1, 9);
+    let mut n = 0u32;
+    // SAFETY: live handle, init thread, valid pointers (no array with cap 0).
+    let (ready, sns, status, fs, stop, notprofile) = unsafe {
+        let mut st: hax_fs_stats = std::mem::zeroed();
+        (
+            hax_glue_rconfc_ready(e.h),
+            hax_glue_sns(e.h, HAX_SNS_REPAIR, HAX_SNS_START, &pool),
+            hax_glue_sns_status(e.h, HAX_SNS_REBALANCE, &pool, ptr::null_mut(), 0, &mut n),
+            hax_glue_fs_stats(e.h, &mut st),
+            hax_glue_rconfc_stop(e.h),
+            hax_glue_rconfc_start(e.h, &pool),
+        )
+    };
+    assert_eq!(ready, 0, "rconfc not started");
+    assert_eq!(
+        (sns, status, fs),
+        (HAX_E_RCONFC, HAX_E_RCONFC, HAX_E_RCONFC)
+    );
+    assert_eq!(stop, 0, "rconfc_stop when not started");
+    assert_eq!(notprofile, HAX_E_INVAL, "rconfc_start with a pool fid");
+    let rc = thread::spawn(move || {
+        let h = h;
+        // SAFETY: live handle, valid pointer; the thread rule is tested.
+        unsafe {
+            let mut st: hax_fs_stats = std::mem::zeroed();
+            hax_glue_fs_stats(h.0, &mut st)
+        }
+    })
+    .join()
+    .expect("thread");
+    assert_eq!(rc, HAX_E_THREAD, "client call from an unknown thread");
+    let t = Instant::now();
+    // SAFETY: live handle, init thread.
+    let rc = unsafe { hax_glue_rconfc_start(e.h, &fid(b'p', 1, 0)) };
+    let took = t.elapsed();
+    let asked = e
+        .events()
+        .iter()
+        .filter(|ev| matches!(ev, Ev::EpReq { first: false, .. }))
+        .count();
+    eprintln!("rconfc_start with no confd: rc {rc} in {took:?}, {asked} entrypoint requests");
+    assert_eq!(rc, -EINVAL, "rconfc refuses an entrypoint without confds");
+    assert!(asked >= 1, "rconfc asked for the entrypoint");
+    assert!(took < Duration::from_secs(3), "before its deadline");
+    // SAFETY: live handle.
+    assert_eq!(unsafe { hax_glue_rconfc_ready(e.h) }, 0);
 
     // --- stop: events to self, the handshake on the self link.
     e.clear();
