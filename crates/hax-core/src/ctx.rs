@@ -71,6 +71,7 @@ pub(crate) struct Shared {
     pub(crate) local_endpoint: String,
     pub(crate) process_fid: Fid,
     pub(crate) stop_requests: Mutex<Option<mpsc::Sender<()>>>,
+    pub(crate) client: Arc<crate::client::Core>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -99,6 +100,7 @@ impl Shared {
             local_endpoint,
             process_fid,
             stop_requests: Mutex::new(None),
+            client: Arc::default(),
         }
     }
 

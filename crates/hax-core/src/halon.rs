@@ -1,11 +1,12 @@
 //! Starting and stopping the halon interface, and the handle async code uses.
 //!
 //! Motr wants `init`, `start`, `stop` and `fini` on one thread, and every
-//! other call on a thread it knows. hax-core owns two threads for that: the
+//! other call on a thread it knows. hax-core owns three threads for that: the
 //! lifecycle thread, which runs the four lifecycle calls and nothing else
-//! (it is blocked inside `start` and `stop` while callbacks run), and the call
+//! (it is blocked inside `start` and `stop` while callbacks run); the call
 //! thread, adopted by Motr, which runs the calls that [`HaLink`] and the
-//! reply objects hand over from other threads.
+//! reply objects hand over from other threads; and the client thread, also
+//! adopted, which runs the blocking client operations of [`MotrClient`].
 
 use std::ffi::CString;
 use std::future::Future;
@@ -18,6 +19,7 @@ use hax_sys as sys;
 use tokio::sync::oneshot;
 
 use crate::callbacks::Callbacks;
+use crate::client::{ClientThread, MotrClient};
 use crate::ctx::{lock, CallMsg, Ctx, Outcome, Shared};
 use crate::entrypoint::LinkInfo;
 use crate::error::{Error, Result};
@@ -166,6 +168,19 @@ impl HaLink {
         self.shared.violations()
     }
 
+    /// Motr's client operations (rconfc, SNS, stats) on this interface.
+    ///
+    /// ```no_run
+    /// # async fn demo(link: hax_core::HaLink) -> Result<(), hax_core::ClientError> {
+    /// let stats = link.client().fs_stats().await?;
+    /// println!("{} of {} bytes free", stats.free_disk, stats.total_disk);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn client(&self) -> MotrClient {
+        MotrClient::new(Arc::clone(&self.shared.client))
+    }
+
     /// Asks the owner's lifecycle thread to stop the interface. Returns at
     /// once; [`Halon::stop`] waits for it. Harmless when already stopping.
     pub fn request_stop(&self) {
@@ -255,6 +270,12 @@ impl<C: Callbacks> Halon<C> {
         HaLink {
             shared: Arc::clone(&self.shared),
         }
+    }
+
+    /// Motr's client operations on this interface (the same as
+    /// [`HaLink::client`]).
+    pub fn client(&self) -> MotrClient {
+        MotrClient::new(Arc::clone(&self.shared.client))
     }
 
     /// The callbacks.
@@ -361,6 +382,15 @@ fn lifecycle<C: Callbacks>(
         return StopReport::default();
     }
     shared.set_calls(Some(call_tx.clone()));
+    let client = match ClientThread::spawn(&shared.client, glue) {
+        Ok(c) => c,
+        Err(e) => {
+            stop_call_thread(shared, &call_tx, call_thread);
+            finish(shared, glue);
+            let _ = ready.send(Err(e));
+            return StopReport::default();
+        }
+    };
 
     let cbs = trampoline::table(inner);
     // SAFETY: init thread; strings, fids and the callback table are valid for
@@ -377,6 +407,8 @@ fn lifecycle<C: Callbacks>(
         )
     };
     if rc != 0 {
+        shared.client.close();
+        client.join();
         stop_call_thread(shared, &call_tx, call_thread);
         finish(shared, glue);
         let _ = ready.send(Err(Error::glue("hax_glue_start", rc)));
@@ -388,6 +420,9 @@ fn lifecycle<C: Callbacks>(
     // Every stop request, or the loss of every sender, ends the run.
     let _ = stop.recv();
     tracing::info!("stopping the halon interface");
+    // New and queued client operations end now; one in progress ends when
+    // stop reaches it (Motr stops rconfc in hax_glue_stop).
+    shared.client.close();
     // SAFETY: init thread, started handle.
     let rc = unsafe { sys::hax_glue_stop(glue) };
     let would_hang = rc == sys::HAX_E_HANG;
@@ -395,6 +430,7 @@ fn lifecycle<C: Callbacks>(
         tracing::error!(code = %crate::error::GlueCode::from_rc(rc), "hax_glue_stop failed");
     }
     let violations = shared.violations();
+    client.join();
     stop_call_thread(shared, &call_tx, call_thread);
     finish(shared, glue);
     tracing::info!(violations, would_hang, "halon interface stopped");

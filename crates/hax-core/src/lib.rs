@@ -18,6 +18,7 @@ pub use state::{
 };
 
 mod callbacks;
+pub mod client;
 mod ctx;
 mod entrypoint;
 mod error;
@@ -28,6 +29,10 @@ mod thread;
 mod trampoline;
 
 pub use callbacks::Callbacks;
+pub use client::{
+    ByteCountStats, ClientError, CmStatus, FsStats, MotrClient, PverByteCount, PverInfo, PverState,
+    SnsKind, SnsOp, SnsStatus,
+};
 pub use ctx::{Ctx, Outcome};
 pub use entrypoint::{Confd, EntrypointReply, EntrypointRequest, LinkInfo};
 pub use error::{ConvertError, Error, GlueCode, Result};
