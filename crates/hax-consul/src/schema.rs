@@ -1704,7 +1704,8 @@ impl HaxKv {
         self.put_json(&class.key(), &bytes).await
     }
 
-    /// Every `m0conf/profiles/<fid>` entry, in key order.
+    /// Every `m0conf/profiles/<fid>` entry, in the order of the key text (as
+    /// Consul lists them: `0x10` before `0x9`).
     pub async fn profile_records(&self) -> Result<Vec<ProfileRecord>> {
         #[derive(Deserialize)]
         struct Value {
@@ -1727,7 +1728,7 @@ impl HaxKv {
             .collect()
     }
 
-    /// Every `m0conf/pools/<fid>` entry, in key order.
+    /// Every `m0conf/pools/<fid>` entry, in the order of the key text.
     pub async fn pool_records(&self) -> Result<Vec<PoolRecord>> {
         let listed = self.client.kv_list(keys::CONF_POOLS_PREFIX).await?.value;
         listed
