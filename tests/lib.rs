@@ -311,6 +311,10 @@ pub struct Options {
     pub mode: AgentMode,
     /// hax's log filter.
     pub log_filter: String,
+    /// Put a [`FaultProxy`] between hax and the agent ([`Env::proxy`]).
+    pub proxy: bool,
+    /// Extra command-line arguments of hax.
+    pub hax_args: Vec<String>,
 }
 
 impl Default for Options {
@@ -319,6 +323,8 @@ impl Default for Options {
             ioservices: 3,
             mode: AgentMode::Dev,
             log_filter: "info".into(),
+            proxy: false,
+            hax_args: Vec::new(),
         }
     }
 }
@@ -341,6 +347,8 @@ pub struct Env {
     pub http: SocketAddr,
     /// hax's Motr endpoint.
     pub hax_endpoint: String,
+    /// The proxy hax talks to Consul through, with [`Options::proxy`].
+    pub proxy: Option<FaultProxy>,
     opts: Options,
     dir: Option<tempfile::TempDir>,
     hax: Option<HaxChild>,
@@ -416,7 +424,13 @@ impl Env {
             .prefix("hax-e2e.")
             .tempdir()
             .expect("work dir");
+        let proxy = if opts.proxy {
+            Some(FaultProxy::start(agent.http_addr()).await)
+        } else {
+            None
+        };
         let mut env = Env {
+            proxy,
             kv: HaxKv::new(client.clone()),
             agent,
             client,
@@ -457,11 +471,16 @@ impl Env {
                 cmd.env_remove(k);
             }
         }
+        let consul = self
+            .proxy
+            .as_ref()
+            .map_or(self.agent.http_addr(), FaultProxy::addr);
         cmd.arg("--consul-address")
-            .arg(self.agent.http_addr().to_string())
+            .arg(consul.to_string())
             .arg("--http-bind")
             .arg(self.http.to_string())
             .args(["--log-format", "json", "--log", &self.opts.log_filter])
+            .args(&self.opts.hax_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(file);
@@ -547,6 +566,22 @@ impl Env {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// hax's resident set size, in KiB (`VmRSS` of `/proc/<pid>/status`).
+    pub fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.hax_pid())).expect("status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS: line")
+    }
+
+    /// The working directory of the test (logs, token files...).
+    pub fn work_dir(&self) -> &Path {
+        self.dir()
     }
 
     /// Open file descriptors of hax.
@@ -835,4 +870,219 @@ impl Drop for Env {
             }
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// A fault-injecting proxy in front of the agent
+
+/// What [`FaultProxy`] does with one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Forward it and pass the answer back.
+    Pass,
+    /// Answer this status without forwarding: Consul never saw it.
+    Refuse(u16),
+    /// Forward it, then answer this status instead of Consul's answer: the
+    /// request took effect and its answer was lost.
+    LoseAnswer(u16),
+}
+
+/// Which requests get which [`Fault`]: called with the request's number
+/// (from 0), method and path with query.
+pub type FaultSchedule = Box<dyn Fn(u64, &str, &str) -> Fault + Send + Sync>;
+
+#[derive(Default)]
+struct ProxyShared {
+    schedule: std::sync::Mutex<Option<FaultSchedule>>,
+    requests: std::sync::atomic::AtomicU64,
+    faults: std::sync::Mutex<BTreeMap<String, u64>>,
+}
+
+/// Counts of what a [`FaultProxy`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProxyStats {
+    /// Requests seen.
+    pub requests: u64,
+    /// Faults injected, by `refused 429`, `lost 500`, ...
+    pub faults: BTreeMap<String, u64>,
+}
+
+impl ProxyStats {
+    /// Faults injected, every kind.
+    pub fn injected(&self) -> u64 {
+        self.faults.values().sum()
+    }
+}
+
+/// A small HTTP proxy in front of the real agent that answers 429 or 500
+/// (as Consul does when rate limited or without a leader) on a schedule,
+/// before or after forwarding.
+pub struct FaultProxy {
+    addr: SocketAddr,
+    shared: std::sync::Arc<ProxyShared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for FaultProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FaultProxy")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn fault_body(status: u16) -> &'static str {
+    match status {
+        429 => "rate limit exceeded",
+        500 => "No cluster leader",
+        _ => "injected fault",
+    }
+}
+
+impl FaultProxy {
+    /// A proxy on a free loopback port forwarding to `upstream`; it passes
+    /// everything until [`FaultProxy::set_schedule`].
+    pub async fn start(upstream: SocketAddr) -> FaultProxy {
+        use std::sync::Arc;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("proxy bound");
+        let addr = listener.local_addr().expect("proxy address");
+        let shared = Arc::new(ProxyShared::default());
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(8)
+            .build()
+            .expect("proxy client");
+        let task = tokio::spawn({
+            let shared = Arc::clone(&shared);
+            async move {
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let (shared, client) = (Arc::clone(&shared), client.clone());
+                    tokio::spawn(async move {
+                        let service = hyper::service::service_fn(move |req| {
+                            proxy_one(Arc::clone(&shared), client.clone(), upstream, req)
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+            }
+        });
+        FaultProxy { addr, shared, task }
+    }
+
+    /// Where hax should send its Consul requests.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Sets (or, with `None`, clears) the schedule of faults.
+    pub fn set_schedule(&self, schedule: Option<FaultSchedule>) {
+        *self.shared.schedule.lock().expect("schedule") = schedule;
+    }
+
+    /// What it did so far.
+    pub fn stats(&self) -> ProxyStats {
+        ProxyStats {
+            requests: self
+                .shared
+                .requests
+                .load(std::sync::atomic::Ordering::Relaxed),
+            faults: self.shared.faults.lock().expect("faults").clone(),
+        }
+    }
+}
+
+async fn proxy_one(
+    shared: std::sync::Arc<ProxyShared>,
+    client: reqwest::Client,
+    upstream: SocketAddr,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Result<hyper::Response<http_body_util::Full<bytes::Bytes>>, std::convert::Infallible> {
+    use http_body_util::BodyExt;
+    let n = shared
+        .requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let method = req.method().clone();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
+    let fault = shared
+        .schedule
+        .lock()
+        .expect("schedule")
+        .as_ref()
+        .map_or(Fault::Pass, |s| s(n, method.as_str(), &path));
+    let answer = |status: u16, body: bytes::Bytes, headers: Vec<(String, Vec<u8>)>| {
+        let mut r = hyper::Response::builder().status(status);
+        for (k, v) in headers {
+            r = r.header(k, v);
+        }
+        r.body(http_body_util::Full::new(body))
+            .expect("proxy answer")
+    };
+    let count = |what: String| {
+        *shared
+            .faults
+            .lock()
+            .expect("faults")
+            .entry(what)
+            .or_default() += 1;
+    };
+    if let Fault::Refuse(status) = fault {
+        count(format!("refused {status}"));
+        return Ok(answer(status, fault_body(status).into(), Vec::new()));
+    }
+    let headers: Vec<(String, Vec<u8>)> = req
+        .headers()
+        .iter()
+        .filter(|(k, _)| *k != "host" && *k != "content-length")
+        .map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec()))
+        .collect();
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return Ok(answer(502, "proxy: body".into(), Vec::new())),
+    };
+    let mut fwd = client.request(
+        reqwest::Method::from_bytes(method.as_str().as_bytes()).expect("method"),
+        format!("http://{upstream}{path}"),
+    );
+    for (k, v) in headers {
+        fwd = fwd.header(k, v);
+    }
+    let resp = match fwd.body(body.to_vec()).send().await {
+        Ok(r) => r,
+        // The agent is down: as if the connection was refused.
+        Err(_) => {
+            return Ok(answer(
+                502,
+                "proxy: upstream unreachable".into(),
+                Vec::new(),
+            ))
+        }
+    };
+    let status = resp.status().as_u16();
+    let headers: Vec<(String, Vec<u8>)> = resp
+        .headers()
+        .iter()
+        .filter(|(k, _)| *k != "content-length" && *k != "transfer-encoding" && *k != "connection")
+        .map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec()))
+        .collect();
+    let body = resp.bytes().await.unwrap_or_default();
+    if let Fault::LoseAnswer(status) = fault {
+        count(format!("lost {status}"));
+        return Ok(answer(status, fault_body(status).into(), Vec::new()));
+    }
+    Ok(answer(status, body, headers))
 }

@@ -1,0 +1,354 @@
+//! Consul misbehaving under load: answering 429 and 500 (before or after
+//! doing the work) through a fault-injecting proxy, having no leader, and
+//! SIGKILLed and restarted again and again while BQ entries are broadcast.
+//! (`outage.rs` covers one 10 s outage during an event storm.)
+//!
+//! The guarantees checked: every event a peer sent is recorded, in order,
+//! and nothing is confirmed before it is durable; every BQ entry reaches
+//! every peer in order with no gap, and the only repeat is the entry whose
+//! offset commit a kill interrupted (at most one per kill).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hax_consul::dev_agent::{AgentMode, DevAgent};
+use hax_consul::queue::QueuePublisher;
+use hax_consul::schema::{ProcessState, QueueKind};
+use hax_core::{Fid, HaState, ProcessEventKind};
+use hax_e2e::{
+    assert_no_violations, device_entry, hax_binary, nvec_sets, recorded_as, wait_for, Env, Fault,
+    Options, T,
+};
+use hax_sim::SimProcess;
+
+const CYCLE: [ProcessEventKind; 3] = [
+    ProcessEventKind::Starting,
+    ProcessEventKind::Started,
+    ProcessEventKind::DtmRecovered,
+];
+
+/// Peers send a process event every `every`, without waiting for
+/// confirmations, until `stop`; what each sent.
+fn storm(
+    peers: &Arc<Vec<SimProcess>>,
+    stop: &Arc<AtomicBool>,
+    every: Duration,
+) -> tokio::task::JoinHandle<Vec<Vec<ProcessEventKind>>> {
+    let (peers, stop) = (Arc::clone(peers), Arc::clone(stop));
+    tokio::spawn(async move {
+        let mut sent = vec![Vec::new(); peers.len()];
+        let mut i = 0;
+        while !stop.load(Ordering::Relaxed) {
+            for (k, p) in peers.iter().enumerate() {
+                p.send_process_event(CYCLE[i % CYCLE.len()]).expect("sent");
+                sent[k].push(CYCLE[i % CYCLE.len()]);
+            }
+            i += 1;
+            tokio::time::sleep(every).await;
+        }
+        sent
+    })
+}
+
+/// Each peer's events are recorded, in order (a write whose answer was lost
+/// may be applied twice: a repeat in a row); how many repeats.
+async fn assert_all_recorded(
+    env: &Env,
+    peers: &[SimProcess],
+    sent: &[Vec<ProcessEventKind>],
+) -> usize {
+    let mut repeats = 0;
+    for (p, sent) in peers.iter().zip(sent) {
+        assert_eq!(
+            env.process_status(p.fid()).await.map(|s| s.state),
+            Some(recorded_as(*sent.last().unwrap())),
+            "{}",
+            p.fid()
+        );
+        let mut bq = env.bq_process_updates(p.fid()).await;
+        let n = bq.len();
+        bq.dedup();
+        repeats += n - bq.len();
+        let want: Vec<ProcessState> = sent.iter().map(|e| recorded_as(*e)).collect();
+        assert_eq!(bq, want, "{}: BQ entries", p.fid());
+        let s = p.stats();
+        assert_eq!((s.sent, s.confirmed), (sent.len() as u64, s.sent));
+    }
+    repeats
+}
+
+/// Nothing confirmed that is not durable: the events a peer has had
+/// confirmed are all in Consul already (read after the confirmations).
+async fn assert_confirmed_are_durable(env: &Env, peers: &[SimProcess]) -> u64 {
+    let confirmed: Vec<u64> = peers.iter().map(|p| p.stats().confirmed).collect();
+    for (p, c) in peers.iter().zip(&confirmed) {
+        let mut bq = env.bq_process_updates(p.fid()).await;
+        // Repeats of a lost answer are one event.
+        bq.dedup();
+        // Consecutive events of a peer always differ (CYCLE), so after
+        // dedup each entry is one event.
+        assert!(
+            bq.len() as u64 >= *c,
+            "{}: {c} events confirmed, {} recorded",
+            p.fid(),
+            bq.len()
+        );
+    }
+    confirmed.iter().sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul_answering_429_and_500_loses_nothing() {
+    let env = Env::start(Options {
+        proxy: true,
+        ..Options::default()
+    })
+    .await;
+    let proxy = env.proxy.as_ref().expect("proxy");
+    let peers = Arc::new(env.connect_peers(3).await);
+    let stop = Arc::new(AtomicBool::new(false));
+    let storm = storm(&peers, &stop, Duration::from_millis(20));
+
+    // Phase 1: one request in three fails: 429 before it reaches Consul,
+    // 500 before, or 500 after Consul did the work (its answer lost).
+    proxy.set_schedule(Some(Box::new(|n, _, _| match n % 6 {
+        1 => Fault::Refuse(429),
+        3 => Fault::Refuse(500),
+        5 => Fault::LoseAnswer(500),
+        _ => Fault::Pass,
+    })));
+    let t = Instant::now();
+    let mut checks = 0;
+    while t.elapsed() < Duration::from_secs(6) {
+        assert_confirmed_are_durable(&env, &peers).await;
+        checks += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Phase 2: no leader for 3 s: every request answered 500.
+    proxy.set_schedule(Some(Box::new(|_, _, _| Fault::Refuse(500))));
+    let at_start = assert_confirmed_are_durable(&env, &peers).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let at_end = assert_confirmed_are_durable(&env, &peers).await;
+    // A confirmation already on its way when the window opened may land.
+    assert!(
+        at_end <= at_start + peers.len() as u64,
+        "{} events confirmed without a leader",
+        at_end - at_start
+    );
+    // Phase 3: back to one request in three failing, then clean.
+    proxy.set_schedule(Some(Box::new(|n, _, _| match n % 6 {
+        1 => Fault::Refuse(429),
+        3 => Fault::LoseAnswer(500),
+        _ => Fault::Pass,
+    })));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    let sent = storm.await.unwrap();
+    for p in peers.iter() {
+        p.wait_all_confirmed(Duration::from_secs(60)).await.unwrap();
+    }
+    proxy.set_schedule(None);
+    let repeats = assert_all_recorded(&env, &peers, &sent).await;
+    let stats = proxy.stats();
+    let m = env.wait_idle().await;
+    eprintln!(
+        "{} events, {checks} durability checks; proxy: {} requests, faults {:?}; \
+         hax retries {}, errors {}; BQ entries applied twice: {repeats}",
+        sent.iter().map(Vec::len).sum::<usize>(),
+        stats.requests,
+        stats.faults,
+        m.n("hax_consul_retries_total"),
+        m.n("hax_consul_errors_total"),
+    );
+    assert!(stats.injected() > 100, "{stats:?}");
+    assert_no_violations(&peers);
+    env.assert_no_contract_violations();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hax_waits_for_a_consul_leader() {
+    let agent = DevAgent::builder()
+        .mode(AgentMode::Leaderless)
+        .start()
+        .await
+        .expect("agent");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("hax.log");
+    let http = std::net::SocketAddr::from(([127, 0, 0, 1], hax_e2e::free_port()));
+    let mut hax = std::process::Command::new(hax_binary())
+        .args(["--consul-address", &agent.http_addr().to_string()])
+        .args(["--http-bind", &http.to_string()])
+        .args(["--log-format", "json"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(hax.id() as i32);
+    let no_leader = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("consul has no leader yet")
+            .count()
+    };
+    let n = wait_for("hax to ask for a leader three times", T, || async {
+        (no_leader() >= 3).then(no_leader)
+    })
+    .await;
+    // Still waiting, not ready, not crashed.
+    assert!(hax.try_wait().unwrap().is_none(), "hax exited");
+    assert!(
+        std::net::TcpStream::connect(http).is_err(),
+        "hax serves HTTP without Consul"
+    );
+    let t = Instant::now();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = loop {
+        if let Some(s) = hax.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t.elapsed() < T, "hax did not stop");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    eprintln!(
+        "no leader: {n} waits logged; SIGTERM -> {status} in {:?}",
+        t.elapsed()
+    );
+    assert!(status.success(), "{status}");
+}
+
+/// Kills of the agent while BQ entries are broadcast and events recorded.
+async fn consul_killed_during_broadcasts(kills: usize) {
+    const DRIVES: usize = 6;
+    let mut env = Env::start(Options {
+        ioservices: DRIVES as u64,
+        mode: AgentMode::Persistent,
+        ..Options::default()
+    })
+    .await;
+    let peers = Arc::new(env.connect_peers(3).await);
+    let stop = Arc::new(AtomicBool::new(false));
+    let storm = storm(&peers, &stop, Duration::from_millis(50));
+    // Entry i: drive i % 6 goes online or failed, in turns: consecutive
+    // entries differ, so a repeat or a gap shows in what a peer receives.
+    let (node, drives) = (env.sample.node.clone(), env.sample.drives.clone());
+    let state = |i: usize| {
+        if (i / DRIVES) % 2 == 0 {
+            "failed"
+        } else {
+            "online"
+        }
+    };
+    let note = move |i: usize| {
+        let s = if (i / DRIVES) % 2 == 0 {
+            HaState::Failed
+        } else {
+            HaState::Online
+        };
+        (drives[i % DRIVES], s)
+    };
+    let publisher = tokio::spawn({
+        let (client, stop, node) = (env.client.clone(), Arc::clone(&stop), node.clone());
+        async move {
+            let publisher = QueuePublisher::new(client, QueueKind::Broadcast);
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                // The agent may be down: retry the same entry until it is in.
+                match publisher
+                    .publish(&device_entry(&node, i % DRIVES, state(i)))
+                    .await
+                {
+                    Ok(_) => i += 1,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+            i
+        }
+    });
+    let mut outages = Vec::new();
+    for k in 0..kills {
+        // A random moment of the run, then 1 to 3 s down.
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(300..1500))).await;
+        env.agent.kill();
+        let down = Duration::from_millis(fastrand::u64(1000..3000));
+        tokio::time::sleep(down).await;
+        let t = Instant::now();
+        env.agent.start_again().await.expect("agent back");
+        outages.push((down, t.elapsed()));
+        eprintln!("kill {k}: down {down:?}, agent back in {:?}", t.elapsed());
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let published = publisher.await.unwrap();
+    let sent = storm.await.unwrap();
+    for p in peers.iter() {
+        p.wait_all_confirmed(Duration::from_secs(60)).await.unwrap();
+    }
+    let last = note(published - 1);
+    let is_drive = |f: Fid| env.sample.drives.contains(&f);
+    let drive_notes = |p: &SimProcess| -> Vec<(Fid, HaState)> {
+        nvec_sets(&p.received())
+            .into_iter()
+            .filter(|n| n.len() == 1 && is_drive(n[0].fid))
+            .map(|n| (n[0].fid, n[0].state))
+            .collect()
+    };
+    wait_for(
+        "every peer to receive the last entry",
+        Duration::from_secs(60),
+        || async {
+            peers
+                .iter()
+                .all(|p| drive_notes(p).last() == Some(&last))
+                .then_some(())
+        },
+    )
+    .await;
+    let repeats = assert_all_recorded(&env, &peers, &sent).await;
+
+    // Every entry, in order, no gap; a repeat only right after itself.
+    let mut repeated = 0;
+    for p in peers.iter() {
+        let got = drive_notes(p);
+        let mut next = 0;
+        for (k, n) in got.iter().enumerate() {
+            if next < published && *n == note(next) {
+                next += 1;
+            } else if next > 0 && *n == note(next - 1) {
+                repeated += 1;
+            } else {
+                panic!(
+                    "{}: note {k} {n:?} is neither entry {next} nor a repeat of the one before",
+                    p.fid()
+                );
+            }
+        }
+        assert_eq!(next, published, "{}: entries received", p.fid());
+    }
+    eprintln!(
+        "{kills} kills {outages:?}: {published} BQ entries, each received by {} peers, \
+         {repeated} repeated broadcasts in all; {} events, {repeats} BQ event entries applied twice",
+        peers.len(),
+        sent.iter().map(Vec::len).sum::<usize>()
+    );
+    assert!(
+        repeated <= kills * peers.len(),
+        "{repeated} repeats for {kills} kills"
+    );
+    assert_no_violations(&peers);
+    env.assert_no_contract_violations();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul_sigkilled_during_broadcasts() {
+    consul_killed_during_broadcasts(3).await;
+}
+
+/// `cargo test -p hax-e2e --test faults_consul -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long: 10 kills of the agent (about 40 s)"]
+async fn consul_sigkilled_during_broadcasts_10_times() {
+    consul_killed_during_broadcasts(10).await;
+}
