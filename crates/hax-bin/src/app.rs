@@ -112,6 +112,9 @@ async fn wait_for_consul(client: &ConsulClient, cancel: &CancellationToken) -> O
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppError> {
     let started = Instant::now();
     let client = consul_client(&cfg)?;
+    let http_token = cfg
+        .http_token()
+        .map_err(|e| AppError::Config(e.to_string()))?;
     let Some(leader) = wait_for_consul(&client, &shutdown).await else {
         return Ok(());
     };
@@ -273,11 +276,40 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
         }
     });
 
+    // Motr's client: rconfc starts in the background, then the RC leader's
+    // statistics run.
+    let motr = ha.client();
+    let stats_metrics = Arc::new(crate::stats::StatsMetrics::default());
+    let ops_stop = tasks.child_token();
+    let rconfc = crate::rconfc::RconfcStarter::spawn(
+        motr.clone(),
+        kv.clone(),
+        view.clone(),
+        Arc::clone(&stats_metrics),
+        ops_stop.clone(),
+    );
+    let stats = crate::stats::StatsUpdaters::spawn(
+        crate::stats::StatsConfig {
+            filesystem: cfg.stats.filesystem_interval(),
+            bytecount: cfg.stats.bytecount_interval(),
+        },
+        motr.clone(),
+        kv.clone(),
+        view.clone(),
+        rconfc.ready(),
+        Arc::clone(&stats_metrics),
+        ops_stop,
+    );
+    let api = crate::api::ApiState::new(kv.clone(), view.clone(), motr, http_token.clone());
+    let api_metrics = api.metrics();
+
     // The HTTP server.
     let server_cfg = ServerConfig {
         bind: cfg.http.bind,
+        bearer_token: http_token,
         ..ServerConfig::default()
     };
+    let serve_cfg = server_cfg.clone();
     let listener = server::bind(&server_cfg)
         .await
         .map_err(|source| AppError::Http {
@@ -288,29 +320,38 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
     let writer_metrics = writer.metrics();
     let bq_metrics = processor_metrics;
     let event_metrics = pipeline.metrics();
-    let router = server::router(AppState::new(updates_tx.clone(), server_cfg)).route(
-        "/metrics",
-        get(move || {
-            let m = Arc::clone(&http_metrics);
-            let (w, b, e) = (
-                Arc::clone(&writer_metrics),
-                Arc::clone(&bq_metrics),
-                Arc::clone(&event_metrics),
-            );
-            let depth = queue_probe
-                .upgrade()
-                .map_or(0, |tx| tx.max_capacity() - tx.capacity());
-            async move {
-                m.events_queued.store(
-                    i64::try_from(depth).unwrap_or(i64::MAX),
-                    std::sync::atomic::Ordering::Relaxed,
+    let router = server::router(AppState::new(updates_tx.clone(), server_cfg))
+        .route(
+            "/metrics",
+            get(move || {
+                let m = Arc::clone(&http_metrics);
+                let (w, b, e) = (
+                    Arc::clone(&writer_metrics),
+                    Arc::clone(&bq_metrics),
+                    Arc::clone(&event_metrics),
                 );
-                m.render_all(&w, &b, &e)
-            }
-        }),
-    );
+                let (api_m, stats_m) = (Arc::clone(&api_metrics), Arc::clone(&stats_metrics));
+                let depth = queue_probe
+                    .upgrade()
+                    .map_or(0, |tx| tx.max_capacity() - tx.capacity());
+                async move {
+                    m.events_queued.store(
+                        i64::try_from(depth).unwrap_or(i64::MAX),
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
+                    let mut text = m.render_all(&w, &b, &e);
+                    api_m.render(&mut text);
+                    stats_m.render(&mut text);
+                    text
+                }
+            }),
+        )
+        .merge(crate::api::router(api));
     let http_cancel = tasks.child_token();
-    let http_task = tokio::spawn(server::serve(listener, router, http_cancel.clone()));
+    let http_task = tokio::spawn({
+        let cancel = http_cancel.clone();
+        async move { server::serve_with(listener, router, cancel, &serve_cfg).await }
+    });
     let resync = server::spawn_resync(
         client.clone(),
         vec![
@@ -340,6 +381,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
     let _ = crate::notify::notify("STOPPING=1");
     http_cancel.cancel();
     let _ = http_task.await;
+    stats.stop().await;
+    rconfc.stop().await;
     halon.callbacks().set_stopping();
     bq_stop.cancel();
     let _ = bq_task.await;

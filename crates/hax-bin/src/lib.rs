@@ -2,6 +2,7 @@
 //! tools. `main.rs` only parses the command line and calls [`app::run`].
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod app;
 pub mod bq;
 pub mod bridge;
@@ -16,6 +17,8 @@ pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod notify;
+pub mod rconfc;
 pub mod sample;
+pub mod stats;
 pub mod view;
 pub mod writer;

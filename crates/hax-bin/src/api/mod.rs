@@ -1,0 +1,416 @@
+//! The daemon's HTTP API, beside the Consul watch routes of
+//! [`hax_consul::server`]:
+//!
+//! * `POST /api/v1/sns/{operation}`, `GET /api/v1/sns/repair-status`,
+//!   `GET /api/v1/sns/rebalance-status` – SNS repair and rebalance of a pool
+//!   ([`sns`]);
+//! * `GET /v1/cluster/status`, `GET /v1/cluster/status/bytecount` – what
+//!   hare's `hare-status --json` / `--bytecount` print, computed here
+//!   ([`status`]);
+//! * `POST /v1/events/subscribe`, `POST /v1/events/unsubscribe` – event
+//!   subscriptions in `events/subscription/<type>` ([`events`]).
+//!
+//! Every answer is JSON; errors have the shape of
+//! [`hax_consul::server::ApiError`]. Unlike the original, an operation
+//! answers with its real outcome: a refused request is a 4xx, a failure of
+//! Motr or Consul a 5xx. When a bearer token is configured, the POST routes
+//! need it; the GET routes only read.
+
+pub mod events;
+pub mod sns;
+pub mod status;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use hax_consul::schema::{HaxKv, SchemaError};
+use hax_consul::server::ApiError;
+use hax_consul::AclToken;
+use hax_core::MotrClient;
+
+use crate::view::ClusterView;
+
+/// Largest request body of these routes: they take one small JSON object.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// How long a request waits for Motr (the original's SNS status wait).
+pub const MOTR_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the routes share.
+#[derive(Clone, Debug)]
+pub struct ApiState {
+    kv: HaxKv,
+    view: ClusterView,
+    motr: MotrClient,
+    token: Option<Arc<AclToken>>,
+    metrics: Arc<ApiMetrics>,
+    motr_timeout: Duration,
+}
+
+impl ApiState {
+    /// State over the KV store, the cluster view and Motr's client; POST
+    /// routes need `token` when it is set.
+    pub fn new(kv: HaxKv, view: ClusterView, motr: MotrClient, token: Option<AclToken>) -> Self {
+        ApiState {
+            kv,
+            view,
+            motr,
+            token: token.map(Arc::new),
+            metrics: Arc::new(ApiMetrics::default()),
+            motr_timeout: MOTR_TIMEOUT,
+        }
+    }
+
+    /// Another bound on the wait for Motr.
+    pub fn with_motr_timeout(mut self, timeout: Duration) -> Self {
+        self.motr_timeout = timeout;
+        self
+    }
+
+    /// The request counters, for `/metrics`.
+    pub fn metrics(&self) -> Arc<ApiMetrics> {
+        Arc::clone(&self.metrics)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Errors
+
+/// A refused or failed request, answered as an [`ApiError`] body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Class of the error (`bad_request`, `not_found`, `busy`, ...).
+    pub kind: &'static str,
+    /// Details.
+    pub message: String,
+    /// Short human explanation.
+    pub reason: &'static str,
+}
+
+impl Failure {
+    /// A failure with every field given.
+    pub fn new(
+        status: StatusCode,
+        kind: &'static str,
+        message: impl Into<String>,
+        reason: &'static str,
+    ) -> Self {
+        Failure {
+            status,
+            kind,
+            message: message.into(),
+            reason,
+        }
+    }
+
+    /// 400: the request itself is wrong.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Failure::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            message,
+            "Bad request",
+        )
+    }
+
+    /// A Consul failure: 503 when Consul could not be used, 500 when what it
+    /// holds is malformed.
+    pub fn consul(e: &SchemaError) -> Self {
+        match e {
+            SchemaError::Consul(_) => Failure::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "consul",
+                e.to_string(),
+                "Consul is not available",
+            ),
+            _ => Failure::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "consul_data",
+                e.to_string(),
+                "Malformed data in Consul",
+            ),
+        }
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        let body = ApiError {
+            status_code: self.status.as_u16(),
+            error_type: self.kind.to_owned(),
+            error_message: self.message,
+            reason: self.reason.to_owned(),
+        };
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+/// A JSON answer: `value` serialized with two-space indentation (the layout
+/// of hare's tools).
+pub fn json_response<T: serde::Serialize>(status: StatusCode, value: &T) -> Response {
+    match serde_json::to_string_pretty(value) {
+        Ok(body) => (
+            status,
+            [(header::CONTENT_TYPE, "application/json")],
+            body + "\n",
+        )
+            .into_response(),
+        Err(e) => Failure::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "encode",
+            e.to_string(),
+            "Cannot encode the answer",
+        )
+        .into_response(),
+    }
+}
+
+/// The body of a request, or the reason it could not be read (413 when over
+/// [`BODY_LIMIT`]).
+pub fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Failure> {
+    body.map_err(|r| {
+        let status = r.status();
+        let reason = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "Request body too large"
+        } else {
+            "Cannot read the request body"
+        };
+        Failure::new(status, "body", r.body_text(), reason)
+    })
+}
+
+/// The JSON object a request body must hold.
+pub fn json_object(body: &[u8]) -> Result<serde_json::Map<String, serde_json::Value>, Failure> {
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Object(m)) => Ok(m),
+        Ok(other) => Err(Failure::bad_request(format!(
+            "expected a JSON object, got {}",
+            json_kind(&other)
+        ))),
+        Err(e) => Err(Failure::new(
+            StatusCode::BAD_REQUEST,
+            "bad_json",
+            e.to_string(),
+            "Bad JSON provided",
+        )),
+    }
+}
+
+/// The name of the kind of a JSON value, for messages.
+pub fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Metrics
+
+/// Requests answered, by route and status code.
+#[derive(Debug, Default)]
+pub struct ApiMetrics {
+    answered: Mutex<BTreeMap<(String, u16), u64>>,
+}
+
+impl ApiMetrics {
+    fn count(&self, route: &str, status: StatusCode) {
+        let mut m = self.answered.lock().unwrap_or_else(PoisonError::into_inner);
+        *m.entry((route.to_owned(), status.as_u16())).or_default() += 1;
+    }
+
+    /// How many requests of `route` were answered `status`.
+    pub fn answered(&self, route: &str, status: u16) -> u64 {
+        self.answered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&(route.to_owned(), status))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Appends `hax_api_requests_total{route,code}` in the Prometheus text
+    /// format.
+    pub fn render(&self, out: &mut String) {
+        let m = self.answered.lock().unwrap_or_else(PoisonError::into_inner);
+        let _ = writeln!(
+            out,
+            "# HELP hax_api_requests_total API requests answered, by route and status code.\n\
+             # TYPE hax_api_requests_total counter"
+        );
+        for ((route, code), n) in m.iter() {
+            let _ = writeln!(
+                out,
+                "hax_api_requests_total{{route=\"{route}\",code=\"{code}\"}} {n}"
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Middleware
+
+/// Equal-time comparison, so that a token cannot be guessed byte by byte.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Whether `headers` carry the configured bearer token (always, when none
+/// is configured).
+pub fn authorised(token: Option<&AclToken>, headers: &HeaderMap) -> bool {
+    let Some(token) = token else {
+        return true;
+    };
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|given| same_secret(given.trim().as_bytes(), token.expose_secret().as_bytes()))
+}
+
+async fn require_token(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    if authorised(state.token.as_deref(), req.headers()) {
+        next.run(req).await
+    } else {
+        Failure::new(
+            StatusCode::UNAUTHORIZED,
+            "auth",
+            "missing or wrong bearer token",
+            "Unauthorized",
+        )
+        .into_response()
+    }
+}
+
+/// The route a path of these routes matched, as metrics name it (an SNS
+/// operation by its pattern, so that request paths cannot make labels).
+fn route_label(path: &str) -> &'static str {
+    const FIXED: [&str; 6] = [
+        "/api/v1/sns/repair-status",
+        "/api/v1/sns/rebalance-status",
+        "/v1/cluster/status",
+        "/v1/cluster/status/bytecount",
+        "/v1/events/subscribe",
+        "/v1/events/unsubscribe",
+    ];
+    FIXED
+        .into_iter()
+        .find(|r| *r == path)
+        .unwrap_or("/api/v1/sns/{operation}")
+}
+
+async fn observe(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let route = route_label(&path);
+    let response = next.run(req).await;
+    let status = response.status();
+    state.metrics.count(route, status);
+    if status.is_server_error() {
+        tracing::error!(%method, %path, %status, "API request failed");
+    } else if status.is_client_error() {
+        tracing::warn!(%method, %path, %status, "API request refused");
+    } else if method == Method::POST {
+        tracing::info!(%method, %path, %status, "API request done");
+    } else {
+        tracing::debug!(%method, %path, %status, "API request done");
+    }
+    response
+}
+
+/// The API routes, to merge into the daemon's router.
+pub fn router(state: ApiState) -> Router {
+    let writes = Router::new()
+        .route("/api/v1/sns/{operation}", post(sns::post_operation))
+        .route("/v1/events/subscribe", post(events::subscribe))
+        .route("/v1/events/unsubscribe", post(events::unsubscribe))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    let reads = Router::new()
+        .route("/api/v1/sns/repair-status", get(sns::repair_status))
+        .route("/api/v1/sns/rebalance-status", get(sns::rebalance_status))
+        .route("/v1/cluster/status", get(status::cluster_status))
+        .route(
+            "/v1/cluster/status/bytecount",
+            get(status::bytecount_status),
+        );
+    writes
+        .merge(reads)
+        .route_layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_compare_whole() {
+        let token = AclToken::new("s3cret");
+        let with = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::AUTHORIZATION, v.parse().unwrap());
+            h
+        };
+        assert!(authorised(None, &HeaderMap::new()));
+        assert!(authorised(Some(&token), &with("Bearer s3cret")));
+        assert!(!authorised(Some(&token), &with("Bearer s3cre")));
+        assert!(!authorised(Some(&token), &with("Bearer s3cretX")));
+        assert!(!authorised(Some(&token), &with("Basic s3cret")));
+        assert!(!authorised(Some(&token), &HeaderMap::new()));
+    }
+
+    #[test]
+    fn bodies_must_be_json_objects() {
+        assert_eq!(json_object(br#"{"fid": "x"}"#).unwrap().len(), 1);
+        let e = json_object(b"[1]").unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert!(e.message.contains("an array"), "{}", e.message);
+        let e = json_object(b"{").unwrap_err();
+        assert_eq!((e.status, e.kind), (StatusCode::BAD_REQUEST, "bad_json"));
+        let e = json_object(b"").unwrap_err();
+        assert_eq!(e.kind, "bad_json");
+    }
+
+    #[test]
+    fn route_labels() {
+        assert_eq!(route_label("/v1/cluster/status"), "/v1/cluster/status");
+        assert_eq!(
+            route_label("/api/v1/sns/repair-start"),
+            "/api/v1/sns/{operation}"
+        );
+        assert_eq!(
+            route_label("/api/v1/sns/rebalance-status"),
+            "/api/v1/sns/rebalance-status"
+        );
+    }
+
+    #[test]
+    fn metrics_render_by_route_and_code() {
+        let m = ApiMetrics::default();
+        m.count("/v1/cluster/status", StatusCode::OK);
+        m.count("/v1/cluster/status", StatusCode::OK);
+        m.count("/api/v1/sns/{operation}", StatusCode::CONFLICT);
+        assert_eq!(m.answered("/v1/cluster/status", 200), 2);
+        let mut out = String::new();
+        m.render(&mut out);
+        assert!(out.contains("hax_api_requests_total{route=\"/v1/cluster/status\",code=\"200\"} 2"));
+        assert!(out.contains("route=\"/api/v1/sns/{operation}\",code=\"409\"} 1"));
+    }
+}
