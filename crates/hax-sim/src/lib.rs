@@ -6,6 +6,9 @@
 //! - [`process`]: [`SimProcess`], one simulated `m0d`.
 //! - [`describe`]: one-line descriptions of messages and replies.
 //! - [`cluster`]: [`SimCluster`], N of them connected at once.
+//! - [`rogue`]: [`rogue::RoguePeer`], a peer that stops reading or floods.
+//! - [`control`]: [`SimControl`], which shapes the emulator's model of
+//!   Motr's client side (pools, SNS progress, stats, counters, faults).
 //!
 //! The binary `m0d-sim` drives a cluster from the command line.
 //!
@@ -29,15 +32,21 @@
 #![forbid(unsafe_code)]
 
 pub mod cluster;
+pub mod control;
 pub mod describe;
 pub mod endpoint;
 pub mod process;
+pub mod rogue;
 pub mod wire;
 
 pub use cluster::SimCluster;
+pub use control::{ControlError, Model, SimControl};
 pub use endpoint::{Endpoint, EndpointError};
 pub use process::{
     check_get_reply, Delivery, Entrypoint, LinkOutcome, LinkState, NvecReplyError, Received,
     SimConfig, SimError, SimEvent, SimEventKind, SimProcess, SimStats, Violation, FIRST_GET_ID,
 };
-pub use wire::{Confd, Control, EpRep, EpReq, HaxFrame, PeerFrame, WireError};
+pub use wire::{
+    ClientOp, Confd, Control, CtlOp, EpRep, EpReq, Fault, HaxFrame, PeerFrame, PoolDef, PverDef,
+    WireError,
+};

@@ -499,11 +499,11 @@ const OUT_HIGH: usize = 4 << 20;
 /// Read granularity.
 const READ_CHUNK: usize = 64 << 10;
 
-type BoxRead = Pin<Box<dyn AsyncRead + Send>>;
-type BoxWrite = Pin<Box<dyn AsyncWrite + Send>>;
+pub(crate) type BoxRead = Pin<Box<dyn AsyncRead + Send>>;
+pub(crate) type BoxWrite = Pin<Box<dyn AsyncWrite + Send>>;
 
 /// Opens a stream socket to `ep`.
-async fn open(ep: &Endpoint) -> io::Result<(BoxRead, BoxWrite)> {
+pub(crate) async fn open(ep: &Endpoint) -> io::Result<(BoxRead, BoxWrite)> {
     match ep {
         Endpoint::Tcp { host, port } => {
             let s = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
@@ -808,6 +808,10 @@ impl Shared {
                     g.ep_reconnected = false;
                     self.request(g, false);
                 }
+            }
+            HaxFrame::CtlReply { seq, rc } => {
+                // A process sends no CTL (that is SimControl's connection).
+                tracing::warn!(process = %self.cfg.fid, seq, rc, "CTL_R without a CTL");
             }
         }
     }

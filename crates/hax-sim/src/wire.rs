@@ -38,6 +38,8 @@ pub mod frame_type {
     pub const PEER_MSG: u8 = 0x03;
     /// Peer → hax `DELIVERED`.
     pub const PEER_DELIVERED: u8 = 0x04;
+    /// Peer → hax `CTL`.
+    pub const CTL: u8 = 0x05;
     /// Hax → peer `HELLO`.
     pub const HAX_HELLO: u8 = 0x81;
     /// Hax → peer `EP_REP`.
@@ -48,6 +50,8 @@ pub mod frame_type {
     pub const HAX_DELIVERED: u8 = 0x84;
     /// Hax → peer `NOLINK`.
     pub const NOLINK: u8 = 0x85;
+    /// Hax → peer `CTL_R`.
+    pub const CTL_R: u8 = 0x86;
 }
 
 /// Why bytes are not a valid frame, or a frame cannot be encoded.
@@ -119,6 +123,15 @@ pub enum WireError {
     /// An enumeration field of a payload is out of range.
     #[error(transparent)]
     OutOfRange(#[from] OutOfRange),
+    /// A `CTL` frame with an unknown operation, a field out of its range,
+    /// or a count over what the frame holds.
+    #[error("CTL {field} {value} is out of range")]
+    BadCtl {
+        /// The field.
+        field: &'static str,
+        /// The value found.
+        value: u64,
+    },
 }
 
 /// Checks a length header; returns the number of bytes that follow it.
@@ -251,6 +264,13 @@ pub enum PeerFrame {
         /// hax's tag.
         tag: u64,
     },
+    /// `CTL`: a control operation on the emulator's client model.
+    Ctl {
+        /// Echoed by the `CTL_R` that answers it.
+        seq: u64,
+        /// The operation.
+        op: CtlOp,
+    },
 }
 
 /// A frame from hax to a peer.
@@ -280,6 +300,13 @@ pub enum HaxFrame {
     NoLink {
         /// The link.
         link_id: u64,
+    },
+    /// `CTL_R`: the answer to a `CTL`.
+    CtlReply {
+        /// The `CTL`'s seq.
+        seq: u64,
+        /// 0, or the negative errno the model refused it with.
+        rc: i32,
     },
 }
 
@@ -498,6 +525,10 @@ impl PeerFrame {
                 encode_peer_delivered(out, *link_id, *tag);
                 Ok(())
             }
+            PeerFrame::Ctl { seq, op } => frame(out, CTL, |w| {
+                w.u64(*seq);
+                ctl::encode_ctl(w, op)
+            }),
         }
     }
 
@@ -518,6 +549,12 @@ impl PeerFrame {
                     tag: r.u64()?,
                 })
             }),
+            CTL => decode_all("CTL", body, |r| {
+                Ok(PeerFrame::Ctl {
+                    seq: r.u64()?,
+                    op: ctl::decode_ctl(r)?,
+                })
+            }),
             _ => Err(WireError::UnknownFrameType(ty)),
         }
     }
@@ -529,6 +566,7 @@ impl PeerFrame {
             PeerFrame::EpReq(_) => "EP_REQ",
             PeerFrame::Msg { .. } => "MSG",
             PeerFrame::Delivered { .. } => "DELIVERED",
+            PeerFrame::Ctl { .. } => "CTL",
         }
     }
 }
@@ -577,6 +615,11 @@ impl HaxFrame {
                 w.u64(*link_id);
                 Ok(())
             }),
+            HaxFrame::CtlReply { seq, rc } => frame(out, CTL_R, |w| {
+                w.u64(*seq);
+                w.u32(*rc as u32);
+                Ok(())
+            }),
         }
     }
 
@@ -600,6 +643,12 @@ impl HaxFrame {
             NOLINK => decode_all("NOLINK", body, |r| {
                 Ok(HaxFrame::NoLink { link_id: r.u64()? })
             }),
+            CTL_R => decode_all("CTL_R", body, |r| {
+                Ok(HaxFrame::CtlReply {
+                    seq: r.u64()?,
+                    rc: r.u32()? as i32,
+                })
+            }),
             _ => Err(WireError::UnknownFrameType(ty)),
         }
     }
@@ -612,6 +661,7 @@ impl HaxFrame {
             HaxFrame::Msg { .. } => "MSG",
             HaxFrame::Delivered { .. } => "DELIVERED",
             HaxFrame::NoLink { .. } => "NOLINK",
+            HaxFrame::CtlReply { .. } => "CTL_R",
         }
     }
 }
@@ -910,6 +960,9 @@ fn decode_msg(r: &mut Rd<'_>) -> Result<HaMsg, WireError> {
         data,
     })
 }
+
+mod ctl;
+pub use ctl::{ctl_op, ClientOp, CtlOp, Fault, PoolDef, PverDef, FAULT_DELAY_MAX_MS, SNS_RATE_MAX};
 
 #[cfg(test)]
 mod tests;

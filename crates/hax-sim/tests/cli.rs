@@ -246,7 +246,7 @@ fn broken_hax() -> (String, std::thread::JoinHandle<()>) {
                         );
                     }
                 }
-                PeerFrame::Delivered { .. } => {}
+                PeerFrame::Delivered { .. } | PeerFrame::Ctl { .. } => {}
             }
         }
     });

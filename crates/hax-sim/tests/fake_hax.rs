@@ -91,7 +91,7 @@ impl Conn {
         loop {
             match self.recv().await {
                 PeerFrame::Msg { link_id, tag, msg } => return (link_id, tag, msg),
-                PeerFrame::Delivered { .. } => {}
+                PeerFrame::Delivered { .. } | PeerFrame::Ctl { .. } => {}
                 f => panic!("expected MSG, got {f:?}"),
             }
         }
@@ -560,7 +560,7 @@ async fn failvec_and_keepalive() {
                 answered = true;
                 break;
             }
-            PeerFrame::Delivered { .. } => {}
+            PeerFrame::Delivered { .. } | PeerFrame::Ctl { .. } => {}
             f => panic!("{f:?}"),
         }
     }

@@ -492,9 +492,9 @@ int hax_glue_proc_counters(hax_glue *h, const struct hax_fid *ios, struct hax_fi
 	if (rc != 0)
 		return rc;
 	rc = fault_apply(c, EMU_OP_PROC_COUNTERS);
-	if (rc == 0 && !ios_known(c, ios))
-		rc = -ENOENT;
 	const struct emu_counts *k = rc == 0 ? counts_find(c, ios) : NULL;
+	if (rc == 0 && k == NULL && !ios_known(c, ios))
+		rc = -ENOENT;
 	uint32_t n = k != NULL ? k->n : 0;
 	if (rc == 0 && n > cap) {
 		*nr_out = n;
@@ -630,9 +630,9 @@ static int ctl_counters(struct emu_client *c, struct emu_rd *r)
 		v[i].object_count = rd_u64(r);
 	}
 	rd_end(r);
-	if (r->bad != NULL || !ios_known(c, &ios)) {
+	if (r->bad != NULL || fid_zero(&ios)) {
 		free(v);
-		return r->bad != NULL ? 0 : -ENOENT;
+		return r->bad != NULL ? 0 : -EINVAL;
 	}
 	struct emu_counts *k = counts_find(c, &ios);
 	if (k == NULL) {

@@ -363,7 +363,9 @@ int hax_glue_fs_stats(hax_glue *h, struct hax_fs_stats *out);
 
 /*
  * m0_spiel_count_stats_init() + m0_spiel_proc_counters_fetch(ios) (a failed
- * pc_rc is the call's result) + m0_spiel_count_stats_fini(). *proc_fid_out
+ * pc_rc is the call's result) + m0_spiel_count_stats_fini(). `ios` is the
+ * ioservice's process fid (-EPERM when Motr does not see that process
+ * online). *proc_fid_out
  * is pc_proc_fid; the entries go to out[0..*nr_out), with the same
  * HAX_E_LIMIT rule as hax_glue_sns_status().
  */

@@ -506,11 +506,14 @@ fn pver_status_fs_stats_and_counters() {
     assert_eq!((rc, nr), (HAX_E_LIMIT, 2));
     let (rc, _, _, _) = fetch(ios(9), 4);
     assert_eq!(rc, -ENOENT);
+    // Counters make an ioservice process known.
     assert_eq!(
-        counters(&mut c, ios(9), &[]),
-        -ENOENT,
-        "counters of an unknown ioservice"
+        counters(&mut c, fid(b'r', 1, 0x20), &[(pver(1), 0, 1, 1)]),
+        0
     );
+    let (rc, pf, nr, _) = fetch(fid(b'r', 1, 0x20), 4);
+    assert_eq!((rc, pf.key, nr), (0, 0x20, 1));
+    assert_eq!(counters(&mut c, hax_fid::default(), &[]), -EINVAL);
 
     // CLEAR forgets the model.
     assert_eq!(c.op(CTL_CLEAR, &[]), 0);

@@ -10,8 +10,8 @@ use clap::{Parser, ValueEnum};
 use hax_core::{Fid, ProcessEventKind, ServiceEventKind};
 use hax_sim::process::SimEventKind;
 use hax_sim::{
-    cluster, describe, Delivery, LinkOutcome, LinkState, SimConfig, SimError, SimEvent, SimProcess,
-    SimStats,
+    cluster, describe, Delivery, LinkOutcome, LinkState, Model, SimConfig, SimControl, SimError,
+    SimEvent, SimProcess, SimStats,
 };
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -96,6 +96,13 @@ struct Args {
     /// Do not re-attach lost connections.
     #[arg(long)]
     no_reattach: bool,
+
+    /// Load this client model into hax's emulator once connected: pools with
+    /// their ioservices and pool versions, filesystem stats, byte counts, SNS
+    /// progress rate (JSON; see hax_sim::Model). It shapes what hax's rconfc,
+    /// SNS, stats and byte-count calls answer.
+    #[arg(long, value_name = "FILE")]
+    model: Option<std::path::PathBuf>,
 
     /// Print one JSON object per line instead of text.
     #[arg(long)]
@@ -303,6 +310,14 @@ async fn run(args: Args) -> Result<bool, String> {
     if ka_every.is_zero() {
         return Err("--keepalive-interval must be above 0".into());
     }
+    let model = match &args.model {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("--model {}: {e}", path.display()))?;
+            Some(Model::from_json(&text).map_err(|e| format!("--model {}: {e}", path.display()))?)
+        }
+        None => None,
+    };
     let (tx, mut rx) = mpsc::unbounded_channel::<SimEvent>();
     let mut cfgs = cluster::configs(&args.ha_endpoint, args.count as usize, args.fid_base);
     let mut names = HashMap::new();
@@ -374,6 +389,43 @@ async fn run(args: Args) -> Result<bool, String> {
         }
     }
     let procs: Vec<Arc<SimProcess>> = procs.into_iter().flatten().map(Arc::new).collect();
+
+    if let Some(m) = &model {
+        let loaded = async {
+            let ctl = SimControl::connect(&args.ha_endpoint).await?;
+            ctl.load(m).await
+        };
+        match tokio::time::timeout(timeout, loaded).await {
+            Ok(Ok(())) => out.line(
+                Instant::now(),
+                None,
+                &format!(
+                    "client model loaded: {} pools, {} ioservice counters",
+                    m.pools.len(),
+                    m.counters.len()
+                ),
+                json!({"event": "model_loaded", "pools": m.pools.len(), "counters": m.counters.len()}),
+            ),
+            Ok(Err(e)) => {
+                out.line(
+                    Instant::now(),
+                    None,
+                    &format!("✗ client model: {e}"),
+                    json!({"event": "model_failed", "error": e.to_string()}),
+                );
+                failed = true;
+            }
+            Err(_) => {
+                out.line(
+                    Instant::now(),
+                    None,
+                    "✗ client model: no answer in time",
+                    json!({"event": "model_failed", "error": "timeout"}),
+                );
+                failed = true;
+            }
+        }
+    }
 
     if args.events {
         for p in &procs {
