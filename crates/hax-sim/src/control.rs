@@ -172,6 +172,15 @@ impl SimControl {
     /// [`ControlError::Refused`] carries the model's negative errno.
     pub async fn apply(&self, op: CtlOp) -> Result<(), ControlError> {
         let name = op.name();
+        match self.ask(op).await? {
+            0 => Ok(()),
+            rc => Err(ControlError::Refused { op: name, rc }),
+        }
+    }
+
+    /// Sends one operation and returns the `rc` of its answer.
+    async fn ask(&self, op: CtlOp) -> Result<i32, ControlError> {
+        let name = op.name();
         let mut conn = self.conn.lock().await;
         conn.seq += 1;
         let seq = conn.seq;
@@ -186,12 +195,16 @@ impl SimControl {
                 }
             }
         };
-        match tokio::time::timeout(self.timeout, answer).await {
-            Err(_) => Err(ControlError::Timeout(name)),
-            Ok(Err(e)) => Err(e),
-            Ok(Ok(0)) => Ok(()),
-            Ok(Ok(rc)) => Err(ControlError::Refused { op: name, rc }),
-        }
+        tokio::time::timeout(self.timeout, answer)
+            .await
+            .map_err(|_| ControlError::Timeout(name))?
+    }
+
+    /// How many client calls wait in an injected delay now: tells that a
+    /// call hax made has reached the emulator and is being held there.
+    pub async fn delayed_calls(&self) -> Result<u32, ControlError> {
+        let rc = self.ask(CtlOp::Delayed).await?;
+        u32::try_from(rc).map_err(|_| ControlError::Refused { op: "DELAYED", rc })
     }
 
     /// Defines a pool, or replaces the pool with the same fid (its repair

@@ -54,6 +54,7 @@ enum emu_ctl_op {
 	EMU_CTL_SNS_FAIL = 6,
 	EMU_CTL_FAULT = 7,
 	EMU_CTL_CLEAR = 8,
+	EMU_CTL_DELAYED = 9,
 };
 
 /* Client operations that faults can be injected into. */

@@ -63,6 +63,7 @@ struct emu_client {
 	struct hax_fid profile;
 	uint32_t rate;
 	uint32_t in_calls;
+	uint32_t delayed; /* calls waiting in an injected delay now */
 	struct emu_pool *pools;
 	size_t n_pools;
 	struct emu_counts *counts;
@@ -283,8 +284,10 @@ static int fault_apply(struct emu_client *c, int op)
 			dl.tv_sec++;
 			dl.tv_nsec -= 1000000000L;
 		}
+		c->delayed++;
 		while (!c->shutdown && pthread_cond_timedwait(&c->cv, &c->mu, &dl) != ETIMEDOUT)
 			;
+		c->delayed--;
 		if (c->shutdown)
 			return -ESHUTDOWN;
 	}
@@ -732,6 +735,10 @@ void emu_client_on_ctl(hax_glue *h, struct emu_conn *conn, const uint8_t *body, 
 		rd_end(&r);
 		if (r.bad == NULL)
 			model_clear(c);
+		break;
+	case EMU_CTL_DELAYED:
+		rd_end(&r);
+		rc = (int)c->delayed;
 		break;
 	default:
 		if (r.bad == NULL)

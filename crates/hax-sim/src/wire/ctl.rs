@@ -24,6 +24,8 @@ pub mod ctl_op {
     pub const FAULT: u8 = 7;
     /// Forget the model.
     pub const CLEAR: u8 = 8;
+    /// Count the client calls waiting in an injected delay.
+    pub const DELAYED: u8 = 9;
 }
 
 /// Size of one encoded pool version (fid, four u32, u64).
@@ -154,6 +156,9 @@ pub enum CtlOp {
     Fault(Fault),
     /// Forgets pools, stats, counters and faults.
     Clear,
+    /// Asks how many client calls wait in an injected delay now (the
+    /// answer's `rc`).
+    Delayed,
 }
 
 impl CtlOp {
@@ -168,6 +173,7 @@ impl CtlOp {
             CtlOp::SnsFail { .. } => ctl_op::SNS_FAIL,
             CtlOp::Fault(_) => ctl_op::FAULT,
             CtlOp::Clear => ctl_op::CLEAR,
+            CtlOp::Delayed => ctl_op::DELAYED,
         }
     }
 
@@ -182,6 +188,7 @@ impl CtlOp {
             CtlOp::SnsFail { .. } => "SNS_FAIL",
             CtlOp::Fault(_) => "FAULT",
             CtlOp::Clear => "CLEAR",
+            CtlOp::Delayed => "DELAYED",
         }
     }
 }
@@ -274,7 +281,7 @@ pub(super) fn encode_ctl(w: &mut Wr<'_>, op: &CtlOp) -> Result<(), WireError> {
             w.u32(f.rc as u32);
             w.u32(f.delay_ms);
         }
-        CtlOp::Clear => {}
+        CtlOp::Clear | CtlOp::Delayed => {}
     }
     Ok(())
 }
@@ -357,6 +364,7 @@ pub(super) fn decode_ctl(r: &mut Rd<'_>) -> Result<CtlOp, WireError> {
             delay_ms: r.u32()?,
         }),
         ctl_op::CLEAR => CtlOp::Clear,
+        ctl_op::DELAYED => CtlOp::Delayed,
         v => return Err(bad("operation", u64::from(v))),
     })
 }
@@ -431,6 +439,7 @@ mod tests {
                 delay_ms: FAULT_DELAY_MAX_MS,
             }),
             CtlOp::Clear,
+            CtlOp::Delayed,
         ]
     }
 
@@ -467,7 +476,7 @@ mod tests {
             other => panic!("{field}: {other:?}"),
         };
         bad_field(ctl(0, &[]), "operation");
-        bad_field(ctl(9, &[]), "operation");
+        bad_field(ctl(10, &[]), "operation");
         let mut b = vec![0u8; 16];
         b.extend_from_slice(&u32::MAX.to_le_bytes());
         bad_field(ctl(ctl_op::POOL, &b), "ioservice count");
