@@ -45,7 +45,7 @@ use hax_consul::schema::{
 };
 use hax_consul::ConsulClient;
 use hax_core::{Fid, FidType, HaMsgData, HaNote, HaState, NvecKind, ProcessEventKind, ServiceType};
-use hax_sim::{Received, SimCluster, SimConfig, SimProcess};
+use hax_sim::{Received, SimCluster, SimConfig, SimControl, SimProcess};
 
 /// The usual deadline of one awaited condition.
 pub const T: Duration = Duration::from_secs(15);
@@ -1085,4 +1085,95 @@ async fn proxy_one(
         return Ok(answer(status, fault_body(status).into(), Vec::new()));
     }
     Ok(answer(status, body, headers))
+}
+
+// ---------------------------------------------------------------------------
+// Motr client operations (SNS, statistics)
+
+/// The pool the client-operation tests define in the emulator's model.
+pub fn pool_fid() -> Fid {
+    Fid::typed(FidType::Pool, 1, 1)
+}
+
+/// Pool version `i` of [`pool_fid`].
+pub fn pver_fid(i: u64) -> Fid {
+    Fid::typed(FidType::Pver, 1, 1 + i)
+}
+
+/// Options whose hax runs its statistics updaters every `fs` and `bc`
+/// milliseconds (0: off).
+pub fn stats_options(fs_ms: u64, bc_ms: u64) -> Options {
+    Options {
+        hax_args: vec![
+            "--stats-filesystem-interval-ms".into(),
+            fs_ms.to_string(),
+            "--stats-bytecount-interval-ms".into(),
+            bc_ms.to_string(),
+        ],
+        ..Options::default()
+    }
+}
+
+impl Env {
+    /// Peers playing ioservices `0..n`, each having reported STARTED and
+    /// DTM_RECOVERED, recorded in Consul: healthy to hax, which then starts
+    /// rconfc.
+    pub async fn ioservices_up(&self, n: usize) -> Vec<SimProcess> {
+        let peers = self.connect_peers(n).await;
+        for p in &peers {
+            for e in [ProcessEventKind::Started, ProcessEventKind::DtmRecovered] {
+                let tag = p.send_process_event(e).expect("process event sent");
+                p.wait_confirmed(tag, T)
+                    .await
+                    .expect("process event confirmed");
+            }
+        }
+        for p in &peers {
+            let fid = p.fid();
+            wait_for("the ioservice recorded DTM_RECOVERED", T, || async move {
+                (self.process_status(fid).await.map(|s| s.state)
+                    == Some(ProcessState::DtmRecovered))
+                .then_some(())
+            })
+            .await;
+        }
+        peers
+    }
+
+    /// A control connection to the emulator inside hax.
+    pub async fn control(&self) -> SimControl {
+        SimControl::connect(&self.hax_endpoint)
+            .await
+            .expect("control connection")
+    }
+
+    /// Waits until hax reports rconfc running (`hax_rconfc_ready`).
+    pub async fn wait_rconfc(&self) {
+        self.wait_metrics("rconfc to run", |m| m.n("hax_rconfc_ready") == 1)
+            .await;
+    }
+
+    /// `POST path` with `body` and `Authorization: Bearer <token>`.
+    pub async fn http_post_auth(
+        &self,
+        path: &str,
+        body: &str,
+        token: &str,
+    ) -> Result<(u16, String), reqwest::Error> {
+        let r = self
+            .web
+            .post(format!("http://{}{path}", self.http))
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {token}"))
+            .body(body.to_owned())
+            .send()
+            .await?;
+        let status = r.status().as_u16();
+        Ok((status, r.text().await?))
+    }
+}
+
+/// The JSON of an HTTP answer body; fails naming the body otherwise.
+pub fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }

@@ -199,7 +199,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
     let pipeline_task = pipeline.spawn(events_rx, tasks.clone());
 
     // The broadcast queue consumer of this node.
-    let (sns_tx, mut sns_rx) = mpsc::channel(64);
+    let (sns_tx, sns_rx) = mpsc::channel(64);
     let (bq_tx, bq_rx) = mpsc::channel(64);
     let consumer = bq::consumer(client.clone(), &id.node)
         .map_err(|e| AppError::Config(format!("broadcast queue: {e}")))?;
@@ -212,14 +212,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
     let processor_metrics = processor.metrics();
     let bq_stop = tasks.child_token();
     let bq_task = bq::spawn(consumer, processor, bq_rx, bq_stop.clone());
-    tokio::spawn(async move {
-        while let Some(req) = sns_rx.recv().await {
-            tracing::warn!(
-                ?req,
-                "SNS operation requested; SNS control is not part of this daemon yet"
-            );
-        }
-    });
+    tokio::spawn(crate::api::sns::serve_queue(ha.client(), sns_rx));
 
     // Watch updates: service health becomes broadcasts, BQ posts wake the
     // consumer.

@@ -143,15 +143,7 @@ impl RconfcStarter {
         cancel: CancellationToken,
     ) -> Self {
         let (tx, ready) = watch::channel(false);
-        let task = tokio::spawn(run(
-            motr,
-            kv,
-            view,
-            tx,
-            metrics,
-            ios_grace,
-            cancel.clone(),
-        ));
+        let task = tokio::spawn(run(motr, kv, view, tx, metrics, ios_grace, cancel.clone()));
         RconfcStarter {
             task,
             cancel,

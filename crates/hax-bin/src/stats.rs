@@ -197,6 +197,7 @@ pub enum Outcome {
 #[derive(Debug, Default)]
 pub struct StatsMetrics {
     runs: [[AtomicU64; 3]; 2],
+    running: [AtomicU64; 2],
     /// Attempts to start rconfc.
     pub rconfc_attempts: AtomicU64,
     /// 1 once rconfc runs.
@@ -227,6 +228,11 @@ impl StatsMetrics {
         self.runs[u as usize][o as usize].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Whether a run of `u` is under way.
+    pub fn running(&self, u: Updater) -> bool {
+        self.running[u as usize].load(Ordering::Relaxed) == 1
+    }
+
     /// Runs of `u` that came to `o`.
     pub fn runs(&self, u: Updater, o: Outcome) -> u64 {
         self.runs[u as usize][o as usize].load(Ordering::Relaxed)
@@ -252,6 +258,19 @@ impl StatsMetrics {
                     self.runs(u, o)
                 );
             }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP hax_stats_run_in_progress Whether a run of the updater is under way.\n\
+             # TYPE hax_stats_run_in_progress gauge"
+        );
+        for u in [Updater::Filesystem, Updater::Bytecount] {
+            let _ = writeln!(
+                out,
+                "hax_stats_run_in_progress{{updater=\"{}\"}} {}",
+                u.name(),
+                u64::from(self.running(u))
+            );
         }
         let _ = writeln!(
             out,
@@ -457,11 +476,16 @@ async fn every<F, Fut>(
             _ = cancel.cancelled() => break,
             _ = ticks.tick() => {}
         }
+        metrics.running[u as usize].store(1, Ordering::Relaxed);
         let outcome = tokio::select! {
-            _ = cancel.cancelled() => break,
-            o = run() => o,
+            _ = cancel.cancelled() => None,
+            o = run() => Some(o),
         };
-        metrics.count(u, outcome);
+        metrics.running[u as usize].store(0, Ordering::Relaxed);
+        match outcome {
+            Some(o) => metrics.count(u, o),
+            None => break,
+        }
     }
     tracing::debug!(updater = u.name(), "statistics updater stopped");
 }

@@ -17,16 +17,24 @@
 //! [`super::MOTR_TIMEOUT`]. Rebalance status asks for rebalance's status (the
 //! original asked for repair's). `disk-attach` and `disk-detach`, which the
 //! original accepted and then dropped, are answered 501.
+//!
+//! SNS operations that come through the broadcast queue (`SNS_OP`, which
+//! every node consumes, as in the original) are carried out by
+//! [`serve_queue`]; Motr answers busy on the nodes after the first.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use hax_core::{ClientError, Fid, FidType, SnsKind, SnsOp, SnsStatus};
+use hax_core::{ClientError, Fid, FidType, MotrClient, SnsKind, SnsOp, SnsStatus};
 use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::bq::SnsRequest;
 
 use super::{body_bytes, json_kind, json_object, json_response, ApiState, Failure};
 
@@ -265,6 +273,55 @@ pub async fn rebalance_status(
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, Failure> {
     status(&state, SnsKind::Rebalance, &query).await
+}
+
+/// How long a queued SNS operation waits for rconfc to run.
+pub const QUEUE_READY_WAIT: Duration = Duration::from_secs(120);
+
+/// Carries out the SNS operations of the broadcast queue, one after
+/// another, until `requests` closes. An operation that comes before rconfc
+/// runs waits for it (at most [`QUEUE_READY_WAIT`]); the outcome is logged.
+pub async fn serve_queue(motr: MotrClient, mut requests: mpsc::Receiver<SnsRequest>) {
+    while let Some(req) = requests.recv().await {
+        let name = req.op.name();
+        let (kind, op) = match parse_operation(name) {
+            Some(Operation::Sns(kind, op)) => (kind, op),
+            _ => {
+                tracing::warn!(operation = name, pool = %req.pool, "SNS operation not supported; skipped");
+                continue;
+            }
+        };
+        let deadline = tokio::time::Instant::now() + QUEUE_READY_WAIT;
+        let mut delay = Duration::from_millis(200);
+        let result = loop {
+            let r = match tokio::time::timeout(super::MOTR_TIMEOUT, motr.sns(kind, op, req.pool))
+                .await
+            {
+                Ok(r) => r,
+                Err(_) => Err(ClientError::Timeout),
+            };
+            match r {
+                Err(ClientError::NotReady) if tokio::time::Instant::now() + delay < deadline => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                r => break r,
+            }
+        };
+        match result {
+            Ok(()) => {
+                tracing::info!(operation = name, pool = %req.pool, "SNS operation from the broadcast queue done")
+            }
+            Err(ClientError::Busy) => tracing::info!(
+                operation = name,
+                pool = %req.pool,
+                "SNS operation from the broadcast queue not allowed in the current state (another node may have done it)"
+            ),
+            Err(e) => {
+                tracing::warn!(operation = name, pool = %req.pool, error = %e, "SNS operation from the broadcast queue failed")
+            }
+        }
+    }
 }
 
 #[cfg(test)]
