@@ -181,6 +181,14 @@ async fn event_subscriptions() {
             );
         }
     }
+    // A body over the API's 64 KiB.
+    let big = format!(r#"{{"node": "{}"}}"#, "x".repeat(100 * 1024));
+    let (code, answer) = env
+        .http_post("/v1/events/subscribe", &big)
+        .await
+        .expect("POST");
+    assert_eq!(code, 413, "{answer}");
+    assert_eq!(json(&answer)["error_type"], "body");
     assert_eq!(stored().await.as_deref(), Some(r#"["health_message"]"#));
 
     let (code, body) = env

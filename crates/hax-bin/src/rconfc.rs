@@ -130,20 +130,8 @@ impl RconfcStarter {
         metrics: Arc<StatsMetrics>,
         cancel: CancellationToken,
     ) -> Self {
-        Self::spawn_with_grace(motr, kv, view, metrics, IOS_GRACE, cancel)
-    }
-
-    /// [`RconfcStarter::spawn`] with another wait for the ioservices.
-    pub fn spawn_with_grace(
-        motr: MotrClient,
-        kv: HaxKv,
-        view: ClusterView,
-        metrics: Arc<StatsMetrics>,
-        ios_grace: Duration,
-        cancel: CancellationToken,
-    ) -> Self {
         let (tx, ready) = watch::channel(false);
-        let task = tokio::spawn(run(motr, kv, view, tx, metrics, ios_grace, cancel.clone()));
+        let task = tokio::spawn(run(motr, kv, view, tx, metrics, IOS_GRACE, cancel.clone()));
         RconfcStarter {
             task,
             cancel,
