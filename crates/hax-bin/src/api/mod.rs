@@ -54,7 +54,6 @@ pub struct ApiState {
     motr: MotrClient,
     token: Option<Arc<AclToken>>,
     metrics: Arc<ApiMetrics>,
-    motr_timeout: Duration,
 }
 
 impl ApiState {
@@ -67,14 +66,7 @@ impl ApiState {
             motr,
             token: token.map(Arc::new),
             metrics: Arc::new(ApiMetrics::default()),
-            motr_timeout: MOTR_TIMEOUT,
         }
-    }
-
-    /// Another bound on the wait for Motr.
-    pub fn with_motr_timeout(mut self, timeout: Duration) -> Self {
-        self.motr_timeout = timeout;
-        self
     }
 
     /// The request counters, for `/metrics`.

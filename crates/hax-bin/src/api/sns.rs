@@ -223,7 +223,7 @@ pub async fn post_operation(
     };
     let pool = pool_of_body(&body_bytes(body)?)?;
     tracing::info!(%operation, %pool, "SNS operation requested");
-    match tokio::time::timeout(state.motr_timeout, state.motr.sns(kind, op, pool)).await {
+    match tokio::time::timeout(super::MOTR_TIMEOUT, state.motr.sns(kind, op, pool)).await {
         Err(_) => Err(timeout_failure()),
         Ok(Err(e)) => {
             tracing::warn!(%operation, %pool, error = %e, "SNS operation failed");
@@ -249,7 +249,7 @@ async fn status(
         Failure::bad_request("missing query parameter pool_fid (?pool_fid=<pool fid>)")
     })?;
     let pool = parse_pool_fid(text)?;
-    match tokio::time::timeout(state.motr_timeout, state.motr.sns_status(kind, pool)).await {
+    match tokio::time::timeout(super::MOTR_TIMEOUT, state.motr.sns_status(kind, pool)).await {
         Err(_) => Err(timeout_failure()),
         Ok(Err(e)) => Err(client_failure(&e, pool)),
         Ok(Ok(list)) => Ok(json_response(
