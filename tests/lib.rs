@@ -315,6 +315,9 @@ pub struct Options {
     pub proxy: bool,
     /// Extra command-line arguments of hax.
     pub hax_args: Vec<String>,
+    /// Run the agent with ACLs (default deny) and this master token; hax
+    /// reads it from a token file (`--consul-token-file`).
+    pub acl_token: Option<String>,
 }
 
 impl Default for Options {
@@ -325,6 +328,7 @@ impl Default for Options {
             log_filter: "info".into(),
             proxy: false,
             hax_args: Vec::new(),
+            acl_token: None,
         }
     }
 }
@@ -392,9 +396,13 @@ impl Env {
         assert!(bin.is_file(), "{} missing", bin.display());
         let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let hax_endpoint = format!("inet:tcp:127.0.0.1@{}", free_port());
-        let agent = DevAgent::builder()
+        let mut builder = DevAgent::builder()
             .mode(opts.mode)
-            .extra_config(watches(http))
+            .extra_config(watches(http));
+        if let Some(t) = &opts.acl_token {
+            builder = builder.acl_master_token(t.clone());
+        }
+        let agent = builder
             .start()
             .await
             .expect("consul agent (scripts/install-consul.sh installs it)");
@@ -449,8 +457,16 @@ impl Env {
                 .build()
                 .expect("http client"),
         };
+        if let Some(t) = &env.opts.acl_token {
+            std::fs::write(env.consul_token_file(), format!("{t}\n")).expect("token file");
+        }
         env.start_hax().await;
         env
+    }
+
+    /// The Consul token file hax reads with [`Options::acl_token`].
+    pub fn consul_token_file(&self) -> PathBuf {
+        self.dir().join("consul-token")
     }
 
     fn dir(&self) -> &Path {
@@ -481,6 +497,13 @@ impl Env {
             .arg(self.http.to_string())
             .args(["--log-format", "json", "--log", &self.opts.log_filter])
             .args(&self.opts.hax_args)
+            .args(
+                self.opts
+                    .acl_token
+                    .as_ref()
+                    .map(|_| vec!["--consul-token-file".into(), self.consul_token_file()])
+                    .unwrap_or_default(),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(file);

@@ -22,7 +22,9 @@
 //! bodies, a content type other than JSON) is answered with a 4xx and a JSON
 //! error body, and logged.
 //!
-//! Connections are bounded ([`ServerConfig::max_connections`]) and a client
+//! Connections are bounded ([`ServerConfig::max_connections`]), so are the
+//! bytes of request bodies read at once ([`ServerConfig::body_budget`]), and a
+//! client
 //! must send a request's head within [`ServerConfig::header_timeout`], also
 //! between the requests of a kept-alive connection: a slow or idle client
 //! cannot hold the server's descriptors.
@@ -110,6 +112,12 @@ pub struct ServerConfig {
     /// When set, every request that may change state (any method but `GET`
     /// and `HEAD`) needs `Authorization: Bearer <token>`.
     pub bearer_token: Option<AclToken>,
+    /// Bytes of request bodies read and decoded at once, all connections
+    /// together (a body without a length counts as `body_limit`); a request
+    /// that finds no room within `request_timeout` gets 503. With
+    /// `max_connections` it bounds the memory that clients can make the
+    /// server hold.
+    pub body_budget: usize,
     /// Connections served at once; more wait in the listen backlog.
     pub max_connections: usize,
     /// Deadline for a request's head (request line and headers), counted
@@ -126,6 +134,7 @@ impl Default for ServerConfig {
             request_timeout: Duration::from_secs(10),
             enqueue_timeout: Duration::from_millis(500),
             bearer_token: None,
+            body_budget: 32 * 1024 * 1024,
             max_connections: 256,
             header_timeout: Duration::from_secs(5),
         }
@@ -538,6 +547,73 @@ async fn auth_only(State(config): State<Arc<ServerConfig>>, req: Request, next: 
     next.run(req).await
 }
 
+/// The shared allowance of request body bytes (see [`ServerConfig::body_budget`]).
+#[derive(Debug, Clone)]
+struct BodyBudget {
+    bytes: Arc<tokio::sync::Semaphore>,
+    total: usize,
+    body_limit: usize,
+    wait: Duration,
+}
+
+impl BodyBudget {
+    fn new(config: &ServerConfig) -> Self {
+        let total = config.body_budget.clamp(1, u32::MAX as usize);
+        BodyBudget {
+            bytes: Arc::new(tokio::sync::Semaphore::new(total)),
+            total,
+            body_limit: config.body_limit,
+            wait: config.request_timeout,
+        }
+    }
+
+    /// What a request may read: its length, or the body limit when it does
+    /// not say (chunked); nothing for reads without a body.
+    fn cost(&self, req: &Request) -> usize {
+        let length = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let cost = match length {
+            Some(n) => usize::try_from(n)
+                .unwrap_or(usize::MAX)
+                .min(self.body_limit),
+            None if matches!(*req.method(), Method::GET | Method::HEAD) => 0,
+            None => self.body_limit,
+        };
+        cost.min(self.total)
+    }
+}
+
+async fn body_budget(State(budget): State<BodyBudget>, req: Request, next: Next) -> Response {
+    let cost = budget.cost(&req);
+    let Ok(cost) = u32::try_from(cost) else {
+        return next.run(req).await;
+    };
+    if cost == 0 {
+        return next.run(req).await;
+    }
+    let permit = tokio::time::timeout(
+        budget.wait,
+        Arc::clone(&budget.bytes).acquire_many_owned(cost),
+    )
+    .await;
+    match permit {
+        Ok(Ok(_held)) => next.run(req).await,
+        _ => {
+            tracing::warn!(method = %req.method(), path = %req.uri().path(), bytes = cost, "no room for the request body");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                format!("no room for {cost} more bytes of request bodies"),
+                "Too many request bodies at once; try again",
+            )
+            .into_response()
+        }
+    }
+}
+
 /// The routes, with body limit, timeout, optional bearer token and logging.
 pub fn router(state: AppState) -> Router {
     let limit = state.config.body_limit;
@@ -576,7 +652,8 @@ pub async fn serve(
 /// finish (each bounded by the request timeout).
 ///
 /// At most `config.max_connections` connections are served at once; the
-/// others wait in the listen backlog. A connection whose client does not
+/// others wait in the listen backlog. At most `config.body_budget` bytes of
+/// request bodies are read at once, on every route. A connection whose client does not
 /// send a whole request head within `config.header_timeout` (idle between
 /// requests included) is closed. When `config.bearer_token` is set, every
 /// request but `GET` and `HEAD` needs it, on routes added after [`router`]
@@ -592,6 +669,10 @@ pub async fn serve_with(
 
     let addr = listener.local_addr()?;
     tracing::info!(%addr, max_connections = config.max_connections, "watch server listening");
+    let router = router.layer(middleware::from_fn_with_state(
+        BodyBudget::new(config),
+        body_budget,
+    ));
     let router = if config.bearer_token.is_some() {
         router.layer(middleware::from_fn_with_state(
             Arc::new(config.clone()),

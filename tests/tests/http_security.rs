@@ -1,0 +1,183 @@
+//! Security of the running daemon: loopback by default, the bearer token on
+//! every state-changing request (the watch routes and the API routes), and
+//! the Consul ACL token read from a file and never written to a log or an
+//! answer, even at trace level and when Consul refuses it.
+
+use std::time::Duration;
+
+use hax_core::ProcessEventKind;
+use hax_e2e::{hax_binary, wait_for, Env, Options, T};
+
+fn secret(what: &str) -> String {
+    format!(
+        "{what}-{:016x}{:016x}",
+        fastrand::u64(..),
+        fastrand::u64(..)
+    )
+}
+
+#[test]
+fn http_binds_loopback_by_default() {
+    let out = std::process::Command::new(hax_binary())
+        .arg("--check-config")
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("bind: 127.0.0.1:8008"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_guard_and_never_leak() {
+    let consul_token = secret("consul");
+    let http_token = secret("http");
+    let token_dir = tempfile::tempdir().unwrap();
+    let http_token_file = token_dir.path().join("http-token");
+    std::fs::write(&http_token_file, format!("{http_token}\n")).unwrap();
+    let env = Env::start(Options {
+        acl_token: Some(consul_token.clone()),
+        log_filter: "trace".into(),
+        hax_args: vec![
+            "--http-token-file".into(),
+            http_token_file.display().to_string(),
+        ],
+        ..Options::default()
+    })
+    .await;
+    // hax works through the ACLs: an event is recorded and confirmed.
+    let peers = env.connect_peers(1).await;
+    peers[0]
+        .send_process_event(ProcessEventKind::Started)
+        .unwrap();
+    peers[0].wait_all_confirmed(T).await.unwrap();
+
+    let web = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let url = |p: &str| format!("http://{}{p}", env.http);
+    let send = |method: &str, path: &str, token: Option<&str>| {
+        let mut r = web
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                url(path),
+            )
+            .header("content-type", "application/json")
+            .body("{}");
+        if let Some(t) = token {
+            r = r.header("authorization", format!("Bearer {t}"));
+        }
+        async move {
+            let r = r.send().await.expect("answer");
+            let status = r.status().as_u16();
+            (status, r.text().await.unwrap_or_default())
+        }
+    };
+    let mut bodies = Vec::new();
+    // Every state-changing route, the API's included, and routes that do
+    // not exist: nothing without the token or with a wrong one.
+    let writes = [
+        ("POST", "/"),
+        ("POST", "/watcher/bq"),
+        ("POST", "/watcher/processes"),
+        ("POST", "/watch/key/x"),
+        ("POST", "/api/v1/sns/rebalance-start"),
+        ("POST", "/api/v1/sns/repair-stop"),
+        ("POST", "/v1/events/subscribe"),
+        ("POST", "/v1/events/unsubscribe"),
+        ("POST", "/no/such/route"),
+        ("PUT", "/watcher/bq"),
+        ("DELETE", "/v1/events/subscribe"),
+        ("PATCH", "/"),
+    ];
+    for (method, path) in writes {
+        for token in [
+            None,
+            Some("wrong"),
+            Some(&http_token[..http_token.len() - 1]),
+        ] {
+            let (status, body) = send(method, path, token).await;
+            assert_eq!(status, 401, "{method} {path} with {token:?}: {body}");
+            bodies.push(body);
+        }
+        let (status, body) = send(method, path, Some(&http_token)).await;
+        assert_ne!(status, 401, "{method} {path} with the token: {body}");
+        bodies.push(body);
+    }
+    // Reading needs no token.
+    for path in ["/healthz", "/", "/metrics", "/v1/cluster/status"] {
+        let (status, body) = send("GET", path, None).await;
+        assert_eq!(status, 200, "GET {path}: {body}");
+    }
+    // Error answers of every kind (bad payloads, unknown routes) with the
+    // token.
+    for (path, body) in [("/", "{"), ("/watcher/bq", "[1]"), ("/nope", "{}")] {
+        let r = web
+            .post(url(path))
+            .header("authorization", format!("Bearer {http_token}"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_client_error());
+        bodies.push(r.text().await.unwrap());
+    }
+    for b in &bodies {
+        assert!(
+            !b.contains(&http_token) && !b.contains(&consul_token),
+            "{b}"
+        );
+    }
+
+    // A second hax with a wrong Consul token, at trace level: Consul refuses
+    // it; neither token appears in what it writes.
+    let wrong = secret("wrong-consul");
+    let wrong_file = token_dir.path().join("wrong");
+    std::fs::write(&wrong_file, &wrong).unwrap();
+    let log = token_dir.path().join("wrong.log");
+    let mut other = std::process::Command::new(hax_binary())
+        .env_clear()
+        .args(["--consul-address", &env.agent.http_addr().to_string()])
+        .args(["--consul-token-file", &wrong_file.display().to_string()])
+        .args([
+            "--http-bind",
+            &format!("127.0.0.1:{}", hax_e2e::free_port()),
+        ])
+        .args(["--log-format", "json", "--log", "trace"])
+        .stdout(std::fs::File::create(token_dir.path().join("wrong.out")).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let refused = wait_for("Consul to refuse the wrong token", T, || async {
+        let text = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .to_lowercase();
+        (text.contains("acl not found")
+            || text.contains("permission denied")
+            || text.contains("403"))
+        .then_some(text.len())
+    })
+    .await;
+    let _ = other.kill();
+    let _ = other.wait();
+    let mut written = std::fs::read_to_string(&log).unwrap();
+    written += &std::fs::read_to_string(token_dir.path().join("wrong.out")).unwrap();
+    assert!(!written.contains(&wrong), "the wrong token was written");
+    for run in 1..=env.runs() {
+        let text = env.log_text(run);
+        assert!(text.len() > 10_000, "a trace log of {} bytes", text.len());
+        assert!(
+            !text.contains(&consul_token),
+            "the Consul token is in the log"
+        );
+        assert!(!text.contains(&http_token), "the HTTP token is in the log");
+    }
+    eprintln!(
+        "{} answers and {} bytes of trace logs (refused run: {refused} bytes) hold no token",
+        bodies.len(),
+        env.log_text(1).len() + written.len()
+    );
+}
