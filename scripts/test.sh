@@ -13,3 +13,8 @@ export HAX_CONSUL_BIN="$repo_root/.local/consul/usr/bin/consul"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
+
+# Fuzz smoke run: the corpus of every fuzz target, plus a short seeded
+# mutation run, through the same checks `cargo fuzz` runs (docs/reliability.md).
+# fuzz/ is its own workspace; it shares this target directory.
+CARGO_TARGET_DIR="$repo_root/target" cargo test --manifest-path fuzz/Cargo.toml --no-default-features
