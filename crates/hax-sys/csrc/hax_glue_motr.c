@@ -17,9 +17,10 @@
  *   (received messages, entrypoint requests, disconnects) is answered by the
  *   glue, and stop() returns HAX_E_HANG;
  * - the client operations run spiel on the interface's own spiel instance;
- *   rconfc starts with a deadline (Motr's own start waits for a confd quorum
- *   for ever), and stop() waits for client calls in progress, then stops
- *   rconfc before the interface.
+ *   a start of rconfc returns at a deadline (Motr's own start waits for a
+ *   confd quorum and the read lock for ever) while the start goes on, and
+ *   stop() waits for client calls in progress, then stops rconfc before the
+ *   interface.
  *
  * Locks: h->mu is never held across a call into Motr nor across a user
  * callback. A link whose hl is in use by a glue call (busy > 0) is handed to
@@ -73,8 +74,13 @@ _Static_assert(sizeof(struct hax_fs_stats) == sizeof(struct m0_fs_stats), "fs st
 
 enum glue_state { S_INIT = 0, S_STARTING, S_WORKING, S_STOPPING };
 
-/* rconfc of the interface's spiel instance. */
-enum rconfc_state { RC_OFF = 0, RC_STARTING, RC_ON, RC_STOPPING };
+/*
+ * rconfc of the interface's spiel instance. STARTING outlives a start call
+ * that returned -ETIMEDOUT: Motr cannot cancel a start (failing rconfc while
+ * its read lock request waits asserts in the RM state machine), so the
+ * start goes on and rconfc's own callbacks move it to ON or FAILED.
+ */
+enum rconfc_state { RC_OFF = 0, RC_STARTING, RC_ON, RC_FAILED, RC_STOPPING };
 
 /* A received message not delivered yet: Motr's message stays valid until
  * delivered() is called for it. */
@@ -213,6 +219,20 @@ static bool u128_eq(const struct m0_uint128 *a, const struct m0_uint128 *b)
 static bool str_ok(const char *s)
 {
 	return s != NULL && strlen(s) <= STR_MAX;
+}
+
+/* CLOCK_REALTIME deadline `ms` from now (h->cv uses the default clock). */
+static struct timespec deadline_in(uint32_t ms)
+{
+	struct timespec dl;
+	clock_gettime(CLOCK_REALTIME, &dl);
+	dl.tv_sec += ms / 1000;
+	dl.tv_nsec += (long)(ms % 1000) * 1000000L;
+	if (dl.tv_nsec >= 1000000000L) {
+		dl.tv_sec++;
+		dl.tv_nsec -= 1000000000L;
+	}
+	return dl;
 }
 
 static bool thread_known(const hax_glue *h)
@@ -1079,8 +1099,16 @@ static void client_shutdown(hax_glue *h)
 	pthread_mutex_lock(&h->mu);
 	while (h->client_calls > 0)
 		pthread_cond_wait(&h->cv, &h->mu);
-	bool on = h->rconfc == RC_ON;
-	if (on)
+	/* A start still going on: rconfc can be stopped only once it has
+	 * settled (ready or failed); give it the stop deadline. */
+	if (h->rconfc == RC_STARTING) {
+		struct timespec dl = deadline_in(h->stop_timeout_ms);
+		while (h->rconfc == RC_STARTING &&
+		       pthread_cond_timedwait(&h->cv, &h->mu, &dl) != ETIMEDOUT)
+			;
+	}
+	enum rconfc_state st = h->rconfc;
+	if (st == RC_ON || st == RC_FAILED)
 		h->rconfc = RC_STOPPING;
 	struct m0_spiel *spiel = h->spiel;
 	pthread_mutex_unlock(&h->mu);
@@ -1089,12 +1117,17 @@ static void client_shutdown(hax_glue *h)
 	long waited = (long)(t1.tv_sec - t0.tv_sec) * 1000L + (t1.tv_nsec - t0.tv_nsec) / 1000000L;
 	if (waited > (long)h->stop_timeout_ms)
 		glog(h, HAX_LOG_WARN, "stop: client calls in progress took %ld ms to end", waited);
-	if (on && spiel != NULL) {
+	if ((st == RC_ON || st == RC_FAILED) && spiel != NULL) {
 		m0_spiel_rconfc_stop(spiel);
 		glog(h, HAX_LOG_INFO, "stop: rconfc stopped");
+	} else if (st == RC_STARTING) {
+		glog(h, HAX_LOG_ERROR, "stop: rconfc is still starting after %u ms (no confd "
+		     "quorum or read lock): left as it is, Motr cannot stop it before it "
+		     "settles", h->stop_timeout_ms);
 	}
 	pthread_mutex_lock(&h->mu);
-	h->rconfc = RC_OFF;
+	if (h->rconfc != RC_STARTING)
+		h->rconfc = RC_OFF;
 	h->spiel = NULL;
 	pthread_mutex_unlock(&h->mu);
 }
@@ -1234,6 +1267,7 @@ int hax_glue_stop(hax_glue *h)
 	h->forced = false;
 	size_t n = h->n_links;
 	unsigned calls = h->client_calls;
+	pthread_cond_broadcast(&h->cv); /* a waiting rconfc start returns */
 	pthread_mutex_unlock(&h->mu);
 	glog(h, HAX_LOG_INFO, "stopping: %zu links, %u client calls in progress", n, calls);
 	client_shutdown(h);
@@ -1559,6 +1593,46 @@ static bool fid_zero(const struct hax_fid *f)
 	return f->container == 0 && f->key == 0;
 }
 
+/* rconfc reached M0_RCS_IDLE (under the rconfc lock, on a Motr thread). */
+static void on_rconfc_ready(struct m0_rconfc *rconfc)
+{
+	(void)rconfc;
+	hax_glue *h = cb_handle();
+	if (h == NULL)
+		return;
+	pthread_mutex_lock(&h->mu);
+	if (h->rconfc == RC_STARTING)
+		h->rconfc = RC_ON;
+	pthread_cond_broadcast(&h->cv);
+	pthread_mutex_unlock(&h->mu);
+}
+
+/* rconfc reached M0_RCS_FAILURE (under the rconfc lock, on a Motr thread). */
+static void on_rconfc_fatal(struct m0_rconfc *rconfc)
+{
+	hax_glue *h = cb_handle();
+	if (h == NULL)
+		return;
+	pthread_mutex_lock(&h->mu);
+	bool was = h->rconfc == RC_STARTING || h->rconfc == RC_ON;
+	if (was)
+		h->rconfc = RC_FAILED;
+	pthread_cond_broadcast(&h->cv);
+	pthread_mutex_unlock(&h->mu);
+	if (was)
+		glog(h, HAX_LOG_ERROR, "rconfc failed (%d): client calls need a new rconfc start",
+		     rconfc->rc_sm.sm_rc);
+}
+
+/* Stops and finalises a failed rconfc, so that it can start again. */
+static void rconfc_reap(hax_glue *h, struct m0_spiel *spiel)
+{
+	m0_spiel_rconfc_stop(spiel);
+	pthread_mutex_lock(&h->mu);
+	h->rconfc = RC_OFF;
+	pthread_mutex_unlock(&h->mu);
+}
+
 int hax_glue_rconfc_start(hax_glue *h, const struct hax_fid *profile)
 {
 	if (h == NULL)
@@ -1568,39 +1642,74 @@ int hax_glue_rconfc_start(hax_glue *h, const struct hax_fid *profile)
 		return rc;
 	if (profile == NULL || fid_type(profile) != 'p')
 		return client_leave(h, HAX_E_INVAL);
-	pthread_mutex_lock(&h->mu);
-	if (h->rconfc != RC_OFF) {
-		rc = h->rconfc == RC_STOPPING ? -EBUSY : -EALREADY;
-		pthread_mutex_unlock(&h->mu);
-		return client_leave(h, rc);
-	}
-	h->rconfc = RC_STARTING;
 	struct m0_spiel *spiel = h->spiel;
-	uint64_t timeout_ns = (uint64_t)h->rconfc_timeout_ms * 1000000ull;
-	pthread_mutex_unlock(&h->mu);
-	/* m0_spiel_cmd_profile_set() + m0_spiel_rconfc_start(), with a
-	 * deadline: Motr's own start waits for ever while no confd quorum
-	 * answers (rconfc asks HA for the entrypoint again and again). */
-	spiel->spl_core.spc_profile = to_m0_fid(profile);
 	struct m0_rconfc *rconfc = &spiel->spl_rconfc;
-	rc = m0_rconfc_init(rconfc, &spiel->spl_core.spc_profile, m0_locality0_get()->lo_grp,
-			    spiel->spl_core.spc_rmachine, NULL, NULL);
-	if (rc == 0) {
-		rc = m0_rconfc_start_wait(rconfc, timeout_ns);
+	pthread_mutex_lock(&h->mu);
+	enum rconfc_state st = h->rconfc;
+	struct timespec dl = deadline_in(h->rconfc_timeout_ms);
+	if (st == RC_ON || st == RC_STOPPING) {
+		pthread_mutex_unlock(&h->mu);
+		return client_leave(h, st == RC_ON ? -EALREADY : -EBUSY);
+	}
+	if (st == RC_OFF)
+		h->rconfc = RC_STARTING;
+	pthread_mutex_unlock(&h->mu);
+	if (st == RC_FAILED) {
+		glog(h, HAX_LOG_INFO, "rconfc_start: the failed rconfc is stopped first");
+		rconfc_reap(h, spiel);
+		pthread_mutex_lock(&h->mu);
+		h->rconfc = RC_STARTING;
+		pthread_mutex_unlock(&h->mu);
+		st = RC_OFF;
+	}
+	if (st == RC_OFF) {
+		/* m0_spiel_cmd_profile_set() + the start of m0_spiel_rconfc_start(),
+		 * with callbacks instead of its unbounded wait. */
+		spiel->spl_core.spc_profile = to_m0_fid(profile);
+		rc = m0_rconfc_init(rconfc, &spiel->spl_core.spc_profile,
+				    m0_locality0_get()->lo_grp, spiel->spl_core.spc_rmachine, NULL,
+				    on_rconfc_ready);
+		if (rc == 0) {
+			rc = m0_rconfc_start(rconfc);
+			if (rc == 0) {
+				m0_rconfc_lock(rconfc);
+				m0_rconfc_fatal_cb_set(rconfc, on_rconfc_fatal);
+				m0_rconfc_unlock(rconfc);
+			} else {
+				m0_rconfc_fini(rconfc);
+			}
+		}
 		if (rc != 0) {
-			m0_rconfc_stop_sync(rconfc);
-			m0_rconfc_fini(rconfc);
+			pthread_mutex_lock(&h->mu);
+			h->rconfc = RC_OFF;
+			pthread_mutex_unlock(&h->mu);
+			glog(h, HAX_LOG_WARN, "rconfc did not start: %d", rc);
+			return client_leave(h, rc);
 		}
 	}
+	/* Wait (bounded) for the start begun here or by an earlier call. */
 	pthread_mutex_lock(&h->mu);
-	h->rconfc = rc == 0 ? RC_ON : RC_OFF;
+	while (h->rconfc == RC_STARTING && h->state == S_WORKING &&
+	       pthread_cond_timedwait(&h->cv, &h->mu, &dl) != ETIMEDOUT)
+		;
+	st = h->rconfc;
 	pthread_mutex_unlock(&h->mu);
-	if (rc == 0)
+	if (st == RC_ON) {
 		glog(h, HAX_LOG_INFO, "rconfc started, profile " FIDF, FIDP(profile));
-	else
+		return client_leave(h, 0);
+	}
+	if (st == RC_FAILED) {
+		m0_rconfc_lock(rconfc);
+		rc = rconfc->rc_sm.sm_rc;
+		m0_rconfc_unlock(rconfc);
+		rconfc_reap(h, spiel);
 		glog(h, HAX_LOG_WARN, "rconfc did not start (profile " FIDF "): %d", FIDP(profile),
 		     rc);
-	return client_leave(h, rc);
+		return client_leave(h, rc != 0 ? rc : -EIO);
+	}
+	glog(h, HAX_LOG_WARN, "rconfc not started within %u ms (no confd quorum or read lock "
+	     "yet); the start goes on", h->rconfc_timeout_ms);
+	return client_leave(h, -ETIMEDOUT);
 }
 
 int hax_glue_rconfc_stop(hax_glue *h)
@@ -1611,7 +1720,7 @@ int hax_glue_rconfc_stop(hax_glue *h)
 	if (rc != 0)
 		return rc;
 	pthread_mutex_lock(&h->mu);
-	if (h->rconfc != RC_ON) {
+	if (h->rconfc != RC_ON && h->rconfc != RC_FAILED) {
 		rc = h->rconfc == RC_OFF ? 0 : -EBUSY;
 		pthread_mutex_unlock(&h->mu);
 		return client_leave(h, rc);
@@ -1622,10 +1731,7 @@ int hax_glue_rconfc_stop(hax_glue *h)
 		pthread_cond_wait(&h->cv, &h->mu);
 	struct m0_spiel *spiel = h->spiel;
 	pthread_mutex_unlock(&h->mu);
-	m0_spiel_rconfc_stop(spiel);
-	pthread_mutex_lock(&h->mu);
-	h->rconfc = RC_OFF;
-	pthread_mutex_unlock(&h->mu);
+	rconfc_reap(h, spiel);
 	glog(h, HAX_LOG_INFO, "rconfc stopped");
 	return client_leave(h, 0);
 }
