@@ -1,0 +1,240 @@
+//! What the tests against a real `m0d` share: finding Motr's tools, free
+//! endpoints, a one-process configuration, `m0mkfs`/`m0d` arguments and
+//! child processes that are killed when dropped.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hax_core::{Fid, FidType};
+
+/// `m0mkfs` and `m0d` of the installed Motr.
+pub struct Tools {
+    pub m0mkfs: PathBuf,
+    pub m0d: PathBuf,
+}
+
+/// The tools, or why the test is skipped: hax-core built without
+/// `--features motr`, `MOTR_PREFIX` unset, or a tool missing.
+pub fn tools() -> Result<Tools, String> {
+    if !cfg!(feature = "motr") {
+        return Err("hax-core is built without `--features motr`".into());
+    }
+    let prefix = std::env::var_os("MOTR_PREFIX")
+        .filter(|p| !p.is_empty())
+        .ok_or("MOTR_PREFIX is not set (it names the prefix of an installed Motr)")?;
+    let find = |name: &str| {
+        ["sbin", "bin"]
+            .iter()
+            .map(|d| Path::new(&prefix).join(d).join(name))
+            .find(|p| p.exists())
+            .ok_or(format!(
+                "{name} is not installed under {}",
+                prefix.to_string_lossy()
+            ))
+    };
+    Ok(Tools {
+        m0mkfs: find("m0mkfs")?,
+        m0d: find("m0d")?,
+    })
+}
+
+/// A free endpoint in the LNet form `127.0.0.1@tcp:12345:<portal>:<tmid>`
+/// (SOCK listens on TCP port `tmid + 1024 + (portal - 30) * 2048`).
+pub fn free_endpoint(portal: u16, taken: &mut Vec<u16>) -> String {
+    let seed = (std::process::id() % 1000) as u16;
+    for i in 0..1024u16 {
+        let tmid = (seed + i * 11) % 1024;
+        let port = tmid + 1024 + (portal - 30) * 2048;
+        if taken.contains(&port) || TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue;
+        }
+        taken.push(port);
+        return format!("127.0.0.1@tcp:12345:{portal}:{tmid}");
+    }
+    panic!("no free port for an LNet-style endpoint");
+}
+
+/// The m0d process of [`conf`].
+pub const PROCESS: Fid = Fid::typed(FidType::Process, 1, 0);
+/// Its RM service.
+pub const RMS: Fid = Fid::typed(FidType::Service, 1, 0);
+/// Its I/O service.
+pub const IOS: Fid = Fid::typed(FidType::Service, 1, 3);
+/// Its confd service.
+pub const CONFD: Fid = Fid::typed(FidType::Service, 1, 4);
+/// The profile.
+pub const PROFILE: Fid = Fid::typed(FidType::Profile, 1, 0);
+/// The pool.
+pub const POOL: Fid = Fid::typed(FidType::Pool, 1, 0);
+/// The pool version (N=1 K=0 S=0 P=1).
+pub const PVER: Fid = Fid::typed(FidType::Pver, 1, 0);
+
+/// A one-process configuration in xcode text, as `m0confgen` makes it:
+/// root, profile, node, process `r:1:0` with RM `s:1:0`, I/O `s:1:3` (sdev
+/// `d:1:0`), confd `s:1:4`, and with `sns` also SNS repair `s:1:5` and
+/// rebalance `s:1:6`; one pool whose version N=1 K=0 S=0 P=1 spans one
+/// drive `k:1:0`. `ep` is m0d's endpoint.
+pub fn conf(ep: &str, sns: bool) -> String {
+    let services = if sns {
+        "[5: ^s|1:0, ^s|1:3, ^s|1:4, ^s|1:5, ^s|1:6]"
+    } else {
+        "[3: ^s|1:0, ^s|1:3, ^s|1:4]"
+    };
+    let mut objs = vec![
+        r#"{0x74| ((^t|1:0), 1, (11, 22), ^o|1:0, ^v|1:0, 1, [5: "pool_width=1", "nr_data_units=1", "nr_parity_units=0", "nr_spare_units=0", "unit_size=4096"], [1: ^n|1:0], [1: ^S|1:2], [1: ^o|1:0], [1: ^p|1:0], [0])}"#.to_owned(),
+        "{0x70| ((^p|1:0), [1: ^o|1:0])}".to_owned(),
+        "{0x6e| ((^n|1:0), 0x3e80, 2, 3, 2, [1: ^r|1:0])}".to_owned(),
+        format!(r#"{{0x72| ((^r|1:0), [1: 3], 0, 0, 0, 0, "{ep}", {services})}}"#),
+        format!(r#"{{0x73| ((^s|1:0), @M0_CST_RMS, [1: "{ep}"], [0], [0])}}"#),
+        format!(r#"{{0x73| ((^s|1:3), @M0_CST_IOS, [1: "{ep}"], [0], [1: ^d|1:0])}}"#),
+        format!(r#"{{0x73| ((^s|1:4), @M0_CST_CONFD, [1: "{ep}"], [0], [0])}}"#),
+    ];
+    if sns {
+        objs.push(format!(
+            r#"{{0x73| ((^s|1:5), @M0_CST_SNS_REP, [1: "{ep}"], [0], [0])}}"#
+        ));
+        objs.push(format!(
+            r#"{{0x73| ((^s|1:6), @M0_CST_SNS_REB, [1: "{ep}"], [0], [0])}}"#
+        ));
+    }
+    objs.extend(
+        [
+            "{0x6f| ((^o|1:0), 0, [1: ^v|1:0])}",
+            "{0x76| ((^v|1:0), {0| (1, 0, 0, 1, [5: 0, 0, 0, 0, 0], [1: ^j|2:0])})}",
+            "{0x6a| ((^j|2:0), ^S|1:2, [1: ^j|1:0])}",
+            "{0x6a| ((^j|1:0), ^a|1:0, [1: ^j|1:1])}",
+            "{0x6a| ((^j|1:1), ^e|1:0, [1: ^j|1:2])}",
+            "{0x6a| ((^j|1:2), ^c|1:0, [1: ^j|1:3])}",
+            "{0x6a| ((^j|1:3), ^k|1:0, [0])}",
+            "{0x53| ((^S|1:2), [1: ^a|1:0], [1: ^v|1:0])}",
+            "{0x61| ((^a|1:0), [1: ^e|1:0], [1: ^v|1:0])}",
+            "{0x65| ((^e|1:0), ^n|1:0, [1: ^c|1:0], [1: ^v|1:0])}",
+            "{0x63| ((^c|1:0), [1: ^k|1:0], [1: ^v|1:0])}",
+            "{0x6b| ((^k|1:0), ^d|1:0, [1: ^v|1:0])}",
+            r#"{0x64| ((^d|1:0), 0, 4, 1, 0x1000, 0x8ac45e4800, 3, 4, "/dev/sdev0")}"#,
+        ]
+        .map(str::to_owned),
+    );
+    format!("[{}:\n {}]\n", objs.len(), objs.join(",\n "))
+}
+
+/// Arguments of `m0mkfs` and of `m0d` (add `-H <ha>`) for [`PROCESS`].
+pub fn m0_args(dir: &Path, ep: &str) -> Vec<String> {
+    let d = dir.display();
+    vec![
+        "-D".into(),
+        format!("{d}/db"),
+        "-T".into(),
+        "AD".into(),
+        "-S".into(),
+        format!("{d}/stobs"),
+        "-A".into(),
+        format!("linuxstob:{d}/addb-stobs"),
+        "-e".into(),
+        format!("sock:{ep}"),
+        "-m".into(),
+        "163840".into(),
+        "-q".into(),
+        "2".into(),
+        "-c".into(),
+        format!("{d}/conf.xc"),
+        "-w".into(),
+        "3".into(),
+        // No network buffers for the I/O service nor for SNS: Motr's SOCK
+        // transport reports no limit on buffer segments (INT32_MAX / 2 of
+        // unlimited size), and both pools size each buffer by those limits
+        // (the I/O service at start, SNS when repair or rebalance starts):
+        // ~16 GiB of zero-filled segment tables, then a failed allocation.
+        "-E".into(),
+        "0".into(),
+        "-J".into(),
+        "0".into(),
+        "-f".into(),
+        format!("<{:#x}:{:#x}>", PROCESS.container, PROCESS.key),
+    ]
+}
+
+/// A child process, killed and reaped when dropped.
+pub struct Proc {
+    pub child: Option<Child>,
+}
+
+impl Proc {
+    /// Starts `bin` in `dir` (its trace files there too), output to `log`.
+    pub fn spawn(bin: &Path, dir: &Path, args: &[String], log: &str) -> Proc {
+        let out = std::fs::File::create(dir.join(log)).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = Command::new(bin)
+            .args(args)
+            .current_dir(dir)
+            .env("M0_TRACE_DIR", dir)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("starts");
+        Proc { child: Some(child) }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Sends signal `sig` (`TERM`, `STOP`, `CONT`...).
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .args([format!("-{sig}"), self.pid().to_string()])
+            .status();
+    }
+
+    /// The exit code if it exits within `limit`; killed (None) otherwise.
+    pub fn wait(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = Instant::now() + limit;
+        let child = self.child.as_mut()?;
+        loop {
+            match child.try_wait() {
+                Ok(Some(st)) => {
+                    self.child = None;
+                    return st.code();
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    self.child = None;
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The last `n` lines of `dir/log`.
+pub fn tail(dir: &Path, log: &str, n: usize) -> String {
+    let s = std::fs::read_to_string(dir.join(log)).unwrap_or_default();
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A fresh scratch directory for this test process.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
