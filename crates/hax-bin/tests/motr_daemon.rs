@@ -1,0 +1,752 @@
+//! The `hax` daemon on real Motr (feature `motr`) with real `m0d`s and a real
+//! Consul: the sample cluster description (hax, a confd process with its RM
+//! service, one ioservice process) is loaded into a Consul dev agent, with
+//! LNet-form endpoints (every Motr transport parses them); both m0d processes
+//! are formatted with `m0mkfs`, then started with hax as their HA. The confd m0d reads the
+//! configuration from a file; the ioservice m0d has none and gets it from
+//! the confd that hax's entrypoint reply names. Their process events land
+//! in Consul (`processes/<fid>` and the broadcast queue) from start to stop,
+//! and hax stops cleanly afterwards.
+//!
+//! Skips, saying why, unless built with `--features motr` and `MOTR_PREFIX`
+//! names an installed Motr with `m0d` and `m0mkfs`. About a minute:
+//!
+//! ```text
+//! MOTR_PREFIX=/opt/motr cargo test -p hax-bin --features motr --test motr_daemon -- --nocapture
+//! ```
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hax_bin::sample::{self, fids, Sample, SampleSpec};
+use hax_consul::catalog::{CheckRegistration, CheckStatus, ServiceRegistration};
+use hax_consul::dev_agent::DevAgent;
+use hax_consul::schema::{
+    BroadcastMessage, ConfKey, FidText, HaxKv, ProcessState, ProcessStatus, QueueKind, QueueMessage,
+};
+use hax_consul::ConsulClient;
+use hax_core::Fid;
+
+struct Tools {
+    m0mkfs: PathBuf,
+    m0d: PathBuf,
+}
+
+fn tools() -> Result<Tools, String> {
+    if !cfg!(feature = "motr") {
+        return Err("hax-bin is built without `--features motr`".into());
+    }
+    let prefix = std::env::var_os("MOTR_PREFIX")
+        .filter(|p| !p.is_empty())
+        .ok_or("MOTR_PREFIX is not set (it names the prefix of an installed Motr)")?;
+    let find = |name: &str| {
+        ["sbin", "bin"]
+            .iter()
+            .map(|d| Path::new(&prefix).join(d).join(name))
+            .find(|p| p.exists())
+            .ok_or(format!(
+                "{name} is not installed under {}",
+                prefix.to_string_lossy()
+            ))
+    };
+    Ok(Tools {
+        m0mkfs: find("m0mkfs")?,
+        m0d: find("m0d")?,
+    })
+}
+
+/// The LNet portal of every endpoint here.
+const PORTAL: u16 = 34;
+
+/// A free endpoint in the LNet form, `127.0.0.1@tcp:12345:<portal>:<tmid>`
+/// (SOCK listens on TCP port `tmid + 1024 + (portal - 30) * 2048`). Motr's
+/// own form `inet:stream:<ip>@<port>` is not used: SOCK parses its port with
+/// `strtol` and then tests an `errno` it never cleared, so a stale errno of
+/// the thread (an m0d's pools refresh runs after failed file lookups) fails
+/// the parse with that errno.
+fn free_endpoint(taken: &mut Vec<u16>) -> (u16, String) {
+    let seed = (std::process::id() % 1000) as u16;
+    for i in 0..1024u16 {
+        let tmid = (seed + i * 17) % 1024;
+        let port = tmid + 1024 + (PORTAL - 30) * 2048;
+        if taken.contains(&tmid) || TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue;
+        }
+        taken.push(tmid);
+        return (tmid, format!("127.0.0.1@tcp:12345:{PORTAL}:{tmid}"));
+    }
+    panic!("no free port for an LNet-style endpoint");
+}
+
+/// A free TCP port for hax's HTTP server.
+fn free_http_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A child process killed (and reaped) when dropped.
+struct Proc {
+    name: String,
+    child: Option<Child>,
+}
+
+impl Proc {
+    fn spawn(name: &str, cmd: &mut Command, log: &Path) -> Proc {
+        let out = std::fs::File::create(log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{name} does not start: {e}"));
+        Proc {
+            name: name.to_owned(),
+            child: Some(child),
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .args([format!("-{sig}"), self.pid().to_string()])
+            .status();
+    }
+
+    /// Exit code once it exits within `limit`; killed (None) otherwise.
+    fn wait(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = Instant::now() + limit;
+        let child = self.child.as_mut()?;
+        loop {
+            match child.try_wait() {
+                Ok(Some(st)) => {
+                    self.child = None;
+                    return st.code();
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                _ => {
+                    eprintln!("{} did not exit within {limit:?}: killed", self.name);
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    self.child = None;
+                    return None;
+                }
+            }
+        }
+    }
+
+    fn exited(&mut self) -> bool {
+        matches!(
+            self.child.as_mut().map(Child::try_wait),
+            Some(Ok(Some(_))) | None
+        )
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn tail(path: &Path, n: usize) -> String {
+    let s = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn json_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Polls `f` until it gives a value or `limit` passes (then fails naming
+/// `what`, with hax's log tail).
+async fn wait_for<T, F, Fut>(what: &str, limit: Duration, hax_log: &Path, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            panic!(
+                "timed out after {limit:?} waiting for {what}; hax's log:\n{}",
+                tail(hax_log, 40)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `GET path` on hax's HTTP server; the body.
+fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default())
+}
+
+/// A counter of hax's `/metrics` (0 when absent).
+fn metric(text: &str, key: &str) -> u64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            (k == key).then(|| v.parse::<f64>().ok())?
+        })
+        .map_or(0, |v| v as u64)
+}
+
+fn watches(http: SocketAddr) -> serde_json::Value {
+    let handler = |path: &str| {
+        serde_json::json!({
+            "path": format!("http://{http}{path}"),
+            "method": "POST",
+            "timeout": "10s",
+        })
+    };
+    serde_json::json!({
+        "watches": [
+            {"type": "service", "service": "ios", "handler_type": "http",
+             "http_handler_config": handler("/")},
+            {"type": "keyprefix", "prefix": "bq/", "handler_type": "http",
+             "http_handler_config": handler("/watcher/bq")},
+        ]
+    })
+}
+
+/// The sample's processes get LNet-form endpoints: their `endpoint`
+/// attributes and their catalog services (same ids, `transport_type` lnet,
+/// passing TTL checks; hax keeps its `http_port`).
+async fn use_lnet_endpoints(
+    client: &ConsulClient,
+    s: &Sample,
+    http_port: u16,
+    procs: &[(u64, &str, u16)],
+) {
+    for (key, service, tmid) in procs {
+        client
+            .kv_put(
+                &ConfKey::ProcessAttr {
+                    node_name: s.node.clone(),
+                    process_key: *key,
+                    attr: "endpoint".into(),
+                }
+                .to_key(),
+                format!("127.0.0.1@tcp:12345:{PORTAL}:{tmid}"),
+            )
+            .await
+            .expect("endpoint attribute");
+        let mut meta: std::collections::BTreeMap<String, String> =
+            [("transport_type".to_owned(), "lnet".to_owned())].into();
+        if *service == "hax" {
+            meta.insert("http_port".into(), http_port.to_string());
+        }
+        let reg = ServiceRegistration {
+            id: key.to_string(),
+            name: (*service).to_owned(),
+            address: format!("127.0.0.1@tcp:12345:{PORTAL}"),
+            port: *tmid,
+            meta,
+            checks: vec![CheckRegistration {
+                check_id: Some(format!("service:{key}")),
+                name: format!("{service} {key}"),
+                ttl: Some("24h".into()),
+                status: Some(CheckStatus::Passing),
+            }],
+            ..Default::default()
+        };
+        client
+            .agent_service_register(&reg)
+            .await
+            .expect("service registered");
+        client
+            .agent_check_update(&format!("service:{key}"), CheckStatus::Passing, "m0d")
+            .await
+            .expect("check updated");
+    }
+}
+
+fn x(kind: char, key: u64) -> String {
+    format!("^{kind}|1:{key}")
+}
+
+/// The Motr configuration of the sample, in xcode text: hax's process with
+/// its HA service, the confd process (RM and confd services), the ioservice
+/// process (RM, I/O with the sdev, SNS repair and rebalance), one pool with
+/// one pool version N=1 K=0 S=0 P=1 over the ioservice's drive.
+fn conf_xc(s: &Sample, hax_ep: &str) -> String {
+    let (confd_ep, ios_ep) = (&s.confd.1, &s.ioservices[0].1);
+    let (hax, confd, ios) = (fids::HAX, fids::CONFD, fids::IOS);
+    let (sdev, drive) = (s.sdevs[0].key, s.drives[0].key);
+    let pver = 1;
+    let objs = [
+        format!(
+            "{{0x74| ((^t|1:0), 1, (11, 22), {o}, {v}, 1, [5: \"pool_width=1\", \"nr_data_units=1\", \
+             \"nr_parity_units=0\", \"nr_spare_units=0\", \"unit_size=4096\"], [1: {n}], [1: {site}], \
+             [1: {o}], [1: {p}], [0])}}",
+            o = x('o', 1),
+            v = x('v', pver),
+            n = x('n', 2),
+            site = x('S', 3),
+            p = x('p', 1)
+        ),
+        format!("{{0x70| (({}), [1: {}])}}", x('p', 1), x('o', 1)),
+        format!(
+            "{{0x6e| (({}), 0x3e80, 2, 3, 2, [3: {}, {}, {}])}}",
+            x('n', 2),
+            x('r', hax),
+            x('r', confd),
+            x('r', ios)
+        ),
+        format!(
+            "{{0x72| (({}), [1: 3], 0, 0, 0, 0, \"{hax_ep}\", [1: {}])}}",
+            x('r', hax),
+            x('s', hax + 1)
+        ),
+        format!(
+            "{{0x73| (({}), @M0_CST_HA, [1: \"{hax_ep}\"], [0], [0])}}",
+            x('s', hax + 1)
+        ),
+        format!(
+            "{{0x72| (({}), [1: 3], 0, 0, 0, 0, \"{confd_ep}\", [2: {}, {}])}}",
+            x('r', confd),
+            x('s', 11),
+            x('s', 10)
+        ),
+        format!("{{0x73| (({}), @M0_CST_RMS, [1: \"{confd_ep}\"], [0], [0])}}", x('s', 11)),
+        format!("{{0x73| (({}), @M0_CST_CONFD, [1: \"{confd_ep}\"], [0], [0])}}", x('s', 10)),
+        format!(
+            "{{0x72| (({}), [1: 3], 0, 0, 0, 0, \"{ios_ep}\", [4: {}, {}, {}, {}])}}",
+            x('r', ios),
+            x('s', 103),
+            x('s', 100),
+            x('s', 101),
+            x('s', 102)
+        ),
+        format!("{{0x73| (({}), @M0_CST_RMS, [1: \"{ios_ep}\"], [0], [0])}}", x('s', 103)),
+        format!(
+            "{{0x73| (({}), @M0_CST_IOS, [1: \"{ios_ep}\"], [0], [1: {}])}}",
+            x('s', 100),
+            x('d', sdev)
+        ),
+        format!("{{0x73| (({}), @M0_CST_SNS_REP, [1: \"{ios_ep}\"], [0], [0])}}", x('s', 101)),
+        format!("{{0x73| (({}), @M0_CST_SNS_REB, [1: \"{ios_ep}\"], [0], [0])}}", x('s', 102)),
+        format!("{{0x6f| (({}), 0, [1: {}])}}", x('o', 1), x('v', pver)),
+        format!(
+            "{{0x76| (({}), {{0| (1, 0, 0, 1, [5: 0, 0, 0, 0, 0], [1: ^j|2:0])}})}}",
+            x('v', pver)
+        ),
+        format!("{{0x6a| ((^j|2:0), {}, [1: ^j|1:0])}}", x('S', 3)),
+        format!("{{0x6a| ((^j|1:0), {}, [1: ^j|1:1])}}", x('a', 4)),
+        format!("{{0x6a| ((^j|1:1), {}, [1: ^j|1:2])}}", x('e', 5)),
+        format!("{{0x6a| ((^j|1:2), {}, [1: ^j|1:3])}}", x('c', 6)),
+        format!("{{0x6a| ((^j|1:3), {}, [0])}}", x('k', drive)),
+        format!("{{0x53| (({}), [1: {}], [1: {}])}}", x('S', 3), x('a', 4), x('v', pver)),
+        format!("{{0x61| (({}), [1: {}], [1: {}])}}", x('a', 4), x('e', 5), x('v', pver)),
+        format!(
+            "{{0x65| (({}), {}, [1: {}], [1: {}])}}",
+            x('e', 5),
+            x('n', 2),
+            x('c', 6),
+            x('v', pver)
+        ),
+        format!("{{0x63| (({}), [1: {}], [1: {}])}}", x('c', 6), x('k', drive), x('v', pver)),
+        format!("{{0x6b| (({}), {}, [1: {}])}}", x('k', drive), x('d', sdev), x('v', pver)),
+        format!(
+            "{{0x64| (({}), 0, 4, 1, 0x1000, 0x8ac45e4800, 3, 4, \"/dev/sdb\")}}",
+            x('d', sdev)
+        ),
+    ];
+    format!("[{}:\n {}]\n", objs.len(), objs.join(",\n "))
+}
+
+/// m0d / m0mkfs arguments for process `fid` in `dir`.
+fn m0_args(dir: &Path, ep: &str, fid: Fid, conf: Option<&Path>, ha: Option<&str>) -> Vec<String> {
+    let d = dir.display();
+    let mut v: Vec<String> = vec![
+        "-D".into(),
+        format!("{d}/db"),
+        "-T".into(),
+        "AD".into(),
+        "-S".into(),
+        format!("{d}/stobs"),
+        "-A".into(),
+        format!("linuxstob:{d}/addb-stobs"),
+        "-e".into(),
+        format!("sock:{ep}"),
+        "-m".into(),
+        "163840".into(),
+        "-q".into(),
+        "2".into(),
+        "-w".into(),
+        "1".into(),
+        // No network buffers for the I/O service: with SOCK's unlimited
+        // segment sizes it would zero-fill ~16 GiB at start (docs/motr.md).
+        "-E".into(),
+        "0".into(),
+        "-f".into(),
+        format!("<{:#x}:{:#x}>", fid.container, fid.key),
+    ];
+    if let Some(c) = conf {
+        v.extend(["-c".into(), c.display().to_string()]);
+    }
+    if let Some(h) = ha {
+        v.extend(["-H".into(), h.to_owned()]);
+    }
+    v
+}
+
+fn m0_command(bin: &Path, dir: &Path, args: &[String]) -> Command {
+    let mut c = Command::new(bin);
+    c.args(args).current_dir(dir).env("M0_TRACE_DIR", dir);
+    c
+}
+
+/// How an m0d stopped with SIGTERM ended. hax does not make the outcome
+/// certain yet: on the process's STOPPED event hax broadcasts it FAILED,
+/// to its own link too, and Motr's halon interface, seeing a process FAILED
+/// there, disconnects every link to it. An m0d that has not closed its HA
+/// link by then either waits for ever in its HA flush (its last messages
+/// are never confirmed) or sees the link fail, asks for the entrypoint
+/// again, is told it was disconnected before and aborts on that assertion.
+/// Both happen after PROCESS STOPPED, which is recorded; they are reported
+/// here, and any other abnormal end fails the test.
+fn check_exit(what: &str, rc: Option<i32>, log: &Path) -> &'static str {
+    if rc == Some(0) {
+        return "exit 0";
+    }
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let outcome = if rc.is_none() && text.contains("hae_disconnected_previously") {
+        "aborted: its HA link was disconnected by hax's FAILED broadcast before it closed it"
+    } else if rc.is_none() && !text.contains("Motr panic") {
+        "did not exit (killed): its HA flush waits for confirmations from a link hax disconnected"
+    } else {
+        panic!("{what} ended with {rc:?}:\n{}", tail(log, 30));
+    };
+    eprintln!("{what}: {outcome}");
+    outcome
+}
+
+async fn bq_process_updates(client: &ConsulClient, fid: Fid) -> Vec<ProcessState> {
+    let pairs = client
+        .kv_list(QueueKind::Broadcast.prefix())
+        .await
+        .expect("bq/ listed")
+        .value;
+    let mut out: Vec<(u64, ProcessState)> = pairs
+        .iter()
+        .filter_map(|p| {
+            let n = QueueKind::Broadcast.parse_entry_key(&p.key)?;
+            let m = QueueMessage::decode(&p.key, &p.value).ok()?;
+            match m.broadcast(&p.key).ok()? {
+                BroadcastMessage::ProcessStateUpdate(u)
+                    if u.fid == FidText::new(fid.container, fid.key) =>
+                {
+                    Some((n, u.state))
+                }
+                _ => None,
+            }
+        })
+        .collect();
+    out.sort_by_key(|(n, _)| *n);
+    out.into_iter().map(|(_, s)| s).collect()
+}
+
+async fn process_state(kv: &HaxKv, fid: Fid) -> Option<ProcessState> {
+    kv.process_status(FidText::new(fid.container, fid.key))
+        .await
+        .ok()
+        .flatten()
+        .map(|s: ProcessStatus| s.state)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_m0ds_with_the_hax_daemon_and_consul() {
+    let tools = match tools() {
+        Ok(t) => t,
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+    let t0 = Instant::now();
+    // Kept on failure (logs, traces); removed at the end of a passing run.
+    let root = std::env::temp_dir().join(format!("hax-motr-daemon-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).expect("work dir");
+    let mut taken = Vec::new();
+    let http = SocketAddr::from(([127, 0, 0, 1], free_http_port()));
+    let (hax_tmid, hax_ep) = free_endpoint(&mut taken);
+    let (confd_tmid, confd_ep) = free_endpoint(&mut taken);
+    let (ios_tmid, ios_ep) = free_endpoint(&mut taken);
+
+    let agent = DevAgent::builder()
+        .extra_config(watches(http))
+        .start()
+        .await
+        .expect("consul agent (scripts/install-consul.sh installs it)");
+    let client = agent.client().expect("consul client");
+    let kv = HaxKv::new(client.clone());
+    let s = sample::load(
+        &client,
+        &SampleSpec {
+            node: None,
+            hax_endpoint: hax_ep.clone(),
+            hax_http_port: http.port(),
+            ioservices: 1,
+            first_port: 1,
+        },
+    )
+    .await
+    .expect("sample loaded");
+    use_lnet_endpoints(
+        &client,
+        &s,
+        http.port(),
+        &[
+            (fids::HAX, "hax", hax_tmid),
+            (fids::CONFD, "confd", confd_tmid),
+            (fids::IOS, "ios", ios_tmid),
+        ],
+    )
+    .await;
+    let confd = (s.confd.0, confd_ep);
+    let ios = (s.ioservices[0].0, ios_ep);
+    let s = Sample {
+        confd: confd.clone(),
+        ioservices: vec![ios.clone()],
+        ..s
+    };
+    let conf = root.join("conf.xc");
+    std::fs::write(&conf, conf_xc(&s, &hax_ep)).expect("conf.xc");
+
+    // Both processes formatted (each is its own HA here), side by side.
+    let (confd_dir, ios_dir) = (root.join("confd"), root.join("ios"));
+    let mut mkfs = Vec::new();
+    for (d, (fid, ep)) in [(&confd_dir, &confd), (&ios_dir, &ios)] {
+        std::fs::create_dir_all(d).expect("process dir");
+        let args = m0_args(d, ep, *fid, Some(&conf), None);
+        mkfs.push(Proc::spawn(
+            "m0mkfs",
+            &mut m0_command(&tools.m0mkfs, d, &args),
+            &d.join("m0mkfs.log"),
+        ));
+    }
+    for (p, d) in mkfs.iter_mut().zip([&confd_dir, &ios_dir]) {
+        let rc = p.wait(Duration::from_secs(180));
+        assert_eq!(
+            rc,
+            Some(0),
+            "m0mkfs in {}:\n{}",
+            d.display(),
+            tail(&d.join("m0mkfs.log"), 30)
+        );
+    }
+    eprintln!("m0mkfs x2 done at {:?}", t0.elapsed());
+
+    // hax, as the daemon runs.
+    let hax_log = root.join("hax.log");
+    let mut hax = Proc::spawn(
+        "hax",
+        Command::new(env!("CARGO_BIN_EXE_hax"))
+            .arg("--consul-address")
+            .arg(agent.http_addr().to_string())
+            .arg("--http-bind")
+            .arg(http.to_string())
+            .args(["--log-format", "json", "--log", "info"])
+            .current_dir(&root)
+            .env("M0_TRACE_DIR", &root)
+            .env_remove("HAX_CONFIG"),
+        &hax_log,
+    );
+    let log = hax_log.clone();
+    wait_for("hax ready", Duration::from_secs(60), &hax_log, || {
+        let log = log.clone();
+        async move {
+            json_lines(&log)
+                .iter()
+                .any(|l| l["message"] == "hax ready")
+                .then_some(())
+        }
+    })
+    .await;
+    assert!(!hax.exited(), "hax runs");
+    eprintln!("hax ready at {:?}", t0.elapsed());
+
+    // The confd process, configuration from its file.
+    let args = m0_args(&confd_dir, &confd.1, confd.0, Some(&conf), Some(&hax_ep));
+    let mut m0d_confd = Proc::spawn(
+        "m0d (confd)",
+        &mut m0_command(&tools.m0d, &confd_dir, &args),
+        &confd_dir.join("m0d.log"),
+    );
+    let started = |f: Fid| {
+        let kv = kv.clone();
+        move || {
+            let kv = kv.clone();
+            async move {
+                matches!(
+                    process_state(&kv, f).await,
+                    Some(ProcessState::Started | ProcessState::DtmRecovered)
+                )
+                .then_some(())
+            }
+        }
+    };
+    wait_for(
+        "the confd m0d started in Consul",
+        Duration::from_secs(90),
+        &hax_log,
+        started(confd.0),
+    )
+    .await;
+    eprintln!("confd m0d started at {:?}", t0.elapsed());
+
+    // The ioservice process: no configuration file; it reads the
+    // configuration from the confd of hax's entrypoint reply.
+    let args = m0_args(&ios_dir, &ios.1, ios.0, None, Some(&hax_ep));
+    let mut m0d_ios = Proc::spawn(
+        "m0d (ios)",
+        &mut m0_command(&tools.m0d, &ios_dir, &args),
+        &ios_dir.join("m0d.log"),
+    );
+    wait_for(
+        "the ioservice m0d started in Consul",
+        Duration::from_secs(90),
+        &hax_log,
+        started(ios.0),
+    )
+    .await;
+    eprintln!("ioservice m0d started at {:?}", t0.elapsed());
+
+    let lines = json_lines(&hax_log);
+    let requests: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["message"] == "entrypoint request")
+        .collect();
+    for r in &requests {
+        eprintln!(
+            "entrypoint request: process {} from {} first {}",
+            r["process"], r["endpoint"], r["first"]
+        );
+    }
+    for fid in [confd.0, ios.0] {
+        assert!(
+            requests
+                .iter()
+                .any(|r| r["process"] == fid.to_string() && r["first"] == true),
+            "a first entrypoint request of {fid} reached hax"
+        );
+    }
+    let metrics = http_get(http, "/metrics").unwrap_or_default();
+    for key in [
+        "hax_links",
+        "hax_entrypoint_requests_total{outcome=\"received\"}",
+        "hax_messages_total{direction=\"in\",type=\"event_process\"}",
+        "hax_messages_total{direction=\"in\",type=\"event_service\"}",
+        "hax_messages_total{direction=\"in\",type=\"nvec_get\"}",
+        "hax_messages_total{direction=\"in\",type=\"fvec_req\"}",
+        "hax_messages_total{direction=\"in\",type=\"keepalive_req\"}",
+        "hax_messages_total{direction=\"out\",type=\"nvec_set\"}",
+    ] {
+        eprintln!("{key} = {}", metric(&metrics, key));
+    }
+    assert_eq!(
+        metric(&metrics, "hax_links"),
+        3,
+        "hax's own link and two m0ds"
+    );
+
+    // Stop, the ioservice first: each stop is recorded.
+    m0d_ios.signal("TERM");
+    let rc = m0d_ios.wait(Duration::from_secs(20));
+    eprintln!("ioservice m0d exit {rc:?} at {:?}", t0.elapsed());
+    let stopped = |f: Fid| {
+        let kv = kv.clone();
+        move || {
+            let kv = kv.clone();
+            async move { (process_state(&kv, f).await == Some(ProcessState::Stopped)).then_some(()) }
+        }
+    };
+    wait_for(
+        "the ioservice m0d stopped in Consul",
+        Duration::from_secs(30),
+        &hax_log,
+        stopped(ios.0),
+    )
+    .await;
+    let ios_end = check_exit("the ioservice m0d", rc, &ios_dir.join("m0d.log"));
+    m0d_confd.signal("TERM");
+    let rc = m0d_confd.wait(Duration::from_secs(60));
+    eprintln!("confd m0d exit {rc:?} at {:?}", t0.elapsed());
+    wait_for(
+        "the confd m0d stopped in Consul",
+        Duration::from_secs(30),
+        &hax_log,
+        stopped(confd.0),
+    )
+    .await;
+    let confd_end = check_exit("the confd m0d", rc, &confd_dir.join("m0d.log"));
+
+    for fid in [confd.0, ios.0] {
+        let bq = bq_process_updates(&client, fid).await;
+        eprintln!("BQ process updates of {fid}: {bq:?}");
+        assert_eq!(bq.first(), Some(&ProcessState::Starting), "{fid}: {bq:?}");
+        assert_eq!(bq.last(), Some(&ProcessState::Stopped), "{fid}: {bq:?}");
+        assert!(
+            bq.iter()
+                .any(|s| matches!(s, ProcessState::Started | ProcessState::DtmRecovered)),
+            "{fid}: {bq:?}"
+        );
+    }
+
+    // hax stops: every link through the handshake, exit 0.
+    let t1 = Instant::now();
+    hax.signal("TERM");
+    let rc = hax.wait(Duration::from_secs(120));
+    eprintln!("hax exit {rc:?} after {:?}", t1.elapsed());
+    assert_eq!(rc, Some(0), "hax exits 0:\n{}", tail(&hax_log, 40));
+    let panics = std::fs::read_to_string(&hax_log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| {
+            let l = l.to_ascii_lowercase();
+            l.contains("contract violation") || l.contains("panicked")
+        })
+        .count();
+    assert_eq!(panics, 0, "hax logged a contract violation or a panic");
+    eprintln!(
+        "done in {:?}; ioservice m0d: {ios_end}; confd m0d: {confd_end}",
+        t0.elapsed()
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}
