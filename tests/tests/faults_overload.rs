@@ -96,12 +96,29 @@ async fn events_while_consul_is_stopped(per_peer: usize, event_queue: usize) {
         confirmed_while_stopped <= before + 3,
         "{confirmed_while_stopped} confirmed with Consul stopped"
     );
+    // Recorded in the order sent: the BQ holds one entry per event (a write
+    // whose answer was lost may repeat one, in a row).
     for (p, sent) in peers.iter().zip(&sent) {
         assert_eq!(
             env.process_status(p.fid()).await.map(|s| s.state),
             Some(recorded_as(*sent.last().unwrap())),
             "{}",
             p.fid()
+        );
+        let mut bq = env.bq_process_updates(p.fid()).await;
+        bq.dedup();
+        let mut want: Vec<_> = std::iter::once(ProcessEventKind::Started)
+            .chain(sent.iter().copied())
+            .map(recorded_as)
+            .collect();
+        want.dedup();
+        let first_wrong = bq.iter().zip(&want).position(|(a, b)| a != b);
+        assert!(
+            bq == want,
+            "{}: {} BQ entries for {} events, first out of order at {first_wrong:?}",
+            p.fid(),
+            bq.len(),
+            want.len()
         );
     }
     assert!(m_end.n("hax_consul_write_queue_depth") == 0);

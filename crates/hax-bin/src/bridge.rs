@@ -5,9 +5,10 @@
 //! queued for the event pipeline, which delivers the message once it is
 //! durable.
 
+use std::collections::VecDeque;
 use std::num::NonZeroI32;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hax_core::{
@@ -42,6 +43,11 @@ pub struct Bridge {
     stopping: AtomicBool,
     metrics: Arc<Metrics>,
     runtime: tokio::runtime::Handle,
+    /// Events that found the queue full, in arrival order. While it is not
+    /// empty every new event joins it, and one task moves them to the queue
+    /// in order: the events of a process are recorded in the order Motr
+    /// sent them.
+    overflow: Arc<Mutex<VecDeque<MotrEvent>>>,
 }
 
 impl std::fmt::Debug for Bridge {
@@ -71,6 +77,7 @@ impl Bridge {
             stopping: AtomicBool::new(false),
             metrics,
             runtime,
+            overflow: Arc::default(),
         }
     }
 
@@ -80,19 +87,27 @@ impl Bridge {
         self.stopping.store(true, Ordering::Release);
     }
 
-    /// Queues an event; when the queue is full the event waits in a task
-    /// (counted), never on Motr's thread.
+    /// Queues an event; when the queue is full the event waits in the
+    /// overflow (counted), never on Motr's thread, and keeps its place.
     fn queue(&self, ev: MotrEvent) {
+        // A poisoned lock only means a panic elsewhere; the deque is intact.
+        let mut overflow = self.overflow.lock().unwrap_or_else(|p| p.into_inner());
+        if !overflow.is_empty() {
+            self.metrics.events_overflow.fetch_add(1, Ordering::Relaxed);
+            overflow.push_back(ev);
+            return;
+        }
         match self.events.try_send(ev) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(ev)) => {
                 self.metrics.events_overflow.fetch_add(1, Ordering::Relaxed);
-                let tx = self.events.clone();
-                self.runtime.spawn(async move {
-                    if let Err(mpsc::error::SendError(ev)) = tx.send(ev).await {
-                        ev.abandon();
-                    }
-                });
+                overflow.push_back(ev);
+                drop(overflow);
+                // The overflow was empty: no mover runs; start one.
+                self.runtime.spawn(move_overflow(
+                    self.events.clone(),
+                    Arc::clone(&self.overflow),
+                ));
             }
             Err(mpsc::error::TrySendError::Closed(ev)) => {
                 // The pipeline has stopped (hax is stopping): nothing more
@@ -269,5 +284,30 @@ impl Callbacks for Bridge {
 fn deliver(cx: &Ctx<'_>, delivery: Delivery) {
     if let Err(e) = delivery.deliver_now(cx) {
         tracing::warn!(error = %e, "delivered failed");
+    }
+}
+
+/// Moves the overflow into the queue, oldest first, until it is empty. It
+/// leaves while holding the lock on an empty overflow, so that a later event
+/// either joins a non-empty overflow (this mover takes it) or goes straight
+/// to the queue after everything that was waiting.
+async fn move_overflow(events: mpsc::Sender<MotrEvent>, overflow: Arc<Mutex<VecDeque<MotrEvent>>>) {
+    loop {
+        let permit = events.reserve().await;
+        let mut waiting = overflow.lock().unwrap_or_else(|p| p.into_inner());
+        let Ok(permit) = permit else {
+            // The pipeline has stopped: deliver what waited so Motr can stop.
+            for ev in waiting.drain(..) {
+                ev.abandon();
+            }
+            return;
+        };
+        match waiting.pop_front() {
+            Some(ev) => permit.send(ev),
+            None => return,
+        }
+        if waiting.is_empty() {
+            return;
+        }
     }
 }
