@@ -18,8 +18,11 @@ use hax_consul::server;
 use hax_core::Fid;
 use hax_sim::wire::{self, HaxFrame, PeerFrame};
 
+/// A target: a name and the check it runs on one input.
+pub type Target = (&'static str, fn(&[u8]));
+
 /// The targets, by name.
-pub const TARGETS: [(&str, fn(&[u8])); 5] = [
+pub const TARGETS: [Target; 5] = [
     ("consul_watch", consul_watch),
     ("sim_wire", sim_wire),
     ("emu_wire", emu_wire),

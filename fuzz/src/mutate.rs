@@ -13,7 +13,7 @@ impl Rng {
     }
 
     /// The next 64 random bits.
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;
         x ^= x << 25;
@@ -24,7 +24,7 @@ impl Rng {
 
     /// A number in `0..n` (`n` > 0).
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+        (self.next_u64() % n as u64) as usize
     }
 }
 
@@ -109,7 +109,7 @@ pub fn mutate(rng: &mut Rng, input: &mut Vec<u8>, other: &[u8], max_len: usize) 
             }
             1 if len > 0 => {
                 let i = rng.below(len);
-                input[i] = rng.next() as u8;
+                input[i] = rng.next_u64() as u8;
             }
             2 if len > 0 => {
                 let at = rng.below(len);
@@ -119,7 +119,7 @@ pub fn mutate(rng: &mut Rng, input: &mut Vec<u8>, other: &[u8], max_len: usize) 
             3 => {
                 let at = rng.below(len + 1);
                 let k = 1 + rng.below(8);
-                let bytes: Vec<u8> = (0..k).map(|_| rng.next() as u8).collect();
+                let bytes: Vec<u8> = (0..k).map(|_| rng.next_u64() as u8).collect();
                 input.splice(at..at, bytes);
             }
             4 if len > 0 => {
@@ -153,7 +153,7 @@ pub fn mutate(rng: &mut Rng, input: &mut Vec<u8>, other: &[u8], max_len: usize) 
             }
             _ => {
                 let at = rng.below(len + 1);
-                input.insert(at, rng.next() as u8);
+                input.insert(at, rng.next_u64() as u8);
             }
         }
     }
