@@ -176,6 +176,13 @@ struct emu_ep {
 };
 
 int emu_ep_parse(const char *s, struct emu_ep *ep);
+/*
+ * Rewrites a peer's LNet-form or "inet:stream:" endpoint (numeric IPv4) in
+ * place into the emulator's own form "inet:tcp:<ip>@<port>", as Motr reports
+ * a peer in its transport's form whatever form the peer was given. 1 when
+ * rewritten, 0 when left as it is.
+ */
+int emu_ep_canonical(char *s, size_t size);
 /* 0 and a listening non-blocking socket, or a negative errno. */
 int emu_listen(const struct emu_ep *ep, int *fd_out);
 

@@ -125,8 +125,11 @@ int emu_ep_parse(const char *s, struct emu_ep *ep)
 		ep->salen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + 1);
 		return 0;
 	}
-	if (strncmp(s, "inet:tcp:", 9) == 0) {
-		const char *host = s + 9;
+	/* "inet:stream:" is the form of Motr's SOCK transport (which refuses
+	 * "inet:tcp:"); the emulator takes both. */
+	size_t pre = strncmp(s, "inet:tcp:", 9) == 0 ? 9 : strncmp(s, "inet:stream:", 12) == 0 ? 12 : 0;
+	if (pre > 0) {
+		const char *host = s + pre;
 		const char *at = strrchr(host, '@');
 		char name[EMU_STR_MAX + 1];
 		long port;
@@ -142,6 +145,34 @@ int emu_ep_parse(const char *s, struct emu_ep *ep)
 	if (isdigit((unsigned char)s[0]))
 		return parse_lnet(s, ep);
 	return HAX_E_INVAL;
+}
+
+int emu_ep_canonical(char *s, size_t size)
+{
+	bool lnet = isdigit((unsigned char)s[0]);
+	if (!lnet && strncmp(s, "inet:stream:", 12) != 0)
+		return 0;
+	const char *at = strrchr(s, '@');
+	char host[INET_ADDRSTRLEN];
+	size_t n = at != NULL ? (size_t)(at - s) - (lnet ? 0 : 12) : 0;
+	struct in_addr a;
+	/* Numeric addresses only: no name is looked up here. */
+	if (at == NULL || (!lnet && n >= sizeof(host)))
+		return 0;
+	if (!lnet) {
+		memcpy(host, s + 12, n);
+		host[n] = '\0';
+		if (inet_pton(AF_INET, host, &a) != 1)
+			return 0;
+	}
+	struct emu_ep ep;
+	if (emu_ep_parse(s, &ep) != 0 || ep.family != AF_INET)
+		return 0;
+	const struct sockaddr_in *sin = (const struct sockaddr_in *)&ep.sa;
+	if (inet_ntop(AF_INET, &sin->sin_addr, host, sizeof(host)) == NULL)
+		return 0;
+	int w = snprintf(s, size, "inet:tcp:%s@%u", host, (unsigned)ntohs(sin->sin_port));
+	return w > 0 && (size_t)w < size ? 1 : 0;
 }
 
 int emu_listen(const struct emu_ep *ep, int *fd_out)

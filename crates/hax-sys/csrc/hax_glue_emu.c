@@ -1111,6 +1111,8 @@ static void frame_ep_req(hax_glue *h, struct emu_conn *c, const uint8_t *body, s
 	rd_str(&r, req->ep);
 	rd_str(&r, req->git);
 	rd_end(&r);
+	if (r.bad == NULL)
+		(void)emu_ep_canonical(req->ep, sizeof(req->ep));
 	if (r.bad == NULL && first > 1)
 		r.bad = "first_request is neither 0 nor 1";
 	if (r.bad == NULL && c->req != NULL)

@@ -1,0 +1,206 @@
+//! What real Motr showed (docs/motr.md, "Where real Motr and the emulator
+//! differ"), pinned where the emulator now does the same, so that hax is
+//! tested against it in every run:
+//!
+//! * a peer is reported in the transport's own endpoint form, whatever form
+//!   it was given (Motr's SOCK: `inet:stream:<ip>@<port>` for a peer started
+//!   as `127.0.0.1@tcp:12345:<portal>:<tmid>`; the emulator:
+//!   `inet:tcp:<ip>@<port>`), while hax's own link keeps the endpoint hax
+//!   was started with; hax matches peers by process fid, never by endpoint;
+//! * SOCK's own form `inet:stream:<ip>@<port>` is an endpoint hax can listen
+//!   on (SOCK refuses `inet:tcp:`; the emulator takes both);
+//! * an m0d reports the services it starts before reading its configuration
+//!   with fid 0 and service type 0 (`M0_CST__UNUSED`) or SSS/FDMI: hax
+//!   receives them as service events like any other;
+//! * an m0d answers hax's keepalive request with the same id.
+//!
+//! Runs on the emulator; skipped when hax-core is built with
+//! `--features motr` (its peers speak the emulator's protocol).
+
+use std::net::TcpListener;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use hax_core::{
+    Callbacks, Confd, Ctx, Delivery, EntrypointReply, EntrypointRequest, EntrypointResponder, Fid,
+    FidType, HaMsg, HaMsgData, Halon, HalonConfig, LinkId, LinkInfo, ServiceEvent,
+    ServiceEventKind, ServiceType, Tag, Uint128,
+};
+use hax_sim::{SimConfig, SimProcess};
+
+#[derive(Default)]
+struct Log {
+    events: Mutex<Vec<String>>,
+    cv: Condvar,
+}
+
+impl Log {
+    fn push(&self, s: String) {
+        self.events.lock().unwrap().push(s);
+        self.cv.notify_all();
+    }
+
+    fn wait_for(&self, what: &str, pred: impl Fn(&[String]) -> bool) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut g = self.events.lock().unwrap();
+        while !pred(&g) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "timed out waiting for {what}: {:?}", *g);
+            g = self.cv.wait_timeout(g, left).unwrap().0;
+        }
+        g.clone()
+    }
+}
+
+struct Ha(Arc<Log>);
+
+impl Callbacks for Ha {
+    fn entrypoint_request(&self, cx: &Ctx<'_>, req: EntrypointRequest, reply: EntrypointResponder) {
+        self.0.push(format!(
+            "entrypoint {} from {}",
+            req.process_fid, req.remote_endpoint
+        ));
+        let rep = EntrypointReply {
+            confds: vec![Confd {
+                fid: Fid::typed(FidType::Service, 1, 4),
+                endpoint: "inet:tcp:127.0.0.1@1".into(),
+            }],
+            quorum: 1,
+            rm_fid: Fid::typed(FidType::Service, 1, 2),
+            rm_endpoint: "inet:tcp:127.0.0.1@1".into(),
+        };
+        reply.accept_now(cx, &rep).unwrap();
+    }
+
+    fn msg_received(&self, cx: &Ctx<'_>, link: LinkId, _tag: Tag, msg: HaMsg, d: Delivery) {
+        match msg.data {
+            HaMsgData::ServiceEvent(e) => self.0.push(format!(
+                "{link} service {} {:?} {:?}",
+                msg.fid, e.service_type, e.event
+            )),
+            HaMsgData::KeepaliveRep { id, .. } => {
+                self.0.push(format!("{link} keepalive reply {id}"))
+            }
+            _ => {}
+        }
+        d.deliver_now(cx).unwrap();
+    }
+
+    fn link_connected(&self, _cx: &Ctx<'_>, _req: Uint128, link: &LinkInfo) {
+        self.0.push(format!(
+            "connected {} {} self {} ep {}",
+            link.id, link.process_fid, link.is_self, link.endpoint
+        ));
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn service_event(event: ServiceEventKind, service_type: ServiceType) -> HaMsg {
+    // fid 0: what an m0d sends for the services it starts before it has
+    // read its configuration.
+    HaMsg::new(HaMsgData::ServiceEvent(ServiceEvent {
+        event,
+        service_type,
+        pid: 4242,
+    }))
+}
+
+#[test]
+fn endpoints_early_service_events_and_keepalive_as_on_real_motr() {
+    if cfg!(feature = "motr") {
+        eprintln!("skipped: the peers of this test speak the emulator's protocol");
+        return;
+    }
+    let port = free_port();
+    let ep = format!("inet:stream:127.0.0.1@{port}");
+    let log = Arc::new(Log::default());
+    let cfg = HalonConfig {
+        endpoint: ep.clone(),
+        process_fid: Fid::typed(FidType::Process, 1, 6),
+        ha_service_fid: Fid::typed(FidType::Service, 1, 7),
+        rm_service_fid: Fid::typed(FidType::Service, 1, 2),
+        debug_options: "emu-stop-timeout-ms=2000".into(),
+        node_uuid: None,
+    };
+    let mut halon = Halon::start(cfg, Ha(Arc::clone(&log))).expect("starts on inet:stream:");
+    // hax's own link keeps the endpoint hax was started with.
+    log.wait_for("the self link", |ev| {
+        ev.iter()
+            .any(|e| e.contains("self true") && e.ends_with(&format!("ep {ep}")))
+    });
+
+    // A peer started with the LNet form is reported in the transport's own
+    // form: 127.0.0.1@tcp:12345:34:101 listens on 101 | 1 << 10 | 4 << 11.
+    let peer = Fid::typed(FidType::Process, 1, 0x10);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut c = SimConfig::new(format!("inet:tcp:127.0.0.1@{port}"), peer);
+    c.endpoint = "127.0.0.1@tcp:12345:34:101".into();
+    c.timeout = Duration::from_secs(15);
+    let p: SimProcess = rt.block_on(SimProcess::connect(c)).expect("peer connects");
+    let canonical = "inet:tcp:127.0.0.1@9317";
+    let ev = log.wait_for("the peer's link", |ev| {
+        ev.iter()
+            .any(|e| e.starts_with("connected") && e.contains(&peer.to_string()))
+    });
+    assert!(
+        ev.contains(&format!("entrypoint {peer} from {canonical}")),
+        "{ev:?}"
+    );
+    let info = halon
+        .handle()
+        .links()
+        .into_iter()
+        .find(|l| l.process_fid == peer)
+        .expect("the peer's link is listed");
+    assert_eq!(info.endpoint, canonical);
+
+    // The services an m0d starts before its configuration: fid 0, type 0
+    // (then SSS), STARTING then STARTED.
+    for m in [
+        service_event(ServiceEventKind::Starting, ServiceType::Unused),
+        service_event(ServiceEventKind::Started, ServiceType::Unused),
+        service_event(ServiceEventKind::Starting, ServiceType::Sss),
+    ] {
+        p.send(m).expect("sent");
+    }
+    let link = info.id;
+    let zero = Fid::default();
+    let want = [
+        format!("{link} service {zero} Unused Starting"),
+        format!("{link} service {zero} Unused Started"),
+        format!("{link} service {zero} Sss Starting"),
+    ];
+    let ev = log.wait_for("the early service events", |ev| {
+        want.iter().all(|w| ev.contains(w))
+    });
+    let mine: Vec<&String> = ev
+        .iter()
+        .filter(|e| e.starts_with(&format!("{link} service")))
+        .collect();
+    assert_eq!(mine, want.iter().collect::<Vec<_>>(), "in order: {ev:?}");
+
+    // hax asks, the m0d answers with the same id.
+    let id = Uint128::new(0x4b41, 7);
+    halon
+        .handle()
+        .send(link, HaMsg::new(HaMsgData::KeepaliveReq { id }))
+        .wait()
+        .expect("keepalive request sent");
+    log.wait_for("the keepalive reply", |ev| {
+        ev.contains(&format!("{link} keepalive reply {id}"))
+    });
+
+    drop(p);
+    let report = halon.stop().expect("stop");
+    assert_eq!(report.violations, 0);
+}
