@@ -12,7 +12,9 @@
 //! once with the offset: a consumer killed at any point resumes after the last
 //! committed entry and neither repeats nor skips one. Effects outside Consul
 //! (e.g. notifying Motr) are at-least-once: an entry whose commit was lost is
-//! handled again.
+//! handled again. A consumer may commit several entries at once (one
+//! transaction, the last one's offset), trading Consul round trips for more
+//! entries handled again after a crash.
 
 use std::future::Future;
 use std::time::Duration;
@@ -20,7 +22,7 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::ConsulClient;
+use crate::client::{Consistency, ConsulClient, QueryOptions};
 use crate::error::ConsulError;
 use crate::kv::KvPair;
 use crate::schema::{decode_decimal, QueueKind, QueueMessage, SchemaError};
@@ -213,6 +215,28 @@ struct OffsetState {
     index: u64,
 }
 
+/// What handling one entry produced, for
+/// [`QueueConsumer::consume_entries_batched`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Handled {
+    /// KV operations to commit with the offset.
+    pub ops: Vec<TxnOp>,
+    /// The handling did something outside Consul (told Motr, say): commit
+    /// it now, with the entries before it, so that a crash repeats at most
+    /// this one.
+    pub commit_now: bool,
+}
+
+/// Entries handled, not committed yet.
+#[derive(Default)]
+struct Pending<'a> {
+    /// Index (in the sorted entries) of the first one.
+    first: usize,
+    count: usize,
+    last: Option<&'a QueueEntry>,
+    ops: Vec<TxnOp>,
+}
+
 /// Consumes a queue in order, keeping its offset in Consul.
 #[derive(Debug)]
 pub struct QueueConsumer {
@@ -242,7 +266,20 @@ impl QueueConsumer {
     }
 
     async fn load(&self, state: &mut OffsetState) -> Result<()> {
-        let got = self.client.kv_get(&self.offset_key).await?.value;
+        // The offset decides what is handled next. A leader that was just
+        // restarted serves old values in the default mode while it replays
+        // its log: handing out entries again, their broadcasts included,
+        // with states that are no longer true. Read it linearizably (the
+        // agent refuses until it has caught up; the caller retries).
+        let opts = QueryOptions {
+            consistency: Consistency::Consistent,
+            ..QueryOptions::default()
+        };
+        let got = self
+            .client
+            .kv_get_with(&self.offset_key, &opts)
+            .await?
+            .value;
         *state = match got {
             None => OffsetState {
                 value: None,
@@ -280,6 +317,23 @@ impl QueueConsumer {
             .await
     }
 
+    /// [`QueueConsumer::consume_available`], committing up to `batch`
+    /// entries at once ([`QueueConsumer::consume_entries_batched`]).
+    pub async fn consume_available_batched<F, Fut, E>(
+        &self,
+        batch: usize,
+        handler: F,
+    ) -> Result<usize>
+    where
+        F: FnMut(&QueueEntry) -> Fut,
+        Fut: Future<Output = std::result::Result<Handled, E>>,
+        E: std::fmt::Display,
+    {
+        let pairs = self.client.kv_list(self.config.kind.prefix()).await?.value;
+        let entries = QueueEntry::from_pairs(self.config.kind, &pairs);
+        self.consume_entries_batched(&entries, batch, handler).await
+    }
+
     /// Handles the given entries (e.g. from a watch payload) that are above
     /// the offset, in epoch order. For each, `handler` returns KV operations
     /// to commit atomically with the offset update (none for pure side
@@ -295,12 +349,47 @@ impl QueueConsumer {
         Fut: Future<Output = std::result::Result<Vec<TxnOp>, E>>,
         E: std::fmt::Display,
     {
+        let handler = |entry: &QueueEntry| {
+            let handled = handler(entry);
+            async move {
+                handled.await.map(|ops| Handled {
+                    ops,
+                    commit_now: true,
+                })
+            }
+        };
+        self.consume_entries_batched(entries, 1, handler).await
+    }
+
+    /// [`QueueConsumer::consume_entries`], committing up to `batch` entries
+    /// in one transaction: their operations together with the offset of the
+    /// last one. A batch ends earlier when the operations would not fit in
+    /// a transaction ([`MAX_TXN_OPS`]), and with an entry whose handling
+    /// asks to be committed at once ([`Handled::commit_now`]). An entry is
+    /// handled before the ones before it are committed: a consumer killed
+    /// meanwhile handles them again, so entries with effects outside Consul
+    /// ask for `commit_now`, and a crash repeats at most one of them, as
+    /// without batches. A handler error commits the entries handled before
+    /// it, then stops.
+    pub async fn consume_entries_batched<F, Fut, E>(
+        &self,
+        entries: &[QueueEntry],
+        batch: usize,
+        mut handler: F,
+    ) -> Result<usize>
+    where
+        F: FnMut(&QueueEntry) -> Fut,
+        Fut: Future<Output = std::result::Result<Handled, E>>,
+        E: std::fmt::Display,
+    {
+        let batch = batch.max(1);
         let mut sorted: Vec<&QueueEntry> = entries.iter().collect();
         sorted.sort_by_key(|e| e.epoch);
         let mut state = self.state.lock().await;
         // Always start from the stored offset: another process may have
         // consumed under the same name since the last call.
         self.load(&mut state).await?;
+        let mut pending = Pending::default();
         let mut handled = 0;
         let mut i = 0;
         let mut moved = 0;
@@ -309,74 +398,113 @@ impl QueueConsumer {
                 i += 1;
                 continue;
             }
-            let mut ops = handler(entry).await.map_err(|e| QueueError::Handler {
-                key: entry.key.clone(),
-                reason: e.to_string(),
-            })?;
+            let (mut ops, commit_now) = match handler(entry).await {
+                Ok(h) => (h.ops, h.commit_now),
+                Err(e) => {
+                    self.flush(&mut state, &mut pending, &mut handled).await?;
+                    return Err(QueueError::Handler {
+                        key: entry.key.clone(),
+                        reason: e.to_string(),
+                    });
+                }
+            };
+            if self.config.delete_consumed {
+                ops.push(TxnOp::delete(entry.key.clone()));
+            }
             let extra = ops.len();
-            let fixed = if self.config.delete_consumed { 3 } else { 2 };
-            if extra + fixed > MAX_TXN_OPS {
+            if extra + 2 > MAX_TXN_OPS {
+                self.flush(&mut state, &mut pending, &mut handled).await?;
+                let fixed = if self.config.delete_consumed { 3 } else { 2 };
                 return Err(QueueError::TooManyOps {
                     key: entry.key.clone(),
-                    ops: extra,
+                    ops: extra + 2 - fixed,
                     max: MAX_TXN_OPS - fixed,
                 });
             }
-            let guard = if state.index == 0 {
-                TxnOp::check_not_exists(self.offset_key.clone())
-            } else {
-                TxnOp::check_index(self.offset_key.clone(), state.index)
-            };
-            let mut txn = vec![
-                guard,
-                TxnOp::set(self.offset_key.clone(), entry.epoch.to_string()),
-            ];
-            if self.config.delete_consumed {
-                txn.push(TxnOp::delete(entry.key.clone()));
+            let mut raced = false;
+            if pending.count > 0 && pending.ops.len() + extra + 2 > MAX_TXN_OPS {
+                raced = !self.flush(&mut state, &mut pending, &mut handled).await?;
             }
-            txn.append(&mut ops);
-            match self.client.txn(&txn).await {
-                Ok(resp) => {
-                    state.value = Some(entry.epoch);
-                    // The guard's result carries the old index; the set's
-                    // the new one.
-                    state.index = resp
-                        .results
-                        .iter()
-                        .filter(|r| r.key == self.offset_key)
-                        .map(|r| r.modify_index)
-                        .max()
-                        .unwrap_or(resp.index);
-                    handled += 1;
-                    i += 1;
+            if !raced {
+                if pending.count == 0 {
+                    pending.first = i;
                 }
-                Err(ConsulError::TxnFailed { errors })
-                    if errors.iter().any(|e| e.op_index == 0) =>
-                {
-                    // Someone else advanced the offset: re-read it and go on
-                    // from there (this entry included, if they did not reach it).
-                    moved += 1;
-                    if moved > MAX_OFFSET_RACES {
-                        return Err(QueueError::Contended {
-                            kind: self.config.kind,
-                            attempts: moved,
-                        });
-                    }
-                    tracing::info!(consumer = %self.offset_key, epoch = entry.epoch, "offset moved by another consumer");
-                    self.load(&mut state).await?;
+                pending.ops.append(&mut ops);
+                pending.last = Some(entry);
+                pending.count += 1;
+                i += 1;
+                if pending.count >= batch || commit_now {
+                    raced = !self.flush(&mut state, &mut pending, &mut handled).await?;
                 }
-                Err(e @ ConsulError::TxnFailed { .. }) => {
-                    return Err(QueueError::Effects {
-                        key: entry.key.clone(),
-                        source: e,
-                    })
+            }
+            if raced {
+                // Someone else advanced the offset: go on from there (the
+                // entries handled here included, if they did not reach them).
+                moved += 1;
+                if moved > MAX_OFFSET_RACES {
+                    return Err(QueueError::Contended {
+                        kind: self.config.kind,
+                        attempts: moved,
+                    });
                 }
-                // The answer may be lost after a commit; the next call starts
-                // by re-reading the stored offset, so nothing is redone twice.
-                Err(e) => return Err(e.into()),
+                tracing::info!(consumer = %self.offset_key, epoch = entry.epoch, "offset moved by another consumer");
+                i = pending.first;
+                pending = Pending::default();
+                self.load(&mut state).await?;
             }
         }
+        self.flush(&mut state, &mut pending, &mut handled).await?;
         Ok(handled)
+    }
+
+    /// Commits the pending entries with their operations. `Ok(false)` when
+    /// the offset had moved (nothing committed; the entries stay pending).
+    async fn flush(
+        &self,
+        state: &mut OffsetState,
+        pending: &mut Pending<'_>,
+        handled: &mut usize,
+    ) -> Result<bool> {
+        let Some(last) = pending.last else {
+            return Ok(true);
+        };
+        let guard = if state.index == 0 {
+            TxnOp::check_not_exists(self.offset_key.clone())
+        } else {
+            TxnOp::check_index(self.offset_key.clone(), state.index)
+        };
+        let mut txn = vec![
+            guard,
+            TxnOp::set(self.offset_key.clone(), last.epoch.to_string()),
+        ];
+        txn.append(&mut pending.ops);
+        match self.client.txn(&txn).await {
+            Ok(resp) => {
+                state.value = Some(last.epoch);
+                // The guard's result carries the old index; the set's the
+                // new one.
+                state.index = resp
+                    .results
+                    .iter()
+                    .filter(|r| r.key == self.offset_key)
+                    .map(|r| r.modify_index)
+                    .max()
+                    .unwrap_or(resp.index);
+                *handled += pending.count;
+                *pending = Pending::default();
+                Ok(true)
+            }
+            Err(ConsulError::TxnFailed { errors }) if errors.iter().any(|e| e.op_index == 0) => {
+                Ok(false)
+            }
+            Err(e @ ConsulError::TxnFailed { .. }) => Err(QueueError::Effects {
+                key: last.key.clone(),
+                source: e,
+            }),
+            // The answer may be lost after a commit; the next call starts
+            // by re-reading the stored offset, so nothing is redone twice.
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Follows the queue with a watcher and handles entries as they appear,
