@@ -200,7 +200,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
 
     // The broadcast queue consumer of this node.
     let (sns_tx, sns_rx) = mpsc::channel(64);
-    let (bq_tx, bq_rx) = mpsc::channel(64);
+    let bq_inbox = bq::BqInbox::new();
     let consumer = bq::consumer(client.clone(), &id.node)
         .map_err(|e| AppError::Config(format!("broadcast queue: {e}")))?;
     let processor = Arc::new(BqProcessor::new(
@@ -211,7 +211,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
     ));
     let processor_metrics = processor.metrics();
     let bq_stop = tasks.child_token();
-    let bq_task = bq::spawn(consumer, processor, bq_rx, bq_stop.clone());
+    let bq_task = bq::spawn(consumer, processor, Arc::clone(&bq_inbox), bq_stop.clone());
     tokio::spawn(crate::api::sns::serve_queue(ha.client(), sns_rx));
 
     // Watch updates: service health becomes broadcasts, BQ posts wake the
@@ -228,7 +228,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             match u.data {
                 UpdateData::BroadcastQueue(entries) => {
-                    let _ = bq_tx.send(BqTrigger::Entries(entries)).await;
+                    bq_inbox.deliver(BqTrigger::Entries(entries));
                 }
                 UpdateData::Service(_)
                 | UpdateData::Checks(_)

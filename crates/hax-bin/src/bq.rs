@@ -12,12 +12,16 @@
 //!
 //! # The offset
 //!
-//! An entry's offset is committed by [`QueueConsumer`] in one transaction
-//! with the KV writes its handling produced, after its broadcast was handed
-//! to Motr. So a hax killed at any point resumes after the last committed
-//! entry: nothing is skipped, Consul effects happen once, and Motr sees at
-//! most the one broadcast whose commit was lost again (harmless: broadcasts
-//! ask Motr to ignore states it already has). A broadcast that could not be
+//! Entries are committed by [`QueueConsumer`] in groups of at most
+//! [`BqConfig::commit_batch`]: one transaction with the KV writes their
+//! handling produced and the last one's offset, after their broadcasts were
+//! handed to Motr. So a hax killed at any point resumes after the last
+//! committed entry: nothing is skipped, Consul effects happen once, and Motr
+//! sees again at most the broadcasts of one group whose commit was lost, in
+//! their order (harmless: broadcasts ask Motr to ignore states it already
+//! has). One commit per entry would cost a Consul round trip per entry, and
+//! every hax consumes every entry, including the one published per process
+//! event. A broadcast that could not be
 //! handed over for a reason that may pass (Consul unavailable) leaves the
 //! entry pending: it is tried again on the next trigger or resync. Malformed
 //! entries and unknown types are skipped, as the original does.
@@ -25,12 +29,13 @@
 //! One task consumes, so watch deliveries arriving together never handle
 //! an entry twice.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hax_consul::pyjson;
-use hax_consul::queue::{ConsumerConfig, QueueConsumer, QueueEntry, QueueError};
+use hax_consul::queue::{ConsumerConfig, Handled, QueueConsumer, QueueEntry, QueueError};
 use hax_consul::schema::{
     keys, BroadcastMessage, DeviceStateUpdate, FidText, ProcessState, ProcessStateUpdate,
     ProcessStatus, QueueKind, SnsOp,
@@ -38,7 +43,7 @@ use hax_consul::schema::{
 use hax_consul::server::{UpdateData, WatchUpdate};
 use hax_consul::{ConsulClient, TxnOp};
 use hax_core::Fid;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -128,6 +133,8 @@ pub struct BqConfig {
     /// How long device and STOB broadcasts wait for a delivery (the
     /// original: 30 s).
     pub delivery_wait: Duration,
+    /// Entries committed together at most (see the module's notes).
+    pub commit_batch: usize,
 }
 
 impl Default for BqConfig {
@@ -136,6 +143,7 @@ impl Default for BqConfig {
             resync_every: Duration::from_secs(60),
             retry_after: Duration::from_secs(1),
             delivery_wait: Duration::from_secs(30),
+            commit_batch: 64,
         }
     }
 }
@@ -199,6 +207,15 @@ fn fid_of(t: FidText) -> Fid {
     Fid::new(t.container(), t.key())
 }
 
+/// An entry whose handling told Motr or the SNS handler something, and
+/// wrote nothing.
+fn told() -> Handled {
+    Handled {
+        ops: Vec::new(),
+        commit_now: true,
+    }
+}
+
 /// The health a process event stands for in a BQ `PROCESS-STATE-UPDATE`
 /// (the original's `event_to_svchealth`).
 pub fn update_health(state: ProcessState) -> ObjHealth {
@@ -255,10 +272,10 @@ impl<B: Broadcast, C: ClusterFacts> BqProcessor<B, C> {
         Arc::clone(&self.metrics)
     }
 
-    fn skip(&self, entry: &QueueEntry, why: &str) -> Result<Vec<TxnOp>, BqError> {
+    fn skip(&self, entry: &QueueEntry, why: &str) -> Result<Handled, BqError> {
         inc(&self.metrics.skipped);
         tracing::warn!(key = %entry.key, reason = why, "BQ entry skipped");
-        Ok(Vec::new())
+        Ok(Handled::default())
     }
 
     async fn broadcast(
@@ -290,9 +307,10 @@ impl<B: Broadcast, C: ClusterFacts> BqProcessor<B, C> {
         }
     }
 
-    /// Handles one entry; returns the KV writes to commit with its offset.
-    /// An error leaves the entry pending.
-    pub async fn handle(&self, entry: &QueueEntry) -> Result<Vec<TxnOp>, BqError> {
+    /// Handles one entry; returns the KV writes to commit with its offset,
+    /// and whether it told Motr or the SNS handler something (then it is
+    /// committed at once). An error leaves the entry pending.
+    pub async fn handle(&self, entry: &QueueEntry) -> Result<Handled, BqError> {
         let message = match &entry.message {
             Ok(m) => m,
             Err(e) => return self.skip(entry, e),
@@ -319,7 +337,7 @@ impl<B: Broadcast, C: ClusterFacts> BqProcessor<B, C> {
                     )
                     .await?;
                 self.wait_any(entry, sent).await;
-                Ok(Vec::new())
+                Ok(told())
             }
             BroadcastMessage::Other(m) => {
                 self.skip(entry, &format!("unknown message type {:?}", m.message_type))
@@ -331,12 +349,12 @@ impl<B: Broadcast, C: ClusterFacts> BqProcessor<B, C> {
         &self,
         entry: &QueueEntry,
         u: ProcessStateUpdate,
-    ) -> Result<Vec<TxnOp>, BqError> {
+    ) -> Result<Handled, BqError> {
         let fid = fid_of(u.fid);
         // A local process was handled when its event arrived here.
         if self.cluster.is_local(fid) {
             tracing::debug!(key = %entry.key, process = %fid, "BQ update of a local process; nothing to do");
-            return Ok(Vec::new());
+            return Ok(Handled::default());
         }
         let health = update_health(u.state);
         inc(&self.metrics.process_updates);
@@ -361,14 +379,17 @@ impl<B: Broadcast, C: ClusterFacts> BqProcessor<B, C> {
             Ok(v) => v,
             Err(e) => return self.skip(entry, &e.to_string()),
         };
-        Ok(vec![TxnOp::set(key, value)])
+        Ok(Handled {
+            ops: vec![TxnOp::set(key, value)],
+            commit_now: true,
+        })
     }
 
     async fn on_device_state(
         &self,
         entry: &QueueEntry,
         d: &DeviceStateUpdate,
-    ) -> Result<Vec<TxnOp>, BqError> {
+    ) -> Result<Handled, BqError> {
         let Some(health) = device_health(&d.state) else {
             return self.skip(entry, &format!("unknown device state {:?}", d.state));
         };
@@ -388,10 +409,10 @@ impl<B: Broadcast, C: ClusterFacts> BqProcessor<B, C> {
             )
             .await?;
         self.wait_any(entry, sent).await;
-        Ok(Vec::new())
+        Ok(told())
     }
 
-    async fn on_sns_op(&self, entry: &QueueEntry, op: &SnsOp) -> Result<Vec<TxnOp>, BqError> {
+    async fn on_sns_op(&self, entry: &QueueEntry, op: &SnsOp) -> Result<Handled, BqError> {
         let Some(kind) = SnsOperation::from_name(&op.op_name) else {
             return self.skip(entry, &format!("unknown SNS operation {:?}", op.op_name));
         };
@@ -402,7 +423,7 @@ impl<B: Broadcast, C: ClusterFacts> BqProcessor<B, C> {
         };
         tracing::info!(op = kind.name(), pool = %req.pool, "SNS operation from the BQ");
         self.sns.send(req).await.map_err(|_| BqError::SnsClosed)?;
-        Ok(Vec::new())
+        Ok(told())
     }
 }
 
@@ -440,13 +461,83 @@ impl BqTrigger {
     }
 }
 
-/// Runs the consumer until `cancel` (or the trigger sender closes):
-/// consumes on every trigger, every [`BqConfig::resync_every`], and
-/// [`BqConfig::retry_after`] after a round that left an entry pending.
+/// Where watch deliveries and resync requests wait for the consumer: one
+/// pending trigger, into which later ones are folded. A watch delivers the
+/// whole queue every time, and hax never deletes entries, so deliveries
+/// arriving while the consumer is busy are not kept side by side: entries
+/// are unioned by epoch (a later delivery holds the newer tree), a resync
+/// wins over entries, and entries the consumer has committed are dropped
+/// on arrival.
+#[derive(Debug, Default)]
+pub struct BqInbox {
+    pending: Mutex<Option<BqTrigger>>,
+    wake: Notify,
+    /// The last offset the consumer committed (0: none known yet).
+    committed: AtomicU64,
+}
+
+impl BqInbox {
+    /// An empty inbox.
+    pub fn new() -> Arc<Self> {
+        Arc::new(BqInbox::default())
+    }
+
+    /// Hands a trigger to the consumer; never waits.
+    pub fn deliver(&self, trigger: BqTrigger) {
+        let committed = self.committed.load(Ordering::Acquire);
+        let trigger = match trigger {
+            BqTrigger::Entries(mut entries) => {
+                entries.retain(|e| e.epoch > committed);
+                BqTrigger::Entries(entries)
+            }
+            BqTrigger::Resync => BqTrigger::Resync,
+        };
+        {
+            let mut slot = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            *slot = Some(match slot.take() {
+                None => trigger,
+                Some(earlier) => fold(earlier, trigger),
+            });
+        }
+        self.wake.notify_one();
+    }
+
+    /// Whether a trigger waits for the consumer.
+    pub fn is_pending(&self) -> bool {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
+    fn take(&self) -> Option<BqTrigger> {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+}
+
+/// Folds a later trigger into an earlier one.
+fn fold(earlier: BqTrigger, later: BqTrigger) -> BqTrigger {
+    match (earlier, later) {
+        (BqTrigger::Resync, _) | (_, BqTrigger::Resync) => BqTrigger::Resync,
+        (BqTrigger::Entries(a), BqTrigger::Entries(b)) => {
+            let mut by_epoch: BTreeMap<u64, QueueEntry> =
+                a.into_iter().map(|e| (e.epoch, e)).collect();
+            by_epoch.extend(b.into_iter().map(|e| (e.epoch, e)));
+            BqTrigger::Entries(by_epoch.into_values().collect())
+        }
+    }
+}
+
+/// Runs the consumer until `cancel`: consumes on every trigger of `inbox`,
+/// every [`BqConfig::resync_every`], and [`BqConfig::retry_after`] after a
+/// round that left an entry pending.
 pub fn spawn<B: Broadcast, C: ClusterFacts>(
     consumer: QueueConsumer,
     processor: Arc<BqProcessor<B, C>>,
-    mut triggers: mpsc::Receiver<BqTrigger>,
+    inbox: Arc<BqInbox>,
     cancel: CancellationToken,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
@@ -474,14 +565,16 @@ pub fn spawn<B: Broadcast, C: ClusterFacts>(
                 }
                 if let Ok(Some(o)) = consumer.offset().await {
                     metrics.offset.store(o, Ordering::Relaxed);
+                    inbox.committed.fetch_max(o, Ordering::AcqRel);
                 }
+            }
+            if let Some(t) = inbox.take() {
+                next = Some(t);
+                continue;
             }
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                t = triggers.recv() => match t {
-                    None => break,
-                    Some(t) => next = Some(merge(t, &mut triggers)),
-                },
+                _ = inbox.wake.notified() => next = inbox.take(),
                 _ = tokio::time::sleep_until(resync_at) => {
                     next = Some(BqTrigger::Resync);
                     resync_at = Instant::now() + config.resync_every;
@@ -490,27 +583,6 @@ pub fn spawn<B: Broadcast, C: ClusterFacts>(
         }
         tracing::info!("BQ consumer stopped");
     })
-}
-
-/// Folds triggers already queued into one: entries are unioned by epoch (a
-/// later delivery holds the newer tree), a resync wins over entries.
-fn merge(first: BqTrigger, rest: &mut mpsc::Receiver<BqTrigger>) -> BqTrigger {
-    let mut acc = first;
-    while let Ok(t) = rest.try_recv() {
-        acc = match (acc, t) {
-            (BqTrigger::Resync, _) | (_, BqTrigger::Resync) => BqTrigger::Resync,
-            (BqTrigger::Entries(mut a), BqTrigger::Entries(b)) => {
-                for e in b {
-                    match a.iter_mut().find(|x| x.epoch == e.epoch) {
-                        Some(x) => *x = e,
-                        None => a.push(e),
-                    }
-                }
-                BqTrigger::Entries(a)
-            }
-        };
-    }
-    acc
 }
 
 async fn consume<B: Broadcast, C: ClusterFacts>(
@@ -523,9 +595,14 @@ async fn consume<B: Broadcast, C: ClusterFacts>(
         let processor = Arc::clone(processor);
         async move { processor.handle(&entry).await }
     };
+    let batch = processor.config.commit_batch;
     match trigger {
-        BqTrigger::Entries(entries) => consumer.consume_entries(&entries, handler).await,
-        BqTrigger::Resync => consumer.consume_available(handler).await,
+        BqTrigger::Entries(entries) => {
+            consumer
+                .consume_entries_batched(&entries, batch, handler)
+                .await
+        }
+        BqTrigger::Resync => consumer.consume_available_batched(batch, handler).await,
     }
 }
 
@@ -571,7 +648,7 @@ mod tests {
     struct Run {
         handle: JoinHandle<()>,
         recorder: Arc<Recorder>,
-        triggers: mpsc::Sender<BqTrigger>,
+        inbox: Arc<BqInbox>,
         sns: mpsc::Receiver<SnsRequest>,
         cancel: CancellationToken,
     }
@@ -590,20 +667,21 @@ mod tests {
                 resync_every: Duration::from_secs(3600),
                 retry_after: Duration::from_millis(100),
                 delivery_wait: Duration::from_secs(5),
+                ..BqConfig::default()
             },
         ));
-        let (triggers, rx) = mpsc::channel(16);
+        let inbox = BqInbox::new();
         let cancel = CancellationToken::new();
         let handle = spawn(
             consumer(client.clone(), "host-1").expect("consumer"),
             processor,
-            rx,
+            Arc::clone(&inbox),
             cancel.clone(),
         );
         Run {
             handle,
             recorder,
-            triggers,
+            inbox,
             sns,
             cancel,
         }
@@ -647,16 +725,13 @@ mod tests {
         let run = start(&client, None);
         // The start-up read and several deliveries of the same tree race.
         for _ in 0..5 {
-            run.triggers
-                .send(BqTrigger::Entries(entries.clone()))
-                .await
-                .expect("trigger");
-            run.triggers.send(BqTrigger::Resync).await.expect("trigger");
+            run.inbox.deliver(BqTrigger::Entries(entries.clone()));
+            run.inbox.deliver(BqTrigger::Resync);
         }
         wait_offset(&client, 10).await;
-        // Let every queued trigger be looked at.
+        // Let every trigger be looked at.
         let deadline = Instant::now() + Duration::from_secs(30);
-        while run.triggers.capacity() < run.triggers.max_capacity() {
+        while run.inbox.is_pending() {
             assert!(Instant::now() < deadline, "triggers not taken");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -774,13 +849,10 @@ mod tests {
             .await
             .expect("publish");
         let pairs = client.kv_list("bq/").await.expect("list").value;
-        run.triggers
-            .send(BqTrigger::Entries(QueueEntry::from_pairs(
-                QueueKind::Broadcast,
-                &pairs,
-            )))
-            .await
-            .expect("trigger");
+        run.inbox.deliver(BqTrigger::Entries(QueueEntry::from_pairs(
+            QueueKind::Broadcast,
+            &pairs,
+        )));
         wait_offset(&client, 27).await;
         let mut run = run;
         assert_eq!(
@@ -818,6 +890,98 @@ mod tests {
         assert!(client.kv_get(&key).await.expect("read").value.is_none());
         run.cancel.cancel();
         run.handle.await.expect("stops");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn entries_telling_motr_nothing_are_committed_with_the_next_that_does() {
+        let agent = DevAgent::start().await.expect("agent");
+        let client = agent.client().expect("client");
+        let publisher = QueuePublisher::new(client.clone(), QueueKind::Broadcast);
+        for state in ["STARTING", "STARTED", "DTM_RECOVERED"] {
+            publisher
+                .publish(&update(process(LOCAL), state))
+                .await
+                .expect("publish");
+        }
+        publisher
+            .publish(&update(process(0x40), "STARTED"))
+            .await
+            .expect("publish");
+        // Killed while handing over the broadcast of the 4th entry: the
+        // three before it, which told Motr nothing, are not committed
+        // either.
+        let run = start(&client, Some(1));
+        tokio::time::timeout(Duration::from_secs(30), run.recorder.blocked.notified())
+            .await
+            .expect("the broadcast reached");
+        run.handle.abort();
+        assert!(run.handle.await.is_err_and(|e| e.is_cancelled()));
+        assert_eq!(offset(&client).await, None);
+        // The next run handles the four again; Motr gets the broadcast once.
+        let run = start(&client, None);
+        wait_offset(&client, 4).await;
+        assert_eq!(
+            run.recorder.calls(),
+            vec![(
+                vec![HaUpdate::new(process(0x40), ObjHealth::Recovering)],
+                BroadcastOptions {
+                    update_kv: false,
+                    ..BroadcastOptions::default()
+                }
+            )]
+        );
+        // Local updates alone are committed together, after the last.
+        for state in ["STOPPING", "STOPPED"] {
+            publisher
+                .publish(&update(process(LOCAL), state))
+                .await
+                .expect("publish");
+        }
+        run.inbox.deliver(BqTrigger::Resync);
+        wait_offset(&client, 6).await;
+        assert_eq!(run.recorder.calls().len(), 1);
+        run.cancel.cancel();
+        run.handle.await.expect("stops");
+    }
+
+    fn entry(epoch: u64) -> QueueEntry {
+        QueueEntry {
+            epoch,
+            key: format!("bq/{epoch}"),
+            message: Ok(update(process(LOCAL), "STARTED")),
+        }
+    }
+
+    fn epochs(t: Option<BqTrigger>) -> Option<Vec<u64>> {
+        match t? {
+            BqTrigger::Entries(e) => Some(e.iter().map(|e| e.epoch).collect()),
+            BqTrigger::Resync => None,
+        }
+    }
+
+    #[test]
+    fn the_inbox_keeps_one_trigger_without_what_was_committed() {
+        let inbox = BqInbox::new();
+        assert!(!inbox.is_pending());
+        inbox.deliver(BqTrigger::Entries(vec![entry(1), entry(2), entry(3)]));
+        inbox.deliver(BqTrigger::Entries(vec![entry(2), entry(3), entry(4)]));
+        assert_eq!(epochs(inbox.take()), Some(vec![1, 2, 3, 4]));
+        assert!(!inbox.is_pending());
+        // Committed entries are dropped on arrival.
+        inbox.committed.store(3, Ordering::Release);
+        inbox.deliver(BqTrigger::Entries(vec![
+            entry(1),
+            entry(3),
+            entry(4),
+            entry(5),
+        ]));
+        assert_eq!(epochs(inbox.take()), Some(vec![4, 5]));
+        // A resync wins over entries, before or after.
+        inbox.deliver(BqTrigger::Entries(vec![entry(6)]));
+        inbox.deliver(BqTrigger::Resync);
+        inbox.deliver(BqTrigger::Entries(vec![entry(7)]));
+        assert!(matches!(inbox.take(), Some(BqTrigger::Resync)));
+        assert!(inbox.take().is_none());
     }
 
     #[test]

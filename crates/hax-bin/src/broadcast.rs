@@ -23,7 +23,9 @@
 //!   only, with a warning (the original retried forever).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+use std::task::Poll;
 use std::time::Duration;
 
 use hax_consul::schema::{
@@ -32,8 +34,9 @@ use hax_consul::schema::{
 use hax_consul::txn::MAX_TXN_OPS;
 use hax_consul::{ConsulError, TxnOp};
 use hax_core::{
-    Fid, FidType, HaLink, HaMsg, HaNote, HaState, LinkId, LinkInfo, Tracked, NOTES_MAX,
+    Fid, FidType, HaLink, HaMsg, HaNote, HaState, LinkId, LinkInfo, Outcome, Tracked, NOTES_MAX,
 };
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::events::{Broadcast, BroadcastFailed};
@@ -165,14 +168,18 @@ fn is_down(h: ObjHealth) -> bool {
     matches!(h, ObjHealth::Offline | ObjHealth::Failed)
 }
 
-/// Builds a plan, reading its own writes: a later rule sees the states an
-/// earlier one wrote (as the original, which re-read the KV store).
+/// Builds plans, reading its own writes: a later rule sees the states an
+/// earlier one wrote (as the original, which re-read the KV store), and a
+/// later broadcast of a group those of the earlier ones.
 struct Planner<'a> {
     st: &'a ClusterState,
     notes: Vec<HaNote>,
     last: HashMap<Fid, HaState>,
+    /// The writes of every broadcast planned so far, one per key.
     writes: Vec<ConfWrite>,
     pending: HashMap<ConfKey, usize>,
+    /// The writes the broadcast being planned made (indexes in `writes`).
+    touched: Vec<usize>,
 }
 
 impl<'a> Planner<'a> {
@@ -183,6 +190,55 @@ impl<'a> Planner<'a> {
             last: HashMap::new(),
             writes: Vec::new(),
             pending: HashMap::new(),
+            touched: Vec::new(),
+        }
+    }
+
+    /// Plans one broadcast (see [`plan_broadcast`]) on the state with the
+    /// writes of the broadcasts planned before it.
+    fn plan(&mut self, updates: &[HaUpdate], opts: &BroadcastOptions) -> BroadcastPlan {
+        self.notes.clear();
+        self.last.clear();
+        self.touched.clear();
+        let st = self.st;
+        let hax = base_fid(st.hax_fid());
+        for u in updates {
+            if u.health == ObjHealth::Unknown {
+                continue;
+            }
+            let note_state = u.health.note_state();
+            self.note(u.fid, note_state);
+            match u.fid.kind() {
+                Some(FidType::Process) => {
+                    let tree =
+                        !opts.broadcast_hax_only && !st.is_mkfs(u.fid) && base_fid(u.fid) != hax;
+                    if tree {
+                        self.process_tree(u.fid, u.health, note_state, opts);
+                    }
+                }
+                Some(FidType::Drive) if opts.update_kv => self.drive_state(u.fid, u.health),
+                Some(FidType::Node) => self.node_tree(u.fid, u.health, opts.update_kv),
+                _ => {}
+            }
+        }
+        BroadcastPlan {
+            notes: std::mem::take(&mut self.notes),
+            kv_writes: self
+                .touched
+                .iter()
+                .map(|&i| self.writes[i].clone())
+                .collect(),
+            targets: if opts.broadcast_hax_only {
+                LinkSelection::SelfOnly
+            } else {
+                LinkSelection::AllExcept(opts.proc_skip_list.clone())
+            },
+        }
+    }
+
+    fn touch(&mut self, i: usize) {
+        if !self.touched.contains(&i) {
+            self.touched.push(i);
         }
     }
 
@@ -230,9 +286,11 @@ impl<'a> Planner<'a> {
                 w.state = state;
                 w.object = object;
                 w.keep = keep;
+                self.touch(i);
             }
             None => {
-                self.pending.insert(key.clone(), self.writes.len());
+                let i = self.writes.len();
+                self.pending.insert(key.clone(), i);
                 self.writes.push(ConfWrite {
                     key: key.clone(),
                     state,
@@ -240,6 +298,7 @@ impl<'a> Planner<'a> {
                     modify_index: entry.modify_index,
                     keep,
                 });
+                self.touch(i);
             }
         }
     }
@@ -456,36 +515,23 @@ pub fn plan_broadcast(
     updates: &[HaUpdate],
     opts: &BroadcastOptions,
 ) -> BroadcastPlan {
+    Planner::new(state).plan(updates, opts)
+}
+
+/// Plans broadcasts done together, in order: each is planned as
+/// [`plan_broadcast`] would on the state with the earlier ones' writes.
+/// Returns each one's plan (with the writes it made) and every write of the
+/// group, one per key with its final value.
+pub fn plan_group(
+    state: &ClusterState,
+    requests: &[(&[HaUpdate], &BroadcastOptions)],
+) -> (Vec<BroadcastPlan>, Vec<ConfWrite>) {
     let mut p = Planner::new(state);
-    let hax = base_fid(state.hax_fid());
-    for u in updates {
-        if u.health == ObjHealth::Unknown {
-            continue;
-        }
-        let note_state = u.health.note_state();
-        p.note(u.fid, note_state);
-        match u.fid.kind() {
-            Some(FidType::Process) => {
-                let tree =
-                    !opts.broadcast_hax_only && !state.is_mkfs(u.fid) && base_fid(u.fid) != hax;
-                if tree {
-                    p.process_tree(u.fid, u.health, note_state, opts);
-                }
-            }
-            Some(FidType::Drive) if opts.update_kv => p.drive_state(u.fid, u.health),
-            Some(FidType::Node) => p.node_tree(u.fid, u.health, opts.update_kv),
-            _ => {}
-        }
-    }
-    BroadcastPlan {
-        notes: p.notes,
-        kv_writes: p.writes,
-        targets: if opts.broadcast_hax_only {
-            LinkSelection::SelfOnly
-        } else {
-            LinkSelection::AllExcept(opts.proc_skip_list.clone())
-        },
-    }
+    let plans = requests
+        .iter()
+        .map(|(updates, opts)| p.plan(updates, opts))
+        .collect();
+    (plans, p.writes)
 }
 
 /// The check-and-set transactions of configuration writes, at most
@@ -519,6 +565,12 @@ pub enum BroadcastError {
     /// The halon interface refused the send (not running).
     #[error("sending to Motr: {0}")]
     Motr(#[from] hax_core::Error),
+    /// The failure of the group of broadcasts this one was done with.
+    #[error(transparent)]
+    Group(Arc<BroadcastError>),
+    /// The broadcaster stopped before doing the broadcast.
+    #[error("the broadcaster stopped")]
+    Stopped,
 }
 
 impl BroadcastError {
@@ -529,7 +581,31 @@ impl BroadcastError {
                 e.is_retryable()
             }
             BroadcastError::Schema(SchemaError::Contended { .. }) => true,
-            BroadcastError::Schema(_) | BroadcastError::Motr(_) => false,
+            BroadcastError::Group(e) => e.is_transient(),
+            BroadcastError::Schema(_) | BroadcastError::Motr(_) | BroadcastError::Stopped => false,
+        }
+    }
+}
+
+/// The outcome to come of one message a broadcast sent. Broadcasts done
+/// together share their messages; each of them gets the outcome.
+#[derive(Debug)]
+pub struct SentOutcome(OutcomeOf);
+
+#[derive(Debug)]
+enum OutcomeOf {
+    Own(Tracked),
+    /// Set by the task following a shared message; its sender is dropped
+    /// without a value if the halon interface stops first.
+    Shared(watch::Receiver<Option<Outcome>>),
+}
+
+impl SentOutcome {
+    /// Waits for the outcome; `None` if the halon interface stopped first.
+    pub async fn outcome(self) -> Option<Outcome> {
+        match self.0 {
+            OutcomeOf::Own(t) => t.outcome().await.ok(),
+            OutcomeOf::Shared(mut rx) => rx.wait_for(Option::is_some).await.ok().and_then(|o| *o),
         }
     }
 }
@@ -539,12 +615,14 @@ impl BroadcastError {
 pub struct SentMessage {
     /// The link.
     pub link: LinkId,
-    /// Which chunk of the plan's notes (0-based).
+    /// Which message of the notes sent together (0-based): the notes of a
+    /// broadcast, or of consecutive broadcasts to the same links done
+    /// together, go in NVEC SETs of at most [`NOTES_MAX`] notes.
     pub chunk: usize,
-    /// How many notes it carries.
+    /// How many notes the message carries.
     pub notes: usize,
     /// Its outcome to come.
-    pub tracked: Tracked,
+    pub tracked: SentOutcome,
 }
 
 /// A broadcast as done.
@@ -556,98 +634,217 @@ pub struct BroadcastReport {
     pub sent: Vec<SentMessage>,
 }
 
+/// Broadcasts waiting for the broadcaster's task.
+struct Request {
+    updates: Vec<HaUpdate>,
+    opts: BroadcastOptions,
+    reply: oneshot::Sender<Result<BroadcastReport, BroadcastError>>,
+}
+
+/// Most broadcasts done together.
+const GROUP_MAX: usize = 256;
+
 /// Plans and performs broadcasts. `Send + Sync`: share it (in an `Arc`)
-/// between the daemon's tasks. Broadcasts are serialised: each one is
-/// planned on a view that includes the previous one's writes, and their
-/// messages reach each link in call order.
+/// between the daemon's tasks.
+///
+/// One task does the broadcasts, in call order. What was asked while it was
+/// busy is done together, as if one after the other: each broadcast is
+/// planned on the state with the earlier ones' writes, all the writes go to
+/// Consul in the same check-and-set transactions, and the notes of
+/// consecutive broadcasts to the same links that allow it
+/// ([`BroadcastOptions::coalesce`]) go in the same messages, in order. So
+/// each link still gets the notes in call order, and the notes are sent
+/// only once their states are in Consul; under load, a group costs one
+/// Consul round trip and one message per link.
 #[derive(Debug)]
 pub struct Broadcaster {
+    inner: Arc<Inner>,
+    queue: OnceLock<mpsc::UnboundedSender<Request>>,
+}
+
+#[derive(Debug)]
+struct Inner {
     view: ClusterView,
     link: HaLink,
     kv: HaxKv,
     metrics: Option<Arc<Metrics>>,
-    turn: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("updates", &self.updates.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Broadcaster {
     /// A broadcaster planning on `view`, writing through `kv`, sending
-    /// through `link`.
+    /// through `link`. Its task starts with the first broadcast (inside a
+    /// tokio runtime) and ends when the broadcaster is dropped.
     pub fn new(view: ClusterView, link: HaLink, kv: HaxKv) -> Self {
         Broadcaster {
-            view,
-            link,
-            kv,
-            metrics: None,
-            turn: tokio::sync::Mutex::new(()),
+            inner: Arc::new(Inner {
+                view,
+                link,
+                kv,
+                metrics: None,
+            }),
+            queue: OnceLock::new(),
         }
     }
 
     /// Counts broadcasts and sent messages in `metrics`.
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
-        self.metrics = Some(metrics);
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.metrics = Some(metrics),
+            None => tracing::warn!("broadcaster already shared; metrics not attached"),
+        }
         self
     }
 
     /// The view it plans on.
     pub fn view(&self) -> &ClusterView {
-        &self.view
+        &self.inner.view
     }
 
     /// Broadcasts `updates` ([`plan_broadcast`]): writes the configuration
     /// states, then sends the notes; returns every message sent, to be
     /// waited on with [`wait_for_outcomes`] if needed. A Consul error stops
     /// the broadcast before anything is sent (as the original, which retried
-    /// until the write succeeded); the caller may repeat it.
-    pub async fn broadcast(
+    /// until the write succeeded); the caller may repeat it. The broadcast
+    /// takes its turn at the call; the future may be awaited later.
+    pub fn broadcast(
         &self,
         updates: Vec<HaUpdate>,
         opts: BroadcastOptions,
-    ) -> Result<Vec<Tracked>, BroadcastError> {
-        let report = self.broadcast_report(updates, opts).await?;
-        Ok(report.sent.into_iter().map(|s| s.tracked).collect())
+    ) -> impl Future<Output = Result<Vec<SentOutcome>, BroadcastError>> + Send + 'static {
+        let report = self.broadcast_report(updates, opts);
+        async move { Ok(report.await?.sent.into_iter().map(|s| s.tracked).collect()) }
     }
 
     /// [`Broadcaster::broadcast`], with the plan and the messages per link
     /// and chunk.
-    pub async fn broadcast_report(
+    pub fn broadcast_report(
         &self,
         updates: Vec<HaUpdate>,
         opts: BroadcastOptions,
-    ) -> Result<BroadcastReport, BroadcastError> {
-        let _turn = self.turn.lock().await;
-        let state = self.view.snapshot();
-        let plan = plan_broadcast(&state, &updates, &opts);
-        if plan.notes.is_empty() && plan.kv_writes.is_empty() {
-            return Ok(BroadcastReport {
-                plan,
-                sent: Vec::new(),
-            });
+    ) -> impl Future<Output = Result<BroadcastReport, BroadcastError>> + Send + 'static {
+        let queue = self.queue.get_or_init(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(Arc::clone(&self.inner).run(rx));
+            tx
+        });
+        let (reply, done) = oneshot::channel();
+        let queued = queue.send(Request {
+            updates,
+            opts,
+            reply,
+        });
+        async move {
+            queued.map_err(|_| BroadcastError::Stopped)?;
+            done.await.unwrap_or(Err(BroadcastError::Stopped))
         }
-        self.write_states(&plan.kv_writes).await?;
-        let sent = self.send(&plan.notes, &plan.targets).await?;
-        tracing::info!(
-            updates = updates.len(),
-            notes = plan.notes.len(),
-            writes = plan.kv_writes.len(),
-            messages = sent.len(),
-            "HA states broadcast"
-        );
-        if let Some(m) = &self.metrics {
-            m.broadcasts
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            m.count_sent("nvec_set", sent.len() as u64);
-        }
-        Ok(BroadcastReport { plan, sent })
     }
 
-    /// Writes configuration states: check-and-set transactions of at most
-    /// 64 operations, on the modify indexes the plan read. When the view was
-    /// behind (a check failed), that batch is written again key by key from
-    /// fresh reads, with the same protected states. Written values are made
-    /// visible in the view at once.
+    /// Writes configuration states (see [`Broadcaster`]): check-and-set
+    /// transactions of at most 64 operations, on the modify indexes the plan
+    /// read. When the view was behind (a check failed), that batch is
+    /// written again key by key from fresh reads, with the same protected
+    /// states. Written values are made visible in the view at once.
     pub async fn write_states(&self, writes: &[ConfWrite]) -> Result<(), BroadcastError> {
+        self.inner.write_states(writes).await
+    }
+}
+
+impl Inner {
+    fn count(&self, counter: impl FnOnce(&Metrics) -> &std::sync::atomic::AtomicU64) {
+        if let Some(m) = &self.metrics {
+            counter(m).fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    async fn run(self: Arc<Self>, mut requests: mpsc::UnboundedReceiver<Request>) {
+        while let Some(first) = requests.recv().await {
+            let mut group = vec![first];
+            while group.len() < GROUP_MAX {
+                match requests.try_recv() {
+                    Ok(r) => group.push(r),
+                    Err(_) => break,
+                }
+            }
+            self.run_group(group).await;
+        }
+    }
+
+    fn time(&self, step: usize, since: std::time::Instant) {
+        if let Some(m) = &self.metrics {
+            let us = u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX);
+            m.broadcast_us[step].fetch_add(us, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    async fn run_group(&self, group: Vec<Request>) {
+        let t = std::time::Instant::now();
+        let state = self.view.snapshot();
+        let (plans, writes) = {
+            let requests: Vec<(&[HaUpdate], &BroadcastOptions)> = group
+                .iter()
+                .map(|r| (r.updates.as_slice(), &r.opts))
+                .collect();
+            plan_group(&state, &requests)
+        };
+        self.time(0, t);
+        let t = std::time::Instant::now();
+        let written = self.write_states(&writes).await;
+        self.time(1, t);
+        if let Err(e) = written {
+            let e = Arc::new(e);
+            for r in group {
+                let _ = r.reply.send(Err(BroadcastError::Group(Arc::clone(&e))));
+            }
+            return;
+        }
+        let t = std::time::Instant::now();
+        let coalesce: Vec<bool> = group.iter().map(|r| r.opts.coalesce).collect();
+        let (mut sent, messages, failure) = self.send(&plans, &coalesce).await;
+        self.time(2, t);
+        let notes: usize = plans.iter().map(|p| p.notes.len()).sum();
+        let done = plans
+            .iter()
+            .filter(|p| !p.notes.is_empty() || !p.kv_writes.is_empty())
+            .count();
+        if done > 0 {
+            tracing::info!(
+                broadcasts = done,
+                notes,
+                writes = writes.len(),
+                messages,
+                "HA states broadcast"
+            );
+        }
+        if let Some(m) = &self.metrics {
+            m.broadcasts
+                .fetch_add(done as u64, std::sync::atomic::Ordering::Relaxed);
+            m.count_sent("nvec_set", messages as u64);
+        }
+        self.count(|m| &m.broadcast_groups);
+        for (i, (r, plan)) in group.into_iter().zip(plans).enumerate() {
+            let result = match &failure {
+                Some((from, e)) if i >= *from => Err(BroadcastError::Group(Arc::clone(e))),
+                _ => Ok(BroadcastReport {
+                    plan,
+                    sent: std::mem::take(&mut sent[i]),
+                }),
+            };
+            let _ = r.reply.send(result);
+        }
+    }
+
+    async fn write_states(&self, writes: &[ConfWrite]) -> Result<(), BroadcastError> {
         for (batch, ops) in writes.chunks(MAX_TXN_OPS).zip(txn_batches(writes)?) {
             let mut written = Vec::with_capacity(batch.len());
+            self.count(|m| &m.conf_txns);
             match self.kv.client().txn(&ops).await {
                 Ok(resp) => {
                     for w in batch {
@@ -661,6 +858,7 @@ impl Broadcaster {
                     }
                 }
                 Err(ConsulError::TxnFailed { errors }) => {
+                    self.count(|m| &m.conf_txn_conflicts);
                     tracing::debug!(
                         ?errors,
                         "configuration changed since read, writing key by key"
@@ -681,49 +879,142 @@ impl Broadcaster {
         Ok(())
     }
 
-    /// Sends `notes` to the selected active links, in NVEC SETs of at most
-    /// [`NOTES_MAX`] notes, and returns every message of every chunk. A link
-    /// that goes away meanwhile is skipped with a warning.
-    pub async fn send(
+    /// Sends the notes of `plans` to their selected active links:
+    /// consecutive plans with the same targets that may `coalesce` share
+    /// their messages (NVEC SETs of at most [`NOTES_MAX`] notes, in order). Returns the messages
+    /// of each plan, how many messages were sent and, if Motr refused a
+    /// send, the first plan not sent and why. A link that goes away
+    /// meanwhile is skipped with a warning.
+    async fn send(
         &self,
-        notes: &[HaNote],
-        targets: &LinkSelection,
-    ) -> Result<Vec<SentMessage>, BroadcastError> {
-        let links = targets.select(&self.link.links(), &self.link.active_links());
-        let mut sent = Vec::new();
-        if notes.is_empty() || links.is_empty() {
-            return Ok(sent);
+        plans: &[BroadcastPlan],
+        coalesce: &[bool],
+    ) -> (
+        Vec<Vec<SentMessage>>,
+        usize,
+        Option<(usize, Arc<BroadcastError>)>,
+    ) {
+        let mut sent: Vec<Vec<SentMessage>> = plans.iter().map(|_| Vec::new()).collect();
+        let mut messages = 0;
+        if plans.iter().all(|p| p.notes.is_empty()) {
+            return (sent, messages, None);
         }
-        for (chunk, part) in notes.chunks(NOTES_MAX).enumerate() {
-            let msg = HaMsg::nvec_set(part.to_vec());
-            for (link, result) in self.link.broadcast(links.clone(), msg).await? {
-                match result {
-                    Ok(tracked) => sent.push(SentMessage {
+        let links = self.link.links();
+        let active = self.link.active_links();
+        let mut shared = Vec::new();
+        let mut failure = None;
+        let mut i = 0;
+        'runs: while i < plans.len() {
+            let mut j = i + 1;
+            while j < plans.len()
+                && coalesce[i]
+                && coalesce[j]
+                && plans[j].targets == plans[i].targets
+            {
+                j += 1;
+            }
+            let to = plans[i].targets.select(&links, &active);
+            let mut notes: Vec<HaNote> = Vec::new();
+            let mut ranges = Vec::with_capacity(j - i);
+            for p in &plans[i..j] {
+                let from = notes.len();
+                notes.extend_from_slice(&p.notes);
+                ranges.push(from..notes.len());
+            }
+            if to.is_empty() {
+                i = j;
+                continue;
+            }
+            for (chunk, part) in notes.chunks(NOTES_MAX).enumerate() {
+                let lo = chunk * NOTES_MAX;
+                let hi = lo + part.len();
+                let owners: Vec<usize> = (i..j)
+                    .filter(|&m| ranges[m - i].start < hi && ranges[m - i].end > lo)
+                    .collect();
+                let msg = HaMsg::nvec_set(part.to_vec());
+                let results = match self.link.broadcast(to.clone(), msg).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        failure = Some((i, Arc::new(BroadcastError::Motr(e))));
+                        break 'runs;
+                    }
+                };
+                for (link, result) in results {
+                    let tracked = match result {
+                        Ok(t) => t,
+                        Err(e) => {
+                            tracing::warn!(%link, error = %e, "broadcast not sent on this link");
+                            continue;
+                        }
+                    };
+                    messages += 1;
+                    let message = |tracked| SentMessage {
                         link,
                         chunk,
                         notes: part.len(),
                         tracked,
-                    }),
-                    Err(e) => tracing::warn!(%link, error = %e, "broadcast not sent on this link"),
+                    };
+                    match owners.as_slice() {
+                        [one] => sent[*one].push(message(SentOutcome(OutcomeOf::Own(tracked)))),
+                        _ => {
+                            let (tx, rx) = watch::channel(None);
+                            shared.push((tracked, tx));
+                            for m in &owners {
+                                sent[*m].push(message(SentOutcome(OutcomeOf::Shared(rx.clone()))));
+                            }
+                        }
+                    }
                 }
             }
+            i = j;
         }
-        Ok(sent)
+        if !shared.is_empty() {
+            tokio::spawn(follow_shared(shared));
+        }
+        (sent, messages, failure)
     }
 }
 
+/// Passes the outcomes of messages shared by several broadcasts on to them.
+async fn follow_shared(shared: Vec<(Tracked, watch::Sender<Option<Outcome>>)>) {
+    let mut pending: Vec<_> = shared
+        .into_iter()
+        .map(|(t, tx)| (Box::pin(t.outcome()), tx))
+        .collect();
+    std::future::poll_fn(|cx| {
+        pending.retain_mut(|(outcome, tx)| match outcome.as_mut().poll(cx) {
+            Poll::Ready(Ok(o)) => {
+                tx.send_replace(Some(o));
+                false
+            }
+            // The interface stopped: dropping the sender tells the waiters.
+            Poll::Ready(Err(_)) => false,
+            Poll::Pending => true,
+        });
+        if pending.is_empty() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+}
+
 impl Broadcast for Broadcaster {
-    async fn broadcast(
+    fn broadcast(
         &self,
         updates: Vec<HaUpdate>,
         options: BroadcastOptions,
-    ) -> Result<Sent, BroadcastFailed> {
-        match Broadcaster::broadcast(self, updates, options).await {
-            Ok(tracked) => Ok(Sent::from_tracked(tracked)),
-            Err(e) => Err(BroadcastFailed {
-                reason: e.to_string(),
-                transient: e.is_transient(),
-            }),
+    ) -> impl Future<Output = Result<Sent, BroadcastFailed>> + Send + 'static {
+        let sent = Broadcaster::broadcast(self, updates, options);
+        async move {
+            match sent.await {
+                Ok(sent) => Ok(Sent::from_outcomes(sent)),
+                Err(e) => Err(BroadcastFailed {
+                    reason: e.to_string(),
+                    transient: e.is_transient(),
+                }),
+            }
         }
     }
 }
@@ -731,16 +1022,16 @@ impl Broadcast for Broadcaster {
 /// Waits until every message has an outcome, at most `timeout`: how many
 /// were delivered, not delivered (link gone, interface stopped) and still
 /// pending at the deadline.
-pub async fn wait_for_outcomes(tracked: Vec<Tracked>, timeout: Duration) -> DeliveryReport {
-    Sent::from_tracked(tracked)
+pub async fn wait_for_outcomes(sent: Vec<SentOutcome>, timeout: Duration) -> DeliveryReport {
+    Sent::from_outcomes(sent)
         .wait_all(Instant::now() + timeout)
         .await
 }
 
 /// Waits until one message is delivered, every message has an outcome, or
 /// `timeout` passes (the broadcast queue's wait for "any" delivery).
-pub async fn wait_for_any_outcome(tracked: Vec<Tracked>, timeout: Duration) -> DeliveryReport {
-    Sent::from_tracked(tracked)
+pub async fn wait_for_any_outcome(sent: Vec<SentOutcome>, timeout: Duration) -> DeliveryReport {
+    Sent::from_outcomes(sent)
         .wait_any(Instant::now() + timeout)
         .await
 }
@@ -1343,6 +1634,49 @@ mod tests {
         assert!(LinkSelection::SelfOnly
             .select(&links, &[LinkId(2)])
             .is_empty());
+    }
+
+    #[test]
+    fn a_group_is_planned_as_one_broadcast_after_the_other() {
+        let st = ClusterView::from_data(sample::view_data()).snapshot();
+        let down = [HaUpdate::new(Sample::IOS1, ObjHealth::Failed)];
+        let up = [HaUpdate::new(Sample::IOS1, ObjHealth::Ok)];
+        let (plans, writes) = plan_group(&st, &[(&down, &opts()), (&up, &opts())]);
+        // Each plan is what it would be alone after the ones before it.
+        assert_eq!(plans[0], plan_broadcast(&st, &down, &opts()));
+        let mut after = sample::view_data();
+        for w in &plans[0].kv_writes {
+            match after.conf.entries.get_mut(&w.key).map(|e| &mut e.value) {
+                Some(ConfValue::Object(o)) => *o = w.object.clone(),
+                other => panic!("{}: {other:?}", w.key),
+            }
+        }
+        let alone = plan_broadcast(&ClusterView::from_data(after).snapshot(), &up, &opts());
+        assert_eq!(plans[1].notes, alone.notes);
+        let keys = |ws: &[ConfWrite]| ws.iter().map(|w| w.key.clone()).collect::<Vec<_>>();
+        assert_eq!(keys(&plans[1].kv_writes), keys(&alone.kv_writes));
+        // One write per key, with the last value and the index first read.
+        let mut seen = std::collections::HashSet::new();
+        assert!(writes.iter().all(|w| seen.insert(w.key.clone())));
+        for w in &writes {
+            let last = plans
+                .iter()
+                .rev()
+                .find_map(|p| p.kv_writes.iter().find(|x| x.key == w.key))
+                .expect("planned by one of them");
+            assert_eq!(w.object, last.object, "{}", w.key);
+            assert_eq!(
+                Some(w.modify_index),
+                st.conf_entry(&w.key).map(|e| e.modify_index)
+            );
+        }
+        assert_eq!(
+            writes
+                .iter()
+                .find(|w| w.key == st.process_keys(Sample::IOS1)[0])
+                .and_then(|w| w.object.state.as_deref()),
+            Some("online")
+        );
     }
 
     #[test]

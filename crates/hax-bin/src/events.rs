@@ -35,13 +35,14 @@ use hax_consul::schema::{
     SchemaError, StobId,
 };
 use hax_core::{
-    Fid, HaNote, HaState, LinkId, Outcome, ProcessEvent, ProcessEventKind, ProcessType, Tracked,
+    Fid, HaNote, HaState, LinkId, Outcome, ProcessEvent, ProcessEventKind, ProcessType,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::broadcast::SentOutcome;
 use crate::model::{
     EntrypointReply, EntrypointRequest, EntrypointResponder, HaUpdate, MotrEvent, ObjHealth,
     StobIoqError,
@@ -64,6 +65,11 @@ pub struct BroadcastOptions {
     pub broadcast_hax_only: bool,
     /// Processes whose links are skipped.
     pub proc_skip_list: Vec<Fid>,
+    /// The notes may share messages with those of other broadcasts asked
+    /// for at the same time (see [`crate::broadcast::Broadcaster`]); without
+    /// it the broadcast gets messages of its own, as in the original. Set
+    /// for process events, which come by the thousand.
+    pub coalesce: bool,
 }
 
 impl Default for BroadcastOptions {
@@ -73,6 +79,7 @@ impl Default for BroadcastOptions {
             update_kv: true,
             broadcast_hax_only: false,
             proc_skip_list: Vec::new(),
+            coalesce: false,
         }
     }
 }
@@ -122,13 +129,9 @@ impl Sent {
         }
     }
 
-    /// Messages tracked by hax-core.
-    pub fn from_tracked(tracked: Vec<Tracked>) -> Self {
-        Sent::from_futures(
-            tracked
-                .into_iter()
-                .map(|t| async move { t.outcome().await.ok() }),
-        )
+    /// Messages sent by the broadcaster.
+    pub fn from_outcomes(sent: Vec<SentOutcome>) -> Self {
+        Sent::from_futures(sent.into_iter().map(SentOutcome::outcome))
     }
 
     /// Any futures resolving with an outcome.
@@ -197,13 +200,15 @@ impl Sent {
 /// Sends HA state updates to the links (implemented by the daemon's
 /// broadcaster).
 pub trait Broadcast: Send + Sync + 'static {
-    /// Broadcasts `updates` with `options`; resolves once the messages are
-    /// handed to Motr.
+    /// Broadcasts `updates` with `options`. Broadcasts are done in the order
+    /// of the calls (not of the first polls of their futures): the caller
+    /// may go on and await the future later, or elsewhere. It resolves once
+    /// the messages are handed to Motr.
     fn broadcast(
         &self,
         updates: Vec<HaUpdate>,
         options: BroadcastOptions,
-    ) -> impl Future<Output = Result<Sent, BroadcastFailed>> + Send;
+    ) -> impl Future<Output = Result<Sent, BroadcastFailed>> + Send + 'static;
 }
 
 /// What the pipeline needs to know of the cluster (implemented by the
@@ -366,8 +371,10 @@ pub fn process_status_write(fid: Fid, status: ProcessStatus) -> Result<WriteOp, 
 pub struct EventsConfig {
     /// Lanes (events of one object always go to the same lane).
     pub lanes: usize,
-    /// Events waiting in each lane.
-    pub lane_depth: usize,
+    /// Events the lanes hold in all, taken from the input queue and not yet
+    /// handled. The bound is shared, not per lane: a lane with many events
+    /// waiting (one busy process) does not hold up the others.
+    pub lanes_hold: usize,
     /// How long a first entrypoint request of a restarted process waits for
     /// the FAILED broadcast to be delivered (the original: 30 s).
     pub restart_delivery_wait: Duration,
@@ -380,8 +387,8 @@ pub struct EventsConfig {
 impl Default for EventsConfig {
     fn default() -> Self {
         EventsConfig {
-            lanes: 32,
-            lane_depth: 64,
+            lanes: 64,
+            lanes_hold: 4096,
             restart_delivery_wait: Duration::from_secs(30),
             consul_wait: Duration::from_secs(30),
         }
@@ -492,16 +499,17 @@ impl<B: Broadcast, C: ClusterFacts> EventPipeline<B, C> {
         let this = self.clone();
         tokio::spawn(async move {
             let n = this.inner.config.lanes.max(1);
-            let depth = this.inner.config.lane_depth.max(1);
+            let hold = Arc::new(Semaphore::new(this.inner.config.lanes_hold.max(1)));
             let mut lanes = Vec::with_capacity(n);
             let mut tasks = JoinSet::new();
             for _ in 0..n {
-                let (tx, mut rx) = mpsc::channel::<MotrEvent>(depth);
+                let (tx, mut rx) = mpsc::unbounded_channel::<(MotrEvent, OwnedSemaphorePermit)>();
                 lanes.push(tx);
                 let lane = this.clone();
                 tasks.spawn(async move {
-                    while let Some(ev) = rx.recv().await {
+                    while let Some((ev, held)) = rx.recv().await {
                         lane.handle(ev).await;
+                        drop(held);
                     }
                 });
             }
@@ -512,8 +520,11 @@ impl<B: Broadcast, C: ClusterFacts> EventPipeline<B, C> {
                     _ = cancel.cancelled() => None,
                 };
                 let Some(ev) = ev else { break };
+                let Ok(held) = Arc::clone(&hold).acquire_owned().await else {
+                    break;
+                };
                 let lane = usize::try_from(route_key(&ev) % n as u64).unwrap_or(0);
-                if lanes[lane].send(ev).await.is_err() {
+                if lanes[lane].send((ev, held)).is_err() {
                     tracing::error!(lane, "event lane ended; event dropped");
                 }
             }
@@ -590,12 +601,17 @@ impl<B: Broadcast, C: ClusterFacts> EventPipeline<B, C> {
         }
     }
 
-    /// A process event, with `ack` completed once its writes are durable.
+    /// A process event, with `ack` completed once its writes are durable
+    /// and its broadcast handed to Motr. The broadcast is ordered before the
+    /// writes are submitted, as the original did them, but not waited for
+    /// here: the next event of the process is handled meanwhile (its
+    /// broadcast and writes come after, in order).
     pub async fn on_process(&self, link: LinkId, fid: Fid, ev: ProcessEvent, ack: Ack) {
         let inner = &self.inner;
         inc(&inner.metrics.process_events);
         let is_hax = fid == inner.cluster.hax_fid();
         let mut event = ev.event;
+        let mut broadcast = None;
         let broadcasting = matches!(
             event,
             ProcessEventKind::DtmRecovered | ProcessEventKind::Started | ProcessEventKind::Stopped
@@ -627,10 +643,14 @@ impl<B: Broadcast, C: ClusterFacts> EventPipeline<B, C> {
             }
             let options = BroadcastOptions {
                 broadcast_hax_only: ev.process_type == ProcessType::M0mkfs || is_hax,
+                coalesce: true,
                 ..BroadcastOptions::default()
             };
-            self.broadcast(vec![HaUpdate::new(fid, health)], options)
-                .await;
+            broadcast = Some(
+                inner
+                    .broadcaster
+                    .broadcast(vec![HaUpdate::new(fid, health)], options),
+            );
         }
         let status = ProcessStatus {
             state: process_state(event),
@@ -643,7 +663,18 @@ impl<B: Broadcast, C: ClusterFacts> EventPipeline<B, C> {
         tracing::info!(%link, process = %fid, state = ?status.state, kind = ?status.kind, pid = ev.pid, "process event");
         inner.cluster.record_process_status(fid, status);
         let publish = ev.process_type != ProcessType::M0mkfs;
-        let mut acks = ack.split(if publish { 2 } else { 1 }).into_iter();
+        let parts = 1 + usize::from(publish) + usize::from(broadcast.is_some());
+        let mut acks = ack.split(parts).into_iter();
+        if let Some((sent, a)) = broadcast.and_then(|b| Some((b, acks.next()?))) {
+            let metrics = Arc::clone(&inner.metrics);
+            tokio::spawn(async move {
+                if let Err(e) = sent.await {
+                    inc(&metrics.broadcast_failures);
+                    tracing::warn!(process = %fid, error = %e, "broadcast not handed to Motr");
+                }
+                a.complete(Ok(()));
+            });
+        }
         match process_status_write(fid, status) {
             Ok(op) => {
                 if let Some(a) = acks.next() {
@@ -884,14 +915,16 @@ pub(crate) mod testing {
     /// One broadcast call.
     pub(crate) type Call = (Vec<HaUpdate>, BroadcastOptions);
 
-    /// Records broadcasts once handed over; each sends one message that
-    /// is delivered. Call number `block_at` (1-based) never returns.
+    /// Records broadcasts when called; each sends one message that is
+    /// delivered. Call number `block_at` (1-based) is not recorded and does
+    /// not return until `release` is notified.
     #[derive(Default)]
     pub(crate) struct Recorder {
         pub(crate) calls: Arc<Mutex<Vec<Call>>>,
         pub(crate) started: AtomicUsize,
         pub(crate) block_at: Option<usize>,
         pub(crate) blocked: Arc<Notify>,
+        pub(crate) release: Arc<Notify>,
     }
 
     impl Recorder {
@@ -905,20 +938,22 @@ pub(crate) mod testing {
             &self,
             updates: Vec<HaUpdate>,
             options: BroadcastOptions,
-        ) -> impl Future<Output = Result<Sent, BroadcastFailed>> + Send {
+        ) -> impl Future<Output = Result<Sent, BroadcastFailed>> + Send + 'static {
             let n = self.started.fetch_add(1, Ordering::SeqCst) + 1;
             let block = self.block_at == Some(n);
-            let calls = Arc::clone(&self.calls);
-            let blocked = Arc::clone(&self.blocked);
-            async move {
-                if block {
-                    blocked.notify_one();
-                    std::future::pending::<()>().await;
-                }
-                calls
+            if !block {
+                self.calls
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .push((updates, options));
+            }
+            let blocked = Arc::clone(&self.blocked);
+            let release = Arc::clone(&self.release);
+            async move {
+                if block {
+                    blocked.notify_one();
+                    release.notified().await;
+                }
                 Ok(Sent::from_futures([async { Some(Outcome::Delivered) }]))
             }
         }
@@ -1090,6 +1125,7 @@ mod tests {
                     update_kv: true,
                     broadcast_hax_only: false,
                     proc_skip_list: vec![ios],
+                    coalesce: false,
                 }
             )]
         );
@@ -1201,31 +1237,34 @@ mod tests {
                 .expect("durable");
         }
         assert_eq!(done.load(Ordering::SeqCst), cases.len() as u64);
+        // Process events come in numbers: their broadcasts may share
+        // messages.
+        let all = BroadcastOptions {
+            coalesce: true,
+            ..BroadcastOptions::default()
+        };
         let hax_only = BroadcastOptions {
             broadcast_hax_only: true,
-            ..BroadcastOptions::default()
+            ..all.clone()
         };
         assert_eq!(
             s.recorder.calls(),
             vec![
                 (
                     vec![HaUpdate::new(process(IOS), ObjHealth::Recovering)],
-                    BroadcastOptions::default()
+                    all.clone()
                 ),
                 // confd and hax skip DTM recovery.
                 (
                     vec![HaUpdate::new(process(CONFD), ObjHealth::Ok)],
-                    BroadcastOptions::default()
+                    all.clone()
                 ),
                 (
                     vec![HaUpdate::new(process(HAX), ObjHealth::Ok)],
                     hax_only.clone()
                 ),
                 (vec![HaUpdate::new(process(0x20), ObjHealth::Ok)], hax_only),
-                (
-                    vec![HaUpdate::new(process(IOS), ObjHealth::Failed)],
-                    BroadcastOptions::default()
-                ),
+                (vec![HaUpdate::new(process(IOS), ObjHealth::Failed)], all),
             ]
         );
         let kv = |fid: Fid| keys::process(fid_text(fid));
@@ -1324,6 +1363,13 @@ mod tests {
                     event,
                     delivery,
                 },
+                hax_core::HaMsgData::Nvec(n) if n.kind == hax_core::NvecKind::Set => {
+                    MotrEvent::NvecSet {
+                        link,
+                        notes: n.notes,
+                        delivery,
+                    }
+                }
                 _ => {
                     delivery.deliver();
                     return;
@@ -1394,6 +1440,7 @@ mod tests {
                 vec![HaUpdate::new(process(HAX), ObjHealth::Ok)],
                 BroadcastOptions {
                     broadcast_hax_only: true,
+                    coalesce: true,
                     ..BroadcastOptions::default()
                 }
             )]
@@ -1412,6 +1459,166 @@ mod tests {
         assert_eq!(m.first_requests.load(Ordering::Relaxed), 1);
         assert!(m.process_events.load(Ordering::Relaxed) >= 2);
         assert!(m.service_events.load(Ordering::Relaxed) >= 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_process_event_is_delivered_once_its_broadcast_is_handed_over() {
+        let agent = DevAgent::start().await.expect("agent");
+        let client = agent.client().expect("client");
+        let writer = KvWriter::spawn(client.clone(), WriterConfig::default());
+        let recorder = Arc::new(Recorder {
+            block_at: Some(1),
+            ..Recorder::default()
+        });
+        let pipeline = EventPipeline::new(
+            writer,
+            HaxKv::new(client.clone()),
+            Arc::clone(&recorder),
+            Arc::new(facts()),
+            EventsConfig::default(),
+        );
+        let ios = process(IOS);
+        let (started, mut started_done) = Ack::channel();
+        pipeline
+            .on_process(
+                LinkId(1),
+                ios,
+                ev(ProcessEventKind::Started, ProcessType::M0d),
+                started,
+            )
+            .await;
+        // The broadcast is under way; the process's next event is handled
+        // meanwhile and delivered once written.
+        tokio::time::timeout(Duration::from_secs(30), recorder.blocked.notified())
+            .await
+            .expect("the broadcast began");
+        let (starting, starting_done) = Ack::channel();
+        pipeline
+            .on_process(
+                LinkId(1),
+                ios,
+                ev(ProcessEventKind::Starting, ProcessType::M0d),
+                starting,
+            )
+            .await;
+        tokio::time::timeout(Duration::from_secs(30), starting_done)
+            .await
+            .expect("acked")
+            .expect("durable");
+        assert_eq!(
+            text(&client, &keys::process(fid_text(ios))).await,
+            Some(status_json("STARTING", "M0D"))
+        );
+        // The STARTED event's writes went first and are durable too, but it
+        // waits for its broadcast.
+        tokio::select! {
+            biased;
+            r = &mut started_done => panic!("delivered before its broadcast: {r:?}"),
+            () = std::future::ready(()) => {}
+        }
+        recorder.release.notify_one();
+        tokio::time::timeout(Duration::from_secs(30), started_done)
+            .await
+            .expect("acked")
+            .expect("durable");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_busy_process_does_not_hold_up_the_others() {
+        let agent = DevAgent::start().await.expect("agent");
+        let client = agent.client().expect("client");
+        let writer = KvWriter::spawn(client.clone(), WriterConfig::default());
+        // The second broadcast (hax's own start makes the first; the first
+        // NVEC SET the second) hangs until released: the lane of that link
+        // is stuck behind it.
+        let recorder = Arc::new(Recorder {
+            block_at: Some(2),
+            ..Recorder::default()
+        });
+        let config = EventsConfig {
+            lanes: 4,
+            ..EventsConfig::default()
+        };
+        let lanes = config.lanes as u64;
+        let pipeline = EventPipeline::new(
+            writer,
+            HaxKv::new(client.clone()),
+            Arc::clone(&recorder),
+            Arc::new(facts()),
+            config,
+        );
+        let (tx, rx) = mpsc::channel(1024);
+        let cancel = CancellationToken::new();
+        let task = pipeline.spawn(rx, cancel.clone());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port")
+            .port();
+        let endpoint = format!("inet:tcp:127.0.0.1@{port}");
+        let config = hax_core::HalonConfig {
+            endpoint: endpoint.clone(),
+            process_fid: process(HAX),
+            ha_service_fid: Fid::typed(hax_core::FidType::Service, 1, 4),
+            rm_service_fid: Fid::typed(hax_core::FidType::Service, 1, 5),
+            debug_options: "emu-stop-timeout-ms=5000".into(),
+            node_uuid: None,
+        };
+        let mut halon =
+            tokio::task::spawn_blocking(move || hax_core::Halon::start(config, Forward(tx)))
+                .await
+                .expect("start task")
+                .expect("started");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while recorder.started.load(Ordering::SeqCst) < 1 {
+            assert!(Instant::now() < deadline, "hax's own start not broadcast");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let busy = hax_sim::SimProcess::connect(hax_sim::SimConfig::new(&endpoint, process(0x40)))
+            .await
+            .expect("busy peer");
+        // A process whose events go to another lane than the busy link's.
+        let other = (0x41..)
+            .map(process)
+            .find(|f| f.key % lanes != busy.link_id() % lanes)
+            .expect("a fid");
+        let quiet = hax_sim::SimProcess::connect(hax_sim::SimConfig::new(&endpoint, other))
+            .await
+            .expect("quiet peer");
+        let set = |k| {
+            hax_core::HaMsg::nvec_set(vec![HaNote::new(
+                Fid::typed(hax_core::FidType::Pool, 1, k),
+                HaState::Online,
+            )])
+        };
+        // More than a lane used to hold, all behind the hung one.
+        for k in 0..200 {
+            busy.send(set(k)).expect("sent");
+        }
+        tokio::time::timeout(Duration::from_secs(30), recorder.blocked.notified())
+            .await
+            .expect("the first broadcast began");
+        let tag = quiet
+            .send_process_event(ProcessEventKind::Starting)
+            .expect("sent");
+        quiet
+            .wait_confirmed(tag, Duration::from_secs(30))
+            .await
+            .expect("the other process's event is handled");
+        assert_eq!(busy.unconfirmed().len(), 200);
+        recorder.release.notify_one();
+        busy.wait_all_confirmed(Duration::from_secs(30))
+            .await
+            .expect("the busy link catches up");
+        assert_eq!(recorder.calls().len(), 1 + 199);
+        busy.close();
+        quiet.close();
+        let report = tokio::task::spawn_blocking(move || halon.stop())
+            .await
+            .expect("stop task")
+            .expect("stopped");
+        assert_eq!(report.violations, 0);
+        cancel.cancel();
+        task.await.expect("pipeline ends");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

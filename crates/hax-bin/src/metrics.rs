@@ -49,6 +49,14 @@ pub struct Metrics {
     pub not_delivered: AtomicU64,
     /// Broadcasts made.
     pub broadcasts: AtomicU64,
+    /// Groups of broadcasts done together.
+    pub broadcast_groups: AtomicU64,
+    /// Check-and-set transactions of configuration states.
+    pub conf_txns: AtomicU64,
+    /// Configuration transactions whose check failed (written key by key).
+    pub conf_txn_conflicts: AtomicU64,
+    /// Time the broadcaster spent planning, writing states and sending, µs.
+    pub broadcast_us: [AtomicU64; 3],
     /// Events waiting for the pipeline because its queue was full.
     pub events_overflow: AtomicU64,
     /// Events queued for the pipeline now.
@@ -257,6 +265,39 @@ impl Metrics {
                 (
                     "{outcome=\"not_delivered\"}".into(),
                     g(&self.not_delivered).to_string(),
+                ),
+            ],
+        );
+        metric(
+            "hax_broadcast_groups_total",
+            "counter",
+            "Groups of broadcasts done together (one Consul round trip, shared messages).",
+            one(g(&self.broadcast_groups).to_string()),
+        );
+        metric(
+            "hax_broadcast_seconds_total",
+            "counter",
+            "Time the broadcaster spent, by step.",
+            ["plan", "write", "send"]
+                .iter()
+                .zip(&self.broadcast_us)
+                .map(|(step, v)| {
+                    (
+                        format!("{{step=\"{step}\"}}"),
+                        format!("{:.6}", g(v) as f64 / 1e6),
+                    )
+                })
+                .collect(),
+        );
+        metric(
+            "hax_conf_transactions_total",
+            "counter",
+            "Check-and-set transactions of configuration states, by result.",
+            vec![
+                ("{result=\"sent\"}".into(), g(&self.conf_txns).to_string()),
+                (
+                    "{result=\"conflict\"}".into(),
+                    g(&self.conf_txn_conflicts).to_string(),
                 ),
             ],
         );
