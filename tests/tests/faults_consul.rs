@@ -252,19 +252,22 @@ async fn consul_killed_during_broadcasts(kills: usize) {
         let (client, stop, node) = (env.client.clone(), Arc::clone(&stop), node.clone());
         async move {
             let publisher = QueuePublisher::new(client, QueueKind::Broadcast);
-            let mut i = 0;
+            let (mut i, mut last_epoch) = (0, 0);
             while !stop.load(Ordering::Relaxed) {
                 // The agent may be down: retry the same entry until it is in.
                 match publisher
                     .publish(&device_entry(&node, i % DRIVES, state(i)))
                     .await
                 {
-                    Ok(_) => i += 1,
+                    Ok(e) => {
+                        i += 1;
+                        last_epoch = e;
+                    }
                     Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
                 }
                 tokio::time::sleep(Duration::from_millis(30)).await;
             }
-            i
+            (i, last_epoch)
         }
     });
     let mut outages = Vec::new();
@@ -281,7 +284,7 @@ async fn consul_killed_during_broadcasts(kills: usize) {
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);
-    let published = publisher.await.unwrap();
+    let (published, last_epoch) = publisher.await.unwrap();
     let sent = storm.await.unwrap();
     for p in peers.iter() {
         p.wait_all_confirmed(Duration::from_secs(60)).await.unwrap();
@@ -295,23 +298,32 @@ async fn consul_killed_during_broadcasts(kills: usize) {
             .map(|n| (n[0].fid, n[0].state))
             .collect()
     };
+    // Entries repeat their note every 12: the offset tells when the last
+    // one was handled.
     wait_for(
         "every peer to receive the last entry",
         Duration::from_secs(60),
         || async {
-            peers
-                .iter()
-                .all(|p| drive_notes(p).last() == Some(&last))
-                .then_some(())
+            (env.bq_offset().await >= last_epoch
+                && peers.iter().all(|p| drive_notes(p).last() == Some(&last)))
+            .then_some(())
         },
     )
     .await;
+    let at_wait: Vec<usize> = peers.iter().map(|p| drive_notes(p).len()).collect();
     let repeats = assert_all_recorded(&env, &peers, &sent).await;
 
     // Every entry, in order, no gap; a repeat only right after itself.
     let mut repeated = 0;
-    for p in peers.iter() {
+    for (p, at_wait) in peers.iter().zip(at_wait) {
         let got = drive_notes(p);
+        assert_eq!(
+            got.len(),
+            at_wait,
+            "{}: drive notes received after the last entry: {:?}",
+            p.fid(),
+            &got[at_wait.min(got.len())..]
+        );
         let mut next = 0;
         for (k, n) in got.iter().enumerate() {
             if next < published && *n == note(next) {
@@ -319,13 +331,34 @@ async fn consul_killed_during_broadcasts(kills: usize) {
             } else if next > 0 && *n == note(next - 1) {
                 repeated += 1;
             } else {
+                // Which entries near `next` each note around it could be.
+                let near = |n: &(Fid, HaState)| -> Vec<usize> {
+                    (next.saturating_sub(12)..(next + 12).min(published))
+                        .filter(|&i| note(i) == *n)
+                        .collect()
+                };
+                let around: Vec<Vec<usize>> = got[k.saturating_sub(4)..(k + 4).min(got.len())]
+                    .iter()
+                    .map(near)
+                    .collect();
                 panic!(
-                    "{}: note {k} {n:?} is neither entry {next} nor a repeat of the one before",
-                    p.fid()
+                    "{}: note {k} {n:?} is neither entry {next} nor a repeat of the one before; \
+                     notes {}.. could be entries {around:?}",
+                    p.fid(),
+                    k.saturating_sub(4)
                 );
             }
         }
-        assert_eq!(next, published, "{}: entries received", p.fid());
+        assert_eq!(
+            next,
+            published,
+            "{}: entries received ({} notes, {repeated} repeats so far, last {:?}, \
+             expected last {:?})",
+            p.fid(),
+            got.len(),
+            got.last(),
+            note(published - 1)
+        );
     }
     eprintln!(
         "{kills} kills {outages:?}: {published} BQ entries, each received by {} peers, \
