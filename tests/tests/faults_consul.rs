@@ -145,10 +145,10 @@ async fn consul_answering_429_and_500_loses_nothing() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop.store(true, Ordering::Relaxed);
     let sent = storm.await.unwrap();
+    proxy.set_schedule(None);
     for p in peers.iter() {
         p.wait_all_confirmed(Duration::from_secs(60)).await.unwrap();
     }
-    proxy.set_schedule(None);
     let repeats = assert_all_recorded(&env, &peers, &sent).await;
     let stats = proxy.stats();
     let m = env.wait_idle().await;
