@@ -38,6 +38,10 @@ struct LinkEntry {
     info: LinkInfo,
     undelivered: u64,
     disconnecting: bool,
+    /// Its process reported PROCESS STOPPED on it: such a process tears its
+    /// links down by itself, and a broadcast that still reaches it makes
+    /// Motr disconnect the links it is closing (its stop then hangs).
+    process_stopped: bool,
     disconnect_requested: bool,
     disconnect_issued: bool,
 }
@@ -159,6 +163,7 @@ impl Shared {
                 info,
                 undelivered: 0,
                 disconnecting: false,
+                process_stopped: false,
                 disconnect_requested: false,
                 disconnect_issued: false,
             },
@@ -198,11 +203,24 @@ impl Shared {
         v
     }
 
-    /// Links a broadcast may use: connected and not disconnecting.
+    /// Notes that the process `fid` reported PROCESS STOPPED on `link`; the
+    /// link is no broadcast target from then on if the process made it.
+    pub(crate) fn process_stopped(&self, link: LinkId, fid: Fid) -> bool {
+        match lock(&self.links).get_mut(&link) {
+            Some(e) if e.info.process_fid == fid => {
+                e.process_stopped = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Links a broadcast may use: connected, not disconnecting, and their
+    /// process has not reported itself stopped.
     pub(crate) fn active_links(&self) -> Vec<LinkId> {
         let mut v: Vec<LinkId> = lock(&self.links)
             .values()
-            .filter(|e| !e.disconnecting)
+            .filter(|e| !e.disconnecting && !e.process_stopped)
             .map(|e| e.info.id)
             .collect();
         v.sort();

@@ -158,7 +158,9 @@ impl HaLink {
         self.shared.links()
     }
 
-    /// Links that take messages now (connected, not disconnecting).
+    /// Links a broadcast should use now: connected, not disconnecting, and
+    /// their process has not reported PROCESS STOPPED on them (as the
+    /// original's `m0_hax_link_stopped`; the process tears them down itself).
     pub fn active_links(&self) -> Vec<LinkId> {
         self.shared.active_links()
     }

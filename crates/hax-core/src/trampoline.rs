@@ -16,6 +16,7 @@ use crate::callbacks::Callbacks;
 use crate::ctx::{Ctx, Outcome, Shared};
 use crate::entrypoint::{EntrypointRequest, LinkInfo};
 use crate::msg::{HaMsgData, LinkId, NvecKind, Tag};
+use crate::state::ProcessEventKind;
 use crate::raw;
 use crate::reply::{Delivery, Disconnect, EntrypointResponder, FailvecRequest, NvecGet};
 use crate::thread::MotrThread;
@@ -145,6 +146,11 @@ unsafe extern "C" fn msg_received<C: Callbacks>(
             return;
         }
     };
+    if let HaMsgData::ProcessEvent(ev) = &msg.data {
+        if ev.event == ProcessEventKind::Stopped && shared.process_stopped(link, msg.fid) {
+            tracing::info!(%link, process = %msg.fid, "process stopped; its link gets no more broadcasts");
+        }
+    }
     match msg.data {
         HaMsgData::Nvec(n) if n.kind == NvecKind::Get => {
             let get = NvecGet::new(

@@ -304,3 +304,46 @@ async fn sixty_four_peers_at_once() {
     assert_eq!(report.violations, 0);
     assert_eq!(rec.with(|r| r.disconnected.len()), 65);
 }
+
+/// A process that reports itself stopped closes its links on its own; a
+/// broadcast that still reached it would make Motr disconnect them under it.
+/// Its link leaves the broadcast targets, and only its own report does that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_that_reports_stopped_gets_no_more_broadcasts() {
+    let (halon, rec, ep) = start();
+    let cl = SimCluster::connect(cluster::configs(&ep, 3, 2000))
+        .await
+        .unwrap();
+    let [a, b, c] = cl.processes() else {
+        panic!("three peers")
+    };
+    let (la, lb, lc) = (
+        link_of(&rec, a.fid()),
+        link_of(&rec, b.fid()),
+        link_of(&rec, c.fid()),
+    );
+    // b reports a STOPPED about another process (a): that does not stop b's link.
+    let mut about_a = b.process_event(hax_core::ProcessEventKind::Stopped);
+    about_a.fid = a.fid();
+    let t = b.send(about_a).unwrap();
+    b.wait_confirmed(t, T).await.unwrap();
+    // c reports STARTING: no change either.
+    let t = c
+        .send_process_event(hax_core::ProcessEventKind::Starting)
+        .unwrap();
+    c.wait_confirmed(t, T).await.unwrap();
+    let active = halon.handle().active_links();
+    assert!([la, lb, lc].iter().all(|l| active.contains(l)), "{active:?}");
+    // a reports its own STOPPED.
+    let t = a
+        .send_process_event(hax_core::ProcessEventKind::Stopped)
+        .unwrap();
+    a.wait_confirmed(t, T).await.unwrap();
+    let active = halon.handle().active_links();
+    assert!(!active.contains(&la), "{active:?}");
+    assert!(active.contains(&lb) && active.contains(&lc), "{active:?}");
+    // The link itself is still there until the process closes it.
+    assert!(halon.handle().links().iter().any(|l| l.id == la));
+    let report = stop(halon).await;
+    assert_eq!(report.violations, 0);
+}
