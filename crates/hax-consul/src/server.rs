@@ -312,6 +312,16 @@ impl ApiError {
         }
     }
 
+    /// 401: a request that needs the bearer token came without it.
+    pub fn unauthorised() -> Self {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "auth",
+            "missing or wrong bearer token",
+            "Unauthorized",
+        )
+    }
+
     fn bad_payload(e: PayloadError) -> Self {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -330,14 +340,21 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The status and reason of a request body that could not be read (413 when
+/// over the body limit).
+pub fn body_rejection(r: &BytesRejection) -> (StatusCode, &'static str) {
+    let status = r.status();
+    let reason = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        "Request body too large"
+    } else {
+        "Cannot read the request body"
+    };
+    (status, reason)
+}
+
 fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|r| {
-        let status = r.status();
-        let reason = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            "Request body too large"
-        } else {
-            "Cannot read the request body"
-        };
+        let (status, reason) = body_rejection(&r);
         ApiError::new(status, "body", r.body_text(), reason)
     })
 }
@@ -448,15 +465,12 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Whether a request may go on: read-only methods always, others with the
-/// bearer token when one is configured.
-fn authorised(config: &ServerConfig, method: &Method, headers: &HeaderMap) -> bool {
-    let Some(token) = &config.bearer_token else {
+/// Whether `headers` carry `token` as `Authorization: Bearer <token>`
+/// (always, when no token is configured).
+pub fn bearer_token_given(token: Option<&AclToken>, headers: &HeaderMap) -> bool {
+    let Some(token) = token else {
         return true;
     };
-    if matches!(*method, Method::GET | Method::HEAD) {
-        return true;
-    }
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -464,15 +478,16 @@ fn authorised(config: &ServerConfig, method: &Method, headers: &HeaderMap) -> bo
         .is_some_and(|given| same_secret(given.trim().as_bytes(), token.expose_secret().as_bytes()))
 }
 
+/// Whether a request may go on: read-only methods always, others with the
+/// bearer token when one is configured.
+fn authorised(config: &ServerConfig, method: &Method, headers: &HeaderMap) -> bool {
+    matches!(*method, Method::GET | Method::HEAD)
+        || bearer_token_given(config.bearer_token.as_ref(), headers)
+}
+
 fn unauthorised(req: &Request) -> Response {
     tracing::warn!(method = %req.method(), path = %req.uri().path(), "request without a valid bearer token");
-    ApiError::new(
-        StatusCode::UNAUTHORIZED,
-        "auth",
-        "missing or wrong bearer token",
-        "Unauthorized",
-    )
-    .into_response()
+    ApiError::unauthorised().into_response()
 }
 
 /// Whether a request body of this content type may be JSON: none given, or
@@ -898,6 +913,22 @@ pub fn spawn_resync(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tokens_compare_whole() {
+        let token = AclToken::new("s3cret");
+        let with = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::AUTHORIZATION, v.parse().unwrap());
+            h
+        };
+        assert!(bearer_token_given(None, &HeaderMap::new()));
+        assert!(bearer_token_given(Some(&token), &with("Bearer s3cret")));
+        assert!(!bearer_token_given(Some(&token), &with("Bearer s3cre")));
+        assert!(!bearer_token_given(Some(&token), &with("Bearer s3cretX")));
+        assert!(!bearer_token_given(Some(&token), &with("Basic s3cret")));
+        assert!(!bearer_token_given(Some(&token), &HeaderMap::new()));
+    }
 
     #[test]
     fn payload_shapes() {

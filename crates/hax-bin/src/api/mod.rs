@@ -28,13 +28,13 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::http::{header, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use hax_consul::schema::{HaxKv, SchemaError};
-use hax_consul::server::ApiError;
+use hax_consul::server::{bearer_token_given, body_rejection, ApiError};
 use hax_consul::AclToken;
 use hax_core::MotrClient;
 
@@ -173,12 +173,7 @@ pub fn json_response<T: serde::Serialize>(status: StatusCode, value: &T) -> Resp
 /// [`BODY_LIMIT`]).
 pub fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Failure> {
     body.map_err(|r| {
-        let status = r.status();
-        let reason = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            "Request body too large"
-        } else {
-            "Cannot read the request body"
-        };
+        let (status, reason) = body_rejection(&r);
         Failure::new(status, "body", r.body_text(), reason)
     })
 }
@@ -258,35 +253,11 @@ impl ApiMetrics {
 // ---------------------------------------------------------------------------
 // Middleware
 
-/// Equal-time comparison, so that a token cannot be guessed byte by byte.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Whether `headers` carry the configured bearer token (always, when none
-/// is configured).
-pub fn authorised(token: Option<&AclToken>, headers: &HeaderMap) -> bool {
-    let Some(token) = token else {
-        return true;
-    };
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|given| same_secret(given.trim().as_bytes(), token.expose_secret().as_bytes()))
-}
-
 async fn require_token(State(state): State<ApiState>, req: Request, next: Next) -> Response {
-    if authorised(state.token.as_deref(), req.headers()) {
+    if bearer_token_given(state.token.as_deref(), req.headers()) {
         next.run(req).await
     } else {
-        Failure::new(
-            StatusCode::UNAUTHORIZED,
-            "auth",
-            "missing or wrong bearer token",
-            "Unauthorized",
-        )
-        .into_response()
+        ApiError::unauthorised().into_response()
     }
 }
 
@@ -351,22 +322,6 @@ pub fn router(state: ApiState) -> Router {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tokens_compare_whole() {
-        let token = AclToken::new("s3cret");
-        let with = |v: &str| {
-            let mut h = HeaderMap::new();
-            h.insert(header::AUTHORIZATION, v.parse().unwrap());
-            h
-        };
-        assert!(authorised(None, &HeaderMap::new()));
-        assert!(authorised(Some(&token), &with("Bearer s3cret")));
-        assert!(!authorised(Some(&token), &with("Bearer s3cre")));
-        assert!(!authorised(Some(&token), &with("Bearer s3cretX")));
-        assert!(!authorised(Some(&token), &with("Basic s3cret")));
-        assert!(!authorised(Some(&token), &HeaderMap::new()));
-    }
 
     #[test]
     fn bodies_must_be_json_objects() {
