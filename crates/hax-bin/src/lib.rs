@@ -6,6 +6,7 @@ pub mod api;
 pub mod app;
 pub mod bq;
 pub mod bridge;
+pub mod civil;
 pub mod broadcast;
 pub mod cli;
 pub mod config;

@@ -30,6 +30,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::civil::CivilTime;
 use crate::model::ObjHealth;
 use crate::view::{fid_of, fid_text, ClusterState, ClusterView};
 
@@ -106,28 +107,13 @@ pub fn bytecount_totals(
 /// `YYYY-MM-DDTHH:MM:SS[.ffffff]` of a time since the epoch, in UTC (the
 /// layout of Python's `datetime.isoformat()`, which omits a zero fraction).
 pub fn iso_date(since_epoch: Duration) -> String {
-    let secs = since_epoch.as_secs();
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let t = CivilTime::from_epoch(since_epoch);
     let mut out = format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+        t.year, t.month, t.day, t.hour, t.minute, t.second
     );
-    let micros = since_epoch.subsec_micros();
-    if micros != 0 {
-        let _ = write!(out, ".{micros:06}");
+    if t.micros != 0 {
+        let _ = write!(out, ".{:06}", t.micros);
     }
     out
 }
