@@ -134,6 +134,11 @@ impl Fixture {
         }
     }
 
+    /// Makes the next `count` calls of `op` fail with `rc`.
+    async fn fail_next(&self, op: ClientOp, count: u32, rc: i32) {
+        self.ctl.fail_next(op, count, rc).await.expect("fault");
+    }
+
     fn self_link(&self) -> hax_core::LinkId {
         self.link
             .links()
@@ -411,15 +416,12 @@ async fn injected_errors_map_to_their_variants() {
         ),
     ];
     for (rc, want) in cases {
-        f.ctl
-            .fail_next(ClientOp::FsStats, 1, rc)
-            .await
-            .expect("fault");
+        f.fail_next(ClientOp::FsStats, 1, rc).await;
         assert_eq!(f.client.fs_stats().await, Err(want), "rc {rc}");
     }
     assert!(f.client.fs_stats().await.is_ok(), "faults are used up");
 
-    f.ctl.fail_next(ClientOp::Sns, 2, -5).await.expect("fault");
+    f.fail_next(ClientOp::Sns, 2, -5).await;
     assert_eq!(
         f.client
             .sns(SnsKind::Rebalance, SnsOp::Quiesce, pool())
@@ -436,27 +438,18 @@ async fn injected_errors_map_to_their_variants() {
             code: -5
         })
     );
-    f.ctl
-        .fail_next(ClientOp::SnsStatus, 1, -2)
-        .await
-        .expect("fault");
+    f.fail_next(ClientOp::SnsStatus, 1, -2).await;
     assert_eq!(
         f.client.sns_status(SnsKind::Repair, pool()).await,
         Err(ClientError::NotFound(pool())),
         "-ENOENT names the pool asked about"
     );
-    f.ctl
-        .fail_next(ClientOp::PverStatus, 1, -110)
-        .await
-        .expect("fault");
+    f.fail_next(ClientOp::PverStatus, 1, -110).await;
     assert_eq!(
         f.client.pver_status(pver()).await,
         Err(ClientError::Timeout)
     );
-    f.ctl
-        .fail_next(ClientOp::ProcCounters, 1, -1)
-        .await
-        .expect("fault");
+    f.fail_next(ClientOp::ProcCounters, 1, -1).await;
     assert_eq!(
         f.client.proc_counters(ios(0)).await,
         Err(ClientError::Motr {
@@ -465,10 +458,7 @@ async fn injected_errors_map_to_their_variants() {
         })
     );
     f.client.stop_rconfc().await.expect("stop rconfc");
-    f.ctl
-        .fail_next(ClientOp::RconfcStart, 1, -110)
-        .await
-        .expect("fault");
+    f.fail_next(ClientOp::RconfcStart, 1, -110).await;
     assert_eq!(
         f.client.start_rconfc(profile()).await,
         Err(ClientError::Timeout)
