@@ -804,6 +804,34 @@ impl Env {
             .collect()
     }
 
+    /// Checks that each peer's last sent event is its recorded state and that
+    /// the BQ holds all its events in order, a write whose answer was lost
+    /// being allowed to land twice (a repeat in a row). Returns how many
+    /// repeats there were.
+    pub async fn assert_events_recorded(
+        &self,
+        peers: &[SimProcess],
+        sent: &[Vec<ProcessEventKind>],
+    ) -> usize {
+        let mut repeats = 0;
+        for (p, sent) in peers.iter().zip(sent) {
+            let last = recorded_as(*sent.last().expect("the peer sent events"));
+            assert_eq!(
+                self.process_status(p.fid()).await.map(|s| s.state),
+                Some(last),
+                "{}",
+                p.fid()
+            );
+            let mut bq = self.bq_process_updates(p.fid()).await;
+            let n = bq.len();
+            bq.dedup();
+            repeats += n - bq.len();
+            let want: Vec<ProcessState> = sent.iter().map(|e| recorded_as(*e)).collect();
+            assert_eq!(bq, want, "{}: BQ entries", p.fid());
+        }
+        repeats
+    }
+
     /// The BQ epoch counter (the last published entry).
     pub async fn bq_epoch(&self) -> u64 {
         self.kv
