@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 use hax_bin::sample::{self, Sample, SampleSpec};
 use hax_consul::catalog::CheckStatus;
 use hax_consul::dev_agent::{AgentMode, DevAgent};
+use hax_consul::kv::KvPair;
 use hax_consul::queue::QueuePublisher;
 use hax_consul::schema::{
     BroadcastMessage, ConfKey, ConfValue, FidText, HaxKv, ProcessState, ProcessStatus, QueueKind,
@@ -301,6 +302,14 @@ impl Metrics {
 
 // ---------------------------------------------------------------------------
 // The environment
+
+/// What a settled cluster looked like, for [`Env::assert_unchanged_since`].
+#[derive(Debug)]
+pub struct Settled {
+    kv: Vec<KvPair>,
+    metrics: Metrics,
+    received: usize,
+}
 
 /// How an [`Env`] is made.
 #[derive(Debug, Clone)]
@@ -830,6 +839,35 @@ impl Env {
             assert_eq!(bq, want, "{}: BQ entries", p.fid());
         }
         repeats
+    }
+
+    /// Starts `peer`'s process, waits until all that caused has settled and
+    /// notes what input hax must refuse may not change.
+    pub async fn settle_started(&self, peer: &SimProcess) -> Settled {
+        peer.send_process_event(ProcessEventKind::Started).unwrap();
+        peer.wait_all_confirmed(T).await.unwrap();
+        self.wait_bq_consumed().await;
+        let kv = self.client.kv_list("").await.unwrap().value;
+        let metrics = self.wait_idle().await;
+        Settled {
+            kv,
+            metrics,
+            received: peer.received_count(),
+        }
+    }
+
+    /// Checks that hax is healthy and nothing changed since `before`: the
+    /// same KV (indexes included), no broadcast, nothing more sent to `peer`.
+    pub async fn assert_unchanged_since(&self, before: &Settled, peer: &SimProcess) {
+        assert!(self.healthz().await);
+        let m = self.metrics().await;
+        assert_eq!(
+            m.n("hax_broadcasts_total"),
+            before.metrics.n("hax_broadcasts_total")
+        );
+        let kv = self.client.kv_list("").await.unwrap().value;
+        assert_eq!(before.kv, kv);
+        assert_eq!(peer.received_count(), before.received);
     }
 
     /// The BQ epoch counter (the last published entry).

@@ -176,14 +176,7 @@ async fn a_slow_body_times_out() {
 async fn hostile_requests_get_4xx_and_change_nothing() {
     let env = Env::start(Options::default()).await;
     let peers = env.connect_peers(1).await;
-    peers[0]
-        .send_process_event(hax_core::ProcessEventKind::Started)
-        .unwrap();
-    peers[0].wait_all_confirmed(T).await.unwrap();
-    env.wait_bq_consumed().await;
-    let kv_before = env.client.kv_list("").await.unwrap().value;
-    let m_before = env.wait_idle().await;
-    let received_before = peers[0].received_count();
+    let before = env.settle_started(&peers[0]).await;
     let base_fds = env.fd_count();
 
     let post = |path: &str, ctype: &str, body: &[u8]| {
@@ -339,17 +332,8 @@ async fn hostile_requests_get_4xx_and_change_nothing() {
     }
     eprintln!("{} hostile requests: {statuses:?}", cases.len());
 
-    // Nothing changed: same KV (indexes included), no broadcast, hax healthy,
-    // its descriptors back where they were.
-    assert!(env.healthz().await);
-    let m = env.metrics().await;
-    assert_eq!(
-        m.n("hax_broadcasts_total"),
-        m_before.n("hax_broadcasts_total")
-    );
-    let kv_after = env.client.kv_list("").await.unwrap().value;
-    assert_eq!(kv_before, kv_after);
-    assert_eq!(peers[0].received_count(), received_before);
+    // Nothing changed, and hax's descriptors are back where they were.
+    env.assert_unchanged_since(&before, &peers[0]).await;
     wait_for("hax's descriptors back to their level", T, || async {
         (env.fd_count() <= base_fds + 4).then_some(())
     })
