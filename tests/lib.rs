@@ -764,6 +764,17 @@ impl Env {
             .into_processes()
     }
 
+    /// Connects `n` simulated processes, each of which then reports itself
+    /// started and has that confirmed.
+    pub async fn connect_started(&self, n: usize) -> Vec<SimProcess> {
+        let peers = self.connect_peers(n).await;
+        for p in &peers {
+            p.send_process_event(ProcessEventKind::Started).unwrap();
+            p.wait_all_confirmed(T).await.unwrap();
+        }
+        peers
+    }
+
     // ----------------------------------------------------------- Consul
 
     /// Sets the TTL check of the service instance with id `service_id`.

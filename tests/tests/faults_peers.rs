@@ -7,24 +7,26 @@ use std::time::{Duration, Instant};
 use hax_core::{Fid, HaMsg, HaMsgData, HaState, ProcessEventKind, Uint128};
 use hax_e2e::{assert_no_violations, device_entry, ios_fid, nvec_sets, wait_for, Env, Options, T};
 use hax_sim::rogue::RoguePeer;
-use hax_sim::LinkOutcome;
+use hax_sim::{LinkOutcome, SimProcess};
 
 /// (fds, threads, RSS in KiB) of hax.
 fn usage(env: &Env) -> (usize, usize, u64) {
     (env.fd_count(), env.thread_count(), env.rss_kib())
 }
 
-async fn connect_cycles(cycles: usize, events: bool) {
+/// hax over six ioservices, three of whose processes have started.
+async fn three_started_peers() -> (Env, Vec<SimProcess>) {
     let env = Env::start(Options {
         ioservices: 6,
         ..Options::default()
     })
     .await;
-    let peers = env.connect_peers(3).await;
-    for p in &peers {
-        p.send_process_event(ProcessEventKind::Started).unwrap();
-        p.wait_all_confirmed(T).await.unwrap();
-    }
+    let peers = env.connect_started(3).await;
+    (env, peers)
+}
+
+async fn connect_cycles(cycles: usize, events: bool) {
+    let (env, peers) = three_started_peers().await;
     // One cycle: a peer sends an event (with `events`), its connection
     // dies (a killed process), it reconnects, its event is resent and
     // confirmed.
@@ -102,16 +104,7 @@ async fn connect_disconnect_20000_cycles_without_events_leak_nothing() {
 async fn hung_and_flooding_peers_do_not_hold_up_the_others() {
     const ENTRIES: usize = 300;
     const FLOOD: u64 = 200_000;
-    let env = Env::start(Options {
-        ioservices: 6,
-        ..Options::default()
-    })
-    .await;
-    let peers = env.connect_peers(3).await;
-    for p in &peers {
-        p.send_process_event(ProcessEventKind::Started).unwrap();
-        p.wait_all_confirmed(T).await.unwrap();
-    }
+    let (env, peers) = three_started_peers().await;
     env.wait_bq_consumed().await;
     let before = usage(&env);
 
