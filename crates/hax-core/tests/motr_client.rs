@@ -15,61 +15,22 @@
 
 mod motr_support;
 
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hax_core::{
-    Callbacks, ClientError, CmStatus, Confd, Ctx, EntrypointReply, EntrypointRequest,
-    EntrypointResponder, Fid, FidType, HaMsgData, HaState, Halon, HalonConfig, LinkId, LinkInfo,
-    MotrClient, NvecGet, PverState, SnsKind, SnsOp, Tag, Uint128,
+    Callbacks, ClientError, CmStatus, Ctx, EntrypointRequest, EntrypointResponder, Fid, FidType,
+    HaMsgData, HaState, Halon, HalonConfig, LinkId, LinkInfo, MotrClient, NvecGet, PverState,
+    SnsKind, SnsOp, Tag, Uint128,
 };
 use motr_support::*;
 
-#[derive(Default)]
-struct Seen {
-    events: Mutex<Vec<String>>,
-    cv: Condvar,
-    m0d_ep: Mutex<String>,
-}
-
-impl Seen {
-    fn note(&self, s: String) {
-        self.events.lock().unwrap().push(s);
-        self.cv.notify_all();
-    }
-
-    fn wait_for(&self, limit: Duration, f: impl Fn(&str) -> bool) -> bool {
-        let deadline = Instant::now() + limit;
-        let mut g = self.events.lock().unwrap();
-        loop {
-            if g.iter().any(|e| f(e)) {
-                return true;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            g = self.cv.wait_timeout(g, deadline - now).unwrap().0;
-        }
-    }
-}
-
 #[derive(Clone)]
-struct Ha(Arc<Seen>);
+struct Ha(Arc<EventLog>);
 
 impl Callbacks for Ha {
     fn entrypoint_request(&self, cx: &Ctx<'_>, req: EntrypointRequest, reply: EntrypointResponder) {
-        let ep = self.0.m0d_ep.lock().unwrap().clone();
-        let rep = EntrypointReply {
-            confds: vec![Confd {
-                fid: CONFD,
-                endpoint: ep.clone(),
-            }],
-            quorum: 1,
-            rm_fid: RMS,
-            rm_endpoint: ep,
-        };
-        let r = reply.accept_now(cx, &rep);
+        let r = reply.accept_now(cx, &entrypoint_reply(&self.0.m0d_ep()));
         self.0.note(format!(
             "entrypoint_request {} process {} first {} answered {r:?}",
             req.req_id, req.process_fid, req.first_request
@@ -151,7 +112,7 @@ fn client_operations_on_a_real_m0d() {
     let rc = mkfs.wait(Duration::from_secs(120));
     assert_eq!(rc, Some(0), "m0mkfs:\n{}", tail(&dir, "m0mkfs.log", 30));
 
-    let seen = Arc::new(Seen::default());
+    let seen = Arc::new(EventLog::default());
     *seen.m0d_ep.lock().unwrap() = m0d_ep.clone();
     let cfg = HalonConfig {
         endpoint: hax_ep.clone(),
@@ -167,7 +128,7 @@ fn client_operations_on_a_real_m0d() {
     args.extend(["-H".to_string(), hax_ep.clone()]);
     let mut m0d = Proc::spawn(&tools.m0d, &dir, &args, "m0d.log");
     let m0d_fid = PROCESS.to_string();
-    let started = seen.wait_for(Duration::from_secs(90), |e| {
+    let started = seen.wait_for("m0d's PROCESS STARTED", Duration::from_secs(90), |e| {
         e.contains(&format!("process {m0d_fid} Started"))
     });
     assert!(started, "m0d started:\n{}", tail(&dir, "m0d.log", 30));

@@ -1,15 +1,17 @@
 //! What the tests against a real `m0d` share: finding Motr's tools, free
-//! endpoints, a one-process configuration, `m0mkfs`/`m0d` arguments and
-//! child processes that are killed when dropped.
+//! endpoints, a one-process configuration and the entrypoint reply naming
+//! its services, `m0mkfs`/`m0d` arguments, child processes that are killed
+//! when dropped, and a log of what hax's callbacks saw.
 
 #![allow(dead_code)]
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use hax_core::{Fid, FidType};
+use hax_core::{Confd, EntrypointReply, Fid, FidType};
 
 /// `m0mkfs` and `m0d` of the installed Motr.
 pub struct Tools {
@@ -20,26 +22,29 @@ pub struct Tools {
 /// The tools, or why the test is skipped: hax-core built without
 /// `--features motr`, `MOTR_PREFIX` unset, or a tool missing.
 pub fn tools() -> Result<Tools, String> {
+    Ok(Tools {
+        m0mkfs: installed("m0mkfs")?,
+        m0d: installed("m0d")?,
+    })
+}
+
+/// The Motr program `name` (in `sbin` or `bin` of `MOTR_PREFIX`), or why
+/// the test is skipped.
+pub fn installed(name: &str) -> Result<PathBuf, String> {
     if !cfg!(feature = "motr") {
         return Err("hax-core is built without `--features motr`".into());
     }
     let prefix = std::env::var_os("MOTR_PREFIX")
         .filter(|p| !p.is_empty())
         .ok_or("MOTR_PREFIX is not set (it names the prefix of an installed Motr)")?;
-    let find = |name: &str| {
-        ["sbin", "bin"]
-            .iter()
-            .map(|d| Path::new(&prefix).join(d).join(name))
-            .find(|p| p.exists())
-            .ok_or(format!(
-                "{name} is not installed under {}",
-                prefix.to_string_lossy()
-            ))
-    };
-    Ok(Tools {
-        m0mkfs: find("m0mkfs")?,
-        m0d: find("m0d")?,
-    })
+    ["sbin", "bin"]
+        .iter()
+        .map(|d| Path::new(&prefix).join(d).join(name))
+        .find(|p| p.exists())
+        .ok_or(format!(
+            "{name} is not installed under {}",
+            prefix.to_string_lossy()
+        ))
 }
 
 /// A free endpoint in the LNet form `127.0.0.1@tcp:12345:<portal>:<tmid>`
@@ -72,6 +77,20 @@ pub const PROFILE: Fid = Fid::typed(FidType::Profile, 1, 0);
 pub const POOL: Fid = Fid::typed(FidType::Pool, 1, 0);
 /// The pool version (N=1 K=0 S=0 P=1).
 pub const PVER: Fid = Fid::typed(FidType::Pver, 1, 0);
+
+/// The answer to m0d's entrypoint request: the confd and RM of [`conf`] at
+/// m0d's endpoint `ep`.
+pub fn entrypoint_reply(ep: &str) -> EntrypointReply {
+    EntrypointReply {
+        confds: vec![Confd {
+            fid: CONFD,
+            endpoint: ep.to_owned(),
+        }],
+        quorum: 1,
+        rm_fid: RMS,
+        rm_endpoint: ep.to_owned(),
+    }
+}
 
 /// A one-process configuration in xcode text, as `m0confgen` makes it:
 /// root, profile, node, process `r:1:0` with RM `s:1:0`, I/O `s:1:3` (sdev
@@ -237,4 +256,43 @@ pub fn scratch(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("scratch dir");
     dir
+}
+
+/// What hax's callbacks saw, a line an event, and m0d's endpoint for their
+/// entrypoint replies.
+#[derive(Default)]
+pub struct EventLog {
+    pub events: Mutex<Vec<String>>,
+    cv: Condvar,
+    pub m0d_ep: Mutex<String>,
+}
+
+impl EventLog {
+    pub fn note(&self, s: String) {
+        self.events.lock().unwrap().push(s);
+        self.cv.notify_all();
+    }
+
+    /// Whether a line satisfying `f` is seen within `limit` (saying so
+    /// when not).
+    pub fn wait_for(&self, what: &str, limit: Duration, f: impl Fn(&str) -> bool) -> bool {
+        let deadline = Instant::now() + limit;
+        let mut g = self.events.lock().unwrap();
+        loop {
+            if g.iter().any(|e| f(e)) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                eprintln!("timed out waiting for {what}");
+                return false;
+            }
+            g = self.cv.wait_timeout(g, deadline - now).unwrap().0;
+        }
+    }
+
+    /// m0d's endpoint, as set by the test.
+    pub fn m0d_ep(&self) -> String {
+        self.m0d_ep.lock().unwrap().clone()
+    }
 }
