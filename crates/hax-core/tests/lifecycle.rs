@@ -1,37 +1,15 @@
 //! hax-core against the emulator without peers: start, the self link, stop.
 
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
 
+use emu_support::{free_port, Log};
 use hax_core::{
     Callbacks, Ctx, Delivery, EntrypointReply, EntrypointRequest, EntrypointResponder, Fid,
     FidType, HaMsg, HaMsgData, Halon, HalonConfig, LinkId, LinkInfo, ProcessEventKind, Tag,
     Uint128,
 };
 
-#[derive(Default)]
-struct Log {
-    events: Mutex<Vec<String>>,
-    cv: Condvar,
-}
-
-impl Log {
-    fn push(&self, s: String) {
-        self.events.lock().unwrap().push(s);
-        self.cv.notify_all();
-    }
-
-    fn wait_for(&self, what: &str, pred: impl Fn(&[String]) -> bool) -> Vec<String> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut g = self.events.lock().unwrap();
-        while !pred(&g) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "timed out waiting for {what}: {:?}", *g);
-            g = self.cv.wait_timeout(g, left).unwrap().0;
-        }
-        g.clone()
-    }
-}
+mod emu_support;
 
 struct Recorder(Arc<Log>);
 
@@ -82,14 +60,6 @@ fn config(port: u16) -> HalonConfig {
         debug_options: "emu-stop-timeout-ms=2000".into(),
         node_uuid: None,
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]

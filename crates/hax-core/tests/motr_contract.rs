@@ -17,40 +17,18 @@
 //! Runs on the emulator; skipped when hax-core is built with
 //! `--features motr` (its peers speak the emulator's protocol).
 
-use std::net::TcpListener;
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
+use emu_support::{free_port, Log};
 use hax_core::{
     Callbacks, Confd, Ctx, Delivery, EntrypointReply, EntrypointRequest, EntrypointResponder, Fid,
     FidType, HaMsg, HaMsgData, Halon, HalonConfig, LinkId, LinkInfo, ServiceEvent,
     ServiceEventKind, ServiceType, Tag, Uint128,
 };
+
+mod emu_support;
 use hax_sim::{SimConfig, SimProcess};
-
-#[derive(Default)]
-struct Log {
-    events: Mutex<Vec<String>>,
-    cv: Condvar,
-}
-
-impl Log {
-    fn push(&self, s: String) {
-        self.events.lock().unwrap().push(s);
-        self.cv.notify_all();
-    }
-
-    fn wait_for(&self, what: &str, pred: impl Fn(&[String]) -> bool) -> Vec<String> {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let mut g = self.events.lock().unwrap();
-        while !pred(&g) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "timed out waiting for {what}: {:?}", *g);
-            g = self.cv.wait_timeout(g, left).unwrap().0;
-        }
-        g.clone()
-    }
-}
 
 struct Ha(Arc<Log>);
 
@@ -92,13 +70,6 @@ impl Callbacks for Ha {
             link.id, link.process_fid, link.is_self, link.endpoint
         ));
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 fn service_event(event: ServiceEventKind, service_type: ServiceType) -> HaMsg {
