@@ -21,8 +21,7 @@
 //! and nothing was refused or forced.
 
 use std::io::{Read, Write};
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -33,30 +32,14 @@ use hax_core::{
     EntrypointResponder, Fid, FidType, HaMsg, HaNote, HaState, Halon, HalonConfig, LinkId,
     LinkInfo, NvecGet, Tag, Uint128,
 };
+use motr_support::{free_endpoint, installed, scratch};
+
+mod motr_support;
 
 const HAM_PROCESS: Fid = Fid::typed(FidType::Process, 72, 1);
 const CTRL_1: Fid = Fid::typed(FidType::Controller, 1, 1);
 const CTRL_2: Fid = Fid::typed(FidType::Controller, 1, 2);
 const BROADCAST_FID: Fid = Fid::typed(FidType::Controller, 1, 3);
-
-/// Why the test cannot run here, if it cannot.
-fn m0ham_path() -> Result<PathBuf, String> {
-    if !cfg!(feature = "motr") {
-        return Err(
-            "hax-core is built without `--features motr` (the emulator cannot talk \
-                    to m0ham)"
-                .into(),
-        );
-    }
-    let prefix = std::env::var_os("MOTR_PREFIX")
-        .filter(|p| !p.is_empty())
-        .ok_or("MOTR_PREFIX is not set (it names the prefix of an installed Motr)")?;
-    let m0ham = Path::new(&prefix).join("sbin/m0ham");
-    if !m0ham.exists() {
-        return Err(format!("{} does not exist", m0ham.display()));
-    }
-    Ok(m0ham)
-}
 
 #[derive(Default)]
 struct Recorder {
@@ -189,23 +172,9 @@ impl Callbacks for Rec {
     }
 }
 
-/// A free endpoint on 127.0.0.1 in LNet style, which every Motr transport
-/// parses (SOCK and libfabric alike): `127.0.0.1@tcp:12345:<portal>:<tmid>`
-/// listens on TCP port `tmid + 1024 + (portal - 30) * 2048`.
-fn free_endpoint(taken: &mut Vec<u16>) -> String {
-    const PORTAL: u16 = 34;
-    let seed = (std::process::id() % 1000) as u16;
-    for i in 0..1024u16 {
-        let tmid = (seed + i * 7) % 1024;
-        let port = tmid + 1024 + (PORTAL - 30) * 2048;
-        if taken.contains(&port) || TcpListener::bind(("127.0.0.1", port)).is_err() {
-            continue;
-        }
-        taken.push(port);
-        return format!("127.0.0.1@tcp:12345:{PORTAL}:{tmid}");
-    }
-    panic!("no free port for an LNet-style endpoint on 127.0.0.1");
-}
+/// The LNet portal of this test's endpoints (an LNet-style endpoint is what
+/// every Motr transport parses, SOCK and libfabric alike).
+const PORTAL: u16 = 34;
 
 /// An NVEC GET as one `m0_ha_msg` in xcode text (`m0_xcode_read`): the fixed
 /// note array must list all 1024 notes.
@@ -321,20 +290,19 @@ fn parse_nvecs(stdout: &str) -> Vec<NvecLine> {
 
 #[test]
 fn m0ham_entrypoint_nvec_get_and_broadcast() {
-    let m0ham = match m0ham_path() {
+    let m0ham = match installed("m0ham") {
         Ok(p) => p,
         Err(why) => {
             eprintln!("skipped: {why}");
             return;
         }
     };
-    let dir = std::env::temp_dir().join(format!("hax-motr-m0ham-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let dir = scratch("hax-motr-m0ham");
     // Motr writes its trace buffer file there instead of the working dir.
     std::env::set_var("M0_TRACE_DIR", &dir);
 
     let mut ports = Vec::new();
-    let hax_ep = free_endpoint(&mut ports);
+    let hax_ep = free_endpoint(PORTAL, &mut ports);
     let rec = Arc::new(Recorder::default());
     let cfg = HalonConfig {
         endpoint: hax_ep.clone(),
@@ -350,7 +318,7 @@ fn m0ham_entrypoint_nvec_get_and_broadcast() {
 
     // 1. Entrypoint, GET, answer.
     let get = nvec_get_text(77, &[CTRL_1, CTRL_2]);
-    let ep1 = free_endpoint(&mut ports);
+    let ep1 = free_endpoint(PORTAL, &mut ports);
     let run1 = run_m0ham(&m0ham, &dir, &ep1, &hax_ep, &get, Duration::from_secs(60));
     eprintln!(
         "m0ham 1 exit {:?}\n--- stdout\n{}--- stderr\n{}",
@@ -372,7 +340,7 @@ fn m0ham_entrypoint_nvec_get_and_broadcast() {
 
     // 2. On the next GET, a broadcast first, then the answer.
     rec.broadcast_on_get.store(true, Ordering::SeqCst);
-    let ep2 = free_endpoint(&mut ports);
+    let ep2 = free_endpoint(PORTAL, &mut ports);
     let run2 = run_m0ham(&m0ham, &dir, &ep2, &hax_ep, &get, Duration::from_secs(60));
     eprintln!(
         "m0ham 2 exit {:?}\n--- stdout\n{}--- stderr\n{}",
