@@ -17,7 +17,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -29,34 +29,10 @@ use hax_consul::schema::{
 };
 use hax_consul::ConsulClient;
 use hax_core::Fid;
+use motr_support::tools;
 
-struct Tools {
-    m0mkfs: PathBuf,
-    m0d: PathBuf,
-}
-
-fn tools() -> Result<Tools, String> {
-    if !cfg!(feature = "motr") {
-        return Err("hax-bin is built without `--features motr`".into());
-    }
-    let prefix = std::env::var_os("MOTR_PREFIX")
-        .filter(|p| !p.is_empty())
-        .ok_or("MOTR_PREFIX is not set (it names the prefix of an installed Motr)")?;
-    let find = |name: &str| {
-        ["sbin", "bin"]
-            .iter()
-            .map(|d| Path::new(&prefix).join(d).join(name))
-            .find(|p| p.exists())
-            .ok_or(format!(
-                "{name} is not installed under {}",
-                prefix.to_string_lossy()
-            ))
-    };
-    Ok(Tools {
-        m0mkfs: find("m0mkfs")?,
-        m0d: find("m0d")?,
-    })
-}
+#[path = "../../hax-core/tests/motr_support/mod.rs"]
+mod motr_support;
 
 /// The LNet portal of every endpoint here.
 const PORTAL: u16 = 34;

@@ -1,4 +1,4 @@
-//! What the tests against a real `m0d` share: finding Motr's tools, free
+//! What the tests against a real `m0d` share (hax-bin's too, by path): finding Motr's tools, free
 //! endpoints, a one-process configuration and the entrypoint reply naming
 //! its services, `m0mkfs`/`m0d` arguments, child processes that are killed
 //! when dropped, and a log of what hax's callbacks saw.
@@ -19,8 +19,8 @@ pub struct Tools {
     pub m0d: PathBuf,
 }
 
-/// The tools, or why the test is skipped: hax-core built without
-/// `--features motr`, `MOTR_PREFIX` unset, or a tool missing.
+/// The tools, or why the test is skipped: the crate under test built
+/// without `--features motr`, `MOTR_PREFIX` unset, or a tool missing.
 pub fn tools() -> Result<Tools, String> {
     Ok(Tools {
         m0mkfs: installed("m0mkfs")?,
@@ -32,7 +32,11 @@ pub fn tools() -> Result<Tools, String> {
 /// the test is skipped.
 pub fn installed(name: &str) -> Result<PathBuf, String> {
     if !cfg!(feature = "motr") {
-        return Err("hax-core is built without `--features motr`".into());
+        return Err(concat!(
+            env!("CARGO_PKG_NAME"),
+            " is built without `--features motr`"
+        )
+        .into());
     }
     let prefix = std::env::var_os("MOTR_PREFIX")
         .filter(|p| !p.is_empty())
