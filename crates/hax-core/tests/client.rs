@@ -6,12 +6,15 @@
 
 use std::time::{Duration, Instant};
 
+use emu_support::{free_endpoint, halon_config};
 use hax_core::{
     ByteCountStats, Callbacks, ClientError, CmStatus, Ctx, EntrypointReply, EntrypointRequest,
-    EntrypointResponder, Fid, FidType, FsStats, HaLink, HaMsg, HaMsgData, Halon, HalonConfig,
-    MotrClient, Outcome, PverByteCount, PverInfo, PverState, SnsKind, SnsOp, SnsStatus, Uint128,
+    EntrypointResponder, Fid, FidType, FsStats, HaLink, HaMsg, HaMsgData, Halon, MotrClient,
+    Outcome, PverByteCount, PverInfo, PverState, SnsKind, SnsOp, SnsStatus, Uint128,
 };
 use hax_sim::{ClientOp, PoolDef, PverDef, SimControl};
+
+mod emu_support;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -58,19 +61,8 @@ struct Fixture {
 
 impl Fixture {
     async fn new(n_ios: u64) -> Fixture {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
-        let ep = format!("inet:tcp:127.0.0.1@{port}");
-        let cfg = HalonConfig {
-            endpoint: ep.clone(),
-            process_fid: Fid::typed(FidType::Process, 1, 3),
-            ha_service_fid: Fid::typed(FidType::Service, 1, 4),
-            rm_service_fid: Fid::typed(FidType::Service, 1, 5),
-            debug_options: "emu-stop-timeout-ms=2000".into(),
-            node_uuid: None,
-        };
+        let ep = free_endpoint();
+        let cfg = halon_config(&ep);
         let halon = tokio::task::spawn_blocking(move || Halon::start(cfg, Accept))
             .await
             .expect("join")

@@ -2,11 +2,10 @@
 
 use std::sync::{Arc, Mutex};
 
-use emu_support::{free_port, Log};
+use emu_support::{free_endpoint, halon_config, Log};
 use hax_core::{
     Callbacks, Ctx, Delivery, EntrypointReply, EntrypointRequest, EntrypointResponder, Fid,
-    FidType, HaMsg, HaMsgData, Halon, HalonConfig, LinkId, LinkInfo, ProcessEventKind, Tag,
-    Uint128,
+    FidType, HaMsg, HaMsgData, Halon, LinkId, LinkInfo, ProcessEventKind, Tag, Uint128,
 };
 
 mod emu_support;
@@ -51,21 +50,11 @@ impl Callbacks for Recorder {
     }
 }
 
-fn config(port: u16) -> HalonConfig {
-    HalonConfig {
-        endpoint: format!("inet:tcp:127.0.0.1@{port}"),
-        process_fid: Fid::typed(FidType::Process, 1, 3),
-        ha_service_fid: Fid::typed(FidType::Service, 1, 4),
-        rm_service_fid: Fid::typed(FidType::Service, 1, 5),
-        debug_options: "emu-stop-timeout-ms=2000".into(),
-        node_uuid: None,
-    }
-}
-
 #[test]
 fn start_answers_self_entrypoint_and_stop_is_clean() {
     let log = Arc::new(Log::default());
-    let mut halon = Halon::start(config(free_port()), Recorder(Arc::clone(&log))).unwrap();
+    let mut halon =
+        Halon::start(halon_config(&free_endpoint()), Recorder(Arc::clone(&log))).unwrap();
     let ev = log.wait_for("the six start events", |e| {
         e.iter()
             .filter(|s| s.contains("process") || s.contains("service"))
@@ -134,7 +123,7 @@ impl Callbacks for Panicker {
 fn a_panicking_callback_is_contained_and_never_called_again() {
     let calls = Arc::new(Mutex::new(0));
     let mut halon = Halon::start(
-        config(free_port()),
+        halon_config(&free_endpoint()),
         Panicker {
             calls: Arc::clone(&calls),
         },

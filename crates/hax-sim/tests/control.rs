@@ -3,11 +3,15 @@
 
 use std::process::{Command, Stdio};
 
+use emu_support::{free_endpoint, halon_config};
 use hax_core::{
     Callbacks, ClientError, Ctx, EntrypointReply, EntrypointRequest, EntrypointResponder, Fid,
-    FidType, Halon, HalonConfig, PverState,
+    FidType, Halon, PverState,
 };
 use hax_sim::{ControlError, SimControl};
+
+#[path = "../../hax-core/tests/emu_support/mod.rs"]
+mod emu_support;
 
 const SIM: &str = env!("CARGO_BIN_EXE_m0d-sim");
 
@@ -26,20 +30,8 @@ impl Callbacks for Accept {
 }
 
 fn start() -> (Halon<Accept>, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port");
-    let ep = format!("inet:tcp:127.0.0.1@{port}");
-    let cfg = HalonConfig {
-        endpoint: ep.clone(),
-        process_fid: Fid::typed(FidType::Process, 1, 3),
-        ha_service_fid: Fid::typed(FidType::Service, 1, 4),
-        rm_service_fid: Fid::typed(FidType::Service, 1, 5),
-        debug_options: "emu-stop-timeout-ms=2000".into(),
-        node_uuid: None,
-    };
-    (Halon::start(cfg, Accept).expect("start"), ep)
+    let ep = free_endpoint();
+    (Halon::start(halon_config(&ep), Accept).expect("start"), ep)
 }
 
 const MODEL: &str = r#"{
