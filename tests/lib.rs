@@ -32,7 +32,8 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use hax_bin::sample::{self, Sample, SampleSpec};
@@ -229,6 +230,39 @@ pub fn recorded_as(e: ProcessEventKind) -> ProcessState {
         ProcessEventKind::Stopped => ProcessState::Stopped,
         ProcessEventKind::DtmRecovered => ProcessState::DtmRecovered,
     }
+}
+
+/// The process events [`event_storm`] sends, in turn: consecutive events of
+/// a peer always differ.
+pub const STORM_CYCLE: [ProcessEventKind; 3] = [
+    ProcessEventKind::Starting,
+    ProcessEventKind::Started,
+    ProcessEventKind::DtmRecovered,
+];
+
+/// Every peer sends the next event of [`STORM_CYCLE`] every `every`,
+/// without waiting for confirmations, until `stop`; the task gives what each
+/// sent.
+pub fn event_storm(
+    peers: &Arc<Vec<SimProcess>>,
+    stop: &Arc<AtomicBool>,
+    every: Duration,
+) -> tokio::task::JoinHandle<Vec<Vec<ProcessEventKind>>> {
+    let (peers, stop) = (Arc::clone(peers), Arc::clone(stop));
+    tokio::spawn(async move {
+        let mut sent = vec![Vec::new(); peers.len()];
+        let mut i = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let event = STORM_CYCLE[i % STORM_CYCLE.len()];
+            for (k, p) in peers.iter().enumerate() {
+                p.send_process_event(event).expect("sent");
+                sent[k].push(event);
+            }
+            i += 1;
+            tokio::time::sleep(every).await;
+        }
+        sent
+    })
 }
 
 /// A BQ `M0_HA_MSG_NVEC` entry: the disk of ioservice `i` of `node` is

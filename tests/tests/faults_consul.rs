@@ -17,38 +17,10 @@ use hax_consul::queue::QueuePublisher;
 use hax_consul::schema::QueueKind;
 use hax_core::{Fid, HaState, ProcessEventKind};
 use hax_e2e::{
-    assert_no_violations, device_entry, hax_binary, nvec_sets, wait_for, Env, Fault, Options, T,
+    assert_no_violations, device_entry, event_storm, hax_binary, nvec_sets, wait_for, Env, Fault,
+    Options, T,
 };
 use hax_sim::SimProcess;
-
-const CYCLE: [ProcessEventKind; 3] = [
-    ProcessEventKind::Starting,
-    ProcessEventKind::Started,
-    ProcessEventKind::DtmRecovered,
-];
-
-/// Peers send a process event every `every`, without waiting for
-/// confirmations, until `stop`; what each sent.
-fn storm(
-    peers: &Arc<Vec<SimProcess>>,
-    stop: &Arc<AtomicBool>,
-    every: Duration,
-) -> tokio::task::JoinHandle<Vec<Vec<ProcessEventKind>>> {
-    let (peers, stop) = (Arc::clone(peers), Arc::clone(stop));
-    tokio::spawn(async move {
-        let mut sent = vec![Vec::new(); peers.len()];
-        let mut i = 0;
-        while !stop.load(Ordering::Relaxed) {
-            for (k, p) in peers.iter().enumerate() {
-                p.send_process_event(CYCLE[i % CYCLE.len()]).expect("sent");
-                sent[k].push(CYCLE[i % CYCLE.len()]);
-            }
-            i += 1;
-            tokio::time::sleep(every).await;
-        }
-        sent
-    })
-}
 
 /// Each peer's events are recorded, in order, and all were confirmed; how
 /// many BQ entries were applied twice.
@@ -73,7 +45,7 @@ async fn assert_confirmed_are_durable(env: &Env, peers: &[SimProcess]) -> u64 {
         let mut bq = env.bq_process_updates(p.fid()).await;
         // Repeats of a lost answer are one event.
         bq.dedup();
-        // Consecutive events of a peer always differ (CYCLE), so after
+        // Consecutive events of a peer always differ (STORM_CYCLE), so after
         // dedup each entry is one event.
         assert!(
             bq.len() as u64 >= *c,
@@ -95,7 +67,7 @@ async fn consul_answering_429_and_500_loses_nothing() {
     let proxy = env.proxy.as_ref().expect("proxy");
     let peers = Arc::new(env.connect_peers(3).await);
     let stop = Arc::new(AtomicBool::new(false));
-    let storm = storm(&peers, &stop, Duration::from_millis(20));
+    let storm = event_storm(&peers, &stop, Duration::from_millis(20));
 
     // Phase 1: one request in three fails: 429 before it reaches Consul,
     // 500 before, or 500 after Consul did the work (its answer lost).
@@ -216,7 +188,7 @@ async fn consul_killed_during_broadcasts(kills: usize) {
     .await;
     let peers = Arc::new(env.connect_peers(3).await);
     let stop = Arc::new(AtomicBool::new(false));
-    let storm = storm(&peers, &stop, Duration::from_millis(50));
+    let storm = event_storm(&peers, &stop, Duration::from_millis(50));
     // Entry i: drive i % 6 goes online or failed, in turns: consecutive
     // entries differ, so a repeat or a gap shows in what a peer receives.
     let (node, drives) = (env.sample.node.clone(), env.sample.drives.clone());

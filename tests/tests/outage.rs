@@ -5,17 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hax_consul::dev_agent::AgentMode;
-use hax_core::ProcessEventKind;
-use hax_e2e::{assert_no_violations, wait_for, Env, Options, T};
+use hax_e2e::{assert_no_violations, event_storm, wait_for, Env, Options, T};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consul_outage_during_an_event_storm() {
     const OUTAGE: Duration = Duration::from_secs(10);
-    const CYCLE: [ProcessEventKind; 3] = [
-        ProcessEventKind::Starting,
-        ProcessEventKind::Started,
-        ProcessEventKind::DtmRecovered,
-    ];
     let mut env = Env::start(Options {
         mode: AgentMode::Persistent,
         ..Options::default()
@@ -26,22 +20,7 @@ async fn consul_outage_during_an_event_storm() {
     // The storm: every peer sends a process event every 50 ms, without
     // waiting for confirmations, before, during and after the outage.
     let stop = Arc::new(AtomicBool::new(false));
-    let storm = tokio::spawn({
-        let (peers, stop) = (Arc::clone(&peers), Arc::clone(&stop));
-        async move {
-            let mut sent = vec![Vec::new(); peers.len()];
-            let mut i = 0;
-            while !stop.load(Ordering::Relaxed) {
-                for (k, p) in peers.iter().enumerate() {
-                    p.send_process_event(CYCLE[i % CYCLE.len()]).expect("sent");
-                    sent[k].push(CYCLE[i % CYCLE.len()]);
-                }
-                i += 1;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            sent
-        }
-    });
+    let storm = event_storm(&peers, &stop, Duration::from_millis(50));
     wait_for("events confirmed before the outage", T, || async {
         peers
             .iter()
