@@ -259,6 +259,11 @@ pub mod keys {
         ))
     }
 
+    /// `<node>/process_restarts/`
+    pub fn process_restarts_prefix(node: &str) -> Result<String> {
+        Ok(format!("{}/process_restarts/", segment("node name", node)?))
+    }
+
     /// `m0conf/profiles/<fid>`
     pub fn profile(fid: FidText) -> String {
         format!("{CONF_PROFILES_PREFIX}{fid}")
@@ -1524,6 +1529,31 @@ impl HaxKv {
             None => Ok(0),
             Some(p) => decode_decimal(&key, &p.value),
         }
+    }
+
+    /// Every `<node>/process_restarts/<fid>` of a node. Entries whose key
+    /// or count does not parse are left out, named in the second list.
+    pub async fn all_process_restarts(
+        &self,
+        node: &str,
+    ) -> Result<(BTreeMap<FidText, u64>, Vec<String>)> {
+        let prefix = keys::process_restarts_prefix(node)?;
+        let listed = self.client.kv_list(&prefix).await?.value;
+        let mut counts = BTreeMap::new();
+        let mut bad = Vec::new();
+        for p in &listed {
+            let fid = p
+                .key
+                .strip_prefix(&prefix)
+                .and_then(|f| FidText::parse(f).ok());
+            match (fid, decode_decimal(&p.key, &p.value)) {
+                (Some(fid), Ok(n)) => {
+                    counts.insert(fid, n);
+                }
+                _ => bad.push(p.key.clone()),
+            }
+        }
+        Ok((counts, bad))
     }
 
     /// Writes `<node>/process_restarts/<fid>` as a JSON string (`"2"`).

@@ -29,7 +29,9 @@
 //! between the requests of a kept-alive connection: a slow or idle client
 //! cannot hold the server's descriptors.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -146,6 +148,7 @@ impl Default for ServerConfig {
 pub struct AppState {
     updates: mpsc::Sender<WatchUpdate>,
     config: Arc<ServerConfig>,
+    bq_floor: Option<Arc<AtomicU64>>,
 }
 
 impl AppState {
@@ -154,7 +157,18 @@ impl AppState {
         AppState {
             updates,
             config: Arc::new(config),
+            bq_floor: None,
         }
+    }
+
+    /// Drops the BQ route's entries at or below the epoch `floor` holds
+    /// before decoding them ([`decode_bq_payload_above`]). A watch delivers
+    /// the whole queue every time and entries are never deleted, so without
+    /// it every delivery decodes every entry ever published; the consumer
+    /// raises `floor` as it commits its offset.
+    pub fn with_bq_floor(mut self, floor: Arc<AtomicU64>) -> Self {
+        self.bq_floor = Some(floor);
+        self
     }
 }
 
@@ -258,6 +272,68 @@ pub fn decode_bq_payload(body: &[u8]) -> Result<Vec<QueueEntry>, PayloadError> {
         }
     }
     Ok(QueueEntry::from_pairs(QueueKind::Broadcast, &pairs))
+}
+
+/// A BQ payload entry, its strings borrowed from the body until it is known
+/// to be above the floor.
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct BorrowedPair<'a> {
+    #[serde(borrow)]
+    key: Cow<'a, str>,
+    #[serde(default, borrow)]
+    value: Option<Cow<'a, str>>,
+    #[serde(default)]
+    flags: u64,
+    #[serde(default)]
+    create_index: u64,
+    #[serde(default)]
+    modify_index: u64,
+    #[serde(default)]
+    lock_index: u64,
+    #[serde(default)]
+    session: Option<String>,
+}
+
+/// [`decode_bq_payload`] of the entries above epoch `floor` only: the
+/// others are skipped before their values are decoded.
+pub fn decode_bq_payload_above(body: &[u8], floor: u64) -> Result<Vec<QueueEntry>, PayloadError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Vec::new());
+    }
+    // One pass (the strings stay in the body), broken JSON and a JSON of
+    // the wrong shape still told apart.
+    let pairs: Option<Vec<BorrowedPair<'_>>> = serde_json::from_slice(body).map_err(|e| {
+        let kind = match e.classify() {
+            serde_json::error::Category::Data => "shape",
+            _ => "json",
+        };
+        PayloadError::new(kind, e.to_string())
+    })?;
+    let above: Vec<RawKvPair> = pairs
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| match QueueKind::Broadcast.parse_entry_key(&p.key) {
+            Some(epoch) => epoch > floor,
+            None => {
+                tracing::warn!(key = %p.key, "ignoring a key under bq/ that is not an entry");
+                false
+            }
+        })
+        .map(|p| RawKvPair {
+            key: p.key.into_owned(),
+            value: p.value.map(Cow::into_owned),
+            flags: p.flags,
+            create_index: p.create_index,
+            modify_index: p.modify_index,
+            lock_index: p.lock_index,
+            session: p.session,
+        })
+        .collect();
+    Ok(QueueEntry::from_pairs(
+        QueueKind::Broadcast,
+        &decode_pairs(above)?,
+    ))
 }
 
 fn process_update(entry_key: &str, value: Option<&[u8]>) -> Result<UpdateData, PayloadError> {
@@ -414,7 +490,11 @@ async fn post_bq(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<StatusCode, ApiError> {
     let body = body_or_error(body)?;
-    let entries = decode_bq_payload(&body).map_err(ApiError::bad_payload)?;
+    let floor = state
+        .bq_floor
+        .as_ref()
+        .map_or(0, |f| f.load(std::sync::atomic::Ordering::Acquire));
+    let entries = decode_bq_payload_above(&body, floor).map_err(ApiError::bad_payload)?;
     enqueue(&state, "bq", UpdateData::BroadcastQueue(entries)).await
 }
 
