@@ -201,6 +201,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
     // The broadcast queue consumer of this node.
     let (sns_tx, sns_rx) = mpsc::channel(64);
     let bq_inbox = bq::BqInbox::new();
+    let bq_floor = bq_inbox.committed();
     let consumer = bq::consumer(client.clone(), &id.node)
         .map_err(|e| AppError::Config(format!("broadcast queue: {e}")))?;
     let processor = Arc::new(BqProcessor::new(
@@ -313,7 +314,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
     let writer_metrics = writer.metrics();
     let bq_metrics = processor_metrics;
     let event_metrics = pipeline.metrics();
-    let router = server::router(AppState::new(updates_tx.clone(), server_cfg))
+    let app_state = AppState::new(updates_tx.clone(), server_cfg).with_bq_floor(bq_floor);
+    let router = server::router(app_state)
         .route(
             "/metrics",
             get(move || {

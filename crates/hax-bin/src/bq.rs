@@ -473,7 +473,7 @@ pub struct BqInbox {
     pending: Mutex<Option<BqTrigger>>,
     wake: Notify,
     /// The last offset the consumer committed (0: none known yet).
-    committed: AtomicU64,
+    committed: Arc<AtomicU64>,
 }
 
 impl BqInbox {
@@ -500,6 +500,12 @@ impl BqInbox {
             });
         }
         self.wake.notify_one();
+    }
+
+    /// The last offset the consumer committed, as it moves (for the watch
+    /// server, to skip what is done before decoding it).
+    pub fn committed(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.committed)
     }
 
     /// Whether a trigger waits for the consumer.

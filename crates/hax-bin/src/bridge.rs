@@ -1,15 +1,16 @@
 //! The Motr side of the daemon: the [`Callbacks`] that Motr's threads call.
 //! Nothing here waits: answers that hax knows from memory (entrypoint replies
 //! from the configuration snapshot, NVEC GET states, keepalives) are given at
-//! once; everything that needs Consul is copied into a [`MotrEvent`] and
-//! queued for the event pipeline, which delivers the message once it is
-//! durable.
+//! once, and messages that ask for nothing (service events, ...) are
+//! delivered at once; everything that needs Consul is copied into a
+//! [`MotrEvent`] and queued for the event pipeline, which delivers the
+//! message once it is durable.
 
 use std::collections::VecDeque;
 use std::num::NonZeroI32;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hax_core::{
     Callbacks, Ctx, Delivery, EntrypointReply, EntrypointRequest, EntrypointResponder, Fid, HaMsg,
@@ -124,17 +125,20 @@ impl Bridge {
         req: EntrypointRequest,
         reply: EntrypointResponder,
         config: Arc<EntrypointReply>,
+        received: Instant,
     ) {
         if req.first_request && req.process_fid != self.hax_fid {
             self.queue(MotrEvent::FirstRequest {
                 req,
                 reply: (*config).clone(),
                 responder: reply,
+                received,
             });
             return;
         }
         match reply.accept_now(cx, &config) {
             Ok(()) => {
+                self.metrics.entrypoint_reply.observe(received.elapsed());
                 self.metrics
                     .entrypoint_accepted
                     .fetch_add(1, Ordering::Relaxed);
@@ -146,6 +150,7 @@ impl Bridge {
 
 impl Callbacks for Bridge {
     fn entrypoint_request(&self, cx: &Ctx<'_>, req: EntrypointRequest, reply: EntrypointResponder) {
+        let received = Instant::now();
         self.metrics
             .entrypoint_requests
             .fetch_add(1, Ordering::Relaxed);
@@ -159,7 +164,7 @@ impl Callbacks for Bridge {
         }
         let config = self.entrypoint.borrow().clone();
         match config {
-            Some(config) => self.answer_entrypoint(cx, req, reply, config),
+            Some(config) => self.answer_entrypoint(cx, req, reply, config, received),
             None => {
                 // Wait for the configuration off Motr's thread, then answer
                 // through the call thread; refuse if it does not come.
@@ -178,6 +183,7 @@ impl Callbacks for Bridge {
                                 req,
                                 reply: (*config).clone(),
                                 responder: reply,
+                                received,
                             };
                             let _ = events.send(ev).await;
                         }
@@ -207,13 +213,14 @@ impl Callbacks for Bridge {
                 event,
                 delivery,
             }),
-            HaMsgData::ServiceEvent(event) => self.queue(MotrEvent::Service {
-                link,
-                fid,
-                source_process: msg.source_process,
-                event,
-                delivery,
-            }),
+            HaMsgData::ServiceEvent(event) => {
+                // Nothing to record (the original ignores them): delivered
+                // at once, ahead of earlier messages of the link still
+                // waiting for Consul, which Motr allows (it confirms the
+                // delivered prefix).
+                tracing::debug!(%link, service = %fid, process = %msg.source_process, event = %event.event, kind = %event.service_type, "service event");
+                deliver(cx, delivery);
+            }
             HaMsgData::StobIoq(error) => self.queue(MotrEvent::StobIoq {
                 link,
                 fid,

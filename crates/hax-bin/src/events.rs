@@ -22,6 +22,7 @@
 //! fills the pipeline's bounded input: what the Motr side does then is its
 //! own policy (it never blocks).
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::num::NonZeroI32;
 use std::pin::Pin;
@@ -47,7 +48,7 @@ use crate::model::{
     EntrypointReply, EntrypointRequest, EntrypointResponder, HaUpdate, MotrEvent, ObjHealth,
     StobIoqError,
 };
-use crate::view::fid_text;
+use crate::view::{fid_of, fid_text};
 use crate::writer::{Ack, AckWaiter, KvWriter, WriteError, WriteOp};
 
 // ---------------------------------------------------------------------------
@@ -417,6 +418,8 @@ pub struct EventMetrics {
     pub first_requests_accepted: AtomicU64,
     /// First entrypoint requests refused because Consul did not answer.
     pub first_requests_refused: AtomicU64,
+    /// From a first entrypoint request to its reply handed to Motr.
+    pub first_request_reply: crate::metrics::Latency,
     /// Broadcasts that could not be handed to Motr.
     pub broadcast_failures: AtomicU64,
     /// Writes refused (invalid or writer closed).
@@ -455,6 +458,8 @@ struct Inner<B, C> {
     cluster: Arc<C>,
     config: EventsConfig,
     metrics: Arc<EventMetrics>,
+    /// The node's restart counts once read, as this hax has bumped them.
+    restart_counts: tokio::sync::Mutex<Option<HashMap<Fid, u64>>>,
 }
 
 impl<B: Broadcast, C: ClusterFacts> EventPipeline<B, C> {
@@ -474,6 +479,7 @@ impl<B: Broadcast, C: ClusterFacts> EventPipeline<B, C> {
                 cluster,
                 config,
                 metrics: Arc::new(EventMetrics::default()),
+                restart_counts: tokio::sync::Mutex::new(None),
             }),
         }
     }
@@ -579,7 +585,8 @@ impl<B: Broadcast, C: ClusterFacts> EventPipeline<B, C> {
                 req,
                 reply,
                 responder,
-            } => self.on_first_request(req, reply, responder).await,
+                received,
+            } => self.on_first_request(req, reply, responder, received).await,
         }
     }
 
@@ -718,22 +725,45 @@ impl<B: Broadcast, C: ClusterFacts> EventPipeline<B, C> {
         }
     }
 
-    async fn restart_count(&self, node: &str, fid: Fid, deadline: Instant) -> Option<u64> {
+    /// The restart count of `fid` before this start, counting this start
+    /// in memory at once. The counts of the node are read from Consul at
+    /// the first need (retried until `deadline`), then kept: this hax is the
+    /// only writer of its node's counts, and every count it reads it writes
+    /// back bumped. `None` if Consul could not be read in time.
+    async fn next_restart_count(&self, node: &str, fid: Fid, deadline: Instant) -> Option<u64> {
+        let mut counts = self.inner.restart_counts.lock().await;
+        if counts.is_none() {
+            *counts = Some(self.load_restart_counts(node, deadline).await?);
+        }
+        let counts = counts.as_mut()?;
+        let count = counts.entry(fid).or_insert(0);
+        let before = *count;
+        *count += 1;
+        Some(before)
+    }
+
+    async fn load_restart_counts(
+        &self,
+        node: &str,
+        deadline: Instant,
+    ) -> Option<HashMap<Fid, u64>> {
         let mut pause = Duration::from_millis(50);
         loop {
-            match self.inner.kv.process_restarts(node, fid_text(fid)).await {
-                Ok(n) => return Some(n),
-                Err(SchemaError::Consul(e)) if e.is_retryable() => {
-                    tracing::debug!(error = %e, "restart count not read yet");
+            match self.inner.kv.all_process_restarts(node).await {
+                Ok((counts, bad)) => {
+                    for key in bad {
+                        // A count that cannot be read counts as none: the
+                        // process is taken as starting, and the key repaired.
+                        tracing::warn!(%key, "restart count unreadable; counting from 0");
+                    }
+                    tracing::debug!(processes = counts.len(), "restart counts read");
+                    return Some(counts.into_iter().map(|(f, n)| (fid_of(f), n)).collect());
                 }
-                Err(e @ SchemaError::BadValue { .. }) => {
-                    // A count that cannot be read counts as none: the
-                    // process is taken as starting, and the key repaired.
-                    tracing::warn!(error = %e, "restart count unreadable; counting from 0");
-                    return Some(0);
+                Err(SchemaError::Consul(e)) if e.is_retryable() => {
+                    tracing::debug!(error = %e, "restart counts not read yet");
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "restart count cannot be read");
+                    tracing::error!(error = %e, "restart counts cannot be read");
                     return None;
                 }
             }
@@ -747,19 +777,32 @@ impl<B: Broadcast, C: ClusterFacts> EventPipeline<B, C> {
 
     /// A first entrypoint request: restart detection, then the reply (or
     /// EAGAIN when Consul cannot be read, so that the process asks again).
+    /// The count is read and the bookkeeping submitted here, in the lane;
+    /// the wait for it to be durable (and, on a restart, for the FAILED
+    /// broadcast) happens off the lane, so that other processes' events and
+    /// requests go on meanwhile.
     pub async fn on_first_request(
         &self,
         req: EntrypointRequest,
         reply: EntrypointReply,
         responder: EntrypointResponder,
+        received: std::time::Instant,
     ) {
         match self
-            .restart_check(req.process_fid, &req.remote_endpoint)
+            .restart_begin(req.process_fid, &req.remote_endpoint)
             .await
         {
-            Ok(_) => {
-                inc(&self.inner.metrics.first_requests_accepted);
-                responder.accept(reply);
+            Ok(begun) => {
+                let this = self.clone();
+                tokio::spawn(async move {
+                    this.restart_finish(begun).await;
+                    inc(&this.inner.metrics.first_requests_accepted);
+                    responder.accept(reply);
+                    this.inner
+                        .metrics
+                        .first_request_reply
+                        .observe(received.elapsed());
+                });
             }
             Err(e) => {
                 inc(&self.inner.metrics.first_requests_refused);
@@ -779,12 +822,22 @@ impl<B: Broadcast, C: ClusterFacts> EventPipeline<B, C> {
         fid: Fid,
         endpoint: &str,
     ) -> Result<RestartCheck, ConsulUnavailable> {
+        let begun = self.restart_begin(fid, endpoint).await?;
+        Ok(self.restart_finish(begun).await)
+    }
+
+    /// The count, and the writes of restart detection submitted in order.
+    async fn restart_begin(
+        &self,
+        fid: Fid,
+        endpoint: &str,
+    ) -> Result<RestartBegun, ConsulUnavailable> {
         let inner = &self.inner;
         inc(&inner.metrics.first_requests);
         let node = inner.cluster.local_node();
         let deadline = Instant::now() + inner.config.consul_wait;
         let count = self
-            .restart_count(&node, fid, deadline)
+            .next_restart_count(&node, fid, deadline)
             .await
             .ok_or(ConsulUnavailable)?;
         // 0: first start ever; 1: the m0d start after m0mkfs (same fid);
@@ -820,6 +873,27 @@ impl<B: Broadcast, C: ClusterFacts> EventPipeline<B, C> {
             }
             Err(e) => tracing::error!(error = %e, "restart count not written"),
         }
+        Ok(RestartBegun {
+            fid,
+            endpoint: endpoint.to_owned(),
+            count,
+            restarted,
+            waiting,
+            deadline,
+        })
+    }
+
+    /// Waits (bounded) for the bookkeeping to be durable, then on a restart
+    /// broadcasts FAILED to the others and waits (bounded) for it.
+    async fn restart_finish(&self, begun: RestartBegun) -> RestartCheck {
+        let RestartBegun {
+            fid,
+            endpoint,
+            count,
+            restarted,
+            waiting,
+            deadline,
+        } = begun;
         for w in waiting {
             match tokio::time::timeout_at(deadline, w).await {
                 Ok(Ok(())) => {}
@@ -847,7 +921,7 @@ impl<B: Broadcast, C: ClusterFacts> EventPipeline<B, C> {
             {
                 // Not delivered is no reason to hold the process back.
                 let report = sent
-                    .wait_all(Instant::now() + inner.config.restart_delivery_wait)
+                    .wait_all(Instant::now() + self.inner.config.restart_delivery_wait)
                     .await;
                 tracing::info!(process = %fid, delivered = report.delivered, not_delivered = report.not_delivered, pending = report.pending, "FAILED broadcast of a restarted process");
                 delivery = Some(report);
@@ -855,12 +929,22 @@ impl<B: Broadcast, C: ClusterFacts> EventPipeline<B, C> {
         } else {
             tracing::debug!(process = %fid, %endpoint, restarts = count, "first entrypoint request");
         }
-        Ok(RestartCheck {
+        RestartCheck {
             count,
             restarted,
             delivery,
-        })
+        }
     }
+}
+
+/// Restart detection under way: the count read, the writes submitted.
+struct RestartBegun {
+    fid: Fid,
+    endpoint: String,
+    count: u64,
+    restarted: bool,
+    waiting: Vec<AckWaiter>,
+    deadline: Instant,
 }
 
 /// What restart detection found.
@@ -1338,6 +1422,7 @@ mod tests {
                 req,
                 reply,
                 responder,
+                received: std::time::Instant::now(),
             });
         }
 

@@ -24,6 +24,59 @@ pub const MSG_TYPES: [&str; 12] = [
     "sns_err",
 ];
 
+/// Upper bounds of the latency histograms' buckets, µs.
+pub const LATENCY_BOUNDS_US: [u64; 12] = [
+    25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 100_000, 1_000_000,
+];
+
+/// A latency histogram in fixed buckets ([`LATENCY_BOUNDS_US`]).
+#[derive(Debug, Default)]
+pub struct Latency {
+    /// Observations per bucket (not cumulative); the last is above every
+    /// bound.
+    pub buckets: [AtomicU64; 13],
+    /// Sum of the observations, µs.
+    pub sum_us: AtomicU64,
+}
+
+impl Latency {
+    /// Records one observation.
+    pub fn observe(&self, d: std::time::Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let i = LATENCY_BOUNDS_US
+            .iter()
+            .position(|b| us <= *b)
+            .unwrap_or(LATENCY_BOUNDS_US.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// The Prometheus histogram lines (`_bucket`, `_sum`, `_count`) of
+    /// `name` with `labels` (`k="v"` pairs, comma separated, or empty).
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let mut cumulative = 0;
+        for (i, b) in self.buckets.iter().enumerate() {
+            cumulative += b.load(Ordering::Relaxed);
+            let le = LATENCY_BOUNDS_US
+                .get(i)
+                .map_or("+Inf".to_owned(), |us| format!("{}", *us as f64 / 1e6));
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum{braces} {sum:.6}");
+        let _ = writeln!(out, "{name}_count{braces} {cumulative}");
+    }
+}
+
 /// The daemon's metrics.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -39,6 +92,9 @@ pub struct Metrics {
     pub entrypoint_accepted: AtomicU64,
     /// Entrypoint requests refused (configuration not ready).
     pub entrypoint_refused: AtomicU64,
+    /// Entrypoint requests answered from memory: from the request to the
+    /// reply handed to Motr.
+    pub entrypoint_reply: Latency,
     /// Messages received, by type (index in [`MSG_TYPES`]).
     pub received: [AtomicU64; 12],
     /// Messages sent, by type.
@@ -165,6 +221,23 @@ impl Metrics {
             "Longest time from submission to commit of a Consul write.",
             format!("{:.6}", g(&writer.latency_us_max) as f64 / 1e6),
         );
+        let _ = writeln!(
+            out,
+            "# HELP hax_entrypoint_reply_seconds From an entrypoint request to its reply handed to Motr: `first` requests wait for restart detection (its Consul writes), `memory` ones are answered at once.\n# TYPE hax_entrypoint_reply_seconds histogram"
+        );
+        events.first_request_reply.render(
+            &mut out,
+            "hax_entrypoint_reply_seconds",
+            "kind=\"first\"",
+        );
+        self.entrypoint_reply
+            .render(&mut out, "hax_entrypoint_reply_seconds", "kind=\"memory\"");
+        let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        };
         metric(
             "hax_bq_offset",
             "gauge",
@@ -332,6 +405,33 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn latencies_render_as_a_cumulative_histogram() {
+        let l = Latency::default();
+        for us in [10, 30, 30, 700, 2_000_000] {
+            l.observe(std::time::Duration::from_micros(us));
+        }
+        let mut out = String::new();
+        l.render(&mut out, "x_seconds", "kind=\"a\"");
+        let line = |le: &str| {
+            out.lines()
+                .find(|l| l.starts_with(&format!("x_seconds_bucket{{kind=\"a\",le=\"{le}\"}} ")))
+                .and_then(|l| l.rsplit(' ').next())
+                .map(str::to_owned)
+        };
+        assert_eq!(line("0.000025").as_deref(), Some("1"));
+        assert_eq!(line("0.00005").as_deref(), Some("3"));
+        assert_eq!(line("0.0005").as_deref(), Some("3"));
+        assert_eq!(line("0.001").as_deref(), Some("4"));
+        assert_eq!(line("1").as_deref(), Some("4"));
+        assert_eq!(line("+Inf").as_deref(), Some("5"));
+        assert!(out.contains("x_seconds_count{kind=\"a\"} 5\n"), "{out}");
+        assert!(
+            out.contains("x_seconds_sum{kind=\"a\"} 2.000770\n"),
+            "{out}"
+        );
+    }
 
     #[test]
     fn renders_counters_with_labels() {

@@ -148,6 +148,8 @@ pub enum MotrEvent {
         reply: EntrypointReply,
         /// Answer it.
         responder: EntrypointResponder,
+        /// When Motr handed the request over.
+        received: std::time::Instant,
     },
 }
 
