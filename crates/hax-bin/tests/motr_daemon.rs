@@ -29,7 +29,7 @@ use hax_consul::schema::{
 };
 use hax_consul::ConsulClient;
 use hax_core::Fid;
-use motr_support::tools;
+use motr_support::{m0_common_args, tools};
 
 #[path = "../../hax-core/tests/motr_support/mod.rs"]
 mod motr_support;
@@ -367,31 +367,8 @@ fn conf_xc(s: &Sample, hax_ep: &str) -> String {
 
 /// m0d / m0mkfs arguments for process `fid` in `dir`.
 fn m0_args(dir: &Path, ep: &str, fid: Fid, conf: Option<&Path>, ha: Option<&str>) -> Vec<String> {
-    let d = dir.display();
-    let mut v: Vec<String> = vec![
-        "-D".into(),
-        format!("{d}/db"),
-        "-T".into(),
-        "AD".into(),
-        "-S".into(),
-        format!("{d}/stobs"),
-        "-A".into(),
-        format!("linuxstob:{d}/addb-stobs"),
-        "-e".into(),
-        format!("sock:{ep}"),
-        "-m".into(),
-        "163840".into(),
-        "-q".into(),
-        "2".into(),
-        "-w".into(),
-        "1".into(),
-        // No network buffers for the I/O service: with SOCK's unlimited
-        // segment sizes it would zero-fill ~16 GiB at start (docs/motr.md).
-        "-E".into(),
-        "0".into(),
-        "-f".into(),
-        format!("<{:#x}:{:#x}>", fid.container, fid.key),
-    ];
+    let mut v = m0_common_args(dir, ep, fid);
+    v.extend(["-w".into(), "1".into()]);
     if let Some(c) = conf {
         v.extend(["-c".into(), c.display().to_string()]);
     }

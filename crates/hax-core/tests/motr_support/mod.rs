@@ -147,6 +147,24 @@ pub fn conf(ep: &str, sns: bool) -> String {
 
 /// Arguments of `m0mkfs` and of `m0d` (add `-H <ha>`) for [`PROCESS`].
 pub fn m0_args(dir: &Path, ep: &str) -> Vec<String> {
+    let mut v = m0_common_args(dir, ep, PROCESS);
+    v.extend([
+        "-c".into(),
+        format!("{}/conf.xc", dir.display()),
+        "-w".into(),
+        "3".into(),
+        // No network buffers for SNS either (see below): its pools are sized
+        // when repair or rebalance starts.
+        "-J".into(),
+        "0".into(),
+    ]);
+    v
+}
+
+/// What every `m0mkfs` and `m0d` of these tests is given: process `fid`
+/// with its storage in `dir`, listening on `ep` (SOCK), no I/O network
+/// buffers.
+pub fn m0_common_args(dir: &Path, ep: &str, fid: Fid) -> Vec<String> {
     let d = dir.display();
     vec![
         "-D".into(),
@@ -163,21 +181,15 @@ pub fn m0_args(dir: &Path, ep: &str) -> Vec<String> {
         "163840".into(),
         "-q".into(),
         "2".into(),
-        "-c".into(),
-        format!("{d}/conf.xc"),
-        "-w".into(),
-        "3".into(),
-        // No network buffers for the I/O service nor for SNS: Motr's SOCK
-        // transport reports no limit on buffer segments (INT32_MAX / 2 of
-        // unlimited size), and both pools size each buffer by those limits
-        // (the I/O service at start, SNS when repair or rebalance starts):
-        // ~16 GiB of zero-filled segment tables, then a failed allocation.
+        // No network buffers for the I/O service: Motr's SOCK transport
+        // reports no limit on buffer segments (INT32_MAX / 2 of unlimited
+        // size), and the pool sizes each buffer by those limits: ~16 GiB of
+        // zero-filled segment tables, then a failed allocation
+        // (docs/motr.md).
         "-E".into(),
         "0".into(),
-        "-J".into(),
-        "0".into(),
         "-f".into(),
-        format!("<{:#x}:{:#x}>", PROCESS.container, PROCESS.key),
+        format!("<{:#x}:{:#x}>", fid.container, fid.key),
     ]
 }
 
