@@ -16,9 +16,9 @@ use crate::callbacks::Callbacks;
 use crate::ctx::{Ctx, Outcome, Shared};
 use crate::entrypoint::{EntrypointRequest, LinkInfo};
 use crate::msg::{HaMsgData, LinkId, NvecKind, Tag};
-use crate::state::ProcessEventKind;
 use crate::raw;
 use crate::reply::{Delivery, Disconnect, EntrypointResponder, FailvecRequest, NvecGet};
+use crate::state::ProcessEventKind;
 use crate::thread::MotrThread;
 
 /// What the C side's `user` pointer points to.

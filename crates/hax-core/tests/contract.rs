@@ -333,7 +333,10 @@ async fn a_process_that_reports_stopped_gets_no_more_broadcasts() {
         .unwrap();
     c.wait_confirmed(t, T).await.unwrap();
     let active = halon.handle().active_links();
-    assert!([la, lb, lc].iter().all(|l| active.contains(l)), "{active:?}");
+    assert!(
+        [la, lb, lc].iter().all(|l| active.contains(l)),
+        "{active:?}"
+    );
     // a reports its own STOPPED.
     let t = a
         .send_process_event(hax_core::ProcessEventKind::Stopped)
