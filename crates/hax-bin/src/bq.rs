@@ -143,7 +143,10 @@ impl Default for BqConfig {
             resync_every: Duration::from_secs(60),
             retry_after: Duration::from_secs(1),
             delivery_wait: Duration::from_secs(30),
-            commit_batch: 64,
+            // Entries that told Motr nothing commit with the next that did
+            // or at the end of a round; the bound only caps what a crash
+            // hands again (and a round's writes, 64 operations a commit).
+            commit_batch: 1024,
         }
     }
 }
@@ -319,7 +322,11 @@ impl<B: Broadcast, C: ClusterFacts> BqProcessor<B, C> {
             Ok(t) => t,
             Err(e) => return self.skip(entry, &e.to_string()),
         };
-        tracing::info!(key = %entry.key, kind = %message.message_type, "BQ message");
+        // Every process event of this node comes back through the queue:
+        // those are logged where something is done with them.
+        if !matches!(typed, BroadcastMessage::ProcessStateUpdate(_)) {
+            tracing::info!(key = %entry.key, kind = %message.message_type, "BQ message");
+        }
         match typed {
             BroadcastMessage::ProcessStateUpdate(u) => self.on_process_update(entry, u).await,
             BroadcastMessage::DeviceState(d) => self.on_device_state(entry, &d).await,
@@ -357,6 +364,7 @@ impl<B: Broadcast, C: ClusterFacts> BqProcessor<B, C> {
             return Ok(Handled::default());
         }
         let health = update_health(u.state);
+        tracing::info!(key = %entry.key, process = %fid, state = ?u.state, "BQ process update of another node");
         inc(&self.metrics.process_updates);
         // The process' own node (or the RC) keeps the configuration tree:
         // this is only the Motr broadcast.
