@@ -24,6 +24,7 @@
 //! | `LOAD_EVENT_SECS` | 3 | seconds of the paced run |
 //! | `LOAD_EVENT_CYCLE` | `starting,started,dtm_recovered` | the events each peer sends, repeated |
 //! | `LOAD_METRICS` | unset | `1`: print hax's `/metrics` after each phase to stderr |
+//! | `LOAD_GLIBC_DEFAULTS` | unset | `1`: run hax with glibc's malloc defaults, not the `Environment=` of `dist/hax.service` |
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -294,8 +295,10 @@ fn hist_quantile(before: &Metrics, after: &Metrics, name: &str, kind: &str, q: f
     (bound, n)
 }
 
-fn bound_ms(s: f64) -> String {
-    if s.is_infinite() {
+fn bound_ms(s: f64, n: u64) -> String {
+    if n == 0 {
+        "not reported by this hax".into()
+    } else if s.is_infinite() {
         "> 1 s".into()
     } else {
         format!("<= {} ms", s * 1e3)
@@ -317,8 +320,28 @@ fn set_hax_bin() {
     std::env::set_var("HAX_BIN", &bin);
 }
 
+/// The `Environment=` settings of the systemd unit, so that hax runs here
+/// as it is deployed (they are read by glibc when hax starts).
+fn unit_environment() -> Vec<(String, String)> {
+    let unit = concat!(env!("CARGO_MANIFEST_DIR"), "/../dist/hax.service");
+    let text = std::fs::read_to_string(unit).unwrap_or_else(|e| panic!("{unit}: {e}"));
+    text.lines()
+        .filter_map(|l| l.strip_prefix("Environment="))
+        .flat_map(str::split_whitespace)
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
 fn main() {
     set_hax_bin();
+    if std::env::var_os("LOAD_GLIBC_DEFAULTS").is_none() {
+        for (k, v) in unit_environment() {
+            if std::env::var_os(&k).is_none() {
+                std::env::set_var(k, v);
+            }
+        }
+    }
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -582,7 +605,7 @@ async fn run() {
             us(ep_p99),
             us(quantile(&ep_lat, 1.0)),
             ms(all_up),
-            bound_ms(in_hax)
+            bound_ms(in_hax, n)
         ),
         "p99 <= 1 ms",
         Some(ep_p99 <= Duration::from_millis(1)),
@@ -628,7 +651,7 @@ async fn run() {
             us(again_p99),
             us(quantile(&again, 1.0)),
             ms(all_again),
-            bound_ms(in_hax)
+            bound_ms(in_hax, n)
         ),
         "p99 <= 1 ms",
         Some(again_p99 <= Duration::from_millis(1)),
@@ -1019,11 +1042,20 @@ async fn run() {
             r.measure, r.params, r.result, r.target
         );
     }
+    let malloc: Vec<String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("MALLOC_"))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
     println!(
-        "\nhax: {}; {} CPUs; load average before {load_before}, after {}",
+        "\nhax: {}; {} CPUs; load average before {load_before}, after {}; malloc settings: {}",
         bin.display(),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
-        loadavg()
+        loadavg(),
+        if malloc.is_empty() {
+            "glibc defaults".to_owned()
+        } else {
+            malloc.join(" ")
+        }
     );
     for p in peers.iter() {
         p.close();
