@@ -18,9 +18,13 @@
 //! Events are spread over lanes by object (process fid, the link for NVEC
 //! SETs); a lane handles its events one at a time in arrival order, so the
 //! events of one process keep their order while different processes
-//! proceed concurrently. A lane waits when the writer has no room, which
-//! fills the pipeline's bounded input: what the Motr side does then is its
-//! own policy (it never blocks).
+//! proceed concurrently. Handling an event orders its broadcast and submits
+//! its writes, in that order; the lane does not wait for either to finish
+//! (the message's delivery does), so the broadcasts and writes of one
+//! process's events keep the events' order. The lanes hold a bounded number
+//! of events in all; a lane waits when the writer has no room, and then the
+//! pipeline's bounded input fills: what the Motr side does then is its own
+//! policy (it never blocks).
 
 use std::collections::HashMap;
 use std::future::Future;
