@@ -48,6 +48,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::broadcast::SentOutcome;
+use crate::civil::CivilTime;
 use crate::model::{
     EntrypointReply, EntrypointRequest, EntrypointResponder, HaUpdate, MotrEvent, ObjHealth,
     StobIoqError,
@@ -322,25 +323,10 @@ pub fn timestamp_now() -> String {
 }
 
 fn format_timestamp(since_epoch: Duration) -> String {
-    let secs = since_epoch.as_secs();
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let t = CivilTime::from_epoch(since_epoch);
     format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{:06}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        since_epoch.subsec_micros()
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:06}",
+        t.year, t.month, t.day, t.hour, t.minute, t.second, t.micros
     )
 }
 
