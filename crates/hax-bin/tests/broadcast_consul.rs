@@ -9,37 +9,18 @@ use hax_bin::broadcast::{wait_for_outcomes, BroadcastOptions, Broadcaster};
 use hax_bin::health::{commit_process_failure, plan_process_failure};
 use hax_bin::model::{HaUpdate, ObjHealth};
 use hax_bin::view::sample::{self, Sample};
-use hax_bin::view::{fid_text, ClusterState, ClusterView, ViewConfig};
+use hax_bin::view::{fid_text, ClusterView, ViewConfig};
 use hax_bin::writer::{KvWriter, WriterConfig};
-use hax_consul::catalog::{CheckRegistration, CheckStatus, ServiceRegistration};
+use hax_consul::catalog::CheckStatus;
 use hax_consul::dev_agent::DevAgent;
-use hax_consul::schema::{
-    keys, ConfKey, ConfValue, HaxKv, ProcessState, ProcessType, QueueKind, QueueMessage,
-};
-use hax_consul::ConsulClient;
-use hax_core::{
-    Callbacks, Ctx, EntrypointReply, EntrypointRequest, EntrypointResponder, Fid, HaState, Halon,
-    HalonConfig,
-};
+use hax_consul::schema::{HaxKv, ProcessState, ProcessType, QueueKind, QueueMessage};
+use hax_core::{HaState, Halon, HalonConfig};
 use tokio_util::sync::CancellationToken;
 
+mod support;
+use support::{check_id, kv_state, load_sample, Hax};
+
 const T: Duration = Duration::from_secs(20);
-
-struct Hax;
-
-impl Callbacks for Hax {
-    fn entrypoint_request(&self, cx: &Ctx<'_>, req: EntrypointRequest, reply: EntrypointResponder) {
-        let rep = EntrypointReply {
-            quorum: 1,
-            rm_fid: Sample::RMS_HAX1,
-            rm_endpoint: req.remote_endpoint,
-            ..Default::default()
-        };
-        if let Err(e) = reply.accept_now(cx, &rep) {
-            panic!("entrypoint reply: {e}");
-        }
-    }
-}
 
 fn start_halon() -> Halon<Hax> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -54,80 +35,17 @@ fn start_halon() -> Halon<Hax> {
         debug_options: "emu-stop-timeout-ms=2000".into(),
         node_uuid: None,
     };
-    Halon::start(cfg, Hax).expect("halon starts")
-}
-
-/// The sample as cfgen and hare's bootstrap leave it, seen from node 1
-/// whose Consul node is the agent's.
-async fn load_sample(agent: &DevAgent, c: &ConsulClient) {
-    for (key, value) in sample::conf_entries() {
-        c.kv_put(&key, value).await.expect("conf entry");
-    }
-    let kv = HaxKv::new(c.clone());
-    for (fid, status) in sample::process_statuses() {
-        kv.put_process_status(fid, status)
-            .await
-            .expect("process status");
-    }
-    kv.put_consul_node(Sample::NODE1_NAME, agent.node_name())
-        .await
-        .expect("consul node");
-    c.kv_put(keys::LEADER, Sample::NODE1_NAME)
-        .await
-        .expect("leader");
-    c.kv_put(keys::M0_CLIENT_TYPES, r#"["m0_client_s3"]"#)
-        .await
-        .expect("client types");
-    c.kv_put(QueueKind::Broadcast.epoch_key(), "1")
-        .await
-        .expect("epoch");
-    for (p, name) in [
-        (Sample::HAX1, "hax"),
-        (Sample::CONFD1, "confd"),
-        (Sample::IOS1, "ios"),
-    ] {
-        c.agent_service_register(&ServiceRegistration {
-            id: p.key.to_string(),
-            name: name.into(),
-            address: "127.0.0.1".into(),
-            port: 3000,
-            checks: vec![CheckRegistration {
-                check_id: Some(check_id(p)),
-                name: format!("{name} alive"),
-                ttl: Some("600s".into()),
-                status: Some(CheckStatus::Passing),
-            }],
-            ..ServiceRegistration::default()
-        })
-        .await
-        .expect("service registration");
-    }
-}
-
-fn check_id(p: Fid) -> String {
-    format!("service:{}", p.key)
-}
-
-/// The `state` of a configuration object in Consul.
-async fn kv_state(kv: &HaxKv, st: &ClusterState, f: Fid) -> String {
-    let key = match f.kind() {
-        Some(hax_core::FidType::Process) => st.process_keys(f)[0].clone(),
-        Some(hax_core::FidType::Sdev) => st.sdev_keys(f)[0].clone(),
-        Some(hax_core::FidType::Controller) => st.ctrl_keys(f)[0].clone(),
-        Some(hax_core::FidType::Enclosure) => st.encl_keys(f)[0].clone(),
-        _ => ConfKey::Node { node: fid_text(f) },
-    };
-    match kv.conf_entry(&key).await.expect("read").map(|e| e.value) {
-        Some(ConfValue::Object(o)) => o.state.unwrap_or_default(),
-        other => panic!("{key}: {other:?}"),
-    }
+    Halon::start(cfg, Hax::counting().0).expect("halon starts")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consul_detected_failure_is_recorded_broadcast_and_written() {
     let agent = DevAgent::start().await.expect("consul agent");
     let c = agent.client().expect("client");
-    load_sample(&agent, &c).await;
+    load_sample(&agent, &c, r#"["m0_client_s3"]"#).await;
+    c.kv_put(QueueKind::Broadcast.epoch_key(), "1")
+        .await
+        .expect("epoch");
     let kv = HaxKv::new(c.clone());
 
     let cancel = CancellationToken::new();
@@ -251,7 +169,10 @@ async fn a_consul_detected_failure_is_recorded_broadcast_and_written() {
 async fn writes_planned_on_a_stale_view_are_redone_from_fresh_reads() {
     let agent = DevAgent::start().await.expect("consul agent");
     let c = agent.client().expect("client");
-    load_sample(&agent, &c).await;
+    load_sample(&agent, &c, r#"["m0_client_s3"]"#).await;
+    c.kv_put(QueueKind::Broadcast.epoch_key(), "1")
+        .await
+        .expect("epoch");
     let kv = HaxKv::new(c.clone());
     // A device failed after the view was taken: the view still says
     // M0_NC_UNKNOWN, and its modify indexes are not Consul's.

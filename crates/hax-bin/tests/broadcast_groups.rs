@@ -10,43 +10,19 @@ use hax_bin::broadcast::{wait_for_outcomes, BroadcastOptions, BroadcastReport, B
 use hax_bin::metrics::Metrics;
 use hax_bin::model::{HaUpdate, ObjHealth};
 use hax_bin::view::sample::{self, Sample};
-use hax_bin::view::{fid_text, ClusterState, ClusterView, ViewConfig};
-use hax_consul::catalog::{CheckRegistration, CheckStatus, ServiceRegistration};
+use hax_bin::view::{ClusterView, ViewConfig};
 use hax_consul::dev_agent::DevAgent;
-use hax_consul::schema::{keys, ConfKey, ConfValue, HaxKv};
+use hax_consul::schema::HaxKv;
 use hax_consul::ConsulClient;
-use hax_core::{
-    Callbacks, Ctx, EntrypointReply, EntrypointRequest, EntrypointResponder, Fid, FidType,
-    HaMsgData, HaNote, HaState, Halon, HalonConfig, LinkInfo, NvecKind, Uint128, NOTES_MAX,
-};
+use hax_core::{Fid, FidType, HaMsgData, HaNote, HaState, Halon, HalonConfig, NvecKind, NOTES_MAX};
 use hax_sim::{SimConfig, SimProcess};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+mod support;
+use support::{kv_state, load_sample, Hax};
+
 const T: Duration = Duration::from_secs(20);
-
-/// Accepts every entrypoint request and counts the links made.
-struct Hax {
-    links: watch::Sender<usize>,
-}
-
-impl Callbacks for Hax {
-    fn entrypoint_request(&self, cx: &Ctx<'_>, req: EntrypointRequest, reply: EntrypointResponder) {
-        let rep = EntrypointReply {
-            quorum: 1,
-            rm_fid: Sample::RMS_HAX1,
-            rm_endpoint: req.remote_endpoint,
-            ..Default::default()
-        };
-        if let Err(e) = reply.accept_now(cx, &rep) {
-            panic!("entrypoint reply: {e}");
-        }
-    }
-
-    fn link_connected(&self, _cx: &Ctx<'_>, _req: Uint128, _link: &LinkInfo) {
-        self.links.send_modify(|n| *n += 1);
-    }
-}
 
 /// The halon interface and `peers` connected to it (plus hax's own link).
 async fn start(peers: &[Fid]) -> (Halon<Hax>, Vec<SimProcess>) {
@@ -223,70 +199,11 @@ async fn broadcasts_asked_together_share_messages_in_call_order() {
     stop(halon).await;
 }
 
-/// The sample as cfgen and hare's bootstrap leave it, seen from node 1
-/// whose Consul node is the agent's.
-async fn load_sample(agent: &DevAgent, c: &ConsulClient) {
-    for (key, value) in sample::conf_entries() {
-        c.kv_put(&key, value).await.expect("conf entry");
-    }
-    let kv = HaxKv::new(c.clone());
-    for (fid, status) in sample::process_statuses() {
-        kv.put_process_status(fid, status)
-            .await
-            .expect("process status");
-    }
-    kv.put_consul_node(Sample::NODE1_NAME, agent.node_name())
-        .await
-        .expect("consul node");
-    c.kv_put(keys::LEADER, Sample::NODE1_NAME)
-        .await
-        .expect("leader");
-    c.kv_put(keys::M0_CLIENT_TYPES, "[]")
-        .await
-        .expect("client types");
-    for (p, name) in [
-        (Sample::HAX1, "hax"),
-        (Sample::CONFD1, "confd"),
-        (Sample::IOS1, "ios"),
-    ] {
-        c.agent_service_register(&ServiceRegistration {
-            id: p.key.to_string(),
-            name: name.into(),
-            address: "127.0.0.1".into(),
-            port: 3000,
-            checks: vec![CheckRegistration {
-                check_id: Some(format!("service:{}", p.key)),
-                name: format!("{name} alive"),
-                ttl: Some("600s".into()),
-                status: Some(CheckStatus::Passing),
-            }],
-            ..ServiceRegistration::default()
-        })
-        .await
-        .expect("service registration");
-    }
-}
-
-/// The `state` of a configuration object in Consul.
-async fn kv_state(kv: &HaxKv, st: &ClusterState, f: Fid) -> String {
-    let key = match f.kind() {
-        Some(FidType::Process) => st.process_keys(f)[0].clone(),
-        Some(FidType::Sdev) => st.sdev_keys(f)[0].clone(),
-        Some(FidType::Controller) => st.ctrl_keys(f)[0].clone(),
-        Some(FidType::Enclosure) => st.encl_keys(f)[0].clone(),
-        _ => ConfKey::Node { node: fid_text(f) },
-    };
-    match kv.conf_entry(&key).await.expect("read").map(|e| e.value) {
-        Some(ConfValue::Object(o)) => o.state.unwrap_or_default(),
-        other => panic!("{key}: {other:?}"),
-    }
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn a_group_writes_its_states_in_one_transaction_each_seeing_the_earlier() {
     let agent = DevAgent::start().await.expect("consul agent");
     let c = agent.client().expect("client");
-    load_sample(&agent, &c).await;
+    load_sample(&agent, &c, "[]").await;
     let kv = HaxKv::new(c.clone());
     let cancel = CancellationToken::new();
     let view = ClusterView::spawn(

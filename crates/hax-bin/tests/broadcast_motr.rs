@@ -12,36 +12,15 @@ use hax_bin::view::ClusterView;
 use hax_consul::schema::HaxKv;
 use hax_consul::ConsulClient;
 use hax_core::{
-    Callbacks, Ctx, EntrypointReply, EntrypointRequest, EntrypointResponder, Fid, FidType,
-    HaMsgData, HaNote, HaState, Halon, HalonConfig, LinkId, LinkInfo, NvecKind, Uint128, NOTES_MAX,
+    Fid, FidType, HaMsgData, HaNote, HaState, Halon, HalonConfig, LinkId, NvecKind, NOTES_MAX,
 };
 use hax_sim::{SimConfig, SimProcess};
 use tokio::sync::watch;
 
+mod support;
+use support::Hax;
+
 const T: Duration = Duration::from_secs(15);
-
-/// Accepts every entrypoint request and counts the links made.
-struct Hax {
-    links: watch::Sender<usize>,
-}
-
-impl Callbacks for Hax {
-    fn entrypoint_request(&self, cx: &Ctx<'_>, req: EntrypointRequest, reply: EntrypointResponder) {
-        let rep = EntrypointReply {
-            quorum: 1,
-            rm_fid: Sample::RMS_HAX1,
-            rm_endpoint: req.remote_endpoint,
-            ..Default::default()
-        };
-        if let Err(e) = reply.accept_now(cx, &rep) {
-            panic!("entrypoint reply: {e}");
-        }
-    }
-
-    fn link_connected(&self, _cx: &Ctx<'_>, _req: Uint128, _link: &LinkInfo) {
-        self.links.send_modify(|n| *n += 1);
-    }
-}
 
 fn start() -> (Halon<Hax>, watch::Receiver<usize>, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")

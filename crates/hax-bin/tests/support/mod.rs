@@ -1,0 +1,111 @@
+//! What the hax-bin integration tests share: a hax that accepts every
+//! entrypoint, and the sample cluster loaded into a real Consul agent.
+#![allow(dead_code)]
+
+use hax_bin::view::sample::{self, Sample};
+use hax_bin::view::{fid_text, ClusterState};
+use hax_consul::catalog::{CheckRegistration, CheckStatus, ServiceRegistration};
+use hax_consul::dev_agent::DevAgent;
+use hax_consul::schema::{keys, ConfKey, ConfValue, HaxKv};
+use hax_consul::ConsulClient;
+use hax_core::{
+    Callbacks, Ctx, EntrypointReply, EntrypointRequest, EntrypointResponder, Fid, FidType,
+    LinkInfo, Uint128,
+};
+use tokio::sync::watch;
+
+/// Accepts every entrypoint request and counts the links made.
+pub struct Hax {
+    pub links: watch::Sender<usize>,
+}
+
+impl Hax {
+    /// A hax and the count of its links.
+    pub fn counting() -> (Self, watch::Receiver<usize>) {
+        let (links, rx) = watch::channel(0);
+        (Hax { links }, rx)
+    }
+}
+
+impl Callbacks for Hax {
+    fn entrypoint_request(&self, cx: &Ctx<'_>, req: EntrypointRequest, reply: EntrypointResponder) {
+        let rep = EntrypointReply {
+            quorum: 1,
+            rm_fid: Sample::RMS_HAX1,
+            rm_endpoint: req.remote_endpoint,
+            ..Default::default()
+        };
+        if let Err(e) = reply.accept_now(cx, &rep) {
+            panic!("entrypoint reply: {e}");
+        }
+    }
+
+    fn link_connected(&self, _cx: &Ctx<'_>, _req: Uint128, _link: &LinkInfo) {
+        self.links.send_modify(|n| *n += 1);
+    }
+}
+
+/// The Consul check of a sample process's service.
+pub fn check_id(p: Fid) -> String {
+    format!("service:{}", p.key)
+}
+
+/// The sample as cfgen and hare's bootstrap leave it, seen from node 1
+/// whose Consul node is the agent's; `client_types` is the JSON list of
+/// Motr client service types.
+pub async fn load_sample(agent: &DevAgent, c: &ConsulClient, client_types: &str) {
+    for (key, value) in sample::conf_entries() {
+        c.kv_put(&key, value).await.expect("conf entry");
+    }
+    let kv = HaxKv::new(c.clone());
+    for (fid, status) in sample::process_statuses() {
+        kv.put_process_status(fid, status)
+            .await
+            .expect("process status");
+    }
+    kv.put_consul_node(Sample::NODE1_NAME, agent.node_name())
+        .await
+        .expect("consul node");
+    c.kv_put(keys::LEADER, Sample::NODE1_NAME)
+        .await
+        .expect("leader");
+    c.kv_put(keys::M0_CLIENT_TYPES, client_types)
+        .await
+        .expect("client types");
+    for (p, name) in [
+        (Sample::HAX1, "hax"),
+        (Sample::CONFD1, "confd"),
+        (Sample::IOS1, "ios"),
+    ] {
+        c.agent_service_register(&ServiceRegistration {
+            id: p.key.to_string(),
+            name: name.into(),
+            address: "127.0.0.1".into(),
+            port: 3000,
+            checks: vec![CheckRegistration {
+                check_id: Some(check_id(p)),
+                name: format!("{name} alive"),
+                ttl: Some("600s".into()),
+                status: Some(CheckStatus::Passing),
+            }],
+            ..ServiceRegistration::default()
+        })
+        .await
+        .expect("service registration");
+    }
+}
+
+/// The `state` of a configuration object in Consul.
+pub async fn kv_state(kv: &HaxKv, st: &ClusterState, f: Fid) -> String {
+    let key = match f.kind() {
+        Some(FidType::Process) => st.process_keys(f)[0].clone(),
+        Some(FidType::Sdev) => st.sdev_keys(f)[0].clone(),
+        Some(FidType::Controller) => st.ctrl_keys(f)[0].clone(),
+        Some(FidType::Enclosure) => st.encl_keys(f)[0].clone(),
+        _ => ConfKey::Node { node: fid_text(f) },
+    };
+    match kv.conf_entry(&key).await.expect("read").map(|e| e.value) {
+        Some(ConfValue::Object(o)) => o.state.unwrap_or_default(),
+        other => panic!("{key}: {other:?}"),
+    }
+}
