@@ -27,6 +27,7 @@ use crate::config::Config;
 use crate::events::{BroadcastOptions, EventPipeline, EventsConfig};
 use crate::health;
 use crate::identity;
+use crate::keepalive::{self, KeepaliveConfig, KeepaliveInbox};
 use crate::metrics::Metrics;
 use crate::model::{HaUpdate, ObjHealth};
 use crate::view::{ClusterState, ClusterView, ViewConfig};
@@ -164,6 +165,14 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
         Arc::clone(&metrics),
         tokio::runtime::Handle::current(),
     );
+    let keepalives = cfg
+        .motr
+        .keepalive_interval()
+        .map(|interval| (interval, KeepaliveInbox::new(Arc::clone(&metrics))));
+    let bridge = match &keepalives {
+        Some((_, inbox)) => bridge.with_keepalives(inbox.clone()),
+        None => bridge,
+    };
     let halon_cfg = HalonConfig {
         endpoint: id.endpoint.clone(),
         process_fid: id.process_fid,
@@ -197,6 +206,22 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
         EventsConfig::default(),
     );
     let pipeline_task = pipeline.spawn(events_rx, tasks.clone());
+
+    // Keepalive probes of the linked processes, recorded in Consul.
+    let keepalive_stop = tasks.child_token();
+    let keepalive_task = keepalives.map(|(interval, inbox)| {
+        let cfg = KeepaliveConfig {
+            interval,
+            node: id.node.clone(),
+        };
+        keepalive::spawn(
+            cfg,
+            ha.clone(),
+            inbox,
+            writer.clone(),
+            keepalive_stop.clone(),
+        )
+    });
 
     // The broadcast queue consumer of this node.
     let (sns_tx, sns_rx) = mpsc::channel(64);
@@ -376,6 +401,10 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
     let _ = crate::notify::notify("STOPPING=1");
     http_cancel.cancel();
     let _ = http_task.await;
+    keepalive_stop.cancel();
+    if let Some(t) = keepalive_task {
+        let _ = t.await;
+    }
     stats.stop().await;
     rconfc.stop().await;
     halon.callbacks().set_stopping();

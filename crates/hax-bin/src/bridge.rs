@@ -18,6 +18,7 @@ use hax_core::{
 };
 use tokio::sync::{mpsc, watch};
 
+use crate::keepalive::KeepaliveInbox;
 use crate::metrics::Metrics;
 use crate::model::MotrEvent;
 
@@ -49,6 +50,8 @@ pub struct Bridge {
     /// in order: the events of a process are recorded in the order Motr
     /// sent them.
     overflow: Arc<Mutex<VecDeque<MotrEvent>>>,
+    /// Where keepalive replies go, when hax probes the processes.
+    keepalives: Option<KeepaliveInbox>,
 }
 
 impl std::fmt::Debug for Bridge {
@@ -79,7 +82,15 @@ impl Bridge {
             metrics,
             runtime,
             overflow: Arc::default(),
+            keepalives: None,
         }
+    }
+
+    /// Hands keepalive replies to `inbox` (the probes of
+    /// [`crate::keepalive`]).
+    pub fn with_keepalives(mut self, inbox: KeepaliveInbox) -> Self {
+        self.keepalives = Some(inbox);
+        self
     }
 
     /// From now on entrypoint requests get an empty configuration, as the
@@ -238,6 +249,13 @@ impl Callbacks for Bridge {
                 match cx.send(link, &rep) {
                     Ok(_) => self.metrics.count_sent("keepalive_rep", 1),
                     Err(e) => tracing::warn!(%link, error = %e, "keepalive reply failed"),
+                }
+                deliver(cx, delivery);
+            }
+            HaMsgData::KeepaliveRep { id, counter } => {
+                match &self.keepalives {
+                    Some(inbox) => inbox.reply(link, id, counter),
+                    None => tracing::debug!(%link, %id, "keepalive reply while not probing"),
                 }
                 deliver(cx, delivery);
             }

@@ -56,6 +56,9 @@ pub struct Args {
     /// Motr debug options.
     #[arg(long, value_name = "OPTIONS")]
     pub motr_debug_options: Option<String>,
+    /// Period of the keepalive probes of linked processes in milliseconds (0: off).
+    #[arg(long, value_name = "MS")]
+    pub motr_keepalive_interval_ms: Option<u64>,
     /// Log format.
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
@@ -105,6 +108,9 @@ impl Args {
         c.identity.rm_service_fid = self.rm_service_fid.or(c.identity.rm_service_fid);
         if let Some(v) = &self.motr_debug_options {
             c.motr.debug_options = v.clone();
+        }
+        if let Some(v) = self.motr_keepalive_interval_ms {
+            c.motr.keepalive_interval_ms = v;
         }
         if let Some(v) = self.log_format {
             c.log.format = v;
@@ -165,6 +171,23 @@ mod tests {
             .config(|_| None)
             .unwrap_err();
         assert!(e.to_string().contains("minimum"), "{e}");
+    }
+
+    #[test]
+    fn keepalive_option() {
+        let args = Args::try_parse_from(["hax", "--motr-keepalive-interval-ms", "200"]).unwrap();
+        let env = |n: &str| (n == "HAX_MOTR_KEEPALIVE_INTERVAL_MS").then(|| "0".to_owned());
+        let c = args.config(env).unwrap();
+        assert_eq!(c.motr.keepalive_interval_ms, 200);
+        let off = Args::try_parse_from(["hax"]).unwrap().config(env).unwrap();
+        assert_eq!(off.motr.keepalive_interval(), None);
+        let e = Args::try_parse_from(["hax", "--motr-keepalive-interval-ms", "5"])
+            .unwrap()
+            .config(|_| None)
+            .unwrap_err();
+        assert!(e.to_string().contains("motr.keepalive_interval_ms"), "{e}");
+        let e = Args::try_parse_from(["hax", "--motr-keepalive-interval-ms", "soon"]).unwrap_err();
+        assert!(e.to_string().contains("soon"), "{e}");
     }
 
     #[test]

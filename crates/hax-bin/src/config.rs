@@ -117,6 +117,9 @@ pub struct IdentitySection {
 pub struct MotrSection {
     /// Debug options passed to the halon interface.
     pub debug_options: String,
+    /// Period of the keepalive probes of the linked processes
+    /// (`<node>/keepalive/<fid>`), in milliseconds; 0 turns them off.
+    pub keepalive_interval_ms: u64,
 }
 
 /// `[log]`
@@ -153,6 +156,10 @@ pub struct StatsSection {
     /// milliseconds; 0 turns them off.
     pub bytecount_interval_ms: u64,
 }
+
+/// The shortest keepalive period: each round sends a message on every link
+/// and may write a key per process.
+pub const MIN_KEEPALIVE_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The shortest period a statistics updater may have: each run makes Motr
 /// calls that reach every ioservice.
@@ -209,7 +216,17 @@ impl Default for MotrSection {
     fn default() -> Self {
         MotrSection {
             debug_options: "log-entrypoint log-link log-msg".into(),
+            // Three missed rounds mark a process not responding: half a
+            // minute, well inside Consul's usual check periods.
+            keepalive_interval_ms: 10_000,
         }
+    }
+}
+
+impl MotrSection {
+    /// The keepalive period, `None` when off.
+    pub fn keepalive_interval(&self) -> Option<Duration> {
+        (self.keepalive_interval_ms > 0).then(|| Duration::from_millis(self.keepalive_interval_ms))
     }
 }
 
@@ -260,7 +277,8 @@ impl Config {
     /// `HAX_CONSUL_TOKEN_FILE`, `HAX_HTTP_BIND`, `HAX_NODE`, `HAX_ENDPOINT`,
     /// `HAX_PROCESS_FID`, `HAX_HA_SERVICE_FID`, `HAX_RM_SERVICE_FID`,
     /// `HAX_LOG_FORMAT`, `HAX_LOG`, `HAX_HTTP_TOKEN_FILE`,
-    /// `HAX_STATS_FILESYSTEM_INTERVAL_MS`, `HAX_STATS_BYTECOUNT_INTERVAL_MS`.
+    /// `HAX_STATS_FILESYSTEM_INTERVAL_MS`, `HAX_STATS_BYTECOUNT_INTERVAL_MS`,
+    /// `HAX_MOTR_KEEPALIVE_INTERVAL_MS`.
     pub fn apply_env(
         &mut self,
         lookup: impl Fn(&str) -> Option<String>,
@@ -314,6 +332,9 @@ impl Config {
         if let Some(v) = get("HAX_STATS_BYTECOUNT_INTERVAL_MS") {
             self.stats.bytecount_interval_ms = parse("HAX_STATS_BYTECOUNT_INTERVAL_MS", &v)?;
         }
+        if let Some(v) = get("HAX_MOTR_KEEPALIVE_INTERVAL_MS") {
+            self.motr.keepalive_interval_ms = parse("HAX_MOTR_KEEPALIVE_INTERVAL_MS", &v)?;
+        }
         Ok(())
     }
 
@@ -366,6 +387,16 @@ impl Config {
                     ),
                 });
             }
+        }
+        let ka = self.motr.keepalive_interval_ms;
+        if ka != 0 && Duration::from_millis(ka) < MIN_KEEPALIVE_INTERVAL {
+            return Err(ConfigError::Invalid {
+                name: "motr.keepalive_interval_ms",
+                message: format!(
+                    "{ka} ms is below the minimum of {} ms (0 turns it off)",
+                    MIN_KEEPALIVE_INTERVAL.as_millis()
+                ),
+            });
         }
         if self.consul.request_timeout_ms == 0 {
             return Err(ConfigError::Invalid {
@@ -502,6 +533,34 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("HAX_STATS_BYTECOUNT_INTERVAL_MS"), "{e}");
+    }
+
+    #[test]
+    fn keepalive_interval() {
+        let d = Config::default();
+        assert_eq!(d.motr.keepalive_interval(), Some(Duration::from_secs(10)));
+        let c = Config::from_toml("[motr]\nkeepalive_interval_ms = 0\n").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.motr.keepalive_interval(), None);
+        assert_eq!(c.motr.debug_options, d.motr.debug_options);
+        let fast = Config::from_toml("[motr]\nkeepalive_interval_ms = 20").unwrap();
+        let e = fast.validate().unwrap_err().to_string();
+        assert!(e.contains("motr.keepalive_interval_ms"), "{e}");
+        assert!(e.contains("minimum"), "{e}");
+        let e = Config::from_toml("[motr]\nkeepalive_interval_ms = -1").unwrap_err();
+        assert!(e.contains("keepalive_interval_ms"), "{e}");
+        let mut env = Config::default();
+        env.apply_env(|n| (n == "HAX_MOTR_KEEPALIVE_INTERVAL_MS").then(|| "250".to_owned()))
+            .unwrap();
+        assert_eq!(
+            env.motr.keepalive_interval(),
+            Some(Duration::from_millis(250))
+        );
+        let e = env
+            .apply_env(|n| (n == "HAX_MOTR_KEEPALIVE_INTERVAL_MS").then(|| "often".to_owned()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("HAX_MOTR_KEEPALIVE_INTERVAL_MS"), "{e}");
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod entrypoint;
 pub mod events;
 pub mod health;
 pub mod identity;
+pub mod keepalive;
 pub mod logging;
 pub mod metrics;
 pub mod model;

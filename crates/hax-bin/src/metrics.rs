@@ -119,6 +119,12 @@ pub struct Metrics {
     pub events_queued: AtomicI64,
     /// Watch updates received.
     pub watch_updates: AtomicU64,
+    /// Keepalive requests sent to linked processes.
+    pub keepalive_requests: AtomicU64,
+    /// Keepalive replies matched to a request.
+    pub keepalive_replies: AtomicU64,
+    /// Keepalive rounds a process left unanswered.
+    pub keepalive_missed: AtomicU64,
 }
 
 fn index_of(type_name: &str) -> Option<usize> {
@@ -398,6 +404,24 @@ impl Metrics {
             "Updates received from Consul watches and resyncs.",
             one(g(&self.watch_updates).to_string()),
         );
+        metric(
+            "hax_keepalive_requests_total",
+            "counter",
+            "Keepalive requests sent to linked processes.",
+            one(g(&self.keepalive_requests).to_string()),
+        );
+        metric(
+            "hax_keepalive_replies_total",
+            "counter",
+            "Keepalive replies matched to a request.",
+            one(g(&self.keepalive_replies).to_string()),
+        );
+        metric(
+            "hax_keepalive_missed_total",
+            "counter",
+            "Keepalive rounds a linked process left unanswered.",
+            one(g(&self.keepalive_missed).to_string()),
+        );
         out
     }
 }
@@ -441,7 +465,9 @@ mod tests {
         m.count_sent("nvec_set", 3);
         m.count_received("no such type");
         m.links.store(2, Ordering::Relaxed);
+        m.keepalive_missed.store(4, Ordering::Relaxed);
         let text = m.render();
+        assert!(text.contains("\nhax_keepalive_missed_total 4\n"), "{text}");
         assert!(text.contains("hax_messages_total{direction=\"in\",type=\"event_process\"} 2\n"));
         assert!(text.contains("hax_messages_total{direction=\"out\",type=\"nvec_set\"} 3\n"));
         assert!(text.contains("# TYPE hax_links gauge\nhax_links 2\n"));

@@ -16,6 +16,7 @@
 //! | `processes/<fid>` | [`ProcessStatus`] (cluster-wide view) |
 //! | `<node>/processes/<fid>` | [`ProcessStatus`] (a node's copy for remote processes) |
 //! | `<node>/process_restarts/<fid>` | restart count, a JSON string such as `"2"` |
+//! | `<node>/keepalive/<fid>` | [`KeepaliveStatus`] of a process linked to that node's hax |
 //! | `epoch`, `bq/<n>`, `bq-delivered/<node>` | broadcast queue ([`QueueKind::Broadcast`]) |
 //! | `eq-epoch`, `eq/<n>`, `eq-delivered/<consumer>` | event queue ([`QueueKind::Event`]) |
 //! | `stats/filesystem` | [`FsStatsRecord`] |
@@ -264,6 +265,16 @@ pub mod keys {
         Ok(format!("{}/process_restarts/", segment("node name", node)?))
     }
 
+    /// `<node>/keepalive/<fid>`
+    pub fn keepalive(node: &str, fid: FidText) -> Result<String> {
+        Ok(format!("{}/keepalive/{fid}", segment("node name", node)?))
+    }
+
+    /// `<node>/keepalive/`
+    pub fn keepalive_prefix(node: &str) -> Result<String> {
+        Ok(format!("{}/keepalive/", segment("node name", node)?))
+    }
+
     /// `m0conf/profiles/<fid>`
     pub fn profile(fid: FidText) -> String {
         format!("{CONF_PROFILES_PREFIX}{fid}")
@@ -391,6 +402,22 @@ pub struct ProcessStatus {
     /// Process type.
     #[serde(rename = "type")]
     pub kind: ProcessType,
+}
+
+/// Value of `<node>/keepalive/<fid>`: what the node's hax last learned by
+/// probing the process with keepalive requests.
+/// `{"counter": 12, "replied_at": "2024-05-01T10:00:00.123456Z", "responding": true, "missed": 0}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeepaliveStatus {
+    /// The process's own counter from its last reply (it counts the
+    /// keepalive replies it made); 0 before any reply.
+    pub counter: u64,
+    /// When the last reply arrived, RFC 3339 in UTC; empty before any reply.
+    pub replied_at: String,
+    /// False once the process left several requests in a row unanswered.
+    pub responding: bool,
+    /// Requests in a row left unanswered (0 after a reply).
+    pub missed: u32,
 }
 
 /// The `leader` key.
@@ -1522,6 +1549,21 @@ impl HaxKv {
             .await
     }
 
+    /// `<node>/keepalive/<fid>`, if written.
+    pub async fn keepalive_status(
+        &self,
+        node: &str,
+        fid: FidText,
+    ) -> Result<Option<KeepaliveStatus>> {
+        self.get_json(&keys::keepalive(node, fid)?).await
+    }
+
+    /// Every `<node>/keepalive/<fid>` key of a node (names only).
+    pub async fn keepalive_keys(&self, node: &str) -> Result<Vec<String>> {
+        let prefix = keys::keepalive_prefix(node)?;
+        Ok(self.client.kv_keys(&prefix, None).await?.value)
+    }
+
     /// `<node>/process_restarts/<fid>`, 0 when absent.
     pub async fn process_restarts(&self, node: &str, fid: FidText) -> Result<u64> {
         let key = keys::process_restarts(node, fid)?;
@@ -1935,6 +1977,35 @@ mod tests {
         )
         .expect_err("unknown state");
         assert!(err.to_string().contains("processes/0x1:0x2"), "{err}");
+    }
+
+    #[test]
+    fn keepalive_key_and_value() {
+        let fid = FidText::new(0x7200_0000_0000_0001, 0x15);
+        assert_eq!(
+            keys::keepalive("ssu1", fid).expect("key"),
+            "ssu1/keepalive/0x7200000000000001:0x15"
+        );
+        assert!(keys::keepalive("a/b", fid).is_err());
+        assert_eq!(
+            keys::keepalive_prefix("ssu1").expect("prefix"),
+            "ssu1/keepalive/"
+        );
+        let v = KeepaliveStatus {
+            counter: 7,
+            replied_at: "2024-05-01T10:00:00.000001Z".into(),
+            responding: true,
+            missed: 0,
+        };
+        let text = pyjson::to_string(&v).expect("json");
+        assert_eq!(
+            text,
+            r#"{"counter": 7, "replied_at": "2024-05-01T10:00:00.000001Z", "responding": true, "missed": 0}"#
+        );
+        assert_eq!(
+            decode::<KeepaliveStatus>("k", text.as_bytes()).expect("decoded"),
+            v
+        );
     }
 
     #[test]

@@ -1,0 +1,621 @@
+//! Keepalive probes of the linked processes.
+//!
+//! A Motr process never sends keepalive requests on its own; it answers
+//! hax's `M0_HA_MSG_KEEPALIVE_REQ` with `M0_HA_MSG_KEEPALIVE_REP`, echoing
+//! the id and adding its own reply counter. Every round (`[motr]
+//! keepalive_interval_ms`) one task sends a request with a fresh id on each
+//! active link whose process is known, other than hax's own link, and
+//! records what it learns in `<node>/keepalive/<process fid>`
+//! ([`KeepaliveStatus`]): at most one write per process per round, through
+//! the daemon's [`KvWriter`].
+//!
+//! A round that ends without a reply from a process counts as missed;
+//! [`MISS_LIMIT`] missed rounds in a row mark it not responding (logged
+//! once, at warn), and its next reply marks it responding again (logged at
+//! info). A process that never answered is not written until it answers or
+//! reaches the limit. Replies are matched by id on the link they came on;
+//! a late reply to one of the last [`KEPT_IDS`] requests still counts, any
+//! other is logged at debug and ignored. A link that goes away drops its
+//! probe state; its key stays as last written (a restarted process has a
+//! new link and gets its key written again).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use hax_consul::pyjson;
+use hax_consul::schema::{keys, KeepaliveStatus};
+use hax_core::{Fid, HaLink, HaMsg, HaMsgData, LinkId, Uint128};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::civil::CivilTime;
+use crate::metrics::Metrics;
+use crate::view::fid_text;
+use crate::writer::{KvWriter, TrySubmitError, WriteOp};
+
+/// Missed rounds in a row after which a process is not responding.
+pub const MISS_LIMIT: u32 = 3;
+
+/// Requests of a link whose late replies still count.
+pub const KEPT_IDS: usize = 4;
+
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ`: RFC 3339 in UTC, always with microseconds
+/// so that the text sorts as the time does.
+pub fn rfc3339(t: SystemTime) -> String {
+    let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let c = CivilTime::from_epoch(since);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+        c.year, c.month, c.day, c.hour, c.minute, c.second, c.micros
+    )
+}
+
+/// What hax knows of a process's answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// No reply yet and fewer than [`MISS_LIMIT`] rounds missed.
+    Unknown,
+    /// It answered, and has missed fewer than [`MISS_LIMIT`] rounds since.
+    Responding,
+    /// [`MISS_LIMIT`] or more rounds missed in a row.
+    NotResponding,
+}
+
+#[derive(Debug)]
+struct Probe {
+    process: Fid,
+    /// Ids sent and not answered, oldest first, at most [`KEPT_IDS`].
+    pending: VecDeque<Uint128>,
+    /// A request went out in the round now running.
+    asked: bool,
+    /// A reply arrived in the round now running.
+    answered: bool,
+    /// The last reply: the process's counter and when it arrived.
+    last: Option<(u64, SystemTime)>,
+    missed: u32,
+    liveness: Liveness,
+    /// Changed since last written.
+    dirty: bool,
+}
+
+impl Probe {
+    fn record(&self) -> KeepaliveStatus {
+        KeepaliveStatus {
+            counter: self.last.map_or(0, |(c, _)| c),
+            replied_at: self.last.map(|(_, t)| rfc3339(t)).unwrap_or_default(),
+            responding: self.liveness == Liveness::Responding,
+            missed: self.missed,
+        }
+    }
+}
+
+/// What a reply was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyMatch {
+    /// It answers a request of its link.
+    Matched {
+        /// The process.
+        process: Fid,
+        /// It had been marked not responding: now it is again.
+        recovered: bool,
+    },
+    /// No request of that link has this id (too old, another hax's, or
+    /// unsolicited).
+    Unknown,
+}
+
+/// What a new round does.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Round {
+    /// A request to send on each link, with its id.
+    pub requests: Vec<(LinkId, Uint128)>,
+    /// Processes that missed the round that ended.
+    pub missed: Vec<Fid>,
+    /// Processes that have just reached [`MISS_LIMIT`].
+    pub lost: Vec<Fid>,
+    /// Links gone since the last round, whose state was dropped.
+    pub dropped: usize,
+}
+
+/// The probe state of every link: pure, driven by [`Probes::round`] and
+/// [`Probes::reply`].
+#[derive(Debug)]
+pub struct Probes {
+    /// High half of every id: differs between runs of hax, so a reply to a
+    /// request of an earlier run is not taken for one of this run.
+    run: u64,
+    next: u64,
+    links: HashMap<LinkId, Probe>,
+}
+
+impl Probes {
+    /// No links yet; ids are `run:1`, `run:2`, ...
+    pub fn new(run: u64) -> Self {
+        Probes {
+            run,
+            next: 1,
+            links: HashMap::new(),
+        }
+    }
+
+    /// Ends the running round and begins a new one on `links` (link and its
+    /// process): links not listed are forgotten, new ones start unknown,
+    /// every listed link gets a request with a fresh id.
+    pub fn round(&mut self, links: &[(LinkId, Fid)]) -> Round {
+        let mut round = Round::default();
+        let before = self.links.len();
+        self.links
+            .retain(|id, p| links.iter().any(|(l, f)| l == id && *f == p.process));
+        round.dropped = before - self.links.len();
+        for &(link, process) in links {
+            let p = self.links.entry(link).or_insert_with(|| Probe {
+                process,
+                pending: VecDeque::new(),
+                asked: false,
+                answered: false,
+                last: None,
+                missed: 0,
+                liveness: Liveness::Unknown,
+                dirty: false,
+            });
+            if p.asked && !p.answered {
+                p.missed = p.missed.saturating_add(1);
+                round.missed.push(process);
+                if p.missed >= MISS_LIMIT && p.liveness != Liveness::NotResponding {
+                    p.liveness = Liveness::NotResponding;
+                    round.lost.push(process);
+                }
+                // A process never heard from is written only once it is
+                // known not to respond.
+                p.dirty = p.liveness != Liveness::Unknown;
+            }
+            let id = Uint128::new(self.run, self.next);
+            self.next += 1;
+            if p.pending.len() == KEPT_IDS {
+                p.pending.pop_front();
+            }
+            p.pending.push_back(id);
+            p.asked = true;
+            p.answered = false;
+            round.requests.push((link, id));
+        }
+        round
+    }
+
+    /// A request could not be sent: it is not waited for.
+    pub fn not_sent(&mut self, link: LinkId, id: Uint128) {
+        if let Some(p) = self.links.get_mut(&link) {
+            p.pending.retain(|i| *i != id);
+            if p.pending.back().is_none_or(|last| last.lo < id.lo) {
+                p.asked = false;
+            }
+        }
+    }
+
+    /// A reply `id` with the process's `counter` arrived on `link` at `at`.
+    pub fn reply(&mut self, link: LinkId, id: Uint128, counter: u64, at: SystemTime) -> ReplyMatch {
+        let Some(p) = self.links.get_mut(&link) else {
+            return ReplyMatch::Unknown;
+        };
+        let Some(pos) = p.pending.iter().position(|i| *i == id) else {
+            return ReplyMatch::Unknown;
+        };
+        // Replies come in the order of the requests: the older ones will
+        // not be answered any more.
+        p.pending.drain(..=pos);
+        let recovered = p.liveness == Liveness::NotResponding;
+        p.liveness = Liveness::Responding;
+        p.answered = true;
+        p.missed = 0;
+        p.last = Some((counter, at));
+        p.dirty = true;
+        ReplyMatch::Matched {
+            process: p.process,
+            recovered,
+        }
+    }
+
+    /// The records changed since last taken, one per link.
+    pub fn take_records(&mut self) -> Vec<(Fid, KeepaliveStatus)> {
+        self.links
+            .values_mut()
+            .filter_map(|p| std::mem::take(&mut p.dirty).then(|| (p.process, p.record())))
+            .collect()
+    }
+
+    /// Marks the record of `process` to be written again (its write found
+    /// no room).
+    pub fn retry(&mut self, process: Fid) {
+        for p in self.links.values_mut().filter(|p| p.process == process) {
+            p.dirty = true;
+        }
+    }
+
+    /// What is known of the process on `link`.
+    pub fn liveness(&self, link: LinkId) -> Option<Liveness> {
+        self.links.get(&link).map(|p| p.liveness)
+    }
+
+    /// Links probed.
+    pub fn len(&self) -> usize {
+        self.links.len()
+    }
+
+    /// Whether no link is probed.
+    pub fn is_empty(&self) -> bool {
+        self.links.is_empty()
+    }
+}
+
+/// Where the Motr side hands keepalive replies over: shared between the
+/// [`crate::bridge::Bridge`] (Motr's threads, never waiting) and the probe
+/// task.
+#[derive(Clone, Debug)]
+pub struct KeepaliveInbox {
+    probes: Arc<Mutex<Probes>>,
+    wake: Arc<Notify>,
+    metrics: Arc<Metrics>,
+}
+
+impl KeepaliveInbox {
+    /// An inbox counting into `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        let run = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        KeepaliveInbox {
+            probes: Arc::new(Mutex::new(Probes::new(run))),
+            wake: Arc::new(Notify::new()),
+            metrics,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Probes> {
+        // A poisoned lock only means a panic elsewhere; the state is whole.
+        self.probes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A `KEEPALIVE_REP` arrived on `link`. Never waits.
+    pub fn reply(&self, link: LinkId, id: Uint128, counter: u64) {
+        let m = self.lock().reply(link, id, counter, SystemTime::now());
+        match m {
+            ReplyMatch::Matched { process, recovered } => {
+                self.metrics
+                    .keepalive_replies
+                    .fetch_add(1, Ordering::Relaxed);
+                if recovered {
+                    tracing::info!(%link, %process, counter, "process answers keepalives again");
+                }
+                self.wake.notify_one();
+            }
+            ReplyMatch::Unknown => {
+                tracing::debug!(%link, %id, counter, "keepalive reply matches no request; ignored");
+            }
+        }
+    }
+}
+
+/// Settings of the probe task.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeepaliveConfig {
+    /// Time between rounds.
+    pub interval: Duration,
+    /// This node's name (the key prefix).
+    pub node: String,
+}
+
+/// The links to probe now: active, not hax's own, process known.
+fn targets(ha: &HaLink) -> Vec<(LinkId, Fid)> {
+    let active = ha.active_links();
+    ha.links()
+        .into_iter()
+        .filter(|l| !l.is_self && !l.process_fid.is_zero() && active.contains(&l.id))
+        .map(|l| (l.id, l.process_fid))
+        .collect()
+}
+
+/// Starts the probe task; it ends when `stop` is cancelled.
+pub fn spawn(
+    cfg: KeepaliveConfig,
+    ha: HaLink,
+    inbox: KeepaliveInbox,
+    writer: KvWriter,
+    stop: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(cfg.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => run_round(&cfg, &ha, &inbox, &writer).await,
+                _ = inbox.wake.notified() => write_records(&cfg, &inbox, &writer),
+            }
+        }
+        tracing::debug!("keepalive probes stopped");
+    })
+}
+
+async fn run_round(cfg: &KeepaliveConfig, ha: &HaLink, inbox: &KeepaliveInbox, writer: &KvWriter) {
+    let links = targets(ha);
+    let round = inbox.lock().round(&links);
+    let m = &inbox.metrics;
+    m.keepalive_missed
+        .fetch_add(round.missed.len() as u64, Ordering::Relaxed);
+    for process in &round.lost {
+        tracing::warn!(%process, rounds = MISS_LIMIT, "process does not answer keepalives");
+    }
+    write_records(cfg, inbox, writer);
+    if round.requests.is_empty() {
+        return;
+    }
+    let requests = round.requests;
+    let sent = ha
+        .run(move |cx| {
+            Ok(requests
+                .into_iter()
+                .map(|(link, id)| {
+                    let msg = HaMsg::new(HaMsgData::KeepaliveReq { id });
+                    (link, id, cx.send(link, &msg))
+                })
+                .collect::<Vec<_>>())
+        })
+        .await;
+    let sent = match sent {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(error = %e, "keepalive requests not sent");
+            return;
+        }
+    };
+    let mut ok = 0;
+    let mut probes = inbox.lock();
+    for (link, id, r) in sent {
+        match r {
+            Ok(_) => ok += 1,
+            Err(e) => {
+                // The link went away meanwhile: the next round drops it.
+                tracing::debug!(%link, error = %e, "keepalive request not sent");
+                probes.not_sent(link, id);
+            }
+        }
+    }
+    drop(probes);
+    m.keepalive_requests.fetch_add(ok, Ordering::Relaxed);
+    m.count_sent("keepalive_req", ok);
+}
+
+fn write_records(cfg: &KeepaliveConfig, inbox: &KeepaliveInbox, writer: &KvWriter) {
+    let records = inbox.lock().take_records();
+    for (process, status) in records {
+        let op = keys::keepalive(&cfg.node, fid_text(process)).and_then(|key| {
+            pyjson::to_string(&status)
+                .map(|v| WriteOp::put(key.clone(), v))
+                .map_err(|e| hax_consul::schema::SchemaError::BadValue {
+                    key,
+                    reason: e.to_string(),
+                })
+        });
+        let op = match op {
+            Ok(op) => op,
+            Err(e) => {
+                tracing::warn!(%process, error = %e, "keepalive record not written");
+                continue;
+            }
+        };
+        match writer.try_submit(op, None) {
+            Ok(()) => {}
+            Err(TrySubmitError::Full { .. }) => inbox.lock().retry(process),
+            Err(TrySubmitError::Refused(e)) => {
+                tracing::warn!(%process, error = %e, "keepalive record not written");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hax_core::FidType;
+
+    fn p(key: u64) -> Fid {
+        Fid::typed(FidType::Process, 1, key)
+    }
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    fn id_of(r: &Round, link: u64) -> Uint128 {
+        r.requests
+            .iter()
+            .find(|(l, _)| *l == LinkId(link))
+            .map(|(_, id)| *id)
+            .expect("a request on the link")
+    }
+
+    #[test]
+    fn ids_are_fresh_and_carry_the_run() {
+        let mut probes = Probes::new(77);
+        let links = [(LinkId(1), p(1)), (LinkId(2), p(2))];
+        let a = probes.round(&links);
+        let b = probes.round(&links);
+        let mut ids: Vec<_> = a.requests.iter().chain(&b.requests).map(|r| r.1).collect();
+        assert!(ids.iter().all(|i| i.hi == 77));
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 4);
+    }
+
+    #[test]
+    fn replies_match_by_id_and_link() {
+        let mut probes = Probes::new(1);
+        let r = probes.round(&[(LinkId(1), p(1)), (LinkId(2), p(2))]);
+        let (id1, id2) = (id_of(&r, 1), id_of(&r, 2));
+        // Another link's id, an unknown id, an unknown link: ignored.
+        assert_eq!(probes.reply(LinkId(1), id2, 5, at(1)), ReplyMatch::Unknown);
+        assert_eq!(
+            probes.reply(LinkId(1), Uint128::new(9, 9), 5, at(1)),
+            ReplyMatch::Unknown
+        );
+        assert_eq!(probes.reply(LinkId(3), id1, 5, at(1)), ReplyMatch::Unknown);
+        assert!(probes.take_records().is_empty(), "nothing learned yet");
+        assert_eq!(
+            probes.reply(LinkId(1), id1, 5, at(1)),
+            ReplyMatch::Matched {
+                process: p(1),
+                recovered: false
+            }
+        );
+        // The same reply again matches nothing any more.
+        assert_eq!(probes.reply(LinkId(1), id1, 5, at(1)), ReplyMatch::Unknown);
+        let recs = probes.take_records();
+        assert_eq!(
+            recs,
+            vec![(
+                p(1),
+                KeepaliveStatus {
+                    counter: 5,
+                    replied_at: "1970-01-01T00:00:01.000000Z".into(),
+                    responding: true,
+                    missed: 0
+                }
+            )]
+        );
+        assert!(probes.take_records().is_empty(), "written once");
+    }
+
+    #[test]
+    fn misses_mark_a_process_not_responding_then_a_reply_recovers_it() {
+        let mut probes = Probes::new(1);
+        let links = [(LinkId(1), p(1))];
+        let r = probes.round(&links);
+        probes.reply(LinkId(1), id_of(&r, 1), 1, at(1));
+        probes.take_records();
+        let mut last = Round::default();
+        for n in 1..=MISS_LIMIT {
+            last = probes.round(&links);
+            let recs = probes.take_records();
+            if n == 1 {
+                // The first round ending here was answered.
+                assert!(last.missed.is_empty());
+                assert!(recs.is_empty());
+                continue;
+            }
+            assert_eq!(last.missed, vec![p(1)]);
+            assert_eq!(recs.len(), 1);
+            assert_eq!(recs[0].1.missed, n - 1);
+            assert!(recs[0].1.responding, "round {n}");
+            assert!(last.lost.is_empty());
+        }
+        let r = probes.round(&links);
+        assert_eq!(r.lost, vec![p(1)]);
+        let recs = probes.take_records();
+        assert_eq!(recs[0].1.missed, MISS_LIMIT);
+        assert!(!recs[0].1.responding);
+        assert_eq!(recs[0].1.counter, 1, "the last reply's counter stays");
+        assert_eq!(probes.liveness(LinkId(1)), Some(Liveness::NotResponding));
+        // Lost is reported once.
+        let again = probes.round(&links);
+        assert!(again.lost.is_empty());
+        assert_eq!(probes.take_records()[0].1.missed, MISS_LIMIT + 1);
+        // A late reply to a kept request counts; older ones are dropped.
+        assert_eq!(
+            probes.reply(LinkId(1), id_of(&last, 1), 9, at(9)),
+            ReplyMatch::Matched {
+                process: p(1),
+                recovered: true
+            }
+        );
+        assert_eq!(
+            probes.reply(LinkId(1), id_of(&last, 1), 9, at(9)),
+            ReplyMatch::Unknown
+        );
+        let recs = probes.take_records();
+        assert!(recs[0].1.responding);
+        assert_eq!((recs[0].1.counter, recs[0].1.missed), (9, 0));
+        // The newest request is still awaited.
+        assert!(matches!(
+            probes.reply(LinkId(1), id_of(&again, 1), 10, at(10)),
+            ReplyMatch::Matched {
+                recovered: false,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_silent_process_is_written_only_once_known_not_to_respond() {
+        let mut probes = Probes::new(1);
+        let links = [(LinkId(1), p(1))];
+        for _ in 0..MISS_LIMIT {
+            probes.round(&links);
+            assert!(probes.take_records().is_empty());
+        }
+        let r = probes.round(&links);
+        assert_eq!(r.lost, vec![p(1)]);
+        let recs = probes.take_records();
+        assert_eq!(
+            recs[0].1,
+            KeepaliveStatus {
+                counter: 0,
+                replied_at: String::new(),
+                responding: false,
+                missed: MISS_LIMIT
+            }
+        );
+    }
+
+    #[test]
+    fn only_the_last_requests_are_kept() {
+        let mut probes = Probes::new(1);
+        let links = [(LinkId(1), p(1))];
+        let first = probes.round(&links);
+        for _ in 0..KEPT_IDS {
+            probes.round(&links);
+        }
+        assert_eq!(
+            probes.reply(LinkId(1), id_of(&first, 1), 1, at(1)),
+            ReplyMatch::Unknown
+        );
+    }
+
+    #[test]
+    fn gone_links_drop_their_state() {
+        let mut probes = Probes::new(1);
+        let r = probes.round(&[(LinkId(1), p(1)), (LinkId(2), p(2))]);
+        let id1 = id_of(&r, 1);
+        let r2 = probes.round(&[(LinkId(2), p(2))]);
+        assert_eq!(r2.dropped, 1);
+        assert_eq!(probes.len(), 1);
+        assert_eq!(probes.liveness(LinkId(1)), None);
+        assert_eq!(probes.reply(LinkId(1), id1, 1, at(1)), ReplyMatch::Unknown);
+        // A link id reused for another process starts afresh.
+        probes.round(&[(LinkId(2), p(3))]);
+        assert_eq!(probes.liveness(LinkId(2)), Some(Liveness::Unknown));
+        assert!(probes.take_records().is_empty());
+    }
+
+    #[test]
+    fn unsent_requests_are_not_counted_missed() {
+        let mut probes = Probes::new(1);
+        let links = [(LinkId(1), p(1))];
+        let r = probes.round(&links);
+        probes.not_sent(LinkId(1), id_of(&r, 1));
+        let next = probes.round(&links);
+        assert!(next.missed.is_empty());
+    }
+
+    #[test]
+    fn times_are_rfc3339_utc() {
+        assert_eq!(
+            rfc3339(SystemTime::UNIX_EPOCH + Duration::new(951_827_696, 789_000)),
+            "2000-02-29T12:34:56.000789Z"
+        );
+        assert_eq!(rfc3339(at(0)), "1970-01-01T00:00:00.000000Z");
+    }
+}

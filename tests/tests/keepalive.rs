@@ -1,0 +1,146 @@
+//! Keepalive probes: hax asks every linked process for a keepalive reply each
+//! round and records the answers in `<node>/keepalive/<fid>`; a process
+//! that stops answering is marked not responding while the others stay
+//! responding, and is marked responding again once it answers; with the
+//! interval at 0 nothing is probed or written.
+
+use hax_consul::schema::KeepaliveStatus;
+use hax_core::{Fid, HaMsgData};
+use hax_e2e::{ft, wait_for, Env, Options, T};
+use hax_sim::{Delivery, SimProcess};
+
+fn keepalive_options(ms: u64) -> Options {
+    Options {
+        hax_args: vec!["--motr-keepalive-interval-ms".into(), ms.to_string()],
+        ..Options::default()
+    }
+}
+
+async fn status(env: &Env, fid: Fid) -> Option<KeepaliveStatus> {
+    env.kv
+        .keepalive_status(&env.sample.node, ft(fid))
+        .await
+        .expect("<node>/keepalive/<fid>")
+}
+
+/// Waits until the record of `fid` satisfies `pred`; returns it.
+async fn wait_status(
+    env: &Env,
+    fid: Fid,
+    what: &str,
+    pred: impl Fn(&KeepaliveStatus) -> bool,
+) -> KeepaliveStatus {
+    let pred = &pred;
+    wait_for(&format!("{what} ({fid})"), T, || async move {
+        status(env, fid).await.filter(|s| pred(s))
+    })
+    .await
+}
+
+/// Every peer's counter grows past what it is now; returns the new records.
+async fn counters_grow(env: &Env, peers: &[&SimProcess]) -> Vec<KeepaliveStatus> {
+    let mut out = Vec::new();
+    for p in peers {
+        let before = wait_status(env, p.fid(), "a responding record", |s| s.responding).await;
+        let after = wait_status(env, p.fid(), "the counter to grow", |s| {
+            s.responding && s.counter > before.counter
+        })
+        .await;
+        assert_eq!(after.missed, 0, "{after:?}");
+        assert!(
+            after.replied_at >= before.replied_at,
+            "{before:?} {after:?}"
+        );
+        out.push(after);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_are_recorded_and_a_silent_process_is_marked() {
+    let env = Env::start(keepalive_options(200)).await;
+    let peers = env.connect_peers(3).await;
+
+    let first = counters_grow(&env, &peers.iter().collect::<Vec<_>>()).await;
+    for s in &first {
+        assert!(
+            s.replied_at.ends_with('Z') && s.replied_at.contains('T'),
+            "{s:?}"
+        );
+    }
+
+    // The second process stops answering (a hung m0d).
+    let silent = &peers[1];
+    silent.set_delivery(Delivery::Never);
+    let lost = wait_status(&env, silent.fid(), "the silent process marked", |s| {
+        !s.responding
+    })
+    .await;
+    assert!(lost.missed >= 3, "{lost:?}");
+    // Its last reply's counter is kept.
+    assert!(lost.counter >= first[1].counter, "{lost:?}");
+    // The others kept answering meanwhile.
+    counters_grow(&env, &[&peers[0], &peers[2]]).await;
+
+    // It answers again.
+    silent.set_delivery(Delivery::Auto);
+    let back = wait_status(&env, silent.fid(), "the process responding again", |s| {
+        s.responding && s.missed == 0
+    })
+    .await;
+    assert!(back.counter > lost.counter, "{lost:?} {back:?}");
+    let run = env.runs();
+    let fid = silent.fid().to_string();
+    let warned: Vec<_> = env
+        .log_messages(run, "process does not answer keepalives")
+        .into_iter()
+        .filter(|l| l["process"] == fid.as_str())
+        .collect();
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert_eq!(warned[0]["level"], "WARN");
+    assert!(env.log_has(run, "process answers keepalives again"));
+
+    let m = env.metrics().await;
+    assert!(m.n("hax_keepalive_requests_total") >= 3 * 3, "{m:?}");
+    assert!(m.n("hax_keepalive_replies_total") >= 3 * 2, "{m:?}");
+    assert!(m.n("hax_keepalive_missed_total") >= 3, "{m:?}");
+    // hax's own link is not probed, and only the peers have keys.
+    let keys = env
+        .kv
+        .keepalive_keys(&env.sample.node)
+        .await
+        .expect("keepalive keys");
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    env.assert_no_contract_violations();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interval_zero_probes_nothing() {
+    let env = Env::start(keepalive_options(0)).await;
+    // Each peer's STARTED event is recorded in Consul and confirmed: hax
+    // has been handling these links for a full pipeline round trip.
+    let peers = env.connect_started(2).await;
+    for p in &peers {
+        assert!(env.process_status(p.fid()).await.is_some());
+        assert!(
+            !p.received()
+                .iter()
+                .any(|r| matches!(r.msg.data, HaMsgData::KeepaliveReq { .. })),
+            "a keepalive request reached {}",
+            p.fid()
+        );
+        assert_eq!(status(&env, p.fid()).await, None);
+    }
+    let keys = env
+        .kv
+        .keepalive_keys(&env.sample.node)
+        .await
+        .expect("keepalive keys");
+    assert!(keys.is_empty(), "{keys:?}");
+    let m = env.metrics().await;
+    assert_eq!(m.n("hax_keepalive_requests_total"), 0);
+    assert_eq!(
+        m.n("hax_messages_total{direction=\"out\",type=\"keepalive_req\"}"),
+        0
+    );
+}
