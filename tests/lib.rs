@@ -22,6 +22,14 @@
 //! emulator alone may leave `hax` unlinked again (cargo sees hax-sys's
 //! metadata unchanged): touch a hax-bin source file then.
 //!
+//! # Keepalive probes
+//!
+//! hax runs with its keepalive probes off (`HAX_MOTR_KEEPALIVE_INTERVAL_MS=0`)
+//! unless a test turns them on with `--motr-keepalive-interval-ms` in
+//! [`Options::hax_args`]: they write Consul and send messages on their own
+//! schedule, which tests comparing the KV store or message counts must not
+//! see.
+//!
 //! # Waiting
 //!
 //! Nothing sleeps and hopes: [`wait_for`] polls a condition until a
@@ -534,6 +542,7 @@ impl Env {
                 cmd.env_remove(k);
             }
         }
+        cmd.env("HAX_MOTR_KEEPALIVE_INTERVAL_MS", "0");
         let consul = self
             .proxy
             .as_ref()
