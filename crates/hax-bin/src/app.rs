@@ -157,6 +157,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
     // Motr events go through a bounded queue to the pipeline.
     let (events_tx, events_rx) = mpsc::channel(cfg.limits.event_queue);
     let queue_probe = events_tx.downgrade();
+    let links = crate::fencing::LinkWatch::new();
     let bridge = Bridge::new(
         events_tx,
         entrypoint.clone(),
@@ -164,7 +165,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
         id.process_fid,
         Arc::clone(&metrics),
         tokio::runtime::Handle::current(),
-    );
+    )
+    .with_link_watch(links.clone());
     let keepalives = cfg
         .motr
         .keepalive_interval()
@@ -204,7 +206,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
         Arc::clone(&broadcaster),
         Arc::clone(&cluster),
         EventsConfig::default(),
-    );
+    )
+    .with_link_watch(links);
     let pipeline_task = pipeline.spawn(events_rx, tasks.clone());
 
     // Keepalive probes of the linked processes, recorded in Consul.

@@ -13,11 +13,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hax_core::{
-    Callbacks, Ctx, Delivery, EntrypointReply, EntrypointRequest, EntrypointResponder, Fid, HaMsg,
-    HaMsgData, HaState, LinkId, LinkInfo, NvecGet, NvecKind, Tag, Uint128,
+    Callbacks, Ctx, Delivery, Disconnect, EntrypointReply, EntrypointRequest, EntrypointResponder,
+    Fid, HaMsg, HaMsgData, HaState, LinkId, LinkInfo, NvecGet, NvecKind, Tag, Uint128,
 };
 use tokio::sync::{mpsc, watch};
 
+use crate::fencing::LinkWatch;
 use crate::keepalive::KeepaliveInbox;
 use crate::metrics::Metrics;
 use crate::model::MotrEvent;
@@ -52,6 +53,8 @@ pub struct Bridge {
     overflow: Arc<Mutex<VecDeque<MotrEvent>>>,
     /// Where keepalive replies go, when hax probes the processes.
     keepalives: Option<KeepaliveInbox>,
+    /// Told of the links hax's side disconnects.
+    links: LinkWatch,
 }
 
 impl std::fmt::Debug for Bridge {
@@ -83,7 +86,14 @@ impl Bridge {
             runtime,
             overflow: Arc::default(),
             keepalives: None,
+            links: LinkWatch::new(),
         }
+    }
+
+    /// Reports the links hax's side disconnects (and hax's stop) to `links`.
+    pub fn with_link_watch(mut self, links: LinkWatch) -> Self {
+        self.links = links;
+        self
     }
 
     /// Hands keepalive replies to `inbox` (the probes of
@@ -97,6 +107,7 @@ impl Bridge {
     /// original does while it stops (nothing may wait on Consul any more).
     pub fn set_stopping(&self) {
         self.stopping.store(true, Ordering::Release);
+        self.links.set_stopping();
     }
 
     /// Queues an event; when the queue is full the event waits in the
@@ -298,7 +309,15 @@ impl Callbacks for Bridge {
         self.metrics.links_connected.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn link_disconnected(&self, _cx: &Ctx<'_>, _link: LinkId) {
+    fn link_is_disconnecting(&self, cx: &Ctx<'_>, link: LinkId, disconnect: Disconnect) {
+        self.links.link_gone(link);
+        if let Err(e) = disconnect.disconnect_now(cx) {
+            tracing::warn!(%link, error = %e, "disconnect failed");
+        }
+    }
+
+    fn link_disconnected(&self, _cx: &Ctx<'_>, link: LinkId) {
+        self.links.link_gone(link);
         self.metrics.links.fetch_sub(1, Ordering::Relaxed);
         self.metrics
             .links_disconnected

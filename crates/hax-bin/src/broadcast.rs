@@ -74,6 +74,9 @@ pub enum LinkSelection {
     SelfOnly,
     /// Every link but those made by these processes (`proc_skip_list`).
     AllExcept(Vec<Fid>),
+    /// As [`LinkSelection::AllExcept`], hax's own link left out too
+    /// (`skip_self_link`).
+    PeersExcept(Vec<Fid>),
 }
 
 impl LinkSelection {
@@ -85,6 +88,7 @@ impl LinkSelection {
             .filter(|l| match self {
                 LinkSelection::SelfOnly => l.is_self,
                 LinkSelection::AllExcept(skip) => !skip.contains(&l.process_fid),
+                LinkSelection::PeersExcept(skip) => !l.is_self && !skip.contains(&l.process_fid),
             })
             .map(|l| l.id)
             .collect()
@@ -230,6 +234,8 @@ impl<'a> Planner<'a> {
                 .collect(),
             targets: if opts.broadcast_hax_only {
                 LinkSelection::SelfOnly
+            } else if opts.skip_self_link {
+                LinkSelection::PeersExcept(opts.proc_skip_list.clone())
             } else {
                 LinkSelection::AllExcept(opts.proc_skip_list.clone())
             },
@@ -638,6 +644,8 @@ pub struct BroadcastReport {
 struct Request {
     updates: Vec<HaUpdate>,
     opts: BroadcastOptions,
+    /// Notes sent as they are to hax's own link only, instead of a plan.
+    self_link_notes: Option<Vec<HaNote>>,
     reply: oneshot::Sender<Result<BroadcastReport, BroadcastError>>,
 }
 
@@ -723,12 +731,31 @@ impl Broadcaster {
         async move { Ok(report.await?.sent.into_iter().map(|s| s.tracked).collect()) }
     }
 
+    /// Sends `notes` as they are to hax's own link only (nothing planned,
+    /// nothing written), in turn with the broadcasts: what a broadcast with
+    /// [`BroadcastOptions::skip_self_link`] left out.
+    pub fn send_to_self_link(
+        &self,
+        notes: Vec<HaNote>,
+    ) -> impl Future<Output = Result<BroadcastReport, BroadcastError>> + Send + 'static {
+        self.enqueue(Vec::new(), BroadcastOptions::default(), Some(notes))
+    }
+
     /// [`Broadcaster::broadcast`], with the plan and the messages per link
     /// and chunk.
     pub fn broadcast_report(
         &self,
         updates: Vec<HaUpdate>,
         opts: BroadcastOptions,
+    ) -> impl Future<Output = Result<BroadcastReport, BroadcastError>> + Send + 'static {
+        self.enqueue(updates, opts, None)
+    }
+
+    fn enqueue(
+        &self,
+        updates: Vec<HaUpdate>,
+        opts: BroadcastOptions,
+        self_link_notes: Option<Vec<HaNote>>,
     ) -> impl Future<Output = Result<BroadcastReport, BroadcastError>> + Send + 'static {
         let queue = self.queue.get_or_init(|| {
             let (tx, rx) = mpsc::unbounded_channel();
@@ -739,6 +766,7 @@ impl Broadcaster {
         let queued = queue.send(Request {
             updates,
             opts,
+            self_link_notes,
             reply,
         });
         async move {
@@ -792,7 +820,14 @@ impl Inner {
                 .iter()
                 .map(|r| (r.updates.as_slice(), &r.opts))
                 .collect();
-            plan_group(&state, &requests)
+            let (mut plans, writes) = plan_group(&state, &requests);
+            for (plan, r) in plans.iter_mut().zip(&group) {
+                if let Some(notes) = &r.self_link_notes {
+                    plan.notes.clone_from(notes);
+                    plan.targets = LinkSelection::SelfOnly;
+                }
+            }
+            (plans, writes)
         };
         self.time(0, t);
         let t = std::time::Instant::now();
@@ -1006,16 +1041,38 @@ impl Broadcast for Broadcaster {
         updates: Vec<HaUpdate>,
         options: BroadcastOptions,
     ) -> impl Future<Output = Result<Sent, BroadcastFailed>> + Send + 'static {
-        let sent = Broadcaster::broadcast(self, updates, options);
-        async move {
-            match sent.await {
-                Ok(sent) => Ok(Sent::from_outcomes(sent)),
-                Err(e) => Err(BroadcastFailed {
-                    reason: e.to_string(),
-                    transient: e.is_transient(),
-                }),
-            }
+        let skip_self = options.skip_self_link && !options.broadcast_hax_only;
+        sent_of(self.broadcast_report(updates, options), skip_self)
+    }
+
+    fn send_to_self_link(
+        &self,
+        notes: Vec<HaNote>,
+    ) -> impl Future<Output = Result<Sent, BroadcastFailed>> + Send + 'static {
+        sent_of(Broadcaster::send_to_self_link(self, notes), false)
+    }
+}
+
+/// A report as a [`Sent`], with the notes hax's own link was left out of
+/// when `skip_self`.
+async fn sent_of(
+    report: impl Future<Output = Result<BroadcastReport, BroadcastError>>,
+    skip_self: bool,
+) -> Result<Sent, BroadcastFailed> {
+    match report.await {
+        Ok(r) => {
+            let outcomes = r.sent.into_iter().map(|s| s.tracked);
+            let sent = Sent::from_outcomes(outcomes.collect());
+            Ok(if skip_self {
+                sent.with_self_link_notes(r.plan.notes)
+            } else {
+                sent
+            })
         }
+        Err(e) => Err(BroadcastFailed {
+            reason: e.to_string(),
+            transient: e.is_transient(),
+        }),
     }
 }
 

@@ -42,13 +42,14 @@ use hax_consul::schema::{
 use hax_core::{
     Fid, HaNote, HaState, LinkId, Outcome, ProcessEvent, ProcessEventKind, ProcessType,
 };
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::broadcast::SentOutcome;
 use crate::civil::CivilTime;
+use crate::fencing::{HeldFailures, HeldMetrics, LinkWatch, HA_DISCONNECT_TIMEOUT};
 use crate::model::{
     EntrypointReply, EntrypointRequest, EntrypointResponder, HaUpdate, MotrEvent, ObjHealth,
     StobIoqError,
@@ -71,6 +72,10 @@ pub struct BroadcastOptions {
     pub broadcast_hax_only: bool,
     /// Processes whose links are skipped.
     pub proc_skip_list: Vec<Fid>,
+    /// Leave hax's own link out: the notes it would have got are returned
+    /// with the messages ([`Sent::self_link_notes`]), to be sent later with
+    /// [`Broadcast::send_to_self_link`].
+    pub skip_self_link: bool,
     /// The notes may share messages with those of other broadcasts asked
     /// for at the same time (see [`crate::broadcast::Broadcaster`]); without
     /// it the broadcast gets messages of its own, as in the original. Set
@@ -85,6 +90,7 @@ impl Default for BroadcastOptions {
             update_kv: true,
             broadcast_hax_only: false,
             proc_skip_list: Vec::new(),
+            skip_self_link: false,
             coalesce: false,
         }
     }
@@ -106,12 +112,14 @@ type OutcomeFuture = Pin<Box<dyn Future<Output = Option<Outcome>> + Send>>;
 /// (`None`: the halon interface stopped first).
 pub struct Sent {
     outcomes: Vec<OutcomeFuture>,
+    self_link_notes: Vec<HaNote>,
 }
 
 impl std::fmt::Debug for Sent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Sent")
             .field("messages", &self.outcomes.len())
+            .field("self_link_notes", &self.self_link_notes.len())
             .finish()
     }
 }
@@ -132,6 +140,7 @@ impl Sent {
     pub fn none() -> Self {
         Sent {
             outcomes: Vec::new(),
+            self_link_notes: Vec::new(),
         }
     }
 
@@ -150,7 +159,21 @@ impl Sent {
                 .into_iter()
                 .map(|f| Box::pin(f) as OutcomeFuture)
                 .collect(),
+            self_link_notes: Vec::new(),
         }
+    }
+
+    /// With the notes hax's own link was left out of
+    /// ([`BroadcastOptions::skip_self_link`]).
+    pub fn with_self_link_notes(mut self, notes: Vec<HaNote>) -> Self {
+        self.self_link_notes = notes;
+        self
+    }
+
+    /// The notes hax's own link was left out of (empty unless
+    /// [`BroadcastOptions::skip_self_link`]).
+    pub fn self_link_notes(&self) -> &[HaNote] {
+        &self.self_link_notes
     }
 
     /// Messages sent.
@@ -214,6 +237,14 @@ pub trait Broadcast: Send + Sync + 'static {
         &self,
         updates: Vec<HaUpdate>,
         options: BroadcastOptions,
+    ) -> impl Future<Output = Result<Sent, BroadcastFailed>> + Send + 'static;
+
+    /// Sends `notes` as they are to hax's own link only, nothing planned or
+    /// written: what a [`BroadcastOptions::skip_self_link`] broadcast left
+    /// out. Ordered with the broadcasts as they are.
+    fn send_to_self_link(
+        &self,
+        notes: Vec<HaNote>,
     ) -> impl Future<Output = Result<Sent, BroadcastFailed>> + Send + 'static;
 }
 
@@ -373,6 +404,10 @@ pub struct EventsConfig {
     /// read, writes) before it is refused with EAGAIN, so that the process
     /// asks again.
     pub consul_wait: Duration,
+    /// How long the FAILED note of a stopped process is held back from
+    /// hax's own link after the STOPPED event is delivered, while the
+    /// process's link is there (see [`crate::fencing`]).
+    pub self_failed_hold: Duration,
 }
 
 impl Default for EventsConfig {
@@ -382,6 +417,7 @@ impl Default for EventsConfig {
             lanes_hold: 4096,
             restart_delivery_wait: Duration::from_secs(30),
             consul_wait: Duration::from_secs(30),
+            self_failed_hold: HA_DISCONNECT_TIMEOUT,
         }
     }
 }
@@ -450,6 +486,8 @@ struct Inner<B, C> {
     metrics: Arc<EventMetrics>,
     /// The node's restart counts once read, as this hax has bumped them.
     restart_counts: tokio::sync::Mutex<Option<HashMap<Fid, u64>>>,
+    /// FAILED notes of stopped processes held back from hax's own link.
+    held: HeldFailures<B>,
 }
 
 impl<B: Broadcast, C: ClusterFacts> EventPipeline<B, C> {
@@ -461,6 +499,11 @@ impl<B: Broadcast, C: ClusterFacts> EventPipeline<B, C> {
         cluster: Arc<C>,
         config: EventsConfig,
     ) -> Self {
+        let held = HeldFailures::new(
+            Arc::clone(&broadcaster),
+            LinkWatch::new(),
+            config.self_failed_hold,
+        );
         EventPipeline {
             inner: Arc::new(Inner {
                 writer,
@@ -470,8 +513,31 @@ impl<B: Broadcast, C: ClusterFacts> EventPipeline<B, C> {
                 config,
                 metrics: Arc::new(EventMetrics::default()),
                 restart_counts: tokio::sync::Mutex::new(None),
+                held,
             }),
         }
+    }
+
+    /// Learns of gone links from `links` (fed by the Motr callbacks);
+    /// without it a held FAILED note waits for its bound. Call before the
+    /// pipeline is shared.
+    pub fn with_link_watch(mut self, links: LinkWatch) -> Self {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => {
+                inner.held = HeldFailures::new(
+                    Arc::clone(&inner.broadcaster),
+                    links,
+                    inner.config.self_failed_hold,
+                );
+            }
+            None => tracing::warn!("event pipeline already shared; link watch not attached"),
+        }
+        self
+    }
+
+    /// The counters of FAILED notes held back from hax's own link.
+    pub fn held_metrics(&self) -> Arc<HeldMetrics> {
+        self.inner.held.metrics()
     }
 
     /// The counters.
@@ -603,12 +669,28 @@ impl<B: Broadcast, C: ClusterFacts> EventPipeline<B, C> {
     /// writes are submitted, as the original did them, but not waited for
     /// here: the next event of the process is handled meanwhile (its
     /// broadcast and writes come after, in order).
-    pub async fn on_process(&self, link: LinkId, fid: Fid, ev: ProcessEvent, ack: Ack) {
+    ///
+    /// The FAILED note of a STOPPED process other than hax goes to the other
+    /// processes at once and is held back from hax's own link (see
+    /// [`crate::fencing`]); the event's delivery does not wait for it. A
+    /// later start of the process drops a note still held.
+    pub async fn on_process(&self, link: LinkId, fid: Fid, ev: ProcessEvent, mut ack: Ack) {
         let inner = &self.inner;
         inc(&inner.metrics.process_events);
         let is_hax = fid == inner.cluster.hax_fid();
         let mut event = ev.event;
+        if !is_hax
+            && matches!(
+                event,
+                ProcessEventKind::Starting
+                    | ProcessEventKind::Started
+                    | ProcessEventKind::DtmRecovered
+            )
+        {
+            inner.held.drop_held(fid);
+        }
         let mut broadcast = None;
+        let mut self_link_notes = None;
         let broadcasting = matches!(
             event,
             ProcessEventKind::DtmRecovered | ProcessEventKind::Started | ProcessEventKind::Stopped
@@ -638,16 +720,37 @@ impl<B: Broadcast, C: ClusterFacts> EventPipeline<B, C> {
                 health = ObjHealth::Ok;
                 event = ProcessEventKind::DtmRecovered;
             }
-            let options = BroadcastOptions {
-                broadcast_hax_only: ev.process_type == ProcessType::M0mkfs || is_hax,
-                coalesce: true,
-                ..BroadcastOptions::default()
-            };
-            broadcast = Some(
-                inner
-                    .broadcaster
-                    .broadcast(vec![HaUpdate::new(fid, health)], options),
-            );
+            let hax_only = ev.process_type == ProcessType::M0mkfs || is_hax;
+            let stopped = event == ProcessEventKind::Stopped;
+            if stopped {
+                let (notes_tx, notes) = oneshot::channel();
+                let (delivered_tx, delivered) = oneshot::channel();
+                inner.held.hold(fid, link, notes, delivered);
+                let event_ack = ack;
+                ack = Ack::new(move |outcome| {
+                    event_ack.complete(outcome);
+                    let _ = delivered_tx.send(());
+                });
+                if hax_only {
+                    // Only hax's own link would get it: nothing goes now.
+                    let _ = notes_tx.send(vec![HaNote::new(fid, health.note_state())]);
+                } else {
+                    self_link_notes = Some(notes_tx);
+                }
+            }
+            if !(stopped && hax_only) {
+                let options = BroadcastOptions {
+                    broadcast_hax_only: hax_only,
+                    skip_self_link: stopped,
+                    coalesce: true,
+                    ..BroadcastOptions::default()
+                };
+                broadcast = Some(
+                    inner
+                        .broadcaster
+                        .broadcast(vec![HaUpdate::new(fid, health)], options),
+                );
+            }
         }
         let status = ProcessStatus {
             state: process_state(event),
@@ -665,9 +768,16 @@ impl<B: Broadcast, C: ClusterFacts> EventPipeline<B, C> {
         if let Some((sent, a)) = broadcast.and_then(|b| Some((b, acks.next()?))) {
             let metrics = Arc::clone(&inner.metrics);
             tokio::spawn(async move {
-                if let Err(e) = sent.await {
-                    inc(&metrics.broadcast_failures);
-                    tracing::warn!(process = %fid, error = %e, "broadcast not handed to Motr");
+                match sent.await {
+                    Ok(sent) => {
+                        if let Some(tx) = self_link_notes {
+                            let _ = tx.send(sent.self_link_notes().to_vec());
+                        }
+                    }
+                    Err(e) => {
+                        inc(&metrics.broadcast_failures);
+                        tracing::warn!(process = %fid, error = %e, "broadcast not handed to Motr");
+                    }
                 }
                 a.complete(Ok(()));
             });
@@ -855,6 +965,9 @@ impl<B: Broadcast, C: ClusterFacts> EventPipeline<B, C> {
             self.submit(op, ack).await;
             waiting.push(w);
         }
+        // The previous incarnation's held FAILED goes to hax's own link now,
+        // before the new link exists, which a later one would fence too.
+        let held = inner.held.send_now(fid);
         match restart_count_write(&node, fid, count + 1) {
             Ok(op) => {
                 let (ack, w) = Ack::channel();
@@ -869,6 +982,7 @@ impl<B: Broadcast, C: ClusterFacts> EventPipeline<B, C> {
             count,
             restarted,
             waiting,
+            held,
             deadline,
         })
     }
@@ -882,8 +996,16 @@ impl<B: Broadcast, C: ClusterFacts> EventPipeline<B, C> {
             count,
             restarted,
             waiting,
+            held,
             deadline,
         } = begun;
+        if let Some(held) = held {
+            let wait = Instant::now() + self.inner.config.restart_delivery_wait;
+            if let Ok(Ok(Some(sent))) = tokio::time::timeout_at(wait, held).await {
+                let report = sent.wait_all(wait).await;
+                tracing::info!(process = %fid, delivered = report.delivered, pending = report.pending, "held FAILED of the previous incarnation sent to hax's own link");
+            }
+        }
         for w in waiting {
             match tokio::time::timeout_at(deadline, w).await {
                 Ok(Ok(())) => {}
@@ -934,6 +1056,8 @@ struct RestartBegun {
     count: u64,
     restarted: bool,
     waiting: Vec<AckWaiter>,
+    /// The previous incarnation's held FAILED, being sent.
+    held: Option<oneshot::Receiver<Option<Sent>>>,
     deadline: Instant,
 }
 
@@ -999,11 +1123,21 @@ pub(crate) mod testing {
         pub(crate) block_at: Option<usize>,
         pub(crate) blocked: Arc<Notify>,
         pub(crate) release: Arc<Notify>,
+        /// Notes sent to hax's own link alone, in order.
+        pub(crate) self_link: Arc<Mutex<Vec<Vec<HaNote>>>>,
+        pub(crate) self_link_sent: Arc<Notify>,
     }
 
     impl Recorder {
         pub(crate) fn calls(&self) -> Vec<Call> {
             self.calls.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        }
+
+        pub(crate) fn self_link_sends(&self) -> Vec<Vec<HaNote>> {
+            self.self_link
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
         }
     }
 
@@ -1015,6 +1149,14 @@ pub(crate) mod testing {
         ) -> impl Future<Output = Result<Sent, BroadcastFailed>> + Send + 'static {
             let n = self.started.fetch_add(1, Ordering::SeqCst) + 1;
             let block = self.block_at == Some(n);
+            let self_notes: Vec<HaNote> = if options.skip_self_link {
+                updates
+                    .iter()
+                    .map(|u| HaNote::new(u.fid, u.health.note_state()))
+                    .collect()
+            } else {
+                Vec::new()
+            };
             if !block {
                 self.calls
                     .lock()
@@ -1028,8 +1170,25 @@ pub(crate) mod testing {
                     blocked.notify_one();
                     release.notified().await;
                 }
-                Ok(Sent::from_futures([async { Some(Outcome::Delivered) }]))
+                let sent = Sent::from_futures([async { Some(Outcome::Delivered) }]);
+                Ok(if self_notes.is_empty() {
+                    sent
+                } else {
+                    sent.with_self_link_notes(self_notes)
+                })
             }
+        }
+
+        fn send_to_self_link(
+            &self,
+            notes: Vec<HaNote>,
+        ) -> impl Future<Output = Result<Sent, BroadcastFailed>> + Send + 'static {
+            self.self_link
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(notes);
+            self.self_link_sent.notify_waiters();
+            async { Ok(Sent::from_futures([async { Some(Outcome::Delivered) }])) }
         }
     }
 
@@ -1199,6 +1358,7 @@ mod tests {
                     update_kv: true,
                     broadcast_hax_only: false,
                     proc_skip_list: vec![ios],
+                    skip_self_link: false,
                     coalesce: false,
                 }
             )]
@@ -1264,6 +1424,115 @@ mod tests {
             process_type,
             pid: 42,
         }
+    }
+
+    /// Waits until `cond` holds, failing after 20 s.
+    async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// A process event handled; resolves once it is delivered.
+    async fn handled(
+        p: &EventPipeline<Recorder, Facts>,
+        link: u64,
+        fid: Fid,
+        e: ProcessEvent,
+    ) -> Instant {
+        let (ack, w) = Ack::channel();
+        p.on_process(LinkId(link), fid, e, ack).await;
+        tokio::time::timeout(Duration::from_secs(30), w)
+            .await
+            .expect("acked")
+            .expect("durable");
+        Instant::now()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stopped_process_reaches_hax_own_link_once_its_link_is_gone_or_at_the_bound() {
+        use ProcessEventKind as E;
+        use ProcessType as T;
+        const HOLD: Duration = Duration::from_millis(300);
+        let agent = DevAgent::start().await.expect("agent");
+        let client = agent.client().expect("client");
+        let recorder = Arc::new(Recorder::default());
+        let links = LinkWatch::new();
+        let p = EventPipeline::new(
+            KvWriter::spawn(client.clone(), WriterConfig::default()),
+            HaxKv::new(client.clone()),
+            Arc::clone(&recorder),
+            Arc::new(facts()),
+            EventsConfig {
+                self_failed_hold: HOLD,
+                ..EventsConfig::default()
+            },
+        )
+        .with_link_watch(links.clone());
+        let held = p.held_metrics();
+        let failed = |key| vec![HaNote::new(process(key), HaState::Failed)];
+        let sends = || recorder.self_link_sends();
+
+        // The others are told at once, hax's own link is not; once the
+        // process's link is gone, it is, without waiting for the bound.
+        handled(&p, 3, process(IOS), ev(E::Stopped, T::M0d)).await;
+        let last = recorder.calls().pop().expect("broadcast");
+        assert_eq!(last.0, vec![HaUpdate::new(process(IOS), ObjHealth::Failed)]);
+        assert!(last.1.skip_self_link && !last.1.broadcast_hax_only);
+        assert!(sends().is_empty(), "held while the link is there");
+        let gone = Instant::now();
+        links.link_gone(LinkId(3));
+        eventually("the held note sent", || sends() == vec![failed(IOS)]).await;
+        assert!(gone.elapsed() < HOLD, "sent when the link went");
+        assert_eq!(held.sent_link_gone.load(Ordering::Relaxed), 1);
+
+        // A link that stays: sent at the bound, counted from delivery.
+        let delivered = handled(&p, 4, process(CONFD), ev(E::Stopped, T::M0d)).await;
+        eventually("the note sent at the bound", || sends().len() == 2).await;
+        assert!(delivered.elapsed() >= HOLD, "{:?}", delivered.elapsed());
+        assert_eq!(sends()[1], failed(CONFD));
+        assert_eq!(held.sent_bound.load(Ordering::Relaxed), 1);
+
+        // An mkfs run tells only hax's own link: nothing at once, then the
+        // same hold.
+        let calls = recorder.calls().len();
+        handled(&p, 5, process(0x20), ev(E::Stopped, T::M0mkfs)).await;
+        assert_eq!(recorder.calls().len(), calls, "no broadcast now");
+        eventually("the mkfs note", || sends().len() == 3).await;
+        assert_eq!(sends()[2], failed(0x20));
+
+        // Started again before the bound: the note is dropped, never sent
+        // after the newer state.
+        let stopped = handled(&p, 6, process(0x30), ev(E::Stopped, T::M0d)).await;
+        handled(&p, 7, process(0x30), ev(E::Starting, T::M0d)).await;
+        assert_eq!(held.dropped.load(Ordering::Relaxed), 1);
+        let stopped2 = handled(&p, 8, process(0x31), ev(E::Stopped, T::M0d)).await;
+        handled(&p, 9, process(0x31), ev(E::Started, T::M0d)).await;
+        assert_eq!(held.dropped.load(Ordering::Relaxed), 2);
+        links.link_gone(LinkId(6));
+        // Past both bounds (a note held would have gone by now).
+        tokio::time::sleep_until(stopped.max(stopped2) + HOLD * 3).await;
+        assert_eq!(sends().len(), 3, "{:?}", sends());
+
+        // A new incarnation's first entrypoint request: the held note goes
+        // before the answer, not at the bound.
+        let stopped = handled(&p, 10, process(0x32), ev(E::Stopped, T::M0d)).await;
+        p.restart_check(process(0x32), "ep").await.expect("checked");
+        assert!(stopped.elapsed() < HOLD, "sent before the bound");
+        assert_eq!(sends()[3], failed(0x32));
+        assert_eq!(held.sent_restart.load(Ordering::Relaxed), 1);
+
+        // hax stopping: what is held is dropped.
+        handled(&p, 11, process(0x33), ev(E::Stopped, T::M0d)).await;
+        links.set_stopping();
+        eventually("dropped at stop", || {
+            held.dropped.load(Ordering::Relaxed) == 3
+        })
+        .await;
+        assert_eq!(sends().len(), 4);
+        assert_eq!(held.held.load(Ordering::Relaxed), 7);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1338,7 +1607,14 @@ mod tests {
                     hax_only.clone()
                 ),
                 (vec![HaUpdate::new(process(0x20), ObjHealth::Ok)], hax_only),
-                (vec![HaUpdate::new(process(IOS), ObjHealth::Failed)], all),
+                // A stopped process: hax's own link gets its FAILED later.
+                (
+                    vec![HaUpdate::new(process(IOS), ObjHealth::Failed)],
+                    BroadcastOptions {
+                        skip_self_link: true,
+                        ..all
+                    }
+                ),
             ]
         );
         let kv = |fid: Fid| keys::process(fid_text(fid));

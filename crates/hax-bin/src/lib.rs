@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod entrypoint;
 pub mod events;
+pub mod fencing;
 pub mod health;
 pub mod identity;
 pub mod keepalive;

@@ -1,0 +1,350 @@
+//! When hax's own Motr fences a stopped process.
+//!
+//! A FAILED note about a process fid that hax sends on its own (self) link
+//! makes Motr's halon interface disconnect every link that process made.
+//! A stopping m0d reports PROCESS STOPPED and only then flushes its last
+//! messages and closes its HA link: fenced in that window, it waits for
+//! ever in its flush or, seeing its link fail, asks for the entrypoint
+//! again, is told it was disconnected and aborts. So the FAILED note of a
+//! STOPPED event goes to the other processes at once, but to hax's own link
+//! only once the stopped process's link is gone, or [`HA_DISCONNECT_TIMEOUT`]
+//! after the event was delivered ([`HeldFailures`]).
+//!
+//! Neither Motr nor the emulator tells hax when a peer closes its side of a
+//! link; hax learns that a link is gone when its own side goes through the
+//! disconnect handshake (`link_is_disconnecting`, `link_disconnected`), which
+//! the daemon's Motr callbacks report to a [`LinkWatch`]. For a peer that
+//! closes its link itself, the bound is what ends the wait.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use hax_core::{Fid, HaNote, LinkId};
+use tokio::sync::{oneshot, watch};
+
+use crate::events::{Broadcast, Sent};
+
+/// How long a FAILED note for hax's own link is held after the STOPPED
+/// event was delivered. Motr's HA link disconnect timeout (`ha/ha.c`, 5 s):
+/// once its STOPPED is delivered, a stopping m0d's flush completes in a round
+/// trip, and closing its link then takes at most this long; after that the
+/// note can no longer catch the process in its flush.
+pub const HA_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Gone links remembered (ids are never reused, so the oldest are dropped).
+const GONE_KEPT: usize = 4096;
+
+/// Which links are gone, as the Motr callbacks report it; cheap to clone,
+/// safe to call from Motr's threads (nothing here blocks for long).
+#[derive(Clone, Debug)]
+pub struct LinkWatch {
+    inner: Arc<WatchInner>,
+}
+
+#[derive(Debug)]
+struct WatchInner {
+    gone: Mutex<BTreeSet<LinkId>>,
+    stopping: std::sync::atomic::AtomicBool,
+    changed: watch::Sender<u64>,
+}
+
+impl Default for LinkWatch {
+    fn default() -> Self {
+        LinkWatch::new()
+    }
+}
+
+impl LinkWatch {
+    /// A watch that knows of no gone link.
+    pub fn new() -> Self {
+        LinkWatch {
+            inner: Arc::new(WatchInner {
+                gone: Mutex::new(BTreeSet::new()),
+                stopping: std::sync::atomic::AtomicBool::new(false),
+                changed: watch::channel(0).0,
+            }),
+        }
+    }
+
+    fn gone_set(&self) -> MutexGuard<'_, BTreeSet<LinkId>> {
+        // A poisoned lock only means a panic elsewhere; the set is intact.
+        self.inner.gone.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `link` is going or gone (hax's side disconnects it).
+    pub fn link_gone(&self, link: LinkId) {
+        {
+            let mut gone = self.gone_set();
+            gone.insert(link);
+            while gone.len() > GONE_KEPT {
+                gone.pop_first();
+            }
+        }
+        self.inner.changed.send_modify(|n| *n += 1);
+    }
+
+    /// hax is stopping: every link goes, and nothing held is sent any more.
+    pub fn set_stopping(&self) {
+        self.inner.stopping.store(true, Ordering::Release);
+        self.inner.changed.send_modify(|n| *n += 1);
+    }
+
+    /// Whether hax is stopping.
+    pub fn is_stopping(&self) -> bool {
+        self.inner.stopping.load(Ordering::Acquire)
+    }
+
+    /// Whether `link` is gone.
+    pub fn is_gone(&self, link: LinkId) -> bool {
+        self.gone_set().contains(&link)
+    }
+
+    /// Resolves once `link` is gone or hax is stopping.
+    pub async fn gone(&self, link: LinkId) {
+        let mut rx = self.inner.changed.subscribe();
+        loop {
+            if self.is_gone(link) || self.is_stopping() {
+                return;
+            }
+            // The sender lives in `self`: `changed` fails only if it is gone.
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// A request to send a held note at once; answered with the send, if any.
+type SendNow = oneshot::Sender<Option<Sent>>;
+
+type SendFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Option<Sent>> + Send>>;
+
+struct Entry {
+    id: u64,
+    now: oneshot::Sender<SendNow>,
+}
+
+/// FAILED notes of stopped processes held back from hax's own link (see
+/// the module documentation). At most one per process: a newer event of the
+/// process drops it ([`HeldFailures::drop_held`]), a new incarnation's first
+/// entrypoint request sends it at once ([`HeldFailures::send_now`]), so a held
+/// note never reaches Motr after a newer state of its process.
+pub struct HeldFailures<B> {
+    broadcaster: Arc<B>,
+    links: LinkWatch,
+    hold: Duration,
+    held: Arc<Mutex<HashMap<Fid, Entry>>>,
+    next: AtomicU64,
+    metrics: Arc<HeldMetrics>,
+}
+
+impl<B> std::fmt::Debug for HeldFailures<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeldFailures")
+            .field("hold", &self.hold)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Counters of held notes.
+#[derive(Debug, Default)]
+pub struct HeldMetrics {
+    /// Notes held.
+    pub held: AtomicU64,
+    /// Sent once the process's link was gone.
+    pub sent_link_gone: AtomicU64,
+    /// Sent at the bound, the link still there.
+    pub sent_bound: AtomicU64,
+    /// Sent at once for a new incarnation's first entrypoint request.
+    pub sent_restart: AtomicU64,
+    /// Dropped: a newer state of the process, or hax stopping.
+    pub dropped: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn inc(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Why a held note ends.
+enum End {
+    LinkGone,
+    Bound,
+    Now(SendNow),
+    Dropped,
+}
+
+impl<B: Broadcast> HeldFailures<B> {
+    /// Holds notes for `hold` at most after delivery, sending through
+    /// `broadcaster`, told of gone links by `links`.
+    pub fn new(broadcaster: Arc<B>, links: LinkWatch, hold: Duration) -> Self {
+        HeldFailures {
+            broadcaster,
+            links,
+            hold,
+            held: Arc::default(),
+            next: AtomicU64::new(1),
+            metrics: Arc::default(),
+        }
+    }
+
+    /// The counters.
+    pub fn metrics(&self) -> Arc<HeldMetrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    /// Holds the notes `notes` will give (those hax's own link did not get)
+    /// for `process`, which reported STOPPED on `link`, until `link` is gone,
+    /// or `hold` after `delivered` resolves (the STOPPED message delivered).
+    /// A note held before for the process is dropped. Must be called in the
+    /// process's event order (its lane).
+    pub fn hold(
+        &self,
+        process: Fid,
+        link: LinkId,
+        notes: oneshot::Receiver<Vec<HaNote>>,
+        delivered: oneshot::Receiver<()>,
+    ) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (now_tx, now_rx) = oneshot::channel();
+        if lock(&self.held)
+            .insert(process, Entry { id, now: now_tx })
+            .is_some()
+        {
+            inc(&self.metrics.dropped);
+        }
+        inc(&self.metrics.held);
+        tracing::info!(%process, %link, hold = ?self.hold, "FAILED for hax's own link held until the process's link is gone");
+        let task = HoldTask {
+            broadcaster: Arc::clone(&self.broadcaster),
+            links: self.links.clone(),
+            hold: self.hold,
+            held: Arc::clone(&self.held),
+            metrics: Arc::clone(&self.metrics),
+            process,
+            link,
+            id,
+        };
+        tokio::spawn(task.run(notes, delivered, now_rx));
+    }
+
+    /// Drops the note held for `process`, if any: the process reported a
+    /// newer state.
+    pub fn drop_held(&self, process: Fid) {
+        if lock(&self.held).remove(&process).is_some() {
+            inc(&self.metrics.dropped);
+            tracing::info!(%process, "held FAILED for hax's own link dropped: the process reported a newer state");
+        }
+    }
+
+    /// Sends the note held for `process` now, if any (a new incarnation
+    /// asks for the entrypoint: its old link must be fenced before the new
+    /// one exists). Resolves with the send once it is handed to Motr.
+    pub fn send_now(&self, process: Fid) -> Option<oneshot::Receiver<Option<Sent>>> {
+        let entry = lock(&self.held).remove(&process)?;
+        let (tx, rx) = oneshot::channel();
+        entry.now.send(tx).ok()?;
+        Some(rx)
+    }
+}
+
+struct HoldTask<B> {
+    broadcaster: Arc<B>,
+    links: LinkWatch,
+    hold: Duration,
+    held: Arc<Mutex<HashMap<Fid, Entry>>>,
+    metrics: Arc<HeldMetrics>,
+    process: Fid,
+    link: LinkId,
+    id: u64,
+}
+
+impl<B: Broadcast> HoldTask<B> {
+    async fn run(
+        self,
+        notes: oneshot::Receiver<Vec<HaNote>>,
+        delivered: oneshot::Receiver<()>,
+        mut now: oneshot::Receiver<SendNow>,
+    ) {
+        // No notes: the broadcast failed, nothing was sent to anyone.
+        let notes = notes.await.unwrap_or_default();
+        let end = tokio::select! {
+            biased;
+            r = &mut now => match r {
+                Ok(reply) => End::Now(reply),
+                Err(_) => End::Dropped,
+            },
+            _ = self.links.gone(self.link) => End::LinkGone,
+            _ = async {
+                // An ack dropped unrun still ends the wait for delivery.
+                let _ = delivered.await;
+                tokio::time::sleep(self.hold).await;
+            } => End::Bound,
+        };
+        let process = self.process;
+        match end {
+            End::Dropped => {}
+            End::Now(reply) => {
+                inc(&self.metrics.sent_restart);
+                tracing::info!(%process, "held FAILED sent to hax's own link before the new incarnation's reply");
+                let sent = self.send(notes);
+                let _ = reply.send(match sent {
+                    Some(f) => f.await,
+                    None => None,
+                });
+            }
+            End::LinkGone | End::Bound => {
+                let send = {
+                    let mut held = lock(&self.held);
+                    if held.get(&process).map(|e| e.id) != Some(self.id) {
+                        return;
+                    }
+                    held.remove(&process);
+                    if self.links.is_stopping() {
+                        inc(&self.metrics.dropped);
+                        tracing::debug!(%process, "hax stopping: held FAILED dropped");
+                        return;
+                    }
+                    // Handed to the broadcaster under the lock: a newer
+                    // event of the process, which takes the lock to drop
+                    // the note, has its broadcast queued after this one.
+                    self.send(notes)
+                };
+                let counter = if matches!(end, End::LinkGone) {
+                    &self.metrics.sent_link_gone
+                } else {
+                    &self.metrics.sent_bound
+                };
+                inc(counter);
+                tracing::info!(%process, link = %self.link, link_gone = matches!(end, End::LinkGone), "held FAILED sent to hax's own link");
+                if let Some(f) = send {
+                    let _ = f.await;
+                }
+            }
+        }
+    }
+
+    /// Queues the notes for hax's own link at the call; the future resolves
+    /// with the send once handed to Motr.
+    fn send(&self, notes: Vec<HaNote>) -> Option<SendFuture> {
+        if notes.is_empty() {
+            return None;
+        }
+        let process = self.process;
+        let sent = self.broadcaster.send_to_self_link(notes);
+        Some(Box::pin(async move {
+            match sent.await {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(%process, error = %e, "held FAILED not handed to Motr");
+                    None
+                }
+            }
+        }))
+    }
+}
