@@ -58,7 +58,7 @@ async fn counters_grow(env: &Env, peers: &[&SimProcess]) -> Vec<KeepaliveStatus>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probes_are_recorded_and_a_silent_process_is_marked() {
-    let env = Env::start(keepalive_options(200)).await;
+    let mut env = Env::start(keepalive_options(200)).await;
     let peers = env.connect_peers(3).await;
 
     let first = counters_grow(&env, &peers.iter().collect::<Vec<_>>()).await;
@@ -112,6 +112,13 @@ async fn probes_are_recorded_and_a_silent_process_is_marked() {
         .expect("keepalive keys");
     assert_eq!(keys.len(), 3, "{keys:?}");
     env.assert_no_contract_violations();
+
+    // The probes do not hold up the stop.
+    env.sigterm();
+    let t = std::time::Instant::now();
+    let status = env.wait_exit(T).await;
+    eprintln!("hax exited with {status} {:?} after SIGTERM", t.elapsed());
+    assert!(status.success(), "exit status {status}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
