@@ -19,7 +19,7 @@
 //! probe state; its key stays as last written (a restarted process has a
 //! new link and gets its key written again).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
@@ -69,8 +69,8 @@ struct Probe {
     process: Fid,
     /// Ids sent and not answered, oldest first, at most [`KEPT_IDS`].
     pending: VecDeque<Uint128>,
-    /// A request went out in the round now running.
-    asked: bool,
+    /// The request of the round now running, once sent.
+    asked: Option<Uint128>,
     /// A reply arrived in the round now running.
     answered: bool,
     /// The last reply: the process's counter and when it arrived.
@@ -146,22 +146,23 @@ impl Probes {
     /// every listed link gets a request with a fresh id.
     pub fn round(&mut self, links: &[(LinkId, Fid)]) -> Round {
         let mut round = Round::default();
+        let listed: HashMap<LinkId, Fid> = links.iter().copied().collect();
         let before = self.links.len();
         self.links
-            .retain(|id, p| links.iter().any(|(l, f)| l == id && *f == p.process));
+            .retain(|id, p| listed.get(id) == Some(&p.process));
         round.dropped = before - self.links.len();
         for &(link, process) in links {
             let p = self.links.entry(link).or_insert_with(|| Probe {
                 process,
                 pending: VecDeque::new(),
-                asked: false,
+                asked: None,
                 answered: false,
                 last: None,
                 missed: 0,
                 liveness: Liveness::Unknown,
                 dirty: false,
             });
-            if p.asked && !p.answered {
+            if p.asked.is_some() && !p.answered {
                 p.missed = p.missed.saturating_add(1);
                 round.missed.push(process);
                 if p.missed >= MISS_LIMIT && p.liveness != Liveness::NotResponding {
@@ -178,7 +179,7 @@ impl Probes {
                 p.pending.pop_front();
             }
             p.pending.push_back(id);
-            p.asked = true;
+            p.asked = Some(id);
             p.answered = false;
             round.requests.push((link, id));
         }
@@ -189,8 +190,8 @@ impl Probes {
     pub fn not_sent(&mut self, link: LinkId, id: Uint128) {
         if let Some(p) = self.links.get_mut(&link) {
             p.pending.retain(|i| *i != id);
-            if p.pending.back().is_none_or(|last| last.lo < id.lo) {
-                p.asked = false;
+            if p.asked == Some(id) {
+                p.asked = None;
             }
         }
     }
@@ -309,7 +310,7 @@ pub struct KeepaliveConfig {
 
 /// The links to probe now: active, not hax's own, process known.
 fn targets(ha: &HaLink) -> Vec<(LinkId, Fid)> {
-    let active = ha.active_links();
+    let active: HashSet<LinkId> = ha.active_links().into_iter().collect();
     ha.links()
         .into_iter()
         .filter(|l| !l.is_self && !l.process_fid.is_zero() && active.contains(&l.id))
