@@ -11,11 +11,16 @@
 //! carry the handler's own KV writes. Effects written that way happen exactly
 //! once with the offset: a consumer killed at any point resumes after the last
 //! committed entry and neither repeats nor skips one. Effects outside Consul
-//! (e.g. notifying Motr) are at-least-once: an entry whose commit was lost is
-//! handled again. A consumer may commit several entries at once (one
-//! transaction, the last one's offset), trading Consul round trips for more
-//! entries handled again after a crash.
+//! (e.g. notifying Motr) happen once for as long as the consumer lives: when
+//! a commit fails (Consul down, the answer lost), the consumer remembers the
+//! entries it handled and commits their operations with a later attempt
+//! instead of handling them again. Only a consumer that dies between handling
+//! an entry and its commit handles it again (at-least-once across a crash).
+//! A consumer may commit several entries at once (one transaction, the last
+//! one's offset), trading Consul round trips for more entries handled again
+//! after a crash.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
@@ -213,6 +218,10 @@ struct OffsetState {
     value: Option<u64>,
     /// Modify index of the offset key, 0 if absent.
     index: u64,
+    /// Entries handled here whose commit failed, with their operations: a
+    /// later attempt commits them without handling them again. At most one
+    /// failed commit's entries (consumption stops at a failed commit).
+    uncommitted: BTreeMap<u64, Vec<TxnOp>>,
 }
 
 /// What handling one entry produced, for
@@ -235,6 +244,8 @@ struct Pending<'a> {
     count: usize,
     last: Option<&'a QueueEntry>,
     ops: Vec<TxnOp>,
+    /// Each entry's epoch and how many of `ops` are its own, in order.
+    spans: Vec<(u64, usize)>,
 }
 
 /// Consumes a queue in order, keeping its offset in Consul.
@@ -280,20 +291,23 @@ impl QueueConsumer {
             .kv_get_with(&self.offset_key, &opts)
             .await?
             .value;
-        *state = match got {
-            None => OffsetState {
-                value: None,
-                index: 0,
-            },
-            Some(p) => OffsetState {
-                value: if p.value.is_empty() {
+        let (value, index) = match got {
+            None => (None, 0),
+            Some(p) => (
+                if p.value.is_empty() {
                     None
                 } else {
                     Some(decode_decimal(&self.offset_key, &p.value)?)
                 },
-                index: p.modify_index,
-            },
+                p.modify_index,
+            ),
         };
+        state.value = value;
+        state.index = index;
+        // A commit whose answer was lost may have landed after all.
+        if let Some(v) = value {
+            state.uncommitted.retain(|&epoch, _| epoch > v);
+        }
         Ok(())
     }
 
@@ -398,17 +412,22 @@ impl QueueConsumer {
                 i += 1;
                 continue;
             }
-            let (mut ops, commit_now) = match handler(entry).await {
-                Ok(h) => (h.ops, h.commit_now),
-                Err(e) => {
-                    self.flush(&mut state, &mut pending, &mut handled).await?;
-                    return Err(QueueError::Handler {
-                        key: entry.key.clone(),
-                        reason: e.to_string(),
-                    });
-                }
+            let remembered = state.uncommitted.remove(&entry.epoch);
+            let reused = remembered.is_some();
+            let (mut ops, commit_now) = match remembered {
+                Some(ops) => (ops, false),
+                None => match handler(entry).await {
+                    Ok(h) => (h.ops, h.commit_now),
+                    Err(e) => {
+                        self.flush(&mut state, &mut pending, &mut handled).await?;
+                        return Err(QueueError::Handler {
+                            key: entry.key.clone(),
+                            reason: e.to_string(),
+                        });
+                    }
+                },
             };
-            if self.config.delete_consumed {
+            if self.config.delete_consumed && !reused {
                 ops.push(TxnOp::delete(entry.key.clone()));
             }
             let extra = ops.len();
@@ -424,11 +443,17 @@ impl QueueConsumer {
             let mut raced = false;
             if pending.count > 0 && pending.ops.len() + extra + 2 > MAX_TXN_OPS {
                 raced = !self.flush(&mut state, &mut pending, &mut handled).await?;
+                if raced {
+                    // Handled, not committed: remembered like the others.
+                    state.uncommitted.insert(entry.epoch, ops);
+                    ops = Vec::new();
+                }
             }
             if !raced {
                 if pending.count == 0 {
                     pending.first = i;
                 }
+                pending.spans.push((entry.epoch, ops.len()));
                 pending.ops.append(&mut ops);
                 pending.last = Some(entry);
                 pending.count += 1;
@@ -438,27 +463,57 @@ impl QueueConsumer {
                 }
             }
             if raced {
-                // Someone else advanced the offset: go on from there (the
-                // entries handled here included, if they did not reach them).
-                moved += 1;
-                if moved > MAX_OFFSET_RACES {
-                    return Err(QueueError::Contended {
-                        kind: self.config.kind,
-                        attempts: moved,
-                    });
-                }
-                tracing::info!(consumer = %self.offset_key, epoch = entry.epoch, "offset moved by another consumer");
                 i = pending.first;
                 pending = Pending::default();
-                self.load(&mut state).await?;
+                self.after_race(&mut state, &mut moved, entry.epoch).await?;
+            }
+            if i >= sorted.len() && pending.count > 0 {
+                let last = pending.last.map_or(0, |e| e.epoch);
+                if !self.flush(&mut state, &mut pending, &mut handled).await? {
+                    i = pending.first;
+                    pending = Pending::default();
+                    self.after_race(&mut state, &mut moved, last).await?;
+                }
             }
         }
         self.flush(&mut state, &mut pending, &mut handled).await?;
         Ok(handled)
     }
 
+    /// The offset moved under a commit: someone else consumed under this
+    /// name, or a commit of ours whose answer was lost landed late. Goes on
+    /// from the stored offset; entries handled here stay remembered, so the
+    /// ones still above it are not handled again.
+    async fn after_race(
+        &self,
+        state: &mut OffsetState,
+        moved: &mut usize,
+        epoch: u64,
+    ) -> Result<()> {
+        *moved += 1;
+        if *moved > MAX_OFFSET_RACES {
+            return Err(QueueError::Contended {
+                kind: self.config.kind,
+                attempts: *moved,
+            });
+        }
+        tracing::info!(consumer = %self.offset_key, epoch, "offset moved under a commit");
+        self.load(state).await
+    }
+
+    /// Keeps the operations of `txn` (a commit of `spans`) for a later
+    /// commit of the same entries.
+    fn remember(state: &mut OffsetState, spans: Vec<(u64, usize)>, txn: Vec<TxnOp>) {
+        let mut ops = txn.into_iter().skip(2);
+        for (epoch, n) in spans {
+            state
+                .uncommitted
+                .insert(epoch, ops.by_ref().take(n).collect());
+        }
+    }
+
     /// Commits the pending entries with their operations. `Ok(false)` when
-    /// the offset had moved (nothing committed; the entries stay pending).
+    /// the offset had moved (nothing committed; the entries are remembered).
     async fn flush(
         &self,
         state: &mut OffsetState,
@@ -495,15 +550,25 @@ impl QueueConsumer {
                 Ok(true)
             }
             Err(ConsulError::TxnFailed { errors }) if errors.iter().any(|e| e.op_index == 0) => {
+                Self::remember(state, std::mem::take(&mut pending.spans), txn);
                 Ok(false)
             }
-            Err(e @ ConsulError::TxnFailed { .. }) => Err(QueueError::Effects {
-                key: last.key.clone(),
-                source: e,
-            }),
-            // The answer may be lost after a commit; the next call starts
-            // by re-reading the stored offset, so nothing is redone twice.
-            Err(e) => Err(e.into()),
+            Err(e @ ConsulError::TxnFailed { .. }) => {
+                // Refused as a whole: committing the same again cannot help.
+                *pending = Pending::default();
+                Err(QueueError::Effects {
+                    key: last.key.clone(),
+                    source: e,
+                })
+            }
+            Err(e) => {
+                // Not committed, or the answer was lost after a commit: the
+                // next call re-reads the stored offset, then commits what is
+                // still above it without handling it again.
+                Self::remember(state, std::mem::take(&mut pending.spans), txn);
+                *pending = Pending::default();
+                Err(e.into())
+            }
         }
     }
 

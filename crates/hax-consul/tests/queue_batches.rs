@@ -3,7 +3,11 @@
 
 use std::sync::{Arc, Mutex};
 
-use hax_consul::dev_agent::DevAgent;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use hax_consul::dev_agent::{AgentMode, DevAgent};
 use hax_consul::queue::{ConsumerConfig, Handled, QueueConsumer, QueueEntry, QueuePublisher};
 use hax_consul::schema::{QueueKind, QueueMessage};
 use hax_consul::{ConsulClient, TxnOp};
@@ -179,4 +183,113 @@ async fn a_crash_before_the_commit_hands_the_batch_again() {
         vec![1, 2, 3, 4, 5]
     );
     assert_eq!(stored_offset(&c).await, Some(5));
+}
+
+/// How the commit of entry 3 is cut off.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Cut {
+    /// The agent is frozen: the commit's answer is lost, and the commit
+    /// lands when the agent goes on.
+    Freeze,
+    /// The agent is killed: the commit never lands.
+    Kill,
+}
+
+/// Entry 3 asks for an immediate commit, which is cut off; the same
+/// consumer then goes on. Returns what the second consumption counted.
+async fn cut_commit(cut: Cut) -> usize {
+    let mut agent = DevAgent::builder()
+        .mode(AgentMode::Persistent)
+        .start()
+        .await
+        .expect("agent");
+    let c = agent.client().expect("client");
+    let entries = publish(&c, 5).await;
+    let mut cfg = agent.client_config();
+    cfg.request_timeout = Duration::from_millis(500);
+    let consumer =
+        QueueConsumer::new(ConsulClient::new(cfg).expect("client"), config()).expect("consumer");
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let (at_3, cut_now) = tokio::sync::mpsc::unbounded_channel::<oneshot::Sender<()>>();
+    let handler = |entry: &QueueEntry| {
+        let (calls, at_3) = (Arc::clone(&calls), at_3.clone());
+        let epoch = entry.epoch;
+        async move {
+            let first_time = {
+                let mut calls = calls.lock().expect("calls");
+                calls.push(epoch);
+                !calls[..calls.len() - 1].contains(&epoch)
+            };
+            if epoch == 3 && first_time {
+                // Entry 3 told the outside world: wait until its commit
+                // is cut off.
+                let (done, cut) = oneshot::channel::<()>();
+                let _ = at_3.send(done);
+                let _ = cut.await;
+            }
+            Ok::<_, String>(Handled {
+                ops: vec![TxnOp::set(format!("seen/{epoch}"), "1")],
+                commit_now: epoch == 3,
+            })
+        }
+    };
+    let mut cut_now = cut_now;
+    let cutter = async {
+        let done = cut_now.recv().await.expect("entry 3 reached");
+        match cut {
+            Cut::Freeze => agent.pause().expect("pause"),
+            Cut::Kill => agent.kill(),
+        }
+        let _ = done.send(());
+    };
+    let (first, ()) = tokio::join!(
+        consumer.consume_entries_batched(&entries, 64, handler),
+        cutter
+    );
+    assert!(
+        first.is_err(),
+        "the commit of entry 3 was cut off: {first:?}"
+    );
+    match cut {
+        Cut::Freeze => agent.resume().expect("resume"),
+        Cut::Kill => agent.start_again().await.expect("agent back"),
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let handled = loop {
+        match consumer
+            .consume_entries_batched(&entries, 64, handler)
+            .await
+        {
+            Ok(n) => break n,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("agent not back yet: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("consumption after the cut: {e}"),
+        }
+    };
+    assert_eq!(
+        *calls.lock().expect("calls"),
+        vec![1, 2, 3, 4, 5],
+        "each entry handled once"
+    );
+    let c = agent.client().expect("client");
+    assert_eq!(stored_offset(&c).await, Some(5));
+    for epoch in 1..=5 {
+        let got = c.kv_get(&format!("seen/{epoch}")).await.expect("read");
+        assert!(got.value.is_some(), "effects of entry {epoch} committed");
+    }
+    handled
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_that_never_landed_is_committed_without_handling_again() {
+    // Entries 1 to 3 are committed by the second call, with 4 and 5.
+    assert_eq!(cut_commit(Cut::Kill).await, 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_whose_answer_was_lost_is_not_handled_again() {
+    // The frozen agent committed 1 to 3 when it went on.
+    assert_eq!(cut_commit(Cut::Freeze).await, 2);
 }
