@@ -47,10 +47,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use hax_consul::client::Consistency;
 use hax_consul::kv::{normalize_key, MAX_VALUE_SIZE};
 use hax_consul::schema::{decode_decimal, QueueKind, QueueMessage};
 use hax_consul::txn::MAX_TXN_OPS;
-use hax_consul::{ConsulClient, ConsulError, TxnOp};
+use hax_consul::{ConsulClient, ConsulError, QueryOptions, TxnOp};
 use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -366,6 +367,14 @@ impl WriterMetrics {
         self.latency_us_sum.fetch_add(us, Ordering::Relaxed);
         self.latency_count.fetch_add(1, Ordering::Relaxed);
         self.latency_us_max.fetch_max(us, Ordering::Relaxed);
+    }
+}
+
+/// Reads that decide whether to append to a queue see every commit.
+fn consistent() -> QueryOptions {
+    QueryOptions {
+        consistency: Consistency::Consistent,
+        ..QueryOptions::default()
     }
 }
 
@@ -1053,7 +1062,12 @@ impl Task {
             return Ok(*e);
         }
         let key = queue.epoch_key();
-        let got = self.client.kv_get(key).await.map_err(classify)?.value;
+        let got = self
+            .client
+            .kv_get_with(key, &consistent())
+            .await
+            .map_err(classify)?
+            .value;
         let epoch = match got {
             None => (0, 0),
             Some(p) => (
@@ -1068,7 +1082,15 @@ impl Task {
     /// One transaction attempt.
     async fn attempt(&mut self, batch: &mut Batch) -> Result<(), AttemptError> {
         for (key, body) in &batch.landed_if {
-            let got = self.client.kv_get(key).await.map_err(classify)?.value;
+            // A leader just restarted answers from its log replay in the
+            // default mode: an entry that did land may not show yet, and
+            // would be appended again.
+            let got = self
+                .client
+                .kv_get_with(key, &consistent())
+                .await
+                .map_err(classify)?
+                .value;
             if got.is_some_and(|p| p.value == body.as_bytes()) {
                 tracing::info!(%key, "an earlier attempt whose answer was lost had committed");
                 self.shared
