@@ -199,6 +199,108 @@ impl QueueEntry {
     }
 }
 
+/// What one [`QueueTrimmer::trim`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrimReport {
+    /// Entries deleted.
+    pub deleted: u64,
+    /// Entries up to this epoch are gone (0: none yet).
+    pub trimmed_to: u64,
+    /// Consumers whose offset is below what was trimmed: they lost the
+    /// entries between, as the retention bound says.
+    pub lagging: Vec<(String, u64)>,
+}
+
+/// Deletes the entries of a queue that several consumers read and none
+/// deletes (the BQ: every node's hax reads every entry).
+///
+/// An entry goes once every consumer with an offset has consumed it, or once
+/// more than `retain` newer entries exist, whatever the consumers: a node
+/// that is down does not make the queue grow without bound (every watch
+/// delivery carries the whole queue). A consumer that never committed an
+/// offset holds nothing back; it starts with the oldest entry left. The
+/// newest entry always stays, so the epoch counter can be repaired from it.
+#[derive(Debug)]
+pub struct QueueTrimmer {
+    client: ConsulClient,
+    kind: QueueKind,
+    retain: u64,
+    /// The oldest entry that may exist, once known.
+    next: Option<u64>,
+}
+
+impl QueueTrimmer {
+    /// A trimmer of `kind` keeping at most `retain` entries (at least 1).
+    pub fn new(client: ConsulClient, kind: QueueKind, retain: u64) -> Self {
+        QueueTrimmer {
+            client,
+            kind,
+            retain: retain.max(1),
+            next: None,
+        }
+    }
+
+    /// Deletes what may go now.
+    pub async fn trim(&mut self) -> Result<TrimReport> {
+        let opts = QueryOptions {
+            consistency: Consistency::Consistent,
+            ..QueryOptions::default()
+        };
+        let epoch_key = self.kind.epoch_key();
+        let Some(epoch) = self.client.kv_get_with(epoch_key, &opts).await?.value else {
+            return Ok(TrimReport::default());
+        };
+        let epoch = decode_decimal(epoch_key, &epoch.value)?;
+        let prefix = self.kind.offsets_prefix();
+        let offsets = self.client.kv_list_with(prefix, &opts).await?.value;
+        let mut consumers = Vec::new();
+        for pair in &offsets {
+            let name = pair.key.strip_prefix(prefix).unwrap_or(&pair.key);
+            match decode_decimal(&pair.key, &pair.value) {
+                Ok(offset) => consumers.push((name.to_owned(), offset)),
+                // That consumer cannot read its offset either; it cannot
+                // hold the queue.
+                Err(e) => {
+                    tracing::warn!(key = %pair.key, error = %e, "offset not a number; ignored for trimming")
+                }
+            }
+        }
+        let newest_to_drop = epoch.saturating_sub(1);
+        let slowest = consumers.iter().map(|(_, o)| *o).min().unwrap_or(0);
+        let bound = epoch.saturating_sub(self.retain);
+        let upto = slowest.max(bound).min(newest_to_drop);
+        let next = match self.next {
+            Some(n) => n,
+            None => {
+                let keys = self.client.kv_keys(self.kind.prefix(), None).await?.value;
+                keys.iter()
+                    .filter_map(|k| self.kind.parse_entry_key(k))
+                    .min()
+                    .unwrap_or(upto + 1)
+            }
+        };
+        let mut report = TrimReport {
+            trimmed_to: next.saturating_sub(1),
+            lagging: consumers.into_iter().filter(|(_, o)| *o < upto).collect(),
+            ..TrimReport::default()
+        };
+        let mut from = next;
+        while from <= upto {
+            let to = upto.min(from + MAX_TXN_OPS as u64 - 1);
+            let ops: Vec<TxnOp> = (from..=to)
+                .map(|n| TxnOp::delete(self.kind.entry_key(n)))
+                .collect();
+            self.client.txn(&ops).await?;
+            report.deleted += to - from + 1;
+            report.trimmed_to = to;
+            from = to + 1;
+            self.next = Some(from);
+        }
+        self.next = Some(from.max(next));
+        Ok(report)
+    }
+}
+
 /// Settings of a consumer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumerConfig {
@@ -411,6 +513,9 @@ impl QueueConsumer {
             if state.value.is_some_and(|o| entry.epoch <= o) {
                 i += 1;
                 continue;
+            }
+            if state.value.is_some_and(|o| entry.epoch > o + 1) && pending.count == 0 {
+                tracing::warn!(consumer = %self.offset_key, offset = ?state.value, next = entry.epoch, "entries below the next one were trimmed before this consumer reached them");
             }
             let remembered = state.uncommitted.remove(&entry.epoch);
             let reused = remembered.is_some();

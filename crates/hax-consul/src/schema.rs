@@ -619,11 +619,19 @@ impl QueueKind {
 
     /// Key of a consumer's delivered offset (`bq-delivered/<consumer>`).
     pub fn offset_key(self, consumer: &str) -> Result<String> {
-        let name = match self {
-            QueueKind::Broadcast => "bq-delivered",
-            QueueKind::Event => "eq-delivered",
-        };
-        Ok(format!("{name}/{}", segment("consumer name", consumer)?))
+        Ok(format!(
+            "{}{}",
+            self.offsets_prefix(),
+            segment("consumer name", consumer)?
+        ))
+    }
+
+    /// Prefix of the consumers' offsets (`bq-delivered/`, `eq-delivered/`).
+    pub fn offsets_prefix(self) -> &'static str {
+        match self {
+            QueueKind::Broadcast => "bq-delivered/",
+            QueueKind::Event => "eq-delivered/",
+        }
     }
 }
 
