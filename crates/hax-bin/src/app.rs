@@ -158,6 +158,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
     let (events_tx, events_rx) = mpsc::channel(cfg.limits.event_queue);
     let queue_probe = events_tx.downgrade();
     let links = crate::fencing::LinkWatch::new();
+    let confds_down = crate::rconfc::ConfdsDown::default();
+    let (confds_tx, confds_rx) = crate::rconfc::ConfdEvents::new(confds_down.clone());
     let bridge = Bridge::new(
         events_tx,
         entrypoint.clone(),
@@ -166,7 +168,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
         Arc::clone(&metrics),
         tokio::runtime::Handle::current(),
     )
-    .with_link_watch(links.clone());
+    .with_link_watch(links.clone())
+    .with_confds_down(confds_down);
     let keepalives = cfg
         .motr
         .keepalive_interval()
@@ -207,7 +210,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
         Arc::clone(&cluster),
         EventsConfig::default(),
     )
-    .with_link_watch(links);
+    .with_link_watch(links)
+    .with_confd_events(confds_tx);
     let pipeline_task = pipeline.spawn(events_rx, tasks.clone());
 
     // Keepalive probes of the linked processes, recorded in Consul.
@@ -308,6 +312,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
         kv.clone(),
         view.clone(),
         Arc::clone(&stats_metrics),
+        confds_rx,
         ops_stop.clone(),
     );
     let stats = crate::stats::StatsUpdaters::spawn(

@@ -22,6 +22,7 @@ use crate::fencing::LinkWatch;
 use crate::keepalive::KeepaliveInbox;
 use crate::metrics::Metrics;
 use crate::model::MotrEvent;
+use crate::rconfc::ConfdsDown;
 
 /// How long an entrypoint request waits for the configuration before it is
 /// refused (so that the requester asks again): long enough not to flood,
@@ -55,6 +56,8 @@ pub struct Bridge {
     keepalives: Option<KeepaliveInbox>,
     /// Told of the links hax's side disconnects.
     links: LinkWatch,
+    /// Confd processes stopping or stopped.
+    confds_down: ConfdsDown,
 }
 
 impl std::fmt::Debug for Bridge {
@@ -87,7 +90,19 @@ impl Bridge {
             overflow: Arc::default(),
             keepalives: None,
             links: LinkWatch::new(),
+            confds_down: ConfdsDown::default(),
         }
+    }
+
+    /// While a confd in `down` is stopping or stopped, hax's own Motr
+    /// (its rconfc asking again) is answered without confds: its rconfc
+    /// then fails at once instead of reconnecting to the stopping confd
+    /// again and again, which keeps the confd's RPC machine from going idle
+    /// and the confd from stopping; and hax's stop of rconfc, which waits
+    /// for rconfc to settle, returns.
+    pub fn with_confds_down(mut self, down: ConfdsDown) -> Self {
+        self.confds_down = down;
+        self
     }
 
     /// Reports the links hax's side disconnects (and hax's stop) to `links`.
@@ -177,7 +192,8 @@ impl Callbacks for Bridge {
             .entrypoint_requests
             .fetch_add(1, Ordering::Relaxed);
         tracing::info!(req_id = %req.req_id, endpoint = %req.remote_endpoint, process = %req.process_fid, first = req.first_request, "entrypoint request");
-        if self.stopping.load(Ordering::Acquire) {
+        let own_rconfc = req.process_fid == self.hax_fid && !req.first_request;
+        if self.stopping.load(Ordering::Acquire) || (own_rconfc && self.confds_down.any()) {
             let empty = EntrypointReply::default();
             if let Err(e) = reply.accept_now(cx, &empty) {
                 tracing::error!(error = %e, "entrypoint reply failed");

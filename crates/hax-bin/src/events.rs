@@ -54,6 +54,7 @@ use crate::model::{
     EntrypointReply, EntrypointRequest, EntrypointResponder, HaUpdate, MotrEvent, ObjHealth,
     StobIoqError,
 };
+use crate::rconfc::{ConfdEvent, ConfdEvents};
 use crate::view::{fid_of, fid_text};
 use crate::writer::{Ack, AckWaiter, KvWriter, WriteError, WriteOp};
 
@@ -488,6 +489,8 @@ struct Inner<B, C> {
     restart_counts: tokio::sync::Mutex<Option<HashMap<Fid, u64>>>,
     /// FAILED notes of stopped processes held back from hax's own link.
     held: HeldFailures<B>,
+    /// Told of confd processes stopping and starting (rconfc).
+    confds: Option<ConfdEvents>,
 }
 
 impl<B: Broadcast, C: ClusterFacts> EventPipeline<B, C> {
@@ -514,6 +517,7 @@ impl<B: Broadcast, C: ClusterFacts> EventPipeline<B, C> {
                 metrics: Arc::new(EventMetrics::default()),
                 restart_counts: tokio::sync::Mutex::new(None),
                 held,
+                confds: None,
             }),
         }
     }
@@ -531,6 +535,17 @@ impl<B: Broadcast, C: ClusterFacts> EventPipeline<B, C> {
                 );
             }
             None => tracing::warn!("event pipeline already shared; link watch not attached"),
+        }
+        self
+    }
+
+    /// Tells `confds` of confd processes stopping and starting (so that
+    /// rconfc lets go of a stopping confd). Call before the pipeline is
+    /// shared.
+    pub fn with_confd_events(mut self, confds: ConfdEvents) -> Self {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.confds = Some(confds),
+            None => tracing::warn!("event pipeline already shared; confd events not attached"),
         }
         self
     }
@@ -679,6 +694,20 @@ impl<B: Broadcast, C: ClusterFacts> EventPipeline<B, C> {
         inc(&inner.metrics.process_events);
         let is_hax = fid == inner.cluster.hax_fid();
         let mut event = ev.event;
+        if let Some(confds) = inner.confds.as_ref().filter(|_| !is_hax) {
+            let signal = match event {
+                ProcessEventKind::Stopping | ProcessEventKind::Stopped => {
+                    Some(ConfdEvent::Stopping(fid))
+                }
+                ProcessEventKind::Started | ProcessEventKind::DtmRecovered => {
+                    Some(ConfdEvent::Started(fid))
+                }
+                ProcessEventKind::Starting => None,
+            };
+            if let Some(signal) = signal.filter(|_| inner.cluster.is_confd(fid)) {
+                confds.send(signal);
+            }
+        }
         if !is_hax
             && matches!(
                 event,
@@ -1449,6 +1478,49 @@ mod tests {
             .expect("acked")
             .expect("durable");
         Instant::now()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn confd_stops_and_starts_are_told_to_rconfc() {
+        use ProcessEventKind as E;
+        use ProcessType as T;
+        let agent = DevAgent::start().await.expect("agent");
+        let client = agent.client().expect("client");
+        let down = crate::rconfc::ConfdsDown::default();
+        let (tx, mut rx) = ConfdEvents::new(down.clone());
+        let p = EventPipeline::new(
+            KvWriter::spawn(client.clone(), WriterConfig::default()),
+            HaxKv::new(client.clone()),
+            Arc::new(Recorder::default()),
+            Arc::new(facts()),
+            EventsConfig::default(),
+        )
+        .with_confd_events(tx);
+        for (fid, e) in [
+            (IOS, E::Stopping),
+            (HAX, E::Stopping),
+            (CONFD, E::Starting),
+            (CONFD, E::Stopping),
+            (CONFD, E::Stopped),
+            (CONFD, E::Started),
+        ] {
+            handled(&p, 1, process(fid), ev(e, T::M0d)).await;
+        }
+        assert!(!down.any(), "the confd is back");
+        drop(p);
+        let mut told = Vec::new();
+        while let Some(e) = rx.recv().await {
+            told.push(e);
+        }
+        let confd = process(CONFD);
+        assert_eq!(
+            told,
+            vec![
+                ConfdEvent::Stopping(confd),
+                ConfdEvent::Stopping(confd),
+                ConfdEvent::Started(confd)
+            ]
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,8 +9,16 @@
 //! not keep rconfc from starting for ever (it is tried after
 //! [`IOS_GRACE`]: repairing a pool is precisely what a missing ioservice
 //! calls for), and a failed start is retried with backoff rather than given
-//! up. Nothing here delays the daemon's start or its stop; the halon
-//! interface stops rconfc when it stops.
+//! up. An ioservice counts as up once started: DTM recovery may never be
+//! reported (Motr without DTM0 sends no DTM_RECOVERED).
+//!
+//! rconfc holds a configuration read lock lent by the confd's RM: a
+//! stopping confd waits for it, and stopping rconfc once the confd is gone
+//! takes Motr's RPC timeouts (~41 s). So when a confd process reports
+//! STOPPING or STOPPED ([`ConfdEvent`], from the event pipeline) rconfc is
+//! stopped, and once a confd reports STARTED again it is started again in
+//! the background, with the same retries. Nothing here delays the daemon's
+//! start or its stop; the halon interface stops rconfc when it stops.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -18,12 +26,13 @@ use std::time::Duration;
 
 use hax_consul::schema::HaxKv;
 use hax_core::{ClientError, Fid, MotrClient};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::model::ObjHealth;
 use crate::stats::{ioservices, StatsMetrics};
-use crate::view::{fid_of, ClusterView};
+use crate::view::{fid_of, ClusterState, ClusterView};
 
 /// How long rconfc waits for every ioservice to be healthy before it is
 /// started anyway.
@@ -33,6 +42,63 @@ pub const IOS_GRACE: Duration = Duration::from_secs(60);
 pub const RETRY_FIRST: Duration = Duration::from_secs(1);
 /// See [`RETRY_FIRST`].
 pub const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// What a confd process reported, as rconfc needs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConfdEvent {
+    /// STOPPING or STOPPED: rconfc lets go of the confd.
+    Stopping(Fid),
+    /// STARTED (or DTM recovered): rconfc may start again.
+    Started(Fid),
+}
+
+/// Confd processes that reported STOPPING or STOPPED and not STARTED
+/// since. While there is one, hax's own Motr is answered without confds
+/// (see [`crate::bridge::Bridge::with_confds_down`]).
+#[derive(Clone, Debug, Default)]
+pub struct ConfdsDown(Arc<std::sync::Mutex<std::collections::HashSet<Fid>>>);
+
+impl ConfdsDown {
+    /// Whether a confd is stopping or stopped.
+    pub fn any(&self) -> bool {
+        !self.0.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+    }
+
+    fn set(&self, fid: Fid, down: bool) {
+        let mut set = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if down {
+            set.insert(fid);
+        } else {
+            set.remove(&fid);
+        }
+    }
+}
+
+/// Where the event pipeline reports confd processes stopping and starting:
+/// to rconfc, and to the [`ConfdsDown`] the Motr callbacks read.
+#[derive(Clone, Debug)]
+pub struct ConfdEvents {
+    tx: mpsc::UnboundedSender<ConfdEvent>,
+    down: ConfdsDown,
+}
+
+impl ConfdEvents {
+    /// Events recorded in `down` and sent to the returned receiver (for
+    /// [`RconfcStarter::spawn`]).
+    pub fn new(down: ConfdsDown) -> (Self, mpsc::UnboundedReceiver<ConfdEvent>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (ConfdEvents { tx, down }, rx)
+    }
+
+    /// Records and sends `ev`.
+    pub fn send(&self, ev: ConfdEvent) {
+        match ev {
+            ConfdEvent::Stopping(fid) => self.down.set(fid, true),
+            ConfdEvent::Started(fid) => self.down.set(fid, false),
+        }
+        let _ = self.tx.send(ev);
+    }
+}
 
 /// The background start of rconfc.
 #[derive(Debug)]
@@ -69,44 +135,82 @@ async fn profile(kv: &HaxKv, cancel: &CancellationToken) -> Option<Fid> {
     }
 }
 
-async fn run(
-    motr: MotrClient,
-    kv: HaxKv,
-    view: ClusterView,
-    ready: watch::Sender<bool>,
-    metrics: Arc<StatsMetrics>,
-    ios_grace: Duration,
-    cancel: CancellationToken,
-) {
-    let Some(profile) = profile(&kv, &cancel).await else {
-        return;
-    };
-    let all_ios_ok = |st: &crate::view::ClusterState| ioservices(st).iter().all(|(_, ok)| *ok);
+/// Whether every ioservice is up (started, recovered or not).
+fn all_ios_up(st: &ClusterState) -> bool {
+    ioservices(st).iter().all(|(fid, ok)| {
+        *ok || st
+            .node_name_of_process(*fid)
+            .is_some_and(|node| st.service_health(node, fid.key) == ObjHealth::Recovering)
+    })
+}
+
+/// How a wait for confd events ended.
+enum Confd {
+    /// A confd stopping.
+    Stopping,
+    /// A confd started.
+    Started,
+    /// Cancelled, or the pipeline is gone.
+    Gone,
+}
+
+/// The next confd event, or `Gone` at `cancel`.
+async fn next_confd(
+    confds: &mut mpsc::UnboundedReceiver<ConfdEvent>,
+    cancel: &CancellationToken,
+) -> Confd {
     tokio::select! {
-        _ = cancel.cancelled() => return,
-        r = view.wait_until(ios_grace, all_ios_ok) => if r.is_err() {
-            tracing::warn!(
-                grace = ?ios_grace,
-                "not every ioservice is healthy; starting rconfc anyway"
-            );
+        _ = cancel.cancelled() => Confd::Gone,
+        ev = confds.recv() => match ev {
+            Some(ConfdEvent::Stopping(fid)) => {
+                tracing::info!(confd = %fid, "confd stopping");
+                Confd::Stopping
+            }
+            Some(ConfdEvent::Started(fid)) => {
+                tracing::info!(confd = %fid, "confd started");
+                Confd::Started
+            }
+            None => Confd::Gone,
         },
     }
+}
+
+/// How a start ended.
+enum Start {
+    Started,
+    /// A confd is stopping: the attempt was left.
+    ConfdStopping,
+    Gone,
+}
+
+/// Starts rconfc, retrying with backoff, until it runs, a confd stops or
+/// `cancel`.
+async fn start(
+    motr: &MotrClient,
+    profile: Fid,
+    metrics: &StatsMetrics,
+    confds: &mut mpsc::UnboundedReceiver<ConfdEvent>,
+    cancel: &CancellationToken,
+) -> Start {
     let mut delay = RETRY_FIRST;
     loop {
         metrics.rconfc_attempts.fetch_add(1, Ordering::Relaxed);
         tracing::info!(%profile, "starting rconfc");
-        let result = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = motr.start_rconfc(profile) => r,
+        let attempt = motr.start_rconfc(profile);
+        tokio::pin!(attempt);
+        let result = loop {
+            tokio::select! {
+                r = &mut attempt => break r,
+                c = next_confd(confds, cancel) => match c {
+                    Confd::Stopping => return Start::ConfdStopping,
+                    Confd::Started => {}
+                    Confd::Gone => return Start::Gone,
+                },
+            }
         };
         match result {
-            Ok(()) => {
-                tracing::info!(%profile, "rconfc started");
-                metrics.rconfc_ready.store(1, Ordering::Relaxed);
-                let _ = ready.send(true);
-                return;
-            }
-            Err(ClientError::ShuttingDown) => return,
+            Ok(()) => return Start::Started,
+            Err(ClientError::ShuttingDown) => return Start::Gone,
             Err(e) => tracing::warn!(
                 %profile,
                 error = %e,
@@ -114,24 +218,106 @@ async fn run(
                 "rconfc did not start; retrying"
             ),
         }
-        if !pause(&cancel, delay).await {
-            return;
+        let paused = tokio::select! {
+            p = pause(cancel, delay) => p,
+            c = next_confd(confds, cancel) => match c {
+                Confd::Stopping => return Start::ConfdStopping,
+                Confd::Started => true,
+                Confd::Gone => false,
+            },
+        };
+        if !paused {
+            return Start::Gone;
         }
         delay = (delay * 2).min(RETRY_MAX);
     }
 }
 
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    motr: MotrClient,
+    kv: HaxKv,
+    view: ClusterView,
+    ready: watch::Sender<bool>,
+    metrics: Arc<StatsMetrics>,
+    ios_grace: Duration,
+    mut confds: mpsc::UnboundedReceiver<ConfdEvent>,
+    cancel: CancellationToken,
+) {
+    let Some(profile) = profile(&kv, &cancel).await else {
+        return;
+    };
+    tokio::select! {
+        _ = cancel.cancelled() => return,
+        r = view.wait_until(ios_grace, all_ios_up) => if r.is_err() {
+            tracing::warn!(
+                grace = ?ios_grace,
+                "not every ioservice is up; starting rconfc anyway"
+            );
+        },
+    }
+    loop {
+        match start(&motr, profile, &metrics, &mut confds, &cancel).await {
+            Start::Started => {
+                tracing::info!(%profile, "rconfc started");
+                metrics.rconfc_ready.store(1, Ordering::Relaxed);
+                let _ = ready.send(true);
+                loop {
+                    match next_confd(&mut confds, &cancel).await {
+                        Confd::Stopping => break,
+                        Confd::Started => {}
+                        Confd::Gone => return,
+                    }
+                }
+            }
+            Start::ConfdStopping => {}
+            Start::Gone => return,
+        }
+        // Let go of the confd's read lock (an attempt left above is over
+        // by now: the client runs one call at a time).
+        metrics.rconfc_ready.store(0, Ordering::Relaxed);
+        let _ = ready.send(false);
+        let t = std::time::Instant::now();
+        match motr.stop_rconfc().await {
+            Ok(()) => tracing::info!(
+                elapsed_ms = t.elapsed().as_millis() as u64,
+                "rconfc stopped: a confd stops"
+            ),
+            Err(ClientError::ShuttingDown) => return,
+            Err(e) => tracing::warn!(error = %e, "rconfc stop failed"),
+        }
+        loop {
+            match next_confd(&mut confds, &cancel).await {
+                Confd::Started => break,
+                Confd::Stopping => {}
+                Confd::Gone => return,
+            }
+        }
+    }
+}
+
 impl RconfcStarter {
     /// Starts rconfc in the background (see the module documentation).
+    /// `confds` tells it of confd processes stopping and starting.
     pub fn spawn(
         motr: MotrClient,
         kv: HaxKv,
         view: ClusterView,
         metrics: Arc<StatsMetrics>,
+        confds: mpsc::UnboundedReceiver<ConfdEvent>,
         cancel: CancellationToken,
     ) -> Self {
         let (tx, ready) = watch::channel(false);
-        let task = tokio::spawn(run(motr, kv, view, tx, metrics, IOS_GRACE, cancel.clone()));
+        let task = tokio::spawn(run(
+            motr,
+            kv,
+            view,
+            tx,
+            metrics,
+            IOS_GRACE,
+            confds,
+            cancel.clone(),
+        ));
         RconfcStarter {
             task,
             cancel,
@@ -139,7 +325,7 @@ impl RconfcStarter {
         }
     }
 
-    /// Becomes true once rconfc runs.
+    /// True while rconfc runs.
     pub fn ready(&self) -> watch::Receiver<bool> {
         self.ready.clone()
     }
@@ -150,5 +336,127 @@ impl RconfcStarter {
     pub async fn stop(self) {
         self.cancel.cancel();
         let _ = self.task.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use hax_consul::dev_agent::DevAgent;
+    use hax_core::{Callbacks, Ctx, EntrypointReply, EntrypointRequest, EntrypointResponder};
+    use hax_core::{Halon, HalonConfig};
+
+    use crate::view::sample::{self, Sample};
+
+    /// Accepts every entrypoint request.
+    struct Accept;
+
+    impl Callbacks for Accept {
+        fn entrypoint_request(
+            &self,
+            cx: &Ctx<'_>,
+            req: EntrypointRequest,
+            reply: EntrypointResponder,
+        ) {
+            let rep = EntrypointReply {
+                quorum: 1,
+                rm_fid: Sample::RMS_HAX1,
+                rm_endpoint: req.remote_endpoint,
+                ..EntrypointReply::default()
+            };
+            if let Err(e) = reply.accept_now(cx, &rep) {
+                tracing::error!(error = %e, "entrypoint reply");
+            }
+        }
+    }
+
+    async fn until(rx: &mut watch::Receiver<bool>, want: bool) {
+        tokio::time::timeout(Duration::from_secs(20), rx.wait_for(|r| *r == want))
+            .await
+            .unwrap_or_else(|_| panic!("rconfc ready = {want} in time"))
+            .expect("the starter runs");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rconfc_lets_go_of_a_stopping_confd_and_starts_again_when_one_is_back() {
+        let agent = DevAgent::start().await.expect("consul agent");
+        let c = agent.client().expect("client");
+        for (key, value) in sample::conf_entries() {
+            c.kv_put(&key, value).await.expect("conf entry");
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let cfg = HalonConfig {
+            endpoint: format!("inet:tcp:127.0.0.1@{port}"),
+            process_fid: Sample::HAX1,
+            ha_service_fid: Sample::HA1,
+            rm_service_fid: Sample::RMS_HAX1,
+            debug_options: "emu-stop-timeout-ms=2000".into(),
+            node_uuid: None,
+        };
+        let mut halon = tokio::task::spawn_blocking(move || Halon::start(cfg, Accept))
+            .await
+            .expect("joined")
+            .expect("halon starts");
+        let motr = halon.client();
+        let metrics = Arc::new(StatsMetrics::default());
+        let (tx, mut ready) = watch::channel(false);
+        let (confds, rx) = mpsc::unbounded_channel();
+        let cancel = CancellationToken::new();
+        // The sample's ioservices are not all up here: the grace is short.
+        let task = tokio::spawn(run(
+            motr.clone(),
+            HaxKv::new(c.clone()),
+            ClusterView::from_data(sample::view_data()),
+            tx,
+            Arc::clone(&metrics),
+            Duration::from_millis(50),
+            rx,
+            cancel.clone(),
+        ));
+        until(&mut ready, true).await;
+        assert!(motr.is_ready());
+
+        // A confd stops: rconfc is stopped; another event of the stopping
+        // confd changes nothing.
+        confds
+            .send(ConfdEvent::Stopping(Sample::CONFD1))
+            .expect("sent");
+        until(&mut ready, false).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while motr.is_ready() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "rconfc stopped in Motr"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(metrics.rconfc_ready.load(Ordering::Relaxed), 0);
+        let attempts = metrics.rconfc_attempts.load(Ordering::Relaxed);
+        confds
+            .send(ConfdEvent::Stopping(Sample::CONFD1))
+            .expect("sent");
+
+        // It is back: rconfc starts again.
+        confds
+            .send(ConfdEvent::Started(Sample::CONFD1))
+            .expect("sent");
+        until(&mut ready, true).await;
+        assert!(motr.is_ready());
+        assert_eq!(
+            metrics.rconfc_attempts.load(Ordering::Relaxed),
+            attempts + 1
+        );
+
+        cancel.cancel();
+        task.await.expect("the starter ends");
+        let report = tokio::task::spawn_blocking(move || halon.stop())
+            .await
+            .expect("joined")
+            .expect("clean stop");
+        assert_eq!(report.violations, 0);
     }
 }

@@ -1,15 +1,19 @@
 //! The `hax` daemon on real Motr (feature `motr`) with real `m0d`s and a real
 //! Consul: the sample cluster description (hax, a confd process with its RM
-//! service, one ioservice process) is loaded into a Consul dev agent, with
-//! LNet-form endpoints (every Motr transport parses them); both m0d processes
-//! are formatted with `m0mkfs`, then started with hax as their HA. The confd m0d reads the
-//! configuration from a file; the ioservice m0d has none and gets it from
-//! the confd that hax's entrypoint reply names. Their process events land
-//! in Consul (`processes/<fid>` and the broadcast queue) from start to stop,
-//! and hax stops cleanly afterwards.
+//! service, one ioservice process) is loaded into Consul, with LNet-form
+//! endpoints (every Motr transport parses them); both m0d processes are
+//! formatted with `m0mkfs`, then started with hax as their HA. The confd m0d
+//! reads the configuration from a file; the ioservice m0d has none and gets
+//! it from the confd that hax's entrypoint reply names. hax's rconfc starts.
+//! Then the ioservice stops, the confd stops (hax's rconfc lets go of it),
+//! starts again (rconfc starts again) and stops again; every m0d exits 0,
+//! hax fences each stopped process once and only after it is done, and
+//! hax, stopped last, exits 0 within 5 s. Process events land in Consul
+//! (`processes/<fid>` and the broadcast queue) from start to stop.
 //!
 //! Skips, saying why, unless built with `--features motr` and `MOTR_PREFIX`
-//! names an installed Motr with `m0d` and `m0mkfs`. About a minute:
+//! names an installed Motr with `m0d` and `m0mkfs`. About 70 s
+//! (`HAX_KEEP_TEST_DIR=1` keeps the logs of a passing run):
 //!
 //! ```text
 //! MOTR_PREFIX=/opt/motr cargo test -p hax-bin --features motr --test motr_daemon -- --nocapture
@@ -398,7 +402,7 @@ fn assert_clean_exit(what: &str, rc: Option<i32>, log: &Path) {
     let why = if text.contains("hae_disconnected_previously") {
         "aborted: its HA link was disconnected before it closed it"
     } else if rc.is_none() && !text.contains("Motr panic") {
-        "did not exit: its HA flush waits for confirmations from a link hax disconnected"
+        "did not exit in time (waiting in its HA flush, or for a lock its RM lent)"
     } else {
         "ended abnormally"
     };
@@ -553,7 +557,8 @@ async fn real_m0ds_with_the_hax_daemon_and_consul() {
     eprintln!("hax ready at {:?}", t0.elapsed());
 
     // The confd process, configuration from its file.
-    let args = m0_args(&confd_dir, &confd.1, confd.0, Some(&conf), Some(&hax_ep));
+    let confd_args = m0_args(&confd_dir, &confd.1, confd.0, Some(&conf), Some(&hax_ep));
+    let args = confd_args.clone();
     let mut m0d_confd = Proc::spawn(
         "m0d (confd)",
         &mut m0_command(&tools.m0d, &confd_dir, &args),
@@ -636,7 +641,47 @@ async fn real_m0ds_with_the_hax_daemon_and_consul() {
         "hax's own link and two m0ds"
     );
 
-    // Stop, the ioservice first: each stop is recorded, each m0d exits 0.
+    // hax's rconfc reads the configuration from the confd m0d, holding a
+    // read lock its RM lent.
+    let logged = |message: &'static str| {
+        json_lines(&hax_log)
+            .iter()
+            .filter(|l| l["message"] == message)
+            .count()
+    };
+    let log = hax_log.clone();
+    let rconfc_started = move |n: usize| {
+        let log = log.clone();
+        move || {
+            let log = log.clone();
+            async move {
+                (json_lines(&log)
+                    .iter()
+                    .filter(|l| l["message"] == "rconfc started")
+                    .count()
+                    >= n)
+                    .then_some(())
+            }
+        }
+    };
+    wait_for(
+        "rconfc started",
+        Duration::from_secs(90),
+        &hax_log,
+        rconfc_started(1),
+    )
+    .await;
+    eprintln!("rconfc started at {:?}", t0.elapsed());
+
+    // Stop, the ioservice first (stopped after its confd, an m0d of this
+    // Motr panics in its own stop). Each stop is recorded, each m0d exits 0.
+    let stopped = |f: Fid| {
+        let kv = kv.clone();
+        move || {
+            let kv = kv.clone();
+            async move { (process_state(&kv, f).await == Some(ProcessState::Stopped)).then_some(()) }
+        }
+    };
     let t_ios = Instant::now();
     m0d_ios.signal("TERM");
     let rc = m0d_ios.wait(Duration::from_secs(10));
@@ -645,13 +690,6 @@ async fn real_m0ds_with_the_hax_daemon_and_consul() {
         t_ios.elapsed()
     );
     assert_clean_exit("the ioservice m0d", rc, &ios_dir.join("m0d.log"));
-    let stopped = |f: Fid| {
-        let kv = kv.clone();
-        move || {
-            let kv = kv.clone();
-            async move { (process_state(&kv, f).await == Some(ProcessState::Stopped)).then_some(()) }
-        }
-    };
     wait_for(
         "the ioservice m0d stopped in Consul",
         Duration::from_secs(30),
@@ -659,16 +697,23 @@ async fn real_m0ds_with_the_hax_daemon_and_consul() {
         stopped(ios.0),
     )
     .await;
-    // The confd's stop waits for its RPCs to the stopped ioservice to time
-    // out (~33 s; Motr's, not hax's).
-    let t_confd = Instant::now();
-    m0d_confd.signal("TERM");
-    let rc = m0d_confd.wait(Duration::from_secs(60));
-    eprintln!(
-        "confd m0d exit {rc:?} {:?} after SIGTERM",
-        t_confd.elapsed()
-    );
-    assert_clean_exit("the confd m0d", rc, &confd_dir.join("m0d.log"));
+
+    // Then the confd: hax stops rconfc when the confd reports STOPPING and
+    // answers its own Motr without that confd, so the confd's stop neither
+    // waits for the read lock nor for hax's rconfc reconnecting (without
+    // that it did not end within 60 s). Its stop still waits for its RPCs
+    // to the stopped ioservice to time out (~33 s; Motr's, not hax's).
+    let stop_confd = |m0d: &mut Proc, n: usize| {
+        let t = Instant::now();
+        m0d.signal("TERM");
+        let rc = m0d.wait(Duration::from_secs(60));
+        eprintln!(
+            "confd m0d ({n}) exit {rc:?} {:?} after SIGTERM",
+            t.elapsed()
+        );
+        assert_clean_exit("the confd m0d", rc, &confd_dir.join("m0d.log"));
+    };
+    stop_confd(&mut m0d_confd, 1);
     wait_for(
         "the confd m0d stopped in Consul",
         Duration::from_secs(30),
@@ -676,6 +721,44 @@ async fn real_m0ds_with_the_hax_daemon_and_consul() {
         stopped(confd.0),
     )
     .await;
+    assert_eq!(logged("rconfc stopped: a confd stops"), 1, "rconfc stopped");
+
+    // The confd comes back: its old link is fenced before the new one is
+    // made, and rconfc starts again; then it stops again.
+    let mut m0d_confd = Proc::spawn(
+        "m0d (confd, again)",
+        &mut m0_command(&tools.m0d, &confd_dir, &confd_args),
+        &confd_dir.join("m0d-again.log"),
+    );
+    wait_for(
+        "the confd m0d started again in Consul",
+        Duration::from_secs(60),
+        &hax_log,
+        started(confd.0),
+    )
+    .await;
+    wait_for(
+        "rconfc started again",
+        Duration::from_secs(60),
+        &hax_log,
+        rconfc_started(2),
+    )
+    .await;
+    eprintln!("confd m0d and rconfc back at {:?}", t0.elapsed());
+    assert_eq!(
+        logged("held FAILED sent to hax's own link before the new incarnation's reply"),
+        1,
+        "the stopped confd's link fenced before the new one"
+    );
+    stop_confd(&mut m0d_confd, 2);
+    wait_for(
+        "the confd m0d stopped again in Consul",
+        Duration::from_secs(30),
+        &hax_log,
+        stopped(confd.0),
+    )
+    .await;
+    assert_eq!(logged("rconfc stopped: a confd stops"), 2, "rconfc stopped");
     // hax fences each stopped m0d on its own link once, at the bound (a peer
     // closing its link is not reported to hax). The fence of a process that
     // is gone costs Motr's RPC timeouts on hax's side of its link (~16 s);
@@ -692,7 +775,7 @@ async fn real_m0ds_with_the_hax_daemon_and_consul() {
     )
     .await;
     eprintln!(
-        "links to the stopped m0ds gone {:?} after the confd m0d's exit",
+        "links to the stopped m0ds gone {:?} after the last m0d's exit",
         t_links.elapsed()
     );
     let held: Vec<serde_json::Value> = json_lines(&hax_log)
