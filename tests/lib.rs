@@ -28,7 +28,10 @@
 //! unless a test turns them on with `--motr-keepalive-interval-ms` in
 //! [`Options::hax_args`]: they write Consul and send messages on their own
 //! schedule, which tests comparing the KV store or message counts must not
-//! see.
+//! see. For the same reason, and because tests read the whole broadcast
+//! queue back, the RC leader's BQ trimming is off
+//! (`HAX_LIMITS_BQ_TRIM_INTERVAL_MS=0`) unless [`Options::hax_env`] turns it
+//! on.
 //!
 //! # Waiting
 //!
@@ -369,6 +372,8 @@ pub struct Options {
     /// Run the agent with ACLs (default deny) and this master token; hax
     /// reads it from a token file (`--consul-token-file`).
     pub acl_token: Option<String>,
+    /// Environment of hax, over the harness's defaults.
+    pub hax_env: Vec<(String, String)>,
 }
 
 impl Default for Options {
@@ -380,6 +385,7 @@ impl Default for Options {
             proxy: false,
             hax_args: Vec::new(),
             acl_token: None,
+            hax_env: Vec::new(),
         }
     }
 }
@@ -543,6 +549,8 @@ impl Env {
             }
         }
         cmd.env("HAX_MOTR_KEEPALIVE_INTERVAL_MS", "0");
+        cmd.env("HAX_LIMITS_BQ_TRIM_INTERVAL_MS", "0");
+        cmd.envs(self.opts.hax_env.iter().map(|(k, v)| (k, v)));
         let consul = self
             .proxy
             .as_ref()

@@ -245,6 +245,19 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
     let processor_metrics = processor.metrics();
     let bq_stop = tasks.child_token();
     let bq_task = bq::spawn(consumer, processor, Arc::clone(&bq_inbox), bq_stop.clone());
+    let bq_trim_task = cfg.bq_trim_interval().map(|interval| {
+        crate::bq_trim::spawn(
+            client.clone(),
+            view.clone(),
+            crate::bq_trim::TrimConfig {
+                interval,
+                retain: cfg.limits.bq_retain,
+                stalled_after: Duration::from_millis(cfg.limits.bq_stalled_after_ms),
+            },
+            Arc::clone(&metrics),
+            bq_stop.clone(),
+        )
+    });
     tokio::spawn(crate::api::sns::serve_queue(ha.client(), sns_rx));
 
     // Watch updates: service health becomes broadcasts, BQ posts wake the
@@ -418,6 +431,9 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
     halon.callbacks().set_stopping();
     bq_stop.cancel();
     let _ = bq_task.await;
+    if let Some(t) = bq_trim_task {
+        let _ = t.await;
+    }
     let _ = resync.await;
     // Motr stops while the pipeline and the writer still run: what the
     // processes send until their links are gone is recorded before it is

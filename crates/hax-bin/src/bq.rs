@@ -558,6 +558,12 @@ pub fn spawn<B: Broadcast, C: ClusterFacts>(
         let metrics = processor.metrics();
         let config = processor.config.clone();
         tracing::info!(offset_key = consumer.offset_key(), "BQ consumer started");
+        // The RC leader's trimming keeps what this node has not read only
+        // once its offset exists; until then (Consul away) the first commit
+        // creates it.
+        if let Err(e) = consumer.register().await {
+            tracing::warn!(error = %e, "BQ offset not created yet");
+        }
         // Read everything at start: entries published while hax was down.
         let mut next = Some(BqTrigger::Resync);
         let mut resync_at = Instant::now() + config.resync_every;
@@ -930,7 +936,8 @@ mod tests {
             .expect("the broadcast reached");
         run.handle.abort();
         assert!(run.handle.await.is_err_and(|e| e.is_cancelled()));
-        assert_eq!(offset(&client).await, None);
+        // Registered at start, nothing committed.
+        assert_eq!(offset(&client).await, Some(0));
         // The next run handles the four again; Motr gets the broadcast once.
         let run = start(&client, None);
         wait_offset(&client, 4).await;

@@ -143,6 +143,17 @@ pub struct LimitsSection {
     pub pending_writes: usize,
     /// How often the watched state is reread from Consul, in seconds.
     pub resync_secs: u64,
+    /// Broadcast-queue entries kept for a node that stopped consuming: the
+    /// RC leader deletes the entries every node has consumed, and for a
+    /// node stalled (see `bq_stalled_after_ms`) all but this many newest
+    /// (it misses the others when it comes back).
+    pub bq_retain: u64,
+    /// How long a node's offset stays unmoved, while entries wait for it,
+    /// before it counts as stalled, in milliseconds.
+    pub bq_stalled_after_ms: u64,
+    /// How often the RC leader trims the broadcast queue, in milliseconds;
+    /// 0 turns trimming off (the queue then grows without bound).
+    pub bq_trim_interval_ms: u64,
 }
 
 /// `[stats]`
@@ -245,6 +256,9 @@ impl Default for LimitsSection {
             event_queue: 65_536,
             pending_writes: 16_384,
             resync_secs: 60,
+            bq_retain: 4096,
+            bq_stalled_after_ms: 120_000,
+            bq_trim_interval_ms: 10_000,
         }
     }
 }
@@ -332,6 +346,15 @@ impl Config {
         if let Some(v) = get("HAX_STATS_BYTECOUNT_INTERVAL_MS") {
             self.stats.bytecount_interval_ms = parse("HAX_STATS_BYTECOUNT_INTERVAL_MS", &v)?;
         }
+        if let Some(v) = get("HAX_LIMITS_BQ_RETAIN") {
+            self.limits.bq_retain = parse("HAX_LIMITS_BQ_RETAIN", &v)?;
+        }
+        if let Some(v) = get("HAX_LIMITS_BQ_STALLED_AFTER_MS") {
+            self.limits.bq_stalled_after_ms = parse("HAX_LIMITS_BQ_STALLED_AFTER_MS", &v)?;
+        }
+        if let Some(v) = get("HAX_LIMITS_BQ_TRIM_INTERVAL_MS") {
+            self.limits.bq_trim_interval_ms = parse("HAX_LIMITS_BQ_TRIM_INTERVAL_MS", &v)?;
+        }
         if let Some(v) = get("HAX_MOTR_KEEPALIVE_INTERVAL_MS") {
             self.motr.keepalive_interval_ms = parse("HAX_MOTR_KEEPALIVE_INTERVAL_MS", &v)?;
         }
@@ -362,6 +385,12 @@ impl Config {
             self.identity.rm_service_fid,
             hax_core::FidType::Service,
         )?;
+        if self.limits.bq_retain == 0 {
+            return Err(ConfigError::Invalid {
+                name: "limits.bq_retain",
+                message: "must be positive (the newest entry always stays)".into(),
+            });
+        }
         if self.limits.event_queue == 0 || self.limits.pending_writes == 0 {
             return Err(ConfigError::Invalid {
                 name: "limits",
@@ -405,6 +434,12 @@ impl Config {
             });
         }
         Ok(())
+    }
+
+    /// Period of the broadcast-queue trimming, `None` when off.
+    pub fn bq_trim_interval(&self) -> Option<Duration> {
+        (self.limits.bq_trim_interval_ms > 0)
+            .then(|| Duration::from_millis(self.limits.bq_trim_interval_ms))
     }
 
     /// Timeout of each Consul request.
@@ -533,6 +568,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("HAX_STATS_BYTECOUNT_INTERVAL_MS"), "{e}");
+    }
+
+    #[test]
+    fn bq_trimming() {
+        let d = Config::default();
+        assert_eq!(d.limits.bq_retain, 4096);
+        assert_eq!(d.bq_trim_interval(), Some(Duration::from_secs(10)));
+        let off = Config::from_toml("[limits]\nbq_trim_interval_ms = 0\n").unwrap();
+        assert_eq!(off.bq_trim_interval(), None);
+        let zero = Config::from_toml("[limits]\nbq_retain = 0\n").unwrap();
+        let e = zero.validate().unwrap_err().to_string();
+        assert!(e.contains("limits.bq_retain"), "{e}");
+        let mut env = Config::default();
+        env.apply_env(|k| match k {
+            "HAX_LIMITS_BQ_RETAIN" => Some("100".into()),
+            "HAX_LIMITS_BQ_TRIM_INTERVAL_MS" => Some("250".into()),
+            "HAX_LIMITS_BQ_STALLED_AFTER_MS" => Some("500".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(env.limits.bq_retain, 100);
+        assert_eq!(env.bq_trim_interval(), Some(Duration::from_millis(250)));
+        assert_eq!(env.limits.bq_stalled_after_ms, 500);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod app;
 pub mod bq;
+pub mod bq_trim;
 pub mod bridge;
 pub mod broadcast;
 pub mod civil;

@@ -125,6 +125,10 @@ pub struct Metrics {
     pub keepalive_replies: AtomicU64,
     /// Keepalive rounds a process left unanswered.
     pub keepalive_missed: AtomicU64,
+    /// Broadcast-queue entries deleted by trimming.
+    pub bq_trimmed: AtomicU64,
+    /// Broadcast-queue trims that failed (retried next period).
+    pub bq_trim_failures: AtomicU64,
 }
 
 fn index_of(type_name: &str) -> Option<usize> {
@@ -421,6 +425,18 @@ impl Metrics {
             "counter",
             "Keepalive rounds a linked process left unanswered.",
             one(g(&self.keepalive_missed).to_string()),
+        );
+        metric(
+            "hax_bq_trimmed_total",
+            "counter",
+            "Broadcast-queue entries deleted by the RC leader's trimming.",
+            one(g(&self.bq_trimmed).to_string()),
+        );
+        metric(
+            "hax_bq_trim_failures_total",
+            "counter",
+            "Broadcast-queue trims that failed (tried again next period).",
+            one(g(&self.bq_trim_failures).to_string()),
         );
         out
     }

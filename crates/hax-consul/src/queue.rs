@@ -20,9 +20,9 @@
 //! one's offset), trading Consul round trips for more entries handled again
 //! after a crash.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -214,10 +214,11 @@ pub struct TrimReport {
 /// Deletes the entries of a queue that several consumers read and none
 /// deletes (the BQ: every node's hax reads every entry).
 ///
-/// An entry goes once every consumer with an offset has consumed it, or once
-/// more than `retain` newer entries exist, whatever the consumers: a node
-/// that is down does not make the queue grow without bound (every watch
-/// delivery carries the whole queue). A consumer that never committed an
+/// An entry goes once every consumer with an offset has consumed it. A
+/// consumer that stopped (its offset has not moved for a while though
+/// entries wait for it) holds only the newest `retain` entries: a node that
+/// is down does not make the queue grow without bound (every watch delivery
+/// carries the whole queue), while a node that is only slow loses nothing. A consumer that never committed an
 /// offset holds nothing back; it starts with the oldest entry left. The
 /// newest entry always stays, so the epoch counter can be repaired from it.
 #[derive(Debug)]
@@ -225,18 +226,33 @@ pub struct QueueTrimmer {
     client: ConsulClient,
     kind: QueueKind,
     retain: u64,
+    stalled_after: Duration,
     /// The oldest entry that may exist, once known.
     next: Option<u64>,
+    /// Each consumer's offset and since when it has not moved while
+    /// behind.
+    progress: HashMap<String, (u64, Instant)>,
 }
 
 impl QueueTrimmer {
-    /// A trimmer of `kind` keeping at most `retain` entries (at least 1).
-    pub fn new(client: ConsulClient, kind: QueueKind, retain: u64) -> Self {
+    /// A trimmer of `kind` keeping at most `retain` entries (at least 1)
+    /// for consumers whose offset has not moved for `stalled_after` while
+    /// entries wait for them. Offsets are seen moving only by calls of
+    /// [`QueueTrimmer::trim`]: with [`Duration::ZERO`] every consumer
+    /// behind counts as stalled.
+    pub fn new(
+        client: ConsulClient,
+        kind: QueueKind,
+        retain: u64,
+        stalled_after: Duration,
+    ) -> Self {
         QueueTrimmer {
             client,
             kind,
             retain: retain.max(1),
+            stalled_after,
             next: None,
+            progress: HashMap::new(),
         }
     }
 
@@ -265,10 +281,34 @@ impl QueueTrimmer {
                 }
             }
         }
+        let now = Instant::now();
+        self.progress
+            .retain(|name, _| consumers.iter().any(|(n, _)| n == name));
+        let mut live = None::<u64>;
+        let mut stalled = None::<u64>;
+        for (name, offset) in &consumers {
+            let seen = self.progress.entry(name.clone()).or_insert((*offset, now));
+            // Moving, or with nothing left to read: not stalled.
+            if seen.0 != *offset || *offset >= epoch {
+                *seen = (*offset, now);
+            }
+            let slot = if now.duration_since(seen.1) >= self.stalled_after {
+                &mut stalled
+            } else {
+                &mut live
+            };
+            *slot = Some(slot.map_or(*offset, |m: u64| m.min(*offset)));
+        }
         let newest_to_drop = epoch.saturating_sub(1);
-        let slowest = consumers.iter().map(|(_, o)| *o).min().unwrap_or(0);
+        let live_bound = live.unwrap_or(newest_to_drop);
         let bound = epoch.saturating_sub(self.retain);
-        let upto = slowest.max(bound).min(newest_to_drop);
+        // No consumer yet: the entries wait for the first, up to the bound.
+        let stalled_bound = match (stalled, live) {
+            (Some(s), _) => s.max(bound),
+            (None, None) => bound,
+            (None, Some(_)) => newest_to_drop,
+        };
+        let upto = live_bound.min(stalled_bound).min(newest_to_drop);
         let next = match self.next {
             Some(n) => n,
             None => {
@@ -410,6 +450,15 @@ impl QueueConsumer {
         if let Some(v) = value {
             state.uncommitted.retain(|&epoch, _| epoch > v);
         }
+        Ok(())
+    }
+
+    /// Makes this consumer known before it consumes anything: creates its
+    /// offset at 0 (nothing consumed) when absent, so that a
+    /// [`QueueTrimmer`] keeps the entries it has not read.
+    pub async fn register(&self) -> Result<()> {
+        // Refused when it exists: then there is nothing to do.
+        self.client.kv_cas(&self.offset_key, "0", 0).await?;
         Ok(())
     }
 

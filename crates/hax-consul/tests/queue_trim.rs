@@ -2,6 +2,8 @@
 //! consumer has read goes, a consumer that stopped holds the queue only up
 //! to the retention bound, the newest entry stays.
 
+use std::time::Duration;
+
 use hax_consul::dev_agent::DevAgent;
 use hax_consul::queue::{ConsumerConfig, QueueConsumer, QueuePublisher, QueueTrimmer};
 use hax_consul::schema::{QueueKind, QueueMessage};
@@ -64,7 +66,7 @@ async fn entries_every_consumer_read_go_and_the_newest_stays() {
     publish(&c, 10).await;
     assert_eq!(consume_upto(&c, "node1", 7).await.len(), 7);
     assert_eq!(consume_upto(&c, "node2", 4).await.len(), 4);
-    let mut trimmer = QueueTrimmer::new(c.clone(), QueueKind::Broadcast, 100);
+    let mut trimmer = QueueTrimmer::new(c.clone(), QueueKind::Broadcast, 100, Duration::ZERO);
     let r = trimmer.trim().await.expect("trim");
     assert_eq!((r.deleted, r.trimmed_to), (4, 4));
     assert!(r.lagging.is_empty());
@@ -84,7 +86,7 @@ async fn entries_every_consumer_read_go_and_the_newest_stays() {
     publish(&c, 2).await;
     assert_eq!(consume_upto(&c, "node1", 100).await, vec![11, 12]);
     // A new trimmer finds where the queue starts.
-    let mut fresh = QueueTrimmer::new(c.clone(), QueueKind::Broadcast, 100);
+    let mut fresh = QueueTrimmer::new(c.clone(), QueueKind::Broadcast, 100, Duration::ZERO);
     let r = fresh.trim().await.expect("trim");
     assert_eq!((r.deleted, r.trimmed_to), (1, 10), "node2 is at 10");
     assert_eq!(consume_upto(&c, "node2", 100).await, vec![11, 12]);
@@ -99,7 +101,7 @@ async fn a_stopped_consumer_holds_the_queue_only_up_to_the_bound() {
     publish(&c, 10).await;
     assert_eq!(consume_upto(&c, "node1", 10).await.len(), 10);
     assert_eq!(consume_upto(&c, "down", 2).await.len(), 2);
-    let mut trimmer = QueueTrimmer::new(c.clone(), QueueKind::Broadcast, 3);
+    let mut trimmer = QueueTrimmer::new(c.clone(), QueueKind::Broadcast, 3, Duration::ZERO);
     let r = trimmer.trim().await.expect("trim");
     assert_eq!((r.deleted, r.trimmed_to), (7, 7));
     assert_eq!(r.lagging, vec![("down".to_owned(), 2)]);
@@ -109,10 +111,30 @@ async fn a_stopped_consumer_holds_the_queue_only_up_to_the_bound() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_only_slow_holds_the_queue_past_the_bound() {
+    let agent = DevAgent::start().await.expect("agent");
+    let c = agent.client().expect("client");
+    publish(&c, 10).await;
+    assert_eq!(consume_upto(&c, "node1", 10).await.len(), 10);
+    assert_eq!(consume_upto(&c, "slow", 2).await.len(), 2);
+    let hour = Duration::from_secs(3600);
+    let mut trimmer = QueueTrimmer::new(c.clone(), QueueKind::Broadcast, 3, hour);
+    let r = trimmer.trim().await.expect("trim");
+    assert_eq!((r.deleted, r.trimmed_to), (2, 2));
+    assert!(r.lagging.is_empty());
+    assert_eq!(left(&c).await, (3..=10).collect::<Vec<_>>());
+    // Once it stalls (here: at once), the bound applies.
+    let mut strict = QueueTrimmer::new(c.clone(), QueueKind::Broadcast, 3, Duration::ZERO);
+    let r = strict.trim().await.expect("trim");
+    assert_eq!((r.deleted, r.trimmed_to), (5, 7));
+    assert_eq!(r.lagging, vec![("slow".to_owned(), 2)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_consumers_only_the_bound_applies() {
     let agent = DevAgent::start().await.expect("agent");
     let c = agent.client().expect("client");
-    let mut trimmer = QueueTrimmer::new(c.clone(), QueueKind::Broadcast, 4);
+    let mut trimmer = QueueTrimmer::new(c.clone(), QueueKind::Broadcast, 4, Duration::ZERO);
     assert_eq!(
         trimmer.trim().await.expect("empty queue"),
         Default::default()
@@ -127,4 +149,22 @@ async fn without_consumers_only_the_bound_applies() {
     publish(&c, 1).await;
     let r = trimmer.trim().await.expect("trim");
     assert_eq!((r.deleted, r.trimmed_to), (1, 147));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registered_consumer_that_read_nothing_keeps_every_entry() {
+    let agent = DevAgent::start().await.expect("agent");
+    let c = agent.client().expect("client");
+    let fresh = consumer(&c, "fresh");
+    fresh.register().await.expect("register");
+    publish(&c, 20).await;
+    let hour = Duration::from_secs(3600);
+    let mut trimmer = QueueTrimmer::new(c.clone(), QueueKind::Broadcast, 3, hour);
+    assert_eq!(trimmer.trim().await.expect("trim").deleted, 0);
+    // Registering again changes nothing.
+    assert_eq!(consume_upto(&c, "fresh", 5).await.len(), 5);
+    fresh.register().await.expect("register again");
+    assert_eq!(fresh.offset().await.expect("offset"), Some(5));
+    assert_eq!(trimmer.trim().await.expect("trim").deleted, 5);
+    assert_eq!(left(&c).await, (6..=20).collect::<Vec<_>>());
 }
