@@ -1,0 +1,156 @@
+//! A stopping confd and hax's own Motr, through the daemon's parts (Motr
+//! callbacks, event pipeline) on the emulator with simulated peers and a
+//! real Consul. While a confd process is stopping or stopped, hax answers
+//! its own Motr's later entrypoint requests (its rconfc asking again)
+//! without confds, so that its rconfc does not reconnect to the stopping
+//! confd; other processes still get the confds. A simulated peer with hax's
+//! own process fid stands in for hax's Motr asking again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hax_bin::bridge::Bridge;
+use hax_bin::broadcast::Broadcaster;
+use hax_bin::events::{EventPipeline, EventsConfig};
+use hax_bin::metrics::Metrics;
+use hax_bin::rconfc::{ConfdEvent, ConfdEvents, ConfdsDown};
+use hax_bin::view::sample::Sample;
+use hax_bin::view::{ClusterView, ViewConfig};
+use hax_bin::writer::{KvWriter, WriterConfig};
+use hax_consul::dev_agent::DevAgent;
+use hax_consul::schema::HaxKv;
+use hax_core::{Confd, EntrypointReply, Halon, HalonConfig, ProcessEventKind};
+use hax_sim::{SimConfig, SimProcess};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+mod support;
+use support::load_sample;
+
+const T: Duration = Duration::from_secs(20);
+
+/// The confds a peer was last told of.
+fn confds_told(p: &SimProcess) -> usize {
+    p.last_reply().expect("a reply").confds.len()
+}
+
+/// Asks again on a new connection (an entrypoint request that is not
+/// first); the number of confds in the answer.
+async fn ask_again(p: &SimProcess) -> usize {
+    p.vanish();
+    p.reattach().await.expect("answered");
+    confds_told(p)
+}
+
+async fn next(rx: &mut mpsc::UnboundedReceiver<ConfdEvent>) -> ConfdEvent {
+    tokio::time::timeout(T, rx.recv())
+        .await
+        .expect("a confd event in time")
+        .expect("the pipeline runs")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hax_own_motr_is_told_no_confd_while_one_stops() {
+    let agent = DevAgent::start().await.expect("consul agent");
+    let c = agent.client().expect("client");
+    load_sample(&agent, &c, "[]").await;
+    let cancel = CancellationToken::new();
+    let view = ClusterView::spawn(
+        c.clone(),
+        ViewConfig::new(Sample::NODE1_NAME, Sample::HAX1),
+        &cancel,
+    );
+    view.wait_loaded(T).await.expect("view loaded");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let endpoint = format!("inet:tcp:127.0.0.1@{port}");
+    let reply = EntrypointReply {
+        confds: vec![Confd {
+            fid: Sample::CONFD1_SVC,
+            endpoint: "inet:tcp:127.0.0.1@1".into(),
+        }],
+        quorum: 1,
+        rm_fid: Sample::RMS_HAX1,
+        rm_endpoint: endpoint.clone(),
+    };
+    let (_config, snapshot) = watch::channel(Some(Arc::new(reply)));
+    let (events_tx, events_rx) = mpsc::channel(1024);
+    let down = ConfdsDown::default();
+    let (confd_events, mut told) = ConfdEvents::new(down.clone());
+    let bridge = Bridge::new(
+        events_tx,
+        snapshot,
+        Arc::new(view.clone()),
+        Sample::HAX1,
+        Arc::new(Metrics::default()),
+        tokio::runtime::Handle::current(),
+    )
+    .with_confds_down(down.clone());
+    let cfg = HalonConfig {
+        endpoint: endpoint.clone(),
+        process_fid: Sample::HAX1,
+        ha_service_fid: Sample::HA1,
+        rm_service_fid: Sample::RMS_HAX1,
+        debug_options: "emu-stop-timeout-ms=2000".into(),
+        node_uuid: None,
+    };
+    let mut halon = tokio::task::spawn_blocking(move || Halon::start(cfg, bridge))
+        .await
+        .expect("joined")
+        .expect("halon starts");
+    let kv = HaxKv::new(c.clone());
+    let pipeline = EventPipeline::new(
+        KvWriter::spawn(c.clone(), WriterConfig::default()),
+        kv.clone(),
+        Arc::new(Broadcaster::new(view.clone(), halon.handle(), kv)),
+        Arc::new(view),
+        EventsConfig::default(),
+    )
+    .with_confd_events(confd_events);
+    pipeline.spawn(events_rx, cancel.clone());
+
+    let own = SimProcess::connect(SimConfig::new(&endpoint, Sample::HAX1))
+        .await
+        .expect("hax's own Motr connects");
+    let ios = SimProcess::connect(SimConfig::new(&endpoint, Sample::IOS1))
+        .await
+        .expect("the ios connects");
+    let confd = SimProcess::connect(SimConfig::new(&endpoint, Sample::CONFD1))
+        .await
+        .expect("the confd connects");
+    assert_eq!(confds_told(&own), 1);
+    assert_eq!(ask_again(&own).await, 1, "no confd down: the confds");
+
+    // The confd stops: rconfc is told, and hax's own Motr asking again
+    // gets no confd; the other processes still get it.
+    let stopping = confd
+        .send_process_event(ProcessEventKind::Stopping)
+        .expect("sent");
+    confd.wait_confirmed(stopping, T).await.expect("delivered");
+    assert_eq!(next(&mut told).await, ConfdEvent::Stopping(Sample::CONFD1));
+    assert!(down.any());
+    assert_eq!(ask_again(&own).await, 0, "hax's own Motr: no confd");
+    assert_eq!(ask_again(&ios).await, 1, "the ios: the confds");
+
+    // Back: the confds again.
+    let started = confd
+        .send_process_event(ProcessEventKind::Started)
+        .expect("sent");
+    confd.wait_confirmed(started, T).await.expect("delivered");
+    assert_eq!(next(&mut told).await, ConfdEvent::Started(Sample::CONFD1));
+    assert!(!down.any());
+    assert_eq!(ask_again(&own).await, 1, "the confds again");
+
+    for p in [&own, &ios, &confd] {
+        p.close();
+    }
+    halon.callbacks().set_stopping();
+    let report = tokio::task::spawn_blocking(move || halon.stop())
+        .await
+        .expect("joined")
+        .expect("clean stop");
+    assert_eq!(report.violations, 0);
+    cancel.cancel();
+}
