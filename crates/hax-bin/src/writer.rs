@@ -51,7 +51,7 @@ use hax_consul::client::Consistency;
 use hax_consul::kv::{normalize_key, MAX_VALUE_SIZE};
 use hax_consul::schema::{decode_decimal, QueueKind, QueueMessage};
 use hax_consul::txn::MAX_TXN_OPS;
-use hax_consul::{ConsulClient, ConsulError, QueryOptions, TxnOp};
+use hax_consul::{ConsulClient, ConsulError, KvPair, QueryOptions, TxnOp};
 use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -367,14 +367,6 @@ impl WriterMetrics {
         self.latency_us_sum.fetch_add(us, Ordering::Relaxed);
         self.latency_count.fetch_add(1, Ordering::Relaxed);
         self.latency_us_max.fetch_max(us, Ordering::Relaxed);
-    }
-}
-
-/// Reads that decide whether to append to a queue see every commit.
-fn consistent() -> QueryOptions {
-    QueryOptions {
-        consistency: Consistency::Consistent,
-        ..QueryOptions::default()
     }
 }
 
@@ -1062,13 +1054,7 @@ impl Task {
             return Ok(*e);
         }
         let key = queue.epoch_key();
-        let got = self
-            .client
-            .kv_get_with(key, &consistent())
-            .await
-            .map_err(classify)?
-            .value;
-        let epoch = match got {
+        let epoch = match self.read_consistent(key).await? {
             None => (0, 0),
             Some(p) => (
                 decode_decimal(key, &p.value).map_err(|e| AttemptError::Refused(e.to_string()))?,
@@ -1079,18 +1065,27 @@ impl Task {
         Ok(epoch)
     }
 
+    /// Reads `key` as of every commit. A leader just restarted answers
+    /// from its log replay in the default mode: an entry that did land may
+    /// not show yet (and would be appended again), the epoch counter may be
+    /// behind.
+    async fn read_consistent(&self, key: &str) -> Result<Option<KvPair>, AttemptError> {
+        let opts = QueryOptions {
+            consistency: Consistency::Consistent,
+            ..QueryOptions::default()
+        };
+        Ok(self
+            .client
+            .kv_get_with(key, &opts)
+            .await
+            .map_err(classify)?
+            .value)
+    }
+
     /// One transaction attempt.
     async fn attempt(&mut self, batch: &mut Batch) -> Result<(), AttemptError> {
         for (key, body) in &batch.landed_if {
-            // A leader just restarted answers from its log replay in the
-            // default mode: an entry that did land may not show yet, and
-            // would be appended again.
-            let got = self
-                .client
-                .kv_get_with(key, &consistent())
-                .await
-                .map_err(classify)?
-                .value;
+            let got = self.read_consistent(key).await?;
             if got.is_some_and(|p| p.value == body.as_bytes()) {
                 tracing::info!(%key, "an earlier attempt whose answer was lost had committed");
                 self.shared

@@ -1,6 +1,8 @@
 //! Queue consumption committing several entries at once, against a real
 //! Consul agent: what is committed when, what a crash repeats.
 
+mod support;
+
 use std::sync::{Arc, Mutex};
 
 use std::time::{Duration, Instant};
@@ -8,9 +10,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use hax_consul::dev_agent::{AgentMode, DevAgent};
-use hax_consul::queue::{ConsumerConfig, Handled, QueueConsumer, QueueEntry, QueuePublisher};
-use hax_consul::schema::{QueueKind, QueueMessage};
+use hax_consul::queue::{ConsumerConfig, Handled, QueueConsumer, QueueEntry};
+use hax_consul::schema::QueueKind;
 use hax_consul::{ConsulClient, TxnOp};
+use support::publish;
 
 const OFFSET: &str = "bq-delivered/node1";
 
@@ -20,20 +23,6 @@ fn config() -> ConsumerConfig {
         name: "node1".into(),
         delete_consumed: false,
     }
-}
-
-async fn publish(c: &ConsulClient, n: u32) -> Vec<QueueEntry> {
-    let publisher = QueuePublisher::new(c.clone(), QueueKind::Broadcast);
-    for seq in 0..n {
-        let m = QueueMessage::new(
-            "2024-01-01 00:00:00.000000",
-            "PROCESS-STATE-UPDATE",
-            serde_json::json!({ "seq": seq }),
-        );
-        publisher.publish(&m).await.expect("publish");
-    }
-    let pairs = c.kv_list("bq/").await.expect("list").value;
-    QueueEntry::from_pairs(QueueKind::Broadcast, &pairs)
 }
 
 async fn stored_offset(c: &ConsulClient) -> Option<u64> {

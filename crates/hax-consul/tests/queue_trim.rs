@@ -2,24 +2,15 @@
 //! consumer has read goes, a consumer that stopped holds the queue only up
 //! to the retention bound, the newest entry stays.
 
+mod support;
+
 use std::time::Duration;
 
 use hax_consul::dev_agent::DevAgent;
-use hax_consul::queue::{ConsumerConfig, QueueConsumer, QueuePublisher, QueueTrimmer};
-use hax_consul::schema::{QueueKind, QueueMessage};
+use hax_consul::queue::{ConsumerConfig, QueueConsumer, QueueTrimmer};
+use hax_consul::schema::QueueKind;
 use hax_consul::{ConsulClient, TxnOp};
-
-async fn publish(c: &ConsulClient, n: u32) {
-    let publisher = QueuePublisher::new(c.clone(), QueueKind::Broadcast);
-    for seq in 0..n {
-        let m = QueueMessage::new(
-            "2024-01-01 00:00:00.000000",
-            "PROCESS-STATE-UPDATE",
-            serde_json::json!({ "seq": seq }),
-        );
-        publisher.publish(&m).await.expect("publish");
-    }
-}
+use support::publish;
 
 /// Epochs of the entries left.
 async fn left(c: &ConsulClient) -> Vec<u64> {
