@@ -1588,7 +1588,14 @@ impl HaxKv {
         node: &str,
     ) -> Result<(BTreeMap<FidText, u64>, Vec<String>)> {
         let prefix = keys::process_restarts_prefix(node)?;
-        let listed = self.client.kv_list(&prefix).await?.value;
+        // Read once and then kept by hax: a leader just restarted would
+        // answer from its log replay with counts that are behind, and a
+        // restart would go unnoticed.
+        let opts = crate::client::QueryOptions {
+            consistency: crate::client::Consistency::Consistent,
+            ..crate::client::QueryOptions::default()
+        };
+        let listed = self.client.kv_list_with(&prefix, &opts).await?.value;
         let mut counts = BTreeMap::new();
         let mut bad = Vec::new();
         for p in &listed {
