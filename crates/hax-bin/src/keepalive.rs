@@ -15,7 +15,9 @@
 //! info). A process that never answered is not written until it answers or
 //! reaches the limit. Replies are matched by id on the link they came on;
 //! a late reply to one of the last [`KEPT_IDS`] requests still counts, any
-//! other is logged at debug and ignored. A link that goes away drops its
+//! other is logged at debug and ignored. With [`KEPT_IDS`] requests
+//! unanswered, a link gets a request only one round in [`KEPT_IDS`] until
+//! it answers: a hung process collects fewer messages. A link that goes away drops its
 //! probe state; its key stays as last written (a restarted process has a
 //! new link and gets its key written again).
 
@@ -76,6 +78,8 @@ struct Probe {
     /// The last reply: the process's counter and when it arrived.
     last: Option<(u64, SystemTime)>,
     missed: u32,
+    /// Rounds without a request since the kept requests went unanswered.
+    quiet_rounds: usize,
     liveness: Liveness,
     /// Changed since last written.
     dirty: bool,
@@ -159,6 +163,7 @@ impl Probes {
                 answered: false,
                 last: None,
                 missed: 0,
+                quiet_rounds: 0,
                 liveness: Liveness::Unknown,
                 dirty: false,
             });
@@ -173,14 +178,25 @@ impl Probes {
                 // known not to respond.
                 p.dirty = p.liveness != Liveness::Unknown;
             }
-            let id = Uint128::new(self.run, self.next);
-            self.next += 1;
-            if p.pending.len() == KEPT_IDS {
+            p.answered = false;
+            if p.pending.len() >= KEPT_IDS {
+                // The process has not answered its last requests: they may
+                // wait unread in its link's queue, or be lost. Ask only one
+                // round in KEPT_IDS, so that a hung process collects a
+                // quarter of the messages and one that lost them is still
+                // asked; a reply to any kept request counts.
+                p.quiet_rounds += 1;
+                if p.quiet_rounds < KEPT_IDS {
+                    p.asked = p.pending.back().copied();
+                    continue;
+                }
                 p.pending.pop_front();
             }
+            p.quiet_rounds = 0;
+            let id = Uint128::new(self.run, self.next);
+            self.next += 1;
             p.pending.push_back(id);
             p.asked = Some(id);
-            p.answered = false;
             round.requests.push((link, id));
         }
         round
@@ -520,9 +536,11 @@ mod tests {
         assert!(!recs[0].1.responding);
         assert_eq!(recs[0].1.counter, 1, "the last reply's counter stays");
         assert_eq!(probes.liveness(LinkId(1)), Some(Liveness::NotResponding));
-        // Lost is reported once.
+        // Lost is reported once; with its last requests unanswered the
+        // process is asked again only one round in KEPT_IDS.
         let again = probes.round(&links);
         assert!(again.lost.is_empty());
+        assert!(again.requests.is_empty(), "{again:?}");
         assert_eq!(probes.take_records()[0].1.missed, MISS_LIMIT + 1);
         // A late reply to a kept request counts; older ones are dropped.
         assert_eq!(
@@ -541,7 +559,7 @@ mod tests {
         assert_eq!((recs[0].1.counter, recs[0].1.missed), (9, 0));
         // The newest request is still awaited.
         assert!(matches!(
-            probes.reply(LinkId(1), id_of(&again, 1), 10, at(10)),
+            probes.reply(LinkId(1), id_of(&r, 1), 10, at(10)),
             ReplyMatch::Matched {
                 recovered: false,
                 ..
@@ -572,17 +590,28 @@ mod tests {
     }
 
     #[test]
-    fn only_the_last_requests_are_kept() {
+    fn a_link_with_its_requests_unanswered_is_asked_less() {
         let mut probes = Probes::new(1);
         let links = [(LinkId(1), p(1))];
-        let first = probes.round(&links);
         for _ in 0..KEPT_IDS {
-            probes.round(&links);
+            assert_eq!(probes.round(&links).requests.len(), 1);
         }
+        let mut asked = Vec::new();
+        for _ in 0..3 * KEPT_IDS {
+            let r = probes.round(&links);
+            assert_eq!(r.missed, vec![p(1)], "still a missed round");
+            asked.extend(r.requests.iter().map(|(_, id)| *id));
+        }
+        assert_eq!(asked.len(), 3, "one round in {KEPT_IDS}");
+        // Its reply to the newest kept request counts.
         assert_eq!(
-            probes.reply(LinkId(1), id_of(&first, 1), 1, at(1)),
-            ReplyMatch::Unknown
+            probes.reply(LinkId(1), asked[2], 1, at(1)),
+            ReplyMatch::Matched {
+                process: p(1),
+                recovered: true
+            }
         );
+        assert_eq!(probes.round(&links).requests.len(), 1);
     }
 
     #[test]
