@@ -17,7 +17,12 @@
 //! takes Motr's RPC timeouts (~41 s). So when a confd process reports
 //! STOPPING or STOPPED ([`ConfdEvent`], from the event pipeline) rconfc is
 //! stopped, and once a confd reports STARTED again it is started again in
-//! the background, with the same retries. Nothing here delays the daemon's
+//! the background, with the same retries. Meanwhile hax's own Motr is
+//! answered without confds ([`ConfdsDown`]): the confd's RM revokes the
+//! lock as it stops, and rconfc, told of the confd again, would reconnect to
+//! it again and again (which kept the confd's RPC machine from going idle,
+//! so the confd never finished stopping), while Motr's rconfc stop waits
+//! for that to settle. Nothing here delays the daemon's
 //! start or its stop; the halon interface stops rconfc when it stops.
 
 use std::sync::atomic::Ordering;
