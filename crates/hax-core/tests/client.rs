@@ -182,39 +182,42 @@ async fn repair_starts_progresses_and_ends_idle() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn quiesce_continue_abort_and_busy() {
+async fn control_calls_answer_ok_and_show_in_the_status() {
     let f = Fixture::ready(2).await;
     f.ctl.set_sns_rate(0).await.expect("rate");
     let sns = |op| f.client.sns(SnsKind::Repair, op, pool());
+    // As on real Motr, no control call is refused: what it did shows only in
+    // the status.
+    sns(SnsOp::Quiesce).await.expect("quiesce while idle");
+    assert_eq!(f.status(SnsKind::Repair).await, (CmStatus::Paused, 0));
+    sns(SnsOp::Abort).await.expect("abort while paused");
+    assert_eq!(f.status(SnsKind::Repair).await.0, CmStatus::Idle);
+    sns(SnsOp::Continue).await.expect("continue while idle");
     assert_eq!(
-        sns(SnsOp::Quiesce).await,
-        Err(ClientError::Busy),
-        "not started"
+        f.status(SnsKind::Repair).await,
+        (CmStatus::Started, 0),
+        "continue of an idle machine starts it"
     );
-    assert_eq!(
-        sns(SnsOp::Continue).await,
-        Err(ClientError::Busy),
-        "not paused"
-    );
-    sns(SnsOp::Start).await.expect("start");
-    assert_eq!(
-        sns(SnsOp::Start).await,
-        Err(ClientError::Busy),
-        "started twice"
-    );
+    sns(SnsOp::Start).await.expect("started twice");
+    assert_eq!(f.status(SnsKind::Repair).await.0, CmStatus::Started);
     sns(SnsOp::Quiesce).await.expect("quiesce");
     assert_eq!(f.status(SnsKind::Repair).await.0, CmStatus::Paused);
     // A paused repair does not progress, however fast the rate.
     f.ctl.set_sns_rate(100_000).await.expect("rate");
     assert_eq!(f.status(SnsKind::Repair).await, (CmStatus::Paused, 0));
-    assert_eq!(sns(SnsOp::Quiesce).await, Err(ClientError::Busy));
-    assert_eq!(sns(SnsOp::Start).await, Err(ClientError::Busy));
+    sns(SnsOp::Quiesce).await.expect("quiesce twice");
+    sns(SnsOp::Start).await.expect("start while paused");
+    assert_eq!(f.status(SnsKind::Repair).await, (CmStatus::Paused, 0));
     f.ctl.set_sns_rate(0).await.expect("rate");
     sns(SnsOp::Continue).await.expect("continue");
     assert_eq!(f.status(SnsKind::Repair).await.0, CmStatus::Started);
     sns(SnsOp::Abort).await.expect("abort");
     assert_eq!(f.status(SnsKind::Repair).await.0, CmStatus::Idle);
     sns(SnsOp::Start).await.expect("start after abort");
+    // A refusal comes only from the emulator's fault injection now.
+    f.fail_next(ClientOp::Sns, 1, -16).await;
+    assert_eq!(sns(SnsOp::Start).await, Err(ClientError::Busy));
+    assert_eq!(f.status(SnsKind::Repair).await.0, CmStatus::Started);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -242,7 +245,22 @@ async fn rebalance_status_is_rebalances() {
         .await
         .expect("rebalance abort");
     assert_eq!(f.status(SnsKind::Repair).await.0, CmStatus::Started);
+    assert_eq!(
+        f.status(SnsKind::Rebalance).await.0,
+        CmStatus::Failed,
+        "abort leaves a failed machine failed"
+    );
+    f.client
+        .sns(SnsKind::Rebalance, SnsOp::Start, pool())
+        .await
+        .expect("rebalance start again");
+    assert_eq!(f.status(SnsKind::Rebalance).await.0, CmStatus::Started);
+    f.client
+        .sns(SnsKind::Rebalance, SnsOp::Abort, pool())
+        .await
+        .expect("rebalance abort");
     assert_eq!(f.status(SnsKind::Rebalance).await.0, CmStatus::Idle);
+    assert_eq!(f.status(SnsKind::Repair).await.0, CmStatus::Started);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,13 @@
 //! * an m0d reports the services it starts before reading its configuration
 //!   with fid 0 and service type 0 (`M0_CST__UNUSED`) or SSS/FDMI: hax
 //!   receives them as service events like any other;
-//! * an m0d answers hax's keepalive request with the same id.
+//! * an m0d answers hax's keepalive request with the same id;
+//! * SNS repair and rebalance control (start, quiesce, continue, abort)
+//!   answers Ok from every state of the copy machine (spiel checks RPC
+//!   errors only; the trigger handler turns `-EBUSY` into success): what an
+//!   op did shows only in the status. Start makes an idle or failed machine
+//!   started; quiesce makes an idle or started one paused; continue makes a
+//!   paused or idle one started; abort makes any but a failed one idle.
 //!
 //! Runs on the emulator; skipped when hax-core is built with
 //! `--features motr` (its peers speak the emulator's protocol).
@@ -20,15 +26,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use emu_support::{free_port, Log};
+use emu_support::{free_endpoint, free_port, halon_config, Log};
 use hax_core::{
-    Callbacks, Confd, Ctx, Delivery, EntrypointReply, EntrypointRequest, EntrypointResponder, Fid,
-    FidType, HaMsg, HaMsgData, Halon, HalonConfig, LinkId, LinkInfo, ServiceEvent,
-    ServiceEventKind, ServiceType, Tag, Uint128,
+    Callbacks, CmStatus, Confd, Ctx, Delivery, EntrypointReply, EntrypointRequest,
+    EntrypointResponder, Fid, FidType, HaMsg, HaMsgData, Halon, HalonConfig, LinkId, LinkInfo,
+    PverState, ServiceEvent, ServiceEventKind, ServiceType, SnsKind, SnsOp, Tag, Uint128,
 };
 
 mod emu_support;
-use hax_sim::{SimConfig, SimProcess};
+use hax_sim::{PoolDef, PverDef, SimConfig, SimControl, SimProcess};
 
 struct Ha(Arc<Log>);
 
@@ -173,5 +179,104 @@ fn endpoints_early_service_events_and_keepalive_as_on_real_motr() {
 
     drop(p);
     let report = halon.stop().expect("stop");
+    assert_eq!(report.violations, 0);
+}
+
+/// The copy machine's status after `op` from `from`, as real Motr answers:
+/// every op is Ok (docs/motr.md, "SNS control").
+const SNS_TABLE: [(CmStatus, SnsOp, CmStatus); 16] = {
+    use CmStatus::{Failed, Idle, Paused, Started};
+    use SnsOp::{Abort, Continue, Quiesce, Start};
+    [
+        (Idle, Start, Started),
+        (Idle, Quiesce, Paused),
+        (Idle, Continue, Started),
+        (Idle, Abort, Idle),
+        (Started, Start, Started),
+        (Started, Quiesce, Paused),
+        (Started, Continue, Started),
+        (Started, Abort, Idle),
+        (Paused, Start, Paused),
+        (Paused, Quiesce, Paused),
+        (Paused, Continue, Started),
+        (Paused, Abort, Idle),
+        (Failed, Start, Started),
+        (Failed, Quiesce, Failed),
+        (Failed, Continue, Failed),
+        (Failed, Abort, Failed),
+    ]
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sns_control_answers_ok_from_every_state_as_on_real_motr() {
+    if cfg!(feature = "motr") {
+        eprintln!("skipped: the SNS model is the emulator's");
+        return;
+    }
+    let ep = free_endpoint();
+    let cfg = halon_config(&ep);
+    let log = Arc::new(Log::default());
+    let ha = Ha(Arc::clone(&log));
+    let mut halon = tokio::task::spawn_blocking(move || Halon::start(cfg, ha))
+        .await
+        .expect("join")
+        .expect("start");
+    let client = halon.client();
+    let ctl = SimControl::connect(&ep).await.expect("control");
+    let pool = Fid::typed(FidType::Pool, 1, 1);
+    let define = || PoolDef {
+        fid: pool,
+        ioservices: vec![Fid::typed(FidType::Service, 1, 100)],
+        pvers: vec![PverDef {
+            fid: Fid::typed(FidType::Pver, 1, 1),
+            state: PverState::Healthy,
+            data_units: 1,
+            parity_units: 0,
+            pool_width: 1,
+            unit_size: 1 << 20,
+        }],
+    };
+    ctl.set_sns_rate(0).await.expect("rate: states only");
+    client
+        .start_rconfc(Fid::typed(FidType::Profile, 1, 0))
+        .await
+        .expect("rconfc");
+    let status = |kind| {
+        let client = &client;
+        async move {
+            let v = client.sns_status(kind, pool).await.expect("status");
+            assert_eq!(v.len(), 1, "{v:?}");
+            v[0].state
+        }
+    };
+    for kind in [SnsKind::Repair, SnsKind::Rebalance] {
+        let other = match kind {
+            SnsKind::Repair => SnsKind::Rebalance,
+            SnsKind::Rebalance => SnsKind::Repair,
+        };
+        for (from, op, to) in SNS_TABLE {
+            // A pool defined again starts with idle machines.
+            ctl.define_pool(define()).await.expect("pool");
+            let reach: &[SnsOp] = match from {
+                CmStatus::Started => &[SnsOp::Start],
+                CmStatus::Paused => &[SnsOp::Start, SnsOp::Quiesce],
+                _ => &[],
+            };
+            for r in reach {
+                client.sns(kind, *r, pool).await.expect("reach");
+            }
+            if from == CmStatus::Failed {
+                ctl.fail_sns(pool, kind).await.expect("fail");
+            }
+            assert_eq!(status(kind).await, from, "{kind:?} reaches {from:?}");
+            let what = format!("{kind:?} {op:?} from {from:?}");
+            assert_eq!(client.sns(kind, op, pool).await, Ok(()), "{what}");
+            assert_eq!(status(kind).await, to, "{what}");
+            assert_eq!(status(other).await, CmStatus::Idle, "{what}: the other");
+        }
+    }
+    let report = tokio::task::spawn_blocking(move || halon.stop().expect("stop"))
+        .await
+        .expect("join");
     assert_eq!(report.violations, 0);
 }

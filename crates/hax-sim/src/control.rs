@@ -250,6 +250,9 @@ impl SimControl {
     }
 
     /// The next `count` calls of `op` fail with `rc` (a negative errno).
+    /// SNS control calls, like real Motr's, are otherwise never refused
+    /// (what they did shows in the status): this is how a test makes one
+    /// busy (`-EBUSY`) or failed.
     pub async fn fail_next(&self, op: ClientOp, count: u32, rc: i32) -> Result<(), ControlError> {
         self.inject(Fault {
             op,

@@ -342,29 +342,38 @@ int hax_glue_rconfc_ready(hax_glue *h)
 	return ready ? 1 : 0;
 }
 
-/* The state machine of one copy machine; a negative errno refuses the op. */
-static int cm_op(struct emu_cm *m, uint32_t op)
+/*
+ * The state machine of one copy machine, as real Motr runs it: every control
+ * call is answered 0 (spiel checks RPC errors only, and the trigger handler
+ * turns the copy machine's -EBUSY into success), so what an op did shows only
+ * in the status. A machine paused or started from idle has done nothing yet:
+ * its progress starts from 0.
+ */
+static void cm_op(struct emu_cm *m, uint32_t op)
 {
 	switch (op) {
 	case HAX_SNS_START:
-		if (m->state == HAX_CM_STARTED || m->state == HAX_CM_PAUSED)
-			return -EBUSY;
-		m->state = HAX_CM_STARTED;
-		m->progress = 0;
-		return 0;
+		if (m->state != HAX_CM_STARTED && m->state != HAX_CM_PAUSED) {
+			m->state = HAX_CM_STARTED;
+			m->progress = 0;
+		}
+		return;
 	case HAX_SNS_ABORT:
-		m->state = HAX_CM_IDLE;
-		return 0;
+		if (m->state != HAX_CM_FAILED)
+			m->state = HAX_CM_IDLE;
+		return;
 	case HAX_SNS_QUIESCE:
-		if (m->state != HAX_CM_STARTED)
-			return -EPROTO;
-		m->state = HAX_CM_PAUSED;
-		return 0;
+		if (m->state == HAX_CM_IDLE)
+			m->progress = 0;
+		if (m->state == HAX_CM_IDLE || m->state == HAX_CM_STARTED)
+			m->state = HAX_CM_PAUSED;
+		return;
 	default: /* HAX_SNS_CONTINUE */
-		if (m->state != HAX_CM_PAUSED)
-			return -EALREADY;
-		m->state = HAX_CM_STARTED;
-		return 0;
+		if (m->state == HAX_CM_IDLE)
+			m->progress = 0;
+		if (m->state == HAX_CM_IDLE || m->state == HAX_CM_PAUSED)
+			m->state = HAX_CM_STARTED;
+		return;
 	}
 }
 
@@ -388,7 +397,7 @@ int hax_glue_sns(hax_glue *h, uint32_t kind, uint32_t op, const struct hax_fid *
 			rc = -ENOENT;
 		} else {
 			cm_settle(c, &p->cm[kind], mono_ms());
-			rc = cm_op(&p->cm[kind], op);
+			cm_op(&p->cm[kind], op);
 		}
 	}
 	return call_end(c, rc);

@@ -10,17 +10,19 @@
 //!   4 paused).
 //!
 //! The original queued the operation and answered 200 before Motr was even
-//! asked; here the answer is Motr's: 200 when done, 409 when the operation
-//! does not fit the current state (start while running, pause while not
-//! running...), 404 for a pool Motr does not know, 503 before rconfc runs or
-//! while stopping, 502 when Motr fails, 504 when it does not answer within
+//! asked; here the answer is Motr's: 200 when done, 409 when Motr refuses
+//! the call as busy, 404 for a pool Motr does not know, 503 before rconfc
+//! runs or while stopping, 502 when Motr fails, 504 when it does not answer within
 //! [`super::MOTR_TIMEOUT`]. Rebalance status asks for rebalance's status (the
 //! original asked for repair's). `disk-attach` and `disk-detach`, which the
-//! original accepted and then dropped, are answered 501.
+//! original accepted and then dropped, are answered 501. Motr does an
+//! operation from any state of the copy machine (start while running, pause
+//! while idle, ...): what it did shows in the status, not in the answer.
 //!
 //! SNS operations that come through the broadcast queue (`SNS_OP`, which
 //! every node consumes, as in the original) are carried out by
-//! [`serve_queue`]; Motr answers busy on the nodes after the first.
+//! [`serve_queue`]; after the first node, Motr answers the others Ok and
+//! leaves the machine as the first one left it.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -315,7 +317,7 @@ pub async fn serve_queue(motr: MotrClient, mut requests: mpsc::Receiver<SnsReque
             Err(ClientError::Busy) => tracing::info!(
                 operation = name,
                 pool = %req.pool,
-                "SNS operation from the broadcast queue not allowed in the current state (another node may have done it)"
+                "SNS operation from the broadcast queue refused by Motr as busy"
             ),
             Err(e) => {
                 tracing::warn!(operation = name, pool = %req.pool, error = %e, "SNS operation from the broadcast queue failed")

@@ -117,17 +117,18 @@ impl MotrClient {
     }
 
     /// Starts, aborts, pauses or resumes repair or rebalance of `pool`
-    /// (`m0_spiel_sns_<kind>_<op>`). [`ClientError::Busy`] when `op` is not
-    /// allowed in the current state (start while running, pause while not
-    /// running, resume while not paused); [`ClientError::NotFound`] for an
-    /// unknown pool.
+    /// (`m0_spiel_sns_<kind>_<op>`). Motr answers Ok from any state of the
+    /// copy machine (start while running, pause while idle, ...): what the
+    /// call did shows only in [`MotrClient::sns_status`].
+    /// [`ClientError::Busy`] only when the call itself is refused (`-EBUSY`
+    /// and the like over RPC); [`ClientError::NotFound`] for an unknown pool.
     ///
     /// ```no_run
     /// # async fn demo(c: hax_core::MotrClient, pool: hax_core::Fid) {
     /// use hax_core::{ClientError, SnsKind, SnsOp};
     /// match c.sns(SnsKind::Rebalance, SnsOp::Quiesce, pool).await {
     ///     Ok(()) => {}
-    ///     Err(ClientError::Busy) => { /* not running */ }
+    ///     Err(ClientError::Busy) => { /* refused: try again later */ }
     ///     Err(e) => eprintln!("{e}"),
     /// }
     /// # }
