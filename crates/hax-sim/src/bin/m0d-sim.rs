@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
-use hax_core::{Fid, ProcessEventKind, ServiceEventKind};
+use hax_core::{Fid, ProcessEventKind, ServiceEventKind, ServiceType};
 use hax_sim::process::SimEventKind;
 use hax_sim::{
     cluster, describe, Delivery, LinkOutcome, LinkState, Model, SimConfig, SimControl, SimError,
@@ -26,7 +26,7 @@ use tokio::task::JoinSet;
 /// message hax sends is printed and acknowledged with DELIVERED; every
 /// delivery confirmation from hax is printed. A lost connection is re-attached
 /// once a second, as a real m0d does. On exit (after --duration, or on SIGINT
-/// or SIGTERM) the processes send STOPPING and STOPPED, and a summary follows.
+/// or SIGTERM) the processes send their stop events, and a summary follows.
 ///
 /// Exit status: 0 if all went well, 1 on a protocol violation by hax or a
 /// failed check (a wrong NVEC GET answer, a failure vector reply with another
@@ -48,9 +48,11 @@ struct Args {
     #[arg(long, default_value_t = 1, value_name = "K")]
     fid_base: u64,
 
-    /// Send the start-up events: process STARTING, service STARTING and
-    /// STARTED for each service, process STARTED (and the stop events on
-    /// exit).
+    /// Send the events a real m0d sends: at start, process STARTING, STARTING
+    /// and STARTED of the services started before the configuration is read
+    /// (fid 0; types 0, SSS, FDMI), the same for each configured service,
+    /// process STARTED; on exit, process STOPPING, service STOPPING for each
+    /// configured service in reverse order, process STOPPED.
     #[arg(long)]
     events: bool,
 
@@ -286,18 +288,39 @@ async fn stop_signal() {
     }
 }
 
+/// The services a real m0d starts before it has read its configuration, in
+/// the order it reports them (docs/motr.md, "a real m0d with hax as its HA"):
+/// their events carry fid 0.
+const EARLY_SERVICES: [ServiceType; 5] = [
+    ServiceType::Unused,
+    ServiceType::Unused,
+    ServiceType::Sss,
+    ServiceType::Unused,
+    ServiceType::Fdmi,
+];
+
+/// A real m0d's start: process STARTING, each early service (fid 0) and
+/// then each configured service STARTING then STARTED, process STARTED.
 fn send_start_events(p: &SimProcess) -> Result<(), SimError> {
     p.send_process_event(ProcessEventKind::Starting)?;
-    p.send_service_events(ServiceEventKind::Starting)?;
-    p.send_service_events(ServiceEventKind::Started)?;
+    let early = EARLY_SERVICES.iter().map(|t| (Fid::default(), *t));
+    let configured = p.config().services.clone();
+    for (fid, ty) in early.chain(configured) {
+        p.send_service_event(fid, ty, ServiceEventKind::Starting)?;
+        p.send_service_event(fid, ty, ServiceEventKind::Started)?;
+    }
     p.send_process_event(ProcessEventKind::Started)?;
     Ok(())
 }
 
+/// A real m0d's stop: process STOPPING, SERVICE STOPPING for each
+/// configured service in reverse order (no SERVICE STOPPED), process
+/// STOPPED.
 fn send_stop_events(p: &SimProcess) -> Result<(), SimError> {
     p.send_process_event(ProcessEventKind::Stopping)?;
-    p.send_service_events(ServiceEventKind::Stopping)?;
-    p.send_service_events(ServiceEventKind::Stopped)?;
+    for (fid, ty) in p.config().services.iter().rev() {
+        p.send_service_event(*fid, *ty, ServiceEventKind::Stopping)?;
+    }
     p.send_process_event(ProcessEventKind::Stopped)?;
     Ok(())
 }
