@@ -92,7 +92,8 @@ impl WriterConfig {
     fn sanitized(mut self) -> Self {
         self.max_pending = self.max_pending.max(1);
         self.max_acks = self.max_acks.max(1);
-        // A queue publication needs three operations (epoch, check, entry).
+        // A queue's first publication needs three operations (epoch, check,
+        // entry).
         self.max_batch_ops = self.max_batch_ops.clamp(3, MAX_TXN_OPS);
         self.max_batch_bytes = self.max_batch_bytes.max(1);
         self.backoff_initial = self.backoff_initial.max(Duration::from_millis(1));
@@ -903,7 +904,10 @@ impl Task {
                         .and_then(|p| p.value.as_ref())
                         .map_or(0, Vec::len),
                 ),
-                Slot::Publish(p) => (if queues.contains(&p.queue) { 2 } else { 3 }, p.body.len()),
+                // The first of a queue: the epoch's check-and-set, the
+                // check that its key is free, the entry; the others: the
+                // entry.
+                Slot::Publish(p) => (if queues.contains(&p.queue) { 1 } else { 3 }, p.body.len()),
             };
             if ops > 0 && (ops + cost > cfg.max_batch_ops || bytes + size > cfg.max_batch_bytes) {
                 break;
@@ -1126,9 +1130,13 @@ impl Task {
             let mut first = None;
             for (i, body) in bodies.into_iter().enumerate() {
                 let key = queue.entry_key(seen.0 + 1 + i as u64);
-                // Never overwrite an entry, even if the counter went back.
-                ops.push(TxnOp::check_not_exists(key.clone()));
                 if first.is_none() {
+                    // Never overwrite an entry, even if the counter went
+                    // back (a restored store): the entries above a counter
+                    // are contiguous from the next one (trimming deletes
+                    // only below it), so the next key being free means the
+                    // ones after it are too.
+                    ops.push(TxnOp::check_not_exists(key.clone()));
                     first = Some((key.clone(), body.clone()));
                 }
                 ops.push(TxnOp::set(key, body));

@@ -491,8 +491,22 @@ async fn run() {
     let load_before = loadavg();
     let mut rows = Vec::new();
 
+    // The daemon as shipped: the harness turns the BQ trimming and the
+    // keepalive probes off for its tests, the load runs them at their
+    // defaults.
+    let defaults = hax_bin::config::Config::default();
     let mut env = Env::start(Options {
         ioservices: event_peers.max(msg_peers) as u64,
+        hax_env: vec![
+            (
+                "HAX_LIMITS_BQ_TRIM_INTERVAL_MS".into(),
+                defaults.limits.bq_trim_interval_ms.to_string(),
+            ),
+            (
+                "HAX_MOTR_KEEPALIVE_INTERVAL_MS".into(),
+                defaults.motr.keepalive_interval_ms.to_string(),
+            ),
+        ],
         ..Options::default()
     })
     .await;
