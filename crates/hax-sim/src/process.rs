@@ -311,6 +311,8 @@ pub struct SimStats {
     pub lost: u64,
     /// Messages received from hax (duplicates not counted).
     pub received: u64,
+    /// Of those, NVEC SETs that answer no GET (broadcasts).
+    pub received_sets: u64,
     /// Resends of already received messages, dropped.
     pub duplicates: u64,
     /// Messages with a tag beyond the next expected, dropped.
@@ -340,6 +342,7 @@ impl SimStats {
         self.resent += o.resent;
         self.lost += o.lost;
         self.received += o.received;
+        self.received_sets += o.received_sets;
         self.duplicates += o.duplicates;
         self.out_of_order += o.out_of_order;
         self.delivered_sent += o.delivered_sent;
@@ -958,6 +961,10 @@ impl Shared {
         }
         g.next_in += 2;
         g.stats.received += 1;
+        if matches!(&msg.data, HaMsgData::Nvec(n) if n.kind == hax_core::NvecKind::Set && n.id_of_get == 0)
+        {
+            g.stats.received_sets += 1;
+        }
         self.check_msg(g, tag, &msg);
         match g.delivery {
             Delivery::Auto => self.send_delivered(g, tag),

@@ -990,24 +990,18 @@ async fn run() {
     {
         env.wait_idle().await;
         env.wait_bq_consumed().await;
+        // Keepalive requests reach the peers too: count broadcasts only.
         let before: Vec<usize> = peers.iter().map(|p| p.received_count()).collect();
+        let sets = |p: &SimProcess| p.stats().received_sets;
+        let sets_before: Vec<u64> = peers.iter().map(sets).collect();
         let t0 = Instant::now();
         env.set_check(sample::fids::IOS, status).await;
         let deadline = t0 + T;
-        while !peers
-            .iter()
-            .zip(&before)
-            .all(|(p, n)| p.received_count() > *n)
-        {
-            if Instant::now() >= deadline {
-                break;
-            }
+        let all_got = || peers.iter().zip(&sets_before).all(|(p, n)| sets(p) > *n);
+        while !all_got() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_micros(200)).await;
         }
-        let reached = peers
-            .iter()
-            .zip(&before)
-            .all(|(p, n)| p.received_count() > *n);
+        let reached = all_got();
         flip.push(if reached {
             ms(t0.elapsed())
         } else {
