@@ -62,9 +62,9 @@ impl Callbacks for Ha {
                 "{link} service {} {:?} {:?}",
                 msg.fid, e.service_type, e.event
             )),
-            HaMsgData::KeepaliveRep { id, .. } => {
-                self.0.push(format!("{link} keepalive reply {id}"))
-            }
+            HaMsgData::KeepaliveRep { id, .. } => self
+                .0
+                .push(format!("{link} keepalive reply {id} fid {}", msg.fid)),
             _ => {}
         }
         d.deliver_now(cx).unwrap();
@@ -166,7 +166,7 @@ fn endpoints_early_service_events_and_keepalive_as_on_real_motr() {
         .collect();
     assert_eq!(mine, want.iter().collect::<Vec<_>>(), "in order: {ev:?}");
 
-    // hax asks, the m0d answers with the same id.
+    // hax asks, the m0d answers with the same id and message fid 0.
     let id = Uint128::new(0x4b41, 7);
     halon
         .handle()
@@ -174,7 +174,10 @@ fn endpoints_early_service_events_and_keepalive_as_on_real_motr() {
         .wait()
         .expect("keepalive request sent");
     log.wait_for("the keepalive reply", |ev| {
-        ev.contains(&format!("{link} keepalive reply {id}"))
+        ev.contains(&format!(
+            "{link} keepalive reply {id} fid {}",
+            Fid::default()
+        ))
     });
 
     drop(p);

@@ -1056,10 +1056,10 @@ impl Shared {
                 None => self.violation(g, Violation::KeepaliveId(*id)),
             },
             HaMsgData::KeepaliveReq { id } if g.delivery != Delivery::Never => {
-                // Motr's dispatcher answers keepalives.
+                // Motr's dispatcher answers keepalives, with message fid 0
+                // and its own count of replies.
                 g.keepalive_counter += 1;
                 let rep = HaMsg {
-                    fid: self.cfg.fid,
                     time_ns: now_ns(),
                     ..HaMsg::new(HaMsgData::KeepaliveRep {
                         id: *id,
