@@ -15,17 +15,14 @@ use hax_bin::events::{EventPipeline, EventsConfig};
 use hax_bin::metrics::Metrics;
 use hax_bin::rconfc::{ConfdEvent, ConfdEvents, ConfdsDown};
 use hax_bin::view::sample::Sample;
-use hax_bin::view::{ClusterView, ViewConfig};
 use hax_bin::writer::{KvWriter, WriterConfig};
-use hax_consul::dev_agent::DevAgent;
 use hax_consul::schema::HaxKv;
 use hax_core::{Confd, EntrypointReply, Halon, HalonConfig, ProcessEventKind};
 use hax_sim::{SimConfig, SimProcess};
 use tokio::sync::{mpsc, watch};
-use tokio_util::sync::CancellationToken;
 
 mod support;
-use support::load_sample;
+use support::{free_endpoint, sample_view};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -51,21 +48,8 @@ async fn next(rx: &mut mpsc::UnboundedReceiver<ConfdEvent>) -> ConfdEvent {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hax_own_motr_is_told_no_confd_while_one_stops() {
-    let agent = DevAgent::start().await.expect("consul agent");
-    let c = agent.client().expect("client");
-    load_sample(&agent, &c, "[]").await;
-    let cancel = CancellationToken::new();
-    let view = ClusterView::spawn(
-        c.clone(),
-        ViewConfig::new(Sample::NODE1_NAME, Sample::HAX1),
-        &cancel,
-    );
-    view.wait_loaded(T).await.expect("view loaded");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port");
-    let endpoint = format!("inet:tcp:127.0.0.1@{port}");
+    let (_agent, c, view, cancel) = sample_view(T).await;
+    let endpoint = free_endpoint();
     let reply = EntrypointReply {
         confds: vec![Confd {
             fid: Sample::CONFD1_SVC,

@@ -14,7 +14,6 @@ use hax_bin::events::{EventPipeline, EventsConfig};
 use hax_bin::fencing::{HeldMetrics, LinkWatch};
 use hax_bin::metrics::Metrics;
 use hax_bin::view::sample::Sample;
-use hax_bin::view::{ClusterView, ViewConfig};
 use hax_bin::writer::{KvWriter, WriterConfig};
 use hax_consul::dev_agent::DevAgent;
 use hax_consul::schema::HaxKv;
@@ -28,7 +27,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 mod support;
-use support::load_sample;
+use support::{free_endpoint, sample_view};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -45,21 +44,8 @@ struct Daemon {
 
 /// hax's parts as the daemon wires them, with a short hold.
 async fn daemon() -> Daemon {
-    let agent = DevAgent::start().await.expect("consul agent");
-    let c = agent.client().expect("client");
-    load_sample(&agent, &c, "[]").await;
-    let cancel = CancellationToken::new();
-    let view = ClusterView::spawn(
-        c.clone(),
-        ViewConfig::new(Sample::NODE1_NAME, Sample::HAX1),
-        &cancel,
-    );
-    view.wait_loaded(T).await.expect("view loaded");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port");
-    let endpoint = format!("inet:tcp:127.0.0.1@{port}");
+    let (agent, c, view, cancel) = sample_view(T).await;
+    let endpoint = free_endpoint();
     let reply = EntrypointReply {
         quorum: 1,
         rm_fid: Sample::RMS_HAX1,

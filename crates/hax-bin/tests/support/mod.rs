@@ -4,6 +4,7 @@
 
 use hax_bin::view::sample::{self, Sample};
 use hax_bin::view::{fid_text, ClusterState};
+use hax_bin::view::{ClusterView, ViewConfig};
 use hax_consul::catalog::{CheckRegistration, CheckStatus, ServiceRegistration};
 use hax_consul::dev_agent::DevAgent;
 use hax_consul::schema::{keys, ConfKey, ConfValue, HaxKv};
@@ -13,6 +14,7 @@ use hax_core::{
     LinkInfo, Uint128,
 };
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 /// Accepts every entrypoint request and counts the links made.
 pub struct Hax {
@@ -108,4 +110,31 @@ pub async fn kv_state(kv: &HaxKv, st: &ClusterState, f: Fid) -> String {
         Some(ConfValue::Object(o)) => o.state.unwrap_or_default(),
         other => panic!("{key}: {other:?}"),
     }
+}
+
+/// A real agent loaded with the sample, and node 1's cluster view following
+/// it (stopped by the token).
+pub async fn sample_view(
+    wait: std::time::Duration,
+) -> (DevAgent, ConsulClient, ClusterView, CancellationToken) {
+    let agent = DevAgent::start().await.expect("consul agent");
+    let c = agent.client().expect("client");
+    load_sample(&agent, &c, "[]").await;
+    let cancel = CancellationToken::new();
+    let view = ClusterView::spawn(
+        c.clone(),
+        ViewConfig::new(Sample::NODE1_NAME, Sample::HAX1),
+        &cancel,
+    );
+    view.wait_loaded(wait).await.expect("view loaded");
+    (agent, c, view, cancel)
+}
+
+/// A loopback TCP endpoint on a port free now.
+pub fn free_endpoint() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    format!("inet:tcp:127.0.0.1@{port}")
 }
