@@ -9,11 +9,13 @@ use hax_bin::metrics::Metrics;
 use hax_bin::model::MotrEvent;
 use hax_bin::view::sample::Sample;
 use hax_core::{
-    EntrypointReply, Fid, FidType, HaState, Halon, HalonConfig, ProcessEventKind, ServiceEventKind,
-    ServiceType,
+    EntrypointReply, Fid, FidType, HaState, Halon, ProcessEventKind, ServiceEventKind, ServiceType,
 };
 use hax_sim::{SimConfig, SimProcess};
 use tokio::sync::{mpsc, oneshot, watch};
+
+mod support;
+use support::hax_halon_config;
 
 const T: Duration = Duration::from_secs(15);
 
@@ -81,14 +83,7 @@ async fn a_service_event_is_delivered_ahead_of_a_process_event_waiting_for_consu
             }
         }
     });
-    let cfg = HalonConfig {
-        endpoint: endpoint.clone(),
-        process_fid: Sample::HAX1,
-        ha_service_fid: Sample::HA1,
-        rm_service_fid: Sample::RMS_HAX1,
-        debug_options: "emu-stop-timeout-ms=2000".into(),
-        node_uuid: None,
-    };
+    let cfg = hax_halon_config(endpoint.clone());
     let mut halon = tokio::task::spawn_blocking(move || Halon::start(cfg, bridge))
         .await
         .expect("joined")

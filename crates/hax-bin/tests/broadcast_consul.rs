@@ -14,11 +14,11 @@ use hax_bin::writer::{KvWriter, WriterConfig};
 use hax_consul::catalog::CheckStatus;
 use hax_consul::dev_agent::DevAgent;
 use hax_consul::schema::{HaxKv, ProcessState, ProcessType, QueueKind, QueueMessage};
-use hax_core::{HaState, Halon, HalonConfig};
+use hax_core::{HaState, Halon};
 use tokio_util::sync::CancellationToken;
 
 mod support;
-use support::{check_id, kv_state, load_sample, Hax};
+use support::{check_id, hax_halon_config, kv_state, load_sample, Hax};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -27,14 +27,7 @@ fn start_halon() -> Halon<Hax> {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port");
-    let cfg = HalonConfig {
-        endpoint: format!("inet:tcp:127.0.0.1@{port}"),
-        process_fid: Sample::HAX1,
-        ha_service_fid: Sample::HA1,
-        rm_service_fid: Sample::RMS_HAX1,
-        debug_options: "emu-stop-timeout-ms=2000".into(),
-        node_uuid: None,
-    };
+    let cfg = hax_halon_config(format!("inet:tcp:127.0.0.1@{port}"));
     Halon::start(cfg, Hax::counting().0).expect("halon starts")
 }
 

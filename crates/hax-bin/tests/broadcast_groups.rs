@@ -14,13 +14,13 @@ use hax_bin::view::{ClusterView, ViewConfig};
 use hax_consul::dev_agent::DevAgent;
 use hax_consul::schema::HaxKv;
 use hax_consul::ConsulClient;
-use hax_core::{Fid, FidType, HaMsgData, HaNote, HaState, Halon, HalonConfig, NvecKind, NOTES_MAX};
+use hax_core::{Fid, FidType, HaMsgData, HaNote, HaState, Halon, NvecKind, NOTES_MAX};
 use hax_sim::{SimConfig, SimProcess};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 mod support;
-use support::{kv_state, load_sample, Hax};
+use support::{hax_halon_config, kv_state, load_sample, Hax};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -32,14 +32,7 @@ async fn start(peers: &[Fid]) -> (Halon<Hax>, Vec<SimProcess>) {
         .expect("a free port");
     let endpoint = format!("inet:tcp:127.0.0.1@{port}");
     let (tx, mut links) = watch::channel(0);
-    let cfg = HalonConfig {
-        endpoint: endpoint.clone(),
-        process_fid: Sample::HAX1,
-        ha_service_fid: Sample::HA1,
-        rm_service_fid: Sample::RMS_HAX1,
-        debug_options: "emu-stop-timeout-ms=2000".into(),
-        node_uuid: None,
-    };
+    let cfg = hax_halon_config(endpoint.clone());
     let halon = tokio::task::spawn_blocking(move || Halon::start(cfg, Hax { links: tx }))
         .await
         .expect("joined")

@@ -11,14 +11,12 @@ use hax_bin::view::sample::{self, Sample};
 use hax_bin::view::ClusterView;
 use hax_consul::schema::HaxKv;
 use hax_consul::ConsulClient;
-use hax_core::{
-    Fid, FidType, HaMsgData, HaNote, HaState, Halon, HalonConfig, LinkId, NvecKind, NOTES_MAX,
-};
+use hax_core::{Fid, FidType, HaMsgData, HaNote, HaState, Halon, LinkId, NvecKind, NOTES_MAX};
 use hax_sim::{SimConfig, SimProcess};
 use tokio::sync::watch;
 
 mod support;
-use support::Hax;
+use support::{hax_halon_config, Hax};
 
 const T: Duration = Duration::from_secs(15);
 
@@ -29,14 +27,7 @@ fn start() -> (Halon<Hax>, watch::Receiver<usize>, String) {
         .expect("a free port");
     let endpoint = format!("inet:tcp:127.0.0.1@{port}");
     let (tx, rx) = watch::channel(0);
-    let cfg = HalonConfig {
-        endpoint: endpoint.clone(),
-        process_fid: Sample::HAX1,
-        ha_service_fid: Sample::HA1,
-        rm_service_fid: Sample::RMS_HAX1,
-        debug_options: "emu-stop-timeout-ms=2000".into(),
-        node_uuid: None,
-    };
+    let cfg = hax_halon_config(endpoint.clone());
     let halon = Halon::start(cfg, Hax { links: tx }).expect("halon starts");
     (halon, rx, endpoint)
 }

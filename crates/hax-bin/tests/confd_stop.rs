@@ -17,12 +17,12 @@ use hax_bin::rconfc::{ConfdEvent, ConfdEvents, ConfdsDown};
 use hax_bin::view::sample::Sample;
 use hax_bin::writer::{KvWriter, WriterConfig};
 use hax_consul::schema::HaxKv;
-use hax_core::{Confd, EntrypointReply, Halon, HalonConfig, ProcessEventKind};
+use hax_core::{Confd, EntrypointReply, Halon, ProcessEventKind};
 use hax_sim::{SimConfig, SimProcess};
 use tokio::sync::{mpsc, watch};
 
 mod support;
-use support::{free_endpoint, sample_view};
+use support::{free_endpoint, hax_halon_config, sample_view};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -72,14 +72,7 @@ async fn hax_own_motr_is_told_no_confd_while_one_stops() {
         tokio::runtime::Handle::current(),
     )
     .with_confds_down(down.clone());
-    let cfg = HalonConfig {
-        endpoint: endpoint.clone(),
-        process_fid: Sample::HAX1,
-        ha_service_fid: Sample::HA1,
-        rm_service_fid: Sample::RMS_HAX1,
-        debug_options: "emu-stop-timeout-ms=2000".into(),
-        node_uuid: None,
-    };
+    let cfg = hax_halon_config(endpoint.clone());
     let mut halon = tokio::task::spawn_blocking(move || Halon::start(cfg, bridge))
         .await
         .expect("joined")

@@ -18,8 +18,7 @@ use hax_bin::writer::{KvWriter, WriterConfig};
 use hax_consul::dev_agent::DevAgent;
 use hax_consul::schema::HaxKv;
 use hax_core::{
-    EntrypointReply, Fid, HaLink, HaMsgData, HaState, Halon, HalonConfig, LinkId, NvecKind,
-    ProcessEventKind,
+    EntrypointReply, Fid, HaLink, HaMsgData, HaState, Halon, LinkId, NvecKind, ProcessEventKind,
 };
 use hax_sim::{SimConfig, SimProcess};
 use tokio::sync::{mpsc, watch};
@@ -27,7 +26,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 mod support;
-use support::{free_endpoint, sample_view};
+use support::{free_endpoint, hax_halon_config, sample_view};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -64,14 +63,7 @@ async fn daemon() -> Daemon {
         tokio::runtime::Handle::current(),
     )
     .with_link_watch(links.clone());
-    let cfg = HalonConfig {
-        endpoint: endpoint.clone(),
-        process_fid: Sample::HAX1,
-        ha_service_fid: Sample::HA1,
-        rm_service_fid: Sample::RMS_HAX1,
-        debug_options: "emu-stop-timeout-ms=2000".into(),
-        node_uuid: None,
-    };
+    let cfg = hax_halon_config(endpoint.clone());
     let halon = tokio::task::spawn_blocking(move || Halon::start(cfg, bridge))
         .await
         .expect("joined")

@@ -11,7 +11,7 @@ use hax_consul::schema::{keys, ConfKey, ConfValue, HaxKv};
 use hax_consul::ConsulClient;
 use hax_core::{
     Callbacks, Ctx, EntrypointReply, EntrypointRequest, EntrypointResponder, Fid, FidType,
-    LinkInfo, Uint128,
+    HalonConfig, LinkInfo, Uint128,
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -137,4 +137,16 @@ pub fn free_endpoint() -> String {
         .map(|a| a.port())
         .expect("a free port");
     format!("inet:tcp:127.0.0.1@{port}")
+}
+
+/// Node 1's hax on `endpoint`, its halon stop bounded to 2 s.
+pub fn hax_halon_config(endpoint: impl Into<String>) -> HalonConfig {
+    HalonConfig {
+        endpoint: endpoint.into(),
+        process_fid: Sample::HAX1,
+        ha_service_fid: Sample::HA1,
+        rm_service_fid: Sample::RMS_HAX1,
+        debug_options: "emu-stop-timeout-ms=2000".into(),
+        node_uuid: None,
+    }
 }
