@@ -1743,6 +1743,30 @@ mod tests {
     /// bridge does.
     struct Forward(mpsc::Sender<MotrEvent>);
 
+    /// hax's halon interface on a free port, its events forwarded to `tx`;
+    /// and its endpoint.
+    async fn start_halon(tx: mpsc::Sender<MotrEvent>) -> (hax_core::Halon<Forward>, String) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port")
+            .port();
+        let endpoint = format!("inet:tcp:127.0.0.1@{port}");
+        let config = hax_core::HalonConfig {
+            endpoint: endpoint.clone(),
+            process_fid: process(HAX),
+            ha_service_fid: Fid::typed(hax_core::FidType::Service, 1, 4),
+            rm_service_fid: Fid::typed(hax_core::FidType::Service, 1, 5),
+            debug_options: "emu-stop-timeout-ms=5000".into(),
+            node_uuid: None,
+        };
+        let halon =
+            tokio::task::spawn_blocking(move || hax_core::Halon::start(config, Forward(tx)))
+                .await
+                .expect("start task")
+                .expect("started");
+        (halon, endpoint)
+    }
+
     impl hax_core::Callbacks for Forward {
         fn entrypoint_request(
             &self,
@@ -1812,25 +1836,9 @@ mod tests {
         let (tx, rx) = mpsc::channel(64);
         let cancel = CancellationToken::new();
         let task = s.pipeline.spawn(rx, cancel.clone());
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("port")
-            .port();
-        let config = hax_core::HalonConfig {
-            endpoint: format!("inet:tcp:127.0.0.1@{port}"),
-            process_fid: process(HAX),
-            ha_service_fid: Fid::typed(hax_core::FidType::Service, 1, 4),
-            rm_service_fid: Fid::typed(hax_core::FidType::Service, 1, 5),
-            debug_options: "emu-stop-timeout-ms=5000".into(),
-            node_uuid: None,
-        };
         // Start returns once the pipeline answered hax's own first
         // entrypoint request.
-        let mut halon =
-            tokio::task::spawn_blocking(move || hax_core::Halon::start(config, Forward(tx)))
-                .await
-                .expect("start task")
-                .expect("started");
+        let (mut halon, _) = start_halon(tx).await;
         let hax_key = keys::process(fid_text(process(HAX)));
         let deadline = Instant::now() + Duration::from_secs(30);
         while text(&s.client, &hax_key).await != Some(status_json("DTM_RECOVERED", "HA")) {
@@ -1973,24 +1981,7 @@ mod tests {
         let (tx, rx) = mpsc::channel(1024);
         let cancel = CancellationToken::new();
         let task = pipeline.spawn(rx, cancel.clone());
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("port")
-            .port();
-        let endpoint = format!("inet:tcp:127.0.0.1@{port}");
-        let config = hax_core::HalonConfig {
-            endpoint: endpoint.clone(),
-            process_fid: process(HAX),
-            ha_service_fid: Fid::typed(hax_core::FidType::Service, 1, 4),
-            rm_service_fid: Fid::typed(hax_core::FidType::Service, 1, 5),
-            debug_options: "emu-stop-timeout-ms=5000".into(),
-            node_uuid: None,
-        };
-        let mut halon =
-            tokio::task::spawn_blocking(move || hax_core::Halon::start(config, Forward(tx)))
-                .await
-                .expect("start task")
-                .expect("started");
+        let (mut halon, endpoint) = start_halon(tx).await;
         let deadline = Instant::now() + Duration::from_secs(30);
         while recorder.started.load(Ordering::SeqCst) < 1 {
             assert!(Instant::now() < deadline, "hax's own start not broadcast");
