@@ -563,7 +563,9 @@ impl QueueConsumer {
                 i += 1;
                 continue;
             }
-            if state.value.is_some_and(|o| entry.epoch > o + 1) && pending.count == 0 {
+            // Offset 0: registered, nothing read yet; such a consumer starts
+            // with the oldest entry left.
+            if state.value.is_some_and(|o| o > 0 && entry.epoch > o + 1) && pending.count == 0 {
                 tracing::warn!(consumer = %self.offset_key, offset = ?state.value, next = entry.epoch, "entries below the next one were trimmed before this consumer reached them");
             }
             let remembered = state.uncommitted.remove(&entry.epoch);
