@@ -471,8 +471,8 @@ impl BqTrigger {
 
 /// Where watch deliveries and resync requests wait for the consumer: one
 /// pending trigger, into which later ones are folded. A watch delivers the
-/// whole queue every time, and hax never deletes entries, so deliveries
-/// arriving while the consumer is busy are not kept side by side: entries
+/// whole queue every time (only what every node has read is trimmed), so
+/// deliveries arriving while the consumer is busy are not kept side by side: entries
 /// are unioned by epoch (a later delivery holds the newer tree), a resync
 /// wins over entries, and entries the consumer has committed are dropped
 /// on arrival.

@@ -350,7 +350,8 @@ pub struct ConsumerConfig {
     /// node's hostname for the BQ.
     pub name: String,
     /// Delete each entry together with its offset update (the EQ is consumed
-    /// this way; BQ entries are shared by all nodes and kept).
+    /// this way; BQ entries are shared by all nodes and go by
+    /// [`QueueTrimmer`]).
     pub delete_consumed: bool,
 }
 
