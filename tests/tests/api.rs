@@ -36,6 +36,10 @@ async fn cluster_status_is_computed_by_hax() {
         (svc(&v, &ios_fid(1).to_string())["status"] == "offline").then_some(body)
     })
     .await;
+    // The stopped process's FAILED is held back from hax's own link while
+    // its link is up.
+    let m = env.metrics().await;
+    assert_eq!(m.n("hax_held_failures_total{end=\"held\"}"), 1);
     // hare-status's keys, in its order.
     let at = |k: &str| {
         status

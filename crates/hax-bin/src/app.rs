@@ -360,6 +360,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
     let writer_metrics = writer.metrics();
     let bq_metrics = processor_metrics;
     let event_metrics = pipeline.metrics();
+    let held_metrics = pipeline.held_metrics();
     let app_state = AppState::new(updates_tx.clone(), server_cfg).with_bq_floor(bq_floor);
     let router = server::router(app_state)
         .route(
@@ -372,6 +373,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
                     Arc::clone(&event_metrics),
                 );
                 let (api_m, stats_m) = (Arc::clone(&api_metrics), Arc::clone(&stats_metrics));
+                let held_m = Arc::clone(&held_metrics);
                 let depth = queue_probe
                     .upgrade()
                     .map_or(0, |tx| tx.max_capacity() - tx.capacity());
@@ -383,6 +385,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
                     let mut text = m.render_all(&w, &b, &e);
                     api_m.render(&mut text);
                     stats_m.render(&mut text);
+                    held_m.render(&mut text);
                     text
                 }
             }),
