@@ -559,7 +559,19 @@ impl QueueConsumer {
         let mut handled = 0;
         let mut i = 0;
         let mut moved = 0;
-        while let Some(entry) = sorted.get(i).copied() {
+        loop {
+            let Some(entry) = sorted.get(i).copied() else {
+                // The end: commit what is pending, or go on from where a
+                // race left the offset.
+                let last = pending.last.map_or(0, |e| e.epoch);
+                if self.flush(&mut state, &mut pending, &mut handled).await? {
+                    break;
+                }
+                i = pending.first;
+                pending = Pending::default();
+                self.after_race(&mut state, &mut moved, last).await?;
+                continue;
+            };
             if state.value.is_some_and(|o| entry.epoch <= o) {
                 i += 1;
                 continue;
@@ -624,16 +636,7 @@ impl QueueConsumer {
                 pending = Pending::default();
                 self.after_race(&mut state, &mut moved, entry.epoch).await?;
             }
-            if i >= sorted.len() && pending.count > 0 {
-                let last = pending.last.map_or(0, |e| e.epoch);
-                if !self.flush(&mut state, &mut pending, &mut handled).await? {
-                    i = pending.first;
-                    pending = Pending::default();
-                    self.after_race(&mut state, &mut moved, last).await?;
-                }
-            }
         }
-        self.flush(&mut state, &mut pending, &mut handled).await?;
         Ok(handled)
     }
 
