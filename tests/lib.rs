@@ -1050,6 +1050,9 @@ pub type FaultSchedule = Box<dyn Fn(u64, &str, &str) -> Fault + Send + Sync>;
 struct ProxyShared {
     schedule: std::sync::Mutex<Option<FaultSchedule>>,
     requests: std::sync::atomic::AtomicU64,
+    /// Requests other than `GET` forwarded to the agent and not answered
+    /// yet: what may still change Consul after a schedule that refuses all.
+    writes_in_flight: std::sync::atomic::AtomicU64,
     faults: std::sync::Mutex<BTreeMap<String, u64>>,
 }
 
@@ -1146,6 +1149,14 @@ impl FaultProxy {
         *self.shared.schedule.lock().expect("schedule") = schedule;
     }
 
+    /// Requests other than `GET` forwarded to the agent whose answer has
+    /// not come back yet.
+    pub fn writes_in_flight(&self) -> u64 {
+        self.shared
+            .writes_in_flight
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// What it did so far.
     pub fn stats(&self) -> ProxyStats {
         ProxyStats {
@@ -1216,7 +1227,23 @@ async fn proxy_one(
     for (k, v) in headers {
         fwd = fwd.header(k, v);
     }
-    let resp = match fwd.body(body.to_vec()).send().await {
+    // Counted until Consul's answer is in: a write forwarded before a
+    // schedule refusing everything may land after the schedule is set.
+    struct InFlight<'a>(Option<&'a std::sync::atomic::AtomicU64>);
+    impl Drop for InFlight<'_> {
+        fn drop(&mut self) {
+            if let Some(n) = self.0 {
+                n.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    }
+    let write = (method != hyper::Method::GET).then_some(&shared.writes_in_flight);
+    if let Some(n) = write {
+        n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+    let in_flight = InFlight(write);
+    let sent = fwd.body(body.to_vec()).send().await;
+    let resp = match sent {
         Ok(r) => r,
         // The agent is down: as if the connection was refused.
         Err(_) => {
@@ -1235,6 +1262,7 @@ async fn proxy_one(
         .map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec()))
         .collect();
     let body = resp.bytes().await.unwrap_or_default();
+    drop(in_flight);
     if let Fault::LoseAnswer(status) = fault {
         count(format!("lost {status}"));
         return Ok(answer(status, fault_body(status).into(), Vec::new()));

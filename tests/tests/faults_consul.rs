@@ -58,6 +58,18 @@ async fn assert_confirmed_are_durable(env: &Env, peers: &[SimProcess]) -> u64 {
     confirmed.iter().sum()
 }
 
+/// How many events of each peer Consul holds (repeats of a lost answer
+/// counted once), read from the agent itself.
+async fn recorded_events(env: &Env, peers: &[SimProcess]) -> Vec<u64> {
+    let mut counts = Vec::new();
+    for p in peers {
+        let mut bq = env.bq_process_updates(p.fid()).await;
+        bq.dedup();
+        counts.push(bq.len() as u64);
+    }
+    counts
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consul_answering_429_and_500_loses_nothing() {
     let env = Env::start(Options {
@@ -85,15 +97,36 @@ async fn consul_answering_429_and_500_loses_nothing() {
         checks += 1;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // Phase 2: no leader for 3 s: every request answered 500.
+    // Phase 2: no leader for 3 s: every request answered 500. What hax
+    // confirms meanwhile must have been durable when the window opened
+    // (its writes landed before; only the confirmation was on its way), and
+    // nothing reaches Consul in the window.
     proxy.set_schedule(Some(Box::new(|_, _, _| Fault::Refuse(500))));
+    wait_for(
+        "writes forwarded before the window to be answered",
+        T,
+        || async { (proxy.writes_in_flight() == 0).then_some(()) },
+    )
+    .await;
+    let durable_at_start = recorded_events(&env, &peers).await;
     let at_start = assert_confirmed_are_durable(&env, &peers).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let at_end = assert_confirmed_are_durable(&env, &peers).await;
-    // A confirmation already on its way when the window opened may land.
-    assert!(
-        at_end <= at_start + peers.len() as u64,
-        "{} events confirmed without a leader",
+    assert_eq!(
+        recorded_events(&env, &peers).await,
+        durable_at_start,
+        "events recorded while every request to Consul was refused"
+    );
+    for (p, durable) in peers.iter().zip(&durable_at_start) {
+        let confirmed = p.stats().confirmed;
+        assert!(
+            confirmed <= *durable,
+            "{}: {confirmed} events confirmed, {durable} durable when Consul lost its leader",
+            p.fid()
+        );
+    }
+    eprintln!(
+        "no leader for 3 s: {} confirmations landed, of events durable before",
         at_end - at_start
     );
     // Phase 3: back to one request in three failing, then clean.
