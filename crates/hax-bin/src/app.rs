@@ -20,18 +20,18 @@ use hax_core::{FidType, Halon, HalonConfig};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::bq::{self, BqConfig, BqProcessor, BqTrigger};
-use crate::bridge::Bridge;
-use crate::broadcast::Broadcaster;
 use crate::config::Config;
-use crate::events::{BroadcastOptions, EventPipeline, EventsConfig};
-use crate::health;
-use crate::identity;
-use crate::keepalive::{self, KeepaliveConfig, KeepaliveInbox};
-use crate::metrics::Metrics;
-use crate::model::{HaUpdate, ObjHealth};
-use crate::view::{ClusterState, ClusterView, ViewConfig};
-use crate::writer::{KvWriter, WriterConfig};
+use hax_ha::broadcast::Broadcaster;
+use hax_ha::inbound::bq::{self, BqConfig, BqProcessor, BqTrigger};
+use hax_ha::metrics::Metrics;
+use hax_ha::model::{HaUpdate, ObjHealth};
+use hax_ha::motr::bridge::Bridge;
+use hax_ha::motr::keepalive::{self, KeepaliveConfig, KeepaliveInbox};
+use hax_ha::pipeline::{BroadcastOptions, EventPipeline, EventsConfig};
+use hax_ha::view::health;
+use hax_ha::view::identity;
+use hax_ha::view::{ClusterState, ClusterView, ViewConfig};
+use hax_ha::writer::{KvWriter, WriterConfig};
 
 /// Why the daemon could not run.
 #[derive(Debug, thiserror::Error)]
@@ -126,10 +126,10 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
     let _tasks_guard = tasks.clone().drop_guard();
     let metrics = Arc::new(Metrics::default());
 
-    let mut entrypoint = crate::entrypoint::spawn(client.clone(), &tasks);
+    let mut entrypoint = hax_ha::view::entrypoint::spawn(client.clone(), &tasks);
     let id = match identity::resolve(
         &client,
-        &cfg.identity,
+        &cfg.identity.overrides(),
         &mut entrypoint,
         Duration::from_secs(2),
         &shutdown,
@@ -157,9 +157,9 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
     // Motr events go through a bounded queue to the pipeline.
     let (events_tx, events_rx) = mpsc::channel(cfg.limits.event_queue);
     let queue_probe = events_tx.downgrade();
-    let links = crate::fencing::LinkWatch::new();
-    let confds_down = crate::rconfc::ConfdsDown::default();
-    let (confds_tx, confds_rx) = crate::rconfc::ConfdEvents::new(confds_down.clone());
+    let links = hax_ha::motr::fencing::LinkWatch::new();
+    let confds_down = hax_ha::motr::rconfc::ConfdsDown::default();
+    let (confds_tx, confds_rx) = hax_ha::motr::rconfc::ConfdEvents::new(confds_down.clone());
     let bridge = Bridge::new(
         events_tx,
         entrypoint.clone(),
@@ -246,10 +246,10 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
     let bq_stop = tasks.child_token();
     let bq_task = bq::spawn(consumer, processor, Arc::clone(&bq_inbox), bq_stop.clone());
     let bq_trim_task = cfg.bq_trim_interval().map(|interval| {
-        crate::bq_trim::spawn(
+        hax_ha::inbound::bq_trim::spawn(
             client.clone(),
             view.clone(),
-            crate::bq_trim::TrimConfig {
+            hax_ha::inbound::bq_trim::TrimConfig {
                 interval,
                 retain: cfg.limits.bq_retain,
                 stalled_after: Duration::from_millis(cfg.limits.bq_stalled_after_ms),
@@ -258,7 +258,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
             bq_stop.clone(),
         )
     });
-    tokio::spawn(crate::api::sns::serve_queue(ha.client(), sns_rx));
+    tokio::spawn(hax_ha::http::sns::serve_queue(ha.client(), sns_rx));
 
     // Watch updates: service health becomes broadcasts, BQ posts wake the
     // consumer.
@@ -300,7 +300,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
                     if states.is_empty() {
                         continue;
                     }
-                    if let Err(e) = crate::events::Broadcast::broadcast(
+                    if let Err(e) = hax_ha::pipeline::Broadcast::broadcast(
                         &*watch_broadcaster,
                         states,
                         BroadcastOptions::default(),
@@ -318,9 +318,9 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
     // Motr's client: rconfc starts in the background, then the RC leader's
     // statistics run.
     let motr = ha.client();
-    let stats_metrics = Arc::new(crate::stats::StatsMetrics::default());
+    let stats_metrics = Arc::new(hax_ha::leader::stats::StatsMetrics::default());
     let ops_stop = tasks.child_token();
-    let rconfc = crate::rconfc::RconfcStarter::spawn(
+    let rconfc = hax_ha::motr::rconfc::RconfcStarter::spawn(
         motr.clone(),
         kv.clone(),
         view.clone(),
@@ -328,8 +328,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
         confds_rx,
         ops_stop.clone(),
     );
-    let stats = crate::stats::StatsUpdaters::spawn(
-        crate::stats::StatsConfig {
+    let stats = hax_ha::leader::stats::StatsUpdaters::spawn(
+        hax_ha::leader::stats::StatsConfig {
             filesystem: cfg.stats.filesystem_interval(),
             bytecount: cfg.stats.bytecount_interval(),
         },
@@ -340,7 +340,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
         Arc::clone(&stats_metrics),
         ops_stop,
     );
-    let api = crate::api::ApiState::new(kv.clone(), view.clone(), motr, http_token.clone());
+    let api = hax_ha::http::ApiState::new(kv.clone(), view.clone(), motr, http_token.clone());
     let api_metrics = api.metrics();
 
     // The HTTP server.
@@ -390,7 +390,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
                 }
             }),
         )
-        .merge(crate::api::router(api));
+        .merge(hax_ha::http::router(api));
     let http_cancel = tasks.child_token();
     let http_task = tokio::spawn({
         let cancel = http_cancel.clone();

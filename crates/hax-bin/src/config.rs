@@ -111,6 +111,19 @@ pub struct IdentitySection {
     pub rm_service_fid: Option<Fid>,
 }
 
+impl IdentitySection {
+    /// What this section sets of hax's identity.
+    pub fn overrides(&self) -> hax_ha::view::identity::IdentityOverrides {
+        hax_ha::view::identity::IdentityOverrides {
+            node: self.node.clone(),
+            endpoint: self.endpoint.clone(),
+            process_fid: self.process_fid,
+            ha_service_fid: self.ha_service_fid,
+            rm_service_fid: self.rm_service_fid,
+        }
+    }
+}
+
 /// `[motr]`
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -18,11 +18,11 @@ use hax_core::{
 };
 use tokio::sync::{mpsc, watch};
 
-use crate::fencing::LinkWatch;
-use crate::keepalive::KeepaliveInbox;
 use crate::metrics::Metrics;
 use crate::model::MotrEvent;
-use crate::rconfc::ConfdsDown;
+use crate::motr::fencing::LinkWatch;
+use crate::motr::keepalive::KeepaliveInbox;
+use crate::motr::rconfc::ConfdsDown;
 
 /// How long an entrypoint request waits for the configuration before it is
 /// refused (so that the requester asks again): long enough not to flood,
@@ -112,7 +112,7 @@ impl Bridge {
     }
 
     /// Hands keepalive replies to `inbox` (the probes of
-    /// [`crate::keepalive`]).
+    /// [`crate::motr::keepalive`]).
     pub fn with_keepalives(mut self, inbox: KeepaliveInbox) -> Self {
         self.keepalives = Some(inbox);
         self

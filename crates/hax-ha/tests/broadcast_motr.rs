@@ -5,13 +5,13 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use hax_bin::broadcast::{wait_for_outcomes, BroadcastOptions, Broadcaster};
-use hax_bin::model::{HaUpdate, ObjHealth};
-use hax_bin::view::sample::{self, Sample};
-use hax_bin::view::ClusterView;
 use hax_consul::schema::HaxKv;
 use hax_consul::ConsulClient;
 use hax_core::{Fid, FidType, HaMsgData, HaNote, HaState, Halon, LinkId, NvecKind, NOTES_MAX};
+use hax_ha::broadcast::{wait_for_outcomes, BroadcastOptions, Broadcaster};
+use hax_ha::model::{HaUpdate, ObjHealth};
+use hax_ha::view::sample::{self, Sample};
+use hax_ha::view::ClusterView;
 use hax_sim::{SimConfig, SimProcess};
 use tokio::sync::watch;
 

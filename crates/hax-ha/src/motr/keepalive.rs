@@ -33,8 +33,8 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::civil::CivilTime;
 use crate::metrics::Metrics;
+use crate::model::civil::CivilTime;
 use crate::view::fid_text;
 use crate::writer::{KvWriter, TrySubmitError, WriteOp};
 
@@ -268,7 +268,7 @@ impl Probes {
 }
 
 /// Where the Motr side hands keepalive replies over: shared between the
-/// [`crate::bridge::Bridge`] (Motr's threads, never waiting) and the probe
+/// [`crate::motr::bridge::Bridge`] (Motr's threads, never waiting) and the probe
 /// task.
 #[derive(Clone, Debug)]
 pub struct KeepaliveInbox {

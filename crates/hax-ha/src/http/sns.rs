@@ -36,7 +36,7 @@ use hax_core::{ClientError, Fid, FidType, MotrClient, SnsKind, SnsOp, SnsStatus}
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::bq::SnsRequest;
+use crate::inbound::bq::SnsRequest;
 
 use super::{body_bytes, json_kind, json_object, json_response, ApiState, Failure};
 

@@ -2,9 +2,6 @@
 //! entrypoint, and the sample cluster loaded into a real Consul agent.
 #![allow(dead_code)]
 
-use hax_bin::view::sample::{self, Sample};
-use hax_bin::view::{fid_text, ClusterState};
-use hax_bin::view::{ClusterView, ViewConfig};
 use hax_consul::catalog::{CheckRegistration, CheckStatus, ServiceRegistration};
 use hax_consul::dev_agent::DevAgent;
 use hax_consul::schema::{keys, ConfKey, ConfValue, HaxKv};
@@ -13,6 +10,9 @@ use hax_core::{
     Callbacks, Ctx, EntrypointReply, EntrypointRequest, EntrypointResponder, Fid, FidType,
     HalonConfig, LinkInfo, Uint128,
 };
+use hax_ha::view::sample::{self, Sample};
+use hax_ha::view::{fid_text, ClusterState};
+use hax_ha::view::{ClusterView, ViewConfig};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 

@@ -8,18 +8,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hax_bin::bridge::Bridge;
-use hax_bin::broadcast::Broadcaster;
-use hax_bin::events::{EventPipeline, EventsConfig};
-use hax_bin::fencing::{HeldMetrics, LinkWatch};
-use hax_bin::metrics::Metrics;
-use hax_bin::view::sample::Sample;
-use hax_bin::writer::{KvWriter, WriterConfig};
 use hax_consul::dev_agent::DevAgent;
 use hax_consul::schema::HaxKv;
 use hax_core::{
     EntrypointReply, Fid, HaLink, HaMsgData, HaState, Halon, LinkId, NvecKind, ProcessEventKind,
 };
+use hax_ha::broadcast::Broadcaster;
+use hax_ha::metrics::Metrics;
+use hax_ha::motr::bridge::Bridge;
+use hax_ha::motr::fencing::{HeldMetrics, LinkWatch};
+use hax_ha::pipeline::{EventPipeline, EventsConfig};
+use hax_ha::view::sample::Sample;
+use hax_ha::writer::{KvWriter, WriterConfig};
 use hax_sim::{SimConfig, SimProcess};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;

@@ -20,6 +20,10 @@
 //! follows the KV store, which gives the same answers on a static
 //! configuration and the right ones when hare's tools change it.
 
+pub mod entrypoint;
+pub mod health;
+pub mod identity;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
@@ -34,7 +38,7 @@ use hax_core::{Fid, FidType, HaState};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::health::{self, NodeChecks, NodeHealthMap};
+use self::health::{NodeChecks, NodeHealthMap};
 use crate::model::ObjHealth;
 
 /// The Consul services whose health checks the view follows by default: the
@@ -1159,13 +1163,13 @@ impl ClusterView {
     }
 }
 
-impl crate::bridge::StateSource for ClusterView {
+impl crate::motr::bridge::StateSource for ClusterView {
     fn nvec_state(&self, fid: Fid) -> HaState {
         ClusterView::nvec_state(self, fid)
     }
 }
 
-impl crate::events::ClusterFacts for ClusterView {
+impl crate::pipeline::ClusterFacts for ClusterView {
     fn hax_fid(&self) -> Fid {
         self.snapshot().hax_fid()
     }

@@ -39,10 +39,10 @@ use hax_core::{
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use crate::events::{Broadcast, BroadcastFailed};
-pub use crate::events::{BroadcastOptions, DeliveryReport, Sent};
 use crate::metrics::Metrics;
 use crate::model::{HaUpdate, ObjHealth};
+use crate::pipeline::{Broadcast, BroadcastFailed};
+pub use crate::pipeline::{BroadcastOptions, DeliveryReport, Sent};
 use crate::view::{base_fid, fid_text, nc_note_state, sdev_note_state, ClusterState, ClusterView};
 
 /// Sdev states a process-driven update never overwrites: a device failure is
@@ -1647,7 +1647,7 @@ mod tests {
         let f = Sample::SDEV1A;
         let notes: Vec<HaNote> = HaState::ALL.iter().map(|s| HaNote::new(f, *s)).collect();
         assert_eq!(
-            crate::events::nvec_set_rebroadcast(&notes),
+            crate::pipeline::nvec_set_rebroadcast(&notes),
             vec![
                 HaUpdate::new(f, ObjHealth::Ok),
                 HaUpdate::new(f, ObjHealth::Failed),

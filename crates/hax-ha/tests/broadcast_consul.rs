@@ -5,16 +5,16 @@
 
 use std::time::Duration;
 
-use hax_bin::broadcast::{wait_for_outcomes, BroadcastOptions, Broadcaster};
-use hax_bin::health::{commit_process_failure, plan_process_failure};
-use hax_bin::model::{HaUpdate, ObjHealth};
-use hax_bin::view::sample::{self, Sample};
-use hax_bin::view::{fid_text, ClusterView, ViewConfig};
-use hax_bin::writer::{KvWriter, WriterConfig};
 use hax_consul::catalog::CheckStatus;
 use hax_consul::dev_agent::DevAgent;
 use hax_consul::schema::{HaxKv, ProcessState, ProcessType, QueueKind, QueueMessage};
 use hax_core::{HaState, Halon};
+use hax_ha::broadcast::{wait_for_outcomes, BroadcastOptions, Broadcaster};
+use hax_ha::model::{HaUpdate, ObjHealth};
+use hax_ha::view::health::{commit_process_failure, plan_process_failure};
+use hax_ha::view::sample::{self, Sample};
+use hax_ha::view::{fid_text, ClusterView, ViewConfig};
+use hax_ha::writer::{KvWriter, WriterConfig};
 use tokio_util::sync::CancellationToken;
 
 mod support;

@@ -26,8 +26,8 @@ use hax_consul::schema::{ProcessState, ProcessStatus, ProcessType, QueueKind};
 use hax_consul::server::{UpdateData, WatchUpdate};
 use hax_core::{Fid, FidType};
 
-use crate::events::{process_state_message, process_status_write, ClusterFacts};
 use crate::model::{HaUpdate, ObjHealth};
+use crate::pipeline::{process_state_message, process_status_write, ClusterFacts};
 use crate::view::ClusterState;
 use crate::writer::{Ack, KvWriter, WriteError, WriteOp};
 

@@ -9,15 +9,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hax_bin::bridge::Bridge;
-use hax_bin::broadcast::Broadcaster;
-use hax_bin::events::{EventPipeline, EventsConfig};
-use hax_bin::metrics::Metrics;
-use hax_bin::rconfc::{ConfdEvent, ConfdEvents, ConfdsDown};
-use hax_bin::view::sample::Sample;
-use hax_bin::writer::{KvWriter, WriterConfig};
 use hax_consul::schema::HaxKv;
 use hax_core::{Confd, EntrypointReply, Halon, ProcessEventKind};
+use hax_ha::broadcast::Broadcaster;
+use hax_ha::metrics::Metrics;
+use hax_ha::motr::bridge::Bridge;
+use hax_ha::motr::rconfc::{ConfdEvent, ConfdEvents, ConfdsDown};
+use hax_ha::pipeline::{EventPipeline, EventsConfig};
+use hax_ha::view::sample::Sample;
+use hax_ha::writer::{KvWriter, WriterConfig};
 use hax_sim::{SimConfig, SimProcess};
 use tokio::sync::{mpsc, watch};
 

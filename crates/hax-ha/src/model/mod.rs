@@ -1,6 +1,8 @@
 //! Types shared by the daemon's parts: object health as hax reasons about it,
 //! and the HA state updates that become broadcasts.
 
+pub mod civil;
+
 use hax_core::{Fid, HaState};
 
 /// Health of a configuration object (the original hax's `ObjHealth`).

@@ -12,9 +12,24 @@ use hax_consul::ConsulClient;
 use hax_core::{Fid, FidType};
 use tokio_util::sync::CancellationToken;
 
-use crate::bridge::EntrypointSnapshot;
-use crate::config::IdentitySection;
-use crate::entrypoint::{service_endpoint, strip_node_suffix};
+use crate::motr::bridge::EntrypointSnapshot;
+use crate::view::entrypoint::{service_endpoint, strip_node_suffix};
+
+/// What the configuration sets of hax's identity; what is left unset comes
+/// from Consul.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IdentityOverrides {
+    /// Local node name.
+    pub node: Option<String>,
+    /// hax's Motr endpoint.
+    pub endpoint: Option<String>,
+    /// hax's process fid.
+    pub process_fid: Option<Fid>,
+    /// hax's HA service fid.
+    pub ha_service_fid: Option<Fid>,
+    /// The RM service fid.
+    pub rm_service_fid: Option<Fid>,
+}
 
 /// hax's identity.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,7 +68,7 @@ pub enum IdentityError {
 
 async fn from_consul(
     client: &ConsulClient,
-    cfg: &IdentitySection,
+    cfg: &IdentityOverrides,
 ) -> Result<(String, String, Fid, Fid), IdentityError> {
     let node = match &cfg.node {
         Some(n) => n.clone(),
@@ -94,7 +109,7 @@ async fn from_consul(
 /// it yet (the original waits the same way), until `cancel`.
 pub async fn resolve(
     client: &ConsulClient,
-    cfg: &IdentitySection,
+    cfg: &IdentityOverrides,
     entrypoint: &mut EntrypointSnapshot,
     retry: Duration,
     cancel: &CancellationToken,

@@ -48,8 +48,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::events::{Broadcast, BroadcastOptions, ClusterFacts, Sent};
 use crate::model::{HaUpdate, ObjHealth};
+use crate::pipeline::{Broadcast, BroadcastOptions, ClusterFacts, Sent};
 
 /// An SNS operation asked for through the BQ (`SNS_OP`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -635,7 +635,7 @@ mod tests {
     use hax_consul::schema::QueueMessage;
     use hax_consul::ConsulClient;
 
-    use crate::events::testing::{process, Call, Facts, Recorder};
+    use crate::pipeline::testing::{process, Call, Facts, Recorder};
 
     const LOCAL: u64 = 0x30;
 

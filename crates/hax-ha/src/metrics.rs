@@ -4,8 +4,8 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
-use crate::bq::BqMetrics;
-use crate::events::EventMetrics;
+use crate::inbound::bq::BqMetrics;
+use crate::pipeline::EventMetrics;
 use crate::writer::WriterMetrics;
 
 /// HA message types, in `m0_ha_msg_type` order, for per-type counters.

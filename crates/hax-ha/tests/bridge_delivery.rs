@@ -4,13 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hax_bin::bridge::{Bridge, StateSource};
-use hax_bin::metrics::Metrics;
-use hax_bin::model::MotrEvent;
-use hax_bin::view::sample::Sample;
 use hax_core::{
     EntrypointReply, Fid, FidType, HaState, Halon, ProcessEventKind, ServiceEventKind, ServiceType,
 };
+use hax_ha::metrics::Metrics;
+use hax_ha::model::MotrEvent;
+use hax_ha::motr::bridge::{Bridge, StateSource};
+use hax_ha::view::sample::Sample;
 use hax_sim::{SimConfig, SimProcess};
 use tokio::sync::{mpsc, oneshot, watch};
 

@@ -48,13 +48,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::broadcast::SentOutcome;
-use crate::civil::CivilTime;
-use crate::fencing::{HeldFailures, HeldMetrics, LinkWatch, HA_DISCONNECT_TIMEOUT};
+use crate::model::civil::CivilTime;
 use crate::model::{
     EntrypointReply, EntrypointRequest, EntrypointResponder, HaUpdate, MotrEvent, ObjHealth,
     StobIoqError,
 };
-use crate::rconfc::{ConfdEvent, ConfdEvents};
+use crate::motr::fencing::{HeldFailures, HeldMetrics, LinkWatch, HA_DISCONNECT_TIMEOUT};
+use crate::motr::rconfc::{ConfdEvent, ConfdEvents};
 use crate::view::{fid_of, fid_text};
 use crate::writer::{Ack, AckWaiter, KvWriter, WriteError, WriteOp};
 
@@ -407,7 +407,7 @@ pub struct EventsConfig {
     pub consul_wait: Duration,
     /// How long the FAILED note of a stopped process is held back from
     /// hax's own link after the STOPPED event is delivered, while the
-    /// process's link is there (see [`crate::fencing`]).
+    /// process's link is there (see [`crate::motr::fencing`]).
     pub self_failed_hold: Duration,
 }
 
@@ -687,7 +687,7 @@ impl<B: Broadcast, C: ClusterFacts> EventPipeline<B, C> {
     ///
     /// The FAILED note of a STOPPED process other than hax goes to the other
     /// processes at once and is held back from hax's own link (see
-    /// [`crate::fencing`]); the event's delivery does not wait for it. A
+    /// [`crate::motr::fencing`]); the event's delivery does not wait for it. A
     /// later start of the process drops a note still held.
     pub async fn on_process(&self, link: LinkId, fid: Fid, ev: ProcessEvent, mut ack: Ack) {
         let inner = &self.inner;
@@ -1486,7 +1486,7 @@ mod tests {
         use ProcessType as T;
         let agent = DevAgent::start().await.expect("agent");
         let client = agent.client().expect("client");
-        let down = crate::rconfc::ConfdsDown::default();
+        let down = crate::motr::rconfc::ConfdsDown::default();
         let (tx, mut rx) = ConfdEvents::new(down.clone());
         let p = EventPipeline::new(
             KvWriter::spawn(client.clone(), WriterConfig::default()),

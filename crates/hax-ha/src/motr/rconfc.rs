@@ -35,8 +35,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::leader::stats::{ioservices, StatsMetrics};
 use crate::model::ObjHealth;
-use crate::stats::{ioservices, StatsMetrics};
 use crate::view::{fid_of, ClusterState, ClusterView};
 
 /// How long rconfc waits for every ioservice to be healthy before it is
@@ -59,7 +59,7 @@ pub enum ConfdEvent {
 
 /// Confd processes that reported STOPPING or STOPPED and not STARTED
 /// since. While there is one, hax's own Motr is answered without confds
-/// (see [`crate::bridge::Bridge::with_confds_down`]).
+/// (see [`crate::motr::bridge::Bridge::with_confds_down`]).
 #[derive(Clone, Debug, Default)]
 pub struct ConfdsDown(Arc<std::sync::Mutex<std::collections::HashSet<Fid>>>);
 

@@ -30,7 +30,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::civil::CivilTime;
+use crate::model::civil::CivilTime;
 use crate::model::ObjHealth;
 use crate::view::{fid_of, fid_text, ClusterState, ClusterView};
 
