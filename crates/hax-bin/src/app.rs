@@ -14,23 +14,22 @@ use std::time::{Duration, Instant};
 
 use axum::routing::get;
 use hax_consul::schema::HaxKv;
-use hax_consul::server::{self, AppState, ResyncTarget, ServerConfig, UpdateData, WatchUpdate};
+use hax_consul::server::{self, AppState, ResyncTarget, ServerConfig, WatchUpdate};
 use hax_consul::{AclToken, ConsulClient, ConsulConfig};
-use hax_core::{FidType, Halon, HalonConfig};
+use hax_core::{Halon, HalonConfig};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use hax_ha::broadcast::Broadcaster;
-use hax_ha::inbound::bq::{self, BqConfig, BqProcessor, BqTrigger};
+use hax_ha::inbound::bq::{self, BqConfig, BqProcessor};
+use hax_ha::inbound::watches::WatchHandlers;
 use hax_ha::metrics::Metrics;
-use hax_ha::model::{HaUpdate, ObjHealth};
 use hax_ha::motr::bridge::Bridge;
 use hax_ha::motr::keepalive::{self, KeepaliveConfig, KeepaliveInbox};
-use hax_ha::pipeline::{BroadcastOptions, EventPipeline, EventsConfig};
-use hax_ha::view::health;
+use hax_ha::pipeline::{EventPipeline, EventsConfig};
 use hax_ha::view::identity;
-use hax_ha::view::{ClusterState, ClusterView, ViewConfig};
+use hax_ha::view::{ClusterView, ViewConfig};
 use hax_ha::writer::{KvWriter, WriterConfig};
 
 /// Why the daemon could not run.
@@ -63,23 +62,6 @@ const VIEW_WAIT: Duration = Duration::from_secs(30);
 
 /// How long shutdown waits for queued Consul writes.
 const FLUSH_GRACE: Duration = Duration::from_secs(10);
-
-/// How long a watch update reporting a failure waits for the cluster view to
-/// show it.
-const VIEW_CATCH_UP: Duration = Duration::from_secs(2);
-
-/// Whether `st` shows every process failure `updates` report (processes the
-/// configuration does not know excepted).
-fn view_shows_failures(st: &ClusterState, updates: &[HaUpdate]) -> bool {
-    let down = |h: ObjHealth| matches!(h, ObjHealth::Offline | ObjHealth::Failed);
-    updates
-        .iter()
-        .filter(|u| u.fid.is(FidType::Process) && down(u.health))
-        .all(|u| {
-            st.node_name_of_process(u.fid)
-                .is_none_or(|node| down(st.service_health(node, u.fid.key)))
-        })
-}
 
 fn consul_client(cfg: &Config) -> Result<ConsulClient, AppError> {
     let mut cc = ConsulConfig::new(cfg.consul.address.clone());
@@ -262,58 +244,15 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
 
     // Watch updates: service health becomes broadcasts, BQ posts wake the
     // consumer.
-    let (updates_tx, mut updates_rx) = mpsc::channel::<WatchUpdate>(1024);
-    let watch_metrics = Arc::clone(&metrics);
-    let watch_broadcaster = Arc::clone(&broadcaster);
-    let watch_view = view.clone();
-    let watch_writer = writer.clone();
-    tokio::spawn(async move {
-        while let Some(u) = updates_rx.recv().await {
-            watch_metrics
-                .watch_updates
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            match u.data {
-                UpdateData::BroadcastQueue(entries) => {
-                    bq_inbox.deliver(BqTrigger::Entries(entries));
-                }
-                UpdateData::Service(_)
-                | UpdateData::Checks(_)
-                | UpdateData::ProcessState { .. } => {
-                    let updates = health::updates_from_watch(&u);
-                    if updates.is_empty() {
-                        continue;
-                    }
-                    // The view follows Consul with its own queries and may
-                    // not show yet the failure this update reports: wait
-                    // (bounded) until it does, as the original asked Consul.
-                    let state = watch_view
-                        .wait_until(VIEW_CATCH_UP, |st| view_shows_failures(st, &updates))
-                        .await
-                        .unwrap_or_else(|_| watch_view.snapshot());
-                    let plan = health::plan_process_failure(&state, &updates);
-                    if let Err(e) =
-                        health::commit_process_failure(&plan, &watch_writer, &watch_view).await
-                    {
-                        tracing::warn!(error = %e, "recording process failures failed");
-                    }
-                    let states = plan.broadcast;
-                    if states.is_empty() {
-                        continue;
-                    }
-                    if let Err(e) = hax_ha::pipeline::Broadcast::broadcast(
-                        &*watch_broadcaster,
-                        states,
-                        BroadcastOptions::default(),
-                    )
-                    .await
-                    {
-                        tracing::warn!(error = %e, "broadcast of a health change failed");
-                    }
-                }
-                UpdateData::Key(_) | UpdateData::KeyPrefix(_) => {}
-            }
-        }
-    });
+    let (updates_tx, updates_rx) = mpsc::channel::<WatchUpdate>(1024);
+    let handlers = WatchHandlers {
+        bq: Arc::clone(&bq_inbox),
+        view: view.clone(),
+        writer: writer.clone(),
+        broadcaster: Arc::clone(&broadcaster),
+        metrics: Arc::clone(&metrics),
+    };
+    tokio::spawn(handlers.run(updates_rx));
 
     // Motr's client: rconfc starts in the background, then the RC leader's
     // statistics run.

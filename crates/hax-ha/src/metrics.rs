@@ -4,8 +4,6 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
-use crate::inbound::bq::BqMetrics;
-use crate::pipeline::EventMetrics;
 use crate::writer::WriterMetrics;
 
 /// HA message types, in `m0_ha_msg_type` order, for per-type counters.
@@ -440,6 +438,59 @@ impl Metrics {
         );
         out
     }
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct EventMetrics {
+    /// Process events handled.
+    pub process_events: AtomicU64,
+    /// Process events with no health-table entry (not recorded, as the
+    /// original).
+    pub process_events_ignored: AtomicU64,
+    /// Service events seen.
+    pub service_events: AtomicU64,
+    /// STOB I/O errors published to the EQ.
+    pub stob_ioq: AtomicU64,
+    /// NVEC SETs handled.
+    pub nvec_set: AtomicU64,
+    /// First entrypoint requests handled.
+    pub first_requests: AtomicU64,
+    /// Restarts detected (FAILED broadcast before the reply).
+    pub restarts: AtomicU64,
+    /// First entrypoint requests answered rc 0 after restart detection.
+    pub first_requests_accepted: AtomicU64,
+    /// First entrypoint requests refused because Consul did not answer.
+    pub first_requests_refused: AtomicU64,
+    /// From a first entrypoint request to its reply handed to Motr.
+    pub first_request_reply: crate::metrics::Latency,
+    /// Broadcasts that could not be handed to Motr.
+    pub broadcast_failures: AtomicU64,
+    /// Writes refused (invalid or writer closed).
+    pub write_failures: AtomicU64,
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct BqMetrics {
+    /// Gauge: the last committed epoch.
+    pub offset: AtomicU64,
+    /// Entries committed (handled or skipped).
+    pub consumed: AtomicU64,
+    /// `PROCESS-STATE-UPDATE` entries broadcast.
+    pub process_updates: AtomicU64,
+    /// `M0_HA_MSG_NVEC` entries broadcast.
+    pub device_updates: AtomicU64,
+    /// `SNS_OP` entries handed on.
+    pub sns_ops: AtomicU64,
+    /// `STOB_IOQ_ERROR` entries broadcast.
+    pub stob_errors: AtomicU64,
+    /// Entries skipped (malformed, unknown, for nothing known).
+    pub skipped: AtomicU64,
+    /// Broadcasts with no delivery by the deadline.
+    pub not_delivered: AtomicU64,
+    /// Consumption rounds that stopped on an error (entry left pending).
+    pub failed_rounds: AtomicU64,
 }
 
 #[cfg(test)]

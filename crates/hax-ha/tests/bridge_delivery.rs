@@ -8,8 +8,9 @@ use hax_core::{
     EntrypointReply, Fid, FidType, HaState, Halon, ProcessEventKind, ServiceEventKind, ServiceType,
 };
 use hax_ha::metrics::Metrics;
+use hax_ha::model::facts::StateSource;
 use hax_ha::model::MotrEvent;
-use hax_ha::motr::bridge::{Bridge, StateSource};
+use hax_ha::motr::bridge::Bridge;
 use hax_ha::view::sample::Sample;
 use hax_sim::{SimConfig, SimProcess};
 use tokio::sync::{mpsc, oneshot, watch};

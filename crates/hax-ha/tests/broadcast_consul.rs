@@ -9,11 +9,13 @@ use hax_consul::catalog::CheckStatus;
 use hax_consul::dev_agent::DevAgent;
 use hax_consul::schema::{HaxKv, ProcessState, ProcessType, QueueKind, QueueMessage};
 use hax_core::{HaState, Halon};
-use hax_ha::broadcast::{wait_for_outcomes, BroadcastOptions, Broadcaster};
+use hax_ha::broadcast::{wait_for_outcomes, Broadcaster};
+use hax_ha::inbound::failures::{commit_process_failure, plan_process_failure};
+use hax_ha::model::broadcast::BroadcastOptions;
+use hax_ha::model::vocab::fid_text;
 use hax_ha::model::{HaUpdate, ObjHealth};
-use hax_ha::view::health::{commit_process_failure, plan_process_failure};
 use hax_ha::view::sample::{self, Sample};
-use hax_ha::view::{fid_text, ClusterView, ViewConfig};
+use hax_ha::view::{ClusterView, ViewConfig};
 use hax_ha::writer::{KvWriter, WriterConfig};
 use tokio_util::sync::CancellationToken;
 

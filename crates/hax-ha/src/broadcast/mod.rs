@@ -40,10 +40,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::metrics::Metrics;
+use crate::model::broadcast::{Broadcast, BroadcastFailed};
+pub use crate::model::broadcast::{BroadcastOptions, DeliveryReport, Sent};
+use crate::model::broadcast::{OutcomeOf, SentOutcome};
+use crate::model::vocab::{base_fid, fid_text, nc_note_state, sdev_note_state};
 use crate::model::{HaUpdate, ObjHealth};
-use crate::pipeline::{Broadcast, BroadcastFailed};
-pub use crate::pipeline::{BroadcastOptions, DeliveryReport, Sent};
-use crate::view::{base_fid, fid_text, nc_note_state, sdev_note_state, ClusterState, ClusterView};
+use crate::view::{ClusterState, ClusterView};
 
 /// Sdev states a process-driven update never overwrites: a device failure is
 /// only cleared by an explicit device update.
@@ -589,29 +591,6 @@ impl BroadcastError {
             BroadcastError::Schema(SchemaError::Contended { .. }) => true,
             BroadcastError::Group(e) => e.is_transient(),
             BroadcastError::Schema(_) | BroadcastError::Motr(_) | BroadcastError::Stopped => false,
-        }
-    }
-}
-
-/// The outcome to come of one message a broadcast sent. Broadcasts done
-/// together share their messages; each of them gets the outcome.
-#[derive(Debug)]
-pub struct SentOutcome(OutcomeOf);
-
-#[derive(Debug)]
-enum OutcomeOf {
-    Own(Tracked),
-    /// Set by the task following a shared message; its sender is dropped
-    /// without a value if the halon interface stops first.
-    Shared(watch::Receiver<Option<Outcome>>),
-}
-
-impl SentOutcome {
-    /// Waits for the outcome; `None` if the halon interface stopped first.
-    pub async fn outcome(self) -> Option<Outcome> {
-        match self.0 {
-            OutcomeOf::Own(t) => t.outcome().await.ok(),
-            OutcomeOf::Shared(mut rx) => rx.wait_for(Option::is_some).await.ok().and_then(|o| *o),
         }
     }
 }

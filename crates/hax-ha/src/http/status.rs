@@ -250,7 +250,11 @@ mod tests {
         nodes
             .iter()
             .find(|n| n.name == node)
-            .and_then(|n| n.svcs.iter().find(|p| p.fid == crate::view::fid_text(fid)))
+            .and_then(|n| {
+                n.svcs
+                    .iter()
+                    .find(|p| p.fid == crate::model::vocab::fid_text(fid))
+            })
             .unwrap_or_else(|| panic!("{fid} of {node} missing"))
     }
 
@@ -258,13 +262,14 @@ mod tests {
     fn every_node_and_process_of_the_configuration() {
         let mut d = sample::view_data();
         d.processes.insert(
-            crate::view::fid_text(Sample::IOS1),
+            crate::model::vocab::fid_text(Sample::IOS1),
             ProcessStatus {
                 state: ProcessState::Stopped,
                 kind: ProcessType::M0d,
             },
         );
-        d.processes.remove(&crate::view::fid_text(Sample::CONFD1));
+        d.processes
+            .remove(&crate::model::vocab::fid_text(Sample::CONFD1));
         d.health = sample::health_entries(&[], false);
         let nodes = node_lines(&ClusterView::from_data(d).snapshot());
         assert_eq!(

@@ -48,8 +48,10 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::BqMetrics;
+use crate::model::broadcast::{Broadcast, BroadcastOptions, Sent};
+use crate::model::facts::ClusterFacts;
 use crate::model::{HaUpdate, ObjHealth};
-use crate::pipeline::{Broadcast, BroadcastOptions, ClusterFacts, Sent};
 
 /// An SNS operation asked for through the BQ (`SNS_OP`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -149,29 +151,6 @@ impl Default for BqConfig {
             commit_batch: 1024,
         }
     }
-}
-
-/// Counters for `/metrics`.
-#[derive(Debug, Default)]
-pub struct BqMetrics {
-    /// Gauge: the last committed epoch.
-    pub offset: AtomicU64,
-    /// Entries committed (handled or skipped).
-    pub consumed: AtomicU64,
-    /// `PROCESS-STATE-UPDATE` entries broadcast.
-    pub process_updates: AtomicU64,
-    /// `M0_HA_MSG_NVEC` entries broadcast.
-    pub device_updates: AtomicU64,
-    /// `SNS_OP` entries handed on.
-    pub sns_ops: AtomicU64,
-    /// `STOB_IOQ_ERROR` entries broadcast.
-    pub stob_errors: AtomicU64,
-    /// Entries skipped (malformed, unknown, for nothing known).
-    pub skipped: AtomicU64,
-    /// Broadcasts with no delivery by the deadline.
-    pub not_delivered: AtomicU64,
-    /// Consumption rounds that stopped on an error (entry left pending).
-    pub failed_rounds: AtomicU64,
 }
 
 fn inc(c: &AtomicU64) {
@@ -814,7 +793,8 @@ mod tests {
         seen.extend(run.recorder.calls().into_iter().flat_map(|(u, _)| u));
         assert_eq!(seen, expected, "each entry once, in order");
         for (fid, state) in &last_state {
-            let key = keys::node_process("node-1", crate::view::fid_text(*fid)).expect("key");
+            let key =
+                keys::node_process("node-1", crate::model::vocab::fid_text(*fid)).expect("key");
             let value = client
                 .kv_get(&key)
                 .await
@@ -906,7 +886,8 @@ mod tests {
         // Nothing for the local process, the unknown type, the unknown
         // device and the STOB error without an sdev.
         assert_eq!(calls.len(), 13 + 2);
-        let key = keys::node_process("node-1", crate::view::fid_text(process(LOCAL))).expect("key");
+        let key = keys::node_process("node-1", crate::model::vocab::fid_text(process(LOCAL)))
+            .expect("key");
         assert!(client.kv_get(&key).await.expect("read").value.is_none());
         run.cancel.cancel();
         run.handle.await.expect("stops");

@@ -3,3 +3,5 @@
 
 pub mod bq;
 pub mod bq_trim;
+pub mod failures;
+pub mod watches;

@@ -31,8 +31,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::model::civil::CivilTime;
+use crate::model::vocab::{fid_of, fid_text};
 use crate::model::ObjHealth;
-use crate::view::{fid_of, fid_text, ClusterState, ClusterView};
+use crate::view::{ClusterState, ClusterView};
 
 /// How long one Motr call of an updater may take.
 pub const MOTR_CALL_TIMEOUT: Duration = Duration::from_secs(10);

@@ -1,7 +1,11 @@
 //! Types shared by the daemon's parts: object health as hax reasons about it,
 //! and the HA state updates that become broadcasts.
 
+pub mod broadcast;
 pub mod civil;
+pub mod facts;
+pub mod records;
+pub mod vocab;
 
 use hax_core::{Fid, HaState};
 

@@ -14,11 +14,13 @@ use std::time::{Duration, Instant};
 
 use hax_core::{
     Callbacks, Ctx, Delivery, Disconnect, EntrypointReply, EntrypointRequest, EntrypointResponder,
-    Fid, HaMsg, HaMsgData, HaState, LinkId, LinkInfo, NvecGet, NvecKind, Tag, Uint128,
+    Fid, HaMsg, HaMsgData, LinkId, LinkInfo, NvecGet, NvecKind, Tag, Uint128,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
+use crate::model::facts::EntrypointSnapshot;
+use crate::model::facts::StateSource;
 use crate::model::MotrEvent;
 use crate::motr::fencing::LinkWatch;
 use crate::motr::keepalive::KeepaliveInbox;
@@ -28,15 +30,6 @@ use crate::motr::rconfc::ConfdsDown;
 /// refused (so that the requester asks again): long enough not to flood,
 /// short enough to answer as soon as the configuration is there.
 const CONFIG_WAIT: Duration = Duration::from_secs(1);
-
-/// The configuration an entrypoint reply is made of; `None` until known.
-pub type EntrypointSnapshot = watch::Receiver<Option<Arc<EntrypointReply>>>;
-
-/// Answers NVEC GETs from memory.
-pub trait StateSource: Send + Sync + 'static {
-    /// The state of one object, as hax knows it now.
-    fn nvec_state(&self, fid: Fid) -> HaState;
-}
 
 /// The daemon's [`Callbacks`].
 pub struct Bridge {

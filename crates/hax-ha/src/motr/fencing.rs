@@ -24,7 +24,7 @@ use std::time::Duration;
 use hax_core::{Fid, HaNote, LinkId};
 use tokio::sync::{oneshot, watch};
 
-use crate::pipeline::{Broadcast, Sent};
+use crate::model::broadcast::{Broadcast, Sent};
 
 /// How long a FAILED note for hax's own link is held after the STOPPED
 /// event was delivered. Motr's HA link disconnect timeout (`ha/ha.c`, 5 s):

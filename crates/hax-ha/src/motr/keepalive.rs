@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::model::civil::CivilTime;
-use crate::view::fid_text;
+use crate::model::vocab::fid_text;
 use crate::writer::{KvWriter, TrySubmitError, WriteOp};
 
 /// Missed rounds in a row after which a process is not responding.

@@ -36,8 +36,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::leader::stats::{ioservices, StatsMetrics};
+use crate::model::vocab::fid_of;
 use crate::model::ObjHealth;
-use crate::view::{fid_of, ClusterState, ClusterView};
+use crate::view::{ClusterState, ClusterView};
 
 /// How long rconfc waits for every ioservice to be healthy before it is
 /// started anyway.

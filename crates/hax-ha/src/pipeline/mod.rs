@@ -27,286 +27,48 @@
 //! policy (it never blocks).
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::num::NonZeroI32;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use hax_consul::pyjson;
 use hax_consul::schema::{
-    self, keys, HaxKv, ProcessState, ProcessStateUpdate, ProcessStatus, QueueKind, QueueMessage,
-    SchemaError, StobId,
+    self, HaxKv, ProcessState, ProcessStatus, QueueKind, QueueMessage, SchemaError,
 };
-use hax_core::{
-    Fid, HaNote, HaState, LinkId, Outcome, ProcessEvent, ProcessEventKind, ProcessType,
-};
+use hax_core::{Fid, HaNote, HaState, LinkId, ProcessEvent, ProcessEventKind, ProcessType};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::broadcast::SentOutcome;
-use crate::model::civil::CivilTime;
+use crate::metrics::EventMetrics;
+use crate::model::broadcast::Broadcast;
+use crate::model::broadcast::BroadcastOptions;
+use crate::model::broadcast::DeliveryReport;
+use crate::model::broadcast::Sent;
+use crate::model::facts::ClusterFacts;
+use crate::model::records::process_state_message;
+use crate::model::records::process_status_write;
+use crate::model::records::restart_count_write;
+use crate::model::records::stob_ioq_payload;
+use crate::model::records::timestamp_now;
+use crate::model::vocab::fid_of;
+use crate::model::vocab::process_event_health;
+use crate::model::vocab::process_kind;
+use crate::model::vocab::process_state;
 use crate::model::{
     EntrypointReply, EntrypointRequest, EntrypointResponder, HaUpdate, MotrEvent, ObjHealth,
     StobIoqError,
 };
 use crate::motr::fencing::{HeldFailures, HeldMetrics, LinkWatch, HA_DISCONNECT_TIMEOUT};
 use crate::motr::rconfc::{ConfdEvent, ConfdEvents};
-use crate::view::{fid_of, fid_text};
-use crate::writer::{Ack, AckWaiter, KvWriter, WriteError, WriteOp};
+use crate::writer::{Ack, AckWaiter, KvWriter, WriteOp};
 
 // ---------------------------------------------------------------------------
 // What the pipeline needs from the rest of the daemon
 
-/// Options of one broadcast (the original's `broadcast_ha_states` flags).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BroadcastOptions {
-    /// Also notify the drives (and controllers, nodes, enclosures) of
-    /// processes.
-    pub notify_devices: bool,
-    /// Write the implied configuration-tree states to Consul.
-    pub update_kv: bool,
-    /// Send only to hax's own link (mkfs and hax events).
-    pub broadcast_hax_only: bool,
-    /// Processes whose links are skipped.
-    pub proc_skip_list: Vec<Fid>,
-    /// Leave hax's own link out: the notes it would have got are returned
-    /// with the messages ([`Sent::self_link_notes`]), to be sent later with
-    /// [`Broadcast::send_to_self_link`].
-    pub skip_self_link: bool,
-    /// The notes may share messages with those of other broadcasts asked
-    /// for at the same time (see [`crate::broadcast::Broadcaster`]); without
-    /// it the broadcast gets messages of its own, as in the original. Set
-    /// for process events, which come by the thousand.
-    pub coalesce: bool,
-}
-
-impl Default for BroadcastOptions {
-    fn default() -> Self {
-        BroadcastOptions {
-            notify_devices: true,
-            update_kv: true,
-            broadcast_hax_only: false,
-            proc_skip_list: Vec::new(),
-            skip_self_link: false,
-            coalesce: false,
-        }
-    }
-}
-
-/// A broadcast that could not be handed to Motr.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("broadcast failed: {reason}")]
-pub struct BroadcastFailed {
-    /// Why.
-    pub reason: String,
-    /// Trying again later may succeed (Consul unavailable, Motr busy).
-    pub transient: bool,
-}
-
-type OutcomeFuture = Pin<Box<dyn Future<Output = Option<Outcome>> + Send>>;
-
-/// The messages a broadcast handed to Motr, each resolving with its outcome
-/// (`None`: the halon interface stopped first).
-pub struct Sent {
-    outcomes: Vec<OutcomeFuture>,
-    self_link_notes: Vec<HaNote>,
-}
-
-impl std::fmt::Debug for Sent {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sent")
-            .field("messages", &self.outcomes.len())
-            .field("self_link_notes", &self.self_link_notes.len())
-            .finish()
-    }
-}
-
-/// How the messages of a broadcast ended by a deadline.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DeliveryReport {
-    /// Delivered.
-    pub delivered: usize,
-    /// Not delivered (link gone, or interface stopped).
-    pub not_delivered: usize,
-    /// Still unknown at the deadline.
-    pub pending: usize,
-}
-
-impl Sent {
-    /// Nothing was sent (no link to send to).
-    pub fn none() -> Self {
-        Sent {
-            outcomes: Vec::new(),
-            self_link_notes: Vec::new(),
-        }
-    }
-
-    /// Messages sent by the broadcaster.
-    pub fn from_outcomes(sent: Vec<SentOutcome>) -> Self {
-        Sent::from_futures(sent.into_iter().map(SentOutcome::outcome))
-    }
-
-    /// Any futures resolving with an outcome.
-    pub fn from_futures<F>(futures: impl IntoIterator<Item = F>) -> Self
-    where
-        F: Future<Output = Option<Outcome>> + Send + 'static,
-    {
-        Sent {
-            outcomes: futures
-                .into_iter()
-                .map(|f| Box::pin(f) as OutcomeFuture)
-                .collect(),
-            self_link_notes: Vec::new(),
-        }
-    }
-
-    /// With the notes hax's own link was left out of
-    /// ([`BroadcastOptions::skip_self_link`]).
-    pub fn with_self_link_notes(mut self, notes: Vec<HaNote>) -> Self {
-        self.self_link_notes = notes;
-        self
-    }
-
-    /// The notes hax's own link was left out of (empty unless
-    /// [`BroadcastOptions::skip_self_link`]).
-    pub fn self_link_notes(&self) -> &[HaNote] {
-        &self.self_link_notes
-    }
-
-    /// Messages sent.
-    pub fn len(&self) -> usize {
-        self.outcomes.len()
-    }
-
-    /// Whether nothing was sent.
-    pub fn is_empty(&self) -> bool {
-        self.outcomes.is_empty()
-    }
-
-    /// Waits until every message has an outcome or the deadline passes.
-    pub async fn wait_all(self, deadline: Instant) -> DeliveryReport {
-        self.wait(deadline, false).await
-    }
-
-    /// Waits until one message is delivered, all have an outcome, or the
-    /// deadline passes.
-    pub async fn wait_any(self, deadline: Instant) -> DeliveryReport {
-        self.wait(deadline, true).await
-    }
-
-    async fn wait(self, deadline: Instant, any: bool) -> DeliveryReport {
-        let mut report = DeliveryReport {
-            pending: self.outcomes.len(),
-            ..DeliveryReport::default()
-        };
-        let mut set = JoinSet::new();
-        for f in self.outcomes {
-            set.spawn(f);
-        }
-        while report.pending > 0 {
-            match tokio::time::timeout_at(deadline, set.join_next()).await {
-                Err(_) | Ok(None) => break,
-                Ok(Some(r)) => {
-                    report.pending -= 1;
-                    if matches!(r, Ok(Some(Outcome::Delivered))) {
-                        report.delivered += 1;
-                        if any {
-                            break;
-                        }
-                    } else {
-                        report.not_delivered += 1;
-                    }
-                }
-            }
-        }
-        report
-    }
-}
-
-/// Sends HA state updates to the links (implemented by the daemon's
-/// broadcaster).
-pub trait Broadcast: Send + Sync + 'static {
-    /// Broadcasts `updates` with `options`. Broadcasts are done in the order
-    /// of the calls (not of the first polls of their futures): the caller
-    /// may go on and await the future later, or elsewhere. It resolves once
-    /// the messages are handed to Motr.
-    fn broadcast(
-        &self,
-        updates: Vec<HaUpdate>,
-        options: BroadcastOptions,
-    ) -> impl Future<Output = Result<Sent, BroadcastFailed>> + Send + 'static;
-
-    /// Sends `notes` as they are to hax's own link only, nothing planned or
-    /// written: what a [`BroadcastOptions::skip_self_link`] broadcast left
-    /// out. Ordered with the broadcasts as they are.
-    fn send_to_self_link(
-        &self,
-        notes: Vec<HaNote>,
-    ) -> impl Future<Output = Result<Sent, BroadcastFailed>> + Send + 'static;
-}
-
-/// What the pipeline needs to know of the cluster (implemented by the
-/// daemon's cluster view). Answers come from memory.
-pub trait ClusterFacts: Send + Sync + 'static {
-    /// This hax's process fid.
-    fn hax_fid(&self) -> Fid;
-    /// The local node's name (as in `<node>/process_restarts/...`).
-    fn local_node(&self) -> String;
-    /// Whether the process is a confd (in the `confd` catalog service).
-    fn is_confd(&self, process: Fid) -> bool;
-    /// Whether the process is a Motr client (one of its services has a type
-    /// listed in `m0_client_types`).
-    fn is_client(&self, process: Fid) -> bool;
-    /// Whether the process runs on this node.
-    fn is_local(&self, process: Fid) -> bool;
-    /// The drive fid of the sdev with path `device` on node `node`.
-    fn drive_of_device(&self, node: &str, device: &str) -> Option<Fid>;
-    /// Records a process status just written (the in-memory status map).
-    fn record_process_status(&self, _process: Fid, _status: ProcessStatus) {}
-}
-
 // ---------------------------------------------------------------------------
 // Tables
-
-/// Health of a process after an event (the original's
-/// `processEventToObjHealth`); `None` for pairs it has no entry for.
-pub fn process_event_health(kind: ProcessType, event: ProcessEventKind) -> Option<ObjHealth> {
-    use ProcessEventKind as E;
-    use ProcessType as T;
-    match (kind, event) {
-        (T::M0mkfs, E::Started) => Some(ObjHealth::Ok),
-        (T::M0mkfs, E::Stopped) => Some(ObjHealth::Failed),
-        (T::M0d | T::Other, E::Started) => Some(ObjHealth::Recovering),
-        (T::M0d | T::Other, E::DtmRecovered) => Some(ObjHealth::Ok),
-        (T::M0d | T::Other, E::Stopped) => Some(ObjHealth::Failed),
-        _ => None,
-    }
-}
-
-/// The KV name of a process event.
-pub fn process_state(event: ProcessEventKind) -> ProcessState {
-    match event {
-        ProcessEventKind::Starting => ProcessState::Starting,
-        ProcessEventKind::Started => ProcessState::Started,
-        ProcessEventKind::Stopping => ProcessState::Stopping,
-        ProcessEventKind::Stopped => ProcessState::Stopped,
-        ProcessEventKind::DtmRecovered => ProcessState::DtmRecovered,
-    }
-}
-
-/// The KV name of a process type.
-pub fn process_kind(kind: ProcessType) -> schema::ProcessType {
-    match kind {
-        ProcessType::Other => schema::ProcessType::Other,
-        ProcessType::Kernel => schema::ProcessType::Kernel,
-        ProcessType::M0mkfs => schema::ProcessType::M0mkfs,
-        ProcessType::M0d => schema::ProcessType::M0d,
-    }
-}
 
 /// The notes of an NVEC SET that are broadcast again, with the health they
 /// are broadcast with: ONLINE and REPAIRED as they are, a REPAIR rolled back
@@ -324,66 +86,6 @@ pub fn nvec_set_rebroadcast(notes: &[HaNote]) -> Vec<HaUpdate> {
             Some(HaUpdate::new(n.fid, health))
         })
         .collect()
-}
-
-/// The payload of the EQ `stob-ioq` event (the original's `StobIoqError`
-/// JSON).
-pub fn stob_ioq_payload(fid: Fid, e: &StobIoqError) -> schema::StobIoqError {
-    schema::StobIoqError {
-        fid: fid_text(fid),
-        conf_sdev: fid_text(e.conf_sdev),
-        stob_id: StobId {
-            domain_fid: fid_text(e.stob_domain),
-            fid: fid_text(e.stob_fid),
-        },
-        fd: e.fd,
-        opcode: e.opcode,
-        rc: e.rc,
-        offset: e.offset,
-        size: e.size,
-        bshift: e.bshift,
-    }
-}
-
-/// Queue message time stamps: `YYYY-MM-DD HH:MM:SS.ffffff` as the original
-/// writes them (consumers ignore them), in UTC.
-pub fn timestamp_now() -> String {
-    let d = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    format_timestamp(d)
-}
-
-fn format_timestamp(since_epoch: Duration) -> String {
-    let t = CivilTime::from_epoch(since_epoch);
-    format!(
-        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:06}",
-        t.year, t.month, t.day, t.hour, t.minute, t.second, t.micros
-    )
-}
-
-/// A BQ `PROCESS-STATE-UPDATE` message.
-pub fn process_state_message(fid: Fid, status: ProcessStatus) -> QueueMessage {
-    let payload = ProcessStateUpdate {
-        fid: fid_text(fid),
-        state: status.state,
-        kind: status.kind,
-    };
-    QueueMessage::new(
-        timestamp_now(),
-        "PROCESS-STATE-UPDATE",
-        serde_json::to_value(payload).unwrap_or_default(),
-    )
-}
-
-/// The `processes/<fid>` write of a status.
-pub fn process_status_write(fid: Fid, status: ProcessStatus) -> Result<WriteOp, WriteError> {
-    let key = keys::process(fid_text(fid));
-    let value = pyjson::to_string(&status).map_err(|e| WriteError::Invalid {
-        key: key.clone(),
-        reason: e.to_string(),
-    })?;
-    Ok(WriteOp::put(key, value))
 }
 
 // ---------------------------------------------------------------------------
@@ -421,36 +123,6 @@ impl Default for EventsConfig {
             self_failed_hold: HA_DISCONNECT_TIMEOUT,
         }
     }
-}
-
-/// Counters for `/metrics`.
-#[derive(Debug, Default)]
-pub struct EventMetrics {
-    /// Process events handled.
-    pub process_events: AtomicU64,
-    /// Process events with no health-table entry (not recorded, as the
-    /// original).
-    pub process_events_ignored: AtomicU64,
-    /// Service events seen.
-    pub service_events: AtomicU64,
-    /// STOB I/O errors published to the EQ.
-    pub stob_ioq: AtomicU64,
-    /// NVEC SETs handled.
-    pub nvec_set: AtomicU64,
-    /// First entrypoint requests handled.
-    pub first_requests: AtomicU64,
-    /// Restarts detected (FAILED broadcast before the reply).
-    pub restarts: AtomicU64,
-    /// First entrypoint requests answered rc 0 after restart detection.
-    pub first_requests_accepted: AtomicU64,
-    /// First entrypoint requests refused because Consul did not answer.
-    pub first_requests_refused: AtomicU64,
-    /// From a first entrypoint request to its reply handed to Motr.
-    pub first_request_reply: crate::metrics::Latency,
-    /// Broadcasts that could not be handed to Motr.
-    pub broadcast_failures: AtomicU64,
-    /// Writes refused (invalid or writer closed).
-    pub write_failures: AtomicU64,
 }
 
 fn inc(c: &AtomicU64) {
@@ -1106,17 +778,6 @@ pub struct RestartCheck {
 #[error("Consul unavailable for restart detection")]
 pub struct ConsulUnavailable;
 
-/// The `<node>/process_restarts/<fid>` write of a count (a JSON string such
-/// as `"2"`).
-pub fn restart_count_write(node: &str, fid: Fid, count: u64) -> Result<WriteOp, SchemaError> {
-    let key = keys::process_restarts(node, fid_text(fid))?;
-    let value = pyjson::to_string(&count.to_string()).map_err(|e| SchemaError::BadValue {
-        key: key.clone(),
-        reason: e.to_string(),
-    })?;
-    Ok(WriteOp::put(key, value))
-}
-
 /// The lane key of an event: events of one process (or one link) share a
 /// lane.
 fn route_key(ev: &MotrEvent) -> u64 {
@@ -1137,7 +798,12 @@ pub(crate) mod testing {
 
     use tokio::sync::Notify;
 
+    use std::future::Future;
+
+    use hax_core::Outcome;
+
     use super::*;
+    use crate::model::broadcast::BroadcastFailed;
 
     /// One broadcast call.
     pub(crate) type Call = (Vec<HaUpdate>, BroadcastOptions);
@@ -1272,6 +938,10 @@ pub(crate) mod testing {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::records::format_timestamp;
+    use crate::model::vocab::fid_text;
+    use hax_consul::pyjson;
+    use hax_consul::schema::keys;
 
     use std::sync::atomic::AtomicU64 as Counter;
 

@@ -13,7 +13,7 @@ use hax_core::{Confd, EntrypointReply, Fid, FidType};
 use tokio::sync::watch as tokio_watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::motr::bridge::EntrypointSnapshot;
+use crate::model::facts::EntrypointSnapshot;
 
 /// Why there is no entrypoint reply yet; the requester is told to ask again.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

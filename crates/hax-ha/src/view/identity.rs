@@ -12,7 +12,7 @@ use hax_consul::ConsulClient;
 use hax_core::{Fid, FidType};
 use tokio_util::sync::CancellationToken;
 
-use crate::motr::bridge::EntrypointSnapshot;
+use crate::model::facts::EntrypointSnapshot;
 use crate::view::entrypoint::{service_endpoint, strip_node_suffix};
 
 /// What the configuration sets of hax's identity; what is left unset comes

@@ -39,6 +39,13 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use self::health::{NodeChecks, NodeHealthMap};
+use crate::model::vocab::base_fid;
+use crate::model::vocab::fid_of;
+use crate::model::vocab::fid_text;
+use crate::model::vocab::nc_note_state;
+use crate::model::vocab::sdev_fid;
+use crate::model::vocab::sdev_note_state;
+use crate::model::vocab::service_fid;
 use crate::model::ObjHealth;
 
 /// The Consul services whose health checks the view follows by default: the
@@ -112,77 +119,8 @@ pub enum ViewError {
 // ---------------------------------------------------------------------------
 // Fid helpers
 
-/// A fid as the KV schema writes it.
-pub fn fid_text(fid: Fid) -> FidText {
-    FidText::new(fid.container, fid.key)
-}
-
-/// The fid of a KV fid text.
-pub fn fid_of(text: FidText) -> Fid {
-    Fid::new(text.container(), text.key())
-}
-
-/// The upper 32 bits of process and service keys are a dynamic part; the
-/// configuration knows objects by their base fid (key with those bits clear).
-const BASE_KEY_MASK: u64 = 0xffff_ffff;
-
-/// The base fid of a process or service fid; other fids are their own base.
-pub fn base_fid(fid: Fid) -> Fid {
-    if fid.is(FidType::Process) || fid.is(FidType::Service) {
-        Fid::new(fid.container, fid.key & BASE_KEY_MASK)
-    } else {
-        fid
-    }
-}
-
-/// The service fid with decimal key `key` (`0x7300000000000001:<key>`).
-pub fn service_fid(key: u64) -> Fid {
-    Fid::typed(FidType::Service, 1, key)
-}
-
-/// Sdev fids are compared by key with the sdev container, as the original
-/// rebuilds them from the key before matching.
-fn sdev_fid(f: FidText) -> FidText {
-    fid_text(Fid::typed(FidType::Sdev, 1, f.key()))
-}
-
 // ---------------------------------------------------------------------------
 // State vocabularies
-
-/// The note state of an sdev `state` word (`get_sdev_state`): `unknown`,
-/// `m0_nc_unknown`, `dtm_recovering` and `online` → ONLINE, `offline` →
-/// TRANSIENT, `failed` → FAILED, `repairing` → REPAIR, `repaired` →
-/// REPAIRED, `rebalancing` → REBALANCE. Words the original does not know
-/// (it fails and sends no answer) are ONLINE here, as an unknown state is.
-pub fn sdev_note_state(word: Option<&str>) -> HaState {
-    let Some(w) = word else {
-        return HaState::Online;
-    };
-    match w.to_ascii_lowercase().as_str() {
-        "unknown" | "m0_nc_unknown" | "dtm_recovering" | "online" | "m0_nc_online" => {
-            HaState::Online
-        }
-        "offline" | "m0_nc_transient" => HaState::Transient,
-        "failed" | "m0_nc_failed" => HaState::Failed,
-        "repairing" | "m0_nc_repair" => HaState::Repair,
-        "repaired" | "m0_nc_repaired" => HaState::Repaired,
-        "rebalancing" | "m0_nc_rebalance" => HaState::Rebalance,
-        other => {
-            tracing::warn!(state = other, "unknown sdev state, reported ONLINE");
-            HaState::Online
-        }
-    }
-}
-
-/// The note state of an `M0_NC_*` state of a node, enclosure or controller:
-/// the state of that name, except `M0_NC_UNKNOWN` (and a missing or unknown
-/// name) → TRANSIENT.
-pub fn nc_note_state(name: Option<&str>) -> HaState {
-    match name.and_then(HaState::from_name) {
-        None | Some(HaState::Unknown) => HaState::Transient,
-        Some(s) => s,
-    }
-}
 
 // ---------------------------------------------------------------------------
 // The structure of the configuration tree
@@ -624,7 +562,7 @@ impl ClusterState {
     /// `node` is this node).
     pub fn service_health(&self, node: &str, key: u64) -> ObjHealth {
         let recorded = self
-            .process_status(health::process_fid(key))
+            .process_status(crate::model::vocab::process_fid(key))
             .map(|s| s.state);
         health::service_health(
             self.node_checks(node),
@@ -1163,13 +1101,13 @@ impl ClusterView {
     }
 }
 
-impl crate::motr::bridge::StateSource for ClusterView {
+impl crate::model::facts::StateSource for ClusterView {
     fn nvec_state(&self, fid: Fid) -> HaState {
         ClusterView::nvec_state(self, fid)
     }
 }
 
-impl crate::pipeline::ClusterFacts for ClusterView {
+impl crate::model::facts::ClusterFacts for ClusterView {
     fn hax_fid(&self) -> Fid {
         self.snapshot().hax_fid()
     }

@@ -10,8 +10,9 @@ use hax_core::{
     Callbacks, Ctx, EntrypointReply, EntrypointRequest, EntrypointResponder, Fid, FidType,
     HalonConfig, LinkInfo, Uint128,
 };
+use hax_ha::model::vocab::fid_text;
 use hax_ha::view::sample::{self, Sample};
-use hax_ha::view::{fid_text, ClusterState};
+use hax_ha::view::ClusterState;
 use hax_ha::view::{ClusterView, ViewConfig};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
