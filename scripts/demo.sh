@@ -17,7 +17,7 @@ peers="${HAX_DEMO_PEERS:-3}"
 
 ./scripts/setup.sh
 echo "== building"
-cargo build --release -q -p hax-bin -p hax-sim
+cargo build --release -q -p hax-bin -p hax-sim -p hax-testkit
 bin="$repo_root/target/release"
 consul="$repo_root/.local/consul/usr/bin/consul"
 

@@ -47,9 +47,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use hax_bin::sample::{self, Sample, SampleSpec};
 use hax_consul::catalog::CheckStatus;
-use hax_consul::dev_agent::{AgentMode, DevAgent};
 use hax_consul::kv::KvPair;
 use hax_consul::queue::QueuePublisher;
 use hax_consul::schema::{
@@ -59,6 +57,8 @@ use hax_consul::schema::{
 use hax_consul::ConsulClient;
 use hax_core::{Fid, FidType, HaMsgData, HaNote, HaState, NvecKind, ProcessEventKind, ServiceType};
 use hax_sim::{Received, SimCluster, SimConfig, SimControl, SimProcess};
+use hax_testkit::dev_agent::{AgentMode, DevAgent};
+use hax_testkit::sample::{self, Sample, SampleSpec};
 
 /// The usual deadline of one awaited condition.
 pub const T: Duration = Duration::from_secs(15);

@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hax_consul::dev_agent::{AgentMode, DevAgent};
 use hax_consul::queue::QueuePublisher;
 use hax_consul::schema::{BroadcastMessage, QueueKind};
 use hax_core::{Fid, HaState, ProcessEventKind};
@@ -22,6 +21,7 @@ use hax_e2e::{
     Options, T,
 };
 use hax_sim::SimProcess;
+use hax_testkit::dev_agent::{AgentMode, DevAgent};
 
 /// Each peer's events are recorded, in order, and all were confirmed; how
 /// many BQ entries were applied twice.

@@ -4,8 +4,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hax_consul::dev_agent::AgentMode;
 use hax_e2e::{assert_no_violations, event_storm, wait_for, Env, Options, T};
+use hax_testkit::dev_agent::AgentMode;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consul_outage_during_an_event_storm() {

@@ -8,4 +8,3 @@ pub mod cli;
 pub mod config;
 pub mod logging;
 pub mod notify;
-pub mod sample;

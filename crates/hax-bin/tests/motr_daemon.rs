@@ -25,14 +25,14 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hax_bin::sample::{self, fids, Sample, SampleSpec};
 use hax_consul::catalog::{CheckRegistration, CheckStatus, ServiceRegistration};
-use hax_consul::dev_agent::DevAgent;
 use hax_consul::schema::{
     BroadcastMessage, ConfKey, FidText, HaxKv, ProcessState, ProcessStatus, QueueKind, QueueMessage,
 };
 use hax_consul::ConsulClient;
 use hax_core::Fid;
+use hax_testkit::dev_agent::DevAgent;
+use hax_testkit::sample::{self, fids, Sample, SampleSpec};
 use motr_support::{m0_common_args, tools};
 
 #[path = "../../hax-core/tests/motr_support/mod.rs"]

@@ -4,13 +4,13 @@
 
 use std::time::{Duration, Instant};
 
-use hax_consul::dev_agent::DevAgent;
 use hax_consul::queue::QueuePublisher;
 use hax_consul::schema::{QueueKind, QueueMessage};
 use hax_consul::server::{router, serve, AppState, ServerConfig};
 use hax_consul::txn::MAX_TXN_OPS;
 use hax_consul::watch::{watch_key, WatchConfig};
 use hax_consul::TxnOp;
+use hax_testkit::dev_agent::DevAgent;
 use tokio_util::sync::CancellationToken;
 
 fn per_sec(n: usize, d: Duration) -> f64 {

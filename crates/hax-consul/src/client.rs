@@ -704,8 +704,10 @@ mod tests {
 
     #[tokio::test]
     async fn redirects_are_not_followed() {
-        let agent = crate::dev_agent::DevAgent::start().await.expect("agent");
-        let client = agent.client().expect("client");
+        let agent = hax_testkit::dev_agent::DevAgent::start()
+            .await
+            .expect("agent");
+        let client = ConsulClient::with_address(agent.http_addr().to_string()).expect("client");
         client.kv_put("a", "1").await.expect("put");
         // A raw non-normalised path, as a key bypassing normalisation would give.
         let err = client

@@ -5,7 +5,6 @@
 
 pub mod catalog;
 pub mod client;
-pub mod dev_agent;
 pub mod error;
 pub mod kv;
 pub mod pyjson;

@@ -3,12 +3,12 @@
 use std::time::{Duration, Instant};
 
 use hax_consul::catalog::{CheckRegistration, CheckStatus, ServiceRegistration};
-use hax_consul::dev_agent::{AgentMode, DevAgent};
 use hax_consul::session::{SessionBehavior, SessionRequest};
 use hax_consul::txn::MAX_TXN_OPS;
 use hax_consul::{
     AclToken, ConsulClient, ConsulConfig, ConsulError, QueryOptions, RetryPolicy, TxnOp,
 };
+use hax_testkit::dev_agent::{AgentMode, DevAgent};
 
 async fn agent() -> (DevAgent, ConsulClient) {
     let agent = DevAgent::start().await.expect("start consul agent");

@@ -6,11 +6,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hax_consul::dev_agent::DevAgent;
 use hax_consul::queue::{ConsumerConfig, QueueConsumer, QueueEntry, QueueError, QueuePublisher};
 use hax_consul::schema::{QueueKind, QueueMessage};
 use hax_consul::watch::WatchConfig;
 use hax_consul::{ConsulClient, TxnOp};
+use hax_testkit::dev_agent::DevAgent;
 use tokio_util::sync::CancellationToken;
 
 fn msg(writer: u32, seq: u32) -> QueueMessage {

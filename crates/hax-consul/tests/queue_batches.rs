@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use hax_consul::dev_agent::{AgentMode, DevAgent};
 use hax_consul::queue::{ConsumerConfig, Handled, QueueConsumer, QueueEntry};
 use hax_consul::schema::QueueKind;
 use hax_consul::{ConsulClient, TxnOp};
+use hax_testkit::dev_agent::{AgentMode, DevAgent};
 use support::publish;
 
 const OFFSET: &str = "bq-delivered/node1";

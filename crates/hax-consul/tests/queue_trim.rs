@@ -6,10 +6,10 @@ mod support;
 
 use std::time::Duration;
 
-use hax_consul::dev_agent::DevAgent;
 use hax_consul::queue::{ConsumerConfig, QueueConsumer, QueueTrimmer};
 use hax_consul::schema::QueueKind;
 use hax_consul::{ConsulClient, TxnOp};
+use hax_testkit::dev_agent::DevAgent;
 use support::publish;
 
 /// Epochs of the entries left.

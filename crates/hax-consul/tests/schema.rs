@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use hax_consul::dev_agent::DevAgent;
 use hax_consul::schema::{
     keys, ByteCount, ConfKey, ConfState, ConfValue, FidText, FsStats, FsStatsRecord, HaxKv,
     LeaderValue, NcState, ObjState, ProcessState, ProcessStatus, ProcessType, PverHealth,
@@ -11,6 +10,7 @@ use hax_consul::schema::{
 };
 use hax_consul::session::SessionRequest;
 use hax_consul::ConsulClient;
+use hax_testkit::dev_agent::DevAgent;
 
 const NODE: FidText = FidText::new(0x6e00_0000_0000_0001, 0x3);
 const PROC: FidText = FidText::new(0x7200_0000_0000_0001, 0x6);

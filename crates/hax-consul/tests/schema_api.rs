@@ -3,8 +3,8 @@
 //! counts, byte count totals, and event subscriptions updated with
 //! check-and-set.
 
-use hax_consul::dev_agent::DevAgent;
 use hax_consul::schema::{keys, ByteCount, FidText, HaxKv, PoolRecord, PverHealth};
+use hax_testkit::dev_agent::DevAgent;
 
 const POOL: FidText = FidText::new(0x6f00_0000_0000_0001, 0x9);
 const POOL2: FidText = FidText::new(0x6f00_0000_0000_0001, 0x10);

@@ -7,7 +7,6 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use base64::Engine as _;
 use hax_consul::catalog::{CheckRegistration, CheckStatus, ServiceRegistration};
-use hax_consul::dev_agent::DevAgent;
 use hax_consul::queue::QueuePublisher;
 use hax_consul::schema::{FidText, QueueKind, QueueMessage};
 use hax_consul::server::{
@@ -15,6 +14,7 @@ use hax_consul::server::{
     UpdateData, UpdateOrigin, WatchUpdate,
 };
 use hax_consul::AclToken;
+use hax_testkit::dev_agent::DevAgent;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;

@@ -11,8 +11,8 @@ use hax_ha::metrics::Metrics;
 use hax_ha::model::facts::StateSource;
 use hax_ha::model::MotrEvent;
 use hax_ha::motr::bridge::Bridge;
-use hax_ha::view::sample::Sample;
 use hax_sim::{SimConfig, SimProcess};
+use support::sample::Sample;
 use tokio::sync::{mpsc, oneshot, watch};
 
 mod support;

@@ -6,7 +6,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hax_consul::dev_agent::DevAgent;
 use hax_consul::schema::HaxKv;
 use hax_consul::ConsulClient;
 use hax_core::{Fid, FidType, HaMsgData, HaNote, HaState, Halon, NvecKind, NOTES_MAX};
@@ -14,9 +13,10 @@ use hax_ha::broadcast::{wait_for_outcomes, BroadcastReport, Broadcaster};
 use hax_ha::metrics::Metrics;
 use hax_ha::model::broadcast::BroadcastOptions;
 use hax_ha::model::{HaUpdate, ObjHealth};
-use hax_ha::view::sample::{self, Sample};
 use hax_ha::view::{ClusterView, ViewConfig};
 use hax_sim::{SimConfig, SimProcess};
+use hax_testkit::dev_agent::DevAgent;
+use support::sample::{self, Sample};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 

@@ -11,9 +11,9 @@ use hax_core::{Fid, FidType, HaMsgData, HaNote, HaState, Halon, LinkId, NvecKind
 use hax_ha::broadcast::{wait_for_outcomes, Broadcaster};
 use hax_ha::model::broadcast::BroadcastOptions;
 use hax_ha::model::{HaUpdate, ObjHealth};
-use hax_ha::view::sample::{self, Sample};
 use hax_ha::view::ClusterView;
 use hax_sim::{SimConfig, SimProcess};
+use support::sample::{self, Sample};
 use tokio::sync::watch;
 
 mod support;

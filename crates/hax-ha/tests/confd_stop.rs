@@ -16,9 +16,9 @@ use hax_ha::metrics::Metrics;
 use hax_ha::motr::bridge::Bridge;
 use hax_ha::motr::rconfc::{ConfdEvent, ConfdEvents, ConfdsDown};
 use hax_ha::pipeline::{EventPipeline, EventsConfig};
-use hax_ha::view::sample::Sample;
 use hax_ha::writer::{KvWriter, WriterConfig};
 use hax_sim::{SimConfig, SimProcess};
+use support::sample::Sample;
 use tokio::sync::{mpsc, watch};
 
 mod support;

@@ -6,11 +6,11 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use hax_consul::dev_agent::{AgentMode, DevAgent};
 use hax_consul::queue::{QueueEntry, QueuePublisher};
 use hax_consul::schema::{QueueKind, QueueMessage};
 use hax_consul::{ConsulClient, ConsulConfig};
 use hax_ha::writer::{Ack, AckWaiter, KvWriter, TrySubmitError, WriteError, WriteOp, WriterConfig};
+use hax_testkit::dev_agent::{AgentMode, DevAgent};
 use tokio::time::Instant;
 
 const DEADLINE: Duration = Duration::from_secs(60);

@@ -8,7 +8,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hax_consul::dev_agent::DevAgent;
 use hax_consul::schema::HaxKv;
 use hax_core::{
     EntrypointReply, Fid, HaLink, HaMsgData, HaState, Halon, LinkId, NvecKind, ProcessEventKind,
@@ -18,9 +17,10 @@ use hax_ha::metrics::Metrics;
 use hax_ha::motr::bridge::Bridge;
 use hax_ha::motr::fencing::{HeldMetrics, LinkWatch};
 use hax_ha::pipeline::{EventPipeline, EventsConfig};
-use hax_ha::view::sample::Sample;
 use hax_ha::writer::{KvWriter, WriterConfig};
 use hax_sim::{SimConfig, SimProcess};
+use hax_testkit::dev_agent::DevAgent;
+use support::sample::Sample;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;

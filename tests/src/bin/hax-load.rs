@@ -33,7 +33,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hax_bin::sample;
 use hax_consul::catalog::CheckStatus;
 use hax_core::{
     Fid, FidType, HaMsg, HaMsgData, HaNote, HaState, NvecKind, ProcessEventKind, ServiceEventKind,
@@ -41,6 +40,7 @@ use hax_core::{
 };
 use hax_e2e::{device_entry, ios_fid, ios_service, wait_for, Env, Metrics, Options, T};
 use hax_sim::{SimCluster, SimConfig, SimEvent, SimEventKind, SimProcess};
+use hax_testkit::sample;
 use tokio::sync::mpsc;
 
 const DELIVERED: &str = "hax_sent_outcomes_total{outcome=\"delivered\"}";

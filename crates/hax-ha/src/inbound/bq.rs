@@ -609,10 +609,10 @@ async fn consume<B: Broadcast, C: ClusterFacts>(
 mod tests {
     use super::*;
 
-    use hax_consul::dev_agent::DevAgent;
     use hax_consul::queue::QueuePublisher;
     use hax_consul::schema::QueueMessage;
     use hax_consul::ConsulClient;
+    use hax_testkit::dev_agent::DevAgent;
 
     use crate::pipeline::testing::{process, Call, Facts, Recorder};
 

@@ -349,9 +349,9 @@ impl RconfcStarter {
 mod tests {
     use super::*;
 
-    use hax_consul::dev_agent::DevAgent;
     use hax_core::{Callbacks, Ctx, EntrypointReply, EntrypointRequest, EntrypointResponder};
     use hax_core::{Halon, HalonConfig};
+    use hax_testkit::dev_agent::DevAgent;
 
     use crate::view::sample::{self, Sample};
 

@@ -945,9 +945,9 @@ mod tests {
 
     use std::sync::atomic::AtomicU64 as Counter;
 
-    use hax_consul::dev_agent::{AgentMode, DevAgent};
     use hax_consul::queue::QueueEntry;
     use hax_consul::ConsulClient;
+    use hax_testkit::dev_agent::{AgentMode, DevAgent};
 
     use super::testing::{process, Facts, Recorder};
     use crate::writer::WriterConfig;

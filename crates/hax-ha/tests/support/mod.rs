@@ -2,8 +2,8 @@
 //! entrypoint, and the sample cluster loaded into a real Consul agent.
 #![allow(dead_code)]
 
+use self::sample::Sample;
 use hax_consul::catalog::{CheckRegistration, CheckStatus, ServiceRegistration};
-use hax_consul::dev_agent::DevAgent;
 use hax_consul::schema::{keys, ConfKey, ConfValue, HaxKv};
 use hax_consul::ConsulClient;
 use hax_core::{
@@ -11,9 +11,9 @@ use hax_core::{
     HalonConfig, LinkInfo, Uint128,
 };
 use hax_ha::model::vocab::fid_text;
-use hax_ha::view::sample::{self, Sample};
 use hax_ha::view::ClusterState;
 use hax_ha::view::{ClusterView, ViewConfig};
+use hax_testkit::dev_agent::DevAgent;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -149,5 +149,40 @@ pub fn hax_halon_config(endpoint: impl Into<String>) -> HalonConfig {
         rm_service_fid: Sample::RMS_HAX1,
         debug_options: "emu-stop-timeout-ms=2000".into(),
         node_uuid: None,
+    }
+}
+
+/// The view sample of [`hax_testkit::view_sample`] and the view data it makes.
+pub mod sample {
+    pub use hax_testkit::view_sample::*;
+
+    use std::collections::BTreeMap;
+
+    use hax_consul::schema::ConfTree;
+    use hax_ha::view::ViewData;
+    use hax_testkit::view_sample::{
+        conf_pairs as sample_conf_pairs, health_entries as sample_health_entries,
+        process_statuses as sample_process_statuses,
+    };
+
+    /// The whole sample as seen from node 1's hax, everything healthy.
+    pub fn view_data() -> ViewData {
+        ViewData {
+            local_node: Sample::NODE1_NAME.to_owned(),
+            hax_fid: Sample::HAX1,
+            conf: ConfTree::from_pairs(&sample_conf_pairs())
+                .unwrap_or_else(|e| panic!("sample configuration: {e}")),
+            processes: sample_process_statuses(),
+            health: sample_health_entries(&[], true),
+            consul_nodes: [
+                (Sample::NODE1_NAME.to_owned(), Sample::CONSUL1.to_owned()),
+                (Sample::NODE2_NAME.to_owned(), Sample::CONSUL2.to_owned()),
+            ]
+            .into_iter()
+            .collect(),
+            leader: None,
+            client_types: vec!["m0_client_s3".to_owned()],
+            dynamic_fids: BTreeMap::new(),
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! A clear failure when the Consul binary is missing. Alone in its test
 //! binary because it changes the environment.
 
-use hax_consul::dev_agent::{find_consul_binary, DevAgent, DevAgentError};
+use hax_testkit::dev_agent::{find_consul_binary, DevAgent, DevAgentError};
 
 #[tokio::test]
 async fn a_missing_binary_names_the_install_script() {

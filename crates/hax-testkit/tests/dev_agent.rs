@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use hax_consul::dev_agent::DevAgent;
+use hax_testkit::dev_agent::DevAgent;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_agents_run_at_once_and_stop_on_drop() {

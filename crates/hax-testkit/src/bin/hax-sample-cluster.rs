@@ -3,9 +3,9 @@
 //! leader lock. Prints what it loaded.
 
 use clap::Parser;
-use hax_bin::sample::{self, SampleSpec};
 use hax_consul::catalog::CheckStatus;
 use hax_consul::{ConsulClient, ConsulConfig};
+use hax_testkit::sample::{self, SampleSpec};
 
 /// Loads a one-node sample cluster (hax, a confd, ioservices) into Consul,
 /// or changes the health check of one of its services.

@@ -26,8 +26,8 @@ use std::time::Duration;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::catalog::CheckStatus;
-use crate::client::{AclToken, ConsulClient, ConsulConfig, RetryPolicy};
+use hax_consul::catalog::CheckStatus;
+use hax_consul::client::{AclToken, ConsulClient, ConsulConfig, RetryPolicy};
 
 /// Errors of starting or driving a test agent.
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +81,7 @@ pub enum DevAgentError {
     },
     /// The client could not be built.
     #[error(transparent)]
-    Client(#[from] crate::ConsulError),
+    Client(#[from] hax_consul::ConsulError),
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DevAgentError {
