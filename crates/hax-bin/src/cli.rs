@@ -1,7 +1,7 @@
 //! The `hax` command line: every setting of [`Config`] can be given here or
 //! in its `HAX_*` environment variable, and overrides the configuration file.
 //!
-//! Each setting is declared once, in [`settings!`]: its option, its variable
+//! Each setting is declared once, in `settings!` below: its option, its variable
 //! (read by clap) and the field it sets. Values are taken as text and parsed
 //! here rather than by clap, so that an error can say where a bad value came
 //! from (clap does not tell an environment variable from an option).
