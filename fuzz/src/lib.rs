@@ -12,6 +12,7 @@ pub mod mutate;
 
 use std::str::FromStr;
 
+use hax_bin::cli::{Args, SETTINGS};
 use hax_bin::config::Config;
 use hax_consul::schema::{ConfKey, FidText, QueueKind, QueueMessage};
 use hax_consul::server;
@@ -228,18 +229,23 @@ pub fn fid(data: &[u8]) {
 }
 
 /// The configuration file: parsing and validation answer an error, never
-/// panic; environment values go through the same checks.
+/// panic, and a valid configuration written as TOML (`--check-config`) reads
+/// back the same; option and environment values go through the same checks.
 pub fn config(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok(mut c) = Config::from_toml(text) {
-        let _ = c.validate();
+    if let Ok(c) = Config::from_toml(text) {
         let _ = format!("{c:?}");
-        // The same text as every environment variable's value.
-        let _ = c.apply_env(|_| Some(text.to_owned()));
-        let _ = c.validate();
+        if c.validate().is_ok() {
+            let shown = c.to_toml().expect("a valid configuration is written");
+            assert_eq!(Config::from_toml(&shown).as_ref(), Ok(&c), "{shown}");
+        }
     }
-    let mut d = Config::default();
-    let _ = d.apply_env(|_| Some(text.to_owned()));
+    // The same text as every option's value.
+    let argv = std::iter::once("hax".to_owned())
+        .chain(SETTINGS.iter().map(|s| format!("--{}={text}", s.flag())));
+    if let Ok(args) = Args::try_from_args(argv) {
+        let _ = args.config();
+    }
 }

@@ -1,13 +1,20 @@
-//! The `hax` command line: every setting of [`Config`] can be given here, and
-//! overrides the configuration file and the `HAX_*` environment.
+//! The `hax` command line: every setting of [`Config`] can be given here or
+//! in its `HAX_*` environment variable, and overrides the configuration file.
+//!
+//! Each setting is declared once, in `settings!` below: its option, its variable
+//! (read by clap) and the field it sets. Values are taken as text and parsed
+//! here rather than by clap, so that an error can say where a bad value came
+//! from (clap does not tell an environment variable from an option).
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 use hax_core::Fid;
 
-use crate::config::{Config, ConfigError, LogFormat};
+use crate::config::{Config, ConfigError, LogFormat, Origin};
 
 /// hax: the HA link eXtender between Motr m0d processes and Consul.
 ///
@@ -20,106 +27,220 @@ pub struct Args {
     /// Configuration file (TOML).
     #[arg(short, long, env = "HAX_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Consul agent address (host:port or URL).
-    #[arg(long, value_name = "ADDR")]
-    pub consul_address: Option<String>,
-    /// File holding the Consul ACL token.
-    #[arg(long, value_name = "FILE")]
-    pub consul_token_file: Option<PathBuf>,
-    /// Address of the HTTP server (watch handlers, /metrics, /healthz).
-    #[arg(long, value_name = "ADDR:PORT")]
-    pub http_bind: Option<SocketAddr>,
-    /// File holding the bearer token HTTP requests must carry.
-    #[arg(long, value_name = "FILE")]
-    pub http_token_file: Option<PathBuf>,
-    /// Period of the filesystem statistics in milliseconds (0: off).
-    #[arg(long, value_name = "MS")]
-    pub stats_filesystem_interval_ms: Option<u64>,
-    /// Period of the byte counts in milliseconds (0: off).
-    #[arg(long, value_name = "MS")]
-    pub stats_bytecount_interval_ms: Option<u64>,
-    /// Local node name.
-    #[arg(long)]
-    pub node: Option<String>,
-    /// hax's Motr endpoint.
-    #[arg(long, value_name = "ENDPOINT")]
-    pub endpoint: Option<String>,
-    /// hax's process fid (0x7200000000000001:0x6).
-    #[arg(long, value_name = "FID")]
-    pub process_fid: Option<Fid>,
-    /// hax's HA service fid.
-    #[arg(long, value_name = "FID")]
-    pub ha_service_fid: Option<Fid>,
-    /// The principal RM service fid.
-    #[arg(long, value_name = "FID")]
-    pub rm_service_fid: Option<Fid>,
-    /// Motr debug options.
-    #[arg(long, value_name = "OPTIONS")]
-    pub motr_debug_options: Option<String>,
-    /// Period of the keepalive probes of linked processes in milliseconds (0: off).
-    #[arg(long, value_name = "MS")]
-    pub motr_keepalive_interval_ms: Option<u64>,
-    /// Log format.
-    #[arg(long, value_enum)]
-    pub log_format: Option<LogFormat>,
-    /// Log filter (e.g. `info`, `hax_bin=debug`).
-    #[arg(long, value_name = "FILTER")]
-    pub log: Option<String>,
-    /// Print the effective configuration and exit.
+    /// Every setting of the file.
+    #[command(flatten)]
+    pub settings: Settings,
+    /// Print the effective configuration (TOML) and exit.
     #[arg(long)]
     pub check_config: bool,
+    /// Where each setting given here came from; `None` when built by
+    /// clap's own `Parser` methods, which do not tell (use
+    /// [`Args::from_env`] or [`Args::try_from_args`]).
+    #[arg(skip)]
+    origins: Option<Vec<(&'static str, Origin)>>,
+}
+
+/// One setting of [`Config`] and the two other ways to give it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Setting {
+    /// The file key, `section.key`.
+    pub key: &'static str,
+    /// The field of [`Settings`] that holds it (clap's id).
+    pub id: &'static str,
+    /// The environment variable.
+    pub env: &'static str,
+}
+
+impl Setting {
+    /// The command-line option, without its `--`: clap's name for the
+    /// field, in kebab case.
+    pub fn flag(&self) -> String {
+        self.id.replace('_', "-")
+    }
+}
+
+/// Declares the settings: a line gives the option (named after the field of
+/// [`Settings`]), the environment variable, the field of [`Config`] set and
+/// the type its value is read as. Fields that are `Option`s are set to
+/// `Some`.
+macro_rules! settings {
+    ($(
+        $(#[doc = $doc:literal])*
+        $id:ident, $env:literal => $section:ident . $key:ident : $ty:ty $(, $attr:ident = $val:literal)*;
+    )*) => {
+        /// The settings given on the command line or in the environment,
+        /// as text.
+        #[derive(Debug, Default, clap::Args)]
+        pub struct Settings {
+            $(
+                $(#[doc = $doc])*
+                #[arg(long, env = $env $(, $attr = $val)*)]
+                pub $id: Option<String>,
+            )*
+        }
+
+        /// Every setting, in the order of `hax --help`.
+        pub const SETTINGS: &[Setting] = &[$(
+            Setting {
+                key: concat!(stringify!($section), ".", stringify!($key)),
+                id: stringify!($id),
+                env: $env,
+            },
+        )*];
+
+        impl Settings {
+            /// Sets in `c` what is given here; `origin` tells where a
+            /// setting came from, for errors.
+            fn apply(
+                &self,
+                c: &mut Config,
+                origin: impl Fn(&'static str) -> Option<Origin>,
+            ) -> Result<(), ConfigError> {
+                $(
+                    let key = concat!(stringify!($section), ".", stringify!($key));
+                    // An empty variable counts as unset, as it always has: a
+                    // unit file may set `HAX_NODE=` to mean "not given".
+                    let from_env = matches!(origin(key), Some(Origin::Env(_)));
+                    if let Some(v) = self.$id.as_ref().filter(|v| !(v.is_empty() && from_env)) {
+                        c.$section.$key = v.parse::<$ty>().map_err(|e| ConfigError::Invalid {
+                            name: key,
+                            origin: origin(key),
+                            message: format!("{v:?} is not valid: {e}"),
+                        })?.into();
+                    }
+                )*
+                Ok(())
+            }
+        }
+    };
+}
+
+settings! {
+    /// Consul agent address (host:port or URL).
+    consul_address, "HAX_CONSUL_ADDRESS" => consul.address: String, value_name = "ADDR";
+    /// File holding the Consul ACL token.
+    consul_token_file, "HAX_CONSUL_TOKEN_FILE" => consul.token_file: PathBuf, value_name = "FILE";
+    /// Timeout of each Consul request in milliseconds.
+    consul_request_timeout_ms, "HAX_CONSUL_REQUEST_TIMEOUT_MS" => consul.request_timeout_ms: u64, value_name = "MS";
+    /// Address of the HTTP server (watch handlers, /metrics, /healthz).
+    http_bind, "HAX_HTTP_BIND" => http.bind: SocketAddr, value_name = "ADDR:PORT";
+    /// File holding the bearer token HTTP requests must carry.
+    http_token_file, "HAX_HTTP_TOKEN_FILE" => http.token_file: PathBuf, value_name = "FILE";
+    /// Local node name.
+    node, "HAX_NODE" => identity.node: String, value_name = "NAME";
+    /// hax's Motr endpoint.
+    endpoint, "HAX_ENDPOINT" => identity.endpoint: String, value_name = "ENDPOINT";
+    /// hax's process fid (0x7200000000000001:0x6).
+    process_fid, "HAX_PROCESS_FID" => identity.process_fid: Fid, value_name = "FID";
+    /// hax's HA service fid.
+    ha_service_fid, "HAX_HA_SERVICE_FID" => identity.ha_service_fid: Fid, value_name = "FID";
+    /// The principal RM service fid.
+    rm_service_fid, "HAX_RM_SERVICE_FID" => identity.rm_service_fid: Fid, value_name = "FID";
+    /// Motr debug options.
+    motr_debug_options, "HAX_MOTR_DEBUG_OPTIONS" => motr.debug_options: String, value_name = "OPTIONS";
+    /// Period of the keepalive probes of linked processes in milliseconds (0: off).
+    motr_keepalive_interval_ms, "HAX_MOTR_KEEPALIVE_INTERVAL_MS" => motr.keepalive_interval_ms: u64, value_name = "MS";
+    /// Log format: human or json.
+    log_format, "HAX_LOG_FORMAT" => log.format: LogFormat, value_name = "FORMAT";
+    /// Log filter (e.g. `info`, `hax_bin=debug`).
+    log, "HAX_LOG" => log.filter: String, value_name = "FILTER";
+    /// Motr events waiting to be handled.
+    limits_event_queue, "HAX_LIMITS_EVENT_QUEUE" => limits.event_queue: usize, value_name = "N";
+    /// Pending Consul key writes before new events are held back.
+    limits_pending_writes, "HAX_LIMITS_PENDING_WRITES" => limits.pending_writes: usize, value_name = "N";
+    /// How often the watched state is reread from Consul, in seconds.
+    limits_resync_secs, "HAX_LIMITS_RESYNC_SECS" => limits.resync_secs: u64, value_name = "SECS";
+    /// Broadcast-queue entries kept for a stalled node.
+    limits_bq_retain, "HAX_LIMITS_BQ_RETAIN" => limits.bq_retain: u64, value_name = "N";
+    /// Milliseconds a node's broadcast-queue offset stays unmoved before it counts as stalled.
+    limits_bq_stalled_after_ms, "HAX_LIMITS_BQ_STALLED_AFTER_MS" => limits.bq_stalled_after_ms: u64, value_name = "MS";
+    /// Period of the broadcast-queue trimming in milliseconds (0: off).
+    limits_bq_trim_interval_ms, "HAX_LIMITS_BQ_TRIM_INTERVAL_MS" => limits.bq_trim_interval_ms: u64, value_name = "MS";
+    /// Period of the filesystem statistics in milliseconds (0: off).
+    stats_filesystem_interval_ms, "HAX_STATS_FILESYSTEM_INTERVAL_MS" => stats.filesystem_interval_ms: u64, value_name = "MS";
+    /// Period of the byte counts in milliseconds (0: off).
+    stats_bytecount_interval_ms, "HAX_STATS_BYTECOUNT_INTERVAL_MS" => stats.bytecount_interval_ms: u64, value_name = "MS";
 }
 
 impl Args {
-    /// The effective configuration: file, then environment (`lookup`), then
-    /// these options; validated.
-    pub fn config(&self, lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        let mut c = match &self.config {
-            Some(path) => Config::from_file(path)?,
-            None => Config::default(),
+    /// Parses the process's command line and environment; on a usage error
+    /// prints clap's message and exits with status 2.
+    pub fn from_env() -> Self {
+        Self::try_from_args(std::env::args_os()).unwrap_or_else(|e| e.exit())
+    }
+
+    /// Parses `args` (the program name first) and the process's environment.
+    pub fn try_from_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let m = Self::command().try_get_matches_from(args)?;
+        let mut a = Self::from_arg_matches(&m)?;
+        a.origins = Some(
+            SETTINGS
+                .iter()
+                .filter_map(|s| Some((s.key, origin(&m, s)?)))
+                .collect(),
+        );
+        Ok(a)
+    }
+
+    /// The effective configuration: file, then environment, then these
+    /// options; validated. An error names the setting and where its value
+    /// came from.
+    pub fn config(&self) -> Result<Config, ConfigError> {
+        let (mut c, in_file) = match &self.config {
+            Some(path) => Config::from_file_with_keys(path)?,
+            None => (Config::default(), Vec::new()),
         };
-        c.apply_env(lookup)?;
-        if let Some(v) = &self.consul_address {
-            c.consul.address = v.clone();
-        }
-        if let Some(v) = &self.consul_token_file {
-            c.consul.token_file = Some(v.clone());
-        }
-        if let Some(v) = self.http_bind {
-            c.http.bind = v;
-        }
-        if let Some(v) = &self.http_token_file {
-            c.http.token_file = Some(v.clone());
-        }
-        if let Some(v) = self.stats_filesystem_interval_ms {
-            c.stats.filesystem_interval_ms = v;
-        }
-        if let Some(v) = self.stats_bytecount_interval_ms {
-            c.stats.bytecount_interval_ms = v;
-        }
-        if let Some(v) = &self.node {
-            c.identity.node = Some(v.clone());
-        }
-        if let Some(v) = &self.endpoint {
-            c.identity.endpoint = Some(v.clone());
-        }
-        c.identity.process_fid = self.process_fid.or(c.identity.process_fid);
-        c.identity.ha_service_fid = self.ha_service_fid.or(c.identity.ha_service_fid);
-        c.identity.rm_service_fid = self.rm_service_fid.or(c.identity.rm_service_fid);
-        if let Some(v) = &self.motr_debug_options {
-            c.motr.debug_options = v.clone();
-        }
-        if let Some(v) = self.motr_keepalive_interval_ms {
-            c.motr.keepalive_interval_ms = v;
-        }
-        if let Some(v) = self.log_format {
-            c.log.format = v;
-        }
-        if let Some(v) = &self.log {
-            c.log.filter = v.clone();
-        }
-        c.validate()?;
+        let origin = |key: &'static str| -> Option<Origin> {
+            if let Some((_, o)) = self.origins.as_ref()?.iter().find(|(k, _)| *k == key) {
+                return Some(o.clone());
+            }
+            Some(match &self.config {
+                Some(path) if in_file.iter().any(|k| k == key) => Origin::File(path.clone()),
+                _ => Origin::Default,
+            })
+        };
+        self.settings.apply(&mut c, origin)?;
+        c.validate().map_err(|e| match e {
+            ConfigError::Invalid {
+                name,
+                origin: None,
+                message,
+            } => ConfigError::Invalid {
+                name,
+                origin: origin(name),
+                message,
+            },
+            e => e,
+        })?;
         Ok(c)
+    }
+}
+
+/// `--check-config`: prints `cfg` as TOML on stdout; status 2 if it cannot
+/// be written.
+pub fn print_config(cfg: &Config) -> std::process::ExitCode {
+    match cfg.to_toml() {
+        Ok(text) => {
+            print!("{text}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("hax: {e}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+/// Whether `s` was given by option or by environment variable.
+fn origin(m: &ArgMatches, s: &Setting) -> Option<Origin> {
+    match m.value_source(s.id)? {
+        ValueSource::CommandLine => Some(Origin::Flag(s.flag())),
+        ValueSource::EnvVariable => Some(Origin::Env(s.env)),
+        _ => None,
     }
 }
 
@@ -127,77 +248,138 @@ impl Args {
 mod tests {
     use super::*;
 
+    // These run in the test's own environment, which sets no HAX_*
+    // variable; the environment's part is tested on the binary
+    // (tests/cli.rs), where each run gets its own.
+
+    fn config(args: &[&str]) -> Result<Config, String> {
+        let argv = std::iter::once("hax").chain(args.iter().copied());
+        let args = Args::try_from_args(argv).map_err(|e| e.to_string())?;
+        args.config().map_err(|e| e.to_string())
+    }
+
     #[test]
-    fn options_override_the_environment() {
-        let args = Args::try_parse_from([
-            "hax",
+    fn every_field_of_config_is_a_setting() {
+        let mut fields = Vec::new();
+        let defaults = serde_json::to_value(Config::default()).unwrap();
+        for (section, keys) in defaults.as_object().unwrap() {
+            for key in keys.as_object().unwrap().keys() {
+                fields.push(format!("{section}.{key}"));
+            }
+        }
+        let mut keys: Vec<String> = SETTINGS.iter().map(|s| s.key.to_owned()).collect();
+        fields.sort();
+        keys.sort();
+        assert_eq!(
+            fields, keys,
+            "every field of Config, and nothing else, has an option"
+        );
+    }
+
+    #[test]
+    fn settings_name_the_options_and_variables_clap_reads() {
+        let cmd = Args::command();
+        for s in SETTINGS {
+            let arg = cmd
+                .get_arguments()
+                .find(|a| a.get_id() == s.id)
+                .unwrap_or_else(|| panic!("no option for {}", s.key));
+            assert_eq!(arg.get_long(), Some(&*s.flag()), "{}", s.key);
+            assert_eq!(
+                arg.get_env().and_then(|e| e.to_str()),
+                Some(s.env),
+                "{}",
+                s.key
+            );
+        }
+        let mut envs: Vec<_> = SETTINGS.iter().map(|s| s.env).collect();
+        envs.sort();
+        envs.dedup();
+        assert_eq!(envs.len(), SETTINGS.len(), "two settings share a variable");
+    }
+
+    #[test]
+    fn options_override_the_file() {
+        let dir = std::env::temp_dir().join(format!("hax-cli-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("hax.toml");
+        std::fs::write(
+            &file,
+            "[http]\nbind = \"127.0.0.1:9000\"\n[limits]\nevent_queue = 7\nbq_retain = 0\n",
+        )
+        .unwrap();
+        let f = file.to_str().unwrap();
+        let c = config(&[
+            "--config",
+            f,
             "--http-bind",
             "127.0.0.1:9100",
+            "--limits-bq-retain",
+            "3",
             "--process-fid",
             "0x7200000000000001:0x6",
-            "--log-format",
-            "json",
         ])
         .unwrap();
-        let env = |n: &str| (n == "HAX_HTTP_BIND").then(|| "127.0.0.1:9000".to_owned());
-        let c = args.config(env).unwrap();
         assert_eq!(c.http.bind.port(), 9100);
+        assert_eq!(c.limits.event_queue, 7, "the file's value stays");
+        assert_eq!(c.limits.bq_retain, 3);
         assert_eq!(c.identity.process_fid.map(|f| f.key), Some(6));
-        assert_eq!(c.log.format, LogFormat::Json);
-    }
 
-    #[test]
-    fn stats_and_token_options() {
-        let args = Args::try_parse_from([
-            "hax",
-            "--stats-filesystem-interval-ms",
-            "200",
-            "--stats-bytecount-interval-ms",
-            "0",
-            "--http-token-file",
-            "/etc/hax/http-token",
-        ])
-        .unwrap();
-        let env = |n: &str| (n == "HAX_STATS_FILESYSTEM_INTERVAL_MS").then(|| "9000".to_owned());
-        let c = args.config(env).unwrap();
-        assert_eq!(c.stats.filesystem_interval_ms, 200);
-        assert_eq!(c.stats.bytecount_interval(), None);
-        assert_eq!(
-            c.http.token_file.as_deref(),
-            Some(std::path::Path::new("/etc/hax/http-token"))
+        // A bad value names the setting and the place to fix.
+        let e = config(&["--config", f]).unwrap_err();
+        assert!(
+            e.contains("limits.bq_retain") && e.contains(&format!("(from {f})")),
+            "{e}"
         );
-        let e = Args::try_parse_from(["hax", "--stats-bytecount-interval-ms", "1"])
-            .unwrap()
-            .config(|_| None)
-            .unwrap_err();
-        assert!(e.to_string().contains("minimum"), "{e}");
+        let e = config(&[
+            "--config",
+            f,
+            "--limits-event-queue",
+            "0",
+            "--limits-bq-retain",
+            "1",
+        ])
+        .unwrap_err();
+        assert!(
+            e.contains("limits.event_queue (from option --limits-event-queue)"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
-    fn keepalive_option() {
-        let args = Args::try_parse_from(["hax", "--motr-keepalive-interval-ms", "200"]).unwrap();
-        let env = |n: &str| (n == "HAX_MOTR_KEEPALIVE_INTERVAL_MS").then(|| "0".to_owned());
-        let c = args.config(env).unwrap();
-        assert_eq!(c.motr.keepalive_interval_ms, 200);
-        let off = Args::try_parse_from(["hax"]).unwrap().config(env).unwrap();
-        assert_eq!(off.motr.keepalive_interval(), None);
-        let e = Args::try_parse_from(["hax", "--motr-keepalive-interval-ms", "5"])
-            .unwrap()
-            .config(|_| None)
-            .unwrap_err();
-        assert!(e.to_string().contains("motr.keepalive_interval_ms"), "{e}");
-        let e = Args::try_parse_from(["hax", "--motr-keepalive-interval-ms", "soon"]).unwrap_err();
-        assert!(e.to_string().contains("soon"), "{e}");
+    fn bad_values_name_the_setting_and_the_option() {
+        let e = config(&["--process-fid", "nope"]).unwrap_err();
+        assert!(
+            e.contains("identity.process_fid (from option --process-fid)")
+                && e.contains("invalid fid"),
+            "{e}"
+        );
+        let e = config(&["--rm-service-fid", "0x7200000000000001:0x1"]).unwrap_err();
+        assert!(
+            e.contains("not a fid of type 's'") && e.contains("--rm-service-fid"),
+            "{e}"
+        );
+        let e = config(&["--log-format", "xml"]).unwrap_err();
+        assert!(e.contains("log.format") && e.contains("\"xml\""), "{e}");
+        let e = config(&["--motr-keepalive-interval-ms", "soon"]).unwrap_err();
+        assert!(
+            e.contains("motr.keepalive_interval_ms") && e.contains("soon"),
+            "{e}"
+        );
+        let e = config(&["--stats-bytecount-interval-ms", "1"]).unwrap_err();
+        assert!(
+            e.contains("minimum") && e.contains("--stats-bytecount-interval-ms"),
+            "{e}"
+        );
+        let e = config(&["--log", "hax=loud"]).unwrap_err();
+        assert!(e.contains("log.filter (from option --log)"), "{e}");
     }
 
     #[test]
-    fn bad_values_are_refused_by_the_parser() {
-        let e = Args::try_parse_from(["hax", "--process-fid", "nope"]).unwrap_err();
-        assert!(e.to_string().contains("invalid fid"), "{e}");
-        let e = Args::try_parse_from(["hax", "--rm-service-fid", "0x7200000000000001:0x1"])
-            .unwrap()
-            .config(|_| None)
-            .unwrap_err();
-        assert!(e.to_string().contains("not a fid of type 's'"), "{e}");
+    fn an_empty_option_value_is_a_value() {
+        // Only an empty variable means unset; an empty option is asked for.
+        let c = config(&["--motr-debug-options", ""]).unwrap();
+        assert_eq!(c.motr.debug_options, "");
     }
 }

@@ -1,12 +1,14 @@
 //! The daemon's settings: a TOML file, then `HAX_*` environment variables,
-//! then command-line options, each overriding the one before.
+//! then command-line options, each overriding the one before. This module
+//! holds the settings and the file; the environment and the command line are
+//! declared once per setting in [`crate::cli`].
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hax_core::Fid;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// A setting that could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -28,17 +30,47 @@ pub enum ConfigError {
         message: String,
     },
     /// A value is not valid.
-    #[error("setting {name}: {message}")]
+    #[error("setting {name}{}: {message}", origin.as_ref().map(|o| format!(" (from {o})")).unwrap_or_default())]
     Invalid {
-        /// The setting.
+        /// The setting, as its file key (`section.key`).
         name: &'static str,
+        /// Where the value came from, when known.
+        origin: Option<Origin>,
         /// What is wrong.
         message: String,
     },
+    /// The settings cannot be written as TOML.
+    #[error("cannot write the configuration as TOML: {0}")]
+    Write(String),
+}
+
+/// Where a setting's value came from: an operator told which of three places
+/// to fix needs its name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Nothing set it.
+    Default,
+    /// The configuration file.
+    File(PathBuf),
+    /// An environment variable.
+    Env(&'static str),
+    /// A command-line option (`--name`).
+    Flag(String),
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Default => f.write_str("the default"),
+            Origin::File(p) => write!(f, "{}", p.display()),
+            Origin::Env(name) => write!(f, "environment variable {name}"),
+            Origin::Flag(name) => write!(f, "option --{name}"),
+        }
+    }
 }
 
 /// How logs are written.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// One human-readable line per event.
@@ -48,8 +80,20 @@ pub enum LogFormat {
     Json,
 }
 
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "human" => Ok(LogFormat::Human),
+            "json" => Ok(LogFormat::Json),
+            _ => Err("neither \"human\" nor \"json\"".into()),
+        }
+    }
+}
+
 /// Every setting of the daemon.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Consul agent.
@@ -69,7 +113,7 @@ pub struct Config {
 }
 
 /// `[consul]`
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ConsulSection {
     /// Agent address (`host:port` or URL).
@@ -81,7 +125,7 @@ pub struct ConsulSection {
 }
 
 /// `[http]`
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpSection {
     /// Where the HTTP server listens (loopback by default).
@@ -93,7 +137,7 @@ pub struct HttpSection {
 }
 
 /// `[identity]`
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct IdentitySection {
     /// Local node name (default: the Consul agent's node name).
@@ -101,13 +145,13 @@ pub struct IdentitySection {
     /// hax's Motr endpoint.
     pub endpoint: Option<String>,
     /// hax's process fid.
-    #[serde(default, deserialize_with = "de_fid")]
+    #[serde(default, deserialize_with = "de_fid", serialize_with = "ser_fid")]
     pub process_fid: Option<Fid>,
     /// hax's HA service fid.
-    #[serde(default, deserialize_with = "de_fid")]
+    #[serde(default, deserialize_with = "de_fid", serialize_with = "ser_fid")]
     pub ha_service_fid: Option<Fid>,
     /// The RM service fid.
-    #[serde(default, deserialize_with = "de_fid")]
+    #[serde(default, deserialize_with = "de_fid", serialize_with = "ser_fid")]
     pub rm_service_fid: Option<Fid>,
 }
 
@@ -125,7 +169,7 @@ impl IdentitySection {
 }
 
 /// `[motr]`
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MotrSection {
     /// Debug options passed to the halon interface.
@@ -136,7 +180,7 @@ pub struct MotrSection {
 }
 
 /// `[log]`
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogSection {
     /// Human or JSON lines.
@@ -146,7 +190,7 @@ pub struct LogSection {
 }
 
 /// `[limits]`
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsSection {
     /// Events from Motr waiting to be handled; past it the oldest writes of
@@ -170,7 +214,7 @@ pub struct LimitsSection {
 }
 
 /// `[stats]`
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StatsSection {
     /// Period of the filesystem statistics (`stats/filesystem`), in
@@ -180,6 +224,13 @@ pub struct StatsSection {
     /// milliseconds; 0 turns them off.
     pub bytecount_interval_ms: u64,
 }
+
+/// The longest period or timeout: longer ones are mistakes, and would
+/// overflow the clock arithmetic of the timers they set.
+pub const MAX_PERIOD: Duration = Duration::from_secs(365 * 86_400);
+
+/// The largest queue bound (tokio's largest bounded channel).
+pub const MAX_QUEUE_BOUND: usize = tokio::sync::Semaphore::MAX_PERMITS;
 
 /// The shortest keepalive period: each round sends a message on every link
 /// and may write a key per process.
@@ -276,6 +327,14 @@ impl Default for LimitsSection {
     }
 }
 
+// Fids are written as Motr prints them, which `de_fid` reads back.
+fn ser_fid<S: serde::Serializer>(fid: &Option<Fid>, s: S) -> Result<S::Ok, S::Error> {
+    match fid {
+        Some(f) => s.serialize_some(&f.to_string()),
+        None => s.serialize_none(),
+    }
+}
+
 fn de_fid<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Fid>, D::Error> {
     let s: Option<String> = Option::deserialize(d)?;
     s.map(|s| s.parse().map_err(serde::de::Error::custom))
@@ -295,92 +354,52 @@ impl Config {
         })
     }
 
+    /// Reads a TOML file, and tells which settings it sets (`section.key`):
+    /// the others keep their defaults.
+    pub fn from_file_with_keys(path: &Path) -> Result<(Self, Vec<String>), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let parse_error = |message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        };
+        let c = Self::from_toml(&text).map_err(parse_error)?;
+        let table: toml::Table = toml::from_str(&text).map_err(|e| parse_error(e.to_string()))?;
+        let keys = table
+            .iter()
+            .filter_map(|(section, t)| Some((section, t.as_table()?)))
+            .flat_map(|(section, t)| t.keys().map(move |k| format!("{section}.{k}")))
+            .collect();
+        Ok((c, keys))
+    }
+
     /// Parses TOML text.
     pub fn from_toml(text: &str) -> Result<Self, String> {
         toml::from_str(text).map_err(|e| e.to_string())
     }
 
-    /// Applies `HAX_*` variables given by `lookup`: `HAX_CONSUL_ADDRESS`,
-    /// `HAX_CONSUL_TOKEN_FILE`, `HAX_HTTP_BIND`, `HAX_NODE`, `HAX_ENDPOINT`,
-    /// `HAX_PROCESS_FID`, `HAX_HA_SERVICE_FID`, `HAX_RM_SERVICE_FID`,
-    /// `HAX_LOG_FORMAT`, `HAX_LOG`, `HAX_HTTP_TOKEN_FILE`,
-    /// `HAX_STATS_FILESYSTEM_INTERVAL_MS`, `HAX_STATS_BYTECOUNT_INTERVAL_MS`,
-    /// `HAX_MOTR_KEEPALIVE_INTERVAL_MS`.
-    pub fn apply_env(
-        &mut self,
-        lookup: impl Fn(&str) -> Option<String>,
-    ) -> Result<(), ConfigError> {
-        let get = |n: &str| lookup(n).filter(|v| !v.is_empty());
-        if let Some(v) = get("HAX_CONSUL_ADDRESS") {
-            self.consul.address = v;
-        }
-        if let Some(v) = get("HAX_CONSUL_TOKEN_FILE") {
-            self.consul.token_file = Some(v.into());
-        }
-        if let Some(v) = get("HAX_HTTP_BIND") {
-            self.http.bind = parse("HAX_HTTP_BIND", &v)?;
-        }
-        if let Some(v) = get("HAX_NODE") {
-            self.identity.node = Some(v);
-        }
-        if let Some(v) = get("HAX_ENDPOINT") {
-            self.identity.endpoint = Some(v);
-        }
-        if let Some(v) = get("HAX_PROCESS_FID") {
-            self.identity.process_fid = Some(parse("HAX_PROCESS_FID", &v)?);
-        }
-        if let Some(v) = get("HAX_HA_SERVICE_FID") {
-            self.identity.ha_service_fid = Some(parse("HAX_HA_SERVICE_FID", &v)?);
-        }
-        if let Some(v) = get("HAX_RM_SERVICE_FID") {
-            self.identity.rm_service_fid = Some(parse("HAX_RM_SERVICE_FID", &v)?);
-        }
-        if let Some(v) = get("HAX_LOG_FORMAT") {
-            self.log.format = match v.as_str() {
-                "human" => LogFormat::Human,
-                "json" => LogFormat::Json,
-                _ => {
-                    return Err(ConfigError::Invalid {
-                        name: "HAX_LOG_FORMAT",
-                        message: format!("{v:?} is neither \"human\" nor \"json\""),
-                    })
-                }
-            };
-        }
-        if let Some(v) = get("HAX_LOG") {
-            self.log.filter = v;
-        }
-        if let Some(v) = get("HAX_HTTP_TOKEN_FILE") {
-            self.http.token_file = Some(v.into());
-        }
-        if let Some(v) = get("HAX_STATS_FILESYSTEM_INTERVAL_MS") {
-            self.stats.filesystem_interval_ms = parse("HAX_STATS_FILESYSTEM_INTERVAL_MS", &v)?;
-        }
-        if let Some(v) = get("HAX_STATS_BYTECOUNT_INTERVAL_MS") {
-            self.stats.bytecount_interval_ms = parse("HAX_STATS_BYTECOUNT_INTERVAL_MS", &v)?;
-        }
-        if let Some(v) = get("HAX_LIMITS_BQ_RETAIN") {
-            self.limits.bq_retain = parse("HAX_LIMITS_BQ_RETAIN", &v)?;
-        }
-        if let Some(v) = get("HAX_LIMITS_BQ_STALLED_AFTER_MS") {
-            self.limits.bq_stalled_after_ms = parse("HAX_LIMITS_BQ_STALLED_AFTER_MS", &v)?;
-        }
-        if let Some(v) = get("HAX_LIMITS_BQ_TRIM_INTERVAL_MS") {
-            self.limits.bq_trim_interval_ms = parse("HAX_LIMITS_BQ_TRIM_INTERVAL_MS", &v)?;
-        }
-        if let Some(v) = get("HAX_MOTR_KEEPALIVE_INTERVAL_MS") {
-            self.motr.keepalive_interval_ms = parse("HAX_MOTR_KEEPALIVE_INTERVAL_MS", &v)?;
-        }
-        Ok(())
+    /// The settings as TOML, which [`Config::from_toml`] reads back as they
+    /// are (unset settings are left out). Values [`Config::validate`]
+    /// accepts always fit.
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        toml::to_string(self).map_err(|e| ConfigError::Write(e.to_string()))
     }
 
     /// Checks values that parse but make no sense.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let fid_type = |name, fid: Option<Fid>, t: hax_core::FidType| match fid {
-            Some(f) if !f.is(t) => Err(ConfigError::Invalid {
+        let invalid = |name, message| {
+            Err(ConfigError::Invalid {
                 name,
-                message: format!("{f} is not a fid of type '{}'", t.letter()),
-            }),
+                origin: None,
+                message,
+            })
+        };
+        let fid_type = |name, fid: Option<Fid>, t: hax_core::FidType| match fid {
+            Some(f) if !f.is(t) => {
+                invalid(name, format!("{f} is not a fid of type '{}'", t.letter()))
+            }
             _ => Ok(()),
         };
         fid_type(
@@ -398,17 +417,71 @@ impl Config {
             self.identity.rm_service_fid,
             hax_core::FidType::Service,
         )?;
-        if self.limits.bq_retain == 0 {
-            return Err(ConfigError::Invalid {
-                name: "limits.bq_retain",
-                message: "must be positive (the newest entry always stays)".into(),
-            });
+        let l = &self.limits;
+        for (name, bound) in [
+            ("limits.event_queue", l.event_queue),
+            ("limits.pending_writes", l.pending_writes),
+        ] {
+            if bound == 0 {
+                return invalid(name, "must be positive".into());
+            }
+            // Tokio refuses (panics on) a bounded queue any larger.
+            if bound > MAX_QUEUE_BOUND {
+                return invalid(
+                    name,
+                    format!("{bound} is above the maximum of {MAX_QUEUE_BOUND}"),
+                );
+            }
         }
-        if self.limits.event_queue == 0 || self.limits.pending_writes == 0 {
-            return Err(ConfigError::Invalid {
-                name: "limits",
-                message: "queue bounds must be positive".into(),
-            });
+        if l.bq_retain == 0 {
+            return invalid(
+                "limits.bq_retain",
+                "must be positive (the newest entry always stays)".into(),
+            );
+        }
+        // Larger than TOML's integers: `--check-config` could not print it.
+        if l.bq_retain > i64::MAX as u64 {
+            return invalid(
+                "limits.bq_retain",
+                format!("{} is above the maximum of {}", l.bq_retain, i64::MAX),
+            );
+        }
+        for (name, period) in [
+            (
+                "consul.request_timeout_ms",
+                Duration::from_millis(self.consul.request_timeout_ms),
+            ),
+            (
+                "motr.keepalive_interval_ms",
+                Duration::from_millis(self.motr.keepalive_interval_ms),
+            ),
+            ("limits.resync_secs", Duration::from_secs(l.resync_secs)),
+            (
+                "limits.bq_stalled_after_ms",
+                Duration::from_millis(l.bq_stalled_after_ms),
+            ),
+            (
+                "limits.bq_trim_interval_ms",
+                Duration::from_millis(l.bq_trim_interval_ms),
+            ),
+            (
+                "stats.filesystem_interval_ms",
+                Duration::from_millis(self.stats.filesystem_interval_ms),
+            ),
+            (
+                "stats.bytecount_interval_ms",
+                Duration::from_millis(self.stats.bytecount_interval_ms),
+            ),
+        ] {
+            if period > MAX_PERIOD {
+                return invalid(
+                    name,
+                    format!(
+                        "{period:?} is above the maximum of {} days",
+                        MAX_PERIOD.as_secs() / 86_400
+                    ),
+                );
+            }
         }
         for (name, ms) in [
             (
@@ -421,30 +494,35 @@ impl Config {
             ),
         ] {
             if ms != 0 && Duration::from_millis(ms) < MIN_STATS_INTERVAL {
-                return Err(ConfigError::Invalid {
+                return invalid(
                     name,
-                    message: format!(
+                    format!(
                         "{ms} ms is below the minimum of {} ms (0 turns it off)",
                         MIN_STATS_INTERVAL.as_millis()
                     ),
-                });
+                );
             }
         }
         let ka = self.motr.keepalive_interval_ms;
         if ka != 0 && Duration::from_millis(ka) < MIN_KEEPALIVE_INTERVAL {
-            return Err(ConfigError::Invalid {
-                name: "motr.keepalive_interval_ms",
-                message: format!(
+            return invalid(
+                "motr.keepalive_interval_ms",
+                format!(
                     "{ka} ms is below the minimum of {} ms (0 turns it off)",
                     MIN_KEEPALIVE_INTERVAL.as_millis()
                 ),
-            });
+            );
         }
         if self.consul.request_timeout_ms == 0 {
-            return Err(ConfigError::Invalid {
-                name: "consul.request_timeout_ms",
-                message: "must be positive".into(),
-            });
+            return invalid("consul.request_timeout_ms", "must be positive".into());
+        }
+        // Refused here rather than when logging starts, so that
+        // `--check-config` catches it too.
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.filter) {
+            return invalid(
+                "log.filter",
+                format!("{:?} is not a tracing filter: {e}", self.log.filter),
+            );
         }
         Ok(())
     }
@@ -474,21 +552,12 @@ impl Config {
         if token.is_empty() {
             return Err(ConfigError::Invalid {
                 name: "http.token_file",
+                origin: None,
                 message: format!("{} is empty", path.display()),
             });
         }
         Ok(Some(hax_consul::AclToken::new(token)))
     }
-}
-
-fn parse<T: std::str::FromStr>(name: &'static str, v: &str) -> Result<T, ConfigError>
-where
-    T::Err: std::fmt::Display,
-{
-    v.parse().map_err(|e: T::Err| ConfigError::Invalid {
-        name,
-        message: e.to_string(),
-    })
 }
 
 #[cfg(test)]
@@ -572,15 +641,6 @@ mod tests {
         let fast = Config::from_toml("[stats]\nbytecount_interval_ms = 5").unwrap();
         let e = fast.validate().unwrap_err().to_string();
         assert!(e.contains("stats.bytecount_interval_ms"), "{e}");
-        let mut env = Config::default();
-        env.apply_env(|n| (n == "HAX_STATS_FILESYSTEM_INTERVAL_MS").then(|| "1500".to_owned()))
-            .unwrap();
-        assert_eq!(env.stats.filesystem_interval_ms, 1500);
-        let e = env
-            .apply_env(|n| (n == "HAX_STATS_BYTECOUNT_INTERVAL_MS").then(|| "soon".to_owned()))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("HAX_STATS_BYTECOUNT_INTERVAL_MS"), "{e}");
     }
 
     #[test]
@@ -593,17 +653,6 @@ mod tests {
         let zero = Config::from_toml("[limits]\nbq_retain = 0\n").unwrap();
         let e = zero.validate().unwrap_err().to_string();
         assert!(e.contains("limits.bq_retain"), "{e}");
-        let mut env = Config::default();
-        env.apply_env(|k| match k {
-            "HAX_LIMITS_BQ_RETAIN" => Some("100".into()),
-            "HAX_LIMITS_BQ_TRIM_INTERVAL_MS" => Some("250".into()),
-            "HAX_LIMITS_BQ_STALLED_AFTER_MS" => Some("500".into()),
-            _ => None,
-        })
-        .unwrap();
-        assert_eq!(env.limits.bq_retain, 100);
-        assert_eq!(env.bq_trim_interval(), Some(Duration::from_millis(250)));
-        assert_eq!(env.limits.bq_stalled_after_ms, 500);
     }
 
     #[test]
@@ -620,18 +669,6 @@ mod tests {
         assert!(e.contains("minimum"), "{e}");
         let e = Config::from_toml("[motr]\nkeepalive_interval_ms = -1").unwrap_err();
         assert!(e.contains("keepalive_interval_ms"), "{e}");
-        let mut env = Config::default();
-        env.apply_env(|n| (n == "HAX_MOTR_KEEPALIVE_INTERVAL_MS").then(|| "250".to_owned()))
-            .unwrap();
-        assert_eq!(
-            env.motr.keepalive_interval(),
-            Some(Duration::from_millis(250))
-        );
-        let e = env
-            .apply_env(|n| (n == "HAX_MOTR_KEEPALIVE_INTERVAL_MS").then(|| "often".to_owned()))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("HAX_MOTR_KEEPALIVE_INTERVAL_MS"), "{e}");
     }
 
     #[test]
@@ -652,23 +689,70 @@ mod tests {
     }
 
     #[test]
-    fn environment_overrides_the_file() {
+    fn every_setting_is_written_as_toml_that_reads_back() {
         let mut c = Config::default();
-        let env = |n: &str| match n {
-            "HAX_HTTP_BIND" => Some("127.0.0.1:7000".to_owned()),
-            "HAX_PROCESS_FID" => Some("0x7200000000000001:0x9".to_owned()),
-            "HAX_LOG_FORMAT" => Some("json".to_owned()),
-            _ => None,
+        c.consul.token_file = Some("/etc/hax/consul token".into());
+        c.http.token_file = Some("/etc/hax/http-token".into());
+        c.identity = IdentitySection {
+            node: Some("srvnode-1".into()),
+            endpoint: Some("inet:tcp:10.0.0.1@22001".into()),
+            process_fid: Some("0x7200000000000001:0x6".parse().unwrap()),
+            ha_service_fid: Some("0x7300000000000001:0x7".parse().unwrap()),
+            rm_service_fid: Some("0x7300000000000001:0xb".parse().unwrap()),
         };
-        c.apply_env(env).unwrap();
-        assert_eq!(c.http.bind.port(), 7000);
-        assert_eq!(c.identity.process_fid.map(|f| f.key), Some(9));
-        assert_eq!(c.log.format, LogFormat::Json);
-        let bad = |n: &str| (n == "HAX_HTTP_BIND").then(|| "nowhere".to_owned());
-        assert!(c
-            .apply_env(bad)
+        c.log.format = LogFormat::Json;
+        c.log.filter = "info,hax_glue=warn".into();
+        c.limits.bq_retain = i64::MAX as u64;
+        c.validate().unwrap();
+        let text = c.to_toml().unwrap();
+        assert!(
+            text.contains("process_fid = \"0x7200000000000001:0x6\""),
+            "{text}"
+        );
+        assert_eq!(Config::from_toml(&text).unwrap(), c, "{text}");
+        let d = Config::default();
+        assert_eq!(Config::from_toml(&d.to_toml().unwrap()).unwrap(), d);
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused_by_name() {
+        let refused = |text: &str, name: &str| {
+            let e = Config::from_toml(text).unwrap().validate().unwrap_err();
+            assert!(
+                matches!(&e, ConfigError::Invalid { name: n, .. } if *n == name),
+                "{text}: {e}"
+            );
+        };
+        refused("[limits]\nevent_queue = 0", "limits.event_queue");
+        refused("[limits]\npending_writes = 0", "limits.pending_writes");
+        refused(
+            "[limits]\nevent_queue = 9223372036854775807",
+            "limits.event_queue",
+        );
+        refused(
+            "[limits]\nresync_secs = 9223372036854775807",
+            "limits.resync_secs",
+        );
+        refused(
+            "[consul]\nrequest_timeout_ms = 0",
+            "consul.request_timeout_ms",
+        );
+        refused(
+            "[limits]\nbq_stalled_after_ms = 31536000001",
+            "limits.bq_stalled_after_ms",
+        );
+        refused("[log]\nfilter = \"hax=loud\"", "log.filter");
+        let mut big = Config::default();
+        big.limits.bq_retain = u64::MAX;
+        assert!(big
+            .validate()
             .unwrap_err()
             .to_string()
-            .contains("HAX_HTTP_BIND"));
+            .contains("limits.bq_retain"));
+        // The longest period itself is accepted.
+        Config::from_toml("[limits]\nbq_stalled_after_ms = 31536000000")
+            .unwrap()
+            .validate()
+            .unwrap();
     }
 }

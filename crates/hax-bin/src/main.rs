@@ -4,14 +4,13 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use hax_bin::cli::Args;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    let cfg = match args.config(|n| std::env::var(n).ok()) {
+    let args = Args::from_env();
+    let cfg = match args.config() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("hax: {e}");
@@ -19,8 +18,7 @@ fn main() -> ExitCode {
         }
     };
     if args.check_config {
-        println!("{cfg:#?}");
-        return ExitCode::SUCCESS;
+        return hax_bin::cli::print_config(&cfg);
     }
     if let Err(e) = hax_bin::logging::init(cfg.log.format, &cfg.log.filter) {
         eprintln!("hax: {e}");

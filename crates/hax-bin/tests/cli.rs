@@ -1,12 +1,26 @@
-//! The `hax` command line: bad settings are refused before anything starts,
-//! with the setting named and exit status 2.
+//! The `hax` command line: every setting comes from the file, the `HAX_*`
+//! environment or an option, each overriding the one before;
+//! `--check-config` prints the result as TOML the file reads back; bad
+//! settings are refused before anything starts, with the setting and where
+//! it came from named, and exit status 2.
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn hax(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_hax"))
+use hax_bin::cli::SETTINGS;
+use hax_bin::config::Config;
+
+/// Runs `hax` with `args` and `env` only, none of the caller's `HAX_*`.
+fn hax_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hax"));
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("HAX_") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd
         .args(args)
-        .env_remove("HAX_CONFIG")
+        .envs(env.iter().copied())
         .output()
         .expect("run hax");
     (
@@ -16,59 +30,249 @@ fn hax(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+fn hax(args: &[&str]) -> (i32, String, String) {
+    hax_env(args, &[])
+}
+
+/// A directory of its own for each test, removed when dropped.
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(name: &str) -> Self {
+        let d = std::env::temp_dir().join(format!("hax-cli-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).expect("dir");
+        Dir(d)
+    }
+
+    fn file(&self, name: &str, text: &str) -> String {
+        let p = self.0.join(name);
+        std::fs::write(&p, text).expect("write");
+        p.to_str().expect("utf-8").to_owned()
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The effective configuration `hax --check-config` prints, read back.
+fn effective(args: &[&str], env: &[(&str, &str)]) -> serde_json::Value {
+    let mut all = vec!["--check-config"];
+    all.extend_from_slice(args);
+    let (code, out, err) = hax_env(&all, env);
+    assert_eq!(code, 0, "{args:?} {env:?}: {err}");
+    let c = Config::from_toml(&out).unwrap_or_else(|e| panic!("{out}: {e}"));
+    serde_json::to_value(c).expect("json")
+}
+
+fn field<'a>(v: &'a serde_json::Value, key: &str) -> &'a serde_json::Value {
+    let (section, name) = key.split_once('.').expect("section.key");
+    &v[section][name]
+}
+
+/// Two valid values of a setting, different from each other and the first
+/// from the default.
+fn samples(key: &str, default: &serde_json::Value) -> [String; 2] {
+    if let Some(n) = default.as_u64() {
+        return [(n + 1).to_string(), (n + 2).to_string()];
+    }
+    let [a, b] = match key {
+        "consul.address" => ["consul-1:8500", "consul-2:8500"],
+        "consul.token_file" | "http.token_file" => ["/etc/hax/token-1", "/etc/hax/token-2"],
+        "http.bind" => ["127.0.0.1:9001", "127.0.0.1:9002"],
+        "identity.node" => ["srvnode-1", "srvnode-2"],
+        "identity.endpoint" => ["inet:tcp:10.0.0.1@22001", "inet:tcp:10.0.0.1@22002"],
+        "identity.process_fid" => ["0x7200000000000001:0x1", "0x7200000000000001:0x2"],
+        "identity.ha_service_fid" | "identity.rm_service_fid" => {
+            ["0x7300000000000001:0x1", "0x7300000000000001:0x2"]
+        }
+        "motr.debug_options" => ["log-link", "log-msg"],
+        "log.format" => ["json", "human"],
+        "log.filter" => ["debug", "hax=warn"],
+        _ => panic!("no sample values for {key}: add two"),
+    };
+    [a.to_owned(), b.to_owned()]
+}
+
+/// `value` as a TOML value of the type `default` has.
+fn toml_value(default: &serde_json::Value, value: &str) -> String {
+    if default.is_u64() {
+        value.to_owned()
+    } else {
+        serde_json::Value::from(value).to_string()
+    }
+}
+
+fn shown(v: &serde_json::Value) -> String {
+    v.as_str().map_or_else(|| v.to_string(), str::to_owned)
+}
+
 #[test]
-fn help_lists_every_setting() {
+fn every_setting_comes_from_the_file_the_environment_or_an_option() {
+    let dir = Dir::new("layers");
+    let defaults = serde_json::to_value(Config::default()).expect("json");
+    // The fields, from the settings themselves rather than the list this
+    // test checks.
+    let mut keys = Vec::new();
+    for (section, fields) in defaults.as_object().expect("sections") {
+        for name in fields.as_object().expect("fields").keys() {
+            keys.push(format!("{section}.{name}"));
+        }
+    }
+    assert_eq!(keys.len(), SETTINGS.len());
+    for key in &keys {
+        let s = SETTINGS
+            .iter()
+            .find(|s| s.key == key)
+            .unwrap_or_else(|| panic!("{key} has no option or variable"));
+        let flag = format!("--{}", s.flag());
+        let default = field(&defaults, key);
+        let [a, b] = samples(key, default);
+        assert_ne!(shown(default), a, "{key}");
+        let (section, name) = key.split_once('.').expect("section.key");
+        let file = dir.file(
+            "layer.toml",
+            &format!("[{section}]\n{name} = {}\n", toml_value(default, &a)),
+        );
+
+        let got = |args: &[&str], env: &[(&str, &str)]| shown(field(&effective(args, env), key));
+        assert_eq!(got(&["--config", &file], &[]), a, "{key} from the file");
+        assert_eq!(got(&[], &[(s.env, &a)]), a, "{key} from {}", s.env);
+        assert_eq!(got(&[&flag, &a], &[]), a, "{key} from {flag}");
+        assert_eq!(
+            got(&["--config", &file], &[(s.env, &b)]),
+            b,
+            "{} overrides the file's {key}",
+            s.env
+        );
+        assert_eq!(
+            got(&[&flag, &b], &[(s.env, &a)]),
+            b,
+            "{flag} overrides {}",
+            s.env
+        );
+        // An empty variable is unset, as before.
+        assert_eq!(
+            got(&["--config", &file], &[(s.env, "")]),
+            a,
+            "empty {} over the file's {key}",
+            s.env
+        );
+    }
+}
+
+#[test]
+fn help_lists_every_setting_with_its_variable() {
     let (code, out, _) = hax(&["--help"]);
     assert_eq!(code, 0);
-    for opt in [
-        "--config",
-        "--consul-address",
-        "--consul-token-file",
-        "--http-bind",
-        "--node",
-        "--endpoint",
-        "--process-fid",
-        "--ha-service-fid",
-        "--rm-service-fid",
-        "--motr-debug-options",
-        "--log-format",
-        "--log",
-        "--check-config",
-    ] {
+    for s in SETTINGS {
+        assert!(
+            out.contains(&format!("--{} <", s.flag())),
+            "--help lacks --{}",
+            s.flag()
+        );
+        assert!(
+            out.contains(&format!("[env: {}=", s.env)),
+            "--help lacks {}",
+            s.env
+        );
+    }
+    for opt in ["--config", "--check-config"] {
         assert!(out.contains(opt), "--help lacks {opt}");
     }
 }
 
 #[test]
-fn bad_settings_are_refused_with_their_name() {
+fn bad_settings_are_refused_with_their_name_and_origin() {
+    let dir = Dir::new("bad");
     let (code, _, err) = hax(&["--process-fid", "0x72:zz"]);
     assert_eq!(code, 2);
-    assert!(err.contains("invalid fid"), "{err}");
+    assert!(
+        err.contains("identity.process_fid (from option --process-fid)")
+            && err.contains("invalid fid"),
+        "{err}"
+    );
 
-    let dir = std::env::temp_dir().join(format!("hax-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let bad = dir.join("bad.toml");
-    std::fs::write(&bad, "[http]\nbind = \"nowhere\"\n").expect("write");
-    let (code, _, err) = hax(&["--config", bad.to_str().expect("utf-8")]);
+    let (code, _, err) = hax_env(&[], &[("HAX_HTTP_BIND", "nowhere")]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("http.bind (from environment variable HAX_HTTP_BIND)"),
+        "{err}"
+    );
+
+    let (code, _, err) = hax_env(&[], &[("HAX_LIMITS_PENDING_WRITES", "0")]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("limits.pending_writes (from environment variable HAX_LIMITS_PENDING_WRITES): must be positive"),
+        "{err}"
+    );
+
+    let bad = dir.file("bad.toml", "[http]\nbind = \"nowhere\"\n");
+    let (code, _, err) = hax(&["--config", &bad]);
     assert_eq!(code, 2);
     assert!(err.contains("bad.toml") && err.contains("bind"), "{err}");
+
+    let zero = dir.file("zero.toml", "[consul]\nrequest_timeout_ms = 0\n");
+    let (code, _, err) = hax(&["--config", &zero, "--check-config"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains(&format!("consul.request_timeout_ms (from {zero})")),
+        "{err}"
+    );
+    // Fixed by the environment, the file's bad value no longer matters.
+    let (code, _, err) = hax_env(
+        &["--config", &zero, "--check-config"],
+        &[("HAX_CONSUL_REQUEST_TIMEOUT_MS", "500")],
+    );
+    assert_eq!(code, 0, "{err}");
 
     let (code, _, err) = hax(&["--config", "/nonexistent/hax.toml"]);
     assert_eq!(code, 2);
     assert!(err.contains("cannot read /nonexistent/hax.toml"), "{err}");
-    let _ = std::fs::remove_dir_all(&dir);
+
+    // Too large for the timers it sets, or for TOML: refused, not a panic.
+    for (env, value) in [
+        ("HAX_LIMITS_RESYNC_SECS", "18446744073709551615"),
+        ("HAX_LIMITS_EVENT_QUEUE", "18446744073709551615"),
+        ("HAX_LIMITS_BQ_RETAIN", "18446744073709551615"),
+        ("HAX_CONSUL_REQUEST_TIMEOUT_MS", "18446744073709551615"),
+        ("HAX_LIMITS_RESYNC_SECS", "18446744073709551616"),
+    ] {
+        let (code, _, err) = hax_env(&["--check-config"], &[(env, value)]);
+        assert_eq!(code, 2, "{env}={value}: {err}");
+        assert!(err.contains(env) && !err.contains("panicked"), "{err}");
+    }
 }
 
 #[test]
-fn check_config_prints_the_effective_settings() {
-    let (code, out, _) = hax(&[
-        "--check-config",
-        "--http-bind",
-        "127.0.0.1:9999",
-        "--ha-service-fid",
-        "0x7300000000000001:0x7",
-    ]);
-    assert_eq!(code, 0);
-    assert!(out.contains("127.0.0.1:9999"), "{out}");
-    assert!(out.contains("key: 7"), "{out}");
+fn check_config_prints_toml_the_file_reads_back() {
+    let dir = Dir::new("check");
+    let (code, out, err) = hax_env(
+        &[
+            "--check-config",
+            "--http-bind",
+            "127.0.0.1:9999",
+            "--ha-service-fid",
+            "0x7300000000000001:0x7",
+            "--log-format",
+            "json",
+        ],
+        &[("HAX_LIMITS_RESYNC_SECS", "5"), ("HAX_NODE", "srvnode-1")],
+    );
+    assert_eq!(code, 0, "{err}");
+    let path = dir.file("effective.toml", &out);
+    let c = Config::from_file(Path::new(&path)).unwrap_or_else(|e| panic!("{out}: {e}"));
+    let mut want = Config::default();
+    want.http.bind = "127.0.0.1:9999".parse().expect("addr");
+    want.identity.ha_service_fid = Some("0x7300000000000001:0x7".parse().expect("fid"));
+    want.identity.node = Some("srvnode-1".into());
+    want.log.format = hax_bin::config::LogFormat::Json;
+    want.limits.resync_secs = 5;
+    assert_eq!(c, want, "{out}");
+    // Given back as the file, it is the same configuration.
+    let (code, again, err) = hax(&["--check-config", "--config", &path]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(again, out);
 }
