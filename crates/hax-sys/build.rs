@@ -143,11 +143,8 @@ fn motr_backend(build: &mut cc::Build) {
         .file("csrc/glue_check.c")
         .flag("-std=gnu11")
         .flag("-isystem")
-        .flag(
-            motr.include
-                .to_str()
-                .expect("Motr include path is not UTF-8"),
-        )
+        // As an OsStr: an install prefix need not be UTF-8.
+        .flag(&motr.include)
         .flag("-include")
         .flag("config.h")
         .define("_REENTRANT", None)

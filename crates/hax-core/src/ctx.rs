@@ -227,9 +227,22 @@ impl Shared {
         v
     }
 
-    pub(crate) fn record_panic(&self, what: &str, msg: String) {
-        self.dead.store(true, Ordering::Release);
-        tracing::error!(callback = what, panic = %msg, "callback panicked; no further callbacks will run");
+    /// Records a panic caught at the C edge; [`crate::Halon::stop`] reports
+    /// the first one. With `stop_callbacks`, the callbacks value is not
+    /// called again: its view of the links may have lost an event, and the
+    /// reply objects' safe answers are all Motr needs from then on.
+    pub(crate) fn record_panic(&self, what: &str, msg: String, stop_callbacks: bool) {
+        if stop_callbacks {
+            self.dead.store(true, Ordering::Release);
+        }
+        // What panicked may be the tracing subscriber itself.
+        crate::trampoline::quietly(|| {
+            if stop_callbacks {
+                tracing::error!(callback = what, panic = %msg, "callback panicked; no further callbacks will run");
+            } else {
+                tracing::error!(callback = what, panic = %msg, "callback panicked");
+            }
+        });
         let mut slot = lock(&self.panic);
         if slot.is_none() {
             *slot = Some(format!("{what}: {msg}"));

@@ -14,6 +14,7 @@ use std::pin::Pin;
 use std::sync::{mpsc, Arc};
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use hax_sys as sys;
 use tokio::sync::oneshot;
@@ -27,7 +28,7 @@ use crate::fid::Fid;
 use crate::msg::{HaMsg, LinkId, Tag};
 use crate::raw;
 use crate::thread::MotrThread;
-use crate::trampoline::{self, Inner};
+use crate::trampoline::{self, quietly, Inner};
 
 /// What the halon interface is started with.
 #[derive(Clone, Debug)]
@@ -192,13 +193,91 @@ impl HaLink {
     }
 }
 
-/// A running halon interface. Dropping it stops it.
+/// How long dropping a [`Halon`] waits for its stop, unless
+/// [`Halon::set_drop_wait`] says otherwise.
+pub const DEFAULT_DROP_WAIT: Duration = Duration::from_secs(10);
+
+/// A running halon interface.
+///
+/// Dropping it stops it, but only [`Halon::stop`] waits as long as the stop
+/// takes and says how it went. `Drop` asks the lifecycle thread to stop, then:
+///
+/// - outside an async runtime, waits for the stop at most the drop wait
+///   ([`DEFAULT_DROP_WAIT`], or [`Halon::set_drop_wait`]);
+/// - on a thread of a tokio runtime (a worker, a `block_on`, or inside
+///   `spawn_blocking`), returns at once and leaves that wait to a thread of
+///   its own: the stop may need the runtime (a peer driven by it, a reply
+///   answered from a task), so blocking one of its threads can stall the
+///   stop with it.
+///
+/// When the wait passes its bound, a warning is logged and the stop goes on
+/// on hax-core's lifecycle thread, which nobody joins any more. Until that
+/// thread has finalised the interface, the callbacks value stays alive and
+/// may still be called; it is dropped on that thread afterwards. If the
+/// process exits first, the stop is cut short: Motr's peers see hax vanish
+/// rather than disconnect.
 #[must_use = "dropping a Halon stops it"]
 pub struct Halon<C: Callbacks> {
     shared: Arc<Shared>,
     inner: Arc<Inner<C>>,
-    lifecycle: Option<JoinHandle<StopReport>>,
+    lifecycle: Option<Lifecycle>,
     outcome: Option<(StopReport, Option<String>)>,
+    drop_wait: Duration,
+}
+
+/// The lifecycle thread, and word from it that it has ended.
+struct Lifecycle {
+    thread: JoinHandle<StopReport>,
+    ended: mpsc::Receiver<()>,
+}
+
+impl Lifecycle {
+    /// The report, once the thread has ended; `None` if it has not within
+    /// `bound`, in which case the thread is left to end on its own.
+    fn finish_within(self, bound: Duration) -> Option<StopReport> {
+        match self.ended.recv_timeout(bound) {
+            // Disconnected: the thread ended without a word, by a panic.
+            Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => Some(self.finish()),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+        }
+    }
+
+    fn finish(self) -> StopReport {
+        self.thread.join().unwrap_or_else(|_| {
+            tracing::error!("the lifecycle thread panicked");
+            StopReport::default()
+        })
+    }
+}
+
+/// True on a thread where blocking may hold up a tokio runtime.
+fn on_async_runtime() -> bool {
+    tokio::runtime::Handle::try_current().is_ok()
+}
+
+/// What `Drop` does after asking for the stop: waits at most `bound`, then
+/// says how the stop went, or that it goes on unwatched.
+fn wait_dropped(life: Lifecycle, shared: &Shared, bound: Duration) {
+    match life.finish_within(bound) {
+        Some(report) => match lock(&shared.panic).as_deref() {
+            Some(p) => quietly(
+                || tracing::warn!(panic = %p, "halon interface stopped on drop; a callback had panicked"),
+            ),
+            None => quietly(|| {
+                tracing::info!(
+                    violations = report.violations,
+                    would_hang = report.would_hang,
+                    "halon interface stopped on drop"
+                )
+            }),
+        },
+        None => quietly(|| {
+            tracing::warn!(
+                waited = ?bound,
+                "halon interface still stopping after the drop wait; it finishes on its own thread, unjoined"
+            )
+        }),
+    }
 }
 
 impl<C: Callbacks> std::fmt::Debug for Halon<C> {
@@ -206,6 +285,7 @@ impl<C: Callbacks> std::fmt::Debug for Halon<C> {
         f.debug_struct("Halon")
             .field("endpoint", &self.shared.local_endpoint)
             .field("running", &self.lifecycle.is_some())
+            .field("drop_wait", &self.drop_wait)
             .finish()
     }
 }
@@ -233,6 +313,7 @@ impl<C: Callbacks> Halon<C> {
         });
         let (ready_tx, ready_rx) = mpsc::channel();
         let (stop_tx, stop_rx) = mpsc::channel();
+        let (ended_tx, ended_rx) = mpsc::channel();
         *lock(&shared.stop_requests) = Some(stop_tx);
         let life_inner = Arc::clone(&inner);
         let lifecycle = std::thread::Builder::new()
@@ -246,15 +327,24 @@ impl<C: Callbacks> Halon<C> {
                     ha_service: raw::fid_to_raw(cfg.ha_service_fid),
                     rm_service: raw::fid_to_raw(cfg.rm_service_fid),
                 };
-                lifecycle(&life_inner, args, ready_tx, stop_rx)
+                let report = lifecycle(&life_inner, args, ready_tx, stop_rx);
+                // The callbacks go with this thread, not with whoever joins
+                // it (a Drop that stopped waiting joins nothing).
+                drop(life_inner);
+                let _ = ended_tx.send(());
+                report
             })
             .map_err(Error::Thread)?;
         match ready_rx.recv() {
             Ok(Ok(())) => Ok(Halon {
                 shared,
                 inner,
-                lifecycle: Some(lifecycle),
+                lifecycle: Some(Lifecycle {
+                    thread: lifecycle,
+                    ended: ended_rx,
+                }),
                 outcome: None,
+                drop_wait: DEFAULT_DROP_WAIT,
             }),
             Ok(Err(e)) => {
                 let _ = lifecycle.join();
@@ -285,6 +375,12 @@ impl<C: Callbacks> Halon<C> {
         &self.inner.cb
     }
 
+    /// How long dropping this value waits for the stop (see [`Halon`]);
+    /// [`DEFAULT_DROP_WAIT`] unless set.
+    pub fn set_drop_wait(&mut self, wait: Duration) {
+        self.drop_wait = wait;
+    }
+
     /// What the finished stop found, also when it returned an error.
     pub fn report(&self) -> Option<StopReport> {
         self.outcome.as_ref().map(|(r, _)| r.clone())
@@ -296,14 +392,9 @@ impl<C: Callbacks> Halon<C> {
     /// and returns the same result. `Err(CallbackPanicked)` if a callback
     /// panicked during the run.
     pub fn stop(&mut self) -> Result<StopReport> {
-        if let Some(handle) = self.lifecycle.take() {
-            if let Some(tx) = lock(&self.shared.stop_requests).take() {
-                let _ = tx.send(());
-            }
-            let report = handle.join().unwrap_or_else(|_| {
-                tracing::error!("the lifecycle thread panicked");
-                StopReport::default()
-            });
+        if let Some(life) = self.lifecycle.take() {
+            self.request_stop();
+            let report = life.finish();
             let panic = lock(&self.shared.panic).clone();
             self.outcome = Some((report, panic));
         }
@@ -315,12 +406,33 @@ impl<C: Callbacks> Halon<C> {
     }
 }
 
+impl<C: Callbacks> Halon<C> {
+    fn request_stop(&self) {
+        if let Some(tx) = lock(&self.shared.stop_requests).take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
 impl<C: Callbacks> Drop for Halon<C> {
     fn drop(&mut self) {
-        if self.lifecycle.is_some() {
-            if let Err(e) = self.stop() {
-                tracing::warn!(error = %e, "halon interface stopped on drop");
-            }
+        let Some(life) = self.lifecycle.take() else {
+            return;
+        };
+        self.request_stop();
+        let (shared, bound) = (Arc::clone(&self.shared), self.drop_wait);
+        if !on_async_runtime() {
+            return wait_dropped(life, &shared, bound);
+        }
+        let waiter = std::thread::Builder::new()
+            .name("hax-motr-drop".into())
+            .spawn(move || wait_dropped(life, &shared, bound));
+        if let Err(e) = waiter {
+            // The closure, and with it the join handle, is gone: the stop
+            // goes on unwatched, as when the wait passes its bound.
+            quietly(
+                || tracing::warn!(error = %e, "no thread to wait for the stop on drop; it finishes unwatched"),
+            );
         }
     }
 }

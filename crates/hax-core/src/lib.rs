@@ -36,6 +36,6 @@ pub use client::{
 pub use ctx::{Ctx, Outcome};
 pub use entrypoint::{Confd, EntrypointReply, EntrypointRequest, LinkInfo};
 pub use error::{ConvertError, Error, GlueCode, Result};
-pub use halon::{Completion, HaLink, Halon, HalonConfig, StopReport, Tracked};
+pub use halon::{Completion, HaLink, Halon, HalonConfig, StopReport, Tracked, DEFAULT_DROP_WAIT};
 pub use reply::{Delivery, Disconnect, EntrypointResponder, FailvecRequest, NvecGet, EAGAIN};
 pub use thread::MotrThread;

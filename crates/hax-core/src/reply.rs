@@ -18,6 +18,7 @@ use crate::msg::{
     NOTES_MAX,
 };
 use crate::state::HaState;
+use crate::trampoline::quietly;
 
 /// `EAGAIN`: the answer to an entrypoint request hax cannot serve yet; the
 /// requester asks again.
@@ -25,7 +26,7 @@ pub const EAGAIN: i32 = 11;
 
 fn log_failure(what: &'static str, r: Result<()>) {
     if let Err(e) = r {
-        tracing::warn!(error = %e, "{what} failed");
+        quietly(|| tracing::warn!(error = %e, "{what} failed"));
     }
 }
 
@@ -84,7 +85,9 @@ impl Delivery {
 impl Drop for Delivery {
     fn drop(&mut self) {
         if !self.done {
-            tracing::warn!(link = %self.link, tag = %self.tag, "message dropped undelivered; delivering it");
+            quietly(
+                || tracing::warn!(link = %self.link, tag = %self.tag, "message dropped undelivered; delivering it"),
+            );
             self.queue();
         }
     }
@@ -152,7 +155,9 @@ impl EntrypointResponder {
 impl Drop for EntrypointResponder {
     fn drop(&mut self) {
         if !self.done {
-            tracing::warn!(req_id = %self.req_id, "entrypoint request dropped unanswered; answering EAGAIN");
+            quietly(
+                || tracing::warn!(req_id = %self.req_id, "entrypoint request dropped unanswered; answering EAGAIN"),
+            );
             self.queue(Err(EAGAIN));
         }
     }
@@ -249,7 +254,9 @@ impl NvecGet {
 impl Drop for NvecGet {
     fn drop(&mut self) {
         if !self.done {
-            tracing::warn!(link = %self.link, id = self.id_of_get, "NVEC GET dropped unanswered; answering TRANSIENT");
+            quietly(
+                || tracing::warn!(link = %self.link, id = self.id_of_get, "NVEC GET dropped unanswered; answering TRANSIENT"),
+            );
             let msg = self.reply_msg(|_| HaState::Transient);
             self.queue(msg);
         }
@@ -329,7 +336,9 @@ impl FailvecRequest {
 impl Drop for FailvecRequest {
     fn drop(&mut self) {
         if !self.done {
-            tracing::warn!(link = %self.link, pool = %self.pool, "failure vector request dropped unanswered; answering an empty vector");
+            quietly(
+                || tracing::warn!(link = %self.link, pool = %self.pool, "failure vector request dropped unanswered; answering an empty vector"),
+            );
             if let Ok(msg) = self.reply_msg(self.pool, Vec::new()) {
                 self.queue(msg);
             }
@@ -387,7 +396,7 @@ impl Disconnect {
 impl Drop for Disconnect {
     fn drop(&mut self) {
         if !self.done {
-            tracing::debug!(link = %self.link, "disconnect dropped; disconnecting");
+            quietly(|| tracing::debug!(link = %self.link, "disconnect dropped; disconnecting"));
             self.queue();
         }
     }
