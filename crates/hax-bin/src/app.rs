@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use hax_consul::writer::{KvWriter, WriterConfig};
 use hax_ha::broadcast::Broadcaster;
 use hax_ha::inbound::bq::{self, BqConfig, BqProcessor};
 use hax_ha::inbound::watches::WatchHandlers;
@@ -30,7 +31,6 @@ use hax_ha::motr::keepalive::{self, KeepaliveConfig, KeepaliveInbox};
 use hax_ha::pipeline::{EventPipeline, EventsConfig};
 use hax_ha::view::identity;
 use hax_ha::view::{ClusterView, ViewConfig};
-use hax_ha::writer::{KvWriter, WriterConfig};
 
 /// Why the daemon could not run.
 #[derive(Debug, thiserror::Error)]

@@ -14,6 +14,7 @@ pub mod server;
 pub mod session;
 pub mod txn;
 pub mod watch;
+pub mod writer;
 
 pub use client::{AclToken, ConsulClient, ConsulConfig, Indexed, QueryOptions, RetryPolicy};
 pub use error::{ConsulError, TxnOpError};

@@ -12,7 +12,7 @@
 //! | [`leader`] | the RC leader's periodic work: statistics |
 //! | [`http`] | the HTTP API |
 //! | [`metrics`] | the daemon's counters |
-//! | [`writer`] | the Consul write path |
+
 //!
 //! A daemon (`hax-bin`) wires them together; nothing here owns global state
 //! or ends the process.
@@ -27,4 +27,3 @@ pub mod model;
 pub mod motr;
 pub mod pipeline;
 pub mod view;
-pub mod writer;

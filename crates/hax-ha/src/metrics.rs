@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
-use crate::writer::WriterMetrics;
+use hax_consul::writer::WriterMetrics;
 
 /// HA message types, in `m0_ha_msg_type` order, for per-type counters.
 pub const MSG_TYPES: [&str; 12] = [

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use hax_consul::catalog::CheckStatus;
 use hax_consul::schema::{HaxKv, ProcessState, ProcessType, QueueKind, QueueMessage};
+use hax_consul::writer::{KvWriter, WriterConfig};
 use hax_core::{HaState, Halon};
 use hax_ha::broadcast::{wait_for_outcomes, Broadcaster};
 use hax_ha::inbound::failures::{commit_process_failure, plan_process_failure};
@@ -14,7 +15,6 @@ use hax_ha::model::broadcast::BroadcastOptions;
 use hax_ha::model::vocab::fid_text;
 use hax_ha::model::{HaUpdate, ObjHealth};
 use hax_ha::view::{ClusterView, ViewConfig};
-use hax_ha::writer::{KvWriter, WriterConfig};
 use hax_testkit::dev_agent::DevAgent;
 use support::sample::{self, Sample};
 use tokio_util::sync::CancellationToken;

@@ -10,13 +10,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hax_consul::schema::HaxKv;
+use hax_consul::writer::{KvWriter, WriterConfig};
 use hax_core::{Confd, EntrypointReply, Halon, ProcessEventKind};
 use hax_ha::broadcast::Broadcaster;
 use hax_ha::metrics::Metrics;
 use hax_ha::motr::bridge::Bridge;
 use hax_ha::motr::rconfc::{ConfdEvent, ConfdEvents, ConfdsDown};
 use hax_ha::pipeline::{EventPipeline, EventsConfig};
-use hax_ha::writer::{KvWriter, WriterConfig};
 use hax_sim::{SimConfig, SimProcess};
 use support::sample::Sample;
 use tokio::sync::{mpsc, watch};

@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use hax_consul::queue::{QueueEntry, QueuePublisher};
 use hax_consul::schema::{QueueKind, QueueMessage};
+use hax_consul::writer::{
+    Ack, AckWaiter, KvWriter, TrySubmitError, WriteError, WriteOp, WriterConfig,
+};
 use hax_consul::{ConsulClient, ConsulConfig};
-use hax_ha::writer::{Ack, AckWaiter, KvWriter, TrySubmitError, WriteError, WriteOp, WriterConfig};
 use hax_testkit::dev_agent::{AgentMode, DevAgent};
 use tokio::time::Instant;
 

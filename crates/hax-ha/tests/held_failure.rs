@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hax_consul::schema::HaxKv;
+use hax_consul::writer::{KvWriter, WriterConfig};
 use hax_core::{
     EntrypointReply, Fid, HaLink, HaMsgData, HaState, Halon, LinkId, NvecKind, ProcessEventKind,
 };
@@ -17,7 +18,6 @@ use hax_ha::metrics::Metrics;
 use hax_ha::motr::bridge::Bridge;
 use hax_ha::motr::fencing::{HeldMetrics, LinkWatch};
 use hax_ha::pipeline::{EventPipeline, EventsConfig};
-use hax_ha::writer::{KvWriter, WriterConfig};
 use hax_sim::{SimConfig, SimProcess};
 use hax_testkit::dev_agent::DevAgent;
 use support::sample::Sample;

@@ -21,7 +21,7 @@ use crate::model::vocab::process_fid;
 use crate::model::{HaUpdate, ObjHealth};
 use crate::view::health::NodeChecks;
 use crate::view::ClusterState;
-use crate::writer::{Ack, KvWriter, WriteError, WriteOp};
+use hax_consul::writer::{Ack, KvWriter, WriteError, WriteOp};
 
 /// The HA updates a `service` watch payload reports (the original's
 /// `to_ha_states`): for each entry the status starts OK and turns OFFLINE at

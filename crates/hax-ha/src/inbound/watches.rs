@@ -17,7 +17,7 @@ use crate::metrics::Metrics;
 use crate::model::broadcast::{Broadcast, BroadcastOptions};
 use crate::model::{HaUpdate, ObjHealth};
 use crate::view::{ClusterState, ClusterView};
-use crate::writer::KvWriter;
+use hax_consul::writer::KvWriter;
 
 /// How long a watch update reporting a failure waits for the cluster view to
 /// show it.

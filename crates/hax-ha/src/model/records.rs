@@ -12,7 +12,7 @@ use hax_core::Fid;
 use crate::model::civil::CivilTime;
 use crate::model::vocab::fid_text;
 use crate::model::StobIoqError;
-use crate::writer::{WriteError, WriteOp};
+use hax_consul::writer::{WriteError, WriteOp};
 
 /// The payload of the EQ `stob-ioq` event (the original's `StobIoqError`
 /// JSON).

@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::Metrics;
 use crate::model::civil::CivilTime;
 use crate::model::vocab::fid_text;
-use crate::writer::{KvWriter, TrySubmitError, WriteOp};
+use hax_consul::writer::{KvWriter, TrySubmitError, WriteOp};
 
 /// Missed rounds in a row after which a process is not responding.
 pub const MISS_LIMIT: u32 = 3;

@@ -62,7 +62,7 @@ use crate::model::{
 };
 use crate::motr::fencing::{HeldFailures, HeldMetrics, LinkWatch, HA_DISCONNECT_TIMEOUT};
 use crate::motr::rconfc::{ConfdEvent, ConfdEvents};
-use crate::writer::{Ack, AckWaiter, KvWriter, WriteOp};
+use hax_consul::writer::{Ack, AckWaiter, KvWriter, WriteOp};
 
 // ---------------------------------------------------------------------------
 // What the pipeline needs from the rest of the daemon
@@ -293,7 +293,7 @@ impl<B: Broadcast, C: ClusterFacts> EventPipeline<B, C> {
                 event,
                 delivery,
             } => {
-                self.on_process(link, fid, event, Ack::delivery(delivery))
+                self.on_process(link, fid, event, delivery_ack(delivery))
                     .await
             }
             MotrEvent::Service {
@@ -313,7 +313,7 @@ impl<B: Broadcast, C: ClusterFacts> EventPipeline<B, C> {
                 error,
                 delivery,
             } => {
-                self.on_stob_ioq(link, fid, &error, Ack::delivery(delivery))
+                self.on_stob_ioq(link, fid, &error, delivery_ack(delivery))
                     .await
             }
             MotrEvent::NvecSet {
@@ -789,6 +789,19 @@ fn route_key(ev: &MotrEvent) -> u64 {
     }
 }
 
+/// An ack that delivers a received Motr message once the write is durable.
+/// A write that failed for good is delivered too, with a warning: Motr
+/// cannot be told anything else, and keeping it would only make the peer
+/// resend the same message to the same failure.
+fn delivery_ack(delivery: hax_core::Delivery) -> Ack {
+    Ack::new(move |outcome| {
+        if let Err(e) = &outcome {
+            tracing::warn!(link = %delivery.link(), tag = %delivery.tag(), error = %e, "delivering a message whose Consul write failed");
+        }
+        delivery.deliver();
+    })
+}
+
 /// Recording fakes of what the pipeline calls, for the unit tests of this
 /// module and of the BQ consumer.
 #[cfg(test)]
@@ -950,7 +963,7 @@ mod tests {
     use hax_testkit::dev_agent::{AgentMode, DevAgent};
 
     use super::testing::{process, Facts, Recorder};
-    use crate::writer::WriterConfig;
+    use hax_consul::writer::WriterConfig;
 
     const HAX: u64 = 0x10;
     const CONFD: u64 = 0x11;
