@@ -12,7 +12,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::routing::get;
 use hax_consul::schema::HaxKv;
 use hax_consul::server::{self, AppState, ResyncTarget, ServerConfig, WatchUpdate};
 use hax_consul::{AclToken, ConsulClient, ConsulConfig};
@@ -23,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use hax_consul::writer::{KvWriter, WriterConfig};
 use hax_ha::broadcast::Broadcaster;
+use hax_ha::http::metrics::MetricsSources;
 use hax_ha::inbound::bq::{self, BqConfig, BqProcessor};
 use hax_ha::inbound::watches::WatchHandlers;
 use hax_ha::metrics::Metrics;
@@ -280,7 +280,6 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
         ops_stop,
     );
     let api = hax_ha::http::ApiState::new(kv.clone(), view.clone(), motr, http_token.clone());
-    let api_metrics = api.metrics();
 
     // The HTTP server.
     let server_cfg = ServerConfig {
@@ -295,41 +294,22 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
             addr: cfg.http.bind,
             source,
         })?;
-    let http_metrics = Arc::clone(&metrics);
-    let writer_metrics = writer.metrics();
-    let bq_metrics = processor_metrics;
-    let event_metrics = pipeline.metrics();
-    let held_metrics = pipeline.held_metrics();
     let app_state = AppState::new(updates_tx.clone(), server_cfg).with_bq_floor(bq_floor);
-    let router = server::router(app_state)
-        .route(
-            "/metrics",
-            get(move || {
-                let m = Arc::clone(&http_metrics);
-                let (w, b, e) = (
-                    Arc::clone(&writer_metrics),
-                    Arc::clone(&bq_metrics),
-                    Arc::clone(&event_metrics),
-                );
-                let (api_m, stats_m) = (Arc::clone(&api_metrics), Arc::clone(&stats_metrics));
-                let held_m = Arc::clone(&held_metrics);
-                let depth = queue_probe
-                    .upgrade()
-                    .map_or(0, |tx| tx.max_capacity() - tx.capacity());
-                async move {
-                    m.events_queued.store(
-                        i64::try_from(depth).unwrap_or(i64::MAX),
-                        std::sync::atomic::Ordering::Relaxed,
-                    );
-                    let mut text = m.render_all(&w, &b, &e);
-                    api_m.render(&mut text);
-                    stats_m.render(&mut text);
-                    held_m.render(&mut text);
-                    text
-                }
-            }),
-        )
-        .merge(hax_ha::http::router(api));
+    let metrics_sources = MetricsSources {
+        daemon: Arc::clone(&metrics),
+        writer: writer.metrics(),
+        bq: processor_metrics,
+        events: pipeline.metrics(),
+        api: api.metrics(),
+        stats: Arc::clone(&stats_metrics),
+        held: pipeline.held_metrics(),
+        queue_depth: Arc::new(move || {
+            queue_probe
+                .upgrade()
+                .map_or(0, |tx| tx.max_capacity() - tx.capacity())
+        }),
+    };
+    let router = hax_ha::http::daemon_router(app_state, api, metrics_sources);
     let http_cancel = tasks.child_token();
     let http_task = tokio::spawn({
         let cancel = http_cancel.clone();

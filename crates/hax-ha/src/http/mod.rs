@@ -17,6 +17,7 @@
 //! need it; the GET routes only read.
 
 pub mod events;
+pub mod metrics;
 pub mod sns;
 pub mod status;
 
@@ -27,7 +28,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -261,30 +262,18 @@ async fn require_token(State(state): State<ApiState>, req: Request, next: Next) 
     }
 }
 
-/// The route a path of these routes matched, as metrics name it (an SNS
-/// operation by its pattern, so that request paths cannot make labels).
-fn route_label(path: &str) -> &'static str {
-    const FIXED: [&str; 6] = [
-        "/api/v1/sns/repair-status",
-        "/api/v1/sns/rebalance-status",
-        "/v1/cluster/status",
-        "/v1/cluster/status/bytecount",
-        "/v1/events/subscribe",
-        "/v1/events/unsubscribe",
-    ];
-    FIXED
-        .into_iter()
-        .find(|r| *r == path)
-        .unwrap_or("/api/v1/sns/{operation}")
-}
-
 async fn observe(State(state): State<ApiState>, req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let route = route_label(&path);
+    // The route as declared, so that counters do not grow per fid or
+    // operation name.
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| path.clone(), |m| m.as_str().to_owned());
     let response = next.run(req).await;
     let status = response.status();
-    state.metrics.count(route, status);
+    state.metrics.count(&route, status);
     if status.is_server_error() {
         tracing::error!(%method, %path, %status, "API request failed");
     } else if status.is_client_error() {
@@ -298,6 +287,25 @@ async fn observe(State(state): State<ApiState>, req: Request, next: Next) -> Res
 }
 
 /// The API routes, to merge into the daemon's router.
+/// The daemon's one router: the Consul watch routes of
+/// [`hax_consul::server::router`], the API and `/metrics`.
+pub fn daemon_router(
+    watches: hax_consul::server::AppState,
+    api: ApiState,
+    metrics: metrics::MetricsSources,
+) -> Router {
+    hax_consul::server::router(watches)
+        .route(
+            "/metrics",
+            get(move || {
+                let m = metrics.clone();
+                async move { m.render() }
+            }),
+        )
+        .merge(router(api))
+}
+
+/// The API's routes.
 pub fn router(state: ApiState) -> Router {
     let writes = Router::new()
         .route("/api/v1/sns/{operation}", post(sns::post_operation))
@@ -333,19 +341,6 @@ mod tests {
         assert_eq!((e.status, e.kind), (StatusCode::BAD_REQUEST, "bad_json"));
         let e = json_object(b"").unwrap_err();
         assert_eq!(e.kind, "bad_json");
-    }
-
-    #[test]
-    fn route_labels() {
-        assert_eq!(route_label("/v1/cluster/status"), "/v1/cluster/status");
-        assert_eq!(
-            route_label("/api/v1/sns/repair-start"),
-            "/api/v1/sns/{operation}"
-        );
-        assert_eq!(
-            route_label("/api/v1/sns/rebalance-status"),
-            "/api/v1/sns/rebalance-status"
-        );
     }
 
     #[test]
