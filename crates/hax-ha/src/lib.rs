@@ -8,7 +8,7 @@
 //! | [`pipeline`] | the event pipeline: what hax does with each message a process sends |
 //! | [`broadcast`] | HA state broadcasts to the linked processes |
 //! | [`view`] | the cluster as hax knows it: configuration, states, health, entrypoint replies, identity |
-//! | [`inbound`] | what comes from Consul: the broadcast queue and its trimming |
+//! | [`inbound`] | what comes from Consul: watch updates, the broadcast queue and its trimming, reported failures |
 //! | [`leader`] | the RC leader's periodic work: statistics |
 //! | [`http`] | the HTTP API |
 //! | [`metrics`] | the daemon's counters |

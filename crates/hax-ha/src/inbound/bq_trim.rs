@@ -6,8 +6,8 @@
 //! RC leader deletes, every period, the entries every node has consumed
 //! and, so that a node down for long cannot hold the queue, for a node whose
 //! offset has not moved for `bq_stalled_after_ms` all but the newest
-//! `bq_retain` entries ([`QueueTrimmer`]; settings in
-//! [`LimitsSection`](crate::config::LimitsSection)). A node that is only
+//! `bq_retain` entries ([`QueueTrimmer`]; the daemon's `[limits]`
+//! settings). A node that is only
 //! slow loses nothing. Only the leader trims, so two trimmers never
 //! walk the same range; when leadership moves, the new leader starts by
 //! finding the oldest entry left.

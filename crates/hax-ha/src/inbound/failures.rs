@@ -7,8 +7,8 @@
 //!
 //! Planning is a pure function of a [`ClusterState`]; its effects come back as
 //! data ([`ProcessFailurePlan`]) so that the daemon decides when they happen.
-//! The original serialises this per process with in-process locks; in hax the
-//! daemon's pipeline runs it in its ordered lane, so nothing here locks.
+//! The original serialises this per process with in-process locks; in hax one
+//! task handles the watch updates in order ([`crate::inbound::watches`]), so nothing here locks.
 
 use hax_consul::catalog::{CheckStatus, ServiceEntry};
 use hax_consul::schema::{ProcessState, ProcessStatus, ProcessType, QueueKind};
