@@ -3,7 +3,7 @@
 //! enclosures they imply) and the configuration-tree states written to
 //! Consul, then sent to the links and tracked to delivered / not delivered.
 //!
-//! Planning ([`plan_broadcast`]) is a pure function of a [`ClusterState`],
+//! Planning ([`plan_broadcast`]) is a pure function of a [`ClusterState`](crate::view::ClusterState),
 //! the updates and the [`BroadcastOptions`]: it gives the notes, the
 //! `m0conf/` state writes and the links to send to ([`BroadcastPlan`]).
 //! Execution ([`Broadcaster`]) writes the states, makes them visible in the

@@ -238,7 +238,7 @@ impl<B: Broadcast, C: ClusterFacts> EventPipeline<B, C> {
     /// with [`KvWriter::shutdown`] after this task ends). While Consul is
     /// down and the writer is full, lanes wait for room; [`KvWriter::close`]
     /// releases them (their writes then fail with
-    /// [`WriteError::Closed`] and their messages are delivered), so a
+    /// [`WriteError::Closed`](hax_consul::writer::WriteError::Closed) and their messages are delivered), so a
     /// shutdown that cannot wait longer closes the writer first.
     pub fn spawn(
         &self,
