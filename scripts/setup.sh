@@ -31,4 +31,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 "$repo_root/scripts/install-consul.sh" >/dev/null
+# Motr for the real-Motr tests, when its build is next to the repository
+# (../shared/motr); says on stderr when it is not.
+"$repo_root/scripts/install-motr.sh"
 log "ready"

@@ -1,5 +1,6 @@
 //! SIGTERM during traffic: every link goes through the disconnect
-//! handshake, what hax confirmed is recorded, hax exits 0.
+//! handshake, what hax confirmed is recorded, hax exits 0. SIGINT stops hax
+//! the same way; a second signal exits at once.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -9,6 +10,13 @@ use hax_consul::schema::ProcessState;
 use hax_core::{Fid, ProcessEventKind};
 use hax_e2e::{assert_no_violations, recorded_as, wait_for, Env, Options, T};
 use hax_sim::{LinkState, SimProcess};
+use nix::sys::signal::Signal;
+
+/// Sends `sig` to hax.
+fn signal(env: &Env, sig: Signal) {
+    let pid = i32::try_from(env.hax_pid()).expect("pid");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).expect("signal sent");
+}
 
 /// A hax stopped by SIGTERM while every peer sends process events.
 struct Stopped {
@@ -207,4 +215,80 @@ async fn sigterm_confirms_only_recorded_events() {
         late += confirmed_unrecorded;
     }
     assert_eq!(late, 0, "events confirmed but not recorded");
+}
+
+/// SIGINT stops hax as SIGTERM does: its peer's link through the disconnect
+/// handshake, the stop in order, exit 0. hax takes both signals on a thread
+/// of its own with every thread blocking them (docs/motr.md, "Signals").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_is_graceful() {
+    let mut env = Env::start(Options::default()).await;
+    let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let mut cfg = env.peer_config(0);
+    cfg.events = Some(tx);
+    let peer = SimProcess::connect(cfg).await.expect("peer connected");
+    let link = peer.link_id();
+
+    signal(&env, Signal::SIGINT);
+    let status = env.wait_exit(Duration::from_secs(30)).await;
+    assert!(status.success(), "exit status {status}");
+    wait_for("the peer to see its connection end", T, || async {
+        matches!(peer.state(), LinkState::Disconnected | LinkState::Fenced).then_some(())
+    })
+    .await;
+    peer.close();
+    let mut nolink = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        if let hax_sim::SimEventKind::NoLink { link_id } = e.kind {
+            nolink.push(link_id);
+        }
+    }
+    assert_eq!(nolink, [link], "the peer is told NOLINK for its link");
+    assert_no_violations(std::slice::from_ref(&peer));
+
+    let run = 1;
+    let received = env.log_messages(
+        run,
+        "signal received: stopping (a second signal exits at once)",
+    );
+    assert_eq!(received.len(), 1, "{received:?}");
+    assert_eq!(received[0]["signal"], "SIGINT");
+    let position = |m: &str| {
+        env.log_position(run, |l| l["message"] == m)
+            .unwrap_or_else(|| panic!("no {m:?} in the log"))
+    };
+    let order = [
+        position("signal received: stopping (a second signal exits at once)"),
+        position("halon stopped"),
+        position("consul writes finished"),
+    ];
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
+    assert_eq!(env.log_messages(run, "halon stopped")[0]["violations"], 0);
+}
+
+/// A second signal during the stop exits at once, with status 130. SIGTERM
+/// then SIGINT: two different signals are both kept pending (a second
+/// SIGTERM sent before hax took the first would merge with it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once() {
+    let mut env = Env::start(Options::default()).await;
+    let _peers = env.connect_started(1).await;
+
+    signal(&env, Signal::SIGTERM);
+    signal(&env, Signal::SIGINT);
+    let status = env.wait_exit(Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(130), "exit status {status}");
+    let run = 1;
+    let first = env.log_messages(
+        run,
+        "signal received: stopping (a second signal exits at once)",
+    );
+    let second = env.log_messages(run, "second signal: exiting now");
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(second.len(), 1, "{second:?}");
+    // Both may be pending when hax takes the first, and the lower-numbered
+    // pending signal comes first: either order.
+    let mut taken = [&first[0]["signal"], &second[0]["signal"]];
+    taken.sort_by_key(|s| s.as_str());
+    assert_eq!(taken, ["SIGINT", "SIGTERM"]);
 }

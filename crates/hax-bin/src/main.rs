@@ -2,13 +2,22 @@
 //! logging, and runs [`hax_bin::app::run`] until SIGTERM or SIGINT; a second
 //! signal exits at once.
 
+mod signals;
+
 use std::process::ExitCode;
 
 use hax_bin::cli::Args;
-use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
+    // Before anything can start a thread: every thread must inherit the mask.
+    let blocked = match signals::block() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("hax: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let args = Args::from_env();
     let cfg = match args.config() {
         Ok(c) => c,
@@ -24,6 +33,25 @@ fn main() -> ExitCode {
         eprintln!("hax: {e}");
         return ExitCode::from(2);
     }
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    let waiter = blocked.spawn_waiter(
+        move |sig| {
+            tracing::info!(
+                signal = sig.as_str(),
+                "signal received: stopping (a second signal exits at once)"
+            );
+            token.cancel();
+        },
+        |sig| {
+            tracing::warn!(signal = sig.as_str(), "second signal: exiting now");
+            std::process::exit(130);
+        },
+    );
+    if let Err(e) = waiter {
+        eprintln!("hax: cannot start the signal thread: {e}");
+        return ExitCode::FAILURE;
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("hax-rt")
@@ -36,28 +64,6 @@ fn main() -> ExitCode {
         }
     };
     let result = rt.block_on(async {
-        let shutdown = CancellationToken::new();
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            return Err("cannot install signal handlers".to_owned());
-        };
-        let token = shutdown.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            tracing::info!("signal received: stopping (a second signal exits at once)");
-            token.cancel();
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            tracing::warn!("second signal: exiting now");
-            std::process::exit(130);
-        });
         hax_bin::app::run(cfg, shutdown)
             .await
             .map_err(|e| e.to_string())

@@ -1,4 +1,5 @@
-//! What the tests against a real `m0d` share (hax-bin's too, by path): finding Motr's tools, free
+//! What the tests against a real `m0d` share (hax-bin's too, by path): finding Motr's tools (or
+//! failing, saying why: a real-Motr test never passes without running), free
 //! endpoints, a one-process configuration and the entrypoint reply naming
 //! its services, `m0mkfs`/`m0d` arguments, child processes that are killed
 //! when dropped, and a log of what hax's callbacks saw.
@@ -13,24 +14,49 @@ use std::time::{Duration, Instant};
 
 use hax_core::{Confd, EntrypointReply, Fid, FidType};
 
+/// `HAX_REQUIRE_MOTR=1` (CI with Motr installed) makes a real-Motr test that
+/// cannot run fail rather than be ignored: built without `--features motr`,
+/// the tests would be ignored, so the build stops instead.
+#[cfg(not(feature = "motr"))]
+const _: () = assert!(
+    !matches!(option_env!("HAX_REQUIRE_MOTR"), Some(v) if matches!(v.as_bytes(), [b'1'])),
+    "HAX_REQUIRE_MOTR=1: the real-Motr tests need `--features motr` (docs/motr.md)"
+);
+
 /// `m0mkfs` and `m0d` of the installed Motr.
 pub struct Tools {
     pub m0mkfs: PathBuf,
     pub m0d: PathBuf,
 }
 
-/// The tools, or why the test is skipped: the crate under test built
-/// without `--features motr`, `MOTR_PREFIX` unset, or a tool missing.
-pub fn tools() -> Result<Tools, String> {
-    Ok(Tools {
-        m0mkfs: installed("m0mkfs")?,
-        m0d: installed("m0d")?,
-    })
+/// The tools; a test built with `--features motr` that cannot find them
+/// fails, saying why (`MOTR_PREFIX` unset, or a tool missing).
+pub fn tools() -> Tools {
+    Tools {
+        m0mkfs: installed("m0mkfs"),
+        m0d: installed("m0d"),
+    }
 }
 
-/// The Motr program `name` (in `sbin` or `bin` of `MOTR_PREFIX`), or why
-/// the test is skipped.
-pub fn installed(name: &str) -> Result<PathBuf, String> {
+/// The Motr program `name` (in `sbin` or `bin` of the Motr prefix), or a
+/// failure saying why it cannot be found.
+pub fn installed(name: &str) -> PathBuf {
+    find(name).unwrap_or_else(|why| panic!("this real-Motr test cannot run: {why}"))
+}
+
+/// The Motr prefix: `MOTR_PREFIX` of the run, else the one the test was
+/// built with (the build found libmotr there).
+fn prefix() -> Result<PathBuf, String> {
+    std::env::var_os("MOTR_PREFIX")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .or(option_env!("MOTR_PREFIX")
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from))
+        .ok_or_else(|| "MOTR_PREFIX is not set (it names the prefix of an installed Motr)".into())
+}
+
+fn find(name: &str) -> Result<PathBuf, String> {
     if !cfg!(feature = "motr") {
         return Err(concat!(
             env!("CARGO_PKG_NAME"),
@@ -38,16 +64,14 @@ pub fn installed(name: &str) -> Result<PathBuf, String> {
         )
         .into());
     }
-    let prefix = std::env::var_os("MOTR_PREFIX")
-        .filter(|p| !p.is_empty())
-        .ok_or("MOTR_PREFIX is not set (it names the prefix of an installed Motr)")?;
+    let prefix = prefix()?;
     ["sbin", "bin"]
         .iter()
-        .map(|d| Path::new(&prefix).join(d).join(name))
+        .map(|d| prefix.join(d).join(name))
         .find(|p| p.exists())
         .ok_or(format!(
             "{name} is not installed under {}",
-            prefix.to_string_lossy()
+            prefix.display()
         ))
 }
 
