@@ -61,7 +61,7 @@ CARGO_TARGET_DIR="$repo_root/target/motr" MOTR_PREFIX="$motr_prefix" HAX_REQUIRE
 
 # One line per test binary, then the totals. A test ignored here is one that
 # runs on the emulator backend only (each says why).
-awk -v secs="$((SECONDS - start))" -v log="$log" '
+awk -v secs="$((SECONDS - start))" -v logfile="$log" '
     /^ *Running tests\/motr_.*\.rs/ { bin = $2; sub(/^tests\//, "", bin); sub(/\.rs$/, "", bin) }
     /^test .* \.\.\. ignored/ { sub(/^test /, ""); ign = ign "\n    ignored: " $0 }
     /^test result:/ {
@@ -73,7 +73,7 @@ awk -v secs="$((SECONDS - start))" -v log="$log" '
     }
     END {
         printf "test: real-Motr tests: %d ran, %d passed, %d failed, %d ignored, in %d test binaries, %d s (build included); log %s%s\n",
-            passed + failed, passed, failed, ignored, bins, secs, log, ign
+            passed + failed, passed, failed, ignored, bins, secs, logfile, ign
     }
 ' "$log" >&2
 if [ "$status" -ne 0 ]; then
