@@ -232,9 +232,18 @@ pub mod keys {
         format!("{CONF_POOLS_PREFIX}{fid}")
     }
 
+    /// The top-level `<base fid>` keys (`0x...`), whose values are the full
+    /// fids of processes and services with a dynamic key part.
+    pub const DYNAMIC_FIDS_PREFIX: &str = "0x";
+    /// `consul/node/` (host name → Consul node name)
+    pub const CONSUL_NODES_PREFIX: &str = "consul/node/";
+
     /// `consul/node/<hostname>`
     pub fn consul_node(hostname: &str) -> Result<String> {
-        Ok(format!("consul/node/{}", segment("hostname", hostname)?))
+        Ok(format!(
+            "{CONSUL_NODES_PREFIX}{}",
+            segment("hostname", hostname)?
+        ))
     }
 
     /// `processes/<fid>`

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use hax_consul::catalog::CatalogService;
-use hax_consul::schema::ConfTree;
+use hax_consul::schema::{keys, ConfTree};
 use hax_consul::watch::{self, CatalogServiceSource, WatchConfig, Watcher};
 use hax_consul::{ConsulClient, KvPair};
 use hax_core::{Confd, EntrypointReply, Fid, FidType};
@@ -106,14 +106,14 @@ pub fn spawn(client: ConsulClient, cancel: &CancellationToken) -> EntrypointSnap
     let (tx, rx) = tokio_watch::channel(None);
     let cancel = cancel.child_token();
     let cfg = WatchConfig::default();
-    let leader = watch::watch_key(client.clone(), "leader", cfg, &cancel);
+    let leader = watch::watch_key(client.clone(), keys::LEADER, cfg, &cancel);
     let confds = Watcher::spawn(
         client.clone(),
         CatalogServiceSource("confd".into()),
         cfg,
         &cancel,
     );
-    let conf = watch::watch_prefix(client.clone(), "m0conf/", cfg, &cancel);
+    let conf = watch::watch_prefix(client.clone(), keys::CONF_PREFIX, cfg, &cancel);
     tokio::spawn(async move {
         let mut leader_rx = leader.subscribe();
         let mut confd_rx = confds.subscribe();

@@ -251,7 +251,7 @@ impl ClusterView {
             |s, snap| s.set_processes(parse_processes(&snap.value), snap.index),
         );
         view.follow(
-            hax_consul::watch::watch_prefix(c.clone(), CONSUL_NODE_PREFIX, wc, cancel),
+            hax_consul::watch::watch_prefix(c.clone(), keys::CONSUL_NODES_PREFIX, wc, cancel),
             PART_CONSUL_NODES.to_owned(),
             |s, snap| s.consul_nodes = Arc::new(parse_consul_nodes(&snap.value)),
         );

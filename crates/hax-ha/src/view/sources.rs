@@ -14,17 +14,17 @@ use super::health::NodeHealthMap;
 use super::state::{ClusterState, ConfStructure};
 
 /// Parts of the view, for readiness reports.
-pub(super) const PART_CONF: &str = "m0conf/";
+pub(super) const PART_CONF: &str = keys::CONF_PREFIX;
 
-pub(super) const PART_PROCESSES: &str = "processes/";
+pub(super) const PART_PROCESSES: &str = keys::PROCESSES_PREFIX;
 
 pub(super) const PART_HEALTH: &str = "service health";
 
-pub(super) const PART_CONSUL_NODES: &str = "consul/node/";
+pub(super) const PART_CONSUL_NODES: &str = keys::CONSUL_NODES_PREFIX;
 
-pub(super) const PART_LEADER: &str = "leader";
+pub(super) const PART_LEADER: &str = keys::LEADER;
 
-pub(super) const PART_CLIENT_TYPES: &str = "m0_client_types";
+pub(super) const PART_CLIENT_TYPES: &str = keys::M0_CLIENT_TYPES;
 
 /// The latest data of each source, and hax's own writes not yet seen in it.
 #[derive(Debug, Default)]
@@ -141,8 +141,6 @@ impl Sources {
     }
 }
 
-pub(super) const CONSUL_NODE_PREFIX: &str = "consul/node/";
-
 /// Parses `m0conf/`, entry by entry: a malformed value is logged and left
 /// out instead of hiding the whole tree.
 pub(super) fn parse_conf(pairs: &BTreeMap<String, KvPair>) -> ConfTree {
@@ -182,7 +180,7 @@ pub(super) fn parse_consul_nodes(pairs: &BTreeMap<String, KvPair>) -> BTreeMap<S
     pairs
         .values()
         .filter_map(|p| {
-            let host = p.key.strip_prefix(CONSUL_NODE_PREFIX)?;
+            let host = p.key.strip_prefix(keys::CONSUL_NODES_PREFIX)?;
             let node = std::str::from_utf8(&p.value).ok()?.trim();
             (!host.is_empty() && !node.is_empty()).then(|| (host.to_owned(), node.to_owned()))
         })
@@ -214,7 +212,7 @@ pub(super) async fn load_dynamic_fids(
     client: &ConsulClient,
 ) -> Result<BTreeMap<FidText, FidText>, hax_consul::ConsulError> {
     let mut out = BTreeMap::new();
-    let listed = client.kv_keys("0x", Some("/")).await?.value;
+    let listed = client.kv_keys(keys::DYNAMIC_FIDS_PREFIX, Some("/")).await?.value;
     for key in listed {
         let Ok(base) = FidText::parse(&key) else {
             continue;
