@@ -18,6 +18,7 @@ use hax_consul::{AclToken, ConsulClient, ConsulConfig};
 use hax_core::{Halon, HalonConfig};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use hax_consul::writer::{KvWriter, WriterConfig};
@@ -106,6 +107,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
     // sends while the links are disconnected. They end when `run` returns.
     let tasks = CancellationToken::new();
     let _tasks_guard = tasks.clone().drop_guard();
+    // Tasks that end when their inputs close; waited for (bounded) at stop.
+    let tracker = TaskTracker::new();
     let metrics = Arc::new(Metrics::default());
 
     let mut entrypoint = hax_ha::view::entrypoint::spawn(client.clone(), &tasks);
@@ -240,7 +243,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
             bq_stop.clone(),
         )
     });
-    tokio::spawn(hax_ha::http::sns::serve_queue(ha.client(), sns_rx));
+    tracker.spawn(hax_ha::http::sns::serve_queue(ha.client(), sns_rx));
 
     // Watch updates: service health becomes broadcasts, BQ posts wake the
     // consumer.
@@ -252,7 +255,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
         broadcaster: Arc::clone(&broadcaster),
         metrics: Arc::clone(&metrics),
     };
-    tokio::spawn(handlers.run(updates_rx));
+    tracker.spawn(handlers.run(updates_rx));
 
     // Motr's client: rconfc starts in the background, then the RC leader's
     // statistics run.
@@ -383,5 +386,9 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
         .shutdown(tokio::time::Instant::now() + FLUSH_GRACE)
         .await;
     tracing::info!(?report, "consul writes finished");
+    tracker.close();
+    if tokio::time::timeout(FLUSH_GRACE, tracker.wait()).await.is_err() {
+        tracing::warn!(open = tracker.len(), "daemon tasks still running at exit");
+    }
     Ok(())
 }
