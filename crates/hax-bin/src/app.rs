@@ -12,6 +12,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hax_consul::backoff::Backoff;
 use hax_consul::schema::HaxKv;
 use hax_consul::server::{self, AppState, ResyncTarget, ServerConfig, WatchUpdate};
 use hax_consul::{AclToken, ConsulClient, ConsulConfig};
@@ -77,7 +78,7 @@ fn consul_client(cfg: &Config) -> Result<ConsulClient, AppError> {
 
 /// Waits until Consul answers and has a leader, retrying until `cancel`.
 async fn wait_for_consul(client: &ConsulClient, cancel: &CancellationToken) -> Option<String> {
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         match client.status_leader().await {
             Ok(Some(leader)) => return Some(leader),
@@ -86,9 +87,8 @@ async fn wait_for_consul(client: &ConsulClient, cancel: &CancellationToken) -> O
         }
         tokio::select! {
             _ = cancel.cancelled() => return None,
-            _ = tokio::time::sleep(delay) => {}
+            _ = tokio::time::sleep(backoff.next_pause()) => {}
         }
-        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 
@@ -387,7 +387,10 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
         .await;
     tracing::info!(?report, "consul writes finished");
     tracker.close();
-    if tokio::time::timeout(FLUSH_GRACE, tracker.wait()).await.is_err() {
+    if tokio::time::timeout(FLUSH_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!(open = tracker.len(), "daemon tasks still running at exit");
     }
     Ok(())

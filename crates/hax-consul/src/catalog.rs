@@ -433,20 +433,21 @@ impl ConsulClient {
     /// Waits until the cluster has a leader, polling with a deadline.
     pub async fn wait_for_leader(&self, timeout: Duration) -> Result<String> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut delay = Duration::from_millis(20);
+        let mut backoff =
+            crate::backoff::Backoff::new(Duration::from_millis(20), Duration::from_millis(250));
         loop {
             let last = match self.status_leader().await {
                 Ok(Some(leader)) => return Ok(leader),
                 Ok(None) => None,
                 Err(e) => Some(e),
             };
+            let delay = backoff.next_pause();
             if tokio::time::Instant::now() + delay > deadline {
                 return Err(last.unwrap_or(crate::ConsulError::NoLeader {
                     path: "/v1/status/leader".to_owned(),
                 }));
             }
             tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_millis(250));
         }
     }
 }

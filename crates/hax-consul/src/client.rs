@@ -86,12 +86,9 @@ impl RetryPolicy {
     /// at `max_delay`, then "equal jitter" (half fixed, half random) so that many
     /// clients failing together do not retry in lockstep.
     pub fn delay(&self, retry: u32) -> Duration {
-        let exp = self
-            .initial_delay
-            .saturating_mul(2u32.saturating_pow(retry.min(16)));
-        let capped = exp.min(self.max_delay);
-        let half = capped / 2;
-        half + half.mul_f64(fastrand::f64())
+        crate::backoff::Backoff::new(self.initial_delay, self.max_delay)
+            .jittered()
+            .pause_of(retry)
     }
 }
 

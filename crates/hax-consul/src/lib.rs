@@ -3,6 +3,7 @@
 //! knows nothing of Motr.
 #![forbid(unsafe_code)]
 
+pub mod backoff;
 pub mod catalog;
 pub mod client;
 pub mod error;

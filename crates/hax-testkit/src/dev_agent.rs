@@ -26,6 +26,7 @@ use std::time::Duration;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use hax_consul::backoff::Backoff;
 use hax_consul::catalog::CheckStatus;
 use hax_consul::client::{AclToken, ConsulClient, ConsulConfig, RetryPolicy};
 
@@ -464,7 +465,7 @@ impl DevAgent {
             retry: RetryPolicy::none(),
             ..self.client_config()
         })?;
-        let mut delay = Duration::from_millis(20);
+        let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(200));
         loop {
             if let Some(child) = self.child.as_mut() {
                 if let Some(status) = child.try_wait().map_err(io_err("poll the agent"))? {
@@ -486,8 +487,7 @@ impl DevAgent {
                     log: self.log_tail(4000),
                 });
             }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_millis(200));
+            tokio::time::sleep(backoff.next_pause()).await;
         }
     }
 

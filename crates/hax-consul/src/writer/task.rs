@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::backoff::Backoff;
 use crate::client::Consistency;
 use crate::kv::{normalize_key, MAX_VALUE_SIZE};
 use crate::schema::{decode_decimal, QueueKind};
@@ -432,7 +433,7 @@ impl Task {
     pub(super) async fn commit(&mut self, mut batch: Batch) -> (Batch, Outcome) {
         let cfg = self.shared.config.clone();
         let metrics = Arc::clone(&self.shared.metrics);
-        let mut backoff = cfg.backoff_initial;
+        let mut backoff = Backoff::new(cfg.backoff_initial, cfg.backoff_max).jittered();
         let mut outage_since: Option<Instant> = None;
         let mut conflicts = 0u32;
         loop {
@@ -474,14 +475,7 @@ impl Task {
                     } else {
                         tracing::debug!(error = %e, "Consul write attempt failed");
                     }
-                    // Equal jitter: half fixed, half random.
-                    let half = backoff / 2;
-                    let jitter = Duration::from_micros(fastrand::u64(
-                        0..=u64::try_from(half.as_micros()).unwrap_or(u64::MAX),
-                    ));
-                    let pause = half + jitter;
-                    backoff = (backoff * 2).min(cfg.backoff_max);
-                    pause
+                    backoff.next_pause()
                 }
             };
             tokio::select! {

@@ -32,6 +32,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
+use hax_consul::backoff::Backoff;
 use hax_core::{ClientError, Fid, FidType, MotrClient, SnsKind, SnsOp, SnsStatus};
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -294,7 +295,7 @@ pub async fn serve_queue(motr: MotrClient, mut requests: mpsc::Receiver<SnsReque
             }
         };
         let deadline = tokio::time::Instant::now() + QUEUE_READY_WAIT;
-        let mut delay = Duration::from_millis(200);
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         let result = loop {
             let r = match tokio::time::timeout(super::MOTR_TIMEOUT, motr.sns(kind, op, req.pool))
                 .await
@@ -303,9 +304,10 @@ pub async fn serve_queue(motr: MotrClient, mut requests: mpsc::Receiver<SnsReque
                 Err(_) => Err(ClientError::Timeout),
             };
             match r {
-                Err(ClientError::NotReady) if tokio::time::Instant::now() + delay < deadline => {
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                Err(ClientError::NotReady)
+                    if tokio::time::Instant::now() + backoff.peek() < deadline =>
+                {
+                    tokio::time::sleep(backoff.next_pause()).await;
                 }
                 r => break r,
             }

@@ -29,6 +29,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hax_consul::backoff::Backoff;
 use hax_consul::schema::HaxKv;
 use hax_core::{ClientError, Fid, MotrClient};
 use tokio::sync::{mpsc, watch};
@@ -125,7 +126,7 @@ async fn pause(cancel: &CancellationToken, delay: Duration) -> bool {
 /// The profile rconfc is started with: the first of `m0conf/profiles/`,
 /// retried until there is one or `cancel`.
 async fn profile(kv: &HaxKv, cancel: &CancellationToken) -> Option<Fid> {
-    let mut delay = RETRY_FIRST;
+    let mut backoff = Backoff::new(RETRY_FIRST, RETRY_MAX);
     loop {
         match kv.profile_records().await {
             Ok(profiles) => match profiles.first() {
@@ -134,10 +135,9 @@ async fn profile(kv: &HaxKv, cancel: &CancellationToken) -> Option<Fid> {
             },
             Err(e) => tracing::warn!(error = %e, "profiles not read: rconfc waits"),
         }
-        if !pause(cancel, delay).await {
+        if !pause(cancel, backoff.next_pause()).await {
             return None;
         }
-        delay = (delay * 2).min(RETRY_MAX);
     }
 }
 
@@ -198,7 +198,7 @@ async fn start(
     confds: &mut mpsc::UnboundedReceiver<ConfdEvent>,
     cancel: &CancellationToken,
 ) -> Start {
-    let mut delay = RETRY_FIRST;
+    let mut backoff = Backoff::new(RETRY_FIRST, RETRY_MAX);
     loop {
         metrics.rconfc_attempts.fetch_add(1, Ordering::Relaxed);
         tracing::info!(%profile, "starting rconfc");
@@ -220,12 +220,12 @@ async fn start(
             Err(e) => tracing::warn!(
                 %profile,
                 error = %e,
-                retry_in = ?delay,
+                retry_in = ?backoff.peek(),
                 "rconfc did not start; retrying"
             ),
         }
         let paused = tokio::select! {
-            p = pause(cancel, delay) => p,
+            p = pause(cancel, backoff.next_pause()) => p,
             c = next_confd(confds, cancel) => match c {
                 Confd::Stopping => return Start::ConfdStopping,
                 Confd::Started => true,
@@ -235,7 +235,6 @@ async fn start(
         if !paused {
             return Start::Gone;
         }
-        delay = (delay * 2).min(RETRY_MAX);
     }
 }
 

@@ -32,6 +32,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use hax_consul::backoff::Backoff;
 use hax_consul::schema::{
     self, HaxKv, ProcessState, ProcessStatus, QueueKind, QueueMessage, SchemaError,
 };
@@ -548,7 +549,7 @@ impl<B: Broadcast, C: ClusterFacts> EventPipeline<B, C> {
         node: &str,
         deadline: Instant,
     ) -> Option<HashMap<Fid, u64>> {
-        let mut pause = Duration::from_millis(50);
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
         loop {
             match self.inner.kv.all_process_restarts(node).await {
                 Ok((counts, bad)) => {
@@ -568,11 +569,10 @@ impl<B: Broadcast, C: ClusterFacts> EventPipeline<B, C> {
                     return None;
                 }
             }
-            if Instant::now() + pause > deadline {
+            if Instant::now() + backoff.peek() > deadline {
                 return None;
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(2));
+            tokio::time::sleep(backoff.next_pause()).await;
         }
     }
 

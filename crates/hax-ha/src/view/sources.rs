@@ -212,7 +212,10 @@ pub(super) async fn load_dynamic_fids(
     client: &ConsulClient,
 ) -> Result<BTreeMap<FidText, FidText>, hax_consul::ConsulError> {
     let mut out = BTreeMap::new();
-    let listed = client.kv_keys(keys::DYNAMIC_FIDS_PREFIX, Some("/")).await?.value;
+    let listed = client
+        .kv_keys(keys::DYNAMIC_FIDS_PREFIX, Some("/"))
+        .await?
+        .value;
     for key in listed {
         let Ok(base) = FidText::parse(&key) else {
             continue;
