@@ -116,24 +116,17 @@ impl QueuePublisher {
                 None => (0, 0),
                 Some(p) => (decode_decimal(epoch_key, &p.value)?, p.modify_index),
             };
-            let next = epoch + 1;
-            let entry_key = self.kind.entry_key(next);
-            let body = message.encode(&entry_key)?;
-            let ops = [
-                TxnOp::cas(epoch_key, next.to_string(), index),
-                // An entry that already exists means the counter went back
-                // (deleted or restored); never overwrite a message.
-                TxnOp::check_not_exists(entry_key.clone()),
-                TxnOp::set(entry_key.clone(), body),
-            ];
+            let body = message.encode(&self.kind.entry_key(epoch + 1))?;
+            let mut ops = Vec::with_capacity(3);
+            let plan = append_ops(self.kind, (epoch, index), [body], &mut ops);
             match self.client.txn(&ops).await {
                 Ok(_) => {
-                    tracing::debug!(queue = ?self.kind, epoch = next, "published");
-                    return Ok(next);
+                    tracing::debug!(queue = ?self.kind, epoch = plan.last, "published");
+                    return Ok(plan.last);
                 }
                 Err(ConsulError::TxnFailed { errors }) => {
-                    if errors.iter().any(|e| e.op_index == 1) {
-                        self.repair_epoch(index).await?;
+                    if errors.iter().any(|e| plan.checks.contains(&e.op_index)) {
+                        repair_epoch(&self.client, self.kind, index).await?;
                     } else {
                         // Lost the race to another writer: back off a little,
                         // with jitter so the writers spread out.
@@ -149,22 +142,78 @@ impl QueuePublisher {
             attempts: PUBLISH_ATTEMPTS,
         })
     }
+}
 
-    /// Moves the counter up to the highest existing entry.
-    async fn repair_epoch(&self, index: u64) -> Result<()> {
-        let keys = self.client.kv_keys(self.kind.prefix(), None).await?.value;
-        let highest = keys
-            .iter()
-            .filter_map(|k| self.kind.parse_entry_key(k))
-            .max()
-            .unwrap_or(0);
-        tracing::warn!(queue = ?self.kind, highest, "epoch counter behind the entries, moving it up");
-        // If this cas loses, someone else moved the counter: fine either way.
-        self.client
-            .kv_cas(self.kind.epoch_key(), highest.to_string(), index)
-            .await?;
-        Ok(())
+/// Where the operations of one queue append stand in a transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AppendPlan {
+    /// The epoch counter's check-and-set.
+    pub cas_op: usize,
+    /// The operations that fail when the counter is behind its entries.
+    pub checks: std::ops::Range<usize>,
+    /// The epoch of the last entry appended.
+    pub last: u64,
+    /// The first entry's key and body: whether it landed tells whether a
+    /// transaction whose answer was lost committed.
+    pub first: Option<(String, String)>,
+}
+
+/// The operations that append `bodies` to the queue `kind` whose counter was
+/// seen at `seen` (value, modify index), added to `ops`: the counter's
+/// check-and-set to the last epoch, a check that the first new key is free,
+/// and the entries. The protocol of every publication, so that no two
+/// writers of hax ever append differently.
+pub(crate) fn append_ops(
+    kind: QueueKind,
+    seen: (u64, u64),
+    bodies: impl IntoIterator<Item = String>,
+    ops: &mut Vec<TxnOp>,
+) -> AppendPlan {
+    let cas_op = ops.len();
+    ops.push(TxnOp::cas(kind.epoch_key(), String::new(), seen.1));
+    let mut first = None;
+    let mut last = seen.0;
+    for body in bodies {
+        last += 1;
+        let key = kind.entry_key(last);
+        if first.is_none() {
+            // Never overwrite an entry, even if the counter went back (a
+            // restored store): the entries above a counter are contiguous
+            // from the next one (trimming deletes only below it), so the
+            // next key being free means the ones after it are too.
+            ops.push(TxnOp::check_not_exists(key.clone()));
+            first = Some((key.clone(), body.clone()));
+        }
+        ops.push(TxnOp::set(key, body));
     }
+    ops[cas_op] = TxnOp::cas(kind.epoch_key(), last.to_string(), seen.1);
+    AppendPlan {
+        cas_op,
+        checks: cas_op + 1..ops.len(),
+        last,
+        first,
+    }
+}
+
+/// The counter of `kind` is behind its entries (deleted or restored): moves
+/// it up to the highest existing entry, if it still has modify index
+/// `index`. Losing that race means someone else moved the counter: fine.
+pub(crate) async fn repair_epoch(
+    client: &ConsulClient,
+    kind: QueueKind,
+    index: u64,
+) -> std::result::Result<(), ConsulError> {
+    let keys = client.kv_keys(kind.prefix(), None).await?.value;
+    let highest = keys
+        .iter()
+        .filter_map(|k| kind.parse_entry_key(k))
+        .max()
+        .unwrap_or(0);
+    tracing::warn!(queue = ?kind, highest, "epoch counter behind the entries, moving it up");
+    client
+        .kv_cas(kind.epoch_key(), highest.to_string(), index)
+        .await?;
+    Ok(())
 }
 
 /// One queue entry handed to a consumer.

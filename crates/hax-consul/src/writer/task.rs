@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::backoff::Backoff;
 use crate::client::Consistency;
 use crate::kv::{normalize_key, MAX_VALUE_SIZE};
+use crate::queue::{append_ops, repair_epoch, AppendPlan};
 use crate::schema::{decode_decimal, QueueKind};
 use crate::{ConsulClient, ConsulError, KvPair, QueryOptions, TxnOp};
 use tokio::sync::Notify;
@@ -542,10 +543,8 @@ impl Task {
             .collect();
         struct Plan {
             queue: QueueKind,
-            cas_op: usize,
-            checks: std::ops::Range<usize>,
+            append: AppendPlan,
             seen: Epoch,
-            last: u64,
             first: (String, String),
         }
         let mut plans: Vec<Plan> = Vec::new();
@@ -556,30 +555,14 @@ impl Task {
             .collect();
         for (queue, bodies) in queues {
             let seen = self.epoch(queue).await?;
-            let last = seen.0 + bodies.len() as u64;
-            let cas_op = ops.len();
-            ops.push(TxnOp::cas(queue.epoch_key(), last.to_string(), seen.1));
-            let mut first = None;
-            for (i, body) in bodies.into_iter().enumerate() {
-                let key = queue.entry_key(seen.0 + 1 + i as u64);
-                if first.is_none() {
-                    // Never overwrite an entry, even if the counter went
-                    // back (a restored store): the entries above a counter
-                    // are contiguous from the next one (trimming deletes
-                    // only below it), so the next key being free means the
-                    // ones after it are too.
-                    ops.push(TxnOp::check_not_exists(key.clone()));
-                    first = Some((key.clone(), body.clone()));
-                }
-                ops.push(TxnOp::set(key, body));
-            }
-            let Some(first) = first else { continue };
+            let append = append_ops(queue, seen, bodies, &mut ops);
+            let Some(first) = append.first.clone() else {
+                continue;
+            };
             plans.push(Plan {
                 queue,
-                cas_op,
-                checks: cas_op + 1..ops.len(),
+                append,
                 seen,
-                last,
                 first,
             });
         }
@@ -601,7 +584,7 @@ impl Task {
                         .max()
                     {
                         Some(index) => {
-                            self.epochs.insert(plan.queue, (plan.last, index));
+                            self.epochs.insert(plan.queue, (plan.append.last, index));
                         }
                         None => {
                             self.epochs.remove(&plan.queue);
@@ -615,14 +598,19 @@ impl Task {
                     self.epochs.remove(&plan.queue);
                 }
                 for plan in &plans {
-                    if errors.iter().any(|e| plan.checks.contains(&e.op_index)) {
-                        self.repair_epoch(plan.queue, plan.seen.1).await?;
+                    if errors
+                        .iter()
+                        .any(|e| plan.append.checks.contains(&e.op_index))
+                    {
+                        repair_epoch(&self.client, plan.queue, plan.seen.1)
+                            .await
+                            .map_err(classify)?;
                         return Err(AttemptError::Conflict);
                     }
                 }
                 if plans
                     .iter()
-                    .any(|p| errors.iter().any(|e| e.op_index == p.cas_op))
+                    .any(|p| errors.iter().any(|e| e.op_index == p.append.cas_op))
                 {
                     return Err(AttemptError::Conflict);
                 }
@@ -645,32 +633,5 @@ impl Task {
                 Err(classify(e))
             }
         }
-    }
-
-    /// The counter is behind the entries (deleted or restored): move it up
-    /// to the highest existing entry.
-    pub(super) async fn repair_epoch(
-        &mut self,
-        queue: QueueKind,
-        index: u64,
-    ) -> Result<(), AttemptError> {
-        let keys = self
-            .client
-            .kv_keys(queue.prefix(), None)
-            .await
-            .map_err(classify)?
-            .value;
-        let highest = keys
-            .iter()
-            .filter_map(|k| queue.parse_entry_key(k))
-            .max()
-            .unwrap_or(0);
-        tracing::warn!(queue = ?queue, highest, "epoch counter behind the entries, moving it up");
-        // Losing this race means someone else moved the counter: fine.
-        self.client
-            .kv_cas(queue.epoch_key(), highest.to_string(), index)
-            .await
-            .map_err(classify)?;
-        Ok(())
     }
 }
