@@ -103,7 +103,7 @@ async fn a_consul_detected_failure_is_recorded_broadcast_and_written() {
     let mut halon = start_halon();
     let b = Broadcaster::new(view.clone(), halon.handle(), kv.clone());
     let tracked = b
-        .broadcast(plan.broadcast.clone(), BroadcastOptions::default())
+        .broadcast_outcomes(plan.broadcast.clone(), BroadcastOptions::default())
         .await
         .expect("broadcast");
     assert_eq!(tracked.len(), 1, "one message, to hax's own link");
@@ -140,7 +140,7 @@ async fn a_consul_detected_failure_is_recorded_broadcast_and_written() {
         .await
         .expect("seen");
     let tracked = b
-        .broadcast(
+        .broadcast_outcomes(
             vec![HaUpdate::new(Sample::IOS1, ObjHealth::Ok)],
             BroadcastOptions::default(),
         )

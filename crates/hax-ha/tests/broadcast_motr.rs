@@ -210,7 +210,7 @@ async fn skip_lists_and_hax_only_broadcasts_choose_their_links() {
         ..BroadcastOptions::default()
     };
     let tracked = b
-        .broadcast(vec![HaUpdate::new(Sample::HAX1, ObjHealth::Ok)], only)
+        .broadcast_outcomes(vec![HaUpdate::new(Sample::HAX1, ObjHealth::Ok)], only)
         .await
         .expect("broadcast");
     assert_eq!(tracked.len(), 1);
@@ -219,7 +219,7 @@ async fn skip_lists_and_hax_only_broadcasts_choose_their_links() {
 
     // Unknown healths make no message at all.
     let none = b
-        .broadcast(
+        .broadcast_outcomes(
             vec![HaUpdate::new(Sample::IOS1, ObjHealth::Unknown)],
             BroadcastOptions::default(),
         )

@@ -188,7 +188,7 @@ impl Broadcaster {
     /// the broadcast before anything is sent (as the original, which retried
     /// until the write succeeded); the caller may repeat it. The broadcast
     /// takes its turn at the call; the future may be awaited later.
-    pub fn broadcast(
+    pub fn broadcast_outcomes(
         &self,
         updates: Vec<HaUpdate>,
         opts: BroadcastOptions,
@@ -200,14 +200,14 @@ impl Broadcaster {
     /// Sends `notes` as they are to hax's own link only (nothing planned,
     /// nothing written), in turn with the broadcasts: what a broadcast with
     /// [`BroadcastOptions::skip_self_link`] left out.
-    pub fn send_to_self_link(
+    pub fn self_link_report(
         &self,
         notes: Vec<HaNote>,
     ) -> impl Future<Output = Result<BroadcastReport, BroadcastError>> + Send + 'static {
         self.enqueue(Vec::new(), BroadcastOptions::default(), Some(notes))
     }
 
-    /// [`Broadcaster::broadcast`], with the plan and the messages per link
+    /// [`Broadcaster::broadcast_outcomes`], with the plan and the messages per link
     /// and chunk.
     pub fn broadcast_report(
         &self,
@@ -515,7 +515,7 @@ impl Broadcast for Broadcaster {
         &self,
         notes: Vec<HaNote>,
     ) -> impl Future<Output = Result<Sent, BroadcastFailed>> + Send + 'static {
-        sent_of(Broadcaster::send_to_self_link(self, notes), false)
+        sent_of(self.self_link_report(notes), false)
     }
 }
 
