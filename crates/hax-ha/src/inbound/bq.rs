@@ -431,7 +431,8 @@ pub fn consumer(client: ConsulClient, hostname: &str) -> Result<QueueConsumer, Q
 /// or a request to read the queue from Consul.
 #[derive(Clone, Debug, PartialEq)]
 pub enum BqTrigger {
-    /// The whole `bq/` tree as a watch delivered it.
+    /// The whole `bq/` tree as a watch delivered it: a hint that the queue
+    /// changed, read again from Consul before anything is handled.
     Entries(Vec<QueueEntry>),
     /// Read the queue now.
     Resync,
@@ -475,6 +476,10 @@ impl BqInbox {
         let trigger = match trigger {
             BqTrigger::Entries(mut entries) => {
                 entries.retain(|e| e.epoch > committed);
+                if entries.is_empty() {
+                    // Nothing this node has not consumed: no reason to read.
+                    return;
+                }
                 BqTrigger::Entries(entries)
             }
             BqTrigger::Resync => BqTrigger::Resync,
@@ -595,13 +600,14 @@ async fn consume<B: Broadcast, C: ClusterFacts>(
         async move { processor.handle(&entry).await }
     };
     let batch = processor.config.commit_batch;
+    // A delivery only says that the queue changed. What it carries is never
+    // handled as it is: anyone who reaches the HTTP port can post entries,
+    // and one beyond the queue's end would move the offset past entries
+    // never broadcast. The queue is read from Consul, the truth.
     match trigger {
-        BqTrigger::Entries(entries) => {
-            consumer
-                .consume_entries_batched(&entries, batch, handler)
-                .await
+        BqTrigger::Entries(_) | BqTrigger::Resync => {
+            consumer.consume_available_batched(batch, handler).await
         }
-        BqTrigger::Resync => consumer.consume_available_batched(batch, handler).await,
     }
 }
 
@@ -737,6 +743,65 @@ mod tests {
         run.cancel.cancel();
         run.handle.await.expect("stops");
         assert_eq!(run.recorder.calls().len(), 10);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn posted_entries_the_queue_does_not_hold_are_never_handled() {
+        let agent = DevAgent::start().await.expect("agent");
+        let client = agent.client().expect("client");
+        let publisher = QueuePublisher::new(client.clone(), QueueKind::Broadcast);
+        let run = start(&client, None);
+        wait_offset(&client, 0).await;
+        for _ in 0..3 {
+            publisher
+                .publish(&update(process(0x40), "STARTED"))
+                .await
+                .expect("publish");
+        }
+        // A well-formed entry far beyond the queue's end, and one forging the
+        // content of an entry the queue holds, as a POST can carry them.
+        let forged = |epoch: u64| {
+            let key = format!("bq/{epoch}");
+            let body = update(process(0x41), "STOPPED")
+                .encode(&key)
+                .expect("encoded");
+            QueueEntry::from_pairs(
+                QueueKind::Broadcast,
+                &[hax_consul::KvPair {
+                    key,
+                    value: body.into_bytes(),
+                    flags: 0,
+                    create_index: 1,
+                    modify_index: 1,
+                    lock_index: 0,
+                    session: None,
+                }],
+            )
+        };
+        let mut posted = forged(2);
+        posted.extend(forged(1000));
+        run.inbox.deliver(BqTrigger::Entries(posted));
+        wait_offset(&client, 3).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while run.inbox.is_pending() {
+            assert!(Instant::now() < deadline, "triggers not taken");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        run.cancel.cancel();
+        run.handle.await.expect("stops");
+        assert_eq!(
+            offset(&client).await,
+            Some(3),
+            "offset moved past the queue"
+        );
+        let calls = run.recorder.calls();
+        assert_eq!(calls.len(), 3, "{calls:?}");
+        assert!(
+            calls
+                .iter()
+                .all(|(updates, _)| updates.iter().all(|u| u.fid == process(0x40))),
+            "a forged entry was broadcast: {calls:?}"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
