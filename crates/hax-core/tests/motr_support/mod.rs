@@ -235,20 +235,21 @@ pub fn m0_args(dir: &Path, ep: &str) -> Vec<String> {
         format!("{}/conf.xc", dir.display()),
         "-w".into(),
         "3".into(),
-        // No network buffers for SNS either (see below): its pools are sized
-        // when repair or rebalance starts.
-        "-J".into(),
-        "0".into(),
     ]);
+    if transport() == "sock" {
+        // No network buffers for SNS either on SOCK (see below): its pools
+        // are sized when repair or rebalance starts.
+        v.extend(["-J".into(), "0".into()]);
+    }
     v
 }
 
 /// What every `m0mkfs` and `m0d` of these tests is given: process `fid`
 /// with its storage in `dir`, listening on `ep` on hax's transport
-/// ([`transport`]), no I/O network buffers.
+/// ([`transport`]); on SOCK no I/O network buffers.
 pub fn m0_common_args(dir: &Path, ep: &str, fid: Fid) -> Vec<String> {
     let d = dir.display();
-    vec![
+    let mut v: Vec<String> = vec![
         "-D".into(),
         format!("{d}/db"),
         "-T".into(),
@@ -263,16 +264,18 @@ pub fn m0_common_args(dir: &Path, ep: &str, fid: Fid) -> Vec<String> {
         "163840".into(),
         "-q".into(),
         "2".into(),
-        // No network buffers for the I/O service: Motr's SOCK transport
-        // reports no limit on buffer segments (INT32_MAX / 2 of unlimited
-        // size), and the pool sizes each buffer by those limits: ~16 GiB of
-        // zero-filled segment tables, then a failed allocation
-        // (docs/motr.md).
-        "-E".into(),
-        "0".into(),
         "-f".into(),
         format!("<{:#x}:{:#x}>", fid.container, fid.key),
-    ]
+    ];
+    if transport() == "sock" {
+        // No network buffers for the I/O service on SOCK: it reports no
+        // limit on buffer segments (INT32_MAX / 2 of unlimited size), and
+        // the pool sizes each buffer by those limits: ~16 GiB of zero-filled
+        // segment tables, then a failed allocation (docs/motr.md).
+        // libfabric reports real limits and needs neither option.
+        v.extend(["-E".into(), "0".into()]);
+    }
+    v
 }
 
 /// A command that runs `bin` with no open descriptor but 0, 1 and 2.
