@@ -1,8 +1,10 @@
 //! The `hax` daemon on real Motr (feature `motr`) with real `m0d`s and a real
 //! Consul: the sample cluster description (hax, a confd process with its RM
-//! service, one ioservice process) is loaded into Consul, with LNet-form
-//! endpoints (every Motr transport parses them); both m0d processes are
-//! formatted with `m0mkfs`, then started with hax as their HA. The confd m0d
+//! service, one ioservice process) is loaded into Consul as hare writes it,
+//! endpoints in libfabric's form `inet:tcp:127.0.0.1@<port>` (catalog
+//! services with `transport_type` libfab); both m0d processes are
+//! formatted with `m0mkfs`, then started with hax as their HA, on hax's
+//! transport. The confd m0d
 //! reads the configuration from a file; the ioservice m0d has none and gets
 //! it from the confd that hax's entrypoint reply names. hax's rconfc starts.
 //! Then the ioservice stops, the confd stops (hax's rconfc lets go of it),
@@ -12,7 +14,7 @@
 //! (`processes/<fid>` and the broadcast queue) from start to stop.
 //!
 //! Ignored unless built with `--features motr`; built with it, fails unless
-//! `MOTR_PREFIX` names an installed Motr with `m0d` and `m0mkfs`. About 70 s
+//! `MOTR_PREFIX` names an installed Motr with `m0d` and `m0mkfs`. About 30 s
 //! (`HAX_KEEP_TEST_DIR=1` keeps the logs of a passing run):
 //!
 //! ```text
@@ -25,41 +27,17 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hax_consul::catalog::{CheckRegistration, CheckStatus, ServiceRegistration};
 use hax_consul::schema::{
-    BroadcastMessage, ConfKey, FidText, HaxKv, ProcessState, ProcessStatus, QueueKind, QueueMessage,
+    BroadcastMessage, FidText, HaxKv, ProcessState, ProcessStatus, QueueKind, QueueMessage,
 };
 use hax_consul::ConsulClient;
 use hax_core::Fid;
 use hax_testkit::dev_agent::DevAgent;
 use hax_testkit::sample::{self, fids, Sample, SampleSpec};
-use motr_support::{m0_common_args, tools};
+use motr_support::{free_inet_endpoint, free_port, m0_common_args, tools};
 
 #[path = "../../hax-core/tests/motr_support/mod.rs"]
 mod motr_support;
-
-/// The LNet portal of every endpoint here.
-const PORTAL: u16 = 34;
-
-/// A free endpoint in the LNet form, `127.0.0.1@tcp:12345:<portal>:<tmid>`
-/// (SOCK listens on TCP port `tmid + 1024 + (portal - 30) * 2048`). Motr's
-/// own form `inet:stream:<ip>@<port>` is not used: SOCK parses its port with
-/// `strtol` and then tests an `errno` it never cleared, so a stale errno of
-/// the thread (an m0d's pools refresh runs after failed file lookups) fails
-/// the parse with that errno.
-fn free_endpoint(taken: &mut Vec<u16>) -> (u16, String) {
-    let seed = (std::process::id() % 1000) as u16;
-    for i in 0..1024u16 {
-        let tmid = (seed + i * 17) % 1024;
-        let port = tmid + 1024 + (PORTAL - 30) * 2048;
-        if taken.contains(&tmid) || TcpListener::bind(("127.0.0.1", port)).is_err() {
-            continue;
-        }
-        taken.push(tmid);
-        return (tmid, format!("127.0.0.1@tcp:12345:{PORTAL}:{tmid}"));
-    }
-    panic!("no free port for an LNet-style endpoint");
-}
 
 /// A free TCP port for hax's HTTP server.
 fn free_http_port() -> u16 {
@@ -223,58 +201,6 @@ fn watches(http: SocketAddr) -> serde_json::Value {
     })
 }
 
-/// The sample's processes get LNet-form endpoints: their `endpoint`
-/// attributes and their catalog services (same ids, `transport_type` lnet,
-/// passing TTL checks; hax keeps its `http_port`).
-async fn use_lnet_endpoints(
-    client: &ConsulClient,
-    s: &Sample,
-    http_port: u16,
-    procs: &[(u64, &str, u16)],
-) {
-    for (key, service, tmid) in procs {
-        client
-            .kv_put(
-                &ConfKey::ProcessAttr {
-                    node_name: s.node.clone(),
-                    process_key: *key,
-                    attr: "endpoint".into(),
-                }
-                .to_key(),
-                format!("127.0.0.1@tcp:12345:{PORTAL}:{tmid}"),
-            )
-            .await
-            .expect("endpoint attribute");
-        let mut meta: std::collections::BTreeMap<String, String> =
-            [("transport_type".to_owned(), "lnet".to_owned())].into();
-        if *service == "hax" {
-            meta.insert("http_port".into(), http_port.to_string());
-        }
-        let reg = ServiceRegistration {
-            id: key.to_string(),
-            name: (*service).to_owned(),
-            address: format!("127.0.0.1@tcp:12345:{PORTAL}"),
-            port: *tmid,
-            meta,
-            checks: vec![CheckRegistration {
-                check_id: Some(format!("service:{key}")),
-                name: format!("{service} {key}"),
-                ttl: Some("24h".into()),
-                status: Some(CheckStatus::Passing),
-            }],
-            ..Default::default()
-        };
-        client
-            .agent_service_register(&reg)
-            .await
-            .expect("service registered");
-        client
-            .agent_check_update(&format!("service:{key}"), CheckStatus::Passing, "m0d")
-            .await
-            .expect("check updated");
-    }
-}
-
 fn x(kind: char, key: u64) -> String {
     format!("^{kind}|1:{key}")
 }
@@ -383,7 +309,8 @@ fn m0_args(dir: &Path, ep: &str, fid: Fid, conf: Option<&Path>, ha: Option<&str>
 }
 
 fn m0_command(bin: &Path, dir: &Path, args: &[String]) -> Command {
-    let mut c = Command::new(bin);
+    // With no descriptor of the test process.
+    let mut c = motr_support::command(bin);
     c.args(args).current_dir(dir).env("M0_TRACE_DIR", dir);
     c
 }
@@ -457,9 +384,9 @@ async fn real_m0ds_with_the_hax_daemon_and_consul() {
     std::fs::create_dir_all(&root).expect("work dir");
     let mut taken = Vec::new();
     let http = SocketAddr::from(([127, 0, 0, 1], free_http_port()));
-    let (hax_tmid, hax_ep) = free_endpoint(&mut taken);
-    let (confd_tmid, confd_ep) = free_endpoint(&mut taken);
-    let (ios_tmid, ios_ep) = free_endpoint(&mut taken);
+    let hax_ep = free_inet_endpoint(&mut taken);
+    // The sample's confd and ioservice endpoints: this port and the next.
+    let first_port = free_port(&mut taken, 2);
 
     let agent = DevAgent::builder()
         .extra_config(watches(http))
@@ -475,29 +402,13 @@ async fn real_m0ds_with_the_hax_daemon_and_consul() {
             hax_endpoint: hax_ep.clone(),
             hax_http_port: http.port(),
             ioservices: 1,
-            first_port: 1,
+            first_port,
         },
     )
     .await
     .expect("sample loaded");
-    use_lnet_endpoints(
-        &client,
-        &s,
-        http.port(),
-        &[
-            (fids::HAX, "hax", hax_tmid),
-            (fids::CONFD, "confd", confd_tmid),
-            (fids::IOS, "ios", ios_tmid),
-        ],
-    )
-    .await;
-    let confd = (s.confd.0, confd_ep);
-    let ios = (s.ioservices[0].0, ios_ep);
-    let s = Sample {
-        confd: confd.clone(),
-        ioservices: vec![ios.clone()],
-        ..s
-    };
+    let (confd, ios) = (s.confd.clone(), s.ioservices[0].clone());
+    assert_eq!(confd.1, format!("inet:tcp:127.0.0.1@{first_port}"));
     let conf = root.join("conf.xc");
     std::fs::write(&conf, conf_xc(&s, &hax_ep)).expect("conf.xc");
 
@@ -729,8 +640,9 @@ async fn real_m0ds_with_the_hax_daemon_and_consul() {
     // Then the confd: hax stops rconfc when the confd reports STOPPING and
     // answers its own Motr without that confd, so the confd's stop neither
     // waits for the read lock nor for hax's rconfc reconnecting (without
-    // that it did not end within 60 s). Its stop still waits for its RPCs
-    // to the stopped ioservice to time out (~33 s; Motr's, not hax's).
+    // that it did not end within 60 s). Its stop may still wait for its
+    // RPCs to the stopped ioservice to time out (Motr's, not hax's: ~33 s
+    // on SOCK, 8-9 s on libfabric).
     let stop_confd = |m0d: &mut Proc, n: usize| {
         let t = Instant::now();
         m0d.signal("TERM");
@@ -789,8 +701,8 @@ async fn real_m0ds_with_the_hax_daemon_and_consul() {
     assert_eq!(logged("rconfc stopped: a confd stops"), 2, "rconfc stopped");
     // hax fences each stopped m0d on its own link once, at the bound (a peer
     // closing its link is not reported to hax). The fence of a process that
-    // is gone costs Motr's RPC timeouts on hax's side of its link (~16 s);
-    // hax's stop would wait for them.
+    // is gone costs Motr's RPC timeouts on hax's side of its link (~16 s on
+    // SOCK, ~9 s on libfabric); hax's stop would wait for them.
     let t_links = Instant::now();
     wait_for(
         "hax's links to the stopped m0ds gone",

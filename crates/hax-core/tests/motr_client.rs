@@ -5,6 +5,8 @@
 //! cannot finish: the m0d stopped with SIGSTOP), filesystem stats, pool
 //! version status, the byte counters of the ioservice process, and SNS
 //! status and control as far as a single node allows; prints every result.
+//! Endpoints in the LNet form `127.0.0.1@tcp:12345:37:<tmid>` (the other
+//! m0d tests use libfabric's `inet:tcp:` form), the m0d on hax's transport.
 //!
 //! Ignored unless hax-core is built with `--features motr`; built with it,
 //! fails unless `MOTR_PREFIX` names an installed Motr with `m0d` and `m0mkfs`:
@@ -130,6 +132,11 @@ fn client_operations_on_a_real_m0d() {
         e.contains(&format!("process {m0d_fid} Started"))
     });
     assert!(started, "m0d started:\n{}", tail(&dir, "m0d.log", 30));
+    assert_eq!(
+        shared_sockets(m0d.pid()),
+        Vec::<String>::new(),
+        "m0d holds no socket of the test process"
+    );
 
     let rt = rt();
     let client: MotrClient = halon.client();

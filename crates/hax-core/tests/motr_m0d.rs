@@ -1,6 +1,8 @@
 //! hax on real Motr (feature `motr`) with a real `m0d`: a minimal single-node
 //! configuration (one process with confd, RM and I/O services), `m0mkfs`,
-//! then `m0d` with hax as its HA. hax answers m0d's entrypoint request with
+//! then `m0d` with hax as its HA, both on endpoints in libfabric's form
+//! `inet:tcp:127.0.0.1@<port>` as hare writes them, the m0d on hax's
+//! transport. hax answers m0d's entrypoint request with
 //! the confd and RM of that configuration, its failure vector request and its
 //! NVEC GET; m0d gets to PROCESS STARTED, answers a keepalive request from
 //! hax, and on SIGTERM stops cleanly, reporting it.
@@ -20,13 +22,11 @@ use hax_core::{
     HaMsg, HaMsgData, HaState, Halon, HalonConfig, LinkId, LinkInfo, NvecGet, Tag, Uint128,
 };
 use motr_support::{
-    conf, entrypoint_reply, free_endpoint, m0_args, scratch, tail, tools, EventLog, Proc, PROCESS,
+    conf, entrypoint_reply, free_inet_endpoint, m0_args, scratch, shared_sockets, tail, tools,
+    EventLog, Proc, PROCESS,
 };
 
 mod motr_support;
-
-/// The LNet portal of this test's endpoints.
-const PORTAL: u16 = 36;
 
 #[derive(Clone)]
 struct Rec(Arc<EventLog>);
@@ -128,8 +128,8 @@ fn m0d_connects_to_hax() {
     let dir = scratch("hax-motr-m0d");
     std::env::set_var("M0_TRACE_DIR", &dir);
     let mut ports = Vec::new();
-    let m0d_ep = free_endpoint(PORTAL, &mut ports);
-    let hax_ep = free_endpoint(PORTAL, &mut ports);
+    let m0d_ep = free_inet_endpoint(&mut ports);
+    let hax_ep = free_inet_endpoint(&mut ports);
     std::fs::write(dir.join("conf.xc"), conf(&m0d_ep, false)).expect("conf.xc");
 
     // m0mkfs formats the storage on its own (it is its own HA without -H).
@@ -157,6 +157,9 @@ fn m0d_connects_to_hax() {
     let connected = rec.wait_for("m0d's link", Duration::from_secs(60), |e| {
         e.starts_with("link_connected") && e.contains(&m0d_fid) && e.ends_with("self false")
     });
+    // hax's listening socket (and every other descriptor of this process)
+    // stays here: m0d is started with none of them.
+    let inherited = shared_sockets(child.pid());
     let starting = rec.wait_for("m0d's PROCESS STARTING", Duration::from_secs(30), |e| {
         e.contains("event_process") && e.contains(&m0d_fid) && e.contains("Starting")
     });
@@ -203,7 +206,13 @@ fn m0d_connects_to_hax() {
     eprintln!("hax stopped: {report:?}");
     assert!(
         connected,
-        "m0d's entrypoint request answered, link connected"
+        "m0d's entrypoint request answered, link connected; m0d's log:\n{}",
+        tail(&dir, "m0d.log", 30)
+    );
+    assert_eq!(
+        inherited,
+        Vec::<String>::new(),
+        "m0d holds no socket of the test process"
     );
     assert!(starting, "m0d reported PROCESS STARTING to hax");
     let ev = rec.events.lock().unwrap().clone();

@@ -22,7 +22,7 @@
 
 use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -207,7 +207,9 @@ fn run_m0ham(
     input: &str,
     limit: Duration,
 ) -> HamRun {
-    let mut child = Command::new(m0ham)
+    // Started with no descriptor of this process (hax's listening socket
+    // among them).
+    let mut child = motr_support::command(m0ham)
         .args(["-v", "-s", local, hax])
         .current_dir(dir)
         .env("M0_TRACE_DIR", dir)

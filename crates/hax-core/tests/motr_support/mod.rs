@@ -1,8 +1,11 @@
 //! What the tests against a real `m0d` share (hax-bin's too, by path): finding Motr's tools (or
-//! failing, saying why: a real-Motr test never passes without running), free
-//! endpoints, a one-process configuration and the entrypoint reply naming
-//! its services, `m0mkfs`/`m0d` arguments, child processes that are killed
-//! when dropped, and a log of what hax's callbacks saw.
+//! failing, saying why: a real-Motr test never passes without running), the
+//! transport hax's endpoint goes through, free endpoints (libfabric's
+//! `inet:tcp:` form, as hare writes them, and the LNet form), a one-process
+//! configuration and the entrypoint reply naming its services,
+//! `m0mkfs`/`m0d` arguments, child processes that are killed when dropped
+//! and inherit no descriptor of the test process, and a log of what hax's
+//! callbacks saw.
 
 #![allow(dead_code)]
 
@@ -75,8 +78,63 @@ fn find(name: &str) -> Result<PathBuf, String> {
         ))
 }
 
+/// The name of Motr's default network transport (`libfab`, `sock` or
+/// `lnet`): the one an endpoint without a transport prefix goes through, so
+/// the one of hax's own endpoint (the halon interface listens on the default
+/// transport) and of `m0ham`. An `m0d` is told its transport with its
+/// endpoint (`-e <transport>:<endpoint>`); the tests start theirs on this
+/// one, else hax and the m0d would speak different transports on the same
+/// TCP port (docs/motr.md). Read from `M0_DEFAULT_NETWORK` of the installed
+/// `config.h` (`LF` on a build with libfabric, what `/opt/motr` is).
+pub fn transport() -> &'static str {
+    let config = prefix()
+        .map(|p| p.join("include/motr/config.h"))
+        .and_then(|p| std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display())))
+        .unwrap_or_else(|why| panic!("this real-Motr test cannot run: {why}"));
+    let net = config
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("#define M0_DEFAULT_NETWORK"))
+        .map(|v| v.trim().trim_matches('"').to_owned());
+    match net.as_deref() {
+        Some("LF") => "libfab",
+        Some("SOCK") => "sock",
+        Some("LNET") => "lnet",
+        other => panic!(
+            "this real-Motr test cannot run: Motr's config.h names no known default network \
+             (M0_DEFAULT_NETWORK {other:?})"
+        ),
+    }
+}
+
+/// A free endpoint in libfabric's form `inet:tcp:127.0.0.1@<port>`, as hare
+/// writes them (ports from 20000 up, below the ephemeral range, so that no
+/// outgoing connection takes it in the meantime).
+pub fn free_inet_endpoint(taken: &mut Vec<u16>) -> String {
+    format!("inet:tcp:127.0.0.1@{}", free_port(taken, 1))
+}
+
+/// The first of `n` consecutive free TCP ports on 127.0.0.1 (from 20000
+/// up), none of them in `taken`; all of them are added to it.
+pub fn free_port(taken: &mut Vec<u16>, n: u16) -> u16 {
+    let seed = (std::process::id() % 5000) as u16;
+    for i in 0..5000u16 {
+        let first = 20000 + (seed + i * 7) % 5000 * 2;
+        let ports: Vec<u16> = (first..first + n).collect();
+        if ports
+            .iter()
+            .any(|p| taken.contains(p) || TcpListener::bind(("127.0.0.1", *p)).is_err())
+        {
+            continue;
+        }
+        taken.extend(&ports);
+        return first;
+    }
+    panic!("no {n} free consecutive TCP ports");
+}
+
 /// A free endpoint in the LNet form `127.0.0.1@tcp:12345:<portal>:<tmid>`
-/// (SOCK listens on TCP port `tmid + 1024 + (portal - 30) * 2048`).
+/// (every transport parses it and listens on TCP port
+/// `tmid + 1024 + (portal - 30) * 2048`).
 pub fn free_endpoint(portal: u16, taken: &mut Vec<u16>) -> String {
     let seed = (std::process::id() % 1000) as u16;
     for i in 0..1024u16 {
@@ -177,20 +235,21 @@ pub fn m0_args(dir: &Path, ep: &str) -> Vec<String> {
         format!("{}/conf.xc", dir.display()),
         "-w".into(),
         "3".into(),
-        // No network buffers for SNS either (see below): its pools are sized
-        // when repair or rebalance starts.
-        "-J".into(),
-        "0".into(),
     ]);
+    if transport() == "sock" {
+        // No network buffers for SNS either on SOCK (see below): its pools
+        // are sized when repair or rebalance starts.
+        v.extend(["-J".into(), "0".into()]);
+    }
     v
 }
 
 /// What every `m0mkfs` and `m0d` of these tests is given: process `fid`
-/// with its storage in `dir`, listening on `ep` (SOCK), no I/O network
-/// buffers.
+/// with its storage in `dir`, listening on `ep` on hax's transport
+/// ([`transport`]); on SOCK no I/O network buffers.
 pub fn m0_common_args(dir: &Path, ep: &str, fid: Fid) -> Vec<String> {
     let d = dir.display();
-    vec![
+    let mut v: Vec<String> = vec![
         "-D".into(),
         format!("{d}/db"),
         "-T".into(),
@@ -200,21 +259,64 @@ pub fn m0_common_args(dir: &Path, ep: &str, fid: Fid) -> Vec<String> {
         "-A".into(),
         format!("linuxstob:{d}/addb-stobs"),
         "-e".into(),
-        format!("sock:{ep}"),
+        format!("{}:{ep}", transport()),
         "-m".into(),
         "163840".into(),
         "-q".into(),
         "2".into(),
-        // No network buffers for the I/O service: Motr's SOCK transport
-        // reports no limit on buffer segments (INT32_MAX / 2 of unlimited
-        // size), and the pool sizes each buffer by those limits: ~16 GiB of
-        // zero-filled segment tables, then a failed allocation
-        // (docs/motr.md).
-        "-E".into(),
-        "0".into(),
         "-f".into(),
         format!("<{:#x}:{:#x}>", fid.container, fid.key),
-    ]
+    ];
+    if transport() == "sock" {
+        // No network buffers for the I/O service on SOCK: it reports no
+        // limit on buffer segments (INT32_MAX / 2 of unlimited size), and
+        // the pool sizes each buffer by those limits: ~16 GiB of zero-filled
+        // segment tables, then a failed allocation (docs/motr.md).
+        // libfabric reports real limits and needs neither option.
+        v.extend(["-E".into(), "0".into()]);
+    }
+    v
+}
+
+/// A command that runs `bin` with no open descriptor but 0, 1 and 2.
+///
+/// A process started from one that runs hax's Motr would otherwise inherit
+/// its descriptors: libfabric opens its listening socket (and the rest) without
+/// close-on-exec, so an m0d started by a test that runs `Halon` held hax's
+/// listening socket too. Setting close-on-exec ourselves would take `unsafe`
+/// (`pre_exec`) or a crate the tests do not have; `bash` closes them instead,
+/// then `exec`s `bin` (same pid, so signals and `wait` reach `bin`).
+pub fn command(bin: &Path) -> Command {
+    let mut c = Command::new("bash");
+    c.args([
+        "-c",
+        r#"for f in /proc/$$/fd/*; do n=${f##*/}; [ "$n" -gt 2 ] && eval "exec $n>&-"; done; exec "$0" "$@""#,
+    ])
+    .arg(bin);
+    c
+}
+
+/// The sockets that process `pid` holds and this process holds too (their
+/// `socket:[inode]` names): inherited ones, which [`command`] prevents.
+pub fn shared_sockets(pid: u32) -> Vec<String> {
+    let sockets = |dir: &str| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                    .map(|l| l.display().to_string())
+                    .filter(|l| l.starts_with("socket:"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let ours = sockets("/proc/self/fd");
+    let mut shared: Vec<String> = sockets(&format!("/proc/{pid}/fd"))
+        .into_iter()
+        .filter(|s| ours.contains(s))
+        .collect();
+    shared.sort();
+    shared.dedup();
+    shared
 }
 
 /// A child process, killed and reaped when dropped.
@@ -227,7 +329,7 @@ impl Proc {
     pub fn spawn(bin: &Path, dir: &Path, args: &[String], log: &str) -> Proc {
         let out = std::fs::File::create(dir.join(log)).expect("log file");
         let err = out.try_clone().expect("log file");
-        let child = Command::new(bin)
+        let child = command(bin)
             .args(args)
             .current_dir(dir)
             .env("M0_TRACE_DIR", dir)
