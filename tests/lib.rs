@@ -298,7 +298,8 @@ pub fn device_entry(node: &str, i: usize, state: &str) -> QueueMessage {
 pub struct Metrics(pub BTreeMap<String, f64>);
 
 impl Metrics {
-    /// Parses the Prometheus text format.
+    /// Parses the Prometheus text format (and OpenMetrics text, whose
+    /// `# EOF` is a comment here).
     pub fn parse(text: &str) -> Metrics {
         Metrics(
             text.lines()
@@ -322,6 +323,14 @@ impl Metrics {
     /// [`Metrics::get`] as an integer.
     pub fn n(&self, key: &str) -> u64 {
         self.get(key) as u64
+    }
+
+    /// Entrypoint requests answered, whatever the outcome.
+    pub fn entrypoint_answers(&self) -> u64 {
+        ["accepted", "refused", "empty", "failed"]
+            .iter()
+            .map(|o| self.n(&format!("hax_entrypoint_requests_total{{outcome=\"{o}\"}}")))
+            .sum()
     }
 
     /// Sent messages with an outcome (delivered or not).

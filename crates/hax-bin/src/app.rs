@@ -24,10 +24,10 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use hax_consul::writer::{KvWriter, WriterConfig};
 use hax_ha::broadcast::Broadcaster;
-use hax_ha::http::metrics::MetricsSources;
+use hax_ha::http::metrics as http_metrics;
 use hax_ha::inbound::bq::{self, BqConfig, BqProcessor};
 use hax_ha::inbound::watches::WatchHandlers;
-use hax_ha::metrics::Metrics;
+use hax_ha::metrics::{Metrics, Registry};
 use hax_ha::motr::bridge::Bridge;
 use hax_ha::motr::keepalive::{self, KeepaliveConfig, KeepaliveInbox};
 use hax_ha::pipeline::{EventPipeline, EventsConfig};
@@ -298,21 +298,25 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
             source,
         })?;
     let app_state = AppState::new(updates_tx.clone(), server_cfg).with_bq_floor(bq_floor);
-    let metrics_sources = MetricsSources {
-        daemon: Arc::clone(&metrics),
-        writer: writer.metrics(),
-        bq: processor_metrics,
-        events: pipeline.metrics(),
-        api: api.metrics(),
-        stats: Arc::clone(&stats_metrics),
-        held: pipeline.held_metrics(),
-        queue_depth: Arc::new(move || {
+    // The one registry `/metrics` encodes: each part registers the
+    // collector of its own counters.
+    let mut registry = Registry::default();
+    hax_ha::metrics::register_build_info(&mut registry, env!("CARGO_PKG_VERSION"));
+    metrics.register(
+        &mut registry,
+        &pipeline.metrics(),
+        Arc::new(move || {
             queue_probe
                 .upgrade()
                 .map_or(0, |tx| tx.max_capacity() - tx.capacity())
         }),
-    };
-    let router = hax_ha::http::daemon_router(app_state, api, metrics_sources);
+    );
+    hax_ha::metrics::register_writer(&mut registry, writer.metrics());
+    processor_metrics.register(&mut registry);
+    http_metrics::register_api(&mut registry, api.metrics());
+    http_metrics::register_stats(&mut registry, Arc::clone(&stats_metrics));
+    http_metrics::register_held(&mut registry, pipeline.held_metrics());
+    let router = hax_ha::http::daemon_router(app_state, api, Arc::new(registry));
     let http_cancel = tasks.child_token();
     let http_task = tokio::spawn({
         let cancel = http_cancel.clone();

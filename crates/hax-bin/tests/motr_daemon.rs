@@ -535,7 +535,8 @@ async fn real_m0ds_with_the_hax_daemon_and_consul() {
     let metrics = http_get(http, "/metrics").unwrap_or_default();
     for key in [
         "hax_links",
-        "hax_entrypoint_requests_total{outcome=\"received\"}",
+        "hax_entrypoint_requests_total{outcome=\"accepted\"}",
+        "hax_entrypoint_requests_pending",
         "hax_messages_total{direction=\"in\",type=\"event_process\"}",
         "hax_messages_total{direction=\"in\",type=\"event_service\"}",
         "hax_messages_total{direction=\"in\",type=\"nvec_get\"}",

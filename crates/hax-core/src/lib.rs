@@ -38,4 +38,9 @@ pub use entrypoint::{Confd, EntrypointReply, EntrypointRequest, LinkInfo};
 pub use error::{ConvertError, Error, GlueCode, Result};
 pub use halon::{Completion, HaLink, Halon, HalonConfig, StopReport, Tracked, DEFAULT_DROP_WAIT};
 pub use reply::{Delivery, Disconnect, EntrypointResponder, FailvecRequest, NvecGet, EAGAIN};
+
+/// The backend hax-sys was built with: `"emulator"` or `"motr"` (feature
+/// `motr`). Re-exported so that crates above this one can report it (build
+/// information in metrics) without naming the C boundary.
+pub const BACKEND: &str = hax_sys::BACKEND;
 pub use thread::MotrThread;

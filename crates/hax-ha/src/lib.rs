@@ -11,7 +11,7 @@
 //! | [`inbound`] | what comes from Consul: watch updates, the broadcast queue and its trimming, reported failures |
 //! | [`leader`] | the RC leader's periodic work: statistics |
 //! | [`http`] | the HTTP API |
-//! | [`metrics`] | the daemon's counters |
+//! | [`metrics`] | the daemon's counters and their collectors for one `prometheus-client` registry |
 
 //!
 //! A daemon (`hax-bin`) wires them together; nothing here owns global state

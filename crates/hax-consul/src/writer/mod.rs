@@ -55,7 +55,8 @@ mod task;
 use self::ack::lock;
 pub use self::ack::{Ack, AckWaiter};
 pub use self::op::{
-    FlushTimeout, ShutdownReport, WriteError, WriteOp, WriterConfig, WriterMetrics,
+    FlushTimeout, ShutdownReport, WriteError, WriteLatency, WriteOp, WriterConfig, WriterMetrics,
+    WRITE_LATENCY_BOUNDS_US,
 };
 use self::task::*;
 

@@ -175,12 +175,8 @@ pub struct WriterMetrics {
     pub rejected: AtomicU64,
     /// Writes abandoned at shutdown.
     pub abandoned: AtomicU64,
-    /// Sum over committed writes of the time from submission to commit, µs.
-    pub latency_us_sum: AtomicU64,
-    /// Committed writes counted in `latency_us_sum`.
-    pub latency_count: AtomicU64,
-    /// Longest time from submission to commit, µs.
-    pub latency_us_max: AtomicU64,
+    /// Time from submission to commit of each committed write.
+    pub latency: WriteLatency,
     /// Sum of transaction round trips, µs.
     pub txn_us_sum: AtomicU64,
     /// Transactions sent (committed or not).
@@ -194,9 +190,87 @@ impl WriterMetrics {
     }
 
     pub(super) fn observe_latency(&self, d: Duration) {
+        self.latency.observe(d);
+    }
+}
+
+/// Upper bounds of [`WriteLatency`]'s buckets, µs: from a write that rode a
+/// transaction already on its way (under a millisecond on a local agent) to
+/// one that waited out an outage with capped backoff (tens of seconds).
+pub const WRITE_LATENCY_BOUNDS_US: [u64; 15] = [
+    500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+    2_500_000, 5_000_000, 10_000_000, 30_000_000,
+];
+
+/// A latency histogram in the fixed buckets of [`WRITE_LATENCY_BOUNDS_US`],
+/// kept as plain atomics: this crate knows no metrics library, its user
+/// exposes the histogram in whatever format it serves (hax: Prometheus).
+/// Unlike an average and a maximum, bucket counts add up across nodes and
+/// time windows.
+#[derive(Debug, Default)]
+pub struct WriteLatency {
+    /// Observations per bucket, not cumulative; the last is above every
+    /// bound.
+    buckets: [AtomicU64; 16],
+    sum_us: AtomicU64,
+}
+
+impl WriteLatency {
+    /// Records one observation.
+    pub fn observe(&self, d: Duration) {
         let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        self.latency_us_sum.fetch_add(us, Ordering::Relaxed);
-        self.latency_count.fetch_add(1, Ordering::Relaxed);
-        self.latency_us_max.fetch_max(us, Ordering::Relaxed);
+        let i = WRITE_LATENCY_BOUNDS_US
+            .iter()
+            .position(|b| us <= *b)
+            .unwrap_or(WRITE_LATENCY_BOUNDS_US.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Sum of the observations, µs.
+    pub fn sum_us(&self) -> u64 {
+        self.sum_us.load(Ordering::Relaxed)
+    }
+
+    /// Observations per bucket (not cumulative), paired with the bucket's
+    /// upper bound in µs; `None` for the last, unbounded one.
+    pub fn buckets(&self) -> impl Iterator<Item = (Option<u64>, u64)> + '_ {
+        self.buckets.iter().enumerate().map(|(i, b)| {
+            (
+                WRITE_LATENCY_BOUNDS_US.get(i).copied(),
+                b.load(Ordering::Relaxed),
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_latencies_land_in_the_bucket_of_their_upper_bound() {
+        let l = WriteLatency::default();
+        // On a bound, just above it, past the last one.
+        for us in [100, 500, 501, 30_000_000, 30_000_001, u64::MAX / 2] {
+            l.observe(Duration::from_micros(us));
+        }
+        let counts: Vec<(Option<u64>, u64)> = l.buckets().filter(|(_, n)| *n > 0).collect();
+        assert_eq!(
+            counts,
+            [
+                (Some(500), 2),
+                (Some(1_000), 1),
+                (Some(30_000_000), 1),
+                (None, 2)
+            ]
+        );
+        assert_eq!(l.count(), 6);
+        assert_eq!(l.buckets().count(), WRITE_LATENCY_BOUNDS_US.len() + 1);
     }
 }

@@ -22,7 +22,6 @@ pub mod sns;
 pub mod status;
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -232,23 +231,6 @@ impl ApiMetrics {
             .copied()
             .unwrap_or(0)
     }
-
-    /// Appends `hax_api_requests_total{route,code}` in the Prometheus text
-    /// format.
-    pub fn render(&self, out: &mut String) {
-        let m = self.answered.lock().unwrap_or_else(PoisonError::into_inner);
-        let _ = writeln!(
-            out,
-            "# HELP hax_api_requests_total API requests answered, by route and status code.\n\
-             # TYPE hax_api_requests_total counter"
-        );
-        for ((route, code), n) in m.iter() {
-            let _ = writeln!(
-                out,
-                "hax_api_requests_total{{route=\"{route}\",code=\"{code}\"}} {n}"
-            );
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -292,14 +274,14 @@ async fn observe(State(state): State<ApiState>, req: Request, next: Next) -> Res
 pub fn daemon_router(
     watches: hax_consul::server::AppState,
     api: ApiState,
-    metrics: metrics::MetricsSources,
+    metrics: Arc<prometheus_client::registry::Registry>,
 ) -> Router {
     hax_consul::server::router(watches)
         .route(
             "/metrics",
-            get(move || {
-                let m = metrics.clone();
-                async move { m.render() }
+            get(move |headers: axum::http::HeaderMap| {
+                let registry = Arc::clone(&metrics);
+                async move { metrics::answer(&registry, &headers) }
             }),
         )
         .merge(router(api))
@@ -341,18 +323,5 @@ mod tests {
         assert_eq!((e.status, e.kind), (StatusCode::BAD_REQUEST, "bad_json"));
         let e = json_object(b"").unwrap_err();
         assert_eq!(e.kind, "bad_json");
-    }
-
-    #[test]
-    fn metrics_render_by_route_and_code() {
-        let m = ApiMetrics::default();
-        m.count("/v1/cluster/status", StatusCode::OK);
-        m.count("/v1/cluster/status", StatusCode::OK);
-        m.count("/api/v1/sns/{operation}", StatusCode::CONFLICT);
-        assert_eq!(m.answered("/v1/cluster/status", 200), 2);
-        let mut out = String::new();
-        m.render(&mut out);
-        assert!(out.contains("hax_api_requests_total{route=\"/v1/cluster/status\",code=\"200\"} 2"));
-        assert!(out.contains("route=\"/api/v1/sns/{operation}\",code=\"409\"} 1"));
     }
 }

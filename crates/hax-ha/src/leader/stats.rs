@@ -224,53 +224,6 @@ impl StatsMetrics {
     pub fn runs(&self, u: Updater, o: Outcome) -> u64 {
         self.runs[u as usize][o as usize].load(Ordering::Relaxed)
     }
-
-    /// Appends these metrics in the Prometheus text format.
-    pub fn render(&self, out: &mut String) {
-        let _ = writeln!(
-            out,
-            "# HELP hax_stats_runs_total Runs of the statistics updaters, by outcome.\n\
-             # TYPE hax_stats_runs_total counter"
-        );
-        for u in [Updater::Filesystem, Updater::Bytecount] {
-            for (o, name) in [
-                (Outcome::Written, "written"),
-                (Outcome::Skipped, "skipped"),
-                (Outcome::Failed, "failed"),
-            ] {
-                let _ = writeln!(
-                    out,
-                    "hax_stats_runs_total{{updater=\"{}\",outcome=\"{name}\"}} {}",
-                    u.name(),
-                    self.runs(u, o)
-                );
-            }
-        }
-        let _ = writeln!(
-            out,
-            "# HELP hax_stats_run_in_progress Whether a run of the updater is under way.\n\
-             # TYPE hax_stats_run_in_progress gauge"
-        );
-        for u in [Updater::Filesystem, Updater::Bytecount] {
-            let _ = writeln!(
-                out,
-                "hax_stats_run_in_progress{{updater=\"{}\"}} {}",
-                u.name(),
-                u64::from(self.running(u))
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP hax_rconfc_ready Whether Motr's configuration client runs.\n\
-             # TYPE hax_rconfc_ready gauge\n\
-             hax_rconfc_ready {}\n\
-             # HELP hax_rconfc_start_attempts_total Attempts to start rconfc.\n\
-             # TYPE hax_rconfc_start_attempts_total counter\n\
-             hax_rconfc_start_attempts_total {}",
-            self.rconfc_ready.load(Ordering::Relaxed),
-            self.rconfc_attempts.load(Ordering::Relaxed),
-        );
-    }
 }
 
 // ---------------------------------------------------------------------------

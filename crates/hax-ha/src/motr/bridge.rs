@@ -173,7 +173,12 @@ impl Bridge {
                     .entrypoint_accepted
                     .fetch_add(1, Ordering::Relaxed);
             }
-            Err(e) => tracing::error!(error = %e, "entrypoint reply failed"),
+            Err(e) => {
+                self.metrics
+                    .entrypoint_failed
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "entrypoint reply failed");
+            }
         }
     }
 }
@@ -188,9 +193,14 @@ impl Callbacks for Bridge {
         let own_rconfc = req.process_fid == self.hax_fid && !req.first_request;
         if self.stopping.load(Ordering::Acquire) || (own_rconfc && self.confds_down.any()) {
             let empty = EntrypointReply::default();
-            if let Err(e) = reply.accept_now(cx, &empty) {
-                tracing::error!(error = %e, "entrypoint reply failed");
-            }
+            let outcome = match reply.accept_now(cx, &empty) {
+                Ok(()) => &self.metrics.entrypoint_empty,
+                Err(e) => {
+                    tracing::error!(error = %e, "entrypoint reply failed");
+                    &self.metrics.entrypoint_failed
+                }
+            };
+            outcome.fetch_add(1, Ordering::Relaxed);
             return;
         }
         let config = self.entrypoint.borrow().clone();

@@ -163,31 +163,6 @@ pub struct HeldMetrics {
     pub dropped: AtomicU64,
 }
 
-impl HeldMetrics {
-    /// Appends these counters in the Prometheus text format.
-    pub fn render(&self, out: &mut String) {
-        use std::fmt::Write as _;
-        let _ = writeln!(
-            out,
-            "# HELP hax_held_failures_total FAILED notes of stopped processes held back from hax's own link, by how they ended.\n\
-             # TYPE hax_held_failures_total counter"
-        );
-        for (end, n) in [
-            ("held", &self.held),
-            ("sent_link_gone", &self.sent_link_gone),
-            ("sent_bound", &self.sent_bound),
-            ("sent_restart", &self.sent_restart),
-            ("dropped", &self.dropped),
-        ] {
-            let _ = writeln!(
-                out,
-                "hax_held_failures_total{{end=\"{end}\"}} {}",
-                n.load(Ordering::Relaxed)
-            );
-        }
-    }
-}
-
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
