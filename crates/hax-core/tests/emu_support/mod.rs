@@ -1,6 +1,6 @@
-//! What the tests of hax on the emulator share (hax-sim's too, by path): a
-//! log of what hax's callbacks saw, waited on with a deadline, free
-//! endpoints and a halon configuration.
+//! What the tests of hax on the emulator share (hax-sim's and hax-testkit's
+//! too, by path): a log of what hax's callbacks saw, waited on with a
+//! deadline, free endpoints and a halon configuration.
 
 #![allow(dead_code)]
 

@@ -11,6 +11,7 @@ use hax_core::{
 };
 use hax_sim::{SimConfig, SimProcess};
 
+#[path = "../../hax-core/tests/emu_support/mod.rs"]
 mod emu_support;
 
 const T: Duration = Duration::from_secs(15);

@@ -2,7 +2,7 @@
 //! messages per second from 1 and 16 peers into a callback, and the round
 //! trip of a message hax sends until its delivery is reported.
 //!
-//! `cargo bench -p hax-core --bench halon` prints a table; `HAX_BENCH_MSGS`
+//! `cargo bench -p hax-testkit --bench halon` prints a table; `HAX_BENCH_MSGS`
 //! sets the messages per peer (default 50000).
 
 use std::sync::atomic::{AtomicU64, Ordering};

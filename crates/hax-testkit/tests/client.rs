@@ -14,6 +14,7 @@ use hax_core::{
 };
 use hax_sim::{ClientOp, PoolDef, PverDef, SimControl};
 
+#[path = "../../hax-core/tests/emu_support/mod.rs"]
 mod emu_support;
 
 const WAIT: Duration = Duration::from_secs(10);

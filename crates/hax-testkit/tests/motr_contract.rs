@@ -20,9 +20,10 @@
 //!   started; quiesce makes an idle or started one paused; continue makes a
 //!   paused or idle one started; abort makes any but a failed one idle.
 //!
-//! Runs on the emulator; reported as ignored when hax-core is built with
-//! `--features motr` (its peers speak the emulator's protocol; what they pin
-//! on real Motr is what `motr_m0d`, `motr_m0ham` and `motr_client` saw).
+//! Runs on the emulator; reported as ignored when hax-testkit is built with
+//! `--features motr`, hax-core's on real Motr (its peers speak the emulator's
+//! protocol; what they pin on real Motr is what hax-core's `motr_m0d`,
+//! `motr_m0ham` and `motr_client` saw).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +35,7 @@ use hax_core::{
     PverState, ServiceEvent, ServiceEventKind, ServiceType, SnsKind, SnsOp, Tag, Uint128,
 };
 
+#[path = "../../hax-core/tests/emu_support/mod.rs"]
 mod emu_support;
 use hax_sim::{PoolDef, PverDef, SimConfig, SimControl, SimProcess};
 
