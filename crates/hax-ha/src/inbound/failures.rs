@@ -230,24 +230,11 @@ pub async fn commit_process_failure(
 mod tests {
     use super::*;
     use crate::model::vocab::fid_text;
+    use crate::view::health::tests::{check, entry};
     use crate::view::health::SERF_HEALTH;
     use crate::view::sample::{self, Sample};
     use crate::view::{ClusterView, ViewData};
     use hax_consul::catalog::HealthCheck;
-
-    fn check(node: &str, id: &str, status: &str, service: &str) -> serde_json::Value {
-        serde_json::json!({"Node": node, "CheckID": id, "Name": id, "Status": status,
-                           "ServiceID": service, "ServiceName": ""})
-    }
-
-    fn entry(node: &str, service: &str, checks: Vec<serde_json::Value>) -> ServiceEntry {
-        serde_json::from_value(serde_json::json!({
-            "Node": {"Node": node, "Address": "127.0.0.1"},
-            "Service": {"ID": service, "Service": "ios", "Port": 0},
-            "Checks": checks,
-        }))
-        .expect("entry")
-    }
 
     #[test]
     fn watch_payload_becomes_process_updates() {

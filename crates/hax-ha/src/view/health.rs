@@ -142,15 +142,17 @@ pub fn service_health(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn check(node: &str, id: &str, status: &str, service: &str) -> serde_json::Value {
+    /// A health check of a watch payload.
+    pub(crate) fn check(node: &str, id: &str, status: &str, service: &str) -> serde_json::Value {
         serde_json::json!({"Node": node, "CheckID": id, "Name": id, "Status": status,
                            "ServiceID": service, "ServiceName": ""})
     }
 
-    fn entry(node: &str, service: &str, checks: Vec<serde_json::Value>) -> ServiceEntry {
+    /// An `ios` service entry of node `node` with `checks`.
+    pub(crate) fn entry(node: &str, service: &str, checks: Vec<serde_json::Value>) -> ServiceEntry {
         serde_json::from_value(serde_json::json!({
             "Node": {"Node": node, "Address": "127.0.0.1"},
             "Service": {"ID": service, "Service": "ios", "Port": 0},
