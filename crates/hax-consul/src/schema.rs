@@ -1179,6 +1179,101 @@ pub enum ConfState {
     Nc(NcState),
 }
 
+impl ObjState {
+    /// Every state, for tables and tests.
+    pub const ALL: [ObjState; 9] = [
+        ObjState::Online,
+        ObjState::Failed,
+        ObjState::Offline,
+        ObjState::Unknown,
+        ObjState::Stopped,
+        ObjState::DtmRecovering,
+        ObjState::Repairing,
+        ObjState::Repaired,
+        ObjState::Rebalancing,
+    ];
+
+    /// The word as written in Consul.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ObjState::Online => "online",
+            ObjState::Failed => "failed",
+            ObjState::Offline => "offline",
+            ObjState::Unknown => "unknown",
+            ObjState::Stopped => "stopped",
+            ObjState::DtmRecovering => "dtm_recovering",
+            ObjState::Repairing => "repairing",
+            ObjState::Repaired => "repaired",
+            ObjState::Rebalancing => "rebalancing",
+        }
+    }
+}
+
+impl std::str::FromStr for ObjState {
+    type Err = String;
+
+    /// The word as Consul holds it; cfgen's initial `M0_NC_UNKNOWN` reads
+    /// as [`ObjState::Unknown`].
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if s == "M0_NC_UNKNOWN" || s == "m0_nc_unknown" {
+            return Ok(ObjState::Unknown);
+        }
+        ObjState::ALL
+            .into_iter()
+            .find(|w| w.as_str() == s)
+            .ok_or_else(|| format!("{s:?} is not an object state"))
+    }
+}
+
+impl NcState {
+    /// Every state, for tables and tests.
+    pub const ALL: [NcState; 8] = [
+        NcState::Unknown,
+        NcState::Online,
+        NcState::Failed,
+        NcState::Transient,
+        NcState::Repair,
+        NcState::Repaired,
+        NcState::Rebalance,
+        NcState::DtmRecovering,
+    ];
+
+    /// The `M0_NC_*` name as written in Consul.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            NcState::Unknown => "M0_NC_UNKNOWN",
+            NcState::Online => "M0_NC_ONLINE",
+            NcState::Failed => "M0_NC_FAILED",
+            NcState::Transient => "M0_NC_TRANSIENT",
+            NcState::Repair => "M0_NC_REPAIR",
+            NcState::Repaired => "M0_NC_REPAIRED",
+            NcState::Rebalance => "M0_NC_REBALANCE",
+            NcState::DtmRecovering => "M0_NC_DTM_RECOVERING",
+        }
+    }
+}
+
+impl std::str::FromStr for NcState {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        NcState::ALL
+            .into_iter()
+            .find(|n| n.as_str() == s)
+            .ok_or_else(|| format!("{s:?} is not an M0_NC_* state"))
+    }
+}
+
+impl ConfState {
+    /// The text of the state as stored in an object's `state` field.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ConfState::Word(w) => w.as_str(),
+            ConfState::Nc(n) => n.as_str(),
+        }
+    }
+}
+
 /// The JSON object of a configuration entry. Known fields are typed; others
 /// are kept so that rewriting `state` preserves them.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -1658,12 +1753,12 @@ impl HaxKv {
         &self,
         key: &ConfKey,
         state: ConfState,
-        keep: &[&str],
+        keep: &[ConfState],
     ) -> Result<bool> {
         let raw = key.to_key();
-        let (expected, new_state) = match state {
-            ConfState::Word(s) => (StateVocabulary::Words, serde_json::to_value(s)),
-            ConfState::Nc(s) => (StateVocabulary::NcNames, serde_json::to_value(s)),
+        let expected = match state {
+            ConfState::Word(_) => StateVocabulary::Words,
+            ConfState::Nc(_) => StateVocabulary::NcNames,
         };
         if key.state_vocabulary() != Some(expected) {
             return Err(SchemaError::BadKey {
@@ -1671,21 +1766,17 @@ impl HaxKv {
                 reason: format!("a {expected:?} state does not apply to this key"),
             });
         }
-        let new_state = match new_state {
-            Ok(serde_json::Value::String(s)) => s,
-            _ => {
-                return Err(SchemaError::BadValue {
-                    key: raw,
-                    reason: "state does not encode as a string".to_owned(),
-                })
-            }
-        };
+        let new_state = state.as_str().to_owned();
         for _ in 0..RMW_ATTEMPTS {
             let Some(pair) = self.get_raw(&raw).await? else {
                 return Ok(false);
             };
             let mut obj: ConfObject = decode(&raw, &pair.value)?;
-            if obj.state.as_deref().is_some_and(|s| keep.contains(&s)) {
+            if obj
+                .state
+                .as_deref()
+                .is_some_and(|s| keep.iter().any(|k| k.as_str() == s))
+            {
                 return Ok(false);
             }
             if obj.state.as_deref() == Some(new_state.as_str()) {

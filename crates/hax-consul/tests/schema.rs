@@ -126,7 +126,10 @@ async fn conf_tree_is_parsed_and_states_rewritten_in_place() {
         .set_conf_state(
             &sdev_key,
             ConfState::Word(ObjState::Online),
-            &["failed", "repairing"]
+            &[
+                ConfState::Word(ObjState::Failed),
+                ConfState::Word(ObjState::Repairing)
+            ]
         )
         .await
         .expect("kept"));
@@ -390,4 +393,27 @@ async fn process_states_restarts_leader_and_stats() {
         kv.full_fid(base).await.expect("get"),
         FidText::new(0x7200_0001_0000_0001, 0x6)
     );
+}
+
+#[test]
+fn state_words_are_what_serde_writes_and_read_back() {
+    for w in ObjState::ALL {
+        assert_eq!(
+            serde_json::to_value(w).expect("encoded"),
+            serde_json::Value::String(w.as_str().to_owned())
+        );
+        assert_eq!(w.as_str().parse::<ObjState>(), Ok(w));
+        assert_eq!(ConfState::Word(w).as_str(), w.as_str());
+    }
+    for n in NcState::ALL {
+        assert_eq!(
+            serde_json::to_value(n).expect("encoded"),
+            serde_json::Value::String(n.as_str().to_owned())
+        );
+        assert_eq!(n.as_str().parse::<NcState>(), Ok(n));
+        assert_eq!(ConfState::Nc(n).as_str(), n.as_str());
+    }
+    assert_eq!("M0_NC_UNKNOWN".parse::<ObjState>(), Ok(ObjState::Unknown));
+    assert!("FAILED".parse::<ObjState>().is_err());
+    assert!("failed".parse::<NcState>().is_err());
 }

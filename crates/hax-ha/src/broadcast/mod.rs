@@ -636,11 +636,8 @@ mod tests {
                     .into_iter()
                     .find(|f| any_key(&st, *f) == w.key)
                     .unwrap_or_else(|| panic!("unexpected write of {}", w.key));
-                assert_eq!(
-                    w.object.state.as_deref(),
-                    Some(state_text(w.state).as_str())
-                );
-                (f, state_text(w.state))
+                assert_eq!(w.object.state.as_deref(), Some(w.state.as_str()));
+                (f, w.state.as_str().to_owned())
             })
             .collect()
     }
@@ -1096,7 +1093,7 @@ mod tests {
             (H::Rebalance, "rebalancing"),
         ];
         for (h, want) in devices {
-            assert_eq!(state_text(ConfState::Word(device_word(h))), want, "{h:?}");
+            assert_eq!(ConfState::Word(device_word(h)).as_str(), want, "{h:?}");
         }
         let nc = [
             (H::Unknown, "M0_NC_TRANSIENT"),
@@ -1110,7 +1107,7 @@ mod tests {
             (H::Rebalance, "M0_NC_REBALANCE"),
         ];
         for (h, want) in nc {
-            assert_eq!(state_text(ConfState::Nc(nc_state(h))), want, "{h:?}");
+            assert_eq!(ConfState::Nc(nc_state(h)).as_str(), want, "{h:?}");
         }
     }
 

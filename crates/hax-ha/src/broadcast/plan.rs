@@ -19,10 +19,16 @@ use crate::view::ClusterState;
 
 /// Sdev states a process-driven update never overwrites: a device failure is
 /// only cleared by an explicit device update.
-pub const PROTECTED_SDEV_STATES: &[&str] = &["failed", "repairing", "repaired", "rebalancing"];
+pub const PROTECTED_SDEV_STATES: &[ConfState] = &[
+    ConfState::Word(ObjState::Failed),
+    ConfState::Word(ObjState::Repairing),
+    ConfState::Word(ObjState::Repaired),
+    ConfState::Word(ObjState::Rebalancing),
+];
 
 /// Process states under which a node's `ios` process counts as down.
-pub(crate) const DOWN_PROCESS_STATES: &[&str] = &["stopped", "failed", "offline"];
+pub(crate) const DOWN_PROCESS_STATES: &[ObjState] =
+    &[ObjState::Stopped, ObjState::Failed, ObjState::Offline];
 
 /// One `state` write of a configuration object.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,7 +42,7 @@ pub struct ConfWrite {
     /// Modify index of the value the plan read (the write is a check-and-set).
     pub modify_index: u64,
     /// Current states that must not be replaced.
-    pub keep: &'static [&'static str],
+    pub keep: &'static [ConfState],
 }
 
 /// Which links a broadcast goes to (among the active ones).
@@ -124,19 +130,6 @@ pub fn nc_state(h: ObjHealth) -> NcState {
         HaState::Repaired => NcState::Repaired,
         HaState::Rebalance => NcState::Rebalance,
         HaState::DtmRecovering => NcState::DtmRecovering,
-    }
-}
-
-/// The text of a state as stored in the `state` field.
-pub(crate) fn state_text(s: ConfState) -> String {
-    let v = match s {
-        ConfState::Word(w) => serde_json::to_value(w),
-        ConfState::Nc(n) => serde_json::to_value(n),
-    };
-    match v {
-        Ok(serde_json::Value::String(t)) => t,
-        // Both vocabularies are unit enums serialised as strings.
-        _ => String::new(),
     }
 }
 
@@ -241,7 +234,7 @@ impl<'a> Planner<'a> {
 
     /// Plans a state write of an existing key, unless its current state is
     /// already `state` or one of `keep`.
-    fn write(&mut self, key: &ConfKey, state: ConfState, keep: &'static [&'static str]) {
+    fn write(&mut self, key: &ConfKey, state: ConfState, keep: &'static [ConfState]) {
         let Some(entry) = self.st.conf_entry(key) else {
             return;
         };
@@ -251,13 +244,13 @@ impl<'a> Planner<'a> {
         let Some(current) = self.object(key) else {
             return;
         };
-        let text = state_text(state);
         let now = current.state.as_deref();
-        if now.is_some_and(|s| keep.contains(&s)) || now == Some(text.as_str()) {
+        if now.is_some_and(|s| keep.iter().any(|k| k.as_str() == s)) || now == Some(state.as_str())
+        {
             return;
         }
         let mut object = current.clone();
-        object.state = Some(text);
+        object.state = Some(state.as_str().to_owned());
         match self.pending.get(key) {
             Some(&i) => {
                 let w = &mut self.writes[i];
@@ -281,7 +274,7 @@ impl<'a> Planner<'a> {
         }
     }
 
-    fn write_all(&mut self, keys: &[ConfKey], state: ConfState, keep: &'static [&'static str]) {
+    fn write_all(&mut self, keys: &[ConfKey], state: ConfState, keep: &'static [ConfState]) {
         for k in keys {
             self.write(k, state, keep);
         }
@@ -399,6 +392,7 @@ impl<'a> Planner<'a> {
                 .filter(|k| matches!(k, ConfKey::Process { node: n, .. } if *n == node_text))
                 .all(|k| {
                     self.state_of(k)
+                        .and_then(|s| s.parse::<ObjState>().ok())
                         .is_some_and(|s| DOWN_PROCESS_STATES.contains(&s))
                 })
         })
