@@ -153,6 +153,14 @@ async fn sigterm_is_graceful() {
         position("consul writes finished"),
     ];
     assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
+    // Which backend this is, said at start; on the emulator, a warning.
+    let ready = env.log_messages(run, "hax ready");
+    assert_eq!(ready[0]["backend"], hax_core::BACKEND, "{ready:?}");
+    let warned = env.log_messages(
+        run,
+        "built without Motr: this hax is not connected to Motr (simulated m0d peers only)",
+    );
+    assert_eq!(warned.len(), usize::from(hax_core::BACKEND != "motr"));
     let stopped = env.log_messages(run, "halon stopped");
     assert_eq!(stopped.len(), 1, "{stopped:?}");
     assert_eq!(stopped[0]["violations"], 0);

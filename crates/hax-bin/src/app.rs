@@ -95,6 +95,14 @@ async fn wait_for_consul(client: &ConsulClient, cancel: &CancellationToken) -> O
 /// Runs the daemon until `shutdown` is cancelled.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppError> {
     let started = Instant::now();
+    if hax_core::BACKEND != "motr" {
+        // Said at every start: a package built without Motr serves only the
+        // emulator's simulated peers, never a real m0d.
+        tracing::warn!(
+            backend = hax_core::BACKEND,
+            "built without Motr: this hax is not connected to Motr (simulated m0d peers only)"
+        );
+    }
     let client = consul_client(&cfg)?;
     let http_token = cfg
         .http_token()
@@ -343,6 +351,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
         elapsed_ms = started.elapsed().as_millis() as u64,
         endpoint = %id.endpoint,
         http = %cfg.http.bind,
+        backend = hax_core::BACKEND,
         "hax ready"
     );
 

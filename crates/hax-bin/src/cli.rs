@@ -16,13 +16,22 @@ use hax_core::Fid;
 
 use crate::config::{Config, ConfigError, LogFormat, Origin};
 
+/// `hax --version`: the version and the Motr backend it was built for
+/// (hax-core's `BACKEND`, which a test checks it names).
+#[cfg(feature = "motr")]
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (backend: motr)");
+/// `hax --version`: the version and the Motr backend it was built for
+/// (hax-core's `BACKEND`, which a test checks it names).
+#[cfg(not(feature = "motr"))]
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (backend: emulator)");
+
 /// hax: the HA link eXtender between Motr m0d processes and Consul.
 ///
 /// Settings come from the configuration file (TOML), then HAX_* environment
 /// variables, then these options. Unset identity settings are read from
 /// Consul (the `hax` service registered on the local node).
 #[derive(Debug, Parser)]
-#[command(name = "hax", version)]
+#[command(name = "hax", version = VERSION)]
 pub struct Args {
     /// Configuration file (TOML).
     #[arg(short, long, env = "HAX_CONFIG", value_name = "FILE")]

@@ -276,3 +276,17 @@ fn check_config_prints_toml_the_file_reads_back() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(again, out);
 }
+
+#[test]
+fn version_names_the_backend() {
+    let (code, out, _) = hax(&["--version"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        out.trim(),
+        format!(
+            "hax {} (backend: {})",
+            env!("CARGO_PKG_VERSION"),
+            hax_core::BACKEND
+        )
+    );
+}
