@@ -15,6 +15,7 @@
 # Exit status: 0 when Motr is installed or no tarball is there, 1 when an
 # install was attempted and failed.
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/debian-packages.sh"
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # The prefix the build was configured with (motr.pc and the tools name it).
@@ -45,19 +46,7 @@ fi
 # and libisal-dev: Motr's installed headers include <isa-l.h>
 # (sns/parity_ops.h), which hax-sys's glue pulls in.
 packages=(libaio1 libyaml-0-2 libuuid1 libisal2 libssl3 libfabric1 libatomic1 libisal-dev)
-missing=()
-for p in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    if [ "$(id -u)" -ne 0 ]; then
-        log "Motr is NOT available: missing Debian packages ${missing[*]} (run as root to install them)"
-        exit 1
-    fi
-    log "installing ${missing[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null
-fi
+ensure_packages "Motr is NOT available" "${packages[@]}" || exit 1
 
 sum="$(sha256sum "$tarball" | cut -d' ' -f1)"
 want="$(basename "$tarball") $sum"

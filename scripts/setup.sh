@@ -3,6 +3,7 @@
 # build and the tests need, and a local Consul agent binary. Idempotent; run as
 # root on a fresh machine (package installation needs it).
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/debian-packages.sh"
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 log() { echo "setup: $*" >&2; }
@@ -16,19 +17,7 @@ fi
 # regenerate src/bindings.rs; pkg-config finds libmotr for feature `motr`;
 # procps gives the tests ps/pgrep for leak checks.
 packages=(gcc make libclang-dev pkg-config procps)
-missing=()
-for p in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    if [ "$(id -u)" -ne 0 ]; then
-        log "missing Debian packages: ${missing[*]} (run as root to install them)"
-        exit 1
-    fi
-    log "installing ${missing[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null
-fi
+ensure_packages "setup" "${packages[@]}" || exit 1
 
 "$repo_root/scripts/install-consul.sh" >/dev/null
 # Motr for the real-Motr tests, when its build is next to the repository
