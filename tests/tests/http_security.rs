@@ -25,7 +25,11 @@ fn http_binds_loopback_by_default() {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("bind: 127.0.0.1:8008"), "{text}");
+    // `--check-config` prints the effective configuration as TOML.
+    assert!(
+        text.contains("[http]\nbind = \"127.0.0.1:8008\"\n"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
