@@ -121,19 +121,35 @@ fn free_port() -> u16 {
 }
 
 fn start() -> (Halon<Cb>, String) {
-    let ep = format!("inet:tcp:127.0.0.1@{}", free_port());
-    let cfg = HalonConfig {
-        endpoint: ep.clone(),
-        process_fid: Fid::typed(FidType::Process, 1, 3),
-        ha_service_fid: Fid::typed(FidType::Service, 1, 4),
-        rm_service_fid: Fid::typed(FidType::Service, 1, 5),
-        debug_options: "emu-stop-timeout-ms=2000".into(),
-        node_uuid: None,
-    };
-    let hax = Arc::new(Hax {
-        links: Mutex::default(),
-    });
-    (Halon::start(cfg, Cb(hax)).unwrap(), ep)
+    // A port found free may be taken by another test before the emulator
+    // binds it (EADDRINUSE): try another.
+    for attempt in 1.. {
+        let ep = format!("inet:tcp:127.0.0.1@{}", free_port());
+        let cfg = HalonConfig {
+            endpoint: ep.clone(),
+            process_fid: Fid::typed(FidType::Process, 1, 3),
+            ha_service_fid: Fid::typed(FidType::Service, 1, 4),
+            rm_service_fid: Fid::typed(FidType::Service, 1, 5),
+            debug_options: "emu-stop-timeout-ms=2000".into(),
+            node_uuid: None,
+        };
+        let hax = Arc::new(Hax {
+            links: Mutex::default(),
+        });
+        match Halon::start(cfg, Cb(hax)) {
+            Ok(h) => return (h, ep),
+            Err(
+                e @ hax_core::Error::Glue {
+                    code: hax_core::GlueCode::Errno(98),
+                    ..
+                },
+            ) if attempt < 5 => {
+                eprintln!("{ep} taken meanwhile ({e}); another port");
+            }
+            Err(e) => panic!("halon start on {ep}: {e}"),
+        }
+    }
+    unreachable!("the loop returns or panics")
 }
 
 #[test]
