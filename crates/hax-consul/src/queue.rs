@@ -532,6 +532,26 @@ impl QueueConsumer {
             .await
     }
 
+    /// The entries `announced` (e.g. by a watch POST, which anyone who
+    /// reaches the port can send) as Consul holds them, read back in
+    /// transactions of gets; `None` when Consul does not hold one of them
+    /// (beyond the queue's end, or deleted), so that the caller reads the
+    /// whole queue instead. What the announcement carried is never used.
+    pub async fn read_back(&self, announced: &[QueueEntry]) -> Result<Option<Vec<QueueEntry>>> {
+        let mut pairs = Vec::with_capacity(announced.len());
+        for chunk in announced.chunks(MAX_TXN_OPS) {
+            let ops: Vec<TxnOp> = chunk.iter().map(|e| TxnOp::get(e.key.clone())).collect();
+            match self.client.txn(&ops).await {
+                Ok(resp) => pairs.extend(resp.results),
+                // A get of a missing key rolls the transaction back.
+                Err(ConsulError::TxnFailed { .. }) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let entries = QueueEntry::from_pairs(self.config.kind, &pairs);
+        Ok((entries.len() == announced.len()).then_some(entries))
+    }
+
     /// [`QueueConsumer::consume_available`], committing up to `batch`
     /// entries at once ([`QueueConsumer::consume_entries_batched`]).
     pub async fn consume_available_batched<F, Fut, E>(

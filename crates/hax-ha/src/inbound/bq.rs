@@ -431,8 +431,8 @@ pub fn consumer(client: ConsulClient, hostname: &str) -> Result<QueueConsumer, Q
 /// or a request to read the queue from Consul.
 #[derive(Clone, Debug, PartialEq)]
 pub enum BqTrigger {
-    /// The whole `bq/` tree as a watch delivered it: a hint that the queue
-    /// changed, read again from Consul before anything is handled.
+    /// The whole `bq/` tree as a watch delivered it: what it announces is
+    /// read back from Consul before anything is handled.
     Entries(Vec<QueueEntry>),
     /// Read the queue now.
     Resync,
@@ -600,14 +600,27 @@ async fn consume<B: Broadcast, C: ClusterFacts>(
         async move { processor.handle(&entry).await }
     };
     let batch = processor.config.commit_batch;
-    // A delivery only says that the queue changed. What it carries is never
-    // handled as it is: anyone who reaches the HTTP port can post entries,
-    // and one beyond the queue's end would move the offset past entries
-    // never broadcast. The queue is read from Consul, the truth.
+    // What a delivery carries is never handled as it is: anyone who reaches
+    // the HTTP port can post entries, and one beyond the queue's end would
+    // move the offset past entries never broadcast. The entries it announces
+    // are read back from Consul, the truth; if Consul does not hold one of
+    // them, the whole queue is read.
     match trigger {
-        BqTrigger::Entries(_) | BqTrigger::Resync => {
-            consumer.consume_available_batched(batch, handler).await
-        }
+        BqTrigger::Entries(announced) => match consumer.read_back(&announced).await? {
+            Some(entries) => {
+                consumer
+                    .consume_entries_batched(&entries, batch, handler)
+                    .await
+            }
+            None => {
+                tracing::warn!(
+                    entries = announced.len(),
+                    "a BQ delivery announced entries Consul does not hold; reading the queue"
+                );
+                consumer.consume_available_batched(batch, handler).await
+            }
+        },
+        BqTrigger::Resync => consumer.consume_available_batched(batch, handler).await,
     }
 }
 
