@@ -133,7 +133,7 @@ pub struct FlushTimeout {
     pub pending: usize,
 }
 
-/// What [`KvWriter::shutdown`] left behind.
+/// What [`KvWriter::shutdown`](super::KvWriter::shutdown) left behind.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ShutdownReport {
     /// Writes that never reached Consul (their acks got
