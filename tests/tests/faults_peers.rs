@@ -199,7 +199,11 @@ async fn hung_and_flooding_peers_do_not_hold_up_the_others() {
          {worst:?}; (fds, threads, RSS KiB) {before:?} -> {during:?}; keepalives in {}",
         m.n("hax_messages_total{direction=\"in\",type=\"keepalive_req\"}")
     );
-    assert!(worst < Duration::from_secs(5), "{worst:?}");
+    // Held up by the hung peer, a confirmation would wait for its link's
+    // sends to time out (tens of seconds); not held up, it takes under a
+    // second on a quiet machine and was seen at 5.7 s on two cores shared
+    // with a build. The figure itself belongs to the benchmarks.
+    assert!(worst < Duration::from_secs(20), "{worst:?}");
     assert!(
         during.2 <= before.2 + 128 * 1024,
         "RSS {before:?} -> {during:?}"
