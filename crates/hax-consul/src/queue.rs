@@ -118,7 +118,7 @@ impl QueuePublisher {
             };
             let body = message.encode(&self.kind.entry_key(epoch + 1))?;
             let mut ops = Vec::with_capacity(3);
-            let plan = append_ops(self.kind, (epoch, index), [body], &mut ops);
+            let plan = append_ops(self.kind, (epoch, index), vec![body], &mut ops);
             match self.client.txn(&ops).await {
                 Ok(_) => {
                     tracing::debug!(queue = ?self.kind, epoch = plan.last, "published");
@@ -166,16 +166,15 @@ pub(crate) struct AppendPlan {
 pub(crate) fn append_ops(
     kind: QueueKind,
     seen: (u64, u64),
-    bodies: impl IntoIterator<Item = String>,
+    bodies: Vec<String>,
     ops: &mut Vec<TxnOp>,
 ) -> AppendPlan {
+    let last = seen.0 + bodies.len() as u64;
     let cas_op = ops.len();
-    ops.push(TxnOp::cas(kind.epoch_key(), String::new(), seen.1));
+    ops.push(TxnOp::cas(kind.epoch_key(), last.to_string(), seen.1));
     let mut first = None;
-    let mut last = seen.0;
-    for body in bodies {
-        last += 1;
-        let key = kind.entry_key(last);
+    for (epoch, body) in (seen.0 + 1..).zip(bodies) {
+        let key = kind.entry_key(epoch);
         if first.is_none() {
             // Never overwrite an entry, even if the counter went back (a
             // restored store): the entries above a counter are contiguous
@@ -186,7 +185,6 @@ pub(crate) fn append_ops(
         }
         ops.push(TxnOp::set(key, body));
     }
-    ops[cas_op] = TxnOp::cas(kind.epoch_key(), last.to_string(), seen.1);
     AppendPlan {
         cas_op,
         checks: cas_op + 1..ops.len(),
