@@ -389,6 +389,11 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
     }
     .map_err(|e| AppError::Config(format!("halon stop task: {e}")))?;
     match stop {
+        // Entrypoint requests withheld (answered, they would have fenced
+        // live processes): Motr's stop ends with the process.
+        Ok(r) if r.cut_short => {
+            tracing::warn!(violations = r.violations, cut_short = true, "halon stopped")
+        }
         Ok(r) => tracing::info!(violations = r.violations, "halon stopped"),
         Err(e) => tracing::error!(error = %e, "halon stopped with an error"),
     }

@@ -45,6 +45,9 @@ pub enum GlueCode {
     /// Stop would have hung in Motr.
     #[error("stop would hang in Motr")]
     Hang,
+    /// Stop cut short: entrypoint requests withheld, Motr's stop cannot end.
+    #[error("stop cut short: entrypoint requests withheld")]
+    Withheld,
     /// A negative errno value from Motr.
     #[error("errno {0}")]
     Errno(i32),
@@ -67,6 +70,7 @@ impl GlueCode {
             hax_sys::HAX_E_INVAL => GlueCode::Inval,
             hax_sys::HAX_E_UNDELIVERED => GlueCode::Undelivered,
             hax_sys::HAX_E_HANG => GlueCode::Hang,
+            hax_sys::HAX_E_WITHHELD => GlueCode::Withheld,
             other => GlueCode::Errno(-other),
         }
     }

@@ -54,6 +54,11 @@ pub struct StopReport {
     pub violations: u64,
     /// Real Motr would have hung in stop (the emulator reported why and went on).
     pub would_hang: bool,
+    /// The stop was cut short: entrypoint requests that came while the links
+    /// were going were withheld (any answer would have fenced the process
+    /// with `disconnected_previously`), and Motr's stop waits for them for
+    /// ever. Nothing was finalised; the process is to exit, which ends it.
+    pub cut_short: bool,
 }
 
 /// The result of a call handed to hax-core's call thread. Await it, or
@@ -540,17 +545,32 @@ fn lifecycle<C: Callbacks>(
     // SAFETY: init thread, started handle.
     let rc = unsafe { sys::hax_glue_stop(glue) };
     let would_hang = rc == sys::HAX_E_HANG;
-    if rc != 0 && !would_hang {
+    let cut_short = rc == sys::HAX_E_WITHHELD;
+    if rc != 0 && !would_hang && !cut_short {
         tracing::error!(code = %crate::error::GlueCode::from_rc(rc), "hax_glue_stop failed");
     }
     let violations = shared.violations();
     client.join();
     stop_call_thread(shared, &call_tx, call_thread);
-    finish(shared, glue);
-    tracing::info!(violations, would_hang, "halon interface stopped");
+    if cut_short {
+        // Motr's stop goes on, waiting for the withheld requests; the
+        // handle cannot be finalised. The callbacks value stays alive too
+        // (leaked), for a callback that may still be returning.
+        shared.set_glue(std::ptr::null_mut());
+        shared.drop_waiters();
+        std::mem::forget(Arc::clone(inner));
+        tracing::warn!(
+            violations,
+            "halon interface stop cut short: entrypoint requests withheld (an answer would have fenced their processes); the process is to exit"
+        );
+    } else {
+        finish(shared, glue);
+        tracing::info!(violations, would_hang, "halon interface stopped");
+    }
     StopReport {
         violations,
         would_hang,
+        cut_short,
     }
 }
 

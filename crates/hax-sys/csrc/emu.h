@@ -246,6 +246,7 @@ struct hax_glue {
 	enum emu_state state;
 	uint32_t stop_timeout_ms;
 	uint32_t start_timeout_ms;
+	uint32_t ep_linger_ms; /* emu-ep-linger-ms: stop() serves requests this long after the links */
 	bool log_msg;
 	bool log_link;
 	bool log_ep;
@@ -271,6 +272,10 @@ struct hax_glue {
 	size_t cap_links;
 	struct emu_link *self;
 	struct emu_req *reqs;
+	/* Requests stop() withholds: never passed up, never answered (an answer
+	 * would carry disconnected_previously). */
+	struct emu_req *withheld;
+	size_t n_withheld;
 	struct emu_ev *evq_head;
 	struct emu_ev *evq_tail;
 	bool handler_sleeping;

@@ -62,6 +62,7 @@ enum hax_rc {
 	HAX_E_UNDELIVERED = -10012, /* disconnect with received messages not delivered */
 	HAX_E_HANG = -10013,   /* stop() would hang in Motr; reported, then forced */
 	HAX_E_RCONFC = -10014, /* client call while rconfc is not started */
+	HAX_E_WITHHELD = -10015, /* stop() cut short: entrypoint requests withheld */
 };
 
 /* Values identical to enum m0_ha_msg_type (ha/msg.h). */
@@ -206,7 +207,20 @@ int hax_glue_start(hax_glue *h, const char *local_ep, const struct hax_fid *proc
 /* Blocks; stops rconfc if it is running (client calls in progress return
  * -ESHUTDOWN), sends the stop events to self and runs the disconnect handshake on
  * every link. HAX_E_HANG: real Motr would have hung (details reported through
- * contract_violation); the emulator forced its way through. */
+ * contract_violation); the emulator forced its way through.
+ *
+ * While stop() runs, an entrypoint request that is not first, from a process
+ * other than our own that has no live link (none, or every one disconnected),
+ * is withheld: never passed to entrypoint_request, never answered. Motr would
+ * answer it, whatever the rc, with disconnected_previously, and the requester
+ * asserts on that before it looks at the rc; unanswered, it keeps asking and
+ * reaches the next HA. Motr's stop() waits for every request, so with one
+ * withheld it cannot finish: once the links are gone, stop() returns
+ * HAX_E_WITHHELD, no callback runs any more, the handle stays stopping (start
+ * and fini give HAX_E_STATE; the handle is not freed) and the process is to
+ * exit, which ends Motr's stop. The emulator reads "emu-ep-linger-ms=N": its
+ * entrypoint service takes requests N ms more after the last link is gone
+ * (Motr's stops only after every link's RPC disconnect, up to 5 s each). */
 int hax_glue_stop(hax_glue *h);
 
 /* Registers / unregisters the calling thread (m0_halon_interface_thread_adopt). */

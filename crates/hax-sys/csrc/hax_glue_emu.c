@@ -816,6 +816,7 @@ int hax_glue_init(hax_glue **out, const char *debug_options, const char *node_uu
 		h->stop_timeout_ms = opt_ms(debug_options, "emu-stop-timeout-ms=", h->stop_timeout_ms);
 		h->start_timeout_ms =
 			opt_ms(debug_options, "emu-start-timeout-ms=", h->start_timeout_ms);
+		h->ep_linger_ms = opt_ms(debug_options, "emu-ep-linger-ms=", 0);
 		h->log_msg = strstr(debug_options, "log-msg") != NULL;
 		h->log_link = strstr(debug_options, "log-link") != NULL;
 		h->log_ep = strstr(debug_options, "log-entrypoint") != NULL;
@@ -1091,6 +1092,27 @@ static void *handler_main(void *arg)
 
 /* --- frames from peers (network thread, h->mu held) --------------------- */
 
+/*
+ * While stop() runs, a later (not first) request from a process none of
+ * whose links is live is withheld: Motr's stop() disconnects every link
+ * before it stops the entrypoint service, a peer told NOLINK asks again at
+ * once, and whatever rc the answer has, Motr marks it disconnected_previously
+ * (the link is gone, the cookie is this run's), on which the peer asserts.
+ * Unanswered, the peer keeps waiting and asks the next HA. hax's own
+ * requests are never withheld.
+ */
+static bool stop_withholds(const hax_glue *h, const struct emu_req *req)
+{
+	if (h->state != S_STOPPING || req->first || fid_eq(&req->process_fid, &h->process_fid))
+		return false;
+	for (size_t i = 0; i < h->n_links; i++) {
+		const struct emu_link *l = h->links[i];
+		if (!l->self && !l->disconnected && fid_eq(&l->process_fid, &req->process_fid))
+			return false;
+	}
+	return true;
+}
+
 static void frame_ep_req(hax_glue *h, struct emu_conn *c, const uint8_t *body, size_t len)
 {
 	struct emu_rd r = {body, len, NULL};
@@ -1131,6 +1153,16 @@ static void frame_ep_req(hax_glue *h, struct emu_conn *c, const uint8_t *body, s
 	req->n = h->next_req++;
 	req->conn = c;
 	c->req = req;
+	if (stop_withholds(h, req)) {
+		req->next = h->withheld;
+		h->withheld = req;
+		h->n_withheld++;
+		emu_logf(h, HAX_LOG_INFO, "entrypoint request {0,%llu} from %s (process " FIDF ") "
+			 "withheld: hax is stopping and the process has no live link; any answer "
+			 "would carry disconnected_previously and fence it",
+			 (unsigned long long)req->n, req->ep, FIDP(&req->process_fid));
+		return;
+	}
 	req->next = h->reqs;
 	h->reqs = req;
 	ev_simple(h, EV_EPREQ, 0, req->n, 0);
@@ -1711,9 +1743,19 @@ static void run_free(hax_glue *h)
 	h->self = NULL;
 	for (struct emu_req *r = h->reqs, *n; r != NULL; r = n) {
 		n = r->next;
+		if (r->conn != NULL)
+			r->conn->req = NULL;
 		free(r);
 	}
 	h->reqs = NULL;
+	for (struct emu_req *r = h->withheld, *n; r != NULL; r = n) {
+		n = r->next;
+		if (r->conn != NULL)
+			r->conn->req = NULL;
+		free(r);
+	}
+	h->withheld = NULL;
+	h->n_withheld = 0;
 	emu_net_free_all(h);
 	if (h->listen_fd >= 0) {
 		close(h->listen_fd);
@@ -1960,13 +2002,26 @@ int hax_glue_stop(hax_glue *h)
 		}
 	}
 
-	/* 2. The handshake on every link, and every entrypoint request answered. */
+	/* 2. The handshake on every link, and every entrypoint request answered.
+	 * Motr stops its entrypoint service only after the last link: requests
+	 * keep coming until then (emu-ep-linger-ms stretches that moment). */
 	dl = deadline_after(ms);
+	bool lingering = false;
+	struct timespec linger_dl = {0, 0};
 	for (;;) {
 		for (size_t i = 0; i < h->n_links; i++)
 			announce(h, h->links[i], "stop()");
-		if (h->n_links == 0 && h->reqs == NULL && h->replying == 0)
-			break;
+		if (h->n_links == 0 && h->reqs == NULL && h->replying == 0) {
+			if (h->ep_linger_ms == 0)
+				break;
+			if (!lingering) {
+				lingering = true;
+				linger_dl = deadline_after(h->ep_linger_ms);
+			}
+			if (!wait_until(h, &linger_dl))
+				break;
+			continue;
+		}
 		if (!wait_until(h, &dl))
 			break;
 	}
@@ -2028,11 +2083,22 @@ int hax_glue_stop(hax_glue *h)
 	}
 	h->closing = true;
 
-	/* 3. Close everything. */
+	/* 3. Close everything. Withheld requests: Motr's stop() waits for them
+	 * for ever, so the stop is cut short; the handle stays stopping (no
+	 * start, no fini) and the process is to exit. The emulator closes its
+	 * connections now; real Motr's stay open until the process exits. */
+	size_t withheld = h->n_withheld;
 	threads_stop(h);
-	emu_logf(h, HAX_LOG_INFO, "emulator stopped%s", hang ? " after forcing a hang" : "");
+	if (withheld > 0)
+		emu_logf(h, HAX_LOG_WARN, "stop cut short: %zu entrypoint requests withheld; Motr's "
+			 "stop() waits for them and cannot finish: the process is to exit", withheld);
+	else
+		emu_logf(h, HAX_LOG_INFO, "emulator stopped%s", hang ? " after forcing a hang" : "");
 	run_free(h);
-	h->state = S_INIT;
+	if (withheld == 0)
+		h->state = S_INIT;
 	emu_unlock(h);
+	if (withheld > 0)
+		return HAX_E_WITHHELD;
 	return hang ? HAX_E_HANG : 0;
 }

@@ -148,6 +148,11 @@ struct hax_glue {
 	bool stop_done;
 	bool forced;
 	pthread_t watchdog;
+	pthread_t stopper;  /* runs m0_halon_interface_stop() */
+	bool stopper_failed; /* it could not adopt its thread */
+	bool cut_short;     /* stop() returned HAX_E_WITHHELD; Motr's stop goes on */
+	size_t n_withheld;  /* entrypoint requests withheld while stopping */
+	struct hax_fid own_fid;
 	/* Client operations: the interface's spiel (set at start, on the init
 	 * thread: Motr hands it only to one of its threads), rconfc's state and
 	 * the client calls in progress (stop waits for them). */
@@ -671,6 +676,28 @@ static void req_remove(hax_glue *h, struct greq *req)
 	free(req);
 }
 
+/*
+ * While stop() runs, a later (not first) request from a process none of
+ * whose links is live is withheld (see hax_glue.h): Motr's stop() disconnects
+ * every incoming link (ha/ha.c, M0_HA_LEVEL_INCOMING_LINKS) before it stops
+ * the entrypoint service (M0_HA_LEVEL_ENTRYPOINT_SERVER_START); a peer whose
+ * link fop got -ENOLINK asks again, and ha_link_handle() marks any answer to
+ * it, whatever the rc, disconnected_previously (the link is no longer in
+ * h_links_incoming, the cookie is ours), on which ha_entrypoint_state_cb()
+ * asserts before it looks at hae_control. h->mu held.
+ */
+static bool stop_withholds(const hax_glue *h, const struct hax_fid *fid, bool first)
+{
+	if (h->state != S_STOPPING || first || fid_eq(fid, &h->own_fid))
+		return false;
+	for (size_t i = 0; i < h->n_links; i++) {
+		const struct glink *l = h->links[i];
+		if (!l->self && !l->disconnected && fid_eq(&l->process_fid, fid))
+			return false;
+	}
+	return true;
+}
+
 /* --- callbacks from Motr ------------------------------------------------- */
 
 static hax_glue *cb_handle(void)
@@ -685,10 +712,37 @@ static void on_entrypoint_request(struct m0_halon_interface *hi, const struct m0
 	(void)hi;
 	hax_glue *h = cb_handle();
 	if (h == NULL)
-		return;
-	struct greq *r = calloc(1, sizeof(*r));
+		return; /* after a cut-short stop: left unanswered, as withheld */
 	struct hax_fid fid = to_hax_fid(process_fid);
 	struct hax_u128 id = {req_id->u_hi, req_id->u_lo};
+	struct greq *r = calloc(1, sizeof(*r));
+	if (r != NULL) {
+		r->id = *req_id;
+		r->state = R_PENDING;
+		r->up = true;
+		r->process_fid = fid;
+		snprintf(r->ep, sizeof(r->ep), "%s", remote_ep != NULL ? remote_ep : "");
+	}
+	/* Decided and recorded under one lock hold: stop() cuts short only
+	 * with no request pending, and none is passed up after it has. */
+	pthread_mutex_lock(&h->mu);
+	bool withhold = h->cut_short || stop_withholds(h, &fid, first_request);
+	if (withhold)
+		h->n_withheld++;
+	else if (r != NULL) {
+		r->next = h->reqs;
+		h->reqs = r;
+	}
+	pthread_mutex_unlock(&h->mu);
+	if (withhold) {
+		free(r);
+		glog(h, HAX_LOG_INFO, "entrypoint request {%llu,%llu} from %s (process " FIDF ") "
+		     "withheld: hax is stopping and the process has no live link; any answer "
+		     "would carry disconnected_previously and fence it",
+		     (unsigned long long)id.hi, (unsigned long long)id.lo,
+		     remote_ep != NULL ? remote_ep : "", FIDP(&fid));
+		return;
+	}
 	if (r == NULL) {
 		glog(h, HAX_LOG_ERROR, "out of memory: entrypoint request {%llu,%llu} answered "
 		     "with EAGAIN", (unsigned long long)id.hi, (unsigned long long)id.lo);
@@ -696,15 +750,6 @@ static void on_entrypoint_request(struct m0_halon_interface *hi, const struct m0
 						    NULL);
 		return;
 	}
-	r->id = *req_id;
-	r->state = R_PENDING;
-	r->up = true;
-	r->process_fid = fid;
-	snprintf(r->ep, sizeof(r->ep), "%s", remote_ep != NULL ? remote_ep : "");
-	pthread_mutex_lock(&h->mu);
-	r->next = h->reqs;
-	h->reqs = r;
-	pthread_mutex_unlock(&h->mu);
 	tl_in_cb++;
 	h->cbs.entrypoint_request(h->cbs.user, &id, remote_ep != NULL ? remote_ep : "", &fid,
 				  git_rev_id != NULL ? git_rev_id : "", pid, first_request);
@@ -1046,6 +1091,8 @@ int hax_glue_start(hax_glue *h, const char *local_ep, const struct hax_fid *proc
 		return HAX_E_INVAL;
 	}
 	h->cbs = *cbs;
+	h->own_fid = *process_fid;
+	h->n_withheld = 0;
 	snprintf(h->local_ep, sizeof(h->local_ep), "%s", local_ep);
 	h->fid_n = 0;
 	h->forced = false;
@@ -1225,13 +1272,14 @@ static void *watchdog_main(void *arg)
 		dl.tv_nsec -= 1000000000L;
 	}
 	pthread_mutex_lock(&h->mu);
-	while (!h->stop_done && pthread_cond_timedwait(&h->cv, &h->mu, &dl) != ETIMEDOUT)
+	while (!h->stop_done && !h->cut_short &&
+	       pthread_cond_timedwait(&h->cv, &h->mu, &dl) != ETIMEDOUT)
 		;
-	while (!h->stop_done) {
+	while (!h->stop_done && !h->cut_short) {
 		pthread_mutex_unlock(&h->mu);
 		force_once(h);
 		pthread_mutex_lock(&h->mu);
-		if (h->stop_done)
+		if (h->stop_done || h->cut_short)
 			break;
 		struct timespec next;
 		clock_gettime(CLOCK_REALTIME, &next);
@@ -1247,6 +1295,44 @@ static void *watchdog_main(void *arg)
 	tl_adopted = NULL;
 	free(t);
 	return NULL;
+}
+
+/* Runs m0_halon_interface_stop() on a thread of its own (adopted, as Hare
+ * stops from a consumer thread), so that stop() can return when only
+ * withheld requests hold it. */
+static void *stopper_main(void *arg)
+{
+	hax_glue *h = arg;
+	struct m0_thread *t = calloc(1, sizeof(*t));
+	bool adopted = t != NULL && m0_halon_interface_thread_adopt(h->hi, t) == 0;
+	if (adopted) {
+		tl_adopted = t;
+		m0_halon_interface_stop(h->hi);
+		m0_halon_interface_thread_shun();
+		tl_adopted = NULL;
+	}
+	free(t);
+	pthread_mutex_lock(&h->mu);
+	if (adopted)
+		h->stop_done = true;
+	else
+		h->stopper_failed = true;
+	pthread_cond_broadcast(&h->cv);
+	pthread_mutex_unlock(&h->mu);
+	return NULL;
+}
+
+/* True when Motr's stop can only be waiting for withheld requests: every
+ * link is gone and every request passed up has been answered. h->mu held. */
+static bool only_withheld_left(const hax_glue *h)
+{
+	if (h->n_withheld == 0 || h->n_links > 0)
+		return false;
+	for (const struct greq *r = h->reqs; r != NULL; r = r->next) {
+		if (r->state == R_PENDING || r->state == R_REPLYING)
+			return false;
+	}
+	return true;
 }
 
 int hax_glue_stop(hax_glue *h)
@@ -1274,13 +1360,53 @@ int hax_glue_stop(hax_glue *h)
 	bool dog = pthread_create(&h->watchdog, NULL, watchdog_main, h) == 0;
 	if (!dog)
 		glog(h, HAX_LOG_WARN, "stop: no watchdog thread: stop() has no deadline");
-	m0_halon_interface_stop(h->hi);
+	h->stopper_failed = false;
+	bool own = pthread_create(&h->stopper, NULL, stopper_main, h) == 0;
+	bool cut = false;
 	pthread_mutex_lock(&h->mu);
-	h->stop_done = true;
-	pthread_cond_broadcast(&h->cv);
+	while (own && !h->stop_done && !h->stopper_failed) {
+		if (only_withheld_left(h)) {
+			cut = true;
+			h->cut_short = true;
+			pthread_cond_broadcast(&h->cv);
+			break;
+		}
+		struct timespec next;
+		clock_gettime(CLOCK_REALTIME, &next);
+		next.tv_nsec += 50 * 1000000L;
+		if (next.tv_nsec >= 1000000000L) {
+			next.tv_sec++;
+			next.tv_nsec -= 1000000000L;
+		}
+		pthread_cond_timedwait(&h->cv, &h->mu, &next);
+	}
+	bool inline_stop = !own || h->stopper_failed;
+	size_t withheld = h->n_withheld;
 	pthread_mutex_unlock(&h->mu);
+	if (own && !cut)
+		pthread_join(h->stopper, NULL);
+	if (inline_stop) {
+		/* No stopper thread: stop here; withheld requests then hang it. */
+		m0_halon_interface_stop(h->hi);
+		pthread_mutex_lock(&h->mu);
+		h->stop_done = true;
+		pthread_cond_broadcast(&h->cv);
+		pthread_mutex_unlock(&h->mu);
+	}
 	if (dog)
 		pthread_join(h->watchdog, NULL);
+	if (cut) {
+		/* Motr's stop waits for the withheld requests for ever: no
+		 * callback reaches the user any more, the handle stays stopping,
+		 * and the process is to exit. */
+		pthread_detach(h->stopper);
+		pthread_mutex_lock(&g_mu);
+		__atomic_store_n(&g_h, NULL, __ATOMIC_RELEASE);
+		pthread_mutex_unlock(&g_mu);
+		glog(h, HAX_LOG_WARN, "stop cut short: %zu entrypoint requests withheld; Motr's "
+		     "stop() waits for them and cannot finish: the process is to exit", withheld);
+		return HAX_E_WITHHELD;
+	}
 	pthread_mutex_lock(&h->mu);
 	bool forced = h->forced;
 	size_t left = h->n_links;

@@ -67,6 +67,7 @@ pub const HAX_E_INVAL: hax_rc = -10011;
 pub const HAX_E_UNDELIVERED: hax_rc = -10012;
 pub const HAX_E_HANG: hax_rc = -10013;
 pub const HAX_E_RCONFC: hax_rc = -10014;
+pub const HAX_E_WITHHELD: hax_rc = -10015;
 pub type hax_rc = ::core::ffi::c_int;
 pub const HAX_MSG_INVALID: hax_msg_type = 0;
 pub const HAX_MSG_STOB_IOQ: hax_msg_type = 1;
