@@ -14,7 +14,7 @@
 //!   up, never answered); Motr's stop then cannot finish, and the stop is
 //!   reported cut short once the links are gone.
 //!
-//! Runs on the emulator; reported as ignored when hax-core is built with
+//! Runs on the emulator; reported as ignored when hax-testkit is built with
 //! `--features motr` (its peers speak the emulator's protocol).
 
 use std::sync::{Arc, Mutex};
