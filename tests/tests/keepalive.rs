@@ -1,11 +1,12 @@
 //! Keepalive probes: hax asks every linked process for a keepalive reply each
 //! round and records the answers in `<node>/keepalive/<fid>`; a process
 //! that stops answering is marked not responding while the others stay
-//! responding, and is marked responding again once it answers; with the
-//! interval at 0 nothing is probed or written.
+//! responding, and is marked responding again once it answers; a process no
+//! longer probed (stopped) loses its key; with the interval at 0 nothing is
+//! probed or written.
 
 use hax_consul::schema::KeepaliveStatus;
-use hax_core::{Fid, HaMsgData};
+use hax_core::{Fid, HaMsgData, ProcessEventKind};
 use hax_e2e::{ft, wait_for, Env, Options, T};
 use hax_sim::{Delivery, SimProcess};
 
@@ -111,6 +112,23 @@ async fn probes_are_recorded_and_a_silent_process_is_marked() {
         .await
         .expect("keepalive keys");
     assert_eq!(keys.len(), 3, "{keys:?}");
+    // A process that stopped is no longer probed: its key goes, the
+    // others' stay.
+    let stopped = &peers[2];
+    stopped
+        .send_process_event(ProcessEventKind::Stopped)
+        .unwrap();
+    wait_for("the stopped process's key to go", T, || async {
+        status(&env, stopped.fid()).await.is_none().then_some(())
+    })
+    .await;
+    counters_grow(&env, &[&peers[0], &peers[1]]).await;
+    let keys = env
+        .kv
+        .keepalive_keys(&env.sample.node)
+        .await
+        .expect("keepalive keys");
+    assert_eq!(keys.len(), 2, "{keys:?}");
     env.assert_no_contract_violations();
 
     // The probes do not hold up the stop.

@@ -16,9 +16,12 @@
 //!    unsolicited NVEC SET to every peer link, then answers: m0ham prints the
 //!    broadcast as the first message it receives.
 //!
+//! 3. FAILED notes of the m0ham process on hax's own link: the first one and a
+//!    repeat with `ignore_same_state` leave its links; FAILED twice without
+//!    it ends both (what hax sends its own link to fence a process).
+//!
 //! Then hax stops: the stop events reach the self link, every link gets the
-//! disconnect handshake (the links of the exited m0ham processes included),
-//! and nothing was refused or forced.
+//! disconnect handshake, and nothing was refused or forced.
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -29,8 +32,8 @@ use std::time::{Duration, Instant};
 
 use hax_core::{
     Callbacks, Confd, Ctx, Delivery, Disconnect, EntrypointReply, EntrypointRequest,
-    EntrypointResponder, Fid, FidType, HaMsg, HaNote, HaState, Halon, HalonConfig, LinkId,
-    LinkInfo, NvecGet, Tag, Uint128,
+    EntrypointResponder, Fid, FidType, HaMsg, HaMsgData, HaNote, HaState, Halon, HalonConfig,
+    LinkId, LinkInfo, Nvec, NvecGet, NvecKind, Tag, Uint128,
 };
 use motr_support::{free_endpoint, installed, scratch};
 
@@ -379,7 +382,75 @@ fn m0ham_entrypoint_nvec_get_and_broadcast() {
         .iter()
         .any(|e| e.starts_with("link_connected") && e.ends_with("self true")));
 
-    // 3. Stop: events to self, handshake on every link, nothing forced.
+    // 3. What ends the links of a process whose m0ham runs are gone: a
+    // FAILED for it on hax's own link, unless it is the first note of that
+    // fid the interface sees, or (with ignore_same_state) the state it holds
+    // already. Motr acts on receipt, before it confirms the message, so a
+    // link not disconnecting by the delivery is a link Motr kept.
+    let link = halon.handle();
+    let own = link
+        .links()
+        .into_iter()
+        .find(|l| l.is_self)
+        .expect("hax's own link")
+        .id;
+    let send_to_self = |ignore_same_state: bool, times: usize| {
+        let msg = HaMsg::new(HaMsgData::Nvec(Nvec {
+            kind: NvecKind::Set,
+            id_of_get: 0,
+            ignore_same_state,
+            notes: vec![HaNote::new(HAM_PROCESS, HaState::Failed); times],
+        }));
+        let tag = link.send(own, msg).wait().expect("sent to hax's own link");
+        let delivered = format!("msg_delivered {own} tag {tag}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !rec.events().contains(&delivered) {
+            assert!(Instant::now() < deadline, "{delivered} within 30 s");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let disconnecting = |ev: &[String]| {
+        ev.iter()
+            .filter(|e| e.starts_with("link_is_disconnecting"))
+            .count()
+    };
+    // Motr decides on receipt, before it confirms the message, but tells
+    // hax of a link disconnecting later, from the link's own state machine:
+    // a decision not to fence is watched for a while after the delivery.
+    let quiet = |what: &str| {
+        let until = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < until {
+            assert_eq!(disconnecting(&rec.events()), 0, "{what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    send_to_self(true, 1);
+    quiet("the first note of a fid is recorded only");
+    send_to_self(true, 1);
+    quiet("the same state again, ignore_same_state: skipped");
+    send_to_self(false, 2);
+    // FAILED twice without ignore_same_state: both m0ham links end (a link
+    // whose message to its gone peer waits for an RPC timeout is told it
+    // is disconnecting once that ends, seconds later).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ev = rec.events();
+        let gone = ev
+            .iter()
+            .filter(|e| e.starts_with("link_disconnected"))
+            .count();
+        if disconnecting(&ev) == 2 && gone == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "both fenced links disconnected within 60 s: {ev:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(link.links().len(), 1, "hax's own link only");
+
+    // 4. Stop: events to self, handshake on every link, nothing forced.
     let t1 = Instant::now();
     let report = halon.stop().expect("stop");
     eprintln!("hax: stopped in {:?}: {report:?}", t1.elapsed());
@@ -392,7 +463,7 @@ fn m0ham_entrypoint_nvec_get_and_broadcast() {
         .count();
     assert_eq!(
         disconnected, 3,
-        "self link and both m0ham links disconnected"
+        "both m0ham links (fenced) and the self link disconnected"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

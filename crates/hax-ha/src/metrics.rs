@@ -174,6 +174,9 @@ pub struct EventMetrics {
     pub first_requests: AtomicU64,
     /// Restarts detected (FAILED broadcast before the reply).
     pub restarts: AtomicU64,
+    /// First requests of processes whose earlier links hax still held
+    /// (ended by a FAILED on hax's own link before the reply).
+    pub old_links_fenced: AtomicU64,
     /// First entrypoint requests answered rc 0 after restart detection.
     pub first_requests_accepted: AtomicU64,
     /// First entrypoint requests refused because Consul did not answer.
@@ -385,6 +388,16 @@ impl Collector for DaemonCollector {
             "hax_links_disconnected_total",
             "HA links disconnected.",
             load(&m.links_disconnected),
+        )?;
+        f.counter(
+            "hax_links_of_old_incarnations_fenced_total",
+            "First entrypoint requests of processes whose earlier links hax still held; those links were ended before the reply.",
+            load(&ev.old_links_fenced),
+        )?;
+        f.counter(
+            "hax_process_restarts_total",
+            "Restarts after a crash detected at a first entrypoint request (FAILED broadcast to the others before the reply).",
+            load(&ev.restarts),
         )?;
         let outcomes = [
             (

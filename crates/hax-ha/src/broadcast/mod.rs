@@ -30,7 +30,10 @@ use std::time::Duration;
 use hax_consul::schema::{ConfValue, HaxKv, SchemaError};
 use hax_consul::txn::MAX_TXN_OPS;
 use hax_consul::ConsulError;
-use hax_core::{HaLink, HaMsg, HaNote, LinkId, Outcome, Tracked, NOTES_MAX};
+use hax_core::{
+    Fid, FidType, HaLink, HaMsg, HaMsgData, HaNote, HaState, LinkId, Nvec, NvecKind, Outcome,
+    Tracked, NOTES_MAX,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
@@ -433,13 +436,31 @@ impl Inner {
                     .filter(|&m| ranges[m - i].start < hi && ranges[m - i].end > lo)
                     .collect();
                 let msg = HaMsg::nvec_set(part.to_vec());
-                let results = match self.link.broadcast(to.clone(), msg).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        failure = Some((i, Arc::new(BroadcastError::Motr(e))));
-                        break 'runs;
-                    }
+                // hax's own link gets its own form of a part that fails a
+                // process (see `fencing_form`).
+                let own = links.iter().find(|l| l.is_self && to.contains(&l.id));
+                let fencing = own.and_then(|l| Some((l.id, fencing_form(part)?)));
+                let plain: Vec<LinkId> = match &fencing {
+                    Some((own, _)) => to.iter().copied().filter(|l| l != own).collect(),
+                    None => to.clone(),
                 };
+                let mut results = Vec::new();
+                let mut sends: Vec<(Vec<LinkId>, HaMsg)> = Vec::new();
+                if !plain.is_empty() {
+                    sends.push((plain, msg));
+                }
+                if let Some((own, msgs)) = fencing {
+                    sends.extend(msgs.into_iter().map(|m| (vec![own], m)));
+                }
+                for (links, msg) in sends {
+                    match self.link.broadcast(links, msg).await {
+                        Ok(r) => results.extend(r),
+                        Err(e) => {
+                            failure = Some((i, Arc::new(BroadcastError::Motr(e))));
+                            break 'runs;
+                        }
+                    }
+                }
                 for (link, result) in results {
                     let tracked = match result {
                         Ok(t) => t,
@@ -474,6 +495,47 @@ impl Inner {
         }
         (sent, messages, failure)
     }
+}
+
+/// What hax's own link gets instead of an NVEC SET of `notes` that says a
+/// process FAILED; `None` when no note does.
+///
+/// Motr's halon interface ends every link of a process when hax's own link
+/// receives a FAILED note for it, but not when that note is the first it
+/// sees of the fid, nor, with `ignore_same_state`, when it holds FAILED for
+/// it already (`ha/halon/interface.c`, `halon_interface_process_failure_check`):
+/// a process that restarts without ever reporting a state (as `m0ham`), or
+/// fails twice, would keep its dead links for ever. So each process FAILED
+/// goes twice, in a SET without `ignore_same_state`: whatever the interface
+/// held, the second note fences. Pairs stay in one message; a form longer
+/// than [`NOTES_MAX`] is split.
+fn fencing_form(notes: &[HaNote]) -> Option<Vec<HaMsg>> {
+    let fails = |n: &HaNote| n.fid.kind() == Some(FidType::Process) && n.state == HaState::Failed;
+    if !notes.iter().any(fails) {
+        return None;
+    }
+    let mut msgs = Vec::new();
+    let mut cur: Vec<HaNote> = Vec::new();
+    for n in notes {
+        let times = if fails(n) { 2 } else { 1 };
+        if cur.len() + times > NOTES_MAX {
+            msgs.push(std::mem::take(&mut cur));
+        }
+        cur.extend(std::iter::repeat_n(*n, times));
+    }
+    msgs.push(cur);
+    Some(
+        msgs.into_iter()
+            .map(|notes| {
+                HaMsg::new(HaMsgData::Nvec(Nvec {
+                    kind: NvecKind::Set,
+                    id_of_get: 0,
+                    ignore_same_state: false,
+                    notes,
+                }))
+            })
+            .collect(),
+    )
 }
 
 /// Passes the outcomes of messages shared by several broadcasts on to them.
@@ -516,6 +578,14 @@ impl Broadcast for Broadcaster {
         notes: Vec<HaNote>,
     ) -> impl Future<Output = Result<Sent, BroadcastFailed>> + Send + 'static {
         sent_of(self.self_link_report(notes), false)
+    }
+
+    fn links_of(&self, process: Fid) -> usize {
+        let links = self.inner.link.links();
+        links
+            .iter()
+            .filter(|l| !l.is_self && l.process_fid == process)
+            .count()
     }
 }
 
@@ -1109,6 +1179,40 @@ mod tests {
         for (h, want) in nc {
             assert_eq!(ConfState::Nc(nc_state(h)).as_str(), want, "{h:?}");
         }
+    }
+
+    #[test]
+    fn hax_own_link_gets_each_process_failed_twice_without_ignore_same_state() {
+        let p = Fid::typed(FidType::Process, 1, 7);
+        let s = Fid::typed(FidType::Service, 1, 8);
+        assert!(fencing_form(&[HaNote::new(p, HaState::Online)]).is_none());
+        assert!(fencing_form(&[HaNote::new(s, HaState::Failed)]).is_none());
+        let notes = [
+            HaNote::new(s, HaState::Failed),
+            HaNote::new(p, HaState::Failed),
+        ];
+        let msgs = fencing_form(&notes).unwrap();
+        assert_eq!(msgs.len(), 1);
+        let HaMsgData::Nvec(n) = &msgs[0].data else {
+            panic!("an NVEC")
+        };
+        assert_eq!(
+            (n.kind, n.id_of_get, n.ignore_same_state),
+            (NvecKind::Set, 0, false)
+        );
+        assert_eq!(n.notes, vec![notes[0], notes[1], notes[1]]);
+        // Over NOTES_MAX: split, a pair never across two messages.
+        let mut many = vec![HaNote::new(s, HaState::Online); NOTES_MAX - 1];
+        many.push(HaNote::new(p, HaState::Failed));
+        let msgs = fencing_form(&many).unwrap();
+        let lens: Vec<usize> = msgs
+            .iter()
+            .map(|m| match &m.data {
+                HaMsgData::Nvec(n) => n.notes.len(),
+                _ => 0,
+            })
+            .collect();
+        assert_eq!(lens, vec![NOTES_MAX - 1, 2]);
     }
 
     #[test]

@@ -199,6 +199,10 @@ pub trait Broadcast: Send + Sync + 'static {
         &self,
         notes: Vec<HaNote>,
     ) -> impl Future<Output = Result<Sent, BroadcastFailed>> + Send + 'static;
+
+    /// How many links made by `process`'s entrypoint requests hax holds now
+    /// (hax's own link not counted).
+    fn links_of(&self, process: Fid) -> usize;
 }
 
 /// The outcome to come of one message a broadcast sent. Broadcasts done

@@ -18,8 +18,8 @@
 //! other is logged at debug and ignored. With [`KEPT_IDS`] requests
 //! unanswered, a link gets a request only one round in [`KEPT_IDS`] until
 //! it answers: a hung process collects fewer messages. A link that goes away drops its
-//! probe state; its key stays as last written (a restarted process has a
-//! new link and gets its key written again).
+//! probe state; once no link of its process is probed, the process's key is
+//! deleted (a restarted process has a new link, and its key stays).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
@@ -83,6 +83,8 @@ struct Probe {
     liveness: Liveness,
     /// Changed since last written.
     dirty: bool,
+    /// Its record was handed out to be written at least once.
+    recorded: bool,
 }
 
 impl Probe {
@@ -122,6 +124,9 @@ pub struct Round {
     pub lost: Vec<Fid>,
     /// Links gone since the last round, whose state was dropped.
     pub dropped: usize,
+    /// Processes with a record written whose every probed link is gone:
+    /// their record goes too.
+    pub forgotten: Vec<Fid>,
 }
 
 /// The probe state of every link: pure, driven by [`Probes::round`] and
@@ -152,9 +157,22 @@ impl Probes {
         let mut round = Round::default();
         let listed: HashMap<LinkId, Fid> = links.iter().copied().collect();
         let before = self.links.len();
-        self.links
-            .retain(|id, p| listed.get(id) == Some(&p.process));
+        let mut gone_recorded = Vec::new();
+        self.links.retain(|id, p| {
+            let keep = listed.get(id) == Some(&p.process);
+            if !keep && p.recorded {
+                gone_recorded.push(p.process);
+            }
+            keep
+        });
         round.dropped = before - self.links.len();
+        let probed: HashSet<Fid> = listed.values().copied().collect();
+        gone_recorded.sort();
+        gone_recorded.dedup();
+        round.forgotten = gone_recorded
+            .into_iter()
+            .filter(|f| !probed.contains(f))
+            .collect();
         for &(link, process) in links {
             let p = self.links.entry(link).or_insert_with(|| Probe {
                 process,
@@ -166,6 +184,7 @@ impl Probes {
                 quiet_rounds: 0,
                 liveness: Liveness::Unknown,
                 dirty: false,
+                recorded: false,
             });
             if p.asked.is_some() && !p.answered {
                 p.missed = p.missed.saturating_add(1);
@@ -239,7 +258,12 @@ impl Probes {
     pub fn take_records(&mut self) -> Vec<(Fid, KeepaliveStatus)> {
         self.links
             .values_mut()
-            .filter_map(|p| std::mem::take(&mut p.dirty).then(|| (p.process, p.record())))
+            .filter_map(|p| {
+                std::mem::take(&mut p.dirty).then(|| {
+                    p.recorded = true;
+                    (p.process, p.record())
+                })
+            })
             .collect()
     }
 
@@ -365,6 +389,18 @@ async fn run_round(cfg: &KeepaliveConfig, ha: &HaLink, inbox: &KeepaliveInbox, w
         .fetch_add(round.missed.len() as u64, Ordering::Relaxed);
     for process in &round.lost {
         tracing::warn!(%process, rounds = MISS_LIMIT, "process does not answer keepalives");
+    }
+    for process in &round.forgotten {
+        // Submitted before any record of a later link of the process: the
+        // writer keeps the order.
+        match keys::keepalive(&cfg.node, fid_text(*process)) {
+            Ok(key) => {
+                if let Err(e) = writer.try_submit(WriteOp::delete(key), None) {
+                    tracing::debug!(%process, error = %e, "keepalive record of a gone process not deleted");
+                }
+            }
+            Err(e) => tracing::warn!(%process, error = %e, "keepalive record not deleted"),
+        }
     }
     write_records(cfg, inbox, writer);
     if round.requests.is_empty() {
@@ -628,6 +664,25 @@ mod tests {
         probes.round(&[(LinkId(2), p(3))]);
         assert_eq!(probes.liveness(LinkId(2)), Some(Liveness::Unknown));
         assert!(probes.take_records().is_empty());
+    }
+
+    #[test]
+    fn a_process_whose_links_are_gone_loses_its_record() {
+        let mut probes = Probes::new(1);
+        let r = probes.round(&[(LinkId(1), p(1)), (LinkId(2), p(2))]);
+        probes.reply(LinkId(1), id_of(&r, 1), 1, at(1));
+        probes.reply(LinkId(2), id_of(&r, 2), 1, at(1));
+        assert_eq!(probes.take_records().len(), 2);
+        // Process 1 restarted: its new link is probed, its record stays.
+        let r = probes.round(&[(LinkId(3), p(1)), (LinkId(2), p(2))]);
+        assert_eq!((r.dropped, r.forgotten.clone()), (1, vec![]));
+        // Process 2's only link is gone: its record goes.
+        let r = probes.round(&[(LinkId(3), p(1))]);
+        assert_eq!(r.forgotten, vec![p(2)]);
+        // A link never recorded leaves no record to delete.
+        probes.round(&[(LinkId(3), p(1)), (LinkId(4), p(4))]);
+        let r = probes.round(&[(LinkId(3), p(1))]);
+        assert!(r.forgotten.is_empty());
     }
 
     #[test]

@@ -44,6 +44,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::EventMetrics;
 use crate::model::broadcast::Broadcast;
+use crate::model::broadcast::BroadcastFailed;
 use crate::model::broadcast::BroadcastOptions;
 use crate::model::broadcast::DeliveryReport;
 use crate::model::broadcast::Sent;
@@ -669,6 +670,21 @@ impl<B: Broadcast, C: ClusterFacts> EventPipeline<B, C> {
         // The previous incarnation's held FAILED goes to hax's own link now,
         // before the new link exists, which a later one would fence too.
         let held = inner.held.send_now(fid);
+        // A first request means every link this process made before is dead
+        // (a process has one HA link): Motr ends them on a FAILED on hax's
+        // own link. Without it they live on, each costing RPC timeouts on
+        // every broadcast and keepalive.
+        let fence = match held {
+            None if fid != inner.cluster.hax_fid() && inner.broadcaster.links_of(fid) > 0 => {
+                inc(&inner.metrics.old_links_fenced);
+                tracing::info!(process = %fid, %endpoint, "links of a previous incarnation: FAILED to hax's own link before the reply");
+                let sent = inner
+                    .broadcaster
+                    .send_to_self_link(vec![HaNote::new(fid, HaState::Failed)]);
+                Some(Box::pin(sent) as FenceSend)
+            }
+            _ => None,
+        };
         match restart_count_write(&node, fid, count + 1) {
             Ok(op) => {
                 let (ack, w) = Ack::channel();
@@ -684,6 +700,7 @@ impl<B: Broadcast, C: ClusterFacts> EventPipeline<B, C> {
             restarted,
             waiting,
             held,
+            fence,
             deadline,
         })
     }
@@ -698,6 +715,7 @@ impl<B: Broadcast, C: ClusterFacts> EventPipeline<B, C> {
             restarted,
             waiting,
             held,
+            fence,
             deadline,
         } = begun;
         if let Some(held) = held {
@@ -705,6 +723,23 @@ impl<B: Broadcast, C: ClusterFacts> EventPipeline<B, C> {
             if let Ok(Ok(Some(sent))) = tokio::time::timeout_at(wait, held).await {
                 let report = sent.wait_all(wait).await;
                 tracing::info!(process = %fid, delivered = report.delivered, pending = report.pending, "held FAILED of the previous incarnation sent to hax's own link");
+            }
+        }
+        if let Some(fence) = fence {
+            // Delivered means Motr has ended the old links (it fences on
+            // receipt, before it confirms).
+            let wait = Instant::now() + self.inner.config.restart_delivery_wait;
+            match tokio::time::timeout_at(wait, fence).await {
+                Ok(Ok(sent)) => {
+                    let report = sent.wait_all(wait).await;
+                    tracing::info!(process = %fid, delivered = report.delivered, pending = report.pending, "previous incarnation's links fenced");
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(process = %fid, error = %e, "previous incarnation's links not fenced")
+                }
+                Err(_) => {
+                    tracing::warn!(process = %fid, "fencing the previous incarnation's links is taking long; answering anyway")
+                }
             }
         }
         for w in waiting {
@@ -759,8 +794,13 @@ struct RestartBegun {
     waiting: Vec<AckWaiter>,
     /// The previous incarnation's held FAILED, being sent.
     held: Option<oneshot::Receiver<Option<Sent>>>,
+    /// The FAILED that ends the previous incarnations' links, being sent.
+    fence: Option<FenceSend>,
     deadline: Instant,
 }
+
+type FenceSend =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Sent, BroadcastFailed>> + Send>>;
 
 /// What restart detection found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -834,6 +874,8 @@ pub(crate) mod testing {
         /// Notes sent to hax's own link alone, in order.
         pub(crate) self_link: Arc<Mutex<Vec<Vec<HaNote>>>>,
         pub(crate) self_link_sent: Arc<Notify>,
+        /// The links each process holds, as `links_of` tells.
+        pub(crate) links: Arc<Mutex<HashMap<Fid, usize>>>,
     }
 
     impl Recorder {
@@ -897,6 +939,15 @@ pub(crate) mod testing {
                 .push(notes);
             self.self_link_sent.notify_waiters();
             async { Ok(Sent::from_futures([async { Some(Outcome::Delivered) }])) }
+        }
+
+        fn links_of(&self, process: Fid) -> usize {
+            self.links
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&process)
+                .copied()
+                .unwrap_or(0)
         }
     }
 
@@ -1103,6 +1154,39 @@ mod tests {
         let m = s.pipeline.metrics();
         assert_eq!(m.restarts.load(Ordering::Relaxed), 1);
         assert_eq!(m.first_requests.load(Ordering::Relaxed), 9);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_first_request_ends_the_links_its_process_left() {
+        let s = setup(
+            DevAgent::start().await.expect("agent"),
+            EventsConfig::default(),
+        )
+        .await;
+        let ios = process(IOS);
+        // No link of it held: nothing to end.
+        s.pipeline.restart_check(ios, "ep").await.expect("checked");
+        assert!(s.recorder.self_link_sends().is_empty());
+        // Its first incarnation's link is still held when it asks again
+        // (count 1: not a restart, nothing told to the others).
+        s.recorder.links.lock().unwrap().insert(ios, 1);
+        let r = s.pipeline.restart_check(ios, "ep").await.expect("checked");
+        assert!(!r.restarted);
+        assert!(s.recorder.calls().is_empty());
+        assert_eq!(
+            s.recorder.self_link_sends(),
+            vec![vec![HaNote::new(ios, HaState::Failed)]],
+            "FAILED to hax's own link before the reply"
+        );
+        // hax's own fid is never fenced, whatever it holds.
+        s.recorder.links.lock().unwrap().insert(process(HAX), 1);
+        s.pipeline
+            .restart_check(process(HAX), "ep")
+            .await
+            .expect("checked");
+        assert_eq!(s.recorder.self_link_sends().len(), 1);
+        let m = s.pipeline.metrics();
+        assert_eq!(m.old_links_fenced.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
