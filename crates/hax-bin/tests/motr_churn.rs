@@ -1,0 +1,245 @@
+//! The `hax` daemon on real Motr (feature `motr`) with a real Consul, and a
+//! process that restarts again and again: Motr's own `m0ham` connects as an
+//! m0d with the same process fid each time (a new incarnation: a first
+//! entrypoint request), asks for two objects' states and exits, without ever
+//! reporting a state or closing its link. Every incarnation's link must end
+//! when the next one asks (hax sends FAILED for the process to its own link
+//! before the reply), so that hax holds its own link and the last
+//! incarnation's, whatever the number of restarts; its memory and threads
+//! stay flat.
+//!
+//! Ignored unless built with `--features motr`; built with it, fails unless
+//! `MOTR_PREFIX` names an installed Motr with `m0ham`. `HAX_CHURN_ROUNDS`
+//! sets the number of restarts (default 12, as in CI); the figures are
+//! printed (docs/motr.md has them for 500):
+//!
+//! ```text
+//! HAX_CHURN_ROUNDS=500 MOTR_PREFIX=/opt/motr cargo test --release -p hax-bin --features motr \
+//!     --test motr_churn -- --nocapture
+//! ```
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hax_testkit::dev_agent::DevAgent;
+use hax_testkit::sample::{self, SampleSpec};
+use motr_support::{free_inet_endpoint, free_port, installed};
+
+#[path = "../../hax-core/tests/motr_support/mod.rs"]
+mod motr_support;
+
+mod daemon_support;
+use daemon_support::{free_http_port, http_get, json_lines, metric, wait_for, watches, Proc};
+
+/// An NVEC GET of two controllers as one `m0_ha_msg` in xcode text, for
+/// m0ham's stdin (the fixed note array lists all 1024 notes).
+fn nvec_get_text() -> String {
+    let mut notes = vec![
+        "((0x6300000000000001, 0x1), 0)".to_owned(),
+        "((0x6300000000000001, 0x2), 0)".to_owned(),
+    ];
+    notes.resize(1024, "((0, 0), 0)".into());
+    format!(
+        "((0, 0), (0, 0), (0, 0), 0, 0, {{2| (1, 77, 0, 2, <{}>)}}, 0)\n",
+        notes.join(", ")
+    )
+}
+
+/// Runs `m0ham -v -s <local> <hax>` with `input` on stdin; its exit code
+/// (None: killed at `limit`) and how long it ran.
+fn run_m0ham(
+    m0ham: &Path,
+    dir: &Path,
+    local: &str,
+    hax: &str,
+    input: &str,
+) -> (Option<i32>, Duration) {
+    let t = Instant::now();
+    let mut child = motr_support::command(m0ham)
+        .args(["-v", "-s", local, hax])
+        .current_dir(dir)
+        .env("M0_TRACE_DIR", dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("m0ham starts");
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(input.as_bytes())
+            .expect("m0ham reads stdin");
+    }
+    let mut out = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let code = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break st.code(),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+        }
+    };
+    let _ = reader.join();
+    (code, t.elapsed())
+}
+
+/// `VmRSS` (KiB) and `Threads` of process `pid`.
+fn usage(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("Threads:"))
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "motr"),
+    ignore = "needs --features motr and an installed Motr (MOTR_PREFIX)"
+)]
+async fn restarts_leave_no_dead_links_on_real_motr() {
+    let rounds: usize = std::env::var("HAX_CHURN_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(12);
+    let m0ham = installed("m0ham");
+    let root = std::env::temp_dir().join(format!("hax-motr-churn-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).expect("work dir");
+    let mut taken = Vec::new();
+    let http = SocketAddr::from(([127, 0, 0, 1], free_http_port()));
+    let hax_ep = free_inet_endpoint(&mut taken);
+    let first_port = free_port(&mut taken, 2);
+    let agent = DevAgent::builder()
+        .extra_config(watches(http))
+        .start()
+        .await
+        .expect("consul agent (scripts/install-consul.sh installs it)");
+    let client = agent.client().expect("consul client");
+    sample::load(
+        &client,
+        &SampleSpec {
+            node: None,
+            hax_endpoint: hax_ep.clone(),
+            hax_http_port: http.port(),
+            ioservices: 1,
+            first_port,
+        },
+    )
+    .await
+    .expect("sample loaded");
+
+    let hax_log = root.join("hax.log");
+    let hax = Proc::spawn(
+        "hax",
+        Command::new(env!("CARGO_BIN_EXE_hax"))
+            .arg("--consul-address")
+            .arg(agent.http_addr().to_string())
+            .arg("--http-bind")
+            .arg(http.to_string())
+            .args(["--log-format", "json", "--log", "info"])
+            .args(["--motr-keepalive-interval-ms", "500"])
+            .current_dir(&root)
+            .env("M0_TRACE_DIR", &root)
+            .env_remove("HAX_CONFIG"),
+        &hax_log,
+    );
+    let log = hax_log.clone();
+    wait_for("hax ready", Duration::from_secs(60), &hax_log, || {
+        let log = log.clone();
+        async move {
+            json_lines(&log)
+                .iter()
+                .any(|l| l["message"] == "hax ready")
+                .then_some(())
+        }
+    })
+    .await;
+    let metrics = || http_get(http, "/metrics").unwrap_or_default();
+    let links = || metric(&metrics(), "hax_links");
+
+    let input = nvec_get_text();
+    let mut times = Vec::new();
+    let mut most_links = 0;
+    let mut early = (0, 0);
+    for round in 0..rounds {
+        let local = free_inet_endpoint(&mut taken);
+        let (code, took) = run_m0ham(&m0ham, &root, &local, &hax_ep, &input);
+        assert_eq!(code, Some(0), "m0ham run {round} exits 0");
+        times.push(took);
+        most_links = most_links.max(links());
+        if round == rounds / 4 {
+            early = usage(hax.pid());
+        }
+    }
+    // The last incarnation's link stays (nothing says it is dead); every
+    // earlier one ends, those still waiting on an RPC to their gone peer
+    // within its timeout.
+    let live = wait_for(
+        "hax to hold its own link and the last incarnation's",
+        Duration::from_secs(90),
+        &hax_log,
+        || async {
+            let n = links();
+            (n == 2).then_some(n)
+        },
+    )
+    .await;
+    let m = metrics();
+    let (rss, threads) = usage(hax.pid());
+    let text = std::fs::read_to_string(&hax_log).unwrap_or_default();
+    let timeouts = text.lines().filter(|l| l.contains("rc=-110")).count();
+    let fenced = metric(&m, "hax_links_of_old_incarnations_fenced_total");
+    let disconnected = metric(&m, "hax_links_disconnected_total");
+    let replies = metric(&m, "hax_entrypoint_reply_seconds_count{kind=\"first\"}");
+    let reply_sum = m
+        .lines()
+        .find_map(|l| l.strip_prefix("hax_entrypoint_reply_seconds_sum{kind=\"first\"} "))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    times.sort();
+    eprintln!(
+        "{rounds} m0ham restarts of one process fid: m0ham run p50 {:?} p99 {:?} max {:?}; \
+         hax's first-request reply mean {:.1} ms over {replies}; links now {live}, at most {most_links} \
+         after a run; old incarnations fenced {fenced}, links disconnected {disconnected}; \
+         hax RSS {} KiB / {} threads after {} runs, {rss} KiB / {threads} threads at the end; \
+         {timeouts} log lines with rc=-110",
+        percentile(&times, 0.5),
+        percentile(&times, 0.99),
+        times[times.len() - 1],
+        reply_sum * 1000.0 / replies.max(1) as f64,
+        early.0,
+        early.1,
+        rounds / 4 + 1,
+    );
+    assert_eq!(
+        fenced,
+        rounds as u64 - 1,
+        "every incarnation but the first found its predecessor's link"
+    );
+    assert_eq!(disconnected, rounds as u64 - 1, "and ended it");
+    assert!(
+        threads <= early.1 + 2,
+        "threads flat: {early:?} then {threads}"
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}
