@@ -290,7 +290,7 @@ impl Default for HttpSection {
 impl Default for MotrSection {
     fn default() -> Self {
         MotrSection {
-            debug_options: "log-entrypoint log-link log-msg".into(),
+            debug_options: String::new(),
             // Three missed rounds mark a process not responding: half a
             // minute, well inside Consul's usual check periods.
             keepalive_interval_ms: 10_000,

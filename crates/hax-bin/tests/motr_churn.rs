@@ -237,6 +237,13 @@ async fn restarts_leave_no_dead_links_on_real_motr() {
         "every incarnation but the first found its predecessor's link"
     );
     assert_eq!(disconnected, rounds as u64 - 1, "and ended it");
+    // With the default debug options, Motr logs no message, link or
+    // entrypoint at WARN.
+    let chatter = text
+        .lines()
+        .filter(|l| l.contains("ha/halon/interface.c") && l.contains("WARN"))
+        .count();
+    assert_eq!(chatter, 0, "Motr's halon interface logged at WARN");
     assert!(
         threads <= early.1 + 2,
         "threads flat: {early:?} then {threads}"
