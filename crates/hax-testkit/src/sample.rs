@@ -193,7 +193,7 @@ pub async fn load(client: &ConsulClient, spec: &SampleSpec) -> Result<Sample, Co
                         service,
                         sdev,
                     },
-                    json!({"path": format!("/dev/sd{}", (b'b' + (n - 200) as u8) as char), "state": "online"}),
+                    json!({"path": format!("/dev/sd{}", disk_letters(n - 198)), "state": "online"}),
                 );
                 put(
                     ConfKey::Drive {
@@ -305,4 +305,28 @@ pub async fn load(client: &ConsulClient, spec: &SampleSpec) -> Result<Sample, Co
 
 fn schema_err(e: hax_consul::schema::SchemaError) -> ConsulError {
     ConsulError::Config(e.to_string())
+}
+
+/// The letters of the `i`th disk as Linux names them (1: `a`, 26: `z`,
+/// 27: `aa`, ...), so that any number of ioservices gets a disk.
+fn disk_letters(mut i: u64) -> String {
+    let mut out = Vec::new();
+    while i > 0 {
+        i -= 1;
+        out.push(b'a' + (i % 26) as u8);
+        i /= 26;
+    }
+    out.reverse();
+    String::from_utf8(out).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod disk_tests {
+    use super::disk_letters;
+
+    #[test]
+    fn disks_are_named_as_linux_names_them() {
+        let names: Vec<String> = [1, 2, 26, 27, 28, 702, 703].map(disk_letters).into();
+        assert_eq!(names, ["a", "b", "z", "aa", "ab", "zz", "aaa"]);
+    }
 }
