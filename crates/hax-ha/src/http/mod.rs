@@ -15,6 +15,14 @@
 //! answers with its real outcome: a refused request is a 4xx, a failure of
 //! Motr or Consul a 5xx. When a bearer token is configured, the POST routes
 //! need it; the GET routes only read.
+//!
+//! A POST body is always read as JSON, and its declared type must allow it
+//! ([`hax_consul::server::refuse_body_type`], else 415): JSON from anyone;
+//! no type, or `application/x-www-form-urlencoded`, only from a client that
+//! is not a browser. The form type is taken because hare's own rules
+//! (`sns-repair`, `sns-rebalance`) post their JSON with `curl --data`, which
+//! declares it; a web page could send it to hax without asking first, and
+//! browsers mark every such request with `Origin`.
 
 pub mod events;
 pub mod metrics;
@@ -34,7 +42,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use hax_consul::schema::{HaxKv, SchemaError};
-use hax_consul::server::{bearer_token_given, body_rejection, ApiError};
+use hax_consul::server::{
+    bearer_token_given, body_rejection, refuse_body_type, ApiError, BodyTypes,
+};
 use hax_consul::AclToken;
 use hax_core::MotrClient;
 
@@ -244,6 +254,21 @@ async fn require_token(State(state): State<ApiState>, req: Request, next: Next) 
     }
 }
 
+async fn require_json_body(req: Request, next: Next) -> Response {
+    match refuse_body_type(req.headers(), BodyTypes::JsonOrToolForm) {
+        None => next.run(req).await,
+        Some(refusal) => {
+            tracing::warn!(
+                method = %req.method(),
+                path = %req.uri().path(),
+                reason = %refusal.error_message,
+                "request body is not JSON"
+            );
+            refusal.into_response()
+        }
+    }
+}
+
 async fn observe(State(state): State<ApiState>, req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
@@ -293,6 +318,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/sns/{operation}", post(sns::post_operation))
         .route("/v1/events/subscribe", post(events::subscribe))
         .route("/v1/events/unsubscribe", post(events::unsubscribe))
+        // The token is checked first (the outer layer): without it, a
+        // request learns nothing of what the route takes.
+        .route_layer(middleware::from_fn(require_json_body))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     let reads = Router::new()
         .route("/api/v1/sns/repair-status", get(sns::repair_status))
