@@ -216,6 +216,23 @@ impl ConsulConfig {
         config
     }
 
+    /// Checks what [`ConsulClient::new`] checks (the address, and the
+    /// `tls` feature an https address needs), without building a client.
+    pub fn check(&self) -> Result<()> {
+        self.usable_base_url().map(drop)
+    }
+
+    fn usable_base_url(&self) -> Result<String> {
+        let base = self.base_url()?;
+        if base.starts_with("https://") && !cfg!(feature = "tls") {
+            return Err(ConsulError::Config(
+                "https address given, but hax-consul was built without the `tls` feature"
+                    .to_owned(),
+            ));
+        }
+        Ok(base)
+    }
+
     /// The base URL, validated, without a trailing slash.
     fn base_url(&self) -> Result<String> {
         let raw = self.address.trim();
@@ -391,13 +408,7 @@ pub(crate) fn decode_json<T: DeserializeOwned>(what: &str, body: &[u8]) -> Resul
 impl ConsulClient {
     /// Builds a client. Fails on an unusable address; does not contact the agent.
     pub fn new(config: ConsulConfig) -> Result<Self> {
-        let base = config.base_url()?;
-        if base.starts_with("https://") && !cfg!(feature = "tls") {
-            return Err(ConsulError::Config(
-                "https address given, but hax-consul was built without the `tls` feature"
-                    .to_owned(),
-            ));
-        }
+        let base = config.usable_base_url()?;
         let http = reqwest::Client::builder()
             // Consul redirects non-normalised key paths; following them would hide bugs.
             .redirect(reqwest::redirect::Policy::none())
