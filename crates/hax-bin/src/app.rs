@@ -52,8 +52,17 @@ pub enum AppError {
     /// Motr's halon interface failed.
     #[error("motr: {0}")]
     Motr(#[from] hax_core::Error),
+    /// Motr's halon interface could not start on hax's endpoint (taken by
+    /// another process, most often).
+    #[error("motr: cannot start the halon interface on endpoint {endpoint} (identity.endpoint, or the hax service in Consul): {source}")]
+    MotrStart {
+        /// The endpoint.
+        endpoint: String,
+        /// Why.
+        source: hax_core::Error,
+    },
     /// The HTTP server could not listen.
-    #[error("http server on {addr}: {source}")]
+    #[error("cannot listen for HTTP on {addr} (http.bind): {source}")]
     Http {
         /// The address.
         addr: std::net::SocketAddr,
@@ -190,7 +199,11 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
     };
     let mut halon = tokio::task::spawn_blocking(move || Halon::start(halon_cfg, bridge))
         .await
-        .map_err(|e| AppError::Config(format!("halon start task: {e}")))??;
+        .map_err(|e| AppError::Config(format!("halon start task: {e}")))?
+        .map_err(|source| AppError::MotrStart {
+            endpoint: id.endpoint.clone(),
+            source,
+        })?;
     let ha = halon.handle();
 
     let writer = KvWriter::spawn(
