@@ -56,6 +56,17 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 /// How long a request waits for Motr (the original's SNS status wait).
 pub const MOTR_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// API requests that use Consul at once (a status request makes four
+/// reads at a time). Without a bound, the HTTP server's 256 connections
+/// opened a thousand connections to the agent, whose default limit per
+/// client address (`limits.http_max_conns_per_client`, 200) hax's own
+/// writes and watches share.
+pub const CONSUL_REQUESTS: usize = 8;
+
+/// How long an API request waits for one of the [`CONSUL_REQUESTS`] slots
+/// before it is answered 503.
+pub const CONSUL_SLOT_WAIT: Duration = Duration::from_secs(5);
+
 /// What the routes share.
 #[derive(Clone, Debug)]
 pub struct ApiState {
@@ -64,6 +75,7 @@ pub struct ApiState {
     motr: MotrClient,
     token: Option<Arc<AclToken>>,
     metrics: Arc<ApiMetrics>,
+    consul_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl ApiState {
@@ -76,6 +88,24 @@ impl ApiState {
             motr,
             token: token.map(Arc::new),
             metrics: Arc::new(ApiMetrics::default()),
+            consul_slots: Arc::new(tokio::sync::Semaphore::new(CONSUL_REQUESTS)),
+        }
+    }
+
+    /// One of the [`CONSUL_REQUESTS`] slots, held while a request uses
+    /// Consul; 503 when none is free within [`CONSUL_SLOT_WAIT`].
+    pub async fn consul_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Failure> {
+        let slot = Arc::clone(&self.consul_slots).acquire_owned();
+        match tokio::time::timeout(CONSUL_SLOT_WAIT, slot).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(Failure::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                format!(
+                    "{CONSUL_REQUESTS} requests are using Consul; none ended within {CONSUL_SLOT_WAIT:?}"
+                ),
+                "Too many requests at once; try again",
+            )),
         }
     }
 
