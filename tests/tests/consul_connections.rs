@@ -96,10 +96,12 @@ async fn a_burst_of_status_requests_leaves_few_idle_connections_to_consul() {
     let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
     let burst = started.elapsed();
     assert!(ok >= 500, "{ok} of 1,000 answered 200, {busy} 503");
-    // hax's own connections (blocking queries, idle ones) may open a few
-    // more meanwhile.
+    // Besides those before (blocking queries, some idle): the reads in
+    // flight, the idle ones, and a connection each read may have started
+    // before an idle one came back (the client pool races them; the loser
+    // joins the pool or is closed).
     assert!(
-        peak <= before + API_READS + POOL_MAX_IDLE,
+        peak <= before + 2 * API_READS + POOL_MAX_IDLE,
         "{peak} connections to Consul during the burst ({before} before)"
     );
 
