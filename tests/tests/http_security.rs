@@ -263,6 +263,13 @@ async fn bodies_a_web_page_can_send_change_nothing() {
         let (status, body) = send("/api/v1/sns/repair-start", headers, &sns).await;
         assert_eq!(status, 415, "SNS {headers:?}: {body}");
     }
+    // The watch routes take untyped bodies from Consul, not from a page.
+    for headers in [vec![origin], vec![fetch_site]] {
+        for path in ["/", "/watcher/bq", "/watch/keyprefix/x"] {
+            let (status, body) = send(path, &headers, "[]").await;
+            assert_eq!(status, 415, "{path} {headers:?}: {body}");
+        }
+    }
     assert_eq!(stored().await, None, "a refused request wrote the KV");
     assert!(
         !env.log_has(1, "SNS operation requested"),
