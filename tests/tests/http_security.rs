@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use hax_core::ProcessEventKind;
-use hax_e2e::{hax_binary, wait_for, Env, Options, T};
+use hax_e2e::{hax_binary, json, wait_for, Env, Options, T};
 
 fn secret(what: &str) -> String {
     format!(
@@ -110,6 +110,24 @@ async fn tokens_guard_and_never_leak() {
         assert_ne!(status, 401, "{method} {path} with the token: {body}");
         bodies.push(body);
     }
+    // RFC 7235: the scheme is case-insensitive, the token is not.
+    for (scheme, token, want_401) in [
+        ("bearer", http_token.clone(), false),
+        ("BEARER", http_token.clone(), false),
+        ("bearer", http_token.to_uppercase(), true),
+    ] {
+        for path in ["/watcher/bq", "/v1/events/subscribe"] {
+            let r = web
+                .post(url(path))
+                .header("authorization", format!("{scheme} {token}"))
+                .header("content-type", "application/json")
+                .body("{}")
+                .send()
+                .await
+                .expect("answer");
+            assert_eq!(r.status() == 401, want_401, "{scheme} on {path}");
+        }
+    }
     // Reading needs no token.
     for path in ["/healthz", "/", "/metrics", "/v1/cluster/status"] {
         let (status, body) = send("GET", path, None).await;
@@ -183,5 +201,103 @@ async fn tokens_guard_and_never_leak() {
         "{} answers and {} bytes of trace logs (refused run: {refused} bytes) hold no token",
         bodies.len(),
         env.log_text(1).len() + written.len()
+    );
+}
+
+/// What a page of any site can make a browser send to hax without a CORS
+/// preflight (`text/plain`, a form, multipart, no type at all) changes
+/// nothing: 415. What hare's own rules send (`curl --data` with a JSON
+/// body, so a form type, and no `Origin`) is still taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_a_web_page_can_send_change_nothing() {
+    let env = Env::start(Options::default()).await;
+    let key = hax_consul::schema::keys::event_subscription("node").expect("key");
+    let stored = || async {
+        env.client.kv_get(&key).await.expect("get").value.map(|p| {
+            (
+                String::from_utf8_lossy(&p.value).into_owned(),
+                p.modify_index,
+            )
+        })
+    };
+    let web = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let send = |path: &str, headers: &[(&str, &str)], body: &str| {
+        let mut r = web
+            .post(format!("http://{}{path}", env.http))
+            .body(body.to_owned());
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        async move {
+            let r = r.send().await.expect("answer");
+            (r.status().as_u16(), r.text().await.unwrap_or_default())
+        }
+    };
+    let subscribe = r#"{"node": "health_message"}"#;
+    let sns = format!(r#"{{"cmd": "start", "fid": "{}"}}"#, hax_e2e::pool_fid());
+    let origin = ("origin", "https://attacker.example");
+    let fetch_site = ("sec-fetch-site", "cross-site");
+    let form = ("content-type", "application/x-www-form-urlencoded");
+    // What a page can send unasked: a form's or a fetch's simple types, and
+    // a body without a type; a browser adds Origin (and Sec-Fetch-*).
+    let page_requests: Vec<Vec<(&str, &str)>> = vec![
+        vec![("content-type", "text/plain"), origin],
+        vec![("content-type", "text/plain;charset=UTF-8")],
+        vec![("content-type", "multipart/form-data; boundary=x"), origin],
+        vec![("content-type", "multipart/form-data; boundary=x")],
+        vec![form, origin, fetch_site],
+        vec![form, ("origin", "null")],
+        vec![origin],
+        vec![fetch_site],
+    ];
+    for headers in &page_requests {
+        for path in ["/v1/events/subscribe", "/v1/events/unsubscribe"] {
+            let (status, body) = send(path, headers, subscribe).await;
+            assert_eq!(status, 415, "{path} {headers:?}: {body}");
+            assert_eq!(json(&body)["error_type"], "content-type", "{body}");
+        }
+        let (status, body) = send("/api/v1/sns/repair-start", headers, &sns).await;
+        assert_eq!(status, 415, "SNS {headers:?}: {body}");
+    }
+    // The watch routes take untyped bodies from Consul, not from a page.
+    for headers in [vec![origin], vec![fetch_site]] {
+        for path in ["/", "/watcher/bq", "/watch/keyprefix/x"] {
+            let (status, body) = send(path, &headers, "[]").await;
+            assert_eq!(status, 415, "{path} {headers:?}: {body}");
+        }
+    }
+    assert_eq!(stored().await, None, "a refused request wrote the KV");
+    assert!(
+        !env.log_has(1, "SNS operation requested"),
+        "a refused request reached Motr"
+    );
+
+    // hare's rules/sns-repair: `curl --request POST --data "$payload"`.
+    let curl = [form, ("user-agent", "curl/7.61.1"), ("accept", "*/*")];
+    let (status, body) = send("/api/v1/sns/repair-start", &curl, &sns).await;
+    assert_ne!(status, 415, "{body}");
+    // It reached Motr, whose answer it is (rconfc is not running here).
+    assert_eq!(json(&body)["error_type"], "not_ready", "{body}");
+    assert!(env.log_has(1, "SNS operation requested"));
+    let (status, body) = send("/v1/events/subscribe", &curl, subscribe).await;
+    assert_eq!(status, 200, "{body}");
+    // Declared JSON needs a preflight, which hax never grants: taken even
+    // with an Origin (a browser would not send it).
+    let (status, body) = send(
+        "/v1/events/unsubscribe",
+        &[("content-type", "application/json"), origin],
+        subscribe,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(stored().await.map(|(v, _)| v).as_deref(), Some("[]"));
+    let m = env.metrics().await;
+    assert_eq!(
+        m.n("hax_api_requests_total{route=\"/v1/events/subscribe\",code=\"415\"}"),
+        page_requests.len() as u64
     );
 }

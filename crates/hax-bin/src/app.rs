@@ -40,6 +40,9 @@ pub enum AppError {
     /// A setting is unusable.
     #[error("configuration: {0}")]
     Config(String),
+    /// A setting is refused, with its name.
+    #[error("configuration: {0}")]
+    Setting(#[from] crate::config::ConfigError),
     /// Consul could not be used.
     #[error("consul: {0}")]
     Consul(#[from] hax_consul::ConsulError),
@@ -49,8 +52,17 @@ pub enum AppError {
     /// Motr's halon interface failed.
     #[error("motr: {0}")]
     Motr(#[from] hax_core::Error),
+    /// Motr's halon interface could not start on hax's endpoint (taken by
+    /// another process, most often).
+    #[error("motr: cannot start the halon interface on endpoint {endpoint} (identity.endpoint, or the hax service in Consul): {source}")]
+    MotrStart {
+        /// The endpoint.
+        endpoint: String,
+        /// Why.
+        source: hax_core::Error,
+    },
     /// The HTTP server could not listen.
-    #[error("http server on {addr}: {source}")]
+    #[error("cannot listen for HTTP on {addr} (http.bind): {source}")]
     Http {
         /// The address.
         addr: std::net::SocketAddr,
@@ -59,20 +71,27 @@ pub enum AppError {
     },
 }
 
+impl AppError {
+    /// The daemon's exit status for this error: 2 for a refused setting,
+    /// as for those refused before the start; 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            AppError::Setting(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
 /// How long start waits for the cluster view before it goes on.
 const VIEW_WAIT: Duration = Duration::from_secs(30);
 
 /// How long shutdown waits for queued Consul writes.
 const FLUSH_GRACE: Duration = Duration::from_secs(10);
 
-fn consul_client(cfg: &Config) -> Result<ConsulClient, AppError> {
+fn consul_client(cfg: &Config, token: Option<AclToken>) -> Result<ConsulClient, AppError> {
     let mut cc = ConsulConfig::new(cfg.consul.address.clone());
     cc.request_timeout = cfg.consul_timeout();
-    if let Some(path) = &cfg.consul.token_file {
-        let token = std::fs::read_to_string(path)
-            .map_err(|e| AppError::Config(format!("consul token file {}: {e}", path.display())))?;
-        cc.token = Some(AclToken::new(token.trim()));
-    }
+    cc.token = token;
     Ok(ConsulClient::new(cc)?)
 }
 
@@ -103,10 +122,9 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
             "built without Motr: this hax is not connected to Motr (simulated m0d peers only)"
         );
     }
-    let client = consul_client(&cfg)?;
-    let http_token = cfg
-        .http_token()
-        .map_err(|e| AppError::Config(e.to_string()))?;
+    let secrets = cfg.secrets()?;
+    let client = consul_client(&cfg, secrets.consul_token)?;
+    let http_token = secrets.http_token;
     let Some(leader) = wait_for_consul(&client, &shutdown).await else {
         return Ok(());
     };
@@ -181,7 +199,11 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
     };
     let mut halon = tokio::task::spawn_blocking(move || Halon::start(halon_cfg, bridge))
         .await
-        .map_err(|e| AppError::Config(format!("halon start task: {e}")))??;
+        .map_err(|e| AppError::Config(format!("halon start task: {e}")))?
+        .map_err(|source| AppError::MotrStart {
+            endpoint: id.endpoint.clone(),
+            source,
+        })?;
     let ha = halon.handle();
 
     let writer = KvWriter::spawn(

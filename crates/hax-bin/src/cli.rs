@@ -196,8 +196,9 @@ impl Args {
     }
 
     /// The effective configuration: file, then environment, then these
-    /// options; validated. An error names the setting and where its value
-    /// came from.
+    /// options; validated, and the files it names read, as a start reads
+    /// them ([`Config::secrets`]). An error names the setting and where its
+    /// value came from.
     pub fn config(&self) -> Result<Config, ConfigError> {
         let (mut c, in_file) = match &self.config {
             Some(path) => Config::from_file_with_keys(path)?,
@@ -213,18 +214,20 @@ impl Args {
             })
         };
         self.settings.apply(&mut c, origin)?;
-        c.validate().map_err(|e| match e {
-            ConfigError::Invalid {
-                name,
-                origin: None,
-                message,
-            } => ConfigError::Invalid {
-                name,
-                origin: origin(name),
-                message,
-            },
-            e => e,
-        })?;
+        c.validate()
+            .and_then(|()| c.secrets().map(drop))
+            .map_err(|e| match e {
+                ConfigError::Invalid {
+                    name,
+                    origin: None,
+                    message,
+                } => ConfigError::Invalid {
+                    name,
+                    origin: origin(name),
+                    message,
+                },
+                e => e,
+            })?;
         Ok(c)
     }
 }

@@ -516,6 +516,9 @@ impl Config {
         if self.consul.request_timeout_ms == 0 {
             return invalid("consul.request_timeout_ms", "must be positive".into());
         }
+        if let Err(e) = hax_consul::ConsulConfig::new(self.consul.address.clone()).check() {
+            return invalid("consul.address", e.to_string());
+        }
         // Refused here rather than when logging starts, so that
         // `--check-config` catches it too.
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.filter) {
@@ -538,26 +541,48 @@ impl Config {
         Duration::from_millis(self.consul.request_timeout_ms)
     }
 
-    /// The HTTP bearer token read from `http.token_file`, if set. An empty
-    /// file is refused: it would let every request through.
-    pub fn http_token(&self) -> Result<Option<hax_consul::AclToken>, ConfigError> {
-        let Some(path) = &self.http.token_file else {
-            return Ok(None);
-        };
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.clone(),
-            source,
-        })?;
-        let token = text.trim();
-        if token.is_empty() {
-            return Err(ConfigError::Invalid {
-                name: "http.token_file",
-                origin: None,
-                message: format!("{} is empty", path.display()),
-            });
-        }
-        Ok(Some(hax_consul::AclToken::new(token)))
+    /// The tokens the settings name files of, read. A file that cannot be
+    /// read, or holds nothing but blanks, is refused with the setting's
+    /// name: an empty HTTP token would let every request through, an empty
+    /// Consul token is Consul's anonymous one (leave the setting out for
+    /// that). `--check-config` reads them too, so that it refuses what a
+    /// start would.
+    pub fn secrets(&self) -> Result<Secrets, ConfigError> {
+        Ok(Secrets {
+            consul_token: read_token("consul.token_file", self.consul.token_file.as_deref())?,
+            http_token: read_token("http.token_file", self.http.token_file.as_deref())?,
+        })
     }
+}
+
+/// What the files named by the settings hold; never logged.
+#[derive(Debug, Clone, Default)]
+pub struct Secrets {
+    /// From `consul.token_file`.
+    pub consul_token: Option<hax_consul::AclToken>,
+    /// From `http.token_file`.
+    pub http_token: Option<hax_consul::AclToken>,
+}
+
+fn read_token(
+    name: &'static str,
+    path: Option<&Path>,
+) -> Result<Option<hax_consul::AclToken>, ConfigError> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    let invalid = |message| ConfigError::Invalid {
+        name,
+        origin: None,
+        message,
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(invalid(format!("{} is empty", path.display())));
+    }
+    Ok(Some(hax_consul::AclToken::new(token)))
 }
 
 #[cfg(test)]
@@ -672,20 +697,65 @@ mod tests {
     }
 
     #[test]
-    fn http_token_file() {
+    fn token_files() {
         let dir = std::env::temp_dir().join(format!("hax-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("token");
         std::fs::write(&path, "s3cret\n").unwrap();
         let mut c = Config::default();
-        assert!(c.http_token().unwrap().is_none());
+        let none = c.secrets().unwrap();
+        assert!(none.http_token.is_none() && none.consul_token.is_none());
         c.http.token_file = Some(path.clone());
-        assert_eq!(c.http_token().unwrap().unwrap().expose_secret(), "s3cret");
+        c.consul.token_file = Some(path.clone());
+        let s = c.secrets().unwrap();
+        assert_eq!(s.http_token.unwrap().expose_secret(), "s3cret");
+        assert_eq!(s.consul_token.unwrap().expose_secret(), "s3cret");
+        let refused = |c: &Config, name: &str, needle: &str| {
+            let e = c.secrets().unwrap_err();
+            assert!(
+                matches!(&e, ConfigError::Invalid { name: n, .. } if *n == name),
+                "{e}"
+            );
+            assert!(e.to_string().contains(needle), "{e}");
+        };
         std::fs::write(&path, " \n").unwrap();
-        assert!(c.http_token().unwrap_err().to_string().contains("empty"));
+        refused(&c, "consul.token_file", "is empty");
+        c.consul.token_file = None;
+        refused(&c, "http.token_file", "is empty");
         c.http.token_file = Some(dir.join("absent"));
-        assert!(c.http_token().unwrap_err().to_string().contains("absent"));
+        refused(&c, "http.token_file", "absent");
+        c.http.token_file = None;
+        c.consul.token_file = Some(dir.join("absent"));
+        refused(&c, "consul.token_file", "cannot read");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn consul_addresses_are_checked_as_a_start_would() {
+        for good in ["127.0.0.1:8500", "http://[::1]:8500", "consul.local:8500"] {
+            let mut c = Config::default();
+            c.consul.address = good.into();
+            c.validate().unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        for bad in [
+            "http://[::1",
+            "ftp://127.0.0.1:8500",
+            "http://127.0.0.1:8500/v1",
+        ] {
+            let mut c = Config::default();
+            c.consul.address = bad.into();
+            let e = c.validate().unwrap_err();
+            assert!(
+                matches!(
+                    &e,
+                    ConfigError::Invalid {
+                        name: "consul.address",
+                        ..
+                    }
+                ),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

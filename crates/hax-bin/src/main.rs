@@ -63,17 +63,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = rt.block_on(async {
-        hax_bin::app::run(cfg, shutdown)
-            .await
-            .map_err(|e| e.to_string())
-    });
-    match result {
+    match rt.block_on(hax_bin::app::run(cfg, shutdown)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
             eprintln!("hax: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(e.exit_code())
         }
     }
 }

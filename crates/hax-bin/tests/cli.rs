@@ -74,13 +74,16 @@ fn field<'a>(v: &'a serde_json::Value, key: &str) -> &'a serde_json::Value {
 
 /// Two valid values of a setting, different from each other and the first
 /// from the default.
-fn samples(key: &str, default: &serde_json::Value) -> [String; 2] {
+fn samples(key: &str, default: &serde_json::Value, dir: &Dir) -> [String; 2] {
     if let Some(n) = default.as_u64() {
         return [(n + 1).to_string(), (n + 2).to_string()];
     }
+    // Token files are read by `--check-config`, as by a start: they exist.
+    if key.ends_with(".token_file") {
+        return [dir.file("token-1", "t1\n"), dir.file("token-2", "t2\n")];
+    }
     let [a, b] = match key {
         "consul.address" => ["consul-1:8500", "consul-2:8500"],
-        "consul.token_file" | "http.token_file" => ["/etc/hax/token-1", "/etc/hax/token-2"],
         "http.bind" => ["127.0.0.1:9001", "127.0.0.1:9002"],
         "identity.node" => ["srvnode-1", "srvnode-2"],
         "identity.endpoint" => ["inet:tcp:10.0.0.1@22001", "inet:tcp:10.0.0.1@22002"],
@@ -129,7 +132,7 @@ fn every_setting_comes_from_the_file_the_environment_or_an_option() {
             .unwrap_or_else(|| panic!("{key} has no option or variable"));
         let flag = format!("--{}", s.flag());
         let default = field(&defaults, key);
-        let [a, b] = samples(key, default);
+        let [a, b] = samples(key, default, &dir);
         assert_ne!(shown(default), a, "{key}");
         let (section, name) = key.split_once('.').expect("section.key");
         let file = dir.file(
@@ -244,6 +247,97 @@ fn bad_settings_are_refused_with_their_name_and_origin() {
         assert_eq!(code, 2, "{env}={value}: {err}");
         assert!(err.contains(env) && !err.contains("panicked"), "{err}");
     }
+}
+
+/// Runs `hax` with `args` as a start (no `--check-config`), against a
+/// Consul address nothing answers at; killed after 30 s if it is still
+/// waiting for Consul.
+fn start(args: &[&str]) -> (i32, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hax"));
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("HAX_") {
+            cmd.env_remove(k);
+        }
+    }
+    let mut child = cmd
+        .env("HAX_CONSUL_ADDRESS", "127.0.0.1:1")
+        .args(["--http-bind", "127.0.0.1:0"])
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run hax");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("output");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_config_refuses_what_a_start_refuses() {
+    let dir = Dir::new("files");
+    let empty = dir.file("empty", " \n");
+    let absent = dir.0.join("absent").display().to_string();
+    for (args, needle) in [
+        (
+            vec!["--http-token-file", empty.as_str()],
+            "http.token_file (from option --http-token-file)",
+        ),
+        (
+            vec!["--http-token-file", absent.as_str()],
+            "http.token_file (from option --http-token-file)",
+        ),
+        (
+            vec!["--consul-token-file", empty.as_str()],
+            "consul.token_file (from option --consul-token-file)",
+        ),
+        (
+            vec!["--consul-token-file", absent.as_str()],
+            "consul.token_file (from option --consul-token-file)",
+        ),
+    ] {
+        let mut check = vec!["--check-config"];
+        check.extend_from_slice(&args);
+        let (code, _, err) = hax(&check);
+        assert_eq!(code, 2, "--check-config {args:?}: {err}");
+        assert!(err.contains(needle), "--check-config {args:?}: {err}");
+        let (code, err) = start(&args);
+        assert_eq!(code, 2, "start {args:?}: {err}");
+        assert!(err.contains(needle), "start {args:?}: {err}");
+    }
+    // A Consul address a start could not use, from each place.
+    for address in [
+        "http://[::1",
+        "ftp://127.0.0.1:8500",
+        "http://127.0.0.1:8500/v1",
+    ] {
+        let (code, _, err) = hax_env(&["--check-config"], &[("HAX_CONSUL_ADDRESS", address)]);
+        assert_eq!(code, 2, "{address}: {err}");
+        assert!(
+            err.contains("consul.address (from environment variable HAX_CONSUL_ADDRESS)"),
+            "{address}: {err}"
+        );
+        let (code, err) = start(&["--consul-address", address]);
+        assert_eq!(code, 2, "start with {address}: {err}");
+        assert!(
+            err.contains("consul.address (from option --consul-address)"),
+            "{err}"
+        );
+    }
+    // A readable token is taken, and never printed.
+    let good = dir.file("good", "s3cret-token\n");
+    let (code, out, err) = hax(&["--check-config", "--http-token-file", &good]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("s3cret-token") && !err.contains("s3cret-token"));
 }
 
 #[test]

@@ -162,6 +162,13 @@ pub struct ConsulConfig {
     pub connect_timeout: Duration,
     /// Retries of idempotent reads.
     pub retry: RetryPolicy,
+    /// Idle connections kept open for reuse. A burst of requests opens a
+    /// connection each; only this many stay once it is over, so that the
+    /// agent's per-client limit (`limits.http_max_conns_per_client`, 200 by
+    /// default) is not held by connections nobody uses.
+    pub pool_max_idle: usize,
+    /// How long an idle connection is kept for reuse.
+    pub pool_idle_timeout: Duration,
 }
 
 impl Default for ConsulConfig {
@@ -173,6 +180,11 @@ impl Default for ConsulConfig {
             request_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(2),
             retry: RetryPolicy::default(),
+            // hax's steady load (a batch of writes, a few reads) reuses
+            // these; blocking queries hold their connections while they
+            // wait, not as idle ones.
+            pool_max_idle: 16,
+            pool_idle_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -214,6 +226,23 @@ impl ConsulConfig {
             .filter(|t| !t.is_empty())
             .map(AclToken::new);
         config
+    }
+
+    /// Checks what [`ConsulClient::new`] checks (the address, and the
+    /// `tls` feature an https address needs), without building a client.
+    pub fn check(&self) -> Result<()> {
+        self.usable_base_url().map(drop)
+    }
+
+    fn usable_base_url(&self) -> Result<String> {
+        let base = self.base_url()?;
+        if base.starts_with("https://") && !cfg!(feature = "tls") {
+            return Err(ConsulError::Config(
+                "https address given, but hax-consul was built without the `tls` feature"
+                    .to_owned(),
+            ));
+        }
+        Ok(base)
     }
 
     /// The base URL, validated, without a trailing slash.
@@ -391,17 +420,13 @@ pub(crate) fn decode_json<T: DeserializeOwned>(what: &str, body: &[u8]) -> Resul
 impl ConsulClient {
     /// Builds a client. Fails on an unusable address; does not contact the agent.
     pub fn new(config: ConsulConfig) -> Result<Self> {
-        let base = config.base_url()?;
-        if base.starts_with("https://") && !cfg!(feature = "tls") {
-            return Err(ConsulError::Config(
-                "https address given, but hax-consul was built without the `tls` feature"
-                    .to_owned(),
-            ));
-        }
+        let base = config.usable_base_url()?;
         let http = reqwest::Client::builder()
             // Consul redirects non-normalised key paths; following them would hide bugs.
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(config.connect_timeout)
+            .pool_max_idle_per_host(config.pool_max_idle)
+            .pool_idle_timeout(config.pool_idle_timeout)
             .no_proxy()
             .build()
             .map_err(|e| ConsulError::Config(format!("HTTP client: {e}")))?;

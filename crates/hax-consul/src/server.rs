@@ -546,7 +546,9 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Whether `headers` carry `token` as `Authorization: Bearer <token>`
-/// (always, when no token is configured).
+/// (always, when no token is configured). The scheme is matched without
+/// regard to case, as RFC 7235 (section 2.1) has it: `bearer <token>` is the
+/// same credential.
 pub fn bearer_token_given(token: Option<&AclToken>, headers: &HeaderMap) -> bool {
     let Some(token) = token else {
         return true;
@@ -554,8 +556,11 @@ pub fn bearer_token_given(token: Option<&AclToken>, headers: &HeaderMap) -> bool
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|given| same_secret(given.trim().as_bytes(), token.expose_secret().as_bytes()))
+        .and_then(|v| v.trim_start().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .is_some_and(|(_, given)| {
+            same_secret(given.trim().as_bytes(), token.expose_secret().as_bytes())
+        })
 }
 
 /// Whether a request may go on: read-only methods always, others with the
@@ -570,25 +575,74 @@ fn unauthorised(req: &Request) -> Response {
     ApiError::unauthorised().into_response()
 }
 
-/// Whether a request body of this content type may be JSON: none given, or
-/// `application/json` or `application/<x>+json`, any parameters.
-fn json_content_type(headers: &HeaderMap) -> bool {
-    let Some(v) = headers.get(header::CONTENT_TYPE) else {
-        return true;
+/// Whether a request carries what browsers add to every request a page
+/// makes to another site: `Origin` (on every `POST`, by the Fetch standard)
+/// or `Sec-Fetch-Site`. Tools (curl, Consul's watch handlers, Python's
+/// requests) send neither.
+pub fn sent_by_a_browser(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::ORIGIN) || headers.contains_key("sec-fetch-site")
+}
+
+/// Which bodies a state-changing route takes besides declared JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyTypes {
+    /// Declared JSON (`application/json`, `application/<x>+json`), or no
+    /// type at all from a client that is not a browser.
+    Json,
+    /// Also `application/x-www-form-urlencoded` from a client that is not a
+    /// browser: what `curl --data` sends, as hare's rules (`sns-repair`,
+    /// `sns-rebalance`) do with a JSON body.
+    JsonOrToolForm,
+}
+
+/// Why a `POST` body must not be decoded, from its declared type: `None`
+/// when it may be read as JSON, else a 415.
+///
+/// A page of any site can make a browser send a `POST` without asking
+/// first (no CORS preflight) when its type is `text/plain`, a form or
+/// multipart, or when it has no type; a JSON type needs a preflight, which
+/// hax never grants. So a JSON type is taken from anyone, no type (and a
+/// form with [`BodyTypes::JsonOrToolForm`]) only from a request without the
+/// headers every browser adds ([`sent_by_a_browser`]), and anything else
+/// never: the body is JSON in every case.
+pub fn refuse_body_type(headers: &HeaderMap, accepted: BodyTypes) -> Option<ApiError> {
+    let declared = headers.get(header::CONTENT_TYPE);
+    let essence = declared.map(|v| {
+        v.to_str()
+            .unwrap_or("")
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase()
+    });
+    let json = essence.as_deref().is_some_and(|e| {
+        e == "application/json"
+            || e.strip_prefix("application/")
+                .is_some_and(|t| t.ends_with("+json"))
+    });
+    let tool_type = match essence.as_deref() {
+        None => true,
+        Some("application/x-www-form-urlencoded") => accepted == BodyTypes::JsonOrToolForm,
+        Some(_) => false,
     };
-    let Ok(v) = v.to_str() else {
-        return false;
+    if json || (tool_type && !sent_by_a_browser(headers)) {
+        return None;
+    }
+    let given = declared
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default();
+    let message = if tool_type {
+        format!("content type {given:?} from a browser: the body must be declared application/json")
+    } else {
+        format!("content type {given:?}: the body must be application/json")
     };
-    let essence = v
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    essence == "application/json"
-        || essence
-            .strip_prefix("application/")
-            .is_some_and(|t| t.ends_with("+json"))
+    Some(ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "content-type",
+        message,
+        "Unsupported media type",
+    ))
 }
 
 async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
@@ -597,20 +651,11 @@ async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Respo
     if !authorised(&state.config, &method, req.headers()) {
         return unauthorised(&req);
     }
-    if method == Method::POST && !json_content_type(req.headers()) {
-        let given = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .unwrap_or_default();
-        tracing::warn!(%method, %path, content_type = %given, "request body is not JSON");
-        return ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "content-type",
-            format!("content type {given:?}: the body must be application/json"),
-            "Unsupported media type",
-        )
-        .into_response();
+    if method == Method::POST {
+        if let Some(refusal) = refuse_body_type(req.headers(), BodyTypes::Json) {
+            tracing::warn!(%method, %path, reason = %refusal.error_message, "request body is not JSON");
+            return refusal.into_response();
+        }
     }
     let response = match tokio::time::timeout(state.config.request_timeout, next.run(req)).await {
         Ok(r) => r,
@@ -1008,6 +1053,71 @@ mod tests {
         assert!(!bearer_token_given(Some(&token), &with("Bearer s3cretX")));
         assert!(!bearer_token_given(Some(&token), &with("Basic s3cret")));
         assert!(!bearer_token_given(Some(&token), &HeaderMap::new()));
+        // RFC 7235: the scheme is case-insensitive; the token is not.
+        for given in ["bearer s3cret", "BEARER s3cret", "bEaReR  s3cret"] {
+            assert!(bearer_token_given(Some(&token), &with(given)), "{given}");
+        }
+        assert!(!bearer_token_given(Some(&token), &with("bearer S3CRET")));
+        assert!(!bearer_token_given(Some(&token), &with("Bearers3cret")));
+        assert!(!bearer_token_given(Some(&token), &with("Bearer")));
+    }
+
+    #[test]
+    fn body_types_a_page_can_send_unasked_are_refused() {
+        let with = |pairs: &[(&str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(
+                    header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    v.parse().unwrap(),
+                );
+            }
+            h
+        };
+        let refused = |pairs: &[(&str, &str)], accepted| {
+            refuse_body_type(&with(pairs), accepted).map(|e| e.status_code)
+        };
+        use BodyTypes::{Json, JsonOrToolForm};
+        let form = ("content-type", "application/x-www-form-urlencoded");
+        let origin = ("origin", "https://example.com");
+        for accepted in [Json, JsonOrToolForm] {
+            // JSON needs a preflight: taken from anyone.
+            for t in [
+                "application/json",
+                "Application/JSON; charset=utf-8",
+                "application/merge-patch+json",
+            ] {
+                assert_eq!(refused(&[("content-type", t)], accepted), None, "{t}");
+                assert_eq!(refused(&[("content-type", t), origin], accepted), None);
+            }
+            // Types a page sends unasked, and others: never.
+            for t in [
+                "text/plain",
+                "multipart/form-data; boundary=x",
+                "application/xml",
+                "application/jsonx",
+                "",
+            ] {
+                assert_eq!(refused(&[("content-type", t)], accepted), Some(415), "{t}");
+            }
+            // No type: from a tool, not from a page.
+            assert_eq!(refused(&[], accepted), None);
+            assert_eq!(refused(&[origin], accepted), Some(415));
+            assert_eq!(
+                refused(&[("sec-fetch-site", "cross-site")], accepted),
+                Some(415)
+            );
+            assert_eq!(refused(&[("origin", "null")], accepted), Some(415));
+        }
+        // `curl --data` (hare's rules): a form type, from a tool only, and
+        // only where the route takes it.
+        assert_eq!(refused(&[form], Json), Some(415));
+        assert_eq!(refused(&[form], JsonOrToolForm), None);
+        assert_eq!(refused(&[form, origin], JsonOrToolForm), Some(415));
+        assert_eq!(
+            refused(&[form, ("sec-fetch-site", "same-site")], JsonOrToolForm),
+            Some(415)
+        );
     }
 
     #[test]

@@ -49,8 +49,18 @@ pub enum GlueCode {
     #[error("stop cut short: entrypoint requests withheld")]
     Withheld,
     /// A negative errno value from Motr.
-    #[error("errno {0}")]
+    #[error("errno {0} ({text})", text = errno_text(*.0))]
     Errno(i32),
+}
+
+/// The system's text for `errno` ("Address already in use"), without the
+/// "(os error N)" std adds.
+fn errno_text(errno: i32) -> String {
+    let text = std::io::Error::from_raw_os_error(errno).to_string();
+    match text.rfind(" (os error ") {
+        Some(end) => text[..end].to_owned(),
+        None => text,
+    }
 }
 
 impl GlueCode {
@@ -138,3 +148,20 @@ impl Error {
 
 /// Result of hax-core.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errnos_say_what_they_mean() {
+        let e = Error::Glue {
+            call: "hax_glue_start",
+            code: GlueCode::Errno(98),
+        };
+        assert_eq!(
+            e.to_string(),
+            "hax_glue_start failed: errno 98 (Address already in use)"
+        );
+    }
+}

@@ -82,6 +82,7 @@ pub struct SubscriptionsAnswer {
 
 async fn apply(state: &ApiState, body: &[u8], add: bool) -> Result<Response, Failure> {
     let pairs = parse_subscriptions(body)?;
+    let _slot = state.consul_slot().await?;
     let mut answer = SubscriptionsAnswer {
         subscriptions: BTreeMap::new(),
     };

@@ -15,6 +15,14 @@
 //! answers with its real outcome: a refused request is a 4xx, a failure of
 //! Motr or Consul a 5xx. When a bearer token is configured, the POST routes
 //! need it; the GET routes only read.
+//!
+//! A POST body is always read as JSON, and its declared type must allow it
+//! ([`hax_consul::server::refuse_body_type`], else 415): JSON from anyone;
+//! no type, or `application/x-www-form-urlencoded`, only from a client that
+//! is not a browser. The form type is taken because hare's own rules
+//! (`sns-repair`, `sns-rebalance`) post their JSON with `curl --data`, which
+//! declares it; a web page could send it to hax without asking first, and
+//! browsers mark every such request with `Origin`.
 
 pub mod events;
 pub mod metrics;
@@ -34,7 +42,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use hax_consul::schema::{HaxKv, SchemaError};
-use hax_consul::server::{bearer_token_given, body_rejection, ApiError};
+use hax_consul::server::{
+    bearer_token_given, body_rejection, refuse_body_type, ApiError, BodyTypes,
+};
 use hax_consul::AclToken;
 use hax_core::MotrClient;
 
@@ -46,6 +56,17 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 /// How long a request waits for Motr (the original's SNS status wait).
 pub const MOTR_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// API requests that use Consul at once (a status request makes four
+/// reads at a time). Without a bound, the HTTP server's 256 connections
+/// opened a thousand connections to the agent, whose default limit per
+/// client address (`limits.http_max_conns_per_client`, 200) hax's own
+/// writes and watches share.
+pub const CONSUL_REQUESTS: usize = 8;
+
+/// How long an API request waits for one of the [`CONSUL_REQUESTS`] slots
+/// before it is answered 503.
+pub const CONSUL_SLOT_WAIT: Duration = Duration::from_secs(5);
+
 /// What the routes share.
 #[derive(Clone, Debug)]
 pub struct ApiState {
@@ -54,6 +75,7 @@ pub struct ApiState {
     motr: MotrClient,
     token: Option<Arc<AclToken>>,
     metrics: Arc<ApiMetrics>,
+    consul_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl ApiState {
@@ -66,6 +88,24 @@ impl ApiState {
             motr,
             token: token.map(Arc::new),
             metrics: Arc::new(ApiMetrics::default()),
+            consul_slots: Arc::new(tokio::sync::Semaphore::new(CONSUL_REQUESTS)),
+        }
+    }
+
+    /// One of the [`CONSUL_REQUESTS`] slots, held while a request uses
+    /// Consul; 503 when none is free within [`CONSUL_SLOT_WAIT`].
+    pub async fn consul_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Failure> {
+        let slot = Arc::clone(&self.consul_slots).acquire_owned();
+        match tokio::time::timeout(CONSUL_SLOT_WAIT, slot).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(Failure::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                format!(
+                    "{CONSUL_REQUESTS} requests are using Consul; none ended within {CONSUL_SLOT_WAIT:?}"
+                ),
+                "Too many requests at once; try again",
+            )),
         }
     }
 
@@ -244,6 +284,21 @@ async fn require_token(State(state): State<ApiState>, req: Request, next: Next) 
     }
 }
 
+async fn require_json_body(req: Request, next: Next) -> Response {
+    match refuse_body_type(req.headers(), BodyTypes::JsonOrToolForm) {
+        None => next.run(req).await,
+        Some(refusal) => {
+            tracing::warn!(
+                method = %req.method(),
+                path = %req.uri().path(),
+                reason = %refusal.error_message,
+                "request body is not JSON"
+            );
+            refusal.into_response()
+        }
+    }
+}
+
 async fn observe(State(state): State<ApiState>, req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
@@ -293,6 +348,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/sns/{operation}", post(sns::post_operation))
         .route("/v1/events/subscribe", post(events::subscribe))
         .route("/v1/events/unsubscribe", post(events::unsubscribe))
+        // The token is checked first (the outer layer): without it, a
+        // request learns nothing of what the route takes.
+        .route_layer(middleware::from_fn(require_json_body))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     let reads = Router::new()
         .route("/api/v1/sns/repair-status", get(sns::repair_status))

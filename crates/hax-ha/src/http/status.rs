@@ -176,6 +176,7 @@ async fn bytecount(state: &ApiState) -> Result<BTreeMap<String, Value>, Failure>
 
 /// `GET /v1/cluster/status`.
 pub async fn cluster_status(State(state): State<ApiState>) -> Result<Response, Failure> {
+    let _slot = state.consul_slot().await?;
     let kv = &state.kv;
     let (bytecount, pools, profiles, fs) = tokio::try_join!(
         bytecount(&state),
@@ -206,6 +207,7 @@ pub async fn cluster_status(State(state): State<ApiState>) -> Result<Response, F
 
 /// `GET /v1/cluster/status/bytecount`.
 pub async fn bytecount_status(State(state): State<ApiState>) -> Result<Response, Failure> {
+    let _slot = state.consul_slot().await?;
     let answer = BytecountStatus {
         bytecount: bytecount(&state).await?,
     };
