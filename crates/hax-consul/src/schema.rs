@@ -557,7 +557,8 @@ pub struct ProfileRecord {
     pub fid: FidText,
     /// Its name.
     pub name: String,
-    /// Its pools, as written.
+    /// Its pools as written (names or fids), without cfgen's `null`s (the
+    /// pools it does not name).
     pub pools: Vec<String>,
 }
 
@@ -893,6 +894,12 @@ pub enum ConfKey {
         /// Profile fid.
         profile: FidText,
     },
+    /// `m0conf/pools/<pool>`: the pool's name, plain text (cfgen writes
+    /// one per SNS pool; profiles name their pools by it).
+    Pool {
+        /// Pool fid.
+        pool: FidText,
+    },
 }
 
 impl ConfKey {
@@ -1004,6 +1011,7 @@ impl ConfKey {
                 drive: fid(d)?,
             }),
             ["profiles", p] => Ok(ConfKey::Profile { profile: fid(p)? }),
+            ["pools", p] => Ok(ConfKey::Pool { pool: fid(p)? }),
             _ => Err(bad("unknown configuration key")),
         }
     }
@@ -1027,7 +1035,8 @@ impl ConfKey {
             ConfKey::ServiceKey { .. }
             | ConfKey::ProcessAttr { .. }
             | ConfKey::Disk { .. }
-            | ConfKey::Profile { .. } => None,
+            | ConfKey::Profile { .. }
+            | ConfKey::Pool { .. } => None,
         }
     }
 }
@@ -1103,6 +1112,7 @@ impl fmt::Display for ConfKey {
                 "{p}sites/{site}/racks/{rack}/encls/{encl}/ctrls/{ctrl}/drives/{drive}"
             ),
             ConfKey::Profile { profile } => write!(f, "{p}profiles/{profile}"),
+            ConfKey::Pool { pool } => write!(f, "{p}pools/{pool}"),
         }
     }
 }
@@ -1290,9 +1300,9 @@ pub struct ConfObject {
     /// `node` (enclosures).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<FidText>,
-    /// `pools` (profiles).
+    /// `pools` (profiles): cfgen names them, other writers give fids.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pools: Option<Vec<FidText>>,
+    pub pools: Option<Vec<PoolRef>>,
     /// `state`, in the vocabulary of the key (see [`ConfKey::state_vocabulary`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
@@ -1333,6 +1343,46 @@ impl ConfObject {
     }
 }
 
+/// One element of a profile's `pools`. cfgen writes the names of the SNS
+/// pools (`m0conf/pools/<fid>` values) and `null` for the pools it does not
+/// name (its DIX and metadata pools); other writers give fids. Anything else
+/// is kept as written so that no element makes the profile unreadable.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PoolRef {
+    /// A fid.
+    Fid(FidText),
+    /// A pool name.
+    Name(String),
+    /// `null`: a pool without a name.
+    Unnamed,
+    /// Any other JSON value.
+    Other(serde_json::Value),
+}
+
+impl Serialize for PoolRef {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            PoolRef::Fid(f) => f.serialize(s),
+            PoolRef::Name(n) => s.serialize_str(n),
+            PoolRef::Unnamed => s.serialize_none(),
+            PoolRef::Other(v) => v.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PoolRef {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        Ok(match serde_json::Value::deserialize(d)? {
+            serde_json::Value::String(t) => match FidText::parse(&t) {
+                Ok(f) => PoolRef::Fid(f),
+                Err(_) => PoolRef::Name(t),
+            },
+            serde_json::Value::Null => PoolRef::Unnamed,
+            other => PoolRef::Other(other),
+        })
+    }
+}
+
 /// The value of a configuration key.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ConfValue {
@@ -1340,7 +1390,7 @@ pub enum ConfValue {
     Object(ConfObject),
     /// A decimal fid key (`ServiceKey`).
     FidKey(u64),
-    /// Plain text (`ProcessAttr`, `Disk`).
+    /// Plain text (`ProcessAttr`, `Disk`, `Pool`).
     Text(String),
 }
 
@@ -1355,6 +1405,17 @@ pub struct ConfEntry {
     pub modify_index: u64,
 }
 
+/// An entry of `m0conf/` whose value could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MalformedEntry {
+    /// The key.
+    pub key: String,
+    /// Its modify index: a value rewritten since is another value.
+    pub modify_index: u64,
+    /// Why it was left out.
+    pub reason: String,
+}
+
 /// The configuration tree as read from `m0conf/`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ConfTree {
@@ -1362,12 +1423,28 @@ pub struct ConfTree {
     pub entries: BTreeMap<ConfKey, ConfEntry>,
     /// Keys under `m0conf/` that this schema does not know (kept for logs).
     pub unrecognised: Vec<String>,
+    /// Known keys whose values were left out ([`ConfTree::from_pairs_tolerant`]).
+    pub malformed: Vec<MalformedEntry>,
 }
 
 impl ConfTree {
     /// Parses a listing of `m0conf/`. Unknown key shapes are collected in
     /// `unrecognised`; a malformed value of a known key is an error naming it.
     pub fn from_pairs(pairs: &[KvPair]) -> Result<Self> {
+        let tree = Self::from_pairs_tolerant(pairs);
+        match tree.malformed.first() {
+            Some(m) => Err(SchemaError::BadValue {
+                key: m.key.clone(),
+                reason: m.reason.clone(),
+            }),
+            None => Ok(tree),
+        }
+    }
+
+    /// Parses a listing of `m0conf/` entry by entry: a value that cannot be
+    /// decoded leaves out its own entry only, recorded in `malformed`, so
+    /// that one bad object never hides the rest of the tree.
+    pub fn from_pairs_tolerant<'a>(pairs: impl IntoIterator<Item = &'a KvPair>) -> Self {
         let mut tree = ConfTree::default();
         for pair in pairs {
             let key = match ConfKey::parse(&pair.key) {
@@ -1377,17 +1454,28 @@ impl ConfTree {
                     continue;
                 }
             };
-            let value = decode_conf_value(&key, &pair.key, &pair.value)?;
-            tree.entries.insert(
-                key.clone(),
-                ConfEntry {
-                    key,
-                    value,
+            match decode_conf_value(&key, &pair.key, &pair.value) {
+                Ok(value) => {
+                    tree.entries.insert(
+                        key.clone(),
+                        ConfEntry {
+                            key,
+                            value,
+                            modify_index: pair.modify_index,
+                        },
+                    );
+                }
+                Err(e) => tree.malformed.push(MalformedEntry {
+                    key: pair.key.clone(),
                     modify_index: pair.modify_index,
-                },
-            );
+                    reason: match e {
+                        SchemaError::BadValue { reason, .. } => reason,
+                        other => other.to_string(),
+                    },
+                }),
+            }
         }
-        Ok(tree)
+        tree
     }
 
     fn object(&self, key: &ConfKey) -> Option<&ConfObject> {
@@ -1510,6 +1598,37 @@ impl ConfTree {
             })
     }
 
+    /// The SNS pools cfgen names (`m0conf/pools/<fid>`): fid and name.
+    pub fn pools(&self) -> Vec<(FidText, &str)> {
+        self.entries
+            .values()
+            .filter_map(|e| match (&e.key, &e.value) {
+                (ConfKey::Pool { pool }, ConfValue::Text(name)) => Some((*pool, name.as_str())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The pools of a profile as fids, in the profile's order: names are
+    /// resolved through the pools' own records as hare does, fids are taken
+    /// as they are. An unnamed pool (cfgen's `null` for its DIX and metadata
+    /// pools) or a name no pool record holds is left out.
+    pub fn profile_pools(&self, profile: FidText) -> Vec<FidText> {
+        let Some(obj) = self.object(&ConfKey::Profile { profile }) else {
+            return Vec::new();
+        };
+        let pools = self.pools();
+        obj.pools
+            .iter()
+            .flatten()
+            .filter_map(|p| match p {
+                PoolRef::Fid(f) => Some(*f),
+                PoolRef::Name(n) => pools.iter().find(|(_, name)| name == n).map(|(f, _)| *f),
+                PoolRef::Unnamed | PoolRef::Other(_) => None,
+            })
+            .collect()
+    }
+
     /// Profiles with their pools.
     pub fn profiles(&self) -> Vec<(FidText, &ConfObject)> {
         self.entries
@@ -1525,10 +1644,35 @@ impl ConfTree {
 fn decode_conf_value(key: &ConfKey, raw_key: &str, bytes: &[u8]) -> Result<ConfValue> {
     Ok(match key {
         ConfKey::ServiceKey { .. } => ConfValue::FidKey(decode_decimal(raw_key, bytes)?),
-        ConfKey::ProcessAttr { .. } | ConfKey::Disk { .. } => {
+        ConfKey::ProcessAttr { .. } | ConfKey::Disk { .. } | ConfKey::Pool { .. } => {
             ConfValue::Text(text(raw_key, bytes)?.to_owned())
         }
         _ => ConfValue::Object(decode(raw_key, bytes)?),
+    })
+}
+
+/// Decodes one `m0conf/profiles/<fid>` entry.
+fn profile_record(p: &KvPair) -> Result<ProfileRecord> {
+    #[derive(Deserialize)]
+    struct Value {
+        name: String,
+        #[serde(default)]
+        pools: Vec<PoolRef>,
+    }
+    let fid = last_segment_fid(&p.key, keys::CONF_PROFILES_PREFIX)?;
+    let v: Value = decode(&p.key, &p.value)?;
+    Ok(ProfileRecord {
+        fid,
+        name: v.name,
+        pools: v
+            .pools
+            .into_iter()
+            .filter_map(|r| match r {
+                PoolRef::Fid(f) => Some(f.to_string()),
+                PoolRef::Name(n) => Some(n),
+                PoolRef::Unnamed | PoolRef::Other(_) => None,
+            })
+            .collect(),
     })
 }
 
@@ -1828,9 +1972,15 @@ impl HaxKv {
         Ok(self.get_json::<FidText>(&key).await?.unwrap_or(base))
     }
 
-    /// `failvec`: fid text → state, when present.
+    /// `failvec`: fid text → state, when present. cfgen creates the key
+    /// empty, which reads as absent.
     pub async fn failvec(&self) -> Result<Option<BTreeMap<String, String>>> {
-        self.get_json(keys::FAILVEC).await
+        match self.get_raw(keys::FAILVEC).await? {
+            Some(p) if !p.value.iter().all(u8::is_ascii_whitespace) => {
+                decode(keys::FAILVEC, &p.value).map(Some)
+            }
+            _ => Ok(None),
+        }
     }
 
     // -- statistics
@@ -1891,28 +2041,22 @@ impl HaxKv {
         self.put_json(&class.key(), &bytes).await
     }
 
-    /// Every `m0conf/profiles/<fid>` entry, in the order of the key text (as
-    /// Consul lists them: `0x10` before `0x9`).
+    /// Every readable `m0conf/profiles/<fid>` entry, in the order of the key
+    /// text (as Consul lists them: `0x10` before `0x9`). An entry that cannot
+    /// be read is logged and left out: one bad profile must not hide the
+    /// others from rconfc or the status answer.
     pub async fn profile_records(&self) -> Result<Vec<ProfileRecord>> {
-        #[derive(Deserialize)]
-        struct Value {
-            name: String,
-            #[serde(default)]
-            pools: Vec<String>,
-        }
         let listed = self.client.kv_list(keys::CONF_PROFILES_PREFIX).await?.value;
-        listed
+        Ok(listed
             .iter()
-            .map(|p| {
-                let fid = last_segment_fid(&p.key, keys::CONF_PROFILES_PREFIX)?;
-                let v: Value = decode(&p.key, &p.value)?;
-                Ok(ProfileRecord {
-                    fid,
-                    name: v.name,
-                    pools: v.pools,
-                })
+            .filter_map(|p| match profile_record(p) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::warn!(key = %p.key, error = %e, "profile ignored");
+                    None
+                }
             })
-            .collect()
+            .collect())
     }
 
     /// Every `m0conf/pools/<fid>` entry, in the order of the key text.
@@ -2139,6 +2283,7 @@ mod tests {
             "m0conf/sites/0x5300000000000001:0x1/racks/0x6100000000000001:0x2/encls/0x6500000000000001:0x21/ctrls/0x6300000000000001:0x22",
             "m0conf/sites/0x5300000000000001:0x1/racks/0x6100000000000001:0x2/encls/0x6500000000000001:0x21/ctrls/0x6300000000000001:0x22/drives/0x6b00000000000001:0x2d",
             "m0conf/profiles/0x7000000000000001:0x1",
+            "m0conf/pools/0x6f00000000000001:0x0",
         ];
         for k in keys {
             let parsed = ConfKey::parse(k).unwrap_or_else(|e| panic!("{k}: {e}"));
@@ -2148,12 +2293,92 @@ mod tests {
             "m0conf/nodes/srvnode-1",
             "m0conf/nodes/srvnode-1/processes/x/endpoint",
             "m0conf/nodes/0x6e00000000000001:0x3/procs/0x1:0x2",
-            "m0conf/pools/0x1:0x2",
+            "m0conf/pools/the-pool",
             "other/x",
         ] {
             let err = ConfKey::parse(bad).expect_err(bad);
             assert!(err.to_string().contains(bad), "{err}");
         }
+    }
+
+    fn pair(key: &str, value: &str, modify_index: u64) -> KvPair {
+        KvPair {
+            key: key.into(),
+            value: value.as_bytes().to_vec(),
+            flags: 0,
+            create_index: 1,
+            modify_index,
+            lock_index: 0,
+            session: None,
+        }
+    }
+
+    #[test]
+    fn profiles_name_their_pools_as_cfgen_writes_them() {
+        let pool = FidText::new(0x6f00_0000_0000_0001, 0);
+        let (p0, p1) = (
+            FidText::new(0x7000_0000_0000_0001, 0),
+            FidText::new(0x7000_0000_0000_0001, 1),
+        );
+        let cfgen = r#"{"name": "default", "pools": ["the pool", null, null]}"#;
+        let tree = ConfTree::from_pairs(&[
+            pair("m0conf/pools/0x6f00000000000001:0x0", "the pool", 1),
+            pair(&keys::profile(p0), cfgen, 1),
+            pair(
+                &keys::profile(p1),
+                r#"{"name": "p1", "pools": ["0x6f00000000000001:0x5", "no such pool", 3]}"#,
+                1,
+            ),
+        ])
+        .expect("cfgen's profiles are readable");
+        assert!(tree.unrecognised.is_empty(), "{:?}", tree.unrecognised);
+        assert_eq!(tree.pools(), [(pool, "the pool")]);
+        assert_eq!(tree.profile_pools(p0), [pool]);
+        assert_eq!(
+            tree.profile_pools(p1),
+            [FidText::new(0x6f00_0000_0000_0001, 5)]
+        );
+        // Written back as read.
+        let obj = tree.profiles()[0].1;
+        assert_eq!(pyjson::to_string(obj).expect("json"), cfgen);
+    }
+
+    #[test]
+    fn a_malformed_value_leaves_out_its_own_entry_only() {
+        let node = "m0conf/nodes/0x6e00000000000001:0x0";
+        let drive = "m0conf/sites/0x5300000000000001:0x0/racks/0x6100000000000001:0x0/encls/0x6500000000000001:0x0/ctrls/0x6300000000000001:0x0/drives/0x6b00000000000001:0x0";
+        let svc = "m0conf/nodes/srvnode-1/processes/1/services/confd";
+        let pairs = [
+            pair(
+                node,
+                r#"{"name": "srvnode-1", "state": "M0_NC_UNKNOWN"}"#,
+                3,
+            ),
+            pair(
+                drive,
+                r#"{"sdev": "not a fid", "state": "M0_NC_UNKNOWN"}"#,
+                4,
+            ),
+            pair(svc, "3", 5),
+            pair("m0conf/nodes/srvnode-1/processes/1/services/rms", "two", 6),
+        ];
+        let tree = ConfTree::from_pairs_tolerant(&pairs);
+        assert_eq!(tree.entries.len(), 2);
+        assert_eq!(tree.services_of_process_key(1), [("confd", 3)]);
+        let bad: Vec<_> = tree
+            .malformed
+            .iter()
+            .map(|m| (m.key.as_str(), m.modify_index))
+            .collect();
+        assert_eq!(
+            bad,
+            [
+                (drive, 4),
+                ("m0conf/nodes/srvnode-1/processes/1/services/rms", 6)
+            ]
+        );
+        let err = ConfTree::from_pairs(&pairs).expect_err("strict");
+        assert!(err.to_string().contains(drive), "{err}");
     }
 
     #[test]

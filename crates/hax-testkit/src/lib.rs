@@ -1,9 +1,11 @@
 //! Test support for hax's crates, tests and benchmarks: a Consul agent of
-//! the tests' own ([`dev_agent`]), a sample cluster loaded into Consul as
-//! hare's cfgen shapes it ([`sample`]), and the view sample, a two-node
-//! cluster as Consul holds it ([`view_sample`]). Not published: nothing here
-//! is part of a library's API.
+//! the tests' own ([`dev_agent`]), clusters exactly as hare's cfgen writes
+//! them and hare's bootstrap loads them ([`cfgen`]), a sample cluster loaded
+//! into Consul as hare's cfgen shapes it ([`sample`]), and the view sample, a
+//! two-node cluster as Consul holds it ([`view_sample`]). Not published:
+//! nothing here is part of a library's API.
 
+pub mod cfgen;
 pub mod dev_agent;
 pub mod sample;
 pub mod view_sample;

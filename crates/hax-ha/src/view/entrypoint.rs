@@ -138,13 +138,10 @@ pub fn spawn(client: ConsulClient, cancel: &CancellationToken) -> EntrypointSnap
                 },
                 None => None,
             };
-            let result = match ConfTree::from_pairs(&pairs) {
-                Ok(tree) => build_reply(&confd_list, rm_node.as_deref(), &tree),
-                Err(e) => {
-                    tracing::warn!(error = %e, "configuration tree unreadable");
-                    Err(NotReady::NoConfd)
-                }
-            };
+            // Entry by entry: one value hax cannot use must not keep every
+            // entrypoint request waiting. The view reports what is left out.
+            let tree = ConfTree::from_pairs_tolerant(&pairs);
+            let result = build_reply(&confd_list, rm_node.as_deref(), &tree);
             if last.as_ref() != Some(&result) {
                 match &result {
                     Ok(r) => {

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use hax_consul::schema::HaxKv;
+use hax_consul::schema::{decode_decimal, ConfKey, HaxKv};
 use hax_consul::ConsulClient;
 use hax_core::{Fid, FidType};
 use tokio_util::sync::CancellationToken;
@@ -93,6 +93,10 @@ async fn from_consul(
         .service_id
         .parse()
         .map_err(|_| IdentityError::BadServiceId(svc.service_id.clone()))?;
+    let ha_service_fid = match cfg.ha_service_fid {
+        Some(f) => f,
+        None => ha_service_of(client, &node, key).await?,
+    };
     Ok((
         node,
         cfg.endpoint
@@ -100,9 +104,37 @@ async fn from_consul(
             .unwrap_or_else(|| service_endpoint(svc)),
         cfg.process_fid
             .unwrap_or(Fid::typed(FidType::Process, 1, key)),
-        cfg.ha_service_fid
-            .unwrap_or(Fid::typed(FidType::Service, 1, key + 1)),
+        ha_service_fid,
     ))
+}
+
+/// hax's HA service: the `ha` service cfgen lists under hax's process
+/// (`m0conf/nodes/<node>/processes/<key>/services/ha`). Without that entry,
+/// the key after the process's, which is what cfgen allocated when one
+/// counter numbered every object; the original always assumed it, but cfgen
+/// numbers each object type on its own now, so the HA service of process
+/// `0x7200000000000001:0x0` is `0x7300000000000001:0x0`.
+async fn ha_service_of(
+    client: &ConsulClient,
+    node: &str,
+    process_key: u64,
+) -> Result<Fid, IdentityError> {
+    let key = ConfKey::ServiceKey {
+        node_name: node.to_owned(),
+        process_key,
+        service_type: "ha".into(),
+    }
+    .to_key();
+    let listed = client.kv_get(&key).await?.value;
+    let service_key = match listed.map(|p| decode_decimal(&key, &p.value)) {
+        Some(Ok(k)) => k,
+        Some(Err(e)) => {
+            tracing::warn!(%key, error = %e, "HA service key ignored: the key after hax's is used");
+            process_key + 1
+        }
+        None => process_key + 1,
+    };
+    Ok(Fid::typed(FidType::Service, 1, service_key))
 }
 
 /// Resolves the identity, retrying every `retry` while Consul does not know

@@ -20,9 +20,11 @@
 //! follows the KV store, which gives the same answers on a static
 //! configuration and the right ones when hare's tools change it.
 
+mod conf_reader;
 pub mod entrypoint;
 pub mod health;
 pub mod identity;
+mod reported;
 #[cfg(test)]
 pub(crate) mod sample;
 mod sources;
@@ -243,12 +245,12 @@ impl ClusterView {
         view.follow(
             hax_consul::watch::watch_prefix(c.clone(), keys::CONF_PREFIX, wc, cancel),
             PART_CONF.to_owned(),
-            |s, snap| s.set_conf(parse_conf(&snap.value), snap.index),
+            |s, snap| s.read_conf(&snap.value, snap.index),
         );
         view.follow(
             hax_consul::watch::watch_prefix(c.clone(), keys::PROCESSES_PREFIX, wc, cancel),
             PART_PROCESSES.to_owned(),
-            |s, snap| s.set_processes(parse_processes(&snap.value), snap.index),
+            |s, snap| s.read_processes(&snap.value, snap.index),
         );
         view.follow(
             hax_consul::watch::watch_prefix(c.clone(), keys::CONSUL_NODES_PREFIX, wc, cancel),
@@ -770,7 +772,9 @@ mod tests {
         if let Some(p) = pairs.get_mut(&node_key) {
             p.value = b"{not json".to_vec();
         }
-        let tree = parse_conf(&pairs);
+        let mut s = Sources::default();
+        s.read_conf(&pairs, 1);
+        let tree = &s.conf;
         assert!(!tree.entries.contains_key(&ConfKey::Node {
             node: fid_text(Sample::NODE2)
         }));

@@ -10,7 +10,9 @@ use hax_consul::schema::{keys, ConfEntry, ConfKey, ConfTree, FidText, ProcessSta
 use hax_consul::{ConsulClient, KvPair};
 use hax_core::Fid;
 
+use super::conf_reader::ConfReader;
 use super::health::NodeHealthMap;
+use super::reported::Reported;
 use super::state::{ClusterState, ConfStructure};
 
 /// Parts of the view, for readiness reports.
@@ -31,6 +33,8 @@ pub(super) const PART_CLIENT_TYPES: &str = keys::M0_CLIENT_TYPES;
 pub(super) struct Sources {
     pub(super) local_node: String,
     pub(super) hax_fid: Fid,
+    pub(super) conf_reader: ConfReader,
+    pub(super) processes_reported: Reported,
     pub(super) conf_snapshot: Arc<ConfTree>,
     pub(super) conf_index: u64,
     pub(super) conf_overlay: BTreeMap<ConfKey, ConfEntry>,
@@ -84,6 +88,12 @@ impl Sources {
         }
     }
 
+    /// Reads a snapshot of `m0conf/` ([`ConfReader`]) and sets it.
+    pub(super) fn read_conf(&mut self, pairs: &BTreeMap<String, KvPair>, index: u64) {
+        let tree = self.conf_reader.read(pairs);
+        self.set_conf(tree, index);
+    }
+
     pub(super) fn set_conf(&mut self, tree: ConfTree, index: u64) {
         self.conf_index = index;
         self.conf_overlay.retain(|_, e| e.modify_index > index);
@@ -105,6 +115,16 @@ impl Sources {
             }
             Arc::new(t)
         };
+    }
+
+    /// Reads a snapshot of `processes/` and sets it; an entry hax cannot use
+    /// is left out and reported once.
+    pub(super) fn read_processes(&mut self, pairs: &BTreeMap<String, KvPair>, index: u64) {
+        let (map, bad) = parse_processes(pairs);
+        for (key, _, error) in self.processes_reported.update(bad) {
+            tracing::warn!(%key, %error, "process state ignored");
+        }
+        self.set_processes(map, index);
     }
 
     pub(super) fn set_processes(
@@ -141,39 +161,33 @@ impl Sources {
     }
 }
 
-/// Parses `m0conf/`, entry by entry: a malformed value is logged and left
-/// out instead of hiding the whole tree.
-pub(super) fn parse_conf(pairs: &BTreeMap<String, KvPair>) -> ConfTree {
-    let mut tree = ConfTree::default();
-    for pair in pairs.values() {
-        match ConfTree::from_pairs(std::slice::from_ref(pair)) {
-            Ok(t) => {
-                tree.entries.extend(t.entries);
-                tree.unrecognised.extend(t.unrecognised);
-            }
-            Err(e) => tracing::warn!(error = %e, "configuration entry ignored"),
-        }
-    }
-    tree
-}
+/// `processes/` entries with their modify indexes.
+type ProcessEntries = BTreeMap<FidText, (ProcessStatus, u64)>;
 
+/// The entries of a `processes/` snapshot, and those left out (key, modify
+/// index, why).
 pub(super) fn parse_processes(
     pairs: &BTreeMap<String, KvPair>,
-) -> BTreeMap<FidText, (ProcessStatus, u64)> {
-    pairs
-        .values()
-        .filter_map(|p| {
-            let text = p.key.strip_prefix(keys::PROCESSES_PREFIX)?;
-            let fid = FidText::parse(text).ok()?;
-            match serde_json::from_slice::<ProcessStatus>(&p.value) {
-                Ok(s) => Some((fid, (s, p.modify_index))),
-                Err(e) => {
-                    tracing::warn!(key = %p.key, error = %e, "process state ignored");
-                    None
-                }
+) -> (ProcessEntries, Vec<(&str, u64, String)>) {
+    let mut map = BTreeMap::new();
+    let mut bad = Vec::new();
+    for p in pairs.values() {
+        let Some(fid) = p
+            .key
+            .strip_prefix(keys::PROCESSES_PREFIX)
+            .and_then(|t| FidText::parse(t).ok())
+        else {
+            bad.push((p.key.as_str(), p.modify_index, "not a fid".to_owned()));
+            continue;
+        };
+        match serde_json::from_slice::<ProcessStatus>(&p.value) {
+            Ok(s) => {
+                map.insert(fid, (s, p.modify_index));
             }
-        })
-        .collect()
+            Err(e) => bad.push((p.key.as_str(), p.modify_index, e.to_string())),
+        }
+    }
+    (map, bad)
 }
 
 pub(super) fn parse_consul_nodes(pairs: &BTreeMap<String, KvPair>) -> BTreeMap<String, String> {

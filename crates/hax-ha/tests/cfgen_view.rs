@@ -1,0 +1,197 @@
+//! The view and the entrypoint configuration read clusters exactly as
+//! hare's cfgen writes them (hax-testkit's fixtures, imported as
+//! `hare-bootstrap` imports them) from a real Consul agent: profiles that
+//! name their pools, fid keys numbered per object type from 0, process
+//! objects named after their portal group, Motr clients; and a value hax
+//! cannot use leaves out its own entry only.
+
+use std::time::Duration;
+
+use hax_consul::schema::{ConfKey, FidText};
+use hax_consul::ConsulClient;
+use hax_core::{Fid, FidType};
+use hax_ha::view::{entrypoint, ClusterState, ClusterView, ViewConfig};
+use hax_testkit::cfgen::{self, CfgenKv};
+use hax_testkit::dev_agent::DevAgent;
+use tokio_util::sync::CancellationToken;
+
+const T: Duration = Duration::from_secs(20);
+
+fn ft(kind: FidType, key: u64) -> FidText {
+    let f = Fid::typed(kind, 1, key);
+    FidText::new(f.container, f.key)
+}
+
+/// An agent named `srvnode-1` holding `kv` as hare's bootstrap leaves it for
+/// that node: imported, its services registered, its Consul node mapped,
+/// and itself elected RC leader.
+async fn bootstrap(kv: &CfgenKv) -> (DevAgent, ConsulClient) {
+    let agent = DevAgent::builder()
+        .node_name("srvnode-1")
+        .start()
+        .await
+        .expect("agent");
+    let c = agent.client().expect("client");
+    cfgen::import(&c, kv).await.expect("import");
+    cfgen::register_services(&c, kv, "srvnode-1")
+        .await
+        .expect("services");
+    cfgen::map_consul_node(&c, "srvnode-1", "srvnode-1")
+        .await
+        .expect("consul/node");
+    cfgen::elect(&c, "srvnode-1").await.expect("leader");
+    (agent, c)
+}
+
+/// Every process of the fixture is where cfgen put it, with its services
+/// and endpoint; every sdev has its drive.
+fn assert_structure(st: &ClusterState, kv: &CfgenKv) {
+    assert!(st.conf().malformed.is_empty(), "{:?}", st.conf().malformed);
+    assert!(
+        st.conf().unrecognised.is_empty(),
+        "{:?}",
+        st.conf().unrecognised
+    );
+    for node in kv.nodes() {
+        let node_fid = st.node_fid_by_name(&node.name).expect("node by name");
+        for p in &node.processes {
+            let fid = p.fid();
+            assert_eq!(st.node_name_of_process(fid), Some(node.name.as_str()));
+            assert_eq!(st.endpoint_of_process(fid), Some(p.endpoint.as_str()));
+            let services: Vec<(String, Fid)> = st
+                .services_of_process(fid)
+                .into_iter()
+                .map(|(t, f)| (t.to_owned(), f))
+                .collect();
+            let want: Vec<(String, Fid)> = p
+                .services
+                .iter()
+                .map(|(t, k)| (t.clone(), Fid::typed(FidType::Service, 1, *k)))
+                .collect();
+            let mut got = services.clone();
+            got.sort_by_key(|(_, f)| f.key);
+            assert_eq!(got, want, "services of {fid}");
+            assert_eq!(st.is_confd(fid), p.has("confd"), "{fid}");
+            assert_eq!(
+                st.is_client(fid),
+                p.has("m0_client_other"),
+                "{fid} is a client by m0_client_types"
+            );
+        }
+        let ios: Vec<Fid> = node.ioservices().iter().map(|p| p.fid()).collect();
+        assert_eq!(st.ios_processes_of_node(node_fid), ios, "{}", node.name);
+        for p in node.ioservices() {
+            let svc = p.service("ios").expect("ios service");
+            let sdevs = st.sdevs_of(p.fid(), svc);
+            assert!(!sdevs.is_empty(), "sdevs of {}", p.fid());
+            for sdev in sdevs {
+                let drive = st.drive_of_sdev(sdev).expect("drive of sdev");
+                assert_eq!(st.sdev_of_drive(drive), Some(sdev));
+            }
+            assert!(st.ctrl_of_process(p.fid()).is_some(), "ctrl of {}", p.fid());
+        }
+        assert!(st.encl_of_node(node_fid).is_some());
+    }
+}
+
+fn assert_pools(st: &ClusterState) {
+    // cfgen: `"pools": ["the pool", null, null]`, the pool named in
+    // `m0conf/pools/`.
+    let pool = ft(FidType::Pool, 0);
+    assert_eq!(st.conf().pools(), [(pool, "the pool")]);
+    assert_eq!(st.conf().profile_pools(ft(FidType::Profile, 0)), [pool]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_node_as_cfgen_writes_it() {
+    let kv = CfgenKv::one_node();
+    let (_agent, c) = bootstrap(&kv).await;
+    let cancel = CancellationToken::new();
+    let config = ViewConfig::new("srvnode-1", Fid::typed(FidType::Process, 1, 0));
+    let view = ClusterView::spawn(c.clone(), config, &cancel);
+    let st = view.wait_loaded(T).await.expect("view loaded");
+    assert_structure(&st, &kv);
+    assert_pools(&st);
+    assert!(st.is_rc());
+    // cfgen numbers each type from 0: hax is process 0, its HA service 0.
+    let hax = Fid::typed(FidType::Process, 1, 0);
+    assert_eq!(
+        st.services_of_process(hax),
+        [
+            ("ha", Fid::typed(FidType::Service, 1, 0)),
+            ("rms", Fid::typed(FidType::Service, 1, 1))
+        ]
+    );
+
+    // The entrypoint: the confd process (key 1) and the rms of that process
+    // (service key 2), at the confd's endpoint.
+    let mut ep = entrypoint::spawn(c.clone(), &cancel);
+    let reply = tokio::time::timeout(T, ep.wait_for(Option::is_some))
+        .await
+        .expect("entrypoint ready in time")
+        .expect("entrypoint watch")
+        .clone()
+        .expect("reply");
+    let confd = kv.node("srvnode-1").and_then(|n| n.confd().cloned());
+    let confd = confd.expect("confd");
+    assert_eq!(reply.confds.len(), 1);
+    assert_eq!(reply.confds[0].fid, confd.fid());
+    assert_eq!(reply.confds[0].endpoint, confd.endpoint);
+    assert_eq!(reply.quorum, 1);
+    assert_eq!(reply.rm_fid, Fid::typed(FidType::Service, 1, 2));
+    assert_eq!(reply.rm_endpoint, confd.endpoint);
+    cancel.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_as_cfgen_writes_them() {
+    let kv = CfgenKv::three_nodes();
+    let (_agent, c) = bootstrap(&kv).await;
+    let cancel = CancellationToken::new();
+    let config = ViewConfig::new("srvnode-1", Fid::typed(FidType::Process, 1, 0));
+    let view = ClusterView::spawn(c.clone(), config, &cancel);
+    let st = view.wait_loaded(T).await.expect("view loaded");
+    assert_structure(&st, &kv);
+    assert_pools(&st);
+    // Processes of the other nodes: theirs, not local.
+    let hax2 = Fid::typed(FidType::Process, 1, 4);
+    assert_eq!(st.node_name_of_process(hax2), Some("srvnode-2"));
+    assert!(!st.is_local_process(hax2));
+    assert_eq!(
+        st.process_of_service(Fid::typed(FidType::Service, 1, 45)),
+        Some(Fid::typed(FidType::Process, 1, 10)),
+        "the ios service of srvnode-3"
+    );
+    cancel.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_value_leaves_out_its_own_entry() {
+    let mut kv = CfgenKv::one_node();
+    let site = "m0conf/sites/0x5300000000000001:0x0/racks/0x6100000000000001:0x0/encls/0x6500000000000001:0x0/ctrls/0x6300000000000001:0x0";
+    let drive = format!("{site}/drives/0x6b00000000000001:0x1");
+    kv.set(&drive, r#"{"sdev": "not a fid", "state": "M0_NC_UNKNOWN"}"#);
+    let (_agent, c) = bootstrap(&kv).await;
+    let cancel = CancellationToken::new();
+    let config = ViewConfig::new("srvnode-1", Fid::typed(FidType::Process, 1, 0));
+    let view = ClusterView::spawn(c.clone(), config, &cancel);
+    let st = view.wait_loaded(T).await.expect("view loaded");
+    let malformed: Vec<&str> = st.conf().malformed.iter().map(|m| m.key.as_str()).collect();
+    assert_eq!(malformed, [drive.as_str()]);
+    let left_out = ConfKey::parse(&drive).expect("key");
+    assert!(st.conf_entry(&left_out).is_none());
+    // Everything else is there: the drive's sdev just has no drive.
+    let sdev1 = Fid::typed(FidType::Sdev, 1, 1);
+    assert_eq!(st.drive_of_sdev(sdev1), None);
+    assert_eq!(
+        st.drive_of_sdev(Fid::typed(FidType::Sdev, 1, 0)),
+        Some(Fid::typed(FidType::Drive, 1, 0))
+    );
+    assert_pools(&st);
+    let mut ep = entrypoint::spawn(c.clone(), &cancel);
+    tokio::time::timeout(T, ep.wait_for(Option::is_some))
+        .await
+        .expect("entrypoint ready in time")
+        .expect("entrypoint watch");
+    cancel.cancel();
+}
