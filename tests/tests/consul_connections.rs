@@ -56,8 +56,8 @@ async fn a_burst_of_status_requests_leaves_few_idle_connections_to_consul() {
     let port = env.agent.http_addr().port();
     let before = connections_to(pid, port);
 
-    // 1,000 requests, 500 at a time: the HTTP server serves 256 at once,
-    // each reads Consul several times.
+    // 600 requests, 300 at a time: more than the HTTP server serves at
+    // once (256), each reading Consul several times.
     let web = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(0)
@@ -79,7 +79,7 @@ async fn a_burst_of_status_requests_leaves_few_idle_connections_to_consul() {
     let (mut ok, mut busy) = (0, 0);
     for _ in 0..2 {
         let mut requests = tokio::task::JoinSet::new();
-        for _ in 0..500 {
+        for _ in 0..300 {
             let r = web.get(&url).send();
             requests.spawn(async move { r.await.map(|r| r.status().as_u16()) });
         }
@@ -95,7 +95,7 @@ async fn a_burst_of_status_requests_leaves_few_idle_connections_to_consul() {
     sampler.abort();
     let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
     let burst = started.elapsed();
-    assert!(ok >= 500, "{ok} of 1,000 answered 200, {busy} 503");
+    assert!(ok >= 300, "{ok} of 600 answered 200, {busy} 503");
     // Besides those before (blocking queries, some idle): the reads in
     // flight, the idle ones, and a connection each read may have started
     // before an idle one came back (the client pool races them; the loser
