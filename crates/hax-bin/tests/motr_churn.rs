@@ -49,14 +49,14 @@ fn nvec_get_text() -> String {
 }
 
 /// Runs `m0ham -v -s <local> <hax>` with `input` on stdin; its exit code
-/// (None: killed at `limit`) and how long it ran.
+/// (None: killed after 60 s), how long it ran and its stderr.
 fn run_m0ham(
     m0ham: &Path,
     dir: &Path,
     local: &str,
     hax: &str,
     input: &str,
-) -> (Option<i32>, Duration) {
+) -> (Option<i32>, Duration, String) {
     let t = Instant::now();
     let mut child = motr_support::command(m0ham)
         .args(["-v", "-s", local, hax])
@@ -64,7 +64,7 @@ fn run_m0ham(
         .env("M0_TRACE_DIR", dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("m0ham starts");
     if let Some(mut stdin) = child.stdin.take() {
@@ -73,9 +73,15 @@ fn run_m0ham(
             .expect("m0ham reads stdin");
     }
     let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
     let reader = std::thread::spawn(move || {
         let mut s = String::new();
         let _ = out.read_to_string(&mut s);
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
     });
     let deadline = Instant::now() + Duration::from_secs(60);
     let code = loop {
@@ -90,7 +96,8 @@ fn run_m0ham(
         }
     };
     let _ = reader.join();
-    (code, t.elapsed())
+    let stderr = err_reader.join().unwrap_or_default();
+    (code, t.elapsed(), stderr)
 }
 
 /// `VmRSS` (KiB) and `Threads` of process `pid`.
@@ -183,8 +190,12 @@ async fn restarts_leave_no_dead_links_on_real_motr() {
     let mut early = (0, 0);
     for round in 0..rounds {
         let local = free_inet_endpoint(&mut taken);
-        let (code, took) = run_m0ham(&m0ham, &root, &local, &hax_ep, &input);
-        assert_eq!(code, Some(0), "m0ham run {round} exits 0");
+        let (code, took, stderr) = run_m0ham(&m0ham, &root, &local, &hax_ep, &input);
+        assert_eq!(
+            code,
+            Some(0),
+            "m0ham run {round} on {local} exits 0; its stderr:\n{stderr}"
+        );
         times.push(took);
         most_links = most_links.max(links());
         if round == rounds / 4 {
