@@ -675,6 +675,18 @@ impl Env {
             .expect("VmRSS: line")
     }
 
+    /// hax's peak resident set size so far, in KiB (`VmHWM` of
+    /// `/proc/<pid>/status`): unlike sampling `VmRSS`, it misses no spike.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.hax_pid())).expect("status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM: line")
+    }
+
     /// The working directory of the test (logs, token files...).
     pub fn work_dir(&self) -> &Path {
         self.dir()

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod backoff;
+pub mod bounded_json;
 pub mod catalog;
 pub mod client;
 pub mod error;

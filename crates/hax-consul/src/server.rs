@@ -49,12 +49,13 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::bounded_json;
 use crate::catalog::{HealthCheck, ServiceEntry};
 use crate::client::{AclToken, ConsulClient, QueryOptions};
 use crate::error::ConsulError;
-use crate::kv::{KvPair, RawKvPair};
+use crate::kv::KvPair;
 use crate::queue::QueueEntry;
-use crate::schema::{keys, FidText, ProcessStatus, QueueKind};
+use crate::schema::{keys, FidText, ProcessStatus, QueueKind, QueueMessage};
 
 /// Where an update came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,43 +195,111 @@ impl PayloadError {
     }
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<Option<T>, PayloadError> {
+/// What a payload may decode into ([`bounded_json`]), against its size.
+/// Consul's payloads take 1.1 to 2.7 times their size as they are charged
+/// (health entries the most: a one-entry `Meta` map is a whole B-tree
+/// node), so four times leaves room for them and stops bodies built to blow
+/// up, whose decoding held 16 to 62 times their size through
+/// `serde_json::Value` (`tests/decode_memory.rs`).
+pub fn decode_allowance(body_len: usize) -> usize {
+    body_len.saturating_mul(4).saturating_add(64 * 1024)
+}
+
+/// Why `body` was refused. Broken JSON and JSON of the wrong shape are told
+/// apart: a shape error may come before a syntax error further on, so the
+/// body is read once more, building nothing, to find the latter.
+fn json_error(body: &[u8], e: bounded_json::Error) -> PayloadError {
+    match e {
+        bounded_json::Error::TooLarge { .. } => PayloadError::new("size", e.to_string()),
+        bounded_json::Error::Json(e) => match e.classify() {
+            serde_json::error::Category::Data => {
+                match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+                    Ok(_) => PayloadError::new("shape", e.to_string()),
+                    Err(syntax) => PayloadError::new("json", syntax.to_string()),
+                }
+            }
+            _ => PayloadError::new("json", e.to_string()),
+        },
+    }
+}
+
+/// Decodes `body` in one pass, within [`decode_allowance`]: no intermediate
+/// `serde_json::Value`, unknown fields skipped unbuilt.
+fn parse_json<'de, T: Deserialize<'de>>(body: &'de [u8]) -> Result<Option<T>, PayloadError> {
     // Consul posts `null` when the watched data does not exist; an empty
     // body is read the same way.
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    // Two steps, so that broken JSON and a JSON of the wrong shape are
-    // told apart in the answer.
-    let value: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| PayloadError::new("json", e.to_string()))?;
-    serde_json::from_value::<Option<T>>(value)
-        .map_err(|e| PayloadError::new("shape", e.to_string()))
+    bounded_json::from_slice::<Option<T>>(body, decode_allowance(body.len()))
+        .map_err(|e| json_error(body, e))
 }
 
-fn decode_pairs(raw: Vec<RawKvPair>) -> Result<Vec<KvPair>, PayloadError> {
-    raw.into_iter()
-        .map(|r| {
-            r.decode()
-                .map_err(|e| PayloadError::new("base64", e.to_string()))
+/// A KV entry as a watch posts it, its strings borrowed from the body: the
+/// base64 value is decoded from the body itself, never copied first.
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct PostedPair<'a> {
+    #[serde(borrow)]
+    key: Cow<'a, str>,
+    #[serde(default, borrow)]
+    value: Option<Cow<'a, str>>,
+    #[serde(default)]
+    flags: u64,
+    #[serde(default)]
+    create_index: u64,
+    #[serde(default)]
+    modify_index: u64,
+    #[serde(default)]
+    lock_index: u64,
+    #[serde(default, borrow)]
+    session: Option<Cow<'a, str>>,
+}
+
+/// The bytes of a posted base64 `value` of `key` (none when `null`).
+fn posted_value(key: &str, value: Option<&str>) -> Result<Vec<u8>, PayloadError> {
+    use base64::Engine as _;
+    match value {
+        None => Ok(Vec::new()),
+        Some(v) => base64::engine::general_purpose::STANDARD
+            .decode(v.as_bytes())
+            .map_err(|e| {
+                PayloadError::new(
+                    "base64",
+                    format!("value of key {key:?} is not valid base64: {e}"),
+                )
+            }),
+    }
+}
+
+impl PostedPair<'_> {
+    fn decode(self) -> Result<KvPair, PayloadError> {
+        Ok(KvPair {
+            value: posted_value(&self.key, self.value.as_deref())?,
+            key: self.key.into_owned(),
+            flags: self.flags,
+            create_index: self.create_index,
+            modify_index: self.modify_index,
+            lock_index: self.lock_index,
+            session: self.session.filter(|s| !s.is_empty()).map(Cow::into_owned),
         })
-        .collect()
+    }
 }
 
 /// Decodes a `key` watch payload: one entry or `null`.
 pub fn decode_key_payload(body: &[u8]) -> Result<Option<KvPair>, PayloadError> {
-    match parse_json::<RawKvPair>(body)? {
-        None => Ok(None),
-        Some(raw) => raw
-            .decode()
-            .map(Some)
-            .map_err(|e| PayloadError::new("base64", e.to_string())),
-    }
+    parse_json::<PostedPair<'_>>(body)?
+        .map(PostedPair::decode)
+        .transpose()
 }
 
 /// Decodes a `keyprefix` watch payload: a list of entries or `null`.
 pub fn decode_keyprefix_payload(body: &[u8]) -> Result<Vec<KvPair>, PayloadError> {
-    decode_pairs(parse_json::<Vec<RawKvPair>>(body)?.unwrap_or_default())
+    parse_json::<Vec<PostedPair<'_>>>(body)?
+        .unwrap_or_default()
+        .into_iter()
+        .map(PostedPair::decode)
+        .collect()
 }
 
 /// Decodes a `service` watch payload: health entries or `null`.
@@ -274,66 +343,54 @@ pub fn decode_bq_payload(body: &[u8]) -> Result<Vec<QueueEntry>, PayloadError> {
     Ok(QueueEntry::from_pairs(QueueKind::Broadcast, &pairs))
 }
 
-/// A BQ payload entry, its strings borrowed from the body until it is known
-/// to be above the floor.
+/// A `bq/` entry as a watch posts it: what a [`QueueEntry`] needs, the
+/// other fields skipped unbuilt.
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct BorrowedPair<'a> {
+struct PostedEntry<'a> {
     #[serde(borrow)]
     key: Cow<'a, str>,
     #[serde(default, borrow)]
     value: Option<Cow<'a, str>>,
-    #[serde(default)]
-    flags: u64,
-    #[serde(default)]
-    create_index: u64,
-    #[serde(default)]
-    modify_index: u64,
-    #[serde(default)]
-    lock_index: u64,
-    #[serde(default)]
-    session: Option<String>,
 }
 
 /// [`decode_bq_payload`] of the entries above epoch `floor` only: the
 /// others are skipped before their values are decoded.
+///
+/// The entries' messages are decoded within what is left of the payload's
+/// allowance ([`decode_allowance`]); past it, an entry's message is an error
+/// (as one that does not decode), never the payload: the consumer reads the
+/// entries it is told of from Consul again before handling them.
 pub fn decode_bq_payload_above(body: &[u8], floor: u64) -> Result<Vec<QueueEntry>, PayloadError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Vec::new());
     }
-    // One pass (the strings stay in the body), broken JSON and a JSON of
-    // the wrong shape still told apart.
-    let pairs: Option<Vec<BorrowedPair<'_>>> = serde_json::from_slice(body).map_err(|e| {
-        let kind = match e.classify() {
-            serde_json::error::Category::Data => "shape",
-            _ => "json",
+    let allowance = bounded_json::Allowance::new(decode_allowance(body.len()));
+    let pairs = allowance
+        .from_slice::<Option<Vec<PostedEntry<'_>>>>(body)
+        .map_err(|e| json_error(body, e))?
+        .unwrap_or_default();
+    let mut entries = Vec::new();
+    for p in pairs {
+        let Some(epoch) = QueueKind::Broadcast.parse_entry_key(&p.key) else {
+            tracing::warn!(key = %p.key, "ignoring a key under bq/ that is not an entry");
+            continue;
         };
-        PayloadError::new(kind, e.to_string())
-    })?;
-    let above: Vec<RawKvPair> = pairs
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|p| match QueueKind::Broadcast.parse_entry_key(&p.key) {
-            Some(epoch) => epoch > floor,
-            None => {
-                tracing::warn!(key = %p.key, "ignoring a key under bq/ that is not an entry");
-                false
-            }
-        })
-        .map(|p| RawKvPair {
+        if epoch <= floor {
+            continue;
+        }
+        let value = posted_value(&p.key, p.value.as_deref())?;
+        let message = allowance
+            .from_slice::<QueueMessage>(&value)
+            .map_err(|e| format!("value of KV key {:?} is malformed: {e}", p.key));
+        entries.push(QueueEntry {
+            epoch,
+            message,
             key: p.key.into_owned(),
-            value: p.value.map(Cow::into_owned),
-            flags: p.flags,
-            create_index: p.create_index,
-            modify_index: p.modify_index,
-            lock_index: p.lock_index,
-            session: p.session,
-        })
-        .collect();
-    Ok(QueueEntry::from_pairs(
-        QueueKind::Broadcast,
-        &decode_pairs(above)?,
-    ))
+        });
+    }
+    entries.sort_by_key(|e| e.epoch);
+    Ok(entries)
 }
 
 fn process_update(entry_key: &str, value: Option<&[u8]>) -> Result<UpdateData, PayloadError> {
@@ -399,6 +456,14 @@ impl ApiError {
     }
 
     fn bad_payload(e: PayloadError) -> Self {
+        if e.kind == "size" {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                e.kind,
+                e.message,
+                "Payload too large once decoded",
+            );
+        }
         ApiError::new(
             StatusCode::BAD_REQUEST,
             e.kind,

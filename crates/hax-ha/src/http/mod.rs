@@ -218,14 +218,23 @@ pub fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Failure>
     })
 }
 
-/// The JSON object a request body must hold.
+/// The JSON object a request body must hold. Decoded within the watch
+/// routes' allowance ([`hax_consul::server::decode_allowance`]): a body
+/// built to blow up in memory is refused (413).
 pub fn json_object(body: &[u8]) -> Result<serde_json::Map<String, serde_json::Value>, Failure> {
-    match serde_json::from_slice::<serde_json::Value>(body) {
+    let allowance = hax_consul::server::decode_allowance(body.len());
+    match hax_consul::bounded_json::from_slice::<serde_json::Value>(body, allowance) {
         Ok(serde_json::Value::Object(m)) => Ok(m),
         Ok(other) => Err(Failure::bad_request(format!(
             "expected a JSON object, got {}",
             json_kind(&other)
         ))),
+        Err(e @ hax_consul::bounded_json::Error::TooLarge { .. }) => Err(Failure::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "size",
+            e.to_string(),
+            "Payload too large once decoded",
+        )),
         Err(e) => Err(Failure::new(
             StatusCode::BAD_REQUEST,
             "bad_json",
