@@ -273,6 +273,10 @@ async fn memory_of_partial_frames_is_returned() {
         (env.fd_count() <= base_fds + 3).then_some(())
     })
     .await;
+    eprintln!(
+        "RSS when the connections are gone: {} MiB",
+        env.rss_kib() / 1024
+    );
     let after = wait_for("hax's memory back near its level", T, || async {
         let r = env.rss_kib();
         (r <= base + 16 * 1024).then_some(r)
