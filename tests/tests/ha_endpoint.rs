@@ -257,37 +257,41 @@ async fn memory_of_partial_frames_is_returned() {
     let mut frame = 65_536u32.to_le_bytes().to_vec();
     frame.push(0x03);
     frame.resize(4 + 65_535, 0);
-    let mut held = Vec::new();
-    for _ in 0..CONNS {
-        let mut s = hello_peer(addr).await.expect("HELLO answered");
-        s.write_all(&frame).await.unwrap();
-        held.push(s);
+    // Rounds after the first find the allocator changed by the first
+    // (glibc's mmap threshold follows the blocks freed).
+    for round in 1..=2 {
+        let mut held = Vec::new();
+        for _ in 0..CONNS {
+            let mut s = hello_peer(addr).await.expect("HELLO answered");
+            s.write_all(&frame).await.unwrap();
+            held.push(s);
+        }
+        let peak = wait_for("hax to have read the partial frames", T, || async {
+            let r = env.rss_kib();
+            (r >= base + (CONNS as u64 * 64) / 2).then_some(r)
+        })
+        .await;
+        drop(held);
+        wait_for("hax's descriptors back to their level", T, || async {
+            (env.fd_count() <= base_fds + 3).then_some(())
+        })
+        .await;
+        eprintln!(
+            "round {round}: RSS when the connections are gone: {} MiB",
+            env.rss_kib() / 1024
+        );
+        let after = wait_for("hax's memory back near its level", T, || async {
+            let r = env.rss_kib();
+            (r <= base + 16 * 1024).then_some(r)
+        })
+        .await;
+        eprintln!(
+            "round {round}: {CONNS} partial 64 KiB frames: RSS {} -> peak {} -> {} MiB",
+            base / 1024,
+            peak / 1024,
+            after / 1024
+        );
     }
-    let peak = wait_for("hax to have read the partial frames", T, || async {
-        let r = env.rss_kib();
-        (r >= base + (CONNS as u64 * 64) / 2).then_some(r)
-    })
-    .await;
-    drop(held);
-    wait_for("hax's descriptors back to their level", T, || async {
-        (env.fd_count() <= base_fds + 3).then_some(())
-    })
-    .await;
-    eprintln!(
-        "RSS when the connections are gone: {} MiB",
-        env.rss_kib() / 1024
-    );
-    let after = wait_for("hax's memory back near its level", T, || async {
-        let r = env.rss_kib();
-        (r <= base + 16 * 1024).then_some(r)
-    })
-    .await;
-    eprintln!(
-        "{CONNS} partial 64 KiB frames: RSS {} -> peak {} -> {} MiB",
-        base / 1024,
-        peak / 1024,
-        after / 1024
-    );
     assert!(env.healthz().await);
 }
 

@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -374,6 +375,55 @@ static uint64_t shed_report(hax_glue *h, uint64_t now)
 	return 0;
 }
 
+/*
+ * Input buffers: up to EMU_IN_KEEP from malloc, larger ones pages of their
+ * own (mmap), unmapped when freed. What a flood of partial frames took then
+ * goes back to the system as its connections close, whatever the allocator
+ * made of earlier frees (glibc serves blocks of this size from its heap once
+ * it has seen one freed, and kept 160 MiB of 2,000 partial frames there).
+ */
+static int in_grow(struct emu_buf *b, size_t need)
+{
+	if (need <= b->cap)
+		return 0;
+	size_t ncap = b->cap * 2 > need ? b->cap * 2 : need;
+	ncap = ncap > EMU_IN_CAP ? EMU_IN_CAP : ncap;
+	if (ncap <= EMU_IN_KEEP) {
+		uint8_t *p = realloc(b->p, EMU_IN_KEEP);
+		if (p == NULL)
+			return -1;
+		b->p = p;
+		b->cap = EMU_IN_KEEP;
+		return 0;
+	}
+	ncap = (ncap + 4095u) & ~(size_t)4095u;
+	void *p;
+	if (b->cap > EMU_IN_KEEP) {
+		p = mremap(b->p, b->cap, ncap, MREMAP_MAYMOVE);
+	} else {
+		p = mmap(NULL, ncap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (p != MAP_FAILED && b->len > 0)
+			memcpy(p, b->p, b->len);
+		if (p != MAP_FAILED)
+			free(b->p);
+	}
+	if (p == MAP_FAILED)
+		return -1;
+	b->p = p;
+	b->cap = ncap;
+	return 0;
+}
+
+static void in_free(struct emu_buf *b)
+{
+	if (b->cap > EMU_IN_KEEP)
+		(void)munmap(b->p, b->cap);
+	else
+		free(b->p);
+	b->p = NULL;
+	b->len = b->cap = 0;
+}
+
 static void conn_free(hax_glue *h, struct emu_conn *c)
 {
 	if (c->doomed)
@@ -395,7 +445,7 @@ static void conn_free(hax_glue *h, struct emu_conn *c)
 	close(c->fd);
 	emu_buf_free(&c->out);
 	emu_buf_free(&c->wr);
-	emu_buf_free(&c->in);
+	in_free(&c->in);
 	free(c);
 }
 
@@ -505,7 +555,7 @@ static void conn_parse(hax_glue *h, struct emu_conn *c, uint64_t now)
 		c->frame_ms = now; /* the leftover, if any, is a new frame */
 	}
 	if (c->in.len == 0 && c->in.cap > EMU_IN_KEEP)
-		emu_buf_free(&c->in);
+		in_free(&c->in);
 }
 
 /* Closes connections past their deadlines; returns the next deadline
@@ -594,17 +644,9 @@ static void conn_read(struct netslot *s)
 		if (ioctl(c->fd, FIONREAD, &avail) != 0 || avail <= 0)
 			avail = 512;
 		size_t want = (size_t)avail < room ? (size_t)avail : room;
-		size_t need = c->in.len + want;
-		if (need > c->in.cap) {
-			size_t ncap = c->in.cap * 2 > need ? c->in.cap * 2 : need;
-			ncap = ncap < EMU_IN_KEEP ? EMU_IN_KEEP : ncap > EMU_IN_CAP ? EMU_IN_CAP : ncap;
-			uint8_t *p = realloc(c->in.p, ncap);
-			if (p == NULL) {
-				s->io_err = ENOMEM;
-				return;
-			}
-			c->in.p = p;
-			c->in.cap = ncap;
+		if (in_grow(&c->in, c->in.len + want) != 0) {
+			s->io_err = ENOMEM;
+			return;
 		}
 		ssize_t n = recv(c->fd, c->in.p + c->in.len, want, 0);
 		if (n > 0) {
