@@ -313,3 +313,34 @@ async fn the_soft_descriptor_limit_is_raised_to_the_hard_one() {
     assert_eq!(n[3..5], ["4096", "4096"], "{line}");
     assert!(env.log_has(1, "descriptor limit raised"));
 }
+
+/// The figure: 5,000 idle connections with the default bounds.
+/// `cargo test -p hax-e2e --test ha_endpoint -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "5,000 sockets"]
+async fn five_thousand_idle_connections() {
+    const CONNS: usize = 5_000;
+    raise_own_fd_limit(CONNS as u64 + 500);
+    let env = Env::start(Options::default()).await;
+    let addr = endpoint_addr(&env);
+    let base_fds = env.fd_count();
+    let t0 = Instant::now();
+    let mut idle = Vec::new();
+    for _ in 0..CONNS {
+        idle.push(TcpStream::connect(addr).await.expect("connect"));
+    }
+    let mut peak = env.fd_count();
+    peer_event_confirmed(&env).await;
+    assert!(env.healthz().await);
+    let fds = wait_for("hax's descriptors back to their level", T, || {
+        peak = peak.max(env.fd_count());
+        async { (env.fd_count() <= base_fds + 3).then_some(env.fd_count()) }
+    })
+    .await;
+    eprintln!(
+        "{CONNS} idle connections: hax fds {base_fds} -> peak {peak} -> {fds} after {:?}",
+        t0.elapsed()
+    );
+    assert!(peak <= base_fds + 1_024 + 64, "{peak} descriptors");
+    drop(idle);
+}
