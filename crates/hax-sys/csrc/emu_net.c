@@ -225,11 +225,15 @@ void emu_kick_net(hax_glue *h)
 	(void)r; /* EAGAIN: the counter is already non-zero, a wakeup is pending */
 }
 
+static void pending_unlink(hax_glue *h, struct emu_conn *c);
+
 void emu_conn_doom(hax_glue *h, struct emu_conn *c, const char *fmt, ...)
 {
 	if (c->doomed)
 		return;
 	c->doomed = true;
+	/* It no longer waits for its HELLO: the bounds count the live ones. */
+	pending_unlink(h, c);
 	va_list ap;
 	va_start(ap, fmt);
 	vsnprintf(c->why, sizeof(c->why), fmt, ap);
@@ -458,23 +462,17 @@ static void conn_free(hax_glue *h, struct emu_conn *c)
  */
 static bool conn_room(hax_glue *h, uint64_t now)
 {
-	/* Connections already doomed leave at the top of the next round. */
-	size_t open = h->n_conns;
-	for (struct emu_conn *p = h->pending_head; p != NULL && p->doomed; p = p->pnext)
-		open--;
-	if (h->n_pending >= h->max_pending || open >= h->max_conns) {
-		struct emu_conn *old = h->pending_head;
-		while (old != NULL && old->doomed)
-			old = old->pnext;
-		if (old == NULL)
-			return open < h->max_conns;
-		char why[96];
-		snprintf(why, sizeof(why), "closed without HELLO after %llu ms to make room",
-			 (unsigned long long)(now - old->accepted_ms));
-		conn_shed(h, old, &h->shed_pending, why);
-		/* Off the list at once, so the next newcomer finds the next one. */
-		pending_unlink(h, old);
-	}
+	/* Doomed connections count until they are freed: they still hold
+	 * their descriptors. */
+	if (h->n_pending < h->max_pending && h->n_conns < h->max_conns)
+		return true;
+	struct emu_conn *old = h->pending_head;
+	if (old == NULL)
+		return false;
+	char why[96];
+	snprintf(why, sizeof(why), "closed without HELLO after %llu ms to make room",
+		 (unsigned long long)(now - old->accepted_ms));
+	conn_shed(h, old, &h->shed_pending, why);
 	return true;
 }
 
@@ -570,9 +568,8 @@ static uint64_t conn_deadlines(hax_glue *h, uint64_t now)
 	} while (0)
 	if (h->hello_timeout_ms != 0) {
 		/* The pending list is in order of acceptance. */
-		for (struct emu_conn *c = h->pending_head; c != NULL; c = c->pnext) {
-			if (c->doomed)
-				continue;
+		for (struct emu_conn *c = h->pending_head, *nx; c != NULL; c = nx) {
+			nx = c->pnext;
 			uint64_t due = c->accepted_ms + h->hello_timeout_ms;
 			if (due > now) {
 				NEXT(due);
