@@ -383,6 +383,8 @@ pub struct Options {
     pub acl_token: Option<String>,
     /// Environment of hax, over the harness's defaults.
     pub hax_env: Vec<(String, String)>,
+    /// Run hax under these descriptor limits, soft and hard (`ulimit -n`).
+    pub nofile: Option<(u64, u64)>,
 }
 
 impl Default for Options {
@@ -395,6 +397,7 @@ impl Default for Options {
             hax_args: Vec::new(),
             acl_token: None,
             hax_env: Vec::new(),
+            nofile: None,
         }
     }
 }
@@ -551,7 +554,19 @@ impl Env {
         assert!(self.hax.is_none(), "hax is already running");
         let log = self.dir().join(format!("hax.{}.log", self.logs.len() + 1));
         let file = std::fs::File::create(&log).expect("log file");
-        let mut cmd = Command::new(hax_binary());
+        let mut cmd = match self.opts.nofile {
+            // The shell execs hax: the pid stays the one spawned.
+            Some((soft, hard)) => {
+                let mut c = Command::new("/bin/sh");
+                c.arg("-c")
+                    .arg(format!(
+                        "ulimit -S -n {soft} && ulimit -H -n {hard} && exec \"$0\" \"$@\""
+                    ))
+                    .arg(hax_binary());
+                c
+            }
+            None => Command::new(hax_binary()),
+        };
         for (k, _) in std::env::vars_os() {
             if k.to_string_lossy().starts_with("HAX_") || k == "NOTIFY_SOCKET" {
                 cmd.env_remove(k);

@@ -2,6 +2,7 @@
 //! logging, and runs [`hax_bin::app::run`] until SIGTERM or SIGINT; a second
 //! signal exits at once.
 
+mod nofile;
 mod signals;
 
 use std::process::ExitCode;
@@ -33,6 +34,7 @@ fn main() -> ExitCode {
         eprintln!("hax: {e}");
         return ExitCode::from(2);
     }
+    nofile::raise();
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
     let waiter = blocked.spawn_waiter(

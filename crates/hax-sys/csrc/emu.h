@@ -25,6 +25,15 @@
 #define EMU_OUT_LIMIT (16u << 20)
 #define EMU_FIDTAB_MAX 0x1000u /* HALON_INTERFACE_NVEC_SIZE_MAX */
 #define EMU_IN_CAP (2u * (EMU_FRAME_MAX + 4u))
+/* An input buffer at most this large stays with its connection when it
+ * empties; a larger one is freed, so that a connection holds input memory
+ * only while a frame is arriving. */
+#define EMU_IN_KEEP 4096u
+/* Defaults of the connection bounds (docs/emulator-protocol.md, "Limits"). */
+#define EMU_DEFAULT_MAX_CONNS 4096u
+#define EMU_DEFAULT_MAX_PENDING 1024u
+#define EMU_DEFAULT_HELLO_TIMEOUT_MS 5000u
+#define EMU_DEFAULT_FRAME_TIMEOUT_MS 10000u
 /* A backlog (resend after reattach) is fed to a connection in slices, so
  * that it never counts as a peer that stopped reading. */
 #define EMU_PUMP_LOW (256u << 10)
@@ -209,14 +218,20 @@ struct emu_conn {
 	uint64_t id;
 	int fd;
 	bool hello;           /* peer's HELLO seen */
+	/* Accepted, no HELLO yet: on h's pending list, oldest first. */
+	bool pending;
+	struct emu_conn *pnext;
+	struct emu_conn *pprev;
+	uint64_t accepted_ms; /* monotonic */
+	uint64_t frame_ms;    /* when the frame now in `in` began to arrive */
 	bool doomed;          /* to be dropped by the network thread */
+	bool quiet;           /* shed by a bound: logged at debug level */
 	char why[160];        /* reason for dropping, logged on close */
 	struct emu_buf out;   /* frames queued by any thread (under mu) */
 	size_t wr_pending;    /* unsent bytes of `wr` (under mu) */
 	struct emu_buf wr;    /* being written by the network thread, no lock */
 	size_t wr_off;
-	uint8_t *in;          /* network thread only */
-	size_t in_len;
+	struct emu_buf in;    /* unparsed input, network thread only */
 	struct emu_req *req;  /* outstanding EP_REQ, at most one */
 	bool starved;         /* a link attached here has messages not yet queued */
 	char peer[64];
@@ -247,6 +262,14 @@ struct hax_glue {
 	uint32_t stop_timeout_ms;
 	uint32_t start_timeout_ms;
 	uint32_t ep_linger_ms; /* emu-ep-linger-ms: stop() serves requests this long after the links */
+	/* Connection bounds: the options, then what start() makes of them
+	 * under the descriptor limit. */
+	uint32_t max_conns_opt;
+	uint32_t max_pending_opt;
+	uint32_t hello_timeout_ms; /* 0: none */
+	uint32_t frame_timeout_ms; /* 0: none */
+	uint32_t max_conns;
+	uint32_t max_pending;
 	bool log_msg;
 	bool log_link;
 	bool log_ep;
@@ -292,6 +315,15 @@ struct hax_glue {
 	struct emu_ep ep;
 	struct emu_conn *conns;
 	size_t n_conns;
+	struct emu_conn *pending_head; /* oldest connection without HELLO */
+	struct emu_conn *pending_tail;
+	size_t n_pending;
+	/* Connections shed since the last report (emu_net.c, shed_report). */
+	uint64_t shed_hello;   /* no HELLO within the timeout */
+	uint64_t shed_frame;   /* a frame left unfinished */
+	uint64_t shed_pending; /* pending, closed to make room */
+	uint64_t shed_refused; /* over the cap, closed at once */
+	uint64_t shed_report_ms;
 	uint64_t next_conn_id;
 	struct emu_fidslot *fidtab;
 	size_t fid_n;
@@ -323,6 +355,10 @@ void emu_on_frame(hax_glue *h, struct emu_conn *c, uint8_t type, const uint8_t *
 		  size_t len);
 /* c is about to be freed: forget every reference to it. */
 void emu_on_conn_close(hax_glue *h, struct emu_conn *c);
+/* c's peer sent a valid HELLO: it no longer counts as pending. */
+void emu_conn_hello(hax_glue *h, struct emu_conn *c);
+/* start(): the connection bounds under the descriptor limit (h->mu held). */
+void emu_conn_limits(hax_glue *h);
 /* Queues more of the backlog of the links attached to c. */
 void emu_pump_conn(hax_glue *h, struct emu_conn *c);
 

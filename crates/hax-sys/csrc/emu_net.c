@@ -18,6 +18,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -222,11 +225,15 @@ void emu_kick_net(hax_glue *h)
 	(void)r; /* EAGAIN: the counter is already non-zero, a wakeup is pending */
 }
 
+static void pending_unlink(hax_glue *h, struct emu_conn *c);
+
 void emu_conn_doom(hax_glue *h, struct emu_conn *c, const char *fmt, ...)
 {
 	if (c->doomed)
 		return;
 	c->doomed = true;
+	/* It no longer waits for its HELLO: the bounds count the live ones. */
+	pending_unlink(h, c);
 	va_list ap;
 	va_start(ap, fmt);
 	vsnprintf(c->why, sizeof(c->why), fmt, ap);
@@ -265,17 +272,173 @@ struct netslot {
 	bool eof;    /* the peer closed its side */
 	bool got;    /* new input to parse */
 	bool more;   /* output waits behind the write buffer */
+	uint64_t now;
 };
+
+static uint64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/*
+ * Descriptors kept out of the emulator's reach: half of the limit, for the
+ * rest of the process (hax's HTTP server and its Consul connections above
+ * all), so that peers flooding the endpoint never starve them.
+ */
+void emu_conn_limits(hax_glue *h)
+{
+	uint32_t cap = h->max_conns_opt;
+	struct rlimit rl;
+	bool by_fds = false;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
+		rlim_t half = rl.rlim_cur / 2;
+		if (half < 1)
+			half = 1;
+		if (half < cap) {
+			cap = (uint32_t)half;
+			by_fds = true;
+		}
+	}
+	h->max_conns = cap;
+	h->max_pending = h->max_pending_opt < cap ? h->max_pending_opt : cap;
+	emu_logf(h, by_fds ? HAX_LOG_INFO : HAX_LOG_DEBUG,
+		 "peer connections: at most %u (%u without HELLO)%s; HELLO within %u ms, a "
+		 "frame within %u ms (0: no limit)",
+		 h->max_conns, h->max_pending,
+		 by_fds ? ", half of the descriptor limit" : "", h->hello_timeout_ms,
+		 h->frame_timeout_ms);
+}
+
+static void pending_unlink(hax_glue *h, struct emu_conn *c)
+{
+	if (!c->pending)
+		return;
+	if (c->pprev != NULL)
+		c->pprev->pnext = c->pnext;
+	else
+		h->pending_head = c->pnext;
+	if (c->pnext != NULL)
+		c->pnext->pprev = c->pprev;
+	else
+		h->pending_tail = c->pprev;
+	c->pnext = c->pprev = NULL;
+	c->pending = false;
+	h->n_pending--;
+}
+
+void emu_conn_hello(hax_glue *h, struct emu_conn *c)
+{
+	c->hello = true;
+	pending_unlink(h, c);
+}
+
+/* Sheds a connection for a bound (not for a fault of the protocol): one
+ * debug line each, and a summary now and then (shed_report). */
+static void conn_shed(hax_glue *h, struct emu_conn *c, uint64_t *counter, const char *why)
+{
+	if (c->doomed)
+		return;
+	(*counter)++;
+	emu_conn_doom(h, c, "%s", why);
+	c->quiet = true;
+}
+
+#define SHED_REPORT_MS 10000u
+
+/* At most one warning every SHED_REPORT_MS; returns when the next is due
+ * (0: nothing to report). */
+static uint64_t shed_report(hax_glue *h, uint64_t now)
+{
+	uint64_t n = h->shed_hello + h->shed_frame + h->shed_pending + h->shed_refused;
+	if (n == 0)
+		return 0;
+	if (h->shed_report_ms != 0 && now < h->shed_report_ms + SHED_REPORT_MS)
+		return h->shed_report_ms + SHED_REPORT_MS;
+	char msg[400] = "";
+	size_t at = 0;
+#define PART(n, ...)                                                                               \
+	do {                                                                                       \
+		if ((n) != 0 && at < sizeof(msg))                                                  \
+			at += (size_t)snprintf(msg + at, sizeof(msg) - at, __VA_ARGS__);           \
+	} while (0)
+	PART(h->shed_hello, "; %llu without HELLO within %u ms",
+	     (unsigned long long)h->shed_hello, h->hello_timeout_ms);
+	PART(h->shed_frame, "; %llu with a frame unfinished after %u ms",
+	     (unsigned long long)h->shed_frame, h->frame_timeout_ms);
+	PART(h->shed_pending, "; %llu without HELLO, the oldest, to make room (at most %u)",
+	     (unsigned long long)h->shed_pending, h->max_pending);
+	PART(h->shed_refused, "; %llu refused (at most %u connections)",
+	     (unsigned long long)h->shed_refused, h->max_conns);
+#undef PART
+	emu_logf(h, HAX_LOG_WARN, "peer connections closed by their bounds%s; %zu open", msg,
+		 h->n_conns);
+	h->shed_hello = h->shed_frame = h->shed_pending = h->shed_refused = 0;
+	h->shed_report_ms = now;
+	return 0;
+}
+
+/*
+ * Input buffers: up to EMU_IN_KEEP from malloc, larger ones pages of their
+ * own (mmap), unmapped when freed. What a flood of partial frames took then
+ * goes back to the system as its connections close, whatever the allocator
+ * made of earlier frees (glibc serves blocks of this size from its heap once
+ * it has seen one freed, and kept 160 MiB of 2,000 partial frames there).
+ */
+static int in_grow(struct emu_buf *b, size_t need)
+{
+	if (need <= b->cap)
+		return 0;
+	size_t ncap = b->cap * 2 > need ? b->cap * 2 : need;
+	ncap = ncap > EMU_IN_CAP ? EMU_IN_CAP : ncap;
+	if (ncap <= EMU_IN_KEEP) {
+		uint8_t *p = realloc(b->p, EMU_IN_KEEP);
+		if (p == NULL)
+			return -1;
+		b->p = p;
+		b->cap = EMU_IN_KEEP;
+		return 0;
+	}
+	ncap = (ncap + 4095u) & ~(size_t)4095u;
+	void *p;
+	if (b->cap > EMU_IN_KEEP) {
+		p = mremap(b->p, b->cap, ncap, MREMAP_MAYMOVE);
+	} else {
+		p = mmap(NULL, ncap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (p != MAP_FAILED && b->len > 0)
+			memcpy(p, b->p, b->len);
+		if (p != MAP_FAILED)
+			free(b->p);
+	}
+	if (p == MAP_FAILED)
+		return -1;
+	b->p = p;
+	b->cap = ncap;
+	return 0;
+}
+
+static void in_free(struct emu_buf *b)
+{
+	if (b->cap > EMU_IN_KEEP)
+		(void)munmap(b->p, b->cap);
+	else
+		free(b->p);
+	b->p = NULL;
+	b->len = b->cap = 0;
+}
 
 static void conn_free(hax_glue *h, struct emu_conn *c)
 {
 	if (c->doomed)
-		emu_logf(h, HAX_LOG_WARN, "connection %llu (%s) dropped: %s",
-			 (unsigned long long)c->id, c->peer, c->why);
+		emu_logf(h, c->quiet ? HAX_LOG_DEBUG : HAX_LOG_WARN,
+			 "connection %llu (%s) dropped: %s", (unsigned long long)c->id, c->peer,
+			 c->why);
 	else
 		emu_logf(h, HAX_LOG_DEBUG, "connection %llu (%s) closed",
 			 (unsigned long long)c->id, c->peer);
 	emu_on_conn_close(h, c);
+	pending_unlink(h, c);
 	if (c->prev != NULL)
 		c->prev->next = c->next;
 	else
@@ -286,24 +449,49 @@ static void conn_free(hax_glue *h, struct emu_conn *c)
 	close(c->fd);
 	emu_buf_free(&c->out);
 	emu_buf_free(&c->wr);
-	free(c->in);
+	in_free(&c->in);
 	free(c);
 }
 
-static void conn_add(hax_glue *h, int fd)
+/*
+ * Makes room for a new connection, as a server under a connection flood
+ * does: a connection that has not said HELLO yet is the one to go, the oldest
+ * first (a well-behaved peer sends HELLO as it connects, so the newest is the
+ * likeliest to be one); peers past HELLO are never closed for a newcomer.
+ * false when there is no room: the newcomer is refused.
+ */
+static bool conn_room(hax_glue *h, uint64_t now)
 {
+	/* Doomed connections count until they are freed: they still hold
+	 * their descriptors. */
+	if (h->n_pending < h->max_pending && h->n_conns < h->max_conns)
+		return true;
+	struct emu_conn *old = h->pending_head;
+	if (old == NULL)
+		return false;
+	char why[96];
+	snprintf(why, sizeof(why), "closed without HELLO after %llu ms to make room",
+		 (unsigned long long)(now - old->accepted_ms));
+	conn_shed(h, old, &h->shed_pending, why);
+	return true;
+}
+
+static void conn_add(hax_glue *h, int fd, uint64_t now)
+{
+	if (!conn_room(h, now)) {
+		h->shed_refused++;
+		close(fd);
+		return;
+	}
 	struct emu_conn *c = calloc(1, sizeof(*c));
-	uint8_t *in = malloc(EMU_IN_CAP);
-	if (c == NULL || in == NULL) {
-		free(c);
-		free(in);
+	if (c == NULL) {
 		close(fd);
 		emu_logf(h, HAX_LOG_ERROR, "connection refused: out of memory");
 		return;
 	}
 	c->fd = fd;
-	c->in = in;
 	c->id = ++h->next_conn_id;
+	c->accepted_ms = now;
 	struct sockaddr_storage ss;
 	socklen_t sl = sizeof(ss);
 	if (h->ep.family == AF_INET) {
@@ -323,31 +511,95 @@ static void conn_add(hax_glue *h, int fd)
 		h->conns->prev = c;
 	h->conns = c;
 	h->n_conns++;
+	c->pending = true;
+	c->pprev = h->pending_tail;
+	if (h->pending_tail != NULL)
+		h->pending_tail->pnext = c;
+	else
+		h->pending_head = c;
+	h->pending_tail = c;
+	h->n_pending++;
 	emu_logf(h, HAX_LOG_DEBUG, "connection %llu (%s) accepted", (unsigned long long)c->id,
 		 c->peer);
 }
 
 /* Parses every complete frame in c->in; called with h->mu held. */
-static void conn_parse(hax_glue *h, struct emu_conn *c)
+static void conn_parse(hax_glue *h, struct emu_conn *c, uint64_t now)
 {
 	size_t off = 0;
-	while (!c->doomed && c->in_len - off >= 4) {
-		uint32_t len = emu_get_u32(c->in + off);
+	uint8_t *in = c->in.p;
+	while (!c->doomed && c->in.len - off >= 4) {
+		uint32_t len = emu_get_u32(in + off);
 		if (len == 0 || len > EMU_FRAME_MAX) {
 			emu_conn_doom(h, c, "frame length %u out of 1..=%u", len, EMU_FRAME_MAX);
 			break;
 		}
-		if (c->in_len - off - 4 < len)
+		/* The first frame must be a HELLO: anything longer is refused
+		 * before it is read, so a connection holds no memory before it. */
+		if (!c->hello && len != 9) {
+			emu_conn_doom(h, c, "frame of %u bytes before HELLO (a HELLO has 9)", len);
 			break;
-		emu_on_frame(h, c, c->in[off + 4], c->in + off + 5, len - 1);
+		}
+		if (c->in.len - off - 4 < len)
+			break;
+		emu_on_frame(h, c, in[off + 4], in + off + 5, len - 1);
 		off += 4 + (size_t)len;
 	}
 	if (c->doomed) {
-		c->in_len = 0;
+		c->in.len = 0;
 	} else if (off > 0) {
-		memmove(c->in, c->in + off, c->in_len - off);
-		c->in_len -= off;
+		memmove(in, in + off, c->in.len - off);
+		c->in.len -= off;
+		c->frame_ms = now; /* the leftover, if any, is a new frame */
 	}
+	if (c->in.len == 0 && c->in.cap > EMU_IN_KEEP)
+		in_free(&c->in);
+}
+
+/* Closes connections past their deadlines; returns the next deadline
+ * (0: none). Called with h->mu held. */
+static uint64_t conn_deadlines(hax_glue *h, uint64_t now)
+{
+	uint64_t next = 0;
+#define NEXT(t)                                                                                    \
+	do {                                                                                       \
+		if (next == 0 || (t) < next)                                                       \
+			next = (t);                                                                \
+	} while (0)
+	if (h->hello_timeout_ms != 0) {
+		/* The pending list is in order of acceptance. */
+		for (struct emu_conn *c = h->pending_head, *nx; c != NULL; c = nx) {
+			nx = c->pnext;
+			uint64_t due = c->accepted_ms + h->hello_timeout_ms;
+			if (due > now) {
+				NEXT(due);
+				break;
+			}
+			char why[64];
+			snprintf(why, sizeof(why), "no HELLO within %u ms", h->hello_timeout_ms);
+			conn_shed(h, c, &h->shed_hello, why);
+		}
+	}
+	if (h->frame_timeout_ms != 0) {
+		for (struct emu_conn *c = h->conns; c != NULL; c = c->next) {
+			if (c->doomed || c->in.len == 0)
+				continue;
+			uint64_t due = c->frame_ms + h->frame_timeout_ms;
+			if (due > now) {
+				NEXT(due);
+				continue;
+			}
+			char why[96];
+			snprintf(why, sizeof(why), "frame unfinished after %u ms (%zu bytes of it came)",
+				 h->frame_timeout_ms, c->in.len);
+			conn_shed(h, c, &h->shed_frame, why);
+		}
+	}
+	uint64_t report = shed_report(h, now);
+	if (report != 0)
+		NEXT(report);
+#undef NEXT
+	return next;
 }
 
 /* Writes c->wr without the lock; returns false on a fatal error. */
@@ -372,13 +624,32 @@ static bool conn_write(struct netslot *s)
 	return true;
 }
 
+/*
+ * Reads what the socket holds, at most up to EMU_IN_CAP buffered: the buffer
+ * grows with what arrived (FIONREAD), never to a frame's announced length.
+ */
 static void conn_read(struct netslot *s)
 {
 	struct emu_conn *c = s->c;
 	for (;;) {
-		ssize_t n = recv(c->fd, c->in + c->in_len, EMU_IN_CAP - c->in_len, 0);
+		size_t room = EMU_IN_CAP - c->in.len;
+		int avail = 0;
+		if (room == 0)
+			return;
+		/* 0 (or unknown) still reads: an end of stream, or data that
+		 * came after the question. */
+		if (ioctl(c->fd, FIONREAD, &avail) != 0 || avail <= 0)
+			avail = 512;
+		size_t want = (size_t)avail < room ? (size_t)avail : room;
+		if (in_grow(&c->in, c->in.len + want) != 0) {
+			s->io_err = ENOMEM;
+			return;
+		}
+		ssize_t n = recv(c->fd, c->in.p + c->in.len, want, 0);
 		if (n > 0) {
-			c->in_len += (size_t)n;
+			if (c->in.len == 0)
+				c->frame_ms = s->now;
+			c->in.len += (size_t)n;
 			s->got = true;
 			return;
 		}
@@ -434,6 +705,7 @@ void *emu_net_main(void *arg)
 	struct timespec pause_end = {0, 0};
 	bool paused = false;
 	int accept_err = 0;
+	uint64_t deadline = 0; /* the next bound to check (conn_deadlines), 0: none */
 
 	cap = 64;
 	pfd = malloc(cap * sizeof(*pfd));
@@ -487,6 +759,12 @@ void *emu_net_main(void *arg)
 			else
 				timeout = (int)ms;
 		}
+		if (deadline != 0) {
+			uint64_t now = now_ms();
+			uint64_t ms = deadline > now ? deadline - now : 0;
+			if (timeout < 0 || ms < (uint64_t)timeout)
+				timeout = (int)(ms > 3600000u ? 3600000u : ms);
+		}
 		pfd[1] = (struct pollfd){.fd = paused ? -1 : h->listen_fd, .events = POLLIN};
 		for (struct emu_conn *c = h->conns; c != NULL && n < cap; c = c->next) {
 			conn_swap(c);
@@ -516,7 +794,9 @@ void *emu_net_main(void *arg)
 			ssize_t r = read(h->wake_fd, &v, sizeof(v));
 			(void)r;
 		}
+		uint64_t now = now_ms();
 		for (size_t i = 2; pr > 0 && i < n; i++) {
+			slot[i].now = now;
 			short re = pfd[i].revents;
 			if (re & (POLLIN | POLLHUP | POLLERR))
 				conn_read(&slot[i]);
@@ -555,17 +835,20 @@ void *emu_net_main(void *arg)
 				 strerror(accept_err));
 			accept_err = 0;
 		}
-		for (int i = 0; i < nnew; i++)
-			conn_add(h, newfd[i]);
 		for (size_t i = 2; i < n; i++) {
 			struct netslot *s = &slot[i];
 			if (s->got)
-				conn_parse(h, s->c);
+				conn_parse(h, s->c, now);
 			if (s->io_err != 0)
 				emu_conn_doom(h, s->c, "%s", strerror(s->io_err));
 			else if (s->eof)
 				emu_conn_doom(h, s->c, "closed by the peer");
 		}
+		/* After the input, so that a deadline never closes a connection
+		 * whose bytes were already here. */
+		for (int i = 0; i < nnew; i++)
+			conn_add(h, newfd[i], now);
+		deadline = conn_deadlines(h, now);
 	}
 	final_flush(h);
 	emu_unlock(h);

@@ -801,6 +801,13 @@ static uint32_t opt_ms(const char *opts, const char *name, uint32_t dflt)
 	return end != t && v <= 3600000ul ? (uint32_t)v : dflt;
 }
 
+/* Reads "name=N" (a count, 1 ..= 1000000) from the debug options. */
+static uint32_t opt_count(const char *opts, const char *name, uint32_t dflt)
+{
+	uint32_t v = opt_ms(opts, name, dflt);
+	return v >= 1 && v <= 1000000u ? v : dflt;
+}
+
 int hax_glue_init(hax_glue **out, const char *debug_options, const char *node_uuid)
 {
 	(void)node_uuid;
@@ -812,7 +819,18 @@ int hax_glue_init(hax_glue **out, const char *debug_options, const char *node_uu
 		return -ENOMEM;
 	h->stop_timeout_ms = DEFAULT_STOP_TIMEOUT_MS;
 	h->start_timeout_ms = DEFAULT_START_TIMEOUT_MS;
+	h->max_conns_opt = EMU_DEFAULT_MAX_CONNS;
+	h->max_pending_opt = EMU_DEFAULT_MAX_PENDING;
+	h->hello_timeout_ms = EMU_DEFAULT_HELLO_TIMEOUT_MS;
+	h->frame_timeout_ms = EMU_DEFAULT_FRAME_TIMEOUT_MS;
 	if (debug_options != NULL) {
+		h->max_conns_opt = opt_count(debug_options, "emu-max-conns=", h->max_conns_opt);
+		h->max_pending_opt =
+			opt_count(debug_options, "emu-max-pending=", h->max_pending_opt);
+		h->hello_timeout_ms =
+			opt_ms(debug_options, "emu-hello-timeout-ms=", h->hello_timeout_ms);
+		h->frame_timeout_ms =
+			opt_ms(debug_options, "emu-frame-timeout-ms=", h->frame_timeout_ms);
 		h->stop_timeout_ms = opt_ms(debug_options, "emu-stop-timeout-ms=", h->stop_timeout_ms);
 		h->start_timeout_ms =
 			opt_ms(debug_options, "emu-start-timeout-ms=", h->start_timeout_ms);
@@ -1263,7 +1281,7 @@ void emu_on_frame(hax_glue *h, struct emu_conn *c, uint8_t type, const uint8_t *
 				      emu_get_u32(body + 4));
 			return;
 		}
-		c->hello = true;
+		emu_conn_hello(h, c);
 		uint8_t *p = emu_conn_frame(h, c, F_HELLO_R, 8);
 		if (p != NULL) {
 			emu_put_u32(p, EMU_MAGIC);
@@ -1873,6 +1891,7 @@ int hax_glue_start(hax_glue *h, const char *local_ep, const struct hax_fid *proc
 	h->closing = false;
 	h->quit_handler = h->quit_net = false;
 	h->net_kicked = h->kick_deferred = false;
+	emu_conn_limits(h);
 	h->state = S_STARTING;
 	/* The new threads block on h->mu until the ids below are stored. */
 	rc = pthread_create(&h->handler_tid, NULL, handler_main, h);

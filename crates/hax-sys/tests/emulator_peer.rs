@@ -591,3 +591,105 @@ fn slow_reader_is_dropped_and_its_link_resent_in_slices() {
         Ev::Disconnecting { .. }
     )));
 }
+
+fn hello_frame() -> Vec<u8> {
+    let mut f = 9u32.to_le_bytes().to_vec();
+    f.push(HELLO);
+    f.extend_from_slice(&MAGIC.to_le_bytes());
+    f.extend_from_slice(&1u32.to_le_bytes());
+    f
+}
+
+/// Closed by hax; how long after `t0`.
+fn closed_after(p: &mut Peer, t0: std::time::Instant, what: &str) -> std::time::Duration {
+    p.expect_closed(what);
+    t0.elapsed()
+}
+
+#[test]
+fn silent_and_half_sent_connections_are_closed_by_their_timeouts() {
+    let ms = 400;
+    let e = Emu::started_with(
+        &format!("emu-hello-timeout-ms={ms} emu-frame-timeout-ms={ms}"),
+        Policy::default(),
+    );
+    e.wait_started();
+    let bound = std::time::Duration::from_millis(ms);
+    let t0 = std::time::Instant::now();
+    let mut silent = Peer::connect(&e.ep);
+    let mut half_hello = Peer::connect(&e.ep);
+    half_hello.raw(&hello_frame()[..3]);
+    let mut half_frame = Peer::hello(&e.ep);
+    let mut f = 1000u32.to_le_bytes().to_vec();
+    f.extend_from_slice(&[MSG; 10]);
+    half_frame.raw(&f);
+    // A peer that said HELLO and is then silent is a peer: it stays.
+    let mut quiet = Peer::hello(&e.ep);
+    // Anything but a HELLO first is refused before it arrives whole.
+    let mut big_first = Peer::connect(&e.ep);
+    big_first.raw(&65_536u32.to_le_bytes());
+    big_first.expect_closed("a 64 KiB frame before HELLO");
+    for (p, what) in [
+        (&mut silent, "silent"),
+        (&mut half_hello, "half a HELLO"),
+        (&mut half_frame, "half a frame"),
+    ] {
+        let took = closed_after(p, t0, what);
+        // The emulator's clock counts whole milliseconds.
+        assert!(
+            took + std::time::Duration::from_millis(2) >= bound,
+            "{what}: closed after {took:?}, before {bound:?}"
+        );
+    }
+    let r = quiet.first(PEER, "inet:tcp:10.0.0.1@3000");
+    assert!(r.link > 0, "{r:?}");
+    let logs = e.logs();
+    for why in [
+        "no HELLO within 400 ms",
+        "frame unfinished after 400 ms",
+        "before HELLO",
+    ] {
+        assert!(logs.iter().any(|(_, t)| t.contains(why)), "{why}: {logs:?}");
+    }
+}
+
+#[test]
+fn connections_past_the_bounds_make_room_or_are_refused() {
+    let e = Emu::started_with(
+        "emu-max-conns=6 emu-max-pending=3 emu-hello-timeout-ms=600000",
+        Policy::default(),
+    );
+    e.wait_started();
+    // Past 3 connections without HELLO, the oldest makes room.
+    let mut silent: Vec<Peer> = (0..3).map(|_| Peer::connect(&e.ep)).collect();
+    let _newer = Peer::connect(&e.ep);
+    silent[0].expect_closed("the oldest connection without HELLO");
+    // A peer saying HELLO always gets in while some have not said it...
+    let mut peers: Vec<Peer> = (0..3).map(|_| Peer::hello(&e.ep)).collect();
+    // ...and 6 connections are the most: a newcomer takes the place of one
+    // without HELLO, never of a peer.
+    for _ in 0..3 {
+        peers.push(Peer::hello(&e.ep));
+    }
+    let mut refused = Peer::connect(&e.ep);
+    // The close may come first and fail the write: what matters is the close.
+    let _ = std::io::Write::write_all(&mut refused.s, &hello_frame());
+    let got = refused.try_recv().map(|(t, _)| t);
+    assert!(
+        matches!(&got, Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof
+            || e.kind() == std::io::ErrorKind::ConnectionReset),
+        "a connection past the cap: {got:?}"
+    );
+    for p in &mut peers {
+        let r = p.first(PEER, "inet:tcp:10.0.0.1@3000");
+        assert!(r.link > 0, "{r:?}");
+    }
+    // The first connection shed is reported at once, the rest at most
+    // every 10 s.
+    let logs = e.logs();
+    assert!(
+        logs.iter()
+            .any(|(_, t)| t.contains("1 without HELLO, the oldest, to make room (at most 3)")),
+        "{logs:?}"
+    );
+}
