@@ -10,7 +10,7 @@ use hax_e2e::{hax_binary, Env, Options, T};
 
 /// Runs hax as the harness does, against `env`'s agent; its exit code and
 /// what it wrote on stderr (killed after 60 s).
-fn run_hax(env: &Env) -> (Option<i32>, String) {
+fn run_hax(env: &Env, extra: &[&str]) -> (Option<i32>, String) {
     let err_path = env.work_dir().join("taken.err");
     let mut cmd = Command::new(hax_binary());
     for (k, _) in std::env::vars_os() {
@@ -24,6 +24,7 @@ fn run_hax(env: &Env) -> (Option<i32>, String) {
         .args(["--consul-address", &env.agent.http_addr().to_string()])
         .args(["--http-bind", &env.http.to_string()])
         .args(["--log-format", "json"])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&err_path).expect("stderr file"))
@@ -71,7 +72,7 @@ async fn a_taken_port_is_named_with_what_needed_it() {
         .and_then(|p| p.parse().ok())
         .expect("port of the endpoint");
     let held = TcpListener::bind(("127.0.0.1", port)).expect("endpoint port free");
-    let (code, stderr) = run_hax(&env);
+    let (code, stderr) = run_hax(&env, &[]);
     drop(held);
     let motr_line = said(&stderr).to_owned();
     let line = &motr_line;
@@ -86,7 +87,7 @@ async fn a_taken_port_is_named_with_what_needed_it() {
 
     // The HTTP address held.
     let held = TcpListener::bind(env.http).expect("http port free");
-    let (code, stderr) = run_hax(&env);
+    let (code, stderr) = run_hax(&env, &[]);
     drop(held);
     let line = said(&stderr);
     assert_eq!(code, Some(1), "{stderr}");
@@ -98,4 +99,47 @@ async fn a_taken_port_is_named_with_what_needed_it() {
         assert!(line.contains(needle), "no {needle:?} in {line:?}");
     }
     eprintln!("{motr_line}\n{line}");
+}
+
+/// A second hax of the same identity (process fid), given an endpoint of its
+/// own and the HTTP address the running one holds, fails before it starts
+/// anything: nothing it would record at its stop (hax STOPPED) reaches
+/// Consul over the running hax's state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_hax_of_the_same_identity_writes_nothing() {
+    let env = Env::start(Options::default()).await;
+    env.wait_idle().await;
+    let client = env.agent.client().expect("consul client");
+    let keys: Vec<String> = ["processes/", "bq/", "eq/"].map(String::from).into();
+    let snapshot = || async {
+        let mut out = Vec::new();
+        for prefix in &keys {
+            let pairs = client.kv_list(prefix).await.expect("kv list").value;
+            out.extend(pairs.into_iter().map(|p| (p.key, p.modify_index)));
+        }
+        out
+    };
+    let before = snapshot().await;
+    assert!(
+        before
+            .iter()
+            .any(|(k, _)| k.ends_with(&env.sample.hax.to_string())),
+        "hax's own process state recorded: {before:?}"
+    );
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let endpoint = format!("inet:tcp:127.0.0.1@{port}");
+    let (code, stderr) = run_hax(&env, &["--endpoint", &endpoint]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(said(&stderr).contains("http.bind"), "{stderr}");
+    // Motr was never started: its stop, which reports hax STOPPED, cannot
+    // race the exit to Consul.
+    assert!(
+        !stderr.contains("halon interface started"),
+        "Motr started before every port was ours: {stderr}"
+    );
+    assert_eq!(snapshot().await, before, "Consul changed by the second hax");
+    assert!(env.healthz().await, "the running hax still answers");
 }

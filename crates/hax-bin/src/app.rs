@@ -1,9 +1,11 @@
 //! The daemon: start order, the tasks, and shutdown.
 //!
 //! Start: Consul reachable with a leader, entrypoint configuration and the
-//! cluster view loading, identity known, halon started (it blocks until hax's
-//! own entrypoint request is answered from the configuration), HTTP server
-//! listening, then readiness is reported to systemd.
+//! cluster view loading, identity known, the HTTP address bound (before
+//! anything is started or written, so that a hax whose ports are taken
+//! leaves no trace), halon started (it blocks until hax's own entrypoint
+//! request is answered from the configuration), HTTP server serving, then
+//! readiness is reported to systemd.
 //!
 //! Stop (on `shutdown`): the HTTP server stops taking requests, the Motr
 //! events queued so far are handled and their Consul writes finished, every
@@ -189,6 +191,21 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
         Some((_, inbox)) => bridge.with_keepalives(inbox.clone()),
         None => bridge,
     };
+    // Every port is ours before anything is started or written: a second
+    // hax of the same identity must fail here, not after Motr's start
+    // (whose stop would record hax STOPPED over the running one).
+    let server_cfg = ServerConfig {
+        bind: cfg.http.bind,
+        bearer_token: http_token.clone(),
+        ..ServerConfig::default()
+    };
+    let serve_cfg = server_cfg.clone();
+    let listener = server::bind(&server_cfg)
+        .await
+        .map_err(|source| AppError::Http {
+            addr: cfg.http.bind,
+            source,
+        })?;
     let halon_cfg = HalonConfig {
         endpoint: id.endpoint.clone(),
         process_fid: id.process_fid,
@@ -314,19 +331,6 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
     );
     let api = hax_ha::http::ApiState::new(kv.clone(), view.clone(), motr, http_token.clone());
 
-    // The HTTP server.
-    let server_cfg = ServerConfig {
-        bind: cfg.http.bind,
-        bearer_token: http_token,
-        ..ServerConfig::default()
-    };
-    let serve_cfg = server_cfg.clone();
-    let listener = server::bind(&server_cfg)
-        .await
-        .map_err(|source| AppError::Http {
-            addr: cfg.http.bind,
-            source,
-        })?;
     let app_state = AppState::new(updates_tx.clone(), server_cfg).with_bq_floor(bq_floor);
     // The one registry `/metrics` encodes: each part registers the
     // collector of its own counters.
