@@ -131,6 +131,11 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
         return Ok(());
     };
     tracing::info!(%leader, address = %cfg.consul.address, "consul reachable");
+    // Before anything waits for the RC leader: a session `hctl shutdown` left
+    // holding `leader` would keep one from being elected.
+    if let Err(e) = hax_ha::leader::stale::remove_stale_session(&client).await {
+        tracing::warn!(error = %e, "stale RC leader session not checked");
+    }
     // The daemon's tasks outlive the signal: they keep recording what Motr
     // sends while the links are disconnected. They end when `run` returns.
     let tasks = CancellationToken::new();
