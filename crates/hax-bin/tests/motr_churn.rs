@@ -188,14 +188,23 @@ async fn restarts_leave_no_dead_links_on_real_motr() {
     let mut times = Vec::new();
     let mut most_links = 0;
     let mut early = (0, 0);
+    let mut unsolicited = 0;
     for round in 0..rounds {
         let local = free_inet_endpoint(&mut taken);
         let (code, took, stderr) = run_m0ham(&m0ham, &root, &local, &hax_ep, &input);
-        assert_eq!(
-            code,
-            Some(0),
+        // m0ham's process is not in the cluster's configuration, so the BQ
+        // update of its previous incarnation (OFFLINE) is broadcast to every
+        // link, its new one included. m0ham, expecting only the answer to its
+        // GET, asserts at its exit when that broadcast came in time
+        // (`ha/ham.c:676`): its link and its answer were fine.
+        let extra = code != Some(0)
+            && stderr.contains("Got entrypoint reply")
+            && stderr.contains("m0_semaphore_value(&g_sem) == 0");
+        assert!(
+            code == Some(0) || extra,
             "m0ham run {round} on {local} exits 0; its stderr:\n{stderr}"
         );
+        unsolicited += usize::from(extra);
         times.push(took);
         most_links = most_links.max(links());
         if round == rounds / 4 {
@@ -233,7 +242,7 @@ async fn restarts_leave_no_dead_links_on_real_motr() {
          hax's first-request reply mean {:.1} ms over {replies}; links now {live}, at most {most_links} \
          after a run; old incarnations fenced {fenced}, links disconnected {disconnected}; \
          hax RSS {} KiB / {} threads after {} runs, {rss} KiB / {threads} threads at the end; \
-         {timeouts} log lines with rc=-110",
+         {timeouts} log lines with rc=-110; {unsolicited} m0ham runs ended by a broadcast it did not expect",
         percentile(&times, 0.5),
         percentile(&times, 0.99),
         times[times.len() - 1],
