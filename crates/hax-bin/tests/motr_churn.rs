@@ -21,7 +21,7 @@
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use hax_testkit::dev_agent::DevAgent;
@@ -32,7 +32,7 @@ use motr_support::{free_inet_endpoint, free_port, installed};
 mod motr_support;
 
 mod daemon_support;
-use daemon_support::{free_http_port, http_get, json_lines, metric, wait_for, watches, Proc};
+use daemon_support::{free_http_port, http_get, metric, spawn_hax, wait_for, watches};
 
 /// An NVEC GET of two controllers as one `m0_ha_msg` in xcode text, for
 /// m0ham's stdin (the fixed note array lists all 1024 notes).
@@ -156,30 +156,12 @@ async fn restarts_leave_no_dead_links_on_real_motr() {
     .expect("sample loaded");
 
     let hax_log = root.join("hax.log");
-    let hax = Proc::spawn(
-        "hax",
-        Command::new(env!("CARGO_BIN_EXE_hax"))
-            .arg("--consul-address")
-            .arg(agent.http_addr().to_string())
-            .arg("--http-bind")
-            .arg(http.to_string())
-            .args(["--log-format", "json", "--log", "info"])
-            .args(["--motr-keepalive-interval-ms", "500"])
-            .current_dir(&root)
-            .env("M0_TRACE_DIR", &root)
-            .env_remove("HAX_CONFIG"),
-        &hax_log,
-    );
-    let log = hax_log.clone();
-    wait_for("hax ready", Duration::from_secs(60), &hax_log, || {
-        let log = log.clone();
-        async move {
-            json_lines(&log)
-                .iter()
-                .any(|l| l["message"] == "hax ready")
-                .then_some(())
-        }
-    })
+    let hax = spawn_hax(
+        &root,
+        agent.http_addr(),
+        http,
+        &["--motr-keepalive-interval-ms", "500"],
+    )
     .await;
     let metrics = || http_get(http, "/metrics").unwrap_or_default();
     let links = || metric(&metrics(), "hax_links");

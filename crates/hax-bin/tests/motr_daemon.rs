@@ -39,7 +39,9 @@ use motr_support::{free_inet_endpoint, free_port, m0_common_args, tools};
 mod motr_support;
 
 mod daemon_support;
-use daemon_support::{free_http_port, http_get, json_lines, metric, tail, wait_for, watches, Proc};
+use daemon_support::{
+    free_http_port, http_get, json_lines, metric, spawn_hax, tail, wait_for, watches, Proc,
+};
 
 fn x(kind: char, key: u64) -> String {
     format!("^{kind}|1:{key}")
@@ -278,30 +280,12 @@ async fn real_m0ds_with_the_hax_daemon_and_consul() {
 
     // hax, as the daemon runs.
     let hax_log = root.join("hax.log");
-    let mut hax = Proc::spawn(
-        "hax",
-        Command::new(env!("CARGO_BIN_EXE_hax"))
-            .arg("--consul-address")
-            .arg(agent.http_addr().to_string())
-            .arg("--http-bind")
-            .arg(http.to_string())
-            .args(["--log-format", "json", "--log", "info"])
-            .args(["--motr-keepalive-interval-ms", "200"])
-            .current_dir(&root)
-            .env("M0_TRACE_DIR", &root)
-            .env_remove("HAX_CONFIG"),
-        &hax_log,
-    );
-    let log = hax_log.clone();
-    wait_for("hax ready", Duration::from_secs(60), &hax_log, || {
-        let log = log.clone();
-        async move {
-            json_lines(&log)
-                .iter()
-                .any(|l| l["message"] == "hax ready")
-                .then_some(())
-        }
-    })
+    let mut hax = spawn_hax(
+        &root,
+        agent.http_addr(),
+        http,
+        &["--motr-keepalive-interval-ms", "200"],
+    )
     .await;
     assert!(!hax.exited(), "hax runs");
     eprintln!("hax ready at {:?}", t0.elapsed());

@@ -170,3 +170,37 @@ pub fn watches(http: SocketAddr) -> serde_json::Value {
         ]
     })
 }
+
+/// Starts the `hax` daemon as it runs in production (JSON log in
+/// `root/hax.log`, Motr's trace in `root`), on the agent at `consul`,
+/// serving HTTP on `http`, with `extra` options; returns once it logged
+/// `hax ready`.
+pub async fn spawn_hax(root: &Path, consul: SocketAddr, http: SocketAddr, extra: &[&str]) -> Proc {
+    let hax_log = root.join("hax.log");
+    let hax = Proc::spawn(
+        "hax",
+        Command::new(env!("CARGO_BIN_EXE_hax"))
+            .arg("--consul-address")
+            .arg(consul.to_string())
+            .arg("--http-bind")
+            .arg(http.to_string())
+            .args(["--log-format", "json", "--log", "info"])
+            .args(extra)
+            .current_dir(root)
+            .env("M0_TRACE_DIR", root)
+            .env_remove("HAX_CONFIG"),
+        &hax_log,
+    );
+    let log = hax_log.clone();
+    wait_for("hax ready", Duration::from_secs(60), &hax_log, || {
+        let log = log.clone();
+        async move {
+            json_lines(&log)
+                .iter()
+                .any(|l| l["message"] == "hax ready")
+                .then_some(())
+        }
+    })
+    .await;
+    hax
+}
