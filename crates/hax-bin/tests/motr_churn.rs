@@ -18,15 +18,12 @@
 //!     --test motr_churn -- --nocapture
 //! ```
 
-use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use hax_testkit::dev_agent::DevAgent;
 use hax_testkit::sample::{self, SampleSpec};
-use motr_support::{free_inet_endpoint, free_port, installed};
+use motr_support::{free_inet_endpoint, free_port, installed, run_m0ham};
 
 #[path = "../../hax-core/tests/motr_support/mod.rs"]
 mod motr_support;
@@ -46,58 +43,6 @@ fn nvec_get_text() -> String {
         "((0, 0), (0, 0), (0, 0), 0, 0, {{2| (1, 77, 0, 2, <{}>)}}, 0)\n",
         notes.join(", ")
     )
-}
-
-/// Runs `m0ham -v -s <local> <hax>` with `input` on stdin; its exit code
-/// (None: killed after 60 s), how long it ran and its stderr.
-fn run_m0ham(
-    m0ham: &Path,
-    dir: &Path,
-    local: &str,
-    hax: &str,
-    input: &str,
-) -> (Option<i32>, Duration, String) {
-    let t = Instant::now();
-    let mut child = motr_support::command(m0ham)
-        .args(["-v", "-s", local, hax])
-        .current_dir(dir)
-        .env("M0_TRACE_DIR", dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("m0ham starts");
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(input.as_bytes())
-            .expect("m0ham reads stdin");
-    }
-    let mut out = child.stdout.take().expect("stdout");
-    let mut err = child.stderr.take().expect("stderr");
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let code = loop {
-        match child.try_wait() {
-            Ok(Some(st)) => break st.code(),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-        }
-    };
-    let _ = reader.join();
-    let stderr = err_reader.join().unwrap_or_default();
-    (code, t.elapsed(), stderr)
 }
 
 /// `VmRSS` (KiB) and `Threads` of process `pid`.
@@ -173,7 +118,16 @@ async fn restarts_leave_no_dead_links_on_real_motr() {
     let mut unsolicited = 0;
     for round in 0..rounds {
         let local = free_inet_endpoint(&mut taken);
-        let (code, took, stderr) = run_m0ham(&m0ham, &root, &local, &hax_ep, &input);
+        let t = Instant::now();
+        let run = run_m0ham(
+            &m0ham,
+            &root,
+            &local,
+            &hax_ep,
+            &input,
+            Duration::from_secs(60),
+        );
+        let (code, took, stderr) = (run.status, t.elapsed(), run.stderr);
         // m0ham's process is not in the cluster's configuration, so the BQ
         // update of its previous incarnation (OFFLINE) is broadcast to every
         // link, its new one included. m0ham, expecting only the answer to its

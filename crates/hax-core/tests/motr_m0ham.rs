@@ -23,9 +23,6 @@
 //! Then hax stops: the stop events reach the self link, every link gets the
 //! disconnect handshake, and nothing was refused or forced.
 
-use std::io::{Read, Write};
-use std::path::Path;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -35,7 +32,7 @@ use hax_core::{
     EntrypointResponder, Fid, FidType, HaMsg, HaMsgData, HaNote, HaState, Halon, HalonConfig,
     LinkId, LinkInfo, Nvec, NvecGet, NvecKind, Tag, Uint128,
 };
-use motr_support::{free_endpoint, installed, scratch};
+use motr_support::{free_endpoint, installed, run_m0ham, scratch};
 
 mod motr_support;
 
@@ -192,70 +189,6 @@ fn nvec_get_text(id_of_get: u64, fids: &[Fid]) -> String {
         fids.len(),
         notes.join(", ")
     )
-}
-
-struct HamRun {
-    status: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs `m0ham -v -s <local> <hax>` with `input` on stdin, for at most
-/// `limit`.
-fn run_m0ham(
-    m0ham: &Path,
-    dir: &Path,
-    local: &str,
-    hax: &str,
-    input: &str,
-    limit: Duration,
-) -> HamRun {
-    // Started with no descriptor of this process (hax's listening socket
-    // among them).
-    let mut child = motr_support::command(m0ham)
-        .args(["-v", "-s", local, hax])
-        .current_dir(dir)
-        .env("M0_TRACE_DIR", dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("m0ham starts");
-    {
-        let mut stdin = child.stdin.take().expect("stdin");
-        stdin
-            .write_all(input.as_bytes())
-            .expect("m0ham reads stdin");
-    }
-    let mut out = child.stdout.take().expect("stdout");
-    let mut err = child.stderr.take().expect("stderr");
-    let t_out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(st)) => break st.code(),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-        }
-    };
-    HamRun {
-        status,
-        stdout: t_out.join().unwrap_or_default(),
-        stderr: t_err.join().unwrap_or_default(),
-    }
 }
 
 /// (type, id_of_get, ignore_same, [(container, key, state)]) of a printed NVEC.

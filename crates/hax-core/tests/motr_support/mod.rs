@@ -9,6 +9,7 @@
 
 #![allow(dead_code)]
 
+use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -436,5 +437,70 @@ impl EventLog {
     /// m0d's endpoint, as set by the test.
     pub fn m0d_ep(&self) -> String {
         self.m0d_ep.lock().unwrap().clone()
+    }
+}
+
+/// What one m0ham run did.
+pub struct HamRun {
+    pub status: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `m0ham -v -s <local> <hax>` with `input` on stdin, for at most
+/// `limit`.
+pub fn run_m0ham(
+    m0ham: &Path,
+    dir: &Path,
+    local: &str,
+    hax: &str,
+    input: &str,
+    limit: Duration,
+) -> HamRun {
+    // Started with no descriptor of this process (hax's listening socket
+    // among them).
+    let mut child = command(m0ham)
+        .args(["-v", "-s", local, hax])
+        .current_dir(dir)
+        .env("M0_TRACE_DIR", dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("m0ham starts");
+    {
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(input.as_bytes())
+            .expect("m0ham reads stdin");
+    }
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let t_out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break st.code(),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+        }
+    };
+    HamRun {
+        status,
+        stdout: t_out.join().unwrap_or_default(),
+        stderr: t_err.join().unwrap_or_default(),
     }
 }
