@@ -105,6 +105,12 @@ async fn start_on_the_runtime() -> (Halon<Cb>, SimProcess, mpsc::Receiver<()>) {
         2,
         "the self link and the peer's"
     );
+    // Its connection goes, its link stays: the stop still asks the runtime's
+    // task to agree to its disconnect. A connected peer would be told NOLINK
+    // and ask again while the stop runs; a stop that withholds that request
+    // is cut short and keeps the callbacks (`stop_withheld.rs`), which is not
+    // what these tests are about.
+    peer.vanish();
     (halon, peer, gone)
 }
 
