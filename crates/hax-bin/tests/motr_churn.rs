@@ -118,10 +118,13 @@ async fn restarts_leave_no_dead_links_on_real_motr() {
     let mut unsolicited = 0;
     for round in 0..rounds {
         let local = free_inet_endpoint(&mut taken);
+        // Each m0ham writes a 16 MiB trace: kept only for a failed run.
+        let dir = root.join(format!("m0ham-{round}"));
+        std::fs::create_dir_all(&dir).expect("m0ham dir");
         let t = Instant::now();
         let run = run_m0ham(
             &m0ham,
-            &root,
+            &dir,
             &local,
             &hax_ep,
             &input,
@@ -142,6 +145,7 @@ async fn restarts_leave_no_dead_links_on_real_motr() {
             "m0ham run {round} on {local} exits 0; its stderr:\n{stderr}"
         );
         unsolicited += usize::from(extra);
+        let _ = std::fs::remove_dir_all(&dir);
         times.push(took);
         most_links = most_links.max(links());
         if round == rounds / 4 {
