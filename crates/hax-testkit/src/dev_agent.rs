@@ -21,7 +21,7 @@ use std::io::Read as _;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -549,8 +549,20 @@ impl DevAgent {
 
     /// Freezes the agent (SIGSTOP): connections are accepted by the kernel but
     /// never answered, as with a hung agent.
+    ///
+    /// Returns once every thread of the agent is stopped (or after 5 s): the
+    /// signal is delivered asynchronously, and a request sent at once could
+    /// otherwise still be answered.
     pub fn pause(&self) -> Result<(), DevAgentError> {
-        self.signal(Signal::SIGSTOP)
+        self.signal(Signal::SIGSTOP)?;
+        let Some(pid) = self.child.as_ref().map(std::process::Child::id) else {
+            return Ok(());
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && !all_threads_stopped(pid) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(())
     }
 
     /// Resumes a paused agent (SIGCONT).
@@ -596,4 +608,27 @@ fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), DevAgentErro
         source: std::io::Error::other(e),
     })?;
     std::fs::write(path, text).map_err(io_err(format!("write {}", path.display())))
+}
+
+/// Whether every thread of process `pid` is stopped (state `T` or `t` in
+/// `/proc/<pid>/task/*/stat`); false when that cannot be read.
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    let mut any = false;
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            return false;
+        };
+        // The state follows the command name, which is in parentheses.
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next());
+        if !matches!(state, Some("T" | "t")) {
+            return false;
+        }
+        any = true;
+    }
+    any
 }
