@@ -1,9 +1,9 @@
 //! The daemon: start order, the tasks, and shutdown.
 //!
 //! Start: Consul reachable with a leader, entrypoint configuration and the
-//! cluster view loading, identity known, the HTTP address bound (before
-//! anything is started or written, so that a hax whose ports are taken
-//! leaves no trace), halon started (it blocks until hax's own entrypoint
+//! cluster view loading, identity known, the HTTP address bound (before Motr
+//! is started or any of hax's state is written, so that a hax whose ports
+//! are taken leaves no trace), halon started (it blocks until hax's own entrypoint
 //! request is answered from the configuration), HTTP server serving, then
 //! readiness is reported to systemd.
 //!
@@ -196,7 +196,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
         Some((_, inbox)) => bridge.with_keepalives(inbox.clone()),
         None => bridge,
     };
-    // Every port is ours before anything is started or written: a second
+    // Every port is ours before Motr starts or hax's state is written: a second
     // hax of the same identity must fail here, not after Motr's start
     // (whose stop would record hax STOPPED over the running one).
     let server_cfg = ServerConfig {

@@ -18,18 +18,15 @@
 //!     --test motr_churn -- --nocapture
 //! ```
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use hax_testkit::dev_agent::DevAgent;
-use hax_testkit::sample::{self, SampleSpec};
-use motr_support::{free_inet_endpoint, free_port, installed, run_m0ham};
+use motr_support::{free_inet_endpoint, installed, run_m0ham};
 
 #[path = "../../hax-core/tests/motr_support/mod.rs"]
 mod motr_support;
 
 mod daemon_support;
-use daemon_support::{free_http_port, http_get, metric, spawn_hax, wait_for, watches};
+use daemon_support::{bed, http_get, metric, spawn_hax, wait_for, Bed};
 
 /// An NVEC GET of two controllers as one `m0_ha_msg` in xcode text, for
 /// m0ham's stdin (the fixed note array lists all 1024 notes).
@@ -74,31 +71,14 @@ async fn restarts_leave_no_dead_links_on_real_motr() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(12);
     let m0ham = installed("m0ham");
-    let root = std::env::temp_dir().join(format!("hax-motr-churn-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    std::fs::create_dir_all(&root).expect("work dir");
-    let mut taken = Vec::new();
-    let http = SocketAddr::from(([127, 0, 0, 1], free_http_port()));
-    let hax_ep = free_inet_endpoint(&mut taken);
-    let first_port = free_port(&mut taken, 2);
-    let agent = DevAgent::builder()
-        .extra_config(watches(http))
-        .start()
-        .await
-        .expect("consul agent (scripts/install-consul.sh installs it)");
-    let client = agent.client().expect("consul client");
-    sample::load(
-        &client,
-        &SampleSpec {
-            node: None,
-            hax_endpoint: hax_ep.clone(),
-            hax_http_port: http.port(),
-            ioservices: 1,
-            first_port,
-        },
-    )
-    .await
-    .expect("sample loaded");
+    let Bed {
+        root,
+        mut taken,
+        http,
+        hax_ep,
+        agent,
+        ..
+    } = bed("hax-motr-churn").await;
 
     let hax_log = root.join("hax.log");
     let hax = spawn_hax(

@@ -21,7 +21,6 @@
 //! MOTR_PREFIX=/opt/motr cargo test -p hax-bin --features motr --test motr_daemon -- --nocapture
 //! ```
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -31,17 +30,14 @@ use hax_consul::schema::{
 };
 use hax_consul::ConsulClient;
 use hax_core::Fid;
-use hax_testkit::dev_agent::DevAgent;
-use hax_testkit::sample::{self, fids, Sample, SampleSpec};
-use motr_support::{free_inet_endpoint, free_port, m0_common_args, tools};
+use hax_testkit::sample::{fids, Sample};
+use motr_support::{m0_common_args, tools};
 
 #[path = "../../hax-core/tests/motr_support/mod.rs"]
 mod motr_support;
 
 mod daemon_support;
-use daemon_support::{
-    free_http_port, http_get, json_lines, metric, spawn_hax, tail, wait_for, watches, Proc,
-};
+use daemon_support::{bed, http_get, json_lines, metric, spawn_hax, tail, wait_for, Bed, Proc};
 
 fn x(kind: char, key: u64) -> String {
     format!("^{kind}|1:{key}")
@@ -221,34 +217,17 @@ async fn real_m0ds_with_the_hax_daemon_and_consul() {
     let t0 = Instant::now();
     // Kept on failure (logs, traces); removed at the end of a passing run
     // unless HAX_KEEP_TEST_DIR is set.
-    let root = std::env::temp_dir().join(format!("hax-motr-daemon-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    std::fs::create_dir_all(&root).expect("work dir");
-    let mut taken = Vec::new();
-    let http = SocketAddr::from(([127, 0, 0, 1], free_http_port()));
-    let hax_ep = free_inet_endpoint(&mut taken);
-    // The sample's confd and ioservice endpoints: this port and the next.
-    let first_port = free_port(&mut taken, 2);
-
-    let agent = DevAgent::builder()
-        .extra_config(watches(http))
-        .start()
-        .await
-        .expect("consul agent (scripts/install-consul.sh installs it)");
-    let client = agent.client().expect("consul client");
+    let Bed {
+        root,
+        http,
+        hax_ep,
+        first_port,
+        agent,
+        client,
+        sample: s,
+        ..
+    } = bed("hax-motr-daemon").await;
     let kv = HaxKv::new(client.clone());
-    let s = sample::load(
-        &client,
-        &SampleSpec {
-            node: None,
-            hax_endpoint: hax_ep.clone(),
-            hax_http_port: http.port(),
-            ioservices: 1,
-            first_port,
-        },
-    )
-    .await
-    .expect("sample loaded");
     let (confd, ios) = (s.confd.clone(), s.ioservices[0].clone());
     assert_eq!(confd.1, format!("inet:tcp:127.0.0.1@{first_port}"));
     let conf = root.join("conf.xc");
@@ -260,7 +239,7 @@ async fn real_m0ds_with_the_hax_daemon_and_consul() {
     for (d, (fid, ep)) in [(&confd_dir, &confd), (&ios_dir, &ios)] {
         std::fs::create_dir_all(d).expect("process dir");
         let args = m0_args(d, ep, *fid, Some(&conf), None);
-        mkfs.push(Proc::spawn(
+        mkfs.push(Proc::start(
             "m0mkfs",
             &mut m0_command(&tools.m0mkfs, d, &args),
             &d.join("m0mkfs.log"),
@@ -293,7 +272,7 @@ async fn real_m0ds_with_the_hax_daemon_and_consul() {
     // The confd process, configuration from its file.
     let confd_args = m0_args(&confd_dir, &confd.1, confd.0, Some(&conf), Some(&hax_ep));
     let args = confd_args.clone();
-    let mut m0d_confd = Proc::spawn(
+    let mut m0d_confd = Proc::start(
         "m0d (confd)",
         &mut m0_command(&tools.m0d, &confd_dir, &args),
         &confd_dir.join("m0d.log"),
@@ -323,7 +302,7 @@ async fn real_m0ds_with_the_hax_daemon_and_consul() {
     // The ioservice process: no configuration file; it reads the
     // configuration from the confd of hax's entrypoint reply.
     let args = m0_args(&ios_dir, &ios.1, ios.0, None, Some(&hax_ep));
-    let mut m0d_ios = Proc::spawn(
+    let mut m0d_ios = Proc::start(
         "m0d (ios)",
         &mut m0_command(&tools.m0d, &ios_dir, &args),
         &ios_dir.join("m0d.log"),
@@ -490,7 +469,7 @@ async fn real_m0ds_with_the_hax_daemon_and_consul() {
 
     // The confd comes back: its old link is fenced before the new one is
     // made, and rconfc starts again; then it stops again.
-    let mut m0d_confd = Proc::spawn(
+    let mut m0d_confd = Proc::start(
         "m0d (confd, again)",
         &mut m0_command(&tools.m0d, &confd_dir, &confd_args),
         &confd_dir.join("m0d-again.log"),

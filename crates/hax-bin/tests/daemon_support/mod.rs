@@ -6,7 +6,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// A free TCP port for hax's HTTP server.
@@ -17,78 +17,7 @@ pub fn free_http_port() -> u16 {
         .expect("a free port")
 }
 
-/// A child process killed (and reaped) when dropped.
-pub struct Proc {
-    name: String,
-    child: Option<Child>,
-}
-
-impl Proc {
-    pub fn spawn(name: &str, cmd: &mut Command, log: &Path) -> Proc {
-        let out = std::fs::File::create(log).expect("log file");
-        let err = out.try_clone().expect("log file");
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|e| panic!("{name} does not start: {e}"));
-        Proc {
-            name: name.to_owned(),
-            child: Some(child),
-        }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().map(Child::id).unwrap_or(0)
-    }
-
-    pub fn signal(&self, sig: &str) {
-        let _ = Command::new("kill")
-            .args([format!("-{sig}"), self.pid().to_string()])
-            .status();
-    }
-
-    /// Exit code once it exits within `limit`; killed (None) otherwise.
-    pub fn wait(&mut self, limit: Duration) -> Option<i32> {
-        let deadline = Instant::now() + limit;
-        let child = self.child.as_mut()?;
-        loop {
-            match child.try_wait() {
-                Ok(Some(st)) => {
-                    self.child = None;
-                    return st.code();
-                }
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                _ => {
-                    eprintln!("{} did not exit within {limit:?}: killed", self.name);
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    self.child = None;
-                    return None;
-                }
-            }
-        }
-    }
-
-    pub fn exited(&mut self) -> bool {
-        matches!(
-            self.child.as_mut().map(Child::try_wait),
-            Some(Ok(Some(_))) | None
-        )
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
+pub use crate::motr_support::Proc;
 
 pub fn tail(path: &Path, n: usize) -> String {
     let s = std::fs::read_to_string(path).unwrap_or_default();
@@ -177,7 +106,7 @@ pub fn watches(http: SocketAddr) -> serde_json::Value {
 /// `hax ready`.
 pub async fn spawn_hax(root: &Path, consul: SocketAddr, http: SocketAddr, extra: &[&str]) -> Proc {
     let hax_log = root.join("hax.log");
-    let hax = Proc::spawn(
+    let hax = Proc::start(
         "hax",
         Command::new(env!("CARGO_BIN_EXE_hax"))
             .arg("--consul-address")
@@ -203,4 +132,59 @@ pub async fn spawn_hax(root: &Path, consul: SocketAddr, http: SocketAddr, extra:
     })
     .await;
     hax
+}
+
+/// What a daemon test runs on: its scratch directory (kept on failure), a
+/// Consul dev agent with hare's watches of hax's HTTP address, and the
+/// sample cluster (hax, a confd, one ioservice) loaded with free
+/// endpoints in libfabric's form.
+pub struct Bed {
+    pub root: std::path::PathBuf,
+    /// Ports taken so far (for more endpoints).
+    pub taken: Vec<u16>,
+    pub http: SocketAddr,
+    pub hax_ep: String,
+    /// The confd's port; the ioservice's is the next.
+    pub first_port: u16,
+    pub agent: hax_testkit::dev_agent::DevAgent,
+    pub client: hax_consul::ConsulClient,
+    pub sample: hax_testkit::sample::Sample,
+}
+
+/// Sets up a [`Bed`] in a scratch directory called `name`.
+pub async fn bed(name: &str) -> Bed {
+    use crate::motr_support::{free_inet_endpoint, free_port, scratch};
+    let root = scratch(name);
+    let mut taken = Vec::new();
+    let http = SocketAddr::from(([127, 0, 0, 1], free_http_port()));
+    let hax_ep = free_inet_endpoint(&mut taken);
+    let first_port = free_port(&mut taken, 2);
+    let agent = hax_testkit::dev_agent::DevAgent::builder()
+        .extra_config(watches(http))
+        .start()
+        .await
+        .expect("consul agent (scripts/install-consul.sh installs it)");
+    let client = agent.client().expect("consul client");
+    let sample = hax_testkit::sample::load(
+        &client,
+        &hax_testkit::sample::SampleSpec {
+            node: None,
+            hax_endpoint: hax_ep.clone(),
+            hax_http_port: http.port(),
+            ioservices: 1,
+            first_port,
+        },
+    )
+    .await
+    .expect("sample loaded");
+    Bed {
+        root,
+        taken,
+        http,
+        hax_ep,
+        first_port,
+        agent,
+        client,
+        sample,
+    }
 }

@@ -322,24 +322,40 @@ pub fn shared_sockets(pid: u32) -> Vec<String> {
 
 /// A child process, killed and reaped when dropped.
 pub struct Proc {
-    pub child: Option<Child>,
+    name: String,
+    child: Option<Child>,
 }
 
 impl Proc {
     /// Starts `bin` in `dir` (its trace files there too), output to `log`.
     pub fn spawn(bin: &Path, dir: &Path, args: &[String], log: &str) -> Proc {
-        let out = std::fs::File::create(dir.join(log)).expect("log file");
+        let name = bin
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        Proc::start(
+            &name,
+            command(bin)
+                .args(args)
+                .current_dir(dir)
+                .env("M0_TRACE_DIR", dir),
+            &dir.join(log),
+        )
+    }
+
+    /// Starts `cmd`, called `name` in failures, output to `log`.
+    pub fn start(name: &str, cmd: &mut Command, log: &Path) -> Proc {
+        let out = std::fs::File::create(log).expect("log file");
         let err = out.try_clone().expect("log file");
-        let child = command(bin)
-            .args(args)
-            .current_dir(dir)
-            .env("M0_TRACE_DIR", dir)
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
             .spawn()
-            .expect("starts");
-        Proc { child: Some(child) }
+            .unwrap_or_else(|e| panic!("{name} does not start: {e}"));
+        Proc {
+            name: name.to_owned(),
+            child: Some(child),
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -367,6 +383,7 @@ impl Proc {
                     std::thread::sleep(Duration::from_millis(50))
                 }
                 _ => {
+                    eprintln!("{} did not exit within {limit:?}: killed", self.name);
                     let _ = child.kill();
                     let _ = child.wait();
                     self.child = None;
@@ -374,6 +391,14 @@ impl Proc {
                 }
             }
         }
+    }
+
+    /// Whether it has exited (or was reaped).
+    pub fn exited(&mut self) -> bool {
+        matches!(
+            self.child.as_mut().map(Child::try_wait),
+            Some(Ok(Some(_))) | None
+        )
     }
 }
 

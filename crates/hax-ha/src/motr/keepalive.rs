@@ -138,6 +138,8 @@ pub struct Probes {
     run: u64,
     next: u64,
     links: HashMap<LinkId, Probe>,
+    /// Processes whose record's deletion found no room: tried again.
+    forget_again: HashSet<Fid>,
 }
 
 impl Probes {
@@ -147,6 +149,7 @@ impl Probes {
             run,
             next: 1,
             links: HashMap::new(),
+            forget_again: HashSet::new(),
         }
     }
 
@@ -157,7 +160,7 @@ impl Probes {
         let mut round = Round::default();
         let listed: HashMap<LinkId, Fid> = links.iter().copied().collect();
         let before = self.links.len();
-        let mut gone_recorded = Vec::new();
+        let mut gone_recorded: Vec<Fid> = self.forget_again.drain().collect();
         self.links.retain(|id, p| {
             let keep = listed.get(id) == Some(&p.process);
             if !keep && p.recorded {
@@ -265,6 +268,12 @@ impl Probes {
                 })
             })
             .collect()
+    }
+
+    /// Has the deletion of the record of `process` made again next round
+    /// (it found no room), unless a link of the process is probed by then.
+    pub fn forget_again(&mut self, process: Fid) {
+        self.forget_again.insert(process);
     }
 
     /// Marks the record of `process` to be written again (its write found
@@ -393,13 +402,18 @@ async fn run_round(cfg: &KeepaliveConfig, ha: &HaLink, inbox: &KeepaliveInbox, w
     for process in &round.forgotten {
         // Submitted before any record of a later link of the process: the
         // writer keeps the order.
-        match keys::keepalive(&cfg.node, fid_text(*process)) {
-            Ok(key) => {
-                if let Err(e) = writer.try_submit(WriteOp::delete(key), None) {
-                    tracing::debug!(%process, error = %e, "keepalive record of a gone process not deleted");
+        let deleted = keys::keepalive(&cfg.node, fid_text(*process))
+            .map_err(|e| e.to_string())
+            .and_then(|key| match writer.try_submit(WriteOp::delete(key), None) {
+                Ok(()) => Ok(()),
+                Err(TrySubmitError::Full { .. }) => {
+                    inbox.lock().forget_again(*process);
+                    Ok(())
                 }
-            }
-            Err(e) => tracing::warn!(%process, error = %e, "keepalive record not deleted"),
+                Err(TrySubmitError::Refused(e)) => Err(e.to_string()),
+            });
+        if let Err(e) = deleted {
+            tracing::warn!(%process, error = %e, "keepalive record of a gone process not deleted");
         }
     }
     write_records(cfg, inbox, writer);
@@ -679,6 +693,12 @@ mod tests {
         // Process 2's only link is gone: its record goes.
         let r = probes.round(&[(LinkId(3), p(1))]);
         assert_eq!(r.forgotten, vec![p(2)]);
+        // A deletion that found no room is made again next round, unless
+        // the process is probed again by then.
+        probes.forget_again(p(2));
+        assert_eq!(probes.round(&[(LinkId(3), p(1))]).forgotten, vec![p(2)]);
+        probes.forget_again(p(1));
+        assert!(probes.round(&[(LinkId(3), p(1))]).forgotten.is_empty());
         // A link never recorded leaves no record to delete.
         probes.round(&[(LinkId(3), p(1)), (LinkId(4), p(4))]);
         let r = probes.round(&[(LinkId(3), p(1))]);

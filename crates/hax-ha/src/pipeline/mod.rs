@@ -718,9 +718,13 @@ impl<B: Broadcast, C: ClusterFacts> EventPipeline<B, C> {
             fence,
             deadline,
         } = begun;
+        // Once hax's own link had this process's FAILED, the restart's
+        // broadcast leaves it out.
+        let mut own_link_told = false;
         if let Some(held) = held {
             let wait = Instant::now() + self.inner.config.restart_delivery_wait;
             if let Ok(Ok(Some(sent))) = tokio::time::timeout_at(wait, held).await {
+                own_link_told = true;
                 let report = sent.wait_all(wait).await;
                 tracing::info!(process = %fid, delivered = report.delivered, pending = report.pending, "held FAILED of the previous incarnation sent to hax's own link");
             }
@@ -731,6 +735,7 @@ impl<B: Broadcast, C: ClusterFacts> EventPipeline<B, C> {
             let wait = Instant::now() + self.inner.config.restart_delivery_wait;
             match tokio::time::timeout_at(wait, fence).await {
                 Ok(Ok(sent)) => {
+                    own_link_told = true;
                     let report = sent.wait_all(wait).await;
                     tracing::info!(process = %fid, delivered = report.delivered, pending = report.pending, "previous incarnation's links fenced");
                 }
@@ -761,6 +766,7 @@ impl<B: Broadcast, C: ClusterFacts> EventPipeline<B, C> {
             let options = BroadcastOptions {
                 notify_devices: true,
                 proc_skip_list: vec![fid],
+                skip_self_link: own_link_told,
                 ..BroadcastOptions::default()
             };
             if let Some(sent) = self
@@ -1178,15 +1184,23 @@ mod tests {
             vec![vec![HaNote::new(ios, HaState::Failed)]],
             "FAILED to hax's own link before the reply"
         );
+        // A restart (count 2) whose old link is still held: fenced once,
+        // and the FAILED broadcast to the others leaves hax's own link out.
+        let r = s.pipeline.restart_check(ios, "ep").await.expect("checked");
+        assert!(r.restarted);
+        assert_eq!(s.recorder.self_link_sends().len(), 2);
+        let calls = s.recorder.calls();
+        assert_eq!(calls.len(), 1);
+        assert!(calls[0].1.skip_self_link, "{:?}", calls[0].1);
         // hax's own fid is never fenced, whatever it holds.
         s.recorder.links.lock().unwrap().insert(process(HAX), 1);
         s.pipeline
             .restart_check(process(HAX), "ep")
             .await
             .expect("checked");
-        assert_eq!(s.recorder.self_link_sends().len(), 1);
+        assert_eq!(s.recorder.self_link_sends().len(), 2);
         let m = s.pipeline.metrics();
-        assert_eq!(m.old_links_fenced.load(Ordering::Relaxed), 1);
+        assert_eq!(m.old_links_fenced.load(Ordering::Relaxed), 2);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
