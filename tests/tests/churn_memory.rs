@@ -6,8 +6,8 @@
 //! processes makes a burst of N² messages, their buffers and Consul's
 //! answers. What the allocator keeps of such a burst once it is freed is
 //! given back (`hax-bin/src/heap.rs`); before, RSS after seven rounds of
-//! 1,000 processes went 118, 125, 140, 162, 160, 149, 159 MiB while the
-//! memory in use stayed at 31-36 MiB.
+//! 1,000 processes went 116, 122, 137, 158, 157, 146, 155 MiB while the
+//! memory in use stayed at 30-35 MiB.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
