@@ -267,6 +267,11 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
         )
     });
 
+    // Free heap pages go back to the system after bursts.
+    let heap_metrics = Arc::new(hax_ha::metrics::HeapMetrics::default());
+    let heap_stop = tasks.child_token();
+    let heap_task = crate::heap::spawn(Arc::clone(&heap_metrics), heap_stop.clone());
+
     // The broadcast queue consumer of this node.
     let (sns_tx, sns_rx) = mpsc::channel(64);
     let bq_inbox = bq::BqInbox::new();
@@ -355,6 +360,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
     http_metrics::register_api(&mut registry, api.metrics());
     http_metrics::register_stats(&mut registry, Arc::clone(&stats_metrics));
     http_metrics::register_held(&mut registry, pipeline.held_metrics());
+    hax_ha::metrics::register_heap(&mut registry, heap_metrics);
     let router = hax_ha::http::daemon_router(app_state, api, Arc::new(registry));
     let http_cancel = tasks.child_token();
     let http_task = tokio::spawn({
@@ -395,6 +401,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
     if let Some(t) = keepalive_task {
         let _ = t.await;
     }
+    heap_stop.cancel();
+    let _ = heap_task.await;
     stats.stop().await;
     rconfc.stop().await;
     halon.callbacks().set_stopping();

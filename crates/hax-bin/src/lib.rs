@@ -6,5 +6,6 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod heap;
 pub mod logging;
 pub mod notify;

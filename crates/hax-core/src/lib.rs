@@ -23,6 +23,7 @@ mod ctx;
 mod entrypoint;
 mod error;
 mod halon;
+pub mod heap;
 mod raw;
 pub mod reply;
 mod thread;

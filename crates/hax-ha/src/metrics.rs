@@ -644,6 +644,39 @@ impl Collector for BuildInfo {
     }
 }
 
+/// What the daemon's heap trimmer did (hax-bin's `heap.rs`).
+#[derive(Debug, Default)]
+pub struct HeapMetrics {
+    /// Free heap pages given back to the system.
+    pub trims: AtomicU64,
+    /// Resident bytes not in use by an allocation, at the last check.
+    pub retained: AtomicU64,
+}
+
+#[derive(Debug)]
+struct HeapCollector(Arc<HeapMetrics>);
+
+/// Registers `hax_heap_trims_total` and `hax_heap_retained_bytes`.
+pub fn register_heap(registry: &mut Registry, heap: Arc<HeapMetrics>) {
+    registry.register_collector(Box::new(HeapCollector(heap)));
+}
+
+impl Collector for HeapCollector {
+    fn encode(&self, encoder: DescriptorEncoder) -> Result<(), FmtError> {
+        let mut f = Families(encoder);
+        f.counter(
+            "hax_heap_trims_total",
+            "Times the heap's free pages were given back to the system after resident memory not in use grew.",
+            self.0.trims.load(Ordering::Relaxed),
+        )?;
+        f.gauge(
+            "hax_heap_retained_bytes",
+            "Resident memory not in use by an allocation (the C heap's free pages, code, stacks), at the last check.",
+            i64::try_from(self.0.retained.load(Ordering::Relaxed)).unwrap_or(i64::MAX),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

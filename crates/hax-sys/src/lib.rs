@@ -15,6 +15,10 @@
 mod bindings;
 pub use bindings::*;
 
+/// glibc's allocator statistics and trimming (not part of `hax_glue.h`).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub mod heap;
+
 /// The backend this crate was built with: `"emulator"` or `"motr"`.
 #[cfg(hax_backend = "emulator")]
 pub const BACKEND: &str = "emulator";
