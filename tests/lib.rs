@@ -137,6 +137,20 @@ fn build_hax(profile_dir: &Path) {
 // ---------------------------------------------------------------------------
 // Small helpers
 
+/// Raises this test process's soft descriptor limit to the hard one, for
+/// tests that open thousands of sockets; panics when even that is below `need`.
+pub fn raise_own_fd_limit(need: u64) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("setrlimit");
+    }
+    assert!(
+        hard >= need,
+        "this test needs {need} descriptors, the hard limit is {hard}"
+    );
+}
+
 /// A TCP port free on 127.0.0.1 right now, below the kernel's ephemeral
 /// range when there is room: hax is restarted on the same ports, and a port
 /// of the ephemeral range may meanwhile become the local end of some

@@ -21,19 +21,6 @@ fn endpoint_addr(env: &Env) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-/// This test process opens thousands of sockets.
-fn raise_own_fd_limit(need: u64) {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
-    if soft < hard {
-        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("setrlimit");
-    }
-    assert!(
-        hard >= need,
-        "this test needs {need} descriptors, the hard limit is {hard}"
-    );
-}
-
 fn hello() -> Vec<u8> {
     let mut v = Vec::new();
     PeerFrame::Hello.encode(&mut v).expect("HELLO");
@@ -82,7 +69,7 @@ async fn peer_event_confirmed(env: &Env) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_and_half_sent_connections_are_closed() {
-    raise_own_fd_limit(1_000);
+    hax_e2e::raise_own_fd_limit(1_000);
     let timeout = Duration::from_millis(1_500);
     let env = Env::start(Options {
         hax_args: vec![
@@ -159,7 +146,7 @@ async fn silent_and_half_sent_connections_are_closed() {
 /// connections; then HELLO'd connections past the cap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_flood_leaves_room_for_peers_and_healthz() {
-    raise_own_fd_limit(2_000);
+    hax_e2e::raise_own_fd_limit(2_000);
     let env = Env::start(Options {
         nofile: Some((1_024, 1_024)),
         // Only the bounds on connections protect here, not the timeout.
@@ -240,7 +227,7 @@ async fn a_connection_flood_leaves_room_for_peers_and_healthz() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_of_partial_frames_is_returned() {
     const CONNS: usize = 2_000;
-    raise_own_fd_limit(CONNS as u64 + 500);
+    hax_e2e::raise_own_fd_limit(CONNS as u64 + 500);
     // The frames stay unfinished until the test closes them.
     let env = Env::start(Options {
         hax_args: vec![
@@ -320,7 +307,7 @@ async fn the_soft_descriptor_limit_is_raised_to_the_hard_one() {
 #[ignore = "5,000 sockets"]
 async fn five_thousand_idle_connections() {
     const CONNS: usize = 5_000;
-    raise_own_fd_limit(CONNS as u64 + 500);
+    hax_e2e::raise_own_fd_limit(CONNS as u64 + 500);
     let env = Env::start(Options::default()).await;
     let addr = endpoint_addr(&env);
     let base_fds = env.fd_count();

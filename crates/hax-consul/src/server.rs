@@ -27,7 +27,12 @@
 //! client
 //! must send a request's head within [`ServerConfig::header_timeout`], also
 //! between the requests of a kept-alive connection: a slow or idle client
-//! cannot hold the server's descriptors.
+//! cannot hold the server's descriptors. When every connection is open, a
+//! new one takes the place of the one that has waited longest for a request
+//! head, so slow clients that reconnect cannot keep Consul's watch
+//! deliveries and health checks out.
+
+mod slots;
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -121,7 +126,9 @@ pub struct ServerConfig {
     /// `max_connections` it bounds the memory that clients can make the
     /// server hold.
     pub body_budget: usize,
-    /// Connections served at once; more wait in the listen backlog.
+    /// Connections open at once. A new one beyond it takes the slot of the
+    /// connection that has waited longest for a request head, or waits until
+    /// one is free when each is serving a request.
     pub max_connections: usize,
     /// Deadline for a request's head (request line and headers), counted
     /// from the first byte, or from the end of the previous request on a
@@ -834,9 +841,23 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Connections the kernel holds for the server before it accepts them
+/// (the kernel caps it at `net.core.somaxconn`). A slow-client flood keeps
+/// every slot taken and the rest waiting here; once this is full the kernel
+/// drops new connections' SYNs, and a client retries only after 1 s, 3 s...
+/// The default backlog (128) was filled by a few hundred slow clients.
+const LISTEN_BACKLOG: u32 = 4096;
+
 /// Binds `config.bind`.
 pub async fn bind(config: &ServerConfig) -> std::io::Result<TcpListener> {
-    TcpListener::bind(config.bind).await
+    let socket = match config.bind {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // As std and tokio do: a restarted hax can bind its port at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(config.bind)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// [`serve_with`] with the default limits and no token check beyond the
@@ -853,11 +874,21 @@ pub async fn serve(
     serve_with(listener, router, cancel, &config).await
 }
 
+/// Sleeps until `deadline`, forever without one.
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Serves `router` on `listener` until `cancel`, then lets in-flight requests
 /// finish (each bounded by the request timeout).
 ///
-/// At most `config.max_connections` connections are served at once; the
-/// others wait in the listen backlog. At most `config.body_budget` bytes of
+/// At most `config.max_connections` connections are served at once. When
+/// all are open, a new connection takes the place of the one that has waited
+/// longest for a request head, and waits only when every one is serving a
+/// request (see `slots`). At most `config.body_budget` bytes of
 /// request bodies are read at once, on every route. A connection whose client does not
 /// send a whole request head within `config.header_timeout` (idle between
 /// requests included) is closed. When `config.bearer_token` is set, every
@@ -887,20 +918,14 @@ pub async fn serve_with(
         router
     };
     let service = TowerToHyperService::new(router);
-    let slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections.max(1)));
+    let slots = slots::Slots::new(config.max_connections);
+    let head_timeout = config.header_timeout;
     let connections = tokio_util::task::TaskTracker::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(config.header_timeout)
         .keep_alive(true);
     loop {
-        let slot = tokio::select! {
-            _ = cancel.cancelled() => break,
-            s = Arc::clone(&slots).acquire_owned() => match s {
-                Ok(s) => s,
-                Err(_) => break,
-            },
-        };
         let (stream, peer) = tokio::select! {
             _ = cancel.cancelled() => break,
             r = listener.accept() => match r {
@@ -914,17 +939,39 @@ pub async fn serve_with(
                 }
             },
         };
+        let slot = tokio::select! {
+            _ = cancel.cancelled() => break,
+            s = slots.take() => Arc::new(s),
+        };
         let _ = stream.set_nodelay(true);
-        let conn = http.serve_connection(TokioIo::new(stream), service.clone());
+        let service = slots::Marked {
+            inner: service.clone(),
+            slot: Arc::clone(&slot),
+        };
+        let conn = http.serve_connection(TokioIo::new(stream), service);
         let cancel = cancel.clone();
         connections.spawn(async move {
-            let _slot = slot;
             let mut conn = std::pin::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = cancel.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.as_mut().await
+            let result = loop {
+                // hyper's own head deadline starts at the first byte; this
+                // one also closes a connection that sends nothing.
+                let head_deadline = slot.head_deadline(head_timeout);
+                tokio::select! {
+                    r = conn.as_mut() => break r,
+                    _ = cancel.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        break conn.as_mut().await;
+                    }
+                    _ = slot.taken_over() => {
+                        tracing::debug!(%peer, "http connection closed: its slot went to a new connection");
+                        return;
+                    }
+                    _ = sleep_until_some(head_deadline) => {
+                        if slot.head_deadline(head_timeout).is_some_and(|d| d <= tokio::time::Instant::now()) {
+                            tracing::debug!(%peer, "http connection closed: no request head within the deadline");
+                            return;
+                        }
+                    }
                 }
             };
             if let Err(e) = result {
