@@ -395,6 +395,9 @@ pub struct Options {
     /// Run the agent with ACLs (default deny) and this master token; hax
     /// reads it from a token file (`--consul-token-file`).
     pub acl_token: Option<String>,
+    /// hax gets [`Options::acl_token`] from `CONSUL_HTTP_TOKEN`, as hare
+    /// gives it, instead of a token file.
+    pub acl_token_in_env: bool,
     /// Environment of hax, over the harness's defaults.
     pub hax_env: Vec<(String, String)>,
     /// Run hax under these descriptor limits, soft and hard (`ulimit -n`).
@@ -410,6 +413,7 @@ impl Default for Options {
             proxy: false,
             hax_args: Vec::new(),
             acl_token: None,
+            acl_token_in_env: false,
             hax_env: Vec::new(),
             nofile: None,
         }
@@ -581,8 +585,14 @@ impl Env {
             }
             None => Command::new(hax_binary()),
         };
+        // hax reads hare's variables too (`hax_bin::hare_env`).
         for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("HAX_") || k == "NOTIFY_SOCKET" {
+            let name = k.to_string_lossy();
+            if ["HAX_", "HARE_HAX_", "CONSUL_HTTP_"]
+                .iter()
+                .any(|p| name.starts_with(p))
+                || k == "NOTIFY_SOCKET"
+            {
                 cmd.env_remove(k);
             }
         }
@@ -603,8 +613,16 @@ impl Env {
                 self.opts
                     .acl_token
                     .as_ref()
+                    .filter(|_| !self.opts.acl_token_in_env)
                     .map(|_| vec!["--consul-token-file".into(), self.consul_token_file()])
                     .unwrap_or_default(),
+            )
+            .envs(
+                self.opts
+                    .acl_token
+                    .as_ref()
+                    .filter(|_| self.opts.acl_token_in_env)
+                    .map(|t| ("CONSUL_HTTP_TOKEN", t)),
             )
             .stdin(Stdio::null())
             .stdout(Stdio::null())

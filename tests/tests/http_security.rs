@@ -301,3 +301,28 @@ async fn bodies_a_web_page_can_send_change_nothing() {
         page_requests.len() as u64
     );
 }
+
+/// hare gives its hax the Consul token in `CONSUL_HTTP_TOKEN`, not in a
+/// file: with it alone hax works through the ACLs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_consul_token_hare_sets_in_the_environment_is_used() {
+    let consul_token = secret("consul");
+    let env = Env::start(Options {
+        acl_token: Some(consul_token.clone()),
+        acl_token_in_env: true,
+        ..Options::default()
+    })
+    .await;
+    let peers = env.connect_peers(1).await;
+    peers[0]
+        .send_process_event(ProcessEventKind::Started)
+        .unwrap();
+    peers[0].wait_all_confirmed(T).await.unwrap();
+    assert_eq!(
+        env.process_status(peers[0].config().fid)
+            .await
+            .map(|s| s.state),
+        Some(hax_consul::schema::ProcessState::Started)
+    );
+    assert!(!env.log_text(1).contains(&consul_token), "the token leaked");
+}

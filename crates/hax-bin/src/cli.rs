@@ -204,8 +204,20 @@ impl Args {
             Some(path) => Config::from_file_with_keys(path)?,
             None => (Config::default(), Vec::new()),
         };
+        let given = |key: &'static str| -> Option<Origin> {
+            let (_, o) = self.origins.as_ref()?.iter().find(|(k, _)| *k == key)?;
+            Some(o.clone())
+        };
+        let from_hare = crate::hare_env::apply(
+            &mut c,
+            |key| given(key).is_some(),
+            |name| std::env::var(name).ok(),
+        );
         let origin = |key: &'static str| -> Option<Origin> {
-            if let Some((_, o)) = self.origins.as_ref()?.iter().find(|(k, _)| *k == key) {
+            if let Some(o) = given(key) {
+                return Some(o);
+            }
+            if let Some((_, o)) = from_hare.iter().find(|(k, _)| *k == key) {
                 return Some(o.clone());
             }
             Some(match &self.config {

@@ -547,9 +547,23 @@ impl Config {
     /// Consul token is Consul's anonymous one (leave the setting out for
     /// that). `--check-config` reads them too, so that it refuses what a
     /// start would.
+    /// Without `consul.token_file`, the Consul token is `CONSUL_HTTP_TOKEN`'s,
+    /// as hare sets it.
     pub fn secrets(&self) -> Result<Secrets, ConfigError> {
+        self.secrets_with(|name| std::env::var(name).ok())
+    }
+
+    /// [`Config::secrets`], with the environment read through `lookup`.
+    pub fn secrets_with(
+        &self,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Secrets, ConfigError> {
+        let consul_token = match self.consul.token_file.as_deref() {
+            Some(path) => read_token("consul.token_file", Some(path))?,
+            None => crate::hare_env::consul_token(lookup),
+        };
         Ok(Secrets {
-            consul_token: read_token("consul.token_file", self.consul.token_file.as_deref())?,
+            consul_token,
             http_token: read_token("http.token_file", self.http.token_file.as_deref())?,
         })
     }

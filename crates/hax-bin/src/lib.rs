@@ -6,6 +6,7 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod hare_env;
 pub mod heap;
 pub mod logging;
 pub mod notify;

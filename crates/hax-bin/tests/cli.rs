@@ -10,11 +10,16 @@ use std::process::Command;
 use hax_bin::cli::SETTINGS;
 use hax_bin::config::Config;
 
-/// Runs `hax` with `args` and `env` only, none of the caller's `HAX_*`.
+/// Runs `hax` with `args` and `env` only, none of the caller's `HAX_*`
+/// (nor hare's variables, which hax reads too).
 fn hax_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_hax"));
     for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("HAX_") {
+        let name = k.to_string_lossy();
+        if ["HAX_", "HARE_HAX_", "CONSUL_HTTP_"]
+            .iter()
+            .any(|p| name.starts_with(p))
+        {
             cmd.env_remove(k);
         }
     }
@@ -185,6 +190,44 @@ fn help_lists_every_setting_with_its_variable() {
     for opt in ["--config", "--check-config"] {
         assert!(out.contains(opt), "--help lacks {opt}");
     }
+}
+
+/// hare runs its hax with `HARE_HAX_NODE_NAME` and the Consul CLI's
+/// variables: they count over the file, and hax's own names win.
+#[test]
+fn the_environment_hare_sets_counts_and_hax_names_win() {
+    let dir = Dir::new("hare-env");
+    let file = dir.file(
+        "hax.toml",
+        "[consul]\naddress = \"http://127.0.0.1:9999\"\n[identity]\nnode = \"from-file\"\n",
+    );
+    let hare = [
+        ("HARE_HAX_NODE_NAME", "srvnode-1.data.private"),
+        ("CONSUL_HTTP_ADDR", "10.1.2.3:8500"),
+        ("CONSUL_HTTP_SSL", "false"),
+    ];
+    let v = effective(&["--config", &file], &hare);
+    assert_eq!(field(&v, "identity.node"), "srvnode-1.data.private");
+    assert_eq!(field(&v, "consul.address"), "http://10.1.2.3:8500");
+
+    let mut both = hare.to_vec();
+    both.extend([
+        ("HAX_NODE", "mine"),
+        ("HAX_CONSUL_ADDRESS", "127.0.0.1:8600"),
+    ]);
+    let v = effective(&["--config", &file], &both);
+    assert_eq!(field(&v, "identity.node"), "mine");
+    assert_eq!(field(&v, "consul.address"), "127.0.0.1:8600");
+    let v = effective(&["--node", "opt"], &hare);
+    assert_eq!(field(&v, "identity.node"), "opt");
+
+    // A bad value names hare's variable.
+    let (code, _, err) = hax_env(&["--check-config"], &[("CONSUL_HTTP_ADDR", "http://[::1")]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("consul.address (from environment variable CONSUL_HTTP_ADDR)"),
+        "{err}"
+    );
 }
 
 #[test]
