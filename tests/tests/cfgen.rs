@@ -28,6 +28,7 @@ struct Cluster {
     client: ConsulClient,
     kv: CfgenKv,
     hax_endpoint: String,
+    http: SocketAddr,
     hax: Option<Child>,
     log: PathBuf,
     dir: Option<tempfile::TempDir>,
@@ -142,6 +143,7 @@ impl Cluster {
             client,
             kv,
             hax_endpoint,
+            http,
             hax: None,
             log,
             dir: Some(dir),
@@ -154,15 +156,20 @@ impl Cluster {
         let file = std::fs::File::create(&self.log).expect("log file");
         let mut cmd = Command::new(hax_binary());
         for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("HAX_") || k == "NOTIFY_SOCKET" {
+            let name = k.to_string_lossy();
+            if ["HAX_", "HARE_HAX_", "CONSUL_HTTP_"]
+                .iter()
+                .any(|p| name.starts_with(p))
+                || k == "NOTIFY_SOCKET"
+            {
                 cmd.env_remove(k);
             }
         }
-        // Only what hare's unit gives hax: where Consul is, and the port.
+        // Only what hare gives hax: where Consul is, in the Consul CLI's
+        // variable, and the port.
         cmd.env("HAX_MOTR_KEEPALIVE_INTERVAL_MS", "0")
             .env("HAX_LIMITS_BQ_TRIM_INTERVAL_MS", "0")
-            .arg("--consul-address")
-            .arg(self.agents[0].http_addr().to_string())
+            .env("CONSUL_HTTP_ADDR", self.agents[0].http_addr().to_string())
             .arg("--http-bind")
             .arg(http.to_string())
             .args(["--log-format", "json", "--log", "info"])
@@ -346,11 +353,53 @@ fn ft(f: Fid) -> FidText {
     FidText::new(f.container, f.key)
 }
 
+/// The routes and keys the original hax adds to hare's: `GET
+/// /v1/cluster/fetch-fids` lists every node's hax, confd, ioservice and
+/// client processes with their endpoints, and `events/subscription/node`
+/// holds `health_message` from the start.
+async fn serves_what_the_original_added(c: &Cluster) {
+    let url = format!("http://{}/v1/cluster/fetch-fids", c.http);
+    let answer = reqwest::get(&url).await.expect("fetch-fids");
+    assert_eq!(answer.status(), 200);
+    let nodes: serde_json::Value = answer.json().await.expect("JSON");
+    let nodes = nodes.as_array().expect("a list of nodes");
+    assert_eq!(nodes.len(), c.kv.nodes().len());
+    for (node, want) in nodes.iter().zip(c.kv.nodes()) {
+        assert_eq!(node["name"], want.name.as_str());
+        let hax = want.hax().expect("hax");
+        assert_eq!(node["ha_ep"], hax.endpoint.as_str());
+        let svcs = node["svcs"].as_array().expect("svcs");
+        for (name, process) in [
+            ("hax", want.hax()),
+            ("confd", want.confd()),
+            ("ioservice", want.ioservices().first().copied()),
+        ] {
+            let process = process.expect(name);
+            let svc = svcs
+                .iter()
+                .find(|s| s["name"] == name)
+                .unwrap_or_else(|| panic!("{name} of {}: {node}", want.name));
+            assert_eq!(svc["fid"], process.fid().to_string());
+            assert_eq!(svc["ep"], process.endpoint.as_str());
+        }
+    }
+    let subscribed = c
+        .client
+        .kv_get("events/subscription/node")
+        .await
+        .expect("kv")
+        .value
+        .expect("events/subscription/node written at start");
+    let list: Vec<String> = serde_json::from_slice(&subscribed.value).expect("a JSON list");
+    assert_eq!(list, ["health_message"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_node_as_cfgen_writes_it() {
     let c = Cluster::start(CfgenKv::one_node()).await;
     let peers = serves_its_peers(&c).await;
     assert_eq!(peers.len(), 3, "confd, ioservice, client");
+    serves_what_the_original_added(&c).await;
     assert!(c.messages(MALFORMED).is_empty());
 }
 
@@ -358,6 +407,7 @@ async fn one_node_as_cfgen_writes_it() {
 async fn three_nodes_as_cfgen_writes_them() {
     let c = Cluster::start(CfgenKv::three_nodes()).await;
     serves_its_peers(&c).await;
+    serves_what_the_original_added(&c).await;
     assert!(c.messages(MALFORMED).is_empty());
 }
 

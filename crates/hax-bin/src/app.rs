@@ -236,6 +236,11 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
         },
     );
     let kv = HaxKv::new(client.clone());
+    // As the original hax does at its start.
+    match hax_ha::http::events::subscribe_at_start(&kv).await {
+        Ok(list) => tracing::debug!(?list, "subscribed to node health messages"),
+        Err(e) => tracing::warn!(error = %e, "events/subscription/node not written"),
+    }
     let broadcaster = Arc::new(
         Broadcaster::new(view.clone(), ha.clone(), kv.clone()).with_metrics(Arc::clone(&metrics)),
     );

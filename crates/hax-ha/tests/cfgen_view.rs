@@ -195,3 +195,124 @@ async fn a_corrupt_value_leaves_out_its_own_entry() {
         .expect("entrypoint watch");
     cancel.cancel();
 }
+
+/// A node's name and its services: name, fid, endpoint.
+type NodeServices = (String, Vec<(String, String, String)>);
+
+/// `GET /v1/cluster/fetch-fids` answers what hare-fetch-fids reads from
+/// the same keys: every node, its hax, confd, ioservice and client
+/// processes in Consul's key order, their endpoints, the ioservice's
+/// metadata device, the node's HA endpoint and one UUID per node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_fids_reads_what_hare_fetch_fids_reads() {
+    let kv = CfgenKv::three_nodes();
+    let (_agent, c) = bootstrap(&kv).await;
+    let cancel = CancellationToken::new();
+    let config = ViewConfig::new("srvnode-1", Fid::typed(FidType::Process, 1, 0));
+    let view = ClusterView::spawn(c.clone(), config, &cancel);
+    let st = view.wait_loaded(T).await.expect("view loaded");
+    let mut n = 0;
+    let answer = hax_ha::http::fetch_fids::fetch_fids(&st, || {
+        n += 1;
+        format!("uuid-{n}")
+    });
+
+    // hare-fetch-fids's reading of the imported keys, in Consul's order.
+    let store = kv.imported();
+    let clients: Vec<String> =
+        serde_json::from_str(store["m0_client_types"]).expect("m0_client_types");
+    let mut expected: Vec<NodeServices> = store
+        .iter()
+        .filter(|(k, _)| k.starts_with("m0conf/nodes/0x") && k.split('/').count() == 3)
+        .map(|(_, v)| {
+            let v: serde_json::Value = serde_json::from_str(v).expect("node");
+            (v["name"].as_str().expect("name").to_owned(), Vec::new())
+        })
+        .collect();
+    for k in store.keys() {
+        let parts: Vec<&str> = k.split('/').collect();
+        if parts.len() != 7 || parts[3] != "processes" || parts[5] != "services" {
+            continue;
+        }
+        let name = match parts[6] {
+            "ha" => "hax",
+            "confd" => "confd",
+            "ios" => "ioservice",
+            t if clients.iter().any(|c| c == t) => t,
+            _ => continue,
+        };
+        let key: u64 = parts[4].parse().expect("process key");
+        let ep = store[format!("m0conf/nodes/{}/processes/{key}/endpoint", parts[2]).as_str()];
+        let node = expected
+            .iter_mut()
+            .find(|(n, _)| n == parts[2])
+            .expect("a named node");
+        node.1.push((
+            name.to_owned(),
+            format!("0x7200000000000001:{key:#x}"),
+            ep.to_owned(),
+        ));
+    }
+    let got: Vec<NodeServices> = answer
+        .iter()
+        .map(|n| {
+            let svcs = n
+                .svcs
+                .iter()
+                .map(|s| (s.name.clone(), s.fid.to_string(), s.ep.clone().expect("ep")))
+                .collect();
+            (n.name.clone(), svcs)
+        })
+        .collect();
+    assert_eq!(got, expected);
+    assert_eq!(answer.len(), 3);
+    for (i, node) in answer.iter().enumerate() {
+        assert_eq!(
+            node.svcs.len(),
+            4,
+            "{}: hax, confd, ioservice, client",
+            node.name
+        );
+        // In key order: srvnode-3's processes 10 and 11 come before 8 and 9.
+        let hax = node.svcs.iter().find(|s| s.name == "hax").expect("hax");
+        assert_eq!(node.ha_ep.as_deref(), hax.ep.as_deref());
+        assert_eq!(node.uuid, format!("uuid-{}", i + 1));
+        let json = serde_json::to_value(node).expect("json");
+        let ios = json["svcs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "ioservice")
+            .expect("ioservice");
+        let key = ios["fid"].as_str().unwrap().rsplit("0x").next().unwrap();
+        let key = u64::from_str_radix(key, 16).unwrap();
+        assert_eq!(
+            ios["be_seg_path"],
+            store[format!("m0conf/nodes/{}/processes/{key}/meta_data", node.name).as_str()]
+        );
+        assert_eq!(ios["uuid"], node.uuid.as_str());
+        assert_eq!(ios["ha_ep"], node.ha_ep.as_deref().unwrap());
+        let confd = json["svcs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "confd")
+            .expect("confd");
+        assert_eq!(confd["conf_xc"], "/etc/motr/confd.xc");
+        let client = json["svcs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "m0_client_other")
+            .expect("client");
+        assert_eq!(client["profile_fid"], "0x7000000000000001:0x0");
+        let hax = json["svcs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "hax")
+            .expect("hax");
+        assert!(client.get("uuid").is_none() && hax.get("ha_ep").is_none());
+    }
+    cancel.cancel();
+}

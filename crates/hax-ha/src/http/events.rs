@@ -15,6 +15,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
+use hax_consul::schema::{HaxKv, SchemaError};
 use serde::Serialize;
 
 use super::{body_bytes, json_kind, json_object, json_response, ApiState, Failure};
@@ -80,6 +81,28 @@ pub struct SubscriptionsAnswer {
     pub subscriptions: BTreeMap<String, Vec<String>>,
 }
 
+/// Adds `interface` to `list` (or removes it); whether `list` changed.
+fn change(list: &mut Vec<String>, interface: &str, add: bool) -> bool {
+    let present = list.iter().any(|i| i == interface);
+    if add && !present {
+        list.push(interface.to_owned());
+        true
+    } else if !add && present {
+        list.retain(|i| i != interface);
+        true
+    } else {
+        false
+    }
+}
+
+/// The subscription the original hax makes at its start, node health
+/// messages (`events/subscription/node` holds `"health_message"`); what
+/// was there stays.
+pub async fn subscribe_at_start(kv: &HaxKv) -> Result<Vec<String>, SchemaError> {
+    kv.update_event_subscriptions("node", |list| change(list, "health_message", true))
+        .await
+}
+
 async fn apply(state: &ApiState, body: &[u8], add: bool) -> Result<Response, Failure> {
     let pairs = parse_subscriptions(body)?;
     let _slot = state.consul_slot().await?;
@@ -89,18 +112,7 @@ async fn apply(state: &ApiState, body: &[u8], add: bool) -> Result<Response, Fai
     for s in pairs {
         let stored = state
             .kv
-            .update_event_subscriptions(&s.resource, |list| {
-                let present = list.contains(&s.interface);
-                if add && !present {
-                    list.push(s.interface.clone());
-                    true
-                } else if !add && present {
-                    list.retain(|i| *i != s.interface);
-                    true
-                } else {
-                    false
-                }
-            })
+            .update_event_subscriptions(&s.resource, |list| change(list, &s.interface, add))
             .await
             .map_err(|e| Failure::consul(&e))?;
         tracing::info!(

@@ -25,6 +25,7 @@
 //! browsers mark every such request with `Origin`.
 
 pub mod events;
+pub mod fetch_fids;
 pub mod metrics;
 pub mod sns;
 pub mod status;
@@ -365,6 +366,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/sns/repair-status", get(sns::repair_status))
         .route("/api/v1/sns/rebalance-status", get(sns::rebalance_status))
         .route("/v1/cluster/status", get(status::cluster_status))
+        .route(
+            "/v1/cluster/fetch-fids",
+            get(fetch_fids::cluster_fetch_fids),
+        )
         .route(
             "/v1/cluster/status/bytecount",
             get(status::bytecount_status),
