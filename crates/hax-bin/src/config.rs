@@ -549,9 +549,22 @@ impl Config {
     /// start would.
     pub fn secrets(&self) -> Result<Secrets, ConfigError> {
         Ok(Secrets {
-            consul_token: read_token("consul.token_file", self.consul.token_file.as_deref())?,
-            http_token: read_token("http.token_file", self.http.token_file.as_deref())?,
+            consul_token: self.consul_token()?,
+            http_token: self.http_token()?,
         })
+    }
+}
+
+impl Config {
+    /// The bearer token of `http.token_file`, read now; `None` when unset.
+    pub fn http_token(&self) -> Result<Option<hax_consul::AclToken>, ConfigError> {
+        read_token("http.token_file", self.http.token_file.as_deref())
+    }
+
+    /// The Consul ACL token of `consul.token_file`, read now; `None` when
+    /// unset.
+    pub fn consul_token(&self) -> Result<Option<hax_consul::AclToken>, ConfigError> {
+        read_token("consul.token_file", self.consul.token_file.as_deref())
     }
 }
 
