@@ -58,10 +58,7 @@ pub fn base_url(daemon: Option<&str>, cfg: &Config) -> Result<(String, &'static 
             };
             Ok((url, "--daemon"))
         }
-        None => Ok((
-            format!("http://{}", reachable(cfg.http.bind)),
-            "http.bind",
-        )),
+        None => Ok((format!("http://{}", reachable(cfg.http.bind)), "http.bind")),
     }
 }
 
@@ -104,7 +101,11 @@ impl DaemonApi {
 
     /// `POST path` with the JSON `body` (and the token): the answer's body
     /// when it is a success.
-    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> Result<String, CmdError> {
+    pub async fn post_json(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<String, CmdError> {
         let mut req = self
             .web
             .post(format!("{}{path}", self.base))
@@ -184,8 +185,14 @@ mod tests {
             url(None).unwrap(),
             ("http://127.0.0.1:8008".to_owned(), "http.bind")
         );
-        assert_eq!(url(Some("10.0.0.1:9000")).unwrap().0, "http://10.0.0.1:9000");
-        assert_eq!(url(Some("http://node-1:9000/")).unwrap().0, "http://node-1:9000");
+        assert_eq!(
+            url(Some("10.0.0.1:9000")).unwrap().0,
+            "http://10.0.0.1:9000"
+        );
+        assert_eq!(
+            url(Some("http://node-1:9000/")).unwrap().0,
+            "http://node-1:9000"
+        );
         assert!(url(Some("https://n:1")).unwrap_err().contains("plain HTTP"));
         assert!(url(Some("ftp://n:1")).unwrap_err().contains("host:port"));
         assert!(url(Some(" ")).unwrap_err().contains("empty"));

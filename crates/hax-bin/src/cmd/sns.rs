@@ -63,11 +63,15 @@ pub async fn resolve_pool(api: &DaemonApi, given: &str) -> Result<(Fid, Option<S
     let found: Vec<_> = status.pools.iter().filter(|p| p.name == given).collect();
     match found.as_slice() {
         [one] => {
-            let fid = one.fid.to_string().parse::<Fid>().map_err(|e| CmdError::Refused {
-                url: api.url().to_owned(),
-                status: 200,
-                message: format!("pool {given:?} has a bad fid: {e}"),
-            })?;
+            let fid = one
+                .fid
+                .to_string()
+                .parse::<Fid>()
+                .map_err(|e| CmdError::Refused {
+                    url: api.url().to_owned(),
+                    status: 200,
+                    message: format!("pool {given:?} has a bad fid: {e}"),
+                })?;
             Ok((fid, Some(given.to_owned())))
         }
         [] => {

@@ -203,18 +203,20 @@ pub fn render(status: &ClusterStatus) -> String {
     }
 
     match &status.links {
-        None => line("HA links: not shown (read from Consul; only the running daemon knows them)".into()),
+        None => line(
+            "HA links: not shown (read from Consul; only the running daemon knows them)".into(),
+        ),
         Some(held) => render_links(held, &mut line),
     }
     out
 }
 
 fn render_links(held: &HeldLinks, line: &mut impl FnMut(String)) {
+    line(format!("HA links of hax {} on {}:", held.hax, held.node));
     line(format!(
-        "HA links of hax {} on {}:",
-        held.hax, held.node
+        "    # {:<21}  {:<9}  endpoint",
+        "process fid", "name"
     ));
-    line(format!("    # {:<21}  {:<9}  endpoint", "process fid", "name"));
     for l in &held.links {
         let mut text = format!(
             "    {:<23}  {:<9}  {}",
@@ -361,10 +363,21 @@ HA links of hax 0x7200000000000001:0x6 on srvnode-1:
         s.leader = None;
         s.links = None;
         let text = render(&s);
-        assert!(text.starts_with("Data pools:\n    # fid name\n    (none)\nProfiles:\n"), "{text}");
-        assert!(!text.contains("(RC)") && text.contains("RC leader: none\n"), "{text}");
+        assert!(
+            text.starts_with("Data pools:\n    # fid name\n    (none)\nProfiles:\n"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("(RC)") && text.contains("RC leader: none\n"),
+            "{text}"
+        );
         assert!(!text.contains("Bytecount"), "{text}");
-        assert!(text.ends_with("HA links: not shown (read from Consul; only the running daemon knows them)\n"), "{text}");
+        assert!(
+            text.ends_with(
+                "HA links: not shown (read from Consul; only the running daemon knows them)\n"
+            ),
+            "{text}"
+        );
         s.leader = Some("elsewhere".into());
         assert!(render(&s).contains("RC leader: elsewhere (not a node of the configuration)\n"));
         s.links = Some(HeldLinks {

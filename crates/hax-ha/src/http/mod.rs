@@ -5,8 +5,9 @@
 //!   `GET /api/v1/sns/rebalance-status` – SNS repair and rebalance of a pool
 //!   ([`sns`]);
 //! * `GET /v1/cluster/status`, `GET /v1/cluster/status/bytecount` – what
-//!   hare's `hare-status --json` / `--bytecount` print, computed here
-//!   ([`status`]);
+//!   hare's `hare-status --json` / `--bytecount` print, computed here, with
+//!   the RC leader, the broadcast queue's offsets and the links added
+//!   ([`status`]; `hax status` prints it);
 //! * `POST /v1/events/subscribe`, `POST /v1/events/unsubscribe` – event
 //!   subscriptions in `events/subscription/<type>` ([`events`]).
 //!
