@@ -95,6 +95,9 @@ say "the failure as recorded in Consul, and broadcast to every process (see [m0d
 "$consul" kv get processes/0x7200000000000001:0x15
 "$consul" kv get -recurse bq/ | tail -n 3
 
+say "the cluster as hax status shows it (what hctl status shows, with the BQ offsets and the links)"
+"$bin/hax" --http-bind "127.0.0.1:$http" status
+
 wait "$sim" || true
 say "hax metrics"
 curl -fsS "http://127.0.0.1:$http/metrics" 2>/dev/null | grep -v '^#' | grep -v ' 0$' ||

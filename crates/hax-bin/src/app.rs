@@ -344,7 +344,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
         Arc::clone(&stats_metrics),
         ops_stop,
     );
-    let api = hax_ha::http::ApiState::new(kv.clone(), view.clone(), motr, http_token.clone());
+    let api = hax_ha::http::ApiState::new(kv.clone(), view.clone(), motr, http_token.clone())
+        .with_links(ha.clone());
 
     let app_state = AppState::new(updates_tx.clone(), server_cfg).with_bq_floor(bq_floor);
     // The one registry `/metrics` encodes: each part registers the

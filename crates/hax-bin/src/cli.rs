@@ -1,5 +1,7 @@
 //! The `hax` command line: every setting of [`Config`] can be given here or
 //! in its `HAX_*` environment variable, and overrides the configuration file.
+//! Without a command `hax` runs the daemon; the commands ([`Command`]) ask a
+//! running daemon, or Consul, and print what they learn.
 //!
 //! Each setting is declared once, in `settings!` below: its option, its variable
 //! (read by clap) and the field it sets. Values are taken as text and parsed
@@ -8,10 +10,10 @@
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::parser::ValueSource;
-use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use hax_core::Fid;
 
 use crate::config::{Config, ConfigError, LogFormat, Origin};
@@ -25,16 +27,28 @@ pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (backend: motr)")
 #[cfg(not(feature = "motr"))]
 pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (backend: emulator)");
 
+/// Where the commands look for the daemon's configuration when neither
+/// `--config` nor `HAX_CONFIG` names one: the file the systemd unit gives
+/// the daemon (`dist/hax.service`).
+pub const DEFAULT_CONFIG: &str = "/etc/hax/hax.toml";
+
 /// hax: the HA link eXtender between Motr m0d processes and Consul.
 ///
-/// Settings come from the configuration file (TOML), then HAX_* environment
-/// variables, then these options. Unset identity settings are read from
-/// Consul (the `hax` service registered on the local node).
+/// Without a command, runs the daemon. Settings come from the configuration
+/// file (TOML), then HAX_* environment variables, then these options. Unset
+/// identity settings are read from Consul (the `hax` service registered on
+/// the local node).
+///
+/// The commands `status` and `sns` ask the running daemon instead, found
+/// through the same settings (http.bind, http.token_file; consul.address
+/// for `status --consul`), read from /etc/hax/hax.toml when no --config is
+/// given. Exit status: 0 done, 1 the daemon or Consul could not be reached
+/// or refused, 2 a usage or configuration error.
 #[derive(Debug, Parser)]
 #[command(name = "hax", version = VERSION)]
 pub struct Args {
     /// Configuration file (TOML).
-    #[arg(short, long, env = "HAX_CONFIG", value_name = "FILE")]
+    #[arg(short, long, env = "HAX_CONFIG", value_name = "FILE", global = true)]
     pub config: Option<PathBuf>,
     /// Every setting of the file.
     #[command(flatten)]
@@ -42,6 +56,9 @@ pub struct Args {
     /// Print the effective configuration (TOML) and exit.
     #[arg(long)]
     pub check_config: bool,
+    /// A command for a running hax; none runs the daemon.
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// Where each setting given here came from; `None` when built by
     /// clap's own `Parser` methods, which do not tell (use
     /// [`Args::from_env`] or [`Args::try_from_args`]).
@@ -171,6 +188,122 @@ settings! {
     stats_bytecount_interval_ms, "HAX_STATS_BYTECOUNT_INTERVAL_MS" => stats.bytecount_interval_ms: u64, value_name = "MS";
 }
 
+/// The commands of `hax`, beside running the daemon.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show the cluster as hax sees it.
+    ///
+    /// What `hctl status` shows (data pools, profiles, the processes of each
+    /// node with their status and fid, the RC leader), each process's
+    /// recorded state, the byte counts, each node's offset and lag in the
+    /// broadcast queue, and the HA links the daemon holds. Asks the daemon
+    /// of this node (GET /v1/cluster/status at http.bind); with --consul,
+    /// reads Consul (consul.address) directly, which works without a
+    /// running daemon but cannot show its links.
+    Status(StatusArgs),
+    /// Control SNS repair or rebalance of a pool, or show its progress.
+    ///
+    /// Goes through the daemon (POST /api/v1/sns/<kind>-<action>, GET
+    /// /api/v1/sns/<kind>-status), which asks Motr and answers with Motr's
+    /// outcome. The daemon's bearer token (http.token_file) is sent with
+    /// the requests that change something.
+    Sns(SnsArgs),
+}
+
+/// `hax status`.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// Read Consul (consul.address, consul.token_file) directly instead of
+    /// asking the daemon; the links are left out.
+    #[arg(long)]
+    pub consul: bool,
+    /// How to reach the daemon and what to print.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `hax sns`.
+#[derive(Debug, clap::Args)]
+pub struct SnsArgs {
+    /// Which copy machine.
+    #[arg(value_enum)]
+    pub kind: SnsKindArg,
+    /// What to do with it.
+    #[arg(value_enum)]
+    pub action: SnsAction,
+    /// The pool: its fid (0x6f00000000000001:0x9) or its name in
+    /// m0conf/pools/.
+    #[arg(value_name = "POOL")]
+    pub pool: String,
+    /// How to reach the daemon and what to print.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// The copy machines of `hax sns`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SnsKindArg {
+    /// Rebuild the data of failed drives elsewhere.
+    Repair,
+    /// Move repaired data back onto replaced drives.
+    Rebalance,
+}
+
+impl SnsKindArg {
+    /// The name the API routes use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SnsKindArg::Repair => "repair",
+            SnsKindArg::Rebalance => "rebalance",
+        }
+    }
+}
+
+/// What `hax sns` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SnsAction {
+    /// Start it.
+    Start,
+    /// Abort it.
+    Stop,
+    /// Pause (quiesce) it.
+    Pause,
+    /// Resume (continue) it after a pause.
+    Resume,
+    /// Show the state and progress on each ioservice of the pool.
+    Status,
+}
+
+impl SnsAction {
+    /// The name the API routes use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SnsAction::Start => "start",
+            SnsAction::Stop => "stop",
+            SnsAction::Pause => "pause",
+            SnsAction::Resume => "resume",
+            SnsAction::Status => "status",
+        }
+    }
+}
+
+/// What the commands share.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientArgs {
+    /// Print the answer as JSON (the API's answer) instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// The daemon's HTTP address, host:port or an http:// URL [default:
+    /// http.bind of the configuration, loopback when it binds every
+    /// address].
+    #[arg(long, value_name = "ADDR")]
+    pub daemon: Option<String>,
+    /// Seconds to wait for each answer.
+    #[arg(long, value_name = "SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub timeout: u64,
+}
+
 impl Args {
     /// Parses the process's command line and environment; on a usage error
     /// prints clap's message and exits with status 2.
@@ -200,7 +333,24 @@ impl Args {
     /// them ([`Config::secrets`]). An error names the setting and where its
     /// value came from.
     pub fn config(&self) -> Result<Config, ConfigError> {
-        let (mut c, in_file) = match &self.config {
+        self.merged(self.config.as_deref(), true)
+    }
+
+    /// The configuration the commands use to find the daemon: as
+    /// [`Args::config`], from [`DEFAULT_CONFIG`] when no file is named and
+    /// it exists, and without reading the token files, which only the
+    /// requests that need a token read ([`Config::http_token`]).
+    pub fn client_config(&self) -> Result<Config, ConfigError> {
+        let default = Path::new(DEFAULT_CONFIG);
+        let file = match &self.config {
+            Some(path) => Some(path.as_path()),
+            None => default.exists().then_some(default),
+        };
+        self.merged(file, false)
+    }
+
+    fn merged(&self, file: Option<&Path>, read_secrets: bool) -> Result<Config, ConfigError> {
+        let (mut c, in_file) = match file {
             Some(path) => Config::from_file_with_keys(path)?,
             None => (Config::default(), Vec::new()),
         };
@@ -220,14 +370,20 @@ impl Args {
             if let Some((_, o)) = from_hare.iter().find(|(k, _)| *k == key) {
                 return Some(o.clone());
             }
-            Some(match &self.config {
-                Some(path) if in_file.iter().any(|k| k == key) => Origin::File(path.clone()),
+            Some(match file {
+                Some(path) if in_file.iter().any(|k| k == key) => Origin::File(path.to_owned()),
                 _ => Origin::Default,
             })
         };
         self.settings.apply(&mut c, origin)?;
         c.validate()
-            .and_then(|()| c.secrets().map(drop))
+            .and_then(|()| {
+                if read_secrets {
+                    c.secrets().map(drop)
+                } else {
+                    Ok(())
+                }
+            })
             .map_err(|e| match e {
                 ConfigError::Invalid {
                     name,

@@ -546,9 +546,8 @@ impl Config {
     /// name: an empty HTTP token would let every request through, an empty
     /// Consul token is Consul's anonymous one (leave the setting out for
     /// that). `--check-config` reads them too, so that it refuses what a
-    /// start would.
-    /// Without `consul.token_file`, the Consul token is `CONSUL_HTTP_TOKEN`'s,
-    /// as hare sets it.
+    /// start would. Without `consul.token_file`, the Consul token is
+    /// `CONSUL_HTTP_TOKEN`'s, as hare sets it.
     pub fn secrets(&self) -> Result<Secrets, ConfigError> {
         self.secrets_with(|name| std::env::var(name).ok())
     }
@@ -558,14 +557,32 @@ impl Config {
         &self,
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<Secrets, ConfigError> {
-        let consul_token = match self.consul.token_file.as_deref() {
-            Some(path) => read_token("consul.token_file", Some(path))?,
-            None => crate::hare_env::consul_token(lookup),
-        };
         Ok(Secrets {
-            consul_token,
-            http_token: read_token("http.token_file", self.http.token_file.as_deref())?,
+            consul_token: self.consul_token_with(lookup)?,
+            http_token: self.http_token()?,
         })
+    }
+
+    /// The bearer token of `http.token_file`, read now; `None` when unset.
+    pub fn http_token(&self) -> Result<Option<hax_consul::AclToken>, ConfigError> {
+        read_token("http.token_file", self.http.token_file.as_deref())
+    }
+
+    /// The Consul ACL token of `consul.token_file`, read now, or else
+    /// `CONSUL_HTTP_TOKEN`'s; `None` when neither is set.
+    pub fn consul_token(&self) -> Result<Option<hax_consul::AclToken>, ConfigError> {
+        self.consul_token_with(|name| std::env::var(name).ok())
+    }
+
+    /// [`Config::consul_token`], with the environment read through `lookup`.
+    pub fn consul_token_with(
+        &self,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<hax_consul::AclToken>, ConfigError> {
+        match self.consul.token_file.as_deref() {
+            Some(path) => read_token("consul.token_file", Some(path)),
+            None => Ok(crate::hare_env::consul_token(lookup)),
+        }
     }
 }
 

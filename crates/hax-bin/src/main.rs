@@ -1,6 +1,7 @@
 //! `hax`: the HA link eXtender daemon. Parses the command line, sets up
 //! logging, and runs [`hax_bin::app::run`] until SIGTERM or SIGINT; a second
-//! signal exits at once.
+//! signal exits at once. With a command (`hax status`, `hax sns`), runs that
+//! instead ([`hax_bin::cmd::run`]).
 
 mod nofile;
 mod signals;
@@ -11,6 +12,12 @@ use hax_bin::cli::Args;
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
+    // Parsing starts no thread. A command is a client: Ctrl-C ends it as
+    // any tool, so it keeps the signals unblocked.
+    let args = Args::from_env();
+    if let Some(command) = &args.command {
+        return hax_bin::cmd::run(&args, command);
+    }
     // Before anything can start a thread: every thread must inherit the mask.
     let blocked = match signals::block() {
         Ok(b) => b,
@@ -19,7 +26,6 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let args = Args::from_env();
     let cfg = match args.config() {
         Ok(c) => c,
         Err(e) => {

@@ -2183,6 +2183,22 @@ impl HaxKv {
         }
     }
 
+    /// Every consumer's delivered offset (`bq-delivered/<consumer>`), by
+    /// consumer name. An offset that is not a number is left out: its
+    /// consumer cannot read it either.
+    pub async fn queue_offsets(&self, kind: QueueKind) -> Result<BTreeMap<String, u64>> {
+        let prefix = kind.offsets_prefix();
+        let listed = self.client.kv_list(prefix).await?.value;
+        Ok(listed
+            .iter()
+            .filter_map(|p| {
+                let name = p.key.strip_prefix(prefix).filter(|n| !n.is_empty())?;
+                let offset = decode_decimal(&p.key, &p.value).ok()?;
+                Some((name.to_owned(), offset))
+            })
+            .collect())
+    }
+
     /// The current epoch of a queue, `None` when never initialised.
     pub async fn queue_epoch(&self, kind: QueueKind) -> Result<Option<u64>> {
         let key = kind.epoch_key();

@@ -157,3 +157,32 @@ async fn pools_profiles_byte_counts_and_subscriptions() {
         .is_empty());
     assert!(kv.update_event_subscriptions("no/de", add).await.is_err());
 }
+
+#[tokio::test]
+async fn queue_offsets_of_every_consumer() {
+    use hax_consul::schema::QueueKind;
+    let agent = DevAgent::start().await.expect("agent");
+    let c = agent.client().expect("client");
+    let kv = HaxKv::new(c.clone());
+    assert!(kv
+        .queue_offsets(QueueKind::Broadcast)
+        .await
+        .expect("offsets")
+        .is_empty());
+    c.kv_put("bq-delivered/srvnode-1", "17").await.expect("put");
+    // Hare's tools sometimes write the JSON string form.
+    c.kv_put("bq-delivered/srvnode-2", "\"4\"")
+        .await
+        .expect("put");
+    c.kv_put("bq-delivered/broken", "soon").await.expect("put");
+    c.kv_put("eq-delivered/srvnode-1", "3").await.expect("put");
+    let offsets = kv
+        .queue_offsets(QueueKind::Broadcast)
+        .await
+        .expect("offsets");
+    assert_eq!(
+        offsets.into_iter().collect::<Vec<_>>(),
+        [("srvnode-1".to_owned(), 17), ("srvnode-2".to_owned(), 4)],
+        "numbers only, of the broadcast queue only"
+    );
+}

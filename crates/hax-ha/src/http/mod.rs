@@ -5,8 +5,9 @@
 //!   `GET /api/v1/sns/rebalance-status` – SNS repair and rebalance of a pool
 //!   ([`sns`]);
 //! * `GET /v1/cluster/status`, `GET /v1/cluster/status/bytecount` – what
-//!   hare's `hare-status --json` / `--bytecount` print, computed here
-//!   ([`status`]);
+//!   hare's `hare-status --json` / `--bytecount` print, computed here, with
+//!   the RC leader, the broadcast queue's offsets and the links added
+//!   ([`status`]; `hax status` prints it);
 //! * `POST /v1/events/subscribe`, `POST /v1/events/unsubscribe` – event
 //!   subscriptions in `events/subscription/<type>` ([`events`]).
 //!
@@ -47,7 +48,7 @@ use hax_consul::server::{
     bearer_token_given, body_rejection, refuse_body_type, ApiError, BodyTypes,
 };
 use hax_consul::AclToken;
-use hax_core::MotrClient;
+use hax_core::{HaLink, MotrClient};
 
 use crate::view::ClusterView;
 
@@ -57,7 +58,7 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 /// How long a request waits for Motr (the original's SNS status wait).
 pub const MOTR_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// API requests that use Consul at once (a status request makes four
+/// API requests that use Consul at once (a status request makes six
 /// reads at a time). Without a bound, the HTTP server's 256 connections
 /// opened a thousand connections to the agent, whose default limit per
 /// client address (`limits.http_max_conns_per_client`, 200) hax's own
@@ -74,6 +75,7 @@ pub struct ApiState {
     kv: HaxKv,
     view: ClusterView,
     motr: MotrClient,
+    links: Option<HaLink>,
     token: Option<Arc<AclToken>>,
     metrics: Arc<ApiMetrics>,
     consul_slots: Arc<tokio::sync::Semaphore>,
@@ -87,10 +89,18 @@ impl ApiState {
             kv,
             view,
             motr,
+            links: None,
             token: token.map(Arc::new),
             metrics: Arc::new(ApiMetrics::default()),
             consul_slots: Arc::new(tokio::sync::Semaphore::new(CONSUL_REQUESTS)),
         }
+    }
+
+    /// Shows the links of `ha` in the cluster status
+    /// ([`status::ClusterStatus::links`]).
+    pub fn with_links(mut self, ha: HaLink) -> Self {
+        self.links = Some(ha);
+        self
     }
 
     /// One of the [`CONSUL_REQUESTS`] slots, held while a request uses
