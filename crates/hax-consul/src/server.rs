@@ -33,6 +33,9 @@
 //! deliveries and health checks out.
 
 mod slots;
+mod tls;
+
+pub use tls::{TlsConfig, TlsError};
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -134,6 +137,9 @@ pub struct ServerConfig {
     /// from the first byte, or from the end of the previous request on a
     /// kept-alive connection: the connection is closed after it.
     pub header_timeout: Duration,
+    /// Answer over TLS (HTTPS) with this certificate; plain HTTP when
+    /// `None`. A client must finish its handshake within `header_timeout`.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for ServerConfig {
@@ -147,6 +153,7 @@ impl Default for ServerConfig {
             body_budget: 32 * 1024 * 1024,
             max_connections: 256,
             header_timeout: Duration::from_secs(5),
+            tls: None,
         }
     }
 }
@@ -874,6 +881,52 @@ pub async fn serve(
     serve_with(listener, router, cancel, &config).await
 }
 
+/// Serves one connection until it ends, its slot goes to a newer one, its
+/// request head does not come within `head_timeout`, or `cancel` (then
+/// in-flight requests finish).
+async fn serve_connection<S, IO>(
+    http: &hyper::server::conn::http1::Builder,
+    stream: IO,
+    service: S,
+    slot: Arc<slots::Slot>,
+    head_timeout: Duration,
+    cancel: CancellationToken,
+    peer: SocketAddr,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::ResBody: 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let conn = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    let mut conn = std::pin::pin!(conn);
+    let result = loop {
+        // hyper's own head deadline starts at the first byte; this one also
+        // closes a connection that sends nothing.
+        let head_deadline = slot.head_deadline(head_timeout);
+        tokio::select! {
+            r = conn.as_mut() => break r,
+            _ = cancel.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                break conn.as_mut().await;
+            }
+            _ = slot.taken_over() => {
+                tracing::debug!(%peer, "http connection closed: its slot went to a new connection");
+                return;
+            }
+            _ = sleep_until_some(head_deadline) => {
+                if slot.head_deadline(head_timeout).is_some_and(|d| d <= tokio::time::Instant::now()) {
+                    tracing::debug!(%peer, "http connection closed: no request head within the deadline");
+                    return;
+                }
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "http connection ended");
+    }
+}
+
 /// Sleeps until `deadline`, forever without one.
 async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
     match deadline {
@@ -900,11 +953,11 @@ pub async fn serve_with(
     cancel: CancellationToken,
     config: &ServerConfig,
 ) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::rt::TokioTimer;
     use hyper_util::service::TowerToHyperService;
 
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, max_connections = config.max_connections, "watch server listening");
+    tracing::info!(%addr, max_connections = config.max_connections, https = config.tls.is_some(), "watch server listening");
     let router = router.layer(middleware::from_fn_with_state(
         BodyBudget::new(config),
         body_budget,
@@ -948,34 +1001,26 @@ pub async fn serve_with(
             inner: service.clone(),
             slot: Arc::clone(&slot),
         };
-        let conn = http.serve_connection(TokioIo::new(stream), service);
+        let http = http.clone();
         let cancel = cancel.clone();
+        let tls = config.tls.clone();
         connections.spawn(async move {
-            let mut conn = std::pin::pin!(conn);
-            let result = loop {
-                // hyper's own head deadline starts at the first byte; this
-                // one also closes a connection that sends nothing.
-                let head_deadline = slot.head_deadline(head_timeout);
-                tokio::select! {
-                    r = conn.as_mut() => break r,
-                    _ = cancel.cancelled() => {
-                        conn.as_mut().graceful_shutdown();
-                        break conn.as_mut().await;
-                    }
-                    _ = slot.taken_over() => {
-                        tracing::debug!(%peer, "http connection closed: its slot went to a new connection");
-                        return;
-                    }
-                    _ = sleep_until_some(head_deadline) => {
-                        if slot.head_deadline(head_timeout).is_some_and(|d| d <= tokio::time::Instant::now()) {
-                            tracing::debug!(%peer, "http connection closed: no request head within the deadline");
-                            return;
-                        }
-                    }
-                }
+            let Some(tls) = tls else {
+                return serve_connection(&http, stream, service, slot, head_timeout, cancel, peer)
+                    .await;
             };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "http connection ended");
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&tls.0));
+            let handshake = tokio::select! {
+                r = tokio::time::timeout(head_timeout, acceptor.accept(stream)) => r,
+                _ = slot.taken_over() => return,
+                _ = cancel.cancelled() => return,
+            };
+            match handshake {
+                Ok(Ok(stream)) => {
+                    serve_connection(&http, stream, service, slot, head_timeout, cancel, peer).await
+                }
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake not done within the head deadline"),
             }
         });
     }

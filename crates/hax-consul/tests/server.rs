@@ -553,3 +553,77 @@ async fn consul_watch_handlers_deliver_to_the_server_and_resync_fills_gaps() {
         .expect("join")
         .expect("serve");
 }
+
+/// With a certificate (hare's `ssl/hax`), the server answers over HTTPS:
+/// Consul's watch handlers, configured as hare's update-consul-conf writes
+/// them for https (`tls_skip_verify`), deliver to it; a client that does not
+/// speak TLS gets nothing and holds nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul_watch_handlers_deliver_over_https() {
+    let dir = tempfile::tempdir().expect("dir");
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+    let (cert, key) = (dir.path().join("hax.crt"), dir.path().join("hax.key"));
+    std::fs::write(&cert, made.cert.pem()).expect("cert file");
+    std::fs::write(&key, made.signing_key.serialize_pem()).expect("key file");
+    let config = ServerConfig {
+        bind: "127.0.0.1:0".parse().expect("addr"),
+        tls: Some(hax_consul::server::TlsConfig::from_pem_files(&cert, &key).expect("tls")),
+        ..ServerConfig::default()
+    };
+    let (tx, mut rx) = mpsc::channel(64);
+    let listener = hax_consul::server::bind(&config).await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let cancel = CancellationToken::new();
+    let server = {
+        let router = router(AppState::new(tx, config.clone()));
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            hax_consul::server::serve_with(listener, router, cancel, &config).await
+        })
+    };
+    let watches = serde_json::json!([{
+        "type": "keyprefix", "prefix": "bq/", "handler_type": "http",
+        "http_handler_config": {
+            "path": format!("https://{addr}/watcher/bq"), "method": "POST",
+            "tls_skip_verify": true, "timeout": "10s"
+        }
+    }]);
+    let agent = DevAgent::builder()
+        .extra_config(serde_json::json!({ "watches": watches }))
+        .start()
+        .await
+        .expect("agent with watches");
+    let c = agent.client().expect("client");
+    let m = QueueMessage::new(
+        "t",
+        "PROCESS-STATE-UPDATE",
+        serde_json::json!({"fid": "0x7200000000000001:0x6", "state": "M0_CONF_HA_PROCESS_STARTED", "type": "M0_CONF_HA_PROCESS_M0D"}),
+    );
+    QueuePublisher::new(c.clone(), QueueKind::Broadcast)
+        .publish(&m)
+        .await
+        .expect("publish");
+    tokio::time::timeout(T, async {
+        loop {
+            let u = rx.recv().await.expect("channel open");
+            if matches!(&u.data, UpdateData::BroadcastQueue(e) if e.len() == 1) {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the BQ entry delivered over https");
+
+    // Plain HTTP on the TLS port: no answer, and the connection is closed.
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: hax\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(T, s.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the server closed the connection");
+    assert!(!buf.starts_with(b"HTTP/1.1 200"), "{buf:?}");
+
+    cancel.cancel();
+    server.await.expect("join").expect("served");
+}
