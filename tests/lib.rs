@@ -402,6 +402,12 @@ pub struct Options {
     pub hax_env: Vec<(String, String)>,
     /// Run hax under these descriptor limits, soft and hard (`ulimit -n`).
     pub nofile: Option<(u64, u64)>,
+    /// The agent's node name (default `hax-test`).
+    pub node_name: Option<String>,
+    /// hax is not told where to listen (`--http-bind`): it takes the hax
+    /// catalog service's node and `http_port` meta, as the original. Needs
+    /// a node name that resolves to loopback ([`Options::node_name`]).
+    pub bind_from_catalog: bool,
 }
 
 impl Default for Options {
@@ -416,6 +422,8 @@ impl Default for Options {
             acl_token_in_env: false,
             hax_env: Vec::new(),
             nofile: None,
+            node_name: None,
+            bind_from_catalog: false,
         }
     }
 }
@@ -492,6 +500,9 @@ impl Env {
             .extra_config(watches(http));
         if let Some(t) = &opts.acl_token {
             builder = builder.acl_master_token(t.clone());
+        }
+        if let Some(n) = &opts.node_name {
+            builder = builder.node_name(n);
         }
         let agent = builder
             .start()
@@ -605,8 +616,12 @@ impl Env {
             .map_or(self.agent.http_addr(), FaultProxy::addr);
         cmd.arg("--consul-address")
             .arg(consul.to_string())
-            .arg("--http-bind")
-            .arg(self.http.to_string())
+            .args(
+                (!self.opts.bind_from_catalog)
+                    .then(|| ["--http-bind".to_owned(), self.http.to_string()])
+                    .into_iter()
+                    .flatten(),
+            )
             .args(["--log-format", "json", "--log", &self.opts.log_filter])
             .args(&self.opts.hax_args)
             .args(

@@ -1,4 +1,4 @@
-//! Security of the running daemon: loopback by default, the bearer token on
+//! Security of the running daemon: where it listens, the bearer token on
 //! every state-changing request (the watch routes and the API routes), and
 //! the Consul ACL token read from a file and never written to a log or an
 //! answer, even at trace level and when Consul refuses it.
@@ -16,19 +16,42 @@ fn secret(what: &str) -> String {
     )
 }
 
-#[test]
-fn http_binds_loopback_by_default() {
-    let out = std::process::Command::new(hax_binary())
-        .arg("--check-config")
-        .env_clear()
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let text = String::from_utf8_lossy(&out.stdout);
-    // `--check-config` prints the effective configuration as TOML.
+/// Without `http.bind`, hax listens where the original did and where hare's
+/// watches call it: the node of its catalog service (here `localhost`) and
+/// the service's `http_port` meta. `hax status` finds it the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_http_bind_hax_listens_where_the_catalog_says() {
+    let env = Env::start(Options {
+        node_name: Some("localhost".into()),
+        bind_from_catalog: true,
+        ..Options::default()
+    })
+    .await;
+    // Env::start waited for /healthz on the sample's http_port.
+    let listening = env.log_messages(1, "http listening");
+    assert_eq!(listening.len(), 1, "{listening:?}");
+    assert_eq!(listening[0]["addr"], env.http.to_string());
     assert!(
-        text.contains("[http]\nbind = \"127.0.0.1:8008\"\n"),
-        "{text}"
+        listening[0]["from"]
+            .as_str()
+            .is_some_and(|f| f.contains("catalog")),
+        "{listening:?}"
+    );
+    let out = std::process::Command::new(hax_binary())
+        .args([
+            "--consul-address",
+            &env.agent.http_addr().to_string(),
+            "status",
+            "--json",
+        ])
+        .env_remove("HAX_HTTP_BIND")
+        .output()
+        .expect("hax status");
+    assert!(out.status.success(), "{out:?}");
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert!(
+        status["links"]["links"].is_array(),
+        "answered by the daemon: {status}"
     );
 }
 
@@ -237,6 +260,12 @@ async fn bodies_a_web_page_can_send_change_nothing() {
             (r.status().as_u16(), r.text().await.unwrap_or_default())
         }
     };
+    // hax subscribes at its start, as the original.
+    let at_start = stored().await;
+    assert_eq!(
+        at_start.as_ref().map(|(v, _)| v.as_str()),
+        Some(r#"["health_message"]"#)
+    );
     let subscribe = r#"{"node": "health_message"}"#;
     let sns = format!(r#"{{"cmd": "start", "fid": "{}"}}"#, hax_e2e::pool_fid());
     let origin = ("origin", "https://attacker.example");
@@ -270,7 +299,7 @@ async fn bodies_a_web_page_can_send_change_nothing() {
             assert_eq!(status, 415, "{path} {headers:?}: {body}");
         }
     }
-    assert_eq!(stored().await, None, "a refused request wrote the KV");
+    assert_eq!(stored().await, at_start, "a refused request wrote the KV");
     assert!(
         !env.log_has(1, "SNS operation requested"),
         "a refused request reached Motr"

@@ -64,13 +64,18 @@ pub enum AppError {
         source: hax_core::Error,
     },
     /// The HTTP server could not listen.
-    #[error("cannot listen for HTTP on {addr} (http.bind): {source}")]
+    #[error("cannot listen for HTTP on {addr} ({from}): {source}")]
     Http {
         /// The address.
         addr: std::net::SocketAddr,
+        /// What said to listen there.
+        from: &'static str,
         /// Why.
         source: std::io::Error,
     },
+    /// No address or certificate to listen with.
+    #[error(transparent)]
+    Listen(#[from] crate::listen::ListenError),
 }
 
 impl AppError {
@@ -199,18 +204,27 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
     // Every port is ours before Motr starts or hax's state is written: a second
     // hax of the same identity must fail here, not after Motr's start
     // (whose stop would record hax STOPPED over the running one).
+    let (http_addr, http_from) =
+        crate::listen::address(cfg.http.bind.as_ref(), &client, &id.node).await?;
+    let tls = crate::listen::tls(&HaxKv::new(client.clone())).await?;
+    if http_token.is_none() && !http_addr.ip().is_loopback() {
+        tracing::warn!(%http_addr, "the HTTP API is reachable from the network and no http.token_file is set: anyone who reaches it can change state");
+    }
     let server_cfg = ServerConfig {
-        bind: cfg.http.bind,
+        bind: http_addr,
         bearer_token: http_token.clone(),
+        tls,
         ..ServerConfig::default()
     };
     let serve_cfg = server_cfg.clone();
     let listener = server::bind(&server_cfg)
         .await
         .map_err(|source| AppError::Http {
-            addr: cfg.http.bind,
+            addr: http_addr,
+            from: http_from,
             source,
         })?;
+    tracing::info!(addr = %http_addr, from = http_from, https = server_cfg.tls.is_some(), "http listening");
     let halon_cfg = HalonConfig {
         endpoint: id.endpoint.clone(),
         process_fid: id.process_fid,
@@ -393,7 +407,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
     tracing::info!(
         elapsed_ms = started.elapsed().as_millis() as u64,
         endpoint = %id.endpoint,
-        http = %cfg.http.bind,
+        http = %http_addr,
         backend = hax_core::BACKEND,
         "hax ready"
     );

@@ -9,7 +9,6 @@
 //! from (clap does not tell an environment variable from an option).
 
 use std::ffi::OsString;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use clap::parser::ValueSource;
@@ -17,6 +16,7 @@ use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand, Value
 use hax_core::Fid;
 
 use crate::config::{Config, ConfigError, LogFormat, Origin};
+use crate::listen::BindAddr;
 
 /// `hax --version`: the version and the Motr backend it was built for
 /// (hax-core's `BACKEND`, which a test checks it names).
@@ -148,8 +148,10 @@ settings! {
     consul_token_file, "HAX_CONSUL_TOKEN_FILE" => consul.token_file: PathBuf, value_name = "FILE";
     /// Timeout of each Consul request in milliseconds.
     consul_request_timeout_ms, "HAX_CONSUL_REQUEST_TIMEOUT_MS" => consul.request_timeout_ms: u64, value_name = "MS";
-    /// Address of the HTTP server (watch handlers, /metrics, /healthz).
-    http_bind, "HAX_HTTP_BIND" => http.bind: SocketAddr, value_name = "ADDR:PORT";
+    /// Where the HTTP server listens (watch handlers, API, /metrics, /healthz):
+    /// host:port, the host an address or a name; unset, the node and
+    /// http_port of the local hax catalog service, as the original hax.
+    http_bind, "HAX_HTTP_BIND" => http.bind: BindAddr, value_name = "HOST:PORT";
     /// File holding the bearer token HTTP requests must carry.
     http_token_file, "HAX_HTTP_TOKEN_FILE" => http.token_file: PathBuf, value_name = "FILE";
     /// Local node name.
@@ -500,7 +502,7 @@ mod tests {
             "0x7200000000000001:0x6",
         ])
         .unwrap();
-        assert_eq!(c.http.bind.port(), 9100);
+        assert_eq!(c.http.bind.as_ref().map(|b| b.port()), Some(9100));
         assert_eq!(c.limits.event_queue, 7, "the file's value stays");
         assert_eq!(c.limits.bq_retain, 3);
         assert_eq!(c.identity.process_fid.map(|f| f.key), Some(6));

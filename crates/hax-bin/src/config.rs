@@ -3,11 +3,12 @@
 //! holds the settings and the file; the environment and the command line are
 //! declared once per setting in [`crate::cli`].
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hax_core::Fid;
+
+use crate::listen::BindAddr;
 use serde::{Deserialize, Serialize};
 
 /// A setting that could not be read.
@@ -125,11 +126,14 @@ pub struct ConsulSection {
 }
 
 /// `[http]`
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpSection {
-    /// Where the HTTP server listens (loopback by default).
-    pub bind: SocketAddr,
+    /// Where the HTTP server listens (`host:port`, the host an address or
+    /// a name). Unset: where the original hax listened, the node of the
+    /// local `hax` catalog service and its `http_port` meta
+    /// ([`crate::listen`]); `127.0.0.1:8008` when the catalog has none.
+    pub bind: Option<BindAddr>,
     /// File holding a bearer token: when set, requests need
     /// `Authorization: Bearer <token>` (all but `GET /healthz`, `GET
     /// /metrics` and the read-only API routes). Never logged.
@@ -274,15 +278,6 @@ impl Default for ConsulSection {
             address: "127.0.0.1:8500".into(),
             token_file: None,
             request_timeout_ms: 10_000,
-        }
-    }
-}
-
-impl Default for HttpSection {
-    fn default() -> Self {
-        HttpSection {
-            bind: SocketAddr::from(([127, 0, 0, 1], 8008)),
-            token_file: None,
         }
     }
 }
@@ -621,9 +616,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_bind_loopback() {
+    fn bind_defaults_to_the_catalog() {
         let c = Config::default();
-        assert!(c.http.bind.ip().is_loopback());
+        assert_eq!(c.http.bind, None);
         assert_eq!(Config::from_toml("").unwrap(), c);
     }
 

@@ -10,5 +10,6 @@ pub mod cmd;
 pub mod config;
 pub mod hare_env;
 pub mod heap;
+pub mod listen;
 pub mod logging;
 pub mod notify;

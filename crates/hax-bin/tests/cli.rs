@@ -402,7 +402,7 @@ fn check_config_prints_toml_the_file_reads_back() {
     let path = dir.file("effective.toml", &out);
     let c = Config::from_file(Path::new(&path)).unwrap_or_else(|e| panic!("{out}: {e}"));
     let mut want = Config::default();
-    want.http.bind = "127.0.0.1:9999".parse().expect("addr");
+    want.http.bind = Some("127.0.0.1:9999".parse().expect("addr"));
     want.identity.ha_service_fid = Some("0x7300000000000001:0x7".parse().expect("fid"));
     want.identity.node = Some("srvnode-1".into());
     want.log.format = hax_bin::config::LogFormat::Json;

@@ -11,6 +11,7 @@ use hax_consul::AclToken;
 use super::CmdError;
 use crate::cli::ClientArgs;
 use crate::config::Config;
+use crate::listen::BindAddr;
 
 /// The daemon's API.
 #[derive(Debug, Clone)]
@@ -33,9 +34,44 @@ pub fn reachable(bind: SocketAddr) -> SocketAddr {
     SocketAddr::new(ip, bind.port())
 }
 
+/// The URL of a server bound to `bind`.
+fn url_of(bind: &BindAddr) -> String {
+    match bind.host().parse::<IpAddr>() {
+        Ok(ip) => format!("http://{}", reachable(SocketAddr::new(ip, bind.port()))),
+        Err(_) => format!("http://{bind}"),
+    }
+}
+
+/// Where the daemon listens without `http.bind`, as it decides it
+/// ([`crate::listen::address`]): the local `hax` catalog service's node and
+/// `http_port`; `None` when Consul does not tell.
+async fn from_catalog(cfg: &Config) -> Option<BindAddr> {
+    let mut cc = hax_consul::ConsulConfig::new(cfg.consul.address.clone());
+    cc.request_timeout = Duration::from_secs(5).min(cfg.consul_timeout());
+    cc.token = cfg.consul_token().ok()?;
+    let client = hax_consul::ConsulClient::new(cc).ok()?;
+    let node = match &cfg.identity.node {
+        Some(n) => n.clone(),
+        None => client.agent_self().await.ok()?.config.node_name,
+    };
+    let node = hax_ha::view::entrypoint::strip_node_suffix(&node).to_owned();
+    let (host, port) = hax_ha::view::identity::catalog_http_address(&client, &node)
+        .await
+        .ok()?;
+    Some(BindAddr::new(
+        host,
+        port.unwrap_or(crate::listen::DEFAULT_PORT),
+    ))
+}
+
 /// The API's base URL and where it came from: `--daemon` (`host:port` or
-/// an `http://` URL) or `http.bind`.
-pub fn base_url(daemon: Option<&str>, cfg: &Config) -> Result<(String, &'static str), CmdError> {
+/// an `http://` URL), `http.bind`, else `catalog` (the daemon's choice
+/// without `http.bind`, when known) or `127.0.0.1:8008`.
+pub fn base_url(
+    daemon: Option<&str>,
+    cfg: &Config,
+    catalog: Option<&BindAddr>,
+) -> Result<(String, &'static str), CmdError> {
     match daemon {
         Some(given) => {
             let given = given.trim().trim_end_matches('/');
@@ -58,15 +94,30 @@ pub fn base_url(daemon: Option<&str>, cfg: &Config) -> Result<(String, &'static 
             };
             Ok((url, "--daemon"))
         }
-        None => Ok((format!("http://{}", reachable(cfg.http.bind)), "http.bind")),
+        None => Ok(match (&cfg.http.bind, catalog) {
+            (Some(bind), _) => (url_of(bind), "http.bind"),
+            (None, Some(bind)) => (url_of(bind), "the hax catalog service (no http.bind)"),
+            (None, None) => (
+                url_of(&BindAddr::new("127.0.0.1", crate::listen::DEFAULT_PORT)),
+                "the default (no http.bind, no hax catalog service)",
+            ),
+        }),
     }
 }
 
 impl DaemonApi {
     /// The API of the daemon `args` and `cfg` name. `hint` ends the message
     /// of an unreachable daemon (with its leading separator, or empty).
-    pub fn new(cfg: &Config, args: &ClientArgs, hint: &'static str) -> Result<Self, CmdError> {
-        let (base, from) = base_url(args.daemon.as_deref(), cfg)?;
+    pub async fn new(
+        cfg: &Config,
+        args: &ClientArgs,
+        hint: &'static str,
+    ) -> Result<Self, CmdError> {
+        let catalog = match (&args.daemon, &cfg.http.bind) {
+            (None, None) => from_catalog(cfg).await,
+            _ => None,
+        };
+        let (base, from) = base_url(args.daemon.as_deref(), cfg, catalog.as_ref())?;
         let web = reqwest::Client::builder()
             .timeout(super::timeout(args.timeout))
             .connect_timeout(Duration::from_secs(5))
@@ -180,10 +231,18 @@ mod tests {
     #[test]
     fn daemon_addresses() {
         let cfg = Config::default();
-        let url = |d: Option<&str>| base_url(d, &cfg).map_err(|e| e.to_string());
+        let url = |d: Option<&str>| base_url(d, &cfg, None).map_err(|e| e.to_string());
+        assert_eq!(url(None).unwrap().0, "http://127.0.0.1:8008");
+        let node = BindAddr::new("srvnode-1", 8010);
         assert_eq!(
-            url(None).unwrap(),
-            ("http://127.0.0.1:8008".to_owned(), "http.bind")
+            base_url(None, &cfg, Some(&node)).unwrap().0,
+            "http://srvnode-1:8010"
+        );
+        let mut bound = Config::default();
+        bound.http.bind = Some("0.0.0.0:9000".parse().unwrap());
+        assert_eq!(
+            base_url(None, &bound, Some(&node)).unwrap(),
+            ("http://127.0.0.1:9000".to_owned(), "http.bind")
         );
         assert_eq!(
             url(Some("10.0.0.1:9000")).unwrap().0,

@@ -109,7 +109,7 @@ fn pool_text(fid: Fid, name: Option<&str>) -> String {
 
 /// Runs `hax sns`: the text to print.
 pub async fn run(cfg: &Config, args: &SnsArgs) -> Result<String, CmdError> {
-    let mut api = DaemonApi::new(cfg, &args.client, HINT)?;
+    let mut api = DaemonApi::new(cfg, &args.client, HINT).await?;
     let kind = args.kind.as_str();
     if args.action != SnsAction::Status {
         // Read before anything is asked: a token file that cannot be read

@@ -31,7 +31,7 @@ pub async fn run(cfg: &Config, args: &StatusArgs) -> Result<String, CmdError> {
             Ok(render(&status))
         };
     }
-    let api = DaemonApi::new(cfg, &args.client, HINT)?;
+    let api = DaemonApi::new(cfg, &args.client, HINT).await?;
     let body = api.get("/v1/cluster/status").await?;
     let status: ClusterStatus = serde_json::from_str(&body).map_err(|e| CmdError::Refused {
         url: api.url().to_owned(),

@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use hax_consul::catalog::CatalogService;
 use hax_consul::schema::{decode_decimal, ConfKey, HaxKv};
 use hax_consul::ConsulClient;
 use hax_core::{Fid, FidType};
@@ -77,18 +78,7 @@ async fn from_consul(
     if let (Some(ep), Some(p), Some(h)) = (&cfg.endpoint, cfg.process_fid, cfg.ha_service_fid) {
         return Ok((node, ep.clone(), p, h));
     }
-    // consul/node/<hostname> maps a host to its Consul node; without it the
-    // node name is the Consul node name.
-    let consul_node = HaxKv::new(client.clone())
-        .consul_node_of(&node)
-        .await?
-        .unwrap_or_else(|| node.clone());
-    let services = client.catalog_service("hax").await?.value;
-    // Equality, not the original's substring match (node1 vs node10).
-    let svc = services
-        .iter()
-        .find(|s| strip_node_suffix(&s.node) == strip_node_suffix(&consul_node))
-        .ok_or_else(|| IdentityError::NoHaxService(consul_node.clone()))?;
+    let svc = &local_hax_service(client, &node).await?;
     let key: u64 = svc
         .service_id
         .parse()
@@ -106,6 +96,40 @@ async fn from_consul(
             .unwrap_or(Fid::typed(FidType::Process, 1, key)),
         ha_service_fid,
     ))
+}
+
+/// The `hax` catalog service of `node`.
+async fn local_hax_service(
+    client: &ConsulClient,
+    node: &str,
+) -> Result<CatalogService, IdentityError> {
+    // consul/node/<hostname> maps a host to its Consul node; without it the
+    // node name is the Consul node name.
+    let consul_node = HaxKv::new(client.clone())
+        .consul_node_of(node)
+        .await?
+        .unwrap_or_else(|| node.to_owned());
+    let services = client.catalog_service("hax").await?.value;
+    // Equality, not the original's substring match (node1 vs node10).
+    services
+        .into_iter()
+        .find(|s| strip_node_suffix(&s.node) == strip_node_suffix(&consul_node))
+        .ok_or(IdentityError::NoHaxService(consul_node))
+}
+
+/// Where the original hax listened for HTTP, from the `hax` catalog service
+/// of `node`: the host name of its Consul node (`:` suffix stripped) and the
+/// port of its `http_port` meta (`None` without a usable one).
+pub async fn catalog_http_address(
+    client: &ConsulClient,
+    node: &str,
+) -> Result<(String, Option<u16>), IdentityError> {
+    let svc = local_hax_service(client, node).await?;
+    let port = svc
+        .service_meta
+        .get("http_port")
+        .and_then(|p| p.trim().parse().ok());
+    Ok((strip_node_suffix(&svc.node).to_owned(), port))
 }
 
 /// hax's HA service: the `ha` service cfgen lists under hax's process
