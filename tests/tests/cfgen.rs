@@ -32,6 +32,7 @@ struct Cluster {
     hax: Option<Child>,
     log: PathBuf,
     dir: Option<tempfile::TempDir>,
+    _certs: tempfile::TempDir,
 }
 
 impl Drop for Cluster {
@@ -56,10 +57,10 @@ impl Drop for Cluster {
 
 /// The HTTP watches of hare's Consul configuration
 /// (`consul-server-conf.json.in`), pointing at hax's port.
-fn hare_watches(http: SocketAddr) -> serde_json::Value {
+fn hare_watches(http: SocketAddr, protocol: &str) -> serde_json::Value {
     let handler = |path: &str| {
         serde_json::json!({
-            "path": format!("http://{http}{path}"),
+            "path": format!("{protocol}://{http}{path}"),
             "method": "POST",
             "tls_skip_verify": true,
             "timeout": "10s",
@@ -82,7 +83,29 @@ fn hare_watches(http: SocketAddr) -> serde_json::Value {
 impl Cluster {
     /// Boots `kv` as hare does, then hax on the first node (identity from
     /// Consul), and waits until hax is ready.
-    async fn start(mut kv: CfgenKv) -> Cluster {
+    async fn start(kv: CfgenKv) -> Cluster {
+        Cluster::start_with(kv, false).await
+    }
+
+    /// [`Cluster::start`]; with `https`, `ssl/hax` names a self-signed
+    /// certificate, as hare_mp writes it, and the watches call https.
+    async fn start_with(mut kv: CfgenKv, https: bool) -> Cluster {
+        let certs = tempfile::tempdir().expect("certificate dir");
+        if https {
+            let made = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+            let (cert, key) = (certs.path().join("hax.crt"), certs.path().join("hax.key"));
+            std::fs::write(&cert, made.cert.pem()).expect("cert file");
+            std::fs::write(&key, made.signing_key.serialize_pem()).expect("key file");
+            kv.set(
+                "ssl/hax",
+                serde_json::json!({
+                    "http_protocol": "https",
+                    "cert_path": cert.display().to_string(),
+                    "key_path": key.display().to_string(),
+                })
+                .to_string(),
+            );
+        }
         let names: Vec<String> = kv.nodes().into_iter().map(|n| n.name).collect();
         let first = names[0].clone();
         let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -94,7 +117,7 @@ impl Cluster {
         );
         let server = DevAgent::builder()
             .node_name(&first)
-            .extra_config(hare_watches(http))
+            .extra_config(hare_watches(http, if https { "https" } else { "http" }))
             .start()
             .await
             .expect("consul server agent");
@@ -147,6 +170,7 @@ impl Cluster {
             hax: None,
             log,
             dir: Some(dir),
+            _certs: certs,
         };
         cluster.start_hax(http).await;
         cluster
@@ -428,4 +452,27 @@ async fn one_corrupt_value_is_logged_once_and_skipped() {
     let logged = c.messages(MALFORMED);
     assert_eq!(logged.len(), 1, "{logged:?}");
     assert_eq!(logged[0]["key"], drive.as_str());
+}
+
+/// hare's `ssl/hax` asks for https: hax answers over TLS only, and hare's
+/// https watches (`tls_skip_verify`) reach it: the broadcasts its peers
+/// get come through the BQ watch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_as_ssl_hax_says() {
+    let c = Cluster::start_with(CfgenKv::one_node(), true).await;
+    let listening = c.messages("http listening");
+    assert_eq!(listening.len(), 1, "{listening:?}");
+    assert_eq!(listening[0]["https"], true, "{listening:?}");
+    serves_its_peers(&c).await;
+    // Plain HTTP gets no answer.
+    let plain = reqwest::Client::new()
+        .get(format!("http://{}/healthz", c.http))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await;
+    assert!(
+        plain.as_ref().map_or(true, |r| r.status() != 200),
+        "{plain:?}"
+    );
+    assert!(c.messages(MALFORMED).is_empty());
 }
