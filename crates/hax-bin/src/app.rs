@@ -356,7 +356,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
         }),
     );
     hax_ha::metrics::register_writer(&mut registry, writer.metrics());
-    processor_metrics.register(&mut registry);
+    processor_metrics.register(&mut registry, bq_inbox.newest());
     http_metrics::register_api(&mut registry, api.metrics());
     http_metrics::register_stats(&mut registry, Arc::clone(&stats_metrics));
     http_metrics::register_held(&mut registry, pipeline.held_metrics());
