@@ -9,3 +9,4 @@ pub mod config;
 pub mod heap;
 pub mod logging;
 pub mod notify;
+pub mod watchdog;
