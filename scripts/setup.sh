@@ -22,10 +22,10 @@ packages=(gcc make libclang-dev pkg-config procps dpkg-dev systemd man-db)
 ensure_packages "setup" "${packages[@]}" || exit 1
 
 "$repo_root/scripts/install-consul.sh" >/dev/null
-# promtool for the tests of the alert rules and dashboard (tests/tests/dist.rs),
-# cargo-deb for the package.
+# promtool for the tests of the alert rules and dashboard (tests/tests/dist.rs).
+# (cargo-deb, minutes to build, is installed by scripts/package.sh when it
+# first needs it.)
 "$repo_root/scripts/install-promtool.sh" >/dev/null
-"$repo_root/scripts/install-cargo-deb.sh" >/dev/null
 # Motr for the real-Motr tests, when its build is next to the repository
 # (../shared/motr); says on stderr when it is not.
 "$repo_root/scripts/install-motr.sh"
