@@ -42,7 +42,7 @@ if [ ! -e "$motr_prefix/lib/libmotr.so" ]; then
     fi
     echo "test: real-Motr tests NOT run: Motr is not installed in $motr_prefix (scripts/install-motr.sh); they are reported as ignored above" >&2
     # The package on the emulator backend, from the build above.
-    CARGO_TARGET_DIR="$repo_root/target" ./scripts/test-package.sh
+    CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$repo_root/target}" ./scripts/test-package.sh
     exit 0
 fi
 
