@@ -116,5 +116,6 @@ status=0
 hax --config "$root/etc/hax/hax.toml" --limits-event-queue 0 --check-config >/dev/null 2>&1 || status=$?
 check "a configuration error exits 2 (status $status), which the unit does not restart" test "$status" -eq 2
 
-echo "test-package: $passed passed, $failed failed ($((SECONDS - start)) s, package build included)" >&2
+echo "test-package: $((SECONDS - start)) s, the package's build included" >&2
+echo "test-package: $passed passed, $failed failed" >&2
 [ "$failed" -eq 0 ]
