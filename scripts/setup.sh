@@ -15,11 +15,17 @@ fi
 
 # gcc and make build the C emulator; libclang-dev lets the bindings test
 # regenerate src/bindings.rs; pkg-config finds libmotr for feature `motr`;
-# procps gives the tests ps/pgrep for leak checks.
-packages=(gcc make libclang-dev pkg-config procps)
+# procps gives the tests ps/pgrep for leak checks; dpkg-dev (dpkg-shlibdeps),
+# systemd (systemd-analyze) and man-db serve the package and its test
+# (scripts/package.sh, scripts/test-package.sh).
+packages=(gcc make libclang-dev pkg-config procps dpkg-dev systemd man-db)
 ensure_packages "setup" "${packages[@]}" || exit 1
 
 "$repo_root/scripts/install-consul.sh" >/dev/null
+# promtool for the tests of the alert rules and dashboard (tests/tests/dist.rs).
+# (cargo-deb, minutes to build, is installed by scripts/package.sh when it
+# first needs it.)
+"$repo_root/scripts/install-promtool.sh" >/dev/null
 # Motr for the real-Motr tests, when its build is next to the repository
 # (../shared/motr); says on stderr when it is not.
 "$repo_root/scripts/install-motr.sh"

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs every check and test of hax: formatting, clippy, the whole test suite
-# (unit, contract, compile-fail, Consul and end-to-end tests) on the emulator
-# backend, and, when Motr is installed in /opt/motr (scripts/install-motr.sh),
-# every real-Motr test on it. This is what CI runs.
+# (unit, contract, compile-fail, Consul and end-to-end tests, the alert rules
+# and dashboard with promtool) on the emulator backend, and, when Motr is
+# installed in /opt/motr (scripts/install-motr.sh), every real-Motr test on
+# it; then the Debian package, built on Motr when it is installed
+# (scripts/test-package.sh). This is what CI runs.
 #
 # Environment:
 #   HAX_REQUIRE_MOTR=1   fail when Motr is not installed, instead of leaving
@@ -39,6 +41,8 @@ if [ ! -e "$motr_prefix/lib/libmotr.so" ]; then
         exit 1
     fi
     echo "test: real-Motr tests NOT run: Motr is not installed in $motr_prefix (scripts/install-motr.sh); they are reported as ignored above" >&2
+    # The package on the emulator backend, from the build above.
+    CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$repo_root/target}" ./scripts/test-package.sh
     exit 0
 fi
 
@@ -79,4 +83,8 @@ awk -v secs="$((SECONDS - start))" -v logfile="$log" '
 if [ "$status" -ne 0 ]; then
     echo "test: real-Motr tests FAILED (status $status); see $log" >&2
 fi
+# The package on the motr backend, from the build of the real-Motr tests.
+package_status=0
+CARGO_TARGET_DIR="$repo_root/target/motr" MOTR_PREFIX="$motr_prefix" ./scripts/test-package.sh || package_status=$?
+[ "$status" -ne 0 ] || status="$package_status"
 exit "$status"

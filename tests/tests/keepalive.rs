@@ -80,6 +80,11 @@ async fn probes_are_recorded_and_a_silent_process_is_marked() {
     assert!(lost.missed >= 3, "{lost:?}");
     // Its last reply's counter is kept.
     assert!(lost.counter >= first[1].counter, "{lost:?}");
+    // What the alert on processes not answering reads.
+    env.wait_metrics("one process not responding", |m| {
+        m.get("hax_keepalive_not_responding") == 1.0
+    })
+    .await;
     // The others kept answering meanwhile.
     counters_grow(&env, &[&peers[0], &peers[2]]).await;
 
@@ -90,6 +95,10 @@ async fn probes_are_recorded_and_a_silent_process_is_marked() {
     })
     .await;
     assert!(back.counter > lost.counter, "{lost:?} {back:?}");
+    env.wait_metrics("every process responding", |m| {
+        m.get("hax_keepalive_not_responding") == 0.0
+    })
+    .await;
     let run = env.runs();
     let fid = silent.fid().to_string();
     let warned: Vec<_> = env

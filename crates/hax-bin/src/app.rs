@@ -376,7 +376,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
         }),
     );
     hax_ha::metrics::register_writer(&mut registry, writer.metrics());
-    processor_metrics.register(&mut registry);
+    processor_metrics.register(&mut registry, bq_inbox.newest());
     http_metrics::register_api(&mut registry, api.metrics());
     http_metrics::register_stats(&mut registry, Arc::clone(&stats_metrics));
     http_metrics::register_held(&mut registry, pipeline.held_metrics());
@@ -412,7 +412,22 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
         "hax ready"
     );
 
-    shutdown.cancelled().await;
+    // Until the signal: the health loop, which keeps systemd's watchdog fed
+    // while the tasks hax cannot work without run.
+    let watchdog = crate::watchdog::Watchdog::from_env();
+    {
+        use crate::watchdog::Vital;
+        let mut vitals = vec![
+            Vital::task("http server", &http_task),
+            Vital::task("event pipeline", &pipeline_task),
+            Vital::task("broadcast-queue consumer", &bq_task),
+            Vital::task("watch resync", &resync),
+        ];
+        if let Some(t) = &keepalive_task {
+            vitals.push(Vital::task("keepalive probes", t));
+        }
+        crate::watchdog::health_loop(watchdog.as_ref(), &vitals, &shutdown).await;
+    }
     tracing::info!("stopping");
     let _ = crate::notify::notify("STOPPING=1");
     http_cancel.cancel();

@@ -66,6 +66,12 @@ pub struct Args {
     origins: Option<Vec<(&'static str, Origin)>>,
 }
 
+/// The whole `hax` command line, subcommands included: what the man page and
+/// the shell completions of the package are made from (crate hax-dist).
+pub fn command() -> clap::Command {
+    Args::command()
+}
+
 /// One setting of [`Config`] and the two other ways to give it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Setting {

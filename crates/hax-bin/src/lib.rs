@@ -13,3 +13,4 @@ pub mod heap;
 pub mod listen;
 pub mod logging;
 pub mod notify;
+pub mod watchdog;

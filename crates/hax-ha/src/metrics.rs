@@ -130,6 +130,9 @@ pub struct Metrics {
     pub keepalive_replies: AtomicU64,
     /// Keepalive rounds a process left unanswered.
     pub keepalive_missed: AtomicU64,
+    /// Gauge: processes probed now that do not answer keepalives (missed
+    /// [`crate::motr::keepalive::MISS_LIMIT`] rounds in a row).
+    pub keepalive_not_responding: AtomicI64,
     /// Broadcast-queue entries deleted by trimming.
     pub bq_trimmed: AtomicU64,
     /// Broadcast-queue trims that failed (retried next period).
@@ -505,6 +508,11 @@ impl Collector for DaemonCollector {
             "Keepalive rounds a linked process left unanswered.",
             load(&m.keepalive_missed),
         )?;
+        f.gauge(
+            "hax_keepalive_not_responding",
+            "Processes probed now that left their last keepalive rounds unanswered (3 in a row).",
+            m.keepalive_not_responding.load(Ordering::Relaxed),
+        )?;
         f.counter(
             "hax_bq_trimmed_total",
             "Broadcast-queue entries deleted by the RC leader's trimming.",
@@ -519,22 +527,32 @@ impl Collector for DaemonCollector {
 }
 
 #[derive(Debug)]
-struct BqCollector(Arc<BqMetrics>);
+struct BqCollector(Arc<BqMetrics>, Arc<AtomicU64>);
 
 impl BqMetrics {
-    /// Registers these metrics in `registry`.
-    pub fn register(self: &Arc<Self>, registry: &mut Registry) {
-        registry.register_collector(Box::new(BqCollector(Arc::clone(self))));
+    /// Registers these metrics in `registry`; `newest` is the newest epoch
+    /// of the queue this node has heard of
+    /// ([`crate::inbound::bq::BqInbox::newest`]).
+    pub fn register(self: &Arc<Self>, registry: &mut Registry, newest: Arc<AtomicU64>) {
+        registry.register_collector(Box::new(BqCollector(Arc::clone(self), newest)));
     }
 }
 
 impl Collector for BqCollector {
     fn encode(&self, encoder: DescriptorEncoder) -> Result<(), FmtError> {
         let mut f = Families(encoder);
+        let offset = load(&self.0.offset);
         f.gauge(
             "hax_bq_offset",
             "Last broadcast queue entry handled by this node.",
-            gauge_value(load(&self.0.offset)),
+            gauge_value(offset),
+        )?;
+        // Never below the offset: an entry handled was known, even if no
+        // delivery announced it (the consumer's own reads).
+        f.gauge(
+            "hax_bq_newest",
+            "Newest broadcast queue entry this node knows of; minus hax_bq_offset, the entries it has not handled yet.",
+            gauge_value(load(&self.1).max(offset)),
         )?;
         f.counter(
             "hax_bq_consumed_total",
@@ -745,9 +763,11 @@ mod tests {
         m.count_received("no such type");
         m.links.store(2, Ordering::Relaxed);
         m.keepalive_missed.store(4, Ordering::Relaxed);
+        m.keepalive_not_responding.store(2, Ordering::Relaxed);
         m.broadcast_us[1].store(1_500_000, Ordering::Relaxed);
         let text = encode(&daemon_registry(&m, &Arc::default(), 7));
         assert_eq!(sample(&text, "hax_keepalive_missed_total"), Some(4.0));
+        assert_eq!(sample(&text, "hax_keepalive_not_responding"), Some(2.0));
         assert_eq!(
             sample(
                 &text,
@@ -857,10 +877,18 @@ mod tests {
         let bq = Arc::new(BqMetrics::default());
         bq.offset.store(41, Ordering::Relaxed);
         bq.consumed.store(5, Ordering::Relaxed);
+        let newest = Arc::new(AtomicU64::new(40));
         let mut r = Registry::default();
-        bq.register(&mut r);
+        bq.register(&mut r, Arc::clone(&newest));
         let text = encode(&r);
         assert_eq!(sample(&text, "hax_bq_offset"), Some(41.0));
+        assert_eq!(
+            sample(&text, "hax_bq_newest"),
+            Some(41.0),
+            "never below the offset"
+        );
+        newest.store(44, Ordering::Relaxed);
+        assert_eq!(sample(&encode(&r), "hax_bq_newest"), Some(44.0));
         assert_eq!(sample(&text, "hax_bq_consumed_total"), Some(5.0));
     }
 }

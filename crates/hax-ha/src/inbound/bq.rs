@@ -462,6 +462,8 @@ pub struct BqInbox {
     wake: Notify,
     /// The last offset the consumer committed (0: none known yet).
     committed: Arc<AtomicU64>,
+    /// The newest epoch a delivery announced.
+    newest: Arc<AtomicU64>,
 }
 
 impl BqInbox {
@@ -475,6 +477,9 @@ impl BqInbox {
         let committed = self.committed.load(Ordering::Acquire);
         let trigger = match trigger {
             BqTrigger::Entries(mut entries) => {
+                if let Some(top) = entries.iter().map(|e| e.epoch).max() {
+                    self.newest.fetch_max(top, Ordering::AcqRel);
+                }
                 entries.retain(|e| e.epoch > committed);
                 if entries.is_empty() {
                     // Nothing this node has not consumed: no reason to read.
@@ -498,6 +503,13 @@ impl BqInbox {
     /// server, to skip what is done before decoding it).
     pub fn committed(&self) -> Arc<AtomicU64> {
         Arc::clone(&self.committed)
+    }
+
+    /// The newest epoch a delivery announced, as it moves (for
+    /// `hax_bq_newest`: read when the metrics are, not when the consumer is
+    /// done, so that a consumer stuck on a round shows its lag).
+    pub fn newest(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.newest)
     }
 
     /// Whether a trigger waits for the consumer.
@@ -1056,6 +1068,12 @@ mod tests {
             entry(5),
         ]));
         assert_eq!(epochs(inbox.take()), Some(vec![4, 5]));
+        assert_eq!(inbox.newest().load(Ordering::Acquire), 5);
+        // Only committed entries: nothing to read, but the newest is known.
+        inbox.committed.store(9, Ordering::Release);
+        inbox.deliver(BqTrigger::Entries(vec![entry(8), entry(9)]));
+        assert!(!inbox.is_pending());
+        assert_eq!(inbox.newest().load(Ordering::Acquire), 9);
         // A resync wins over entries, before or after.
         inbox.deliver(BqTrigger::Entries(vec![entry(6)]));
         inbox.deliver(BqTrigger::Resync);

@@ -289,6 +289,17 @@ impl Probes {
         self.links.get(&link).map(|p| p.liveness)
     }
 
+    /// Processes probed now that are marked not responding.
+    pub fn not_responding(&self) -> usize {
+        let lost: HashSet<Fid> = self
+            .links
+            .values()
+            .filter(|p| p.liveness == Liveness::NotResponding)
+            .map(|p| p.process)
+            .collect();
+        lost.len()
+    }
+
     /// Links probed.
     pub fn len(&self) -> usize {
         self.links.len()
@@ -323,6 +334,13 @@ impl KeepaliveInbox {
         }
     }
 
+    fn count_not_responding(&self, probes: &Probes) {
+        let n = i64::try_from(probes.not_responding()).unwrap_or(i64::MAX);
+        self.metrics
+            .keepalive_not_responding
+            .store(n, Ordering::Relaxed);
+    }
+
     fn lock(&self) -> MutexGuard<'_, Probes> {
         // A poisoned lock only means a panic elsewhere; the state is whole.
         self.probes.lock().unwrap_or_else(|p| p.into_inner())
@@ -338,6 +356,7 @@ impl KeepaliveInbox {
                     .fetch_add(1, Ordering::Relaxed);
                 if recovered {
                     tracing::info!(%link, %process, counter, "process answers keepalives again");
+                    self.count_not_responding(&self.lock());
                 }
                 self.wake.notify_one();
             }
@@ -392,7 +411,12 @@ pub fn spawn(
 
 async fn run_round(cfg: &KeepaliveConfig, ha: &HaLink, inbox: &KeepaliveInbox, writer: &KvWriter) {
     let links = targets(ha);
-    let round = inbox.lock().round(&links);
+    let round = {
+        let mut probes = inbox.lock();
+        let round = probes.round(&links);
+        inbox.count_not_responding(&probes);
+        round
+    };
     let m = &inbox.metrics;
     m.keepalive_missed
         .fetch_add(round.missed.len() as u64, Ordering::Relaxed);
@@ -579,8 +603,10 @@ mod tests {
             assert!(recs[0].1.responding, "round {n}");
             assert!(last.lost.is_empty());
         }
+        assert_eq!(probes.not_responding(), 0);
         let r = probes.round(&links);
         assert_eq!(r.lost, vec![p(1)]);
+        assert_eq!(probes.not_responding(), 1);
         let recs = probes.take_records();
         assert_eq!(recs[0].1.missed, MISS_LIMIT);
         assert!(!recs[0].1.responding);
@@ -606,6 +632,7 @@ mod tests {
         );
         let recs = probes.take_records();
         assert!(recs[0].1.responding);
+        assert_eq!(probes.not_responding(), 0);
         assert_eq!((recs[0].1.counter, recs[0].1.missed), (9, 0));
         // The newest request is still awaited.
         assert!(matches!(
