@@ -244,14 +244,34 @@ impl ClusterBed {
                 logs: Vec::new(),
             });
         }
-        for i in 0..bed.nodes.len() {
-            bed.start_hax(i).await?;
+        match bed.start_nodes().await {
+            Ok(()) => Ok(bed),
+            Err(e) => {
+                bed.print_logs();
+                if let Some(dir) = bed.dir.take() {
+                    eprintln!("---- cluster bed kept in {}", dir.keep().display());
+                }
+                Err(e)
+            }
         }
-        for i in 0..bed.nodes.len() {
-            bed.connect_peers(i).await?;
+    }
+
+    /// Every hax, then every node's processes: all linked before any
+    /// reports STARTED, so that each hears of every start.
+    async fn start_nodes(&mut self) -> Result<(), BedError> {
+        for i in 0..self.nodes.len() {
+            self.start_hax(i).await?;
         }
-        bed.wait_starts_heard().await?;
-        Ok(bed)
+        for i in 0..self.nodes.len() {
+            self.connect_peers(i).await?;
+        }
+        for p in self.peers() {
+            p.send_process_event(ProcessEventKind::Started)?;
+        }
+        for p in self.peers() {
+            p.wait_all_confirmed(self.spec.timeout).await?;
+        }
+        self.wait_starts_heard().await
     }
 
     /// What hare's bootstrap does: the KV imported, each node's services
@@ -404,7 +424,7 @@ impl ClusterBed {
     }
 
     /// Links a simulated process for every m0d of node `i` (not hax) to
-    /// its hax, and has each report STARTED, confirmed.
+    /// its hax.
     async fn connect_peers(&mut self, i: usize) -> Result<(), BedError> {
         let node = self
             .kv
@@ -435,14 +455,7 @@ impl ClusterBed {
                 c
             })
             .collect();
-        let peers = SimCluster::connect(cfgs).await?.into_processes();
-        for p in &peers {
-            p.send_process_event(ProcessEventKind::Started)?;
-        }
-        for p in &peers {
-            p.wait_all_confirmed(self.spec.timeout).await?;
-        }
-        self.nodes[i].peers = peers;
+        self.nodes[i].peers = SimCluster::connect(cfgs).await?.into_processes();
         Ok(())
     }
 
