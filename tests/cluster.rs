@@ -118,3 +118,68 @@ pub fn told_down(p: &SimProcess, fids: &[Fid]) -> Vec<Fid> {
         })
         .collect()
 }
+
+/// Every peer except `failed` and those of the nodes `gone` told of each
+/// of `failed` exactly once, with the queue consumed to its end by every
+/// node not gone first (nothing more can come from it then); unless the
+/// queue is being trimmed (`trimmed`), it announces each once.
+pub async fn told_everywhere_once(
+    bed: &ClusterBed,
+    failed: &[Fid],
+    gone: &[&str],
+    trimmed: bool,
+    timeout: Duration,
+) {
+    let names: Vec<&str> = bed
+        .nodes
+        .iter()
+        .map(|n| n.name.as_str())
+        .filter(|n| !gone.contains(n))
+        .collect();
+    let recipients: Vec<&SimProcess> = bed
+        .nodes
+        .iter()
+        .filter(|n| !gone.contains(&n.name.as_str()))
+        .flat_map(|n| n.peers.iter())
+        .filter(|p| !failed.contains(&p.fid()))
+        .collect();
+    crate::wait_for(
+        "every process to hear of every failure",
+        timeout,
+        || async {
+            recipients
+                .iter()
+                .all(|p| {
+                    let told = told_down(p, failed);
+                    failed.iter().all(|f| told.contains(f))
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    let client = bed.node_client(names[0]).expect("client");
+    let queue = crate::wait_for("every node to consume the queue", timeout, || async {
+        let queue = bq_stopped(&client, failed).await;
+        let complete = trimmed || queue.len() >= failed.len();
+        (complete && bq_consumed(&client, &names).await).then_some(queue)
+    })
+    .await;
+    if !trimmed {
+        let mut sorted = queue.clone();
+        sorted.sort();
+        let mut want = failed.to_vec();
+        want.sort();
+        assert_eq!(sorted, want, "each failure queued once: {queue:?}");
+    }
+    for p in &recipients {
+        let told = told_down(p, failed);
+        for f in failed {
+            assert_eq!(
+                told.iter().filter(|x| *x == f).count(),
+                1,
+                "{} told of {f} once: {told:?}",
+                p.fid()
+            );
+        }
+    }
+}

@@ -8,54 +8,9 @@
 use std::time::{Duration, Instant};
 
 use hax_core::{Fid, ProcessEventKind};
-use hax_e2e::cluster::{bq_consumed, bq_stopped, spec, start, told_down};
+use hax_e2e::cluster::{spec, start, told_down, told_everywhere_once};
 use hax_e2e::{assert_no_violations, wait_for};
-use hax_sim::SimProcess;
 use hax_testkit::cluster::ClusterBed;
-
-/// Every peer except `failed` told of each of `failed` exactly once, with
-/// the queue consumed to its end by every node first (nothing more can come
-/// from it then); the queue announces each once.
-async fn told_everywhere_once(bed: &ClusterBed, failed: &[Fid], timeout: Duration) {
-    let names: Vec<&str> = bed.nodes.iter().map(|n| n.name.as_str()).collect();
-    let recipients: Vec<&SimProcess> = bed.peers().filter(|p| !failed.contains(&p.fid())).collect();
-    wait_for(
-        "every process to hear of every failure",
-        timeout,
-        || async {
-            recipients
-                .iter()
-                .all(|p| {
-                    let told = told_down(p, failed);
-                    failed.iter().all(|f| told.contains(f))
-                })
-                .then_some(())
-        },
-    )
-    .await;
-    let client = bed.node_client(names[0]).expect("client");
-    let queue = wait_for("every node to consume the queue", timeout, || async {
-        let queue = bq_stopped(&client, failed).await;
-        (queue.len() >= failed.len() && bq_consumed(&client, &names).await).then_some(queue)
-    })
-    .await;
-    let mut sorted = queue.clone();
-    sorted.sort();
-    let mut want = failed.to_vec();
-    want.sort();
-    assert_eq!(sorted, want, "each failure queued once: {queue:?}");
-    for p in &recipients {
-        let told = told_down(p, failed);
-        for f in failed {
-            assert_eq!(
-                told.iter().filter(|x| *x == f).count(),
-                1,
-                "{} told of {f} once: {told:?}",
-                p.fid()
-            );
-        }
-    }
-}
 
 /// The index of the server that is the Raft leader.
 async fn raft_leader(bed: &mut ClusterBed) -> usize {
@@ -98,7 +53,7 @@ async fn servers_lost_one_then_two_then_one_back() {
             .await
             .expect("confirmed with one server down");
     }
-    told_everywhere_once(&bed, &first, Duration::from_secs(30)).await;
+    told_everywhere_once(&bed, &first, &[], false, Duration::from_secs(30)).await;
     eprintln!("one server down: events landed in {:?}", t.elapsed());
 
     // A second server down: no quorum. The event stays unconfirmed and no
@@ -141,7 +96,7 @@ async fn servers_lost_one_then_two_then_one_back() {
     eprintln!("quorum back: the event confirmed in {:?}", t.elapsed());
     let mut all = first.to_vec();
     all.push(lost);
-    told_everywhere_once(&bed, &all, Duration::from_secs(30)).await;
+    told_everywhere_once(&bed, &all, &[], false, Duration::from_secs(30)).await;
     for n in &bed.nodes {
         assert_no_violations(&n.peers);
     }
