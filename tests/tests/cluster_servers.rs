@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use hax_core::{Fid, ProcessEventKind};
+use hax_core::ProcessEventKind;
 use hax_e2e::cluster::{spec, start, told_down, told_everywhere_once};
 use hax_e2e::{assert_no_violations, wait_for};
 use hax_testkit::cluster::ClusterBed;
