@@ -205,10 +205,13 @@ impl Broadcaster {
 
     /// Broadcasts `updates` ([`plan_broadcast`]): writes the configuration
     /// states, then sends the notes; returns every message sent, to be
-    /// waited on with [`wait_for_outcomes`] if needed. A Consul error stops
-    /// the broadcast before anything is sent (as the original, which retried
-    /// until the write succeeded); the caller may repeat it. The broadcast
-    /// takes its turn at the call; the future may be awaited later.
+    /// waited on with [`wait_for_outcomes`] if needed. While Consul cannot
+    /// take the states for the moment (no leader, agent unreachable), the
+    /// broadcast is planned and written again after a pause, as the
+    /// original retried until the write succeeded (until
+    /// [`Broadcaster::stop_retrying`]); another Consul error stops it before
+    /// anything is sent, and the caller may repeat it. The broadcast takes
+    /// its turn at the call; the future may be awaited later.
     pub fn broadcast_outcomes(
         &self,
         updates: Vec<HaUpdate>,
