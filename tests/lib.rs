@@ -38,6 +38,8 @@
 //! Nothing sleeps and hopes: [`wait_for`] polls a condition until a
 //! deadline and fails naming what it waited for.
 
+pub mod cluster;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;

@@ -429,6 +429,16 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
         crate::watchdog::health_loop(watchdog.as_ref(), &vitals, &shutdown).await;
     }
     tracing::info!("stopping");
+    // Broadcasts wait out Consul outages; at shutdown only as long as the
+    // writes do, so that the messages waiting on them are answered and
+    // Motr can stop.
+    let give_up = {
+        let broadcaster = Arc::clone(&broadcaster);
+        tokio::spawn(async move {
+            tokio::time::sleep(FLUSH_GRACE).await;
+            broadcaster.stop_retrying();
+        })
+    };
     let _ = crate::notify::notify("STOPPING=1");
     http_cancel.cancel();
     let _ = http_task.await;
@@ -478,6 +488,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
         .shutdown(tokio::time::Instant::now() + FLUSH_GRACE)
         .await;
     tracing::info!(?report, "consul writes finished");
+    give_up.abort();
     tracker.close();
     if tokio::time::timeout(FLUSH_GRACE, tracker.wait())
         .await

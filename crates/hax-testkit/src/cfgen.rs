@@ -130,6 +130,11 @@ impl CfgenKv {
         Ok(CfgenKv { entries })
     }
 
+    /// Entries given in file order (a generated configuration).
+    pub fn from_entries(entries: Vec<(String, String)>) -> Self {
+        CfgenKv { entries }
+    }
+
     /// [`ONE_NODE`].
     pub fn one_node() -> Self {
         Self::parse(ONE_NODE).unwrap_or_else(|e| panic!("fixtures/cfgen-1node.json: {e}"))

@@ -85,7 +85,7 @@ pub enum DevAgentError {
     Client(#[from] hax_consul::ConsulError),
 }
 
-fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DevAgentError {
+pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DevAgentError {
     let what = what.into();
     move |source| DevAgentError::Io { what, source }
 }
@@ -163,9 +163,16 @@ impl AgentPorts {
     /// and (serf) UDP. Another process may still take one before the agent
     /// binds it; the start-up retries with new ports if that happens.
     pub fn pick() -> Result<Self, DevAgentError> {
+        let mut all = Self::pick_many(1)?;
+        all.pop().ok_or(DevAgentError::NotRunning)
+    }
+
+    /// [`AgentPorts::pick`] for `n` agents at once: all `5 * n` ports are
+    /// distinct, since every one stays bound until all are picked.
+    pub fn pick_many(n: usize) -> Result<Vec<Self>, DevAgentError> {
         let mut held = Vec::new();
         let mut ports = Vec::new();
-        while ports.len() < 5 {
+        while ports.len() < 5 * n {
             let listener = TcpListener::bind("127.0.0.1:0").map_err(io_err("bind a free port"))?;
             let port = listener
                 .local_addr()
@@ -178,13 +185,16 @@ impl AgentPorts {
             held.push(listener);
         }
         drop(held);
-        Ok(AgentPorts {
-            http: ports[0],
-            serf_lan: ports[1],
-            serf_wan: ports[2],
-            server: ports[3],
-            grpc: ports[4],
-        })
+        Ok(ports
+            .chunks_exact(5)
+            .map(|p| AgentPorts {
+                http: p[0],
+                serf_lan: p[1],
+                serf_wan: p[2],
+                server: p[3],
+                grpc: p[4],
+            })
+            .collect())
     }
 }
 
@@ -602,7 +612,7 @@ impl Drop for DevAgent {
     }
 }
 
-fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), DevAgentError> {
+pub(crate) fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), DevAgentError> {
     let text = serde_json::to_vec_pretty(value).map_err(|e| DevAgentError::Io {
         what: format!("encode {}", path.display()),
         source: std::io::Error::other(e),
@@ -612,7 +622,7 @@ fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), DevAgentErro
 
 /// Whether every thread of process `pid` is stopped (state `T` or `t` in
 /// `/proc/<pid>/task/*/stat`); false when that cannot be read.
-fn all_threads_stopped(pid: u32) -> bool {
+pub(crate) fn all_threads_stopped(pid: u32) -> bool {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return false;
     };

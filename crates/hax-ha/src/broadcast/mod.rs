@@ -23,6 +23,7 @@
 //!   only, with a warning (the original retried forever).
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::Poll;
 use std::time::Duration;
@@ -145,7 +146,15 @@ struct Inner {
     link: HaLink,
     kv: HaxKv,
     metrics: Option<Arc<Metrics>>,
+    /// Set by [`Broadcaster::stop_retrying`]: a transient Consul failure
+    /// fails the group instead of being waited out.
+    give_up: AtomicBool,
 }
+
+/// Pauses between tries of a group whose states Consul could not take for
+/// the moment (no Raft leader, agent unreachable).
+const RETRY_MIN: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(1);
 
 impl std::fmt::Debug for Request {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -166,6 +175,7 @@ impl Broadcaster {
                 link,
                 kv,
                 metrics: None,
+                give_up: AtomicBool::new(false),
             }),
             queue: OnceLock::new(),
         }
@@ -180,6 +190,14 @@ impl Broadcaster {
         self
     }
 
+    /// From now on, a group whose states Consul cannot take for the moment
+    /// fails at once (the group being retried fails at its next try)
+    /// instead of being retried until Consul takes it: at shutdown, so that
+    /// the messages waiting on broadcasts are answered and Motr can stop.
+    pub fn stop_retrying(&self) {
+        self.inner.give_up.store(true, Ordering::Relaxed);
+    }
+
     /// The view it plans on.
     pub fn view(&self) -> &ClusterView {
         &self.inner.view
@@ -187,10 +205,13 @@ impl Broadcaster {
 
     /// Broadcasts `updates` ([`plan_broadcast`]): writes the configuration
     /// states, then sends the notes; returns every message sent, to be
-    /// waited on with [`wait_for_outcomes`] if needed. A Consul error stops
-    /// the broadcast before anything is sent (as the original, which retried
-    /// until the write succeeded); the caller may repeat it. The broadcast
-    /// takes its turn at the call; the future may be awaited later.
+    /// waited on with [`wait_for_outcomes`] if needed. While Consul cannot
+    /// take the states for the moment (no leader, agent unreachable), the
+    /// broadcast is planned and written again after a pause, as the
+    /// original retried until the write succeeded (until
+    /// [`Broadcaster::stop_retrying`]); another Consul error stops it before
+    /// anything is sent, and the caller may repeat it. The broadcast takes
+    /// its turn at the call; the future may be awaited later.
     pub fn broadcast_outcomes(
         &self,
         updates: Vec<HaUpdate>,
@@ -281,7 +302,36 @@ impl Inner {
         }
     }
 
+    /// Does a group; while Consul cannot take its states for the moment,
+    /// plans and writes it again after a pause (the original retried its
+    /// writes until they succeeded). Failing it instead would lose the
+    /// notes: a process event is confirmed to its m0d once its own writes
+    /// are durable, and nothing else tells this node's processes of it.
+    /// Retrying here, in the one task that does the broadcasts, keeps them
+    /// in call order.
     async fn run_group(&self, group: Vec<Request>) {
+        let mut backoff = hax_consul::backoff::Backoff::new(RETRY_MIN, RETRY_MAX);
+        let mut tries = 0u32;
+        let mut group = group;
+        loop {
+            match self.try_group(group).await {
+                None => return,
+                Some((again, e)) => {
+                    tries += 1;
+                    if tries == 1 || tries.is_power_of_two() {
+                        tracing::warn!(error = %e, tries, broadcasts = again.len(), "configuration states not written, retrying the broadcasts");
+                    }
+                    group = again;
+                }
+            }
+            tokio::time::sleep(backoff.next_pause()).await;
+        }
+    }
+
+    /// One try of a group: `None` when done (each request answered), or
+    /// the group back with the transient error that stopped it before
+    /// anything was sent.
+    async fn try_group(&self, group: Vec<Request>) -> Option<(Vec<Request>, BroadcastError)> {
         let t = std::time::Instant::now();
         let state = self.view.snapshot();
         let (plans, writes) = {
@@ -303,11 +353,14 @@ impl Inner {
         let written = self.write_states(&writes).await;
         self.time(1, t);
         if let Err(e) = written {
+            if e.is_transient() && !self.give_up.load(Ordering::Relaxed) {
+                return Some((group, e));
+            }
             let e = Arc::new(e);
             for r in group {
                 let _ = r.reply.send(Err(BroadcastError::Group(Arc::clone(&e))));
             }
-            return;
+            return None;
         }
         let t = std::time::Instant::now();
         let coalesce: Vec<bool> = group.iter().map(|r| r.opts.coalesce).collect();
@@ -343,6 +396,7 @@ impl Inner {
             };
             let _ = r.reply.send(result);
         }
+        None
     }
 
     async fn write_states(&self, writes: &[ConfWrite]) -> Result<(), BroadcastError> {
