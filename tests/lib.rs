@@ -406,6 +406,9 @@ pub struct Options {
     pub nofile: Option<(u64, u64)>,
     /// The agent's node name (default `hax-test`).
     pub node_name: Option<String>,
+    /// The agent has hare's watches pointing at hax (default); without,
+    /// hax learns only from its own reads of Consul.
+    pub watches: bool,
     /// hax is not told where to listen (`--http-bind`): it takes the hax
     /// catalog service's node and `http_port` meta, as the original. Needs
     /// a node name that resolves to loopback ([`Options::node_name`]).
@@ -425,6 +428,7 @@ impl Default for Options {
             hax_env: Vec::new(),
             nofile: None,
             node_name: None,
+            watches: true,
             bind_from_catalog: false,
         }
     }
@@ -497,9 +501,10 @@ impl Env {
         assert!(bin.is_file(), "{} missing", bin.display());
         let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let hax_endpoint = format!("inet:tcp:127.0.0.1@{}", free_port());
-        let mut builder = DevAgent::builder()
-            .mode(opts.mode)
-            .extra_config(watches(http));
+        let mut builder = DevAgent::builder().mode(opts.mode);
+        if opts.watches {
+            builder = builder.extra_config(watches(http));
+        }
         if let Some(t) = &opts.acl_token {
             builder = builder.acl_master_token(t.clone());
         }

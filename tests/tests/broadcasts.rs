@@ -12,6 +12,50 @@ use hax_e2e::{
 };
 use hax_sim::{LinkOutcome, LinkState};
 
+/// A process of any service hare watches, here confd, that Consul finds
+/// failed is heard of even when no watch delivery reaches hax (lost, or a
+/// watch that cannot reach its address): hax's own rereads of Consul find it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_confd_is_heard_without_watch_deliveries() {
+    let env = Env::start(Options {
+        ioservices: 2,
+        watches: false,
+        hax_args: vec!["--limits-resync-secs".into(), "1".into()],
+        ..Options::default()
+    })
+    .await;
+    let peers = env.connect_started(2).await;
+    // confd, started and recorded: a failure is acted on only for a
+    // process with a recorded state.
+    let (confd, endpoint) = env.sample.confd.clone();
+    let mut cfg = hax_sim::SimConfig::new(env.hax_endpoint.clone(), confd);
+    cfg.endpoint = endpoint;
+    cfg.timeout = T;
+    let confd_peer = hax_sim::SimProcess::connect(cfg).await.expect("confd peer");
+    confd_peer
+        .send_process_event(ProcessEventKind::Started)
+        .unwrap();
+    confd_peer.wait_all_confirmed(T).await.unwrap();
+    env.set_check(confd.key, CheckStatus::Critical).await;
+    wait_for(
+        "the confd failure recorded in processes/<fid>",
+        T,
+        || async {
+            (env.process_status(confd).await.map(|s| s.state) == Some(ProcessState::Stopped))
+                .then_some(())
+        },
+    )
+    .await;
+    wait_for("every peer to hear the confd failure", T, || async {
+        peers
+            .iter()
+            .all(|p| sets_with(p, confd, HaState::Transient) >= 1)
+            .then_some(())
+    })
+    .await;
+    assert_no_violations(&peers);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_state_change_reaches_every_peer_exactly_once() {
     let env = Env::start(Options {

@@ -389,13 +389,16 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
     });
     let resync = server::spawn_resync(
         client.clone(),
-        vec![
-            ResyncTarget::BroadcastQueue,
-            ResyncTarget::Service {
-                label: "service".into(),
-                name: "ios".into(),
-            },
-        ],
+        // Every service hare's watches follow: a delivery lost (or a watch
+        // that cannot reach hax) must not hide a failed process for good.
+        std::iter::once(ResyncTarget::BroadcastQueue)
+            .chain(
+                ["hax", "confd", "ios", "s3service"].map(|name| ResyncTarget::Service {
+                    label: "service".into(),
+                    name: name.into(),
+                }),
+            )
+            .collect(),
         updates_tx,
         Duration::from_secs(cfg.limits.resync_secs.max(1)),
         bq_stop.clone(),
