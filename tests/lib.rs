@@ -402,6 +402,10 @@ pub struct Options {
     pub hax_env: Vec<(String, String)>,
     /// Run hax under these descriptor limits, soft and hard (`ulimit -n`).
     pub nofile: Option<(u64, u64)>,
+    /// Load the sample without its RC leader: `leader` deleted, its session
+    /// destroyed, as in a cluster without hare's election (hax then waits
+    /// for a leader unless it elects one, `HAX_LEADER_ELECT`).
+    pub no_rc_leader: bool,
 }
 
 impl Default for Options {
@@ -416,6 +420,7 @@ impl Default for Options {
             acl_token_in_env: false,
             hax_env: Vec::new(),
             nofile: None,
+            no_rc_leader: false,
         }
     }
 }
@@ -506,6 +511,19 @@ impl Env {
             first_port: free_port(),
         };
         let sample = sample::load(&client, &spec).await.expect("sample loaded");
+        if opts.no_rc_leader {
+            // Released before the session goes: an invalidation would hold
+            // `leader` back for the session's lock-delay.
+            client
+                .kv_release("leader", sample.node.as_bytes(), &sample.session)
+                .await
+                .expect("leader released");
+            client.kv_delete("leader").await.expect("leader deleted");
+            client
+                .session_destroy(&sample.session)
+                .await
+                .expect("leader session destroyed");
+        }
         // The sample's TTL checks are registered passing; an update makes
         // the agent persist that state, so that an agent restarted on its
         // data (AgentMode::Persistent) brings them back passing rather than
