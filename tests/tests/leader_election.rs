@@ -60,7 +60,8 @@ async fn bq_entries(env: &Env) -> Vec<u64> {
 }
 
 /// Publishes a few broadcast-queue entries and waits until the leader's
-/// trimming has left only the newest.
+/// trimming has left only the newest. hax publishes entries of its own
+/// (its process's events at start): the newest is read at each look.
 async fn trimmed(env: &Env) {
     for i in 0..3 {
         env.publish_bq(&device_entry(
@@ -70,12 +71,16 @@ async fn trimmed(env: &Env) {
         ))
         .await;
     }
-    let last = env.bq_epoch().await;
+    let published = env.bq_epoch().await;
     wait_for(
         "the leader's trimming of the broadcast queue",
         T,
         || async {
-            (env.bq_offset().await == last && bq_entries(env).await == vec![last]).then_some(())
+            let last = env.bq_epoch().await;
+            (last >= published
+                && env.bq_offset().await == last
+                && bq_entries(env).await == vec![last])
+            .then_some(())
         },
     )
     .await;
@@ -190,4 +195,72 @@ async fn an_electing_hax_leaves_a_held_leader_alone() {
         sessions(&env.client).await,
         vec![env.sample.session.clone()]
     );
+}
+
+/// Hands `leader` from the session `from` to a session `to` writing `node`
+/// (released first: an acquisition right after a release has no
+/// lock-delay).
+async fn hand_over(client: &ConsulClient, from: &str, to: &str, node: &str) {
+    let pair = client.kv_get("leader").await.expect("leader").value;
+    let value = pair.map(|p| p.value).unwrap_or_default();
+    assert!(client
+        .kv_release("leader", value, from)
+        .await
+        .expect("released"));
+    assert!(client
+        .kv_acquire("leader", node, to)
+        .await
+        .expect("acquired"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leaders_work_follows_the_leader_key() {
+    let env = Env::start(options(false, false)).await;
+    env.wait_metrics("hax the RC leader", |m| m.n("hax_rc_leader") == 1)
+        .await;
+    trimmed(&env).await;
+
+    // Another node leads: this hax stops trimming.
+    let other = env
+        .client
+        .session_create(&Default::default())
+        .await
+        .expect("session");
+    hand_over(&env.client, &env.sample.session, &other, "srvnode-2").await;
+    env.wait_metrics("hax no longer the RC leader", |m| m.n("hax_rc_leader") == 0)
+        .await;
+    let first = env.bq_epoch().await;
+    for i in 0..3 {
+        env.publish_bq(&device_entry(
+            &env.sample.node,
+            0,
+            ["online", "failed"][i % 2],
+        ))
+        .await;
+    }
+    let last = env.bq_epoch().await;
+    wait_for("the entries consumed", T, || async {
+        (env.bq_offset().await == last).then_some(())
+    })
+    .await;
+    // Nothing marks a trim that does not happen: ten trim periods without one.
+    let window = Instant::now() + std::time::Duration::from_secs(1);
+    while Instant::now() < window {
+        let left = bq_entries(&env).await;
+        assert!(
+            (first..=last).all(|e| left.contains(&e)),
+            "trimmed by a hax that is not the leader: {first}..={last} published, {left:?} left"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    // This node leads again: trimming resumes.
+    hand_over(&env.client, &other, &env.sample.session, &env.sample.node).await;
+    env.wait_metrics("hax the RC leader again", |m| m.n("hax_rc_leader") == 1)
+        .await;
+    wait_for("trimming resumed", T, || async {
+        let newest = env.bq_epoch().await;
+        (newest >= last && bq_entries(&env).await == vec![newest]).then_some(())
+    })
+    .await;
 }

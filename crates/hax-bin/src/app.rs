@@ -416,6 +416,7 @@ async fn run_with(
     processor_metrics.register(&mut registry);
     http_metrics::register_api(&mut registry, api.metrics());
     http_metrics::register_stats(&mut registry, Arc::clone(&stats_metrics));
+    http_metrics::register_rc_leader(&mut registry, view.clone());
     http_metrics::register_held(&mut registry, pipeline.held_metrics());
     hax_ha::metrics::register_heap(&mut registry, heap_metrics);
     let router = hax_ha::http::daemon_router(app_state, api, Arc::new(registry));
