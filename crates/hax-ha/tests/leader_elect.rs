@@ -265,3 +265,21 @@ async fn the_session_follows_the_nodes_confd_check() {
     assert_ne!(again, session);
     a.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_placeholder_written_over_the_lock_stays_at_the_release() {
+    let agent = DevAgent::start().await.expect("agent");
+    let client = agent.client().expect("client");
+    let a = Elector::spawn(client.clone(), config("node-a", Duration::from_secs(2)));
+    let session = held_by(&client, "node-a").await;
+    // What `hctl shutdown` writes so that the next start elects anew; the
+    // lock stays held.
+    client.kv_put("leader", "elect2805").await.expect("put");
+    assert_eq!(
+        leader(&client).await,
+        Some(("elect2805".into(), Some(session.clone())))
+    );
+    a.stop().await;
+    assert_eq!(leader(&client).await, Some(("elect2805".into(), None)));
+    assert!(!alive(&client, &session).await);
+}

@@ -187,7 +187,14 @@ impl Run {
         loop {
             let snapshot = rx.borrow_and_update().clone();
             if snapshot.loaded {
-                again = match self.step(snapshot.value.as_ref().as_ref()).await {
+                // A stop does not wait for Consul calls under way (they may
+                // take a request timeout each while Consul is away);
+                // `resign` finds what an acquisition cut short left.
+                let next = tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    next = self.step(snapshot.value.as_ref().as_ref()) => next,
+                };
+                again = match next {
                     Next::Wait => None,
                     Next::Retry(pause) => Some(Instant::now() + pause),
                 };
@@ -350,26 +357,45 @@ impl Run {
     }
 
     /// Releases `leader` if this elector holds it, and destroys its session.
+    /// A stop may cut off an acquisition before its answer: a session it
+    /// would adopt is then taken for its own.
     async fn resign(&mut self) {
-        let Some(session) = self.session.take() else {
-            return;
-        };
-        // The value stays the node name, as after an invalidation: the
-        // next leader overwrites it.
-        match self
-            .client
-            .kv_release(keys::LEADER, self.config.node.as_bytes(), &session)
-            .await
-        {
-            Ok(true) => tracing::info!(node = %self.config.node, "RC leadership released"),
-            Ok(false) => {}
+        let holder = match self.client.kv_get(keys::LEADER).await {
+            Ok(r) => r
+                .value
+                .and_then(|p| Some((p.session.filter(|s| !s.is_empty())?, p.value))),
             Err(e) => {
-                tracing::warn!(error = %e, "leader not released; destroying the session frees it after the lock-delay")
+                tracing::warn!(error = %e, "leader not read at stop");
+                None
+            }
+        };
+        let mut ours = self.session.take();
+        if let Some((held_by, value)) = holder {
+            let mine = match &ours {
+                Some(s) => *s == held_by,
+                None => {
+                    value == self.config.node.as_bytes()
+                        && self.adoptable(&held_by).await.unwrap_or(false)
+                }
+            };
+            if mine {
+                // The value stays, as after an invalidation: the next
+                // leader overwrites it.
+                match self.client.kv_release(keys::LEADER, &value, &held_by).await {
+                    Ok(true) => tracing::info!(node = %self.config.node, "RC leadership released"),
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "leader not released; destroying the session frees it after the lock-delay")
+                    }
+                }
+                ours = Some(held_by);
             }
         }
         self.leading.send_replace(false);
-        if let Err(e) = self.client.session_destroy(&session).await {
-            tracing::warn!(error = %e, %session, "RC leader session not destroyed");
+        if let Some(session) = ours {
+            if let Err(e) = self.client.session_destroy(&session).await {
+                tracing::warn!(error = %e, %session, "RC leader session not destroyed");
+            }
         }
     }
 }
