@@ -264,3 +264,47 @@ async fn the_leaders_work_follows_the_leader_key() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_leaves_a_node_whose_confd_fails_and_comes_back_to_it() {
+    use hax_consul::catalog::CheckStatus;
+    use hax_testkit::sample::fids;
+
+    let env = Env::start(options(true, true)).await;
+    env.wait_metrics("hax the RC leader", |m| m.n("hax_rc_leader") == 1)
+        .await;
+    let (_, first) = leader(&env.client).await.expect("leader");
+    let first = first.expect("held");
+    // Another node, whose session follows its serfHealth alone.
+    let mut config = ElectConfig::new("srvnode-2");
+    config.services.clear();
+    let other = Elector::spawn(env.client.clone(), config);
+
+    // This node's confd fails: Consul invalidates hax's session, and
+    // refuses it a new one while the check is critical.
+    let failed = Instant::now();
+    env.set_check(fids::CONFD, CheckStatus::Critical).await;
+    wait_for("srvnode-2 leading", T, || async {
+        matches!(leader(&env.client).await, Some((v, Some(_))) if v == "srvnode-2").then_some(())
+    })
+    .await;
+    eprintln!("srvnode-2 leads {:?} after confd failed", failed.elapsed());
+    assert!(
+        env.client
+            .session_info(&first)
+            .await
+            .expect("info")
+            .value
+            .is_none(),
+        "hax's session invalidated"
+    );
+    env.wait_metrics("hax no longer the RC leader", |m| m.n("hax_rc_leader") == 0)
+        .await;
+
+    // confd is back, and srvnode-2 stops: hax leads again and trims.
+    env.set_check(fids::CONFD, CheckStatus::Passing).await;
+    other.stop().await;
+    env.wait_metrics("hax the RC leader again", |m| m.n("hax_rc_leader") == 1)
+        .await;
+    trimmed(&env).await;
+}
