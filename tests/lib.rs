@@ -413,6 +413,10 @@ pub struct Options {
     /// catalog service's node and `http_port` meta, as the original. Needs
     /// a node name that resolves to loopback ([`Options::node_name`]).
     pub bind_from_catalog: bool,
+    /// Load the sample without its RC leader: `leader` deleted, its session
+    /// destroyed, as in a cluster without hare's election (hax then waits
+    /// for a leader unless it elects one, `HAX_LEADER_ELECT`).
+    pub no_rc_leader: bool,
 }
 
 impl Default for Options {
@@ -430,6 +434,7 @@ impl Default for Options {
             node_name: None,
             watches: true,
             bind_from_catalog: false,
+            no_rc_leader: false,
         }
     }
 }
@@ -524,6 +529,19 @@ impl Env {
             first_port: free_port(),
         };
         let sample = sample::load(&client, &spec).await.expect("sample loaded");
+        if opts.no_rc_leader {
+            // Released before the session goes: an invalidation would hold
+            // `leader` back for the session's lock-delay.
+            client
+                .kv_release("leader", sample.node.as_bytes(), &sample.session)
+                .await
+                .expect("leader released");
+            client.kv_delete("leader").await.expect("leader deleted");
+            client
+                .session_destroy(&sample.session)
+                .await
+                .expect("leader session destroyed");
+        }
         // The sample's TTL checks are registered passing; an update makes
         // the agent persist that state, so that an agent restarted on its
         // data (AgentMode::Persistent) brings them back passing rather than

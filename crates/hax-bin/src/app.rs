@@ -7,9 +7,13 @@
 //! request is answered from the configuration), HTTP server serving, then
 //! readiness is reported to systemd.
 //!
-//! Stop (on `shutdown`): the HTTP server stops taking requests, the Motr
-//! events queued so far are handled and their Consul writes finished, every
-//! link goes through the disconnect handshake, halon stops.
+//! With `[leader] elect`, the RC leader election starts once Consul is
+//! reachable, before anything waits for the leader.
+//!
+//! Stop (on `shutdown`): the HTTP server stops taking requests, the leader's
+//! work stops and the election gives the leadership back, the Motr events
+//! queued so far are handled and their Consul writes finished, every link
+//! goes through the disconnect handshake, halon stops.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,6 +33,7 @@ use hax_ha::broadcast::Broadcaster;
 use hax_ha::http::metrics as http_metrics;
 use hax_ha::inbound::bq::{self, BqConfig, BqProcessor};
 use hax_ha::inbound::watches::WatchHandlers;
+use hax_ha::leader::elect::Elector;
 use hax_ha::metrics::{Metrics, Registry};
 use hax_ha::motr::bridge::Bridge;
 use hax_ha::motr::keepalive::{self, KeepaliveConfig, KeepaliveInbox};
@@ -118,8 +123,53 @@ async fn wait_for_consul(client: &ConsulClient, cancel: &CancellationToken) -> O
     }
 }
 
+/// Starts the RC leader election when `[leader] elect` is on, `None`
+/// otherwise (or when stopped first). It runs before the identity is
+/// resolved, which waits for the principal RM, the leader's: without hare,
+/// only the election makes one.
+async fn start_election(
+    cfg: &Config,
+    client: &ConsulClient,
+    cancel: &CancellationToken,
+) -> Option<Elector> {
+    if !cfg.leader.elect {
+        return None;
+    }
+    let overrides = cfg.identity.overrides();
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let node = loop {
+        match identity::node_name(client, &overrides).await {
+            Ok(n) => break n,
+            Err(e) => {
+                tracing::warn!(error = %e, "node name not known yet; the RC leader election waits")
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return None,
+            _ = tokio::time::sleep(backoff.next_pause()) => {}
+        }
+    };
+    let config = cfg.leader.elect_config(&node)?;
+    Some(Elector::spawn(client.clone(), config))
+}
+
 /// Runs the daemon until `shutdown` is cancelled.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppError> {
+    let mut elector = None;
+    let r = run_with(cfg, shutdown, &mut elector).await;
+    // However the run ended, the leadership of a hax that no longer runs is
+    // given back; a stop in order has already done so.
+    if let Some(e) = elector.take() {
+        e.stop().await;
+    }
+    r
+}
+
+async fn run_with(
+    cfg: Config,
+    shutdown: CancellationToken,
+    elector: &mut Option<Elector>,
+) -> Result<(), AppError> {
     let started = Instant::now();
     if hax_core::BACKEND != "motr" {
         // Said at every start: a package built without Motr serves only the
@@ -141,6 +191,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
     if let Err(e) = hax_ha::leader::stale::remove_stale_session(&client).await {
         tracing::warn!(error = %e, "stale RC leader session not checked");
     }
+    *elector = start_election(&cfg, &client, &shutdown).await;
     // The daemon's tasks outlive the signal: they keep recording what Motr
     // sends while the links are disconnected. They end when `run` returns.
     let tasks = CancellationToken::new();
@@ -379,6 +430,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
     processor_metrics.register(&mut registry, bq_inbox.newest());
     http_metrics::register_api(&mut registry, api.metrics());
     http_metrics::register_stats(&mut registry, Arc::clone(&stats_metrics));
+    http_metrics::register_rc_leader(&mut registry, view.clone());
     http_metrics::register_held(&mut registry, pipeline.held_metrics());
     hax_ha::metrics::register_heap(&mut registry, heap_metrics);
     let router = hax_ha::http::daemon_router(app_state, api, Arc::new(registry));
@@ -460,6 +512,11 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
         let _ = t.await;
     }
     let _ = resync.await;
+    // The leader's work has stopped: another node may take over now, while
+    // Motr's links disconnect.
+    if let Some(e) = elector.take() {
+        e.stop().await;
+    }
     // Motr stops while the pipeline and the writer still run: what the
     // processes send until their links are gone is recorded before it is
     // delivered. If Consul cannot take it in time, the writes are abandoned,

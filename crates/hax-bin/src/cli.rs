@@ -194,6 +194,12 @@ settings! {
     stats_filesystem_interval_ms, "HAX_STATS_FILESYSTEM_INTERVAL_MS" => stats.filesystem_interval_ms: u64, value_name = "MS";
     /// Period of the byte counts in milliseconds (0: off).
     stats_bytecount_interval_ms, "HAX_STATS_BYTECOUNT_INTERVAL_MS" => stats.bytecount_interval_ms: u64, value_name = "MS";
+    /// Elect the RC leader from hax (true or false).
+    leader_elect, "HAX_LEADER_ELECT" => leader.elect: bool, value_name = "BOOL";
+    /// Lock-delay of the RC leader session in milliseconds (at most 60000).
+    leader_lock_delay_ms, "HAX_LEADER_LOCK_DELAY_MS" => leader.lock_delay_ms: u64, value_name = "MS";
+    /// Tie the RC leader session to this node's confd and hax checks too (true or false).
+    leader_service_checks, "HAX_LEADER_SERVICE_CHECKS" => leader.service_checks: bool, value_name = "BOOL";
 }
 
 /// The commands of `hax`, beside running the daemon.

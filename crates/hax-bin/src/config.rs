@@ -111,6 +111,8 @@ pub struct Config {
     pub limits: LimitsSection,
     /// Periodic statistics written by the RC leader.
     pub stats: StatsSection,
+    /// Election of the RC leader by hax.
+    pub leader: LeaderSection,
 }
 
 /// `[consul]`
@@ -228,6 +230,50 @@ pub struct StatsSection {
     /// milliseconds; 0 turns them off.
     pub bytecount_interval_ms: u64,
 }
+
+/// `[leader]`
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LeaderSection {
+    /// Elect the RC leader from hax, as hare's `elect-rc-leader` watch does:
+    /// for a cluster without hare's scripts. Off, hax only reads `leader`.
+    pub elect: bool,
+    /// Lock-delay of the leader session, in milliseconds: after the session
+    /// is invalidated (the node's Consul agent or a tied check failed), no
+    /// node can take `leader` for this long. At most 60000 (Consul's bound).
+    pub lock_delay_ms: u64,
+    /// Tie the session also to the health checks of this node's confd and
+    /// hax services, as hare does (else to `serfHealth` alone).
+    pub service_checks: bool,
+}
+
+impl Default for LeaderSection {
+    fn default() -> Self {
+        LeaderSection {
+            elect: false,
+            lock_delay_ms: hax_ha::leader::elect::DEFAULT_LOCK_DELAY.as_millis() as u64,
+            service_checks: true,
+        }
+    }
+}
+
+impl LeaderSection {
+    /// The election's settings for node `node`, `None` when off.
+    pub fn elect_config(&self, node: &str) -> Option<hax_ha::leader::elect::ElectConfig> {
+        if !self.elect {
+            return None;
+        }
+        let mut c = hax_ha::leader::elect::ElectConfig::new(node);
+        c.lock_delay = Duration::from_millis(self.lock_delay_ms);
+        if !self.service_checks {
+            c.services.clear();
+        }
+        Some(c)
+    }
+}
+
+/// The longest lock-delay Consul takes.
+pub const MAX_LOCK_DELAY: Duration = Duration::from_secs(60);
 
 /// The longest period or timeout: longer ones are mistakes, and would
 /// overflow the clock arithmetic of the timers they set.
@@ -508,6 +554,17 @@ impl Config {
                 ),
             );
         }
+        let lock_delay = Duration::from_millis(self.leader.lock_delay_ms);
+        if lock_delay > MAX_LOCK_DELAY {
+            return invalid(
+                "leader.lock_delay_ms",
+                format!(
+                    "{} ms is above Consul's maximum of {} ms",
+                    self.leader.lock_delay_ms,
+                    MAX_LOCK_DELAY.as_millis()
+                ),
+            );
+        }
         if self.consul.request_timeout_ms == 0 {
             return invalid("consul.request_timeout_ms", "must be positive".into());
         }
@@ -704,6 +761,29 @@ mod tests {
         let zero = Config::from_toml("[limits]\nbq_retain = 0\n").unwrap();
         let e = zero.validate().unwrap_err().to_string();
         assert!(e.contains("limits.bq_retain"), "{e}");
+    }
+
+    #[test]
+    fn leader_election_is_off_unless_asked() {
+        let d = Config::default();
+        assert!(d.leader.elect_config("n1").is_none());
+        let c = Config::from_toml("[leader]\nelect = true\n").unwrap();
+        c.validate().unwrap();
+        let e = c.leader.elect_config("n1").expect("on");
+        assert_eq!(e.node, "n1");
+        assert_eq!(e.lock_delay, Duration::from_secs(2));
+        assert_eq!(e.services, ["confd", "hax"]);
+        let c = Config::from_toml(
+            "[leader]\nelect = true\nlock_delay_ms = 0\nservice_checks = false\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let e = c.leader.elect_config("n1").expect("on");
+        assert_eq!(e.lock_delay, Duration::ZERO);
+        assert!(e.services.is_empty());
+        let long = Config::from_toml("[leader]\nlock_delay_ms = 60001\n").unwrap();
+        let e = long.validate().unwrap_err().to_string();
+        assert!(e.contains("leader.lock_delay_ms"), "{e}");
     }
 
     #[test]

@@ -83,6 +83,10 @@ fn samples(key: &str, default: &serde_json::Value, dir: &Dir) -> [String; 2] {
     if let Some(n) = default.as_u64() {
         return [(n + 1).to_string(), (n + 2).to_string()];
     }
+    // A switch has two values: the other one, then the default.
+    if let Some(on) = default.as_bool() {
+        return [(!on).to_string(), on.to_string()];
+    }
     // Token files are read by `--check-config`, as by a start: they exist.
     if key.ends_with(".token_file") {
         return [dir.file("token-1", "t1\n"), dir.file("token-2", "t2\n")];
@@ -106,7 +110,7 @@ fn samples(key: &str, default: &serde_json::Value, dir: &Dir) -> [String; 2] {
 
 /// `value` as a TOML value of the type `default` has.
 fn toml_value(default: &serde_json::Value, value: &str) -> String {
-    if default.is_u64() {
+    if default.is_u64() || default.is_boolean() {
         value.to_owned()
     } else {
         serde_json::Value::from(value).to_string()

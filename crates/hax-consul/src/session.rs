@@ -84,12 +84,43 @@ pub struct SessionInfo {
     /// TTL as Consul prints it (`"10s"`), empty when none.
     #[serde(rename = "TTL", default)]
     pub ttl: String,
-    /// Health checks (Consul 1.8 lists them here).
+    /// Health checks, as Consul before 1.7 lists them.
     #[serde(default)]
     pub checks: Option<Vec<String>>,
+    /// Node health checks (Consul 1.7 and later list the checks given as
+    /// `Checks` here).
+    #[serde(default)]
+    pub node_checks: Option<Vec<String>>,
+    /// Service health checks (Consul 1.7 and later).
+    #[serde(default)]
+    pub service_checks: Option<Vec<ServiceCheck>>,
     /// Creation index.
     #[serde(default)]
     pub create_index: u64,
+}
+
+/// A service check a session is tied to.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ServiceCheck {
+    /// Check id.
+    #[serde(rename = "ID")]
+    pub id: String,
+    /// Namespace (Consul Enterprise), empty otherwise.
+    #[serde(default)]
+    pub namespace: String,
+}
+
+impl SessionInfo {
+    /// The ids of every check the session is tied to, whichever field the
+    /// agent's version lists them in.
+    pub fn check_ids(&self) -> Vec<&str> {
+        let listed = self.checks.iter().chain(&self.node_checks).flatten();
+        listed
+            .map(String::as_str)
+            .chain(self.service_checks.iter().flatten().map(|c| c.id.as_str()))
+            .collect()
+    }
 }
 
 #[derive(Deserialize)]
@@ -186,6 +217,20 @@ mod tests {
         assert!(check_ttl(Duration::from_secs(9)).is_err());
         assert!(check_ttl(Duration::from_secs(10)).is_ok());
         assert!(check_ttl(Duration::from_secs(86_401)).is_err());
+    }
+
+    #[test]
+    fn checks_are_read_from_every_field() {
+        let info: SessionInfo = serde_json::from_str(
+            r#"{"ID":"s","Node":"vm","NodeChecks":["serfHealth","service:9"],
+               "ServiceChecks":[{"ID":"service:6","Namespace":""}]}"#,
+        )
+        .expect("1.8 form");
+        assert_eq!(info.check_ids(), ["serfHealth", "service:9", "service:6"]);
+        let old: SessionInfo =
+            serde_json::from_str(r#"{"ID":"s","Node":"vm","Checks":["serfHealth"]}"#)
+                .expect("older form");
+        assert_eq!(old.check_ids(), ["serfHealth"]);
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! | [`broadcast`] | HA state broadcasts to the linked processes |
 //! | [`view`] | the cluster as hax knows it: configuration, states, health, entrypoint replies, identity |
 //! | [`inbound`] | what comes from Consul: watch updates, the broadcast queue and its trimming, reported failures |
-//! | [`leader`] | the RC leader's periodic work: statistics |
+//! | [`leader`] | the RC leader: its election (opt-in), its periodic work (statistics), the stale session |
 //! | [`http`] | the HTTP API |
 //! | [`metrics`] | the daemon's counters and their collectors for one `prometheus-client` registry |
 

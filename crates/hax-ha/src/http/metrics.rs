@@ -1,6 +1,7 @@
 //! `GET /metrics`: the daemon's registry, encoded as the scraper asks, and
 //! the collectors of the parts whose folders do not import [`crate::metrics`]
-//! (the API, the RC leader's statistics, the held FAILED notes).
+//! (the API, the RC leader's statistics and whether this node is the leader,
+//! the held FAILED notes).
 
 use std::fmt::Error as FmtError;
 use std::sync::atomic::Ordering;
@@ -17,6 +18,7 @@ use crate::leader::stats::{Outcome, StatsMetrics, Updater};
 use crate::metrics::Families;
 pub use crate::metrics::QueueDepth;
 use crate::motr::fencing::HeldMetrics;
+use crate::view::ClusterView;
 
 /// The `Content-Type` of OpenMetrics text, which prometheus-client's `text`
 /// encoder writes.
@@ -128,6 +130,30 @@ impl Collector for StatsCollector {
             "hax_rconfc_start_attempts_total",
             "Attempts to start rconfc.",
             s.rconfc_attempts.load(Ordering::Relaxed),
+        )
+    }
+}
+
+struct LeaderCollector(ClusterView);
+
+impl std::fmt::Debug for LeaderCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LeaderCollector")
+    }
+}
+
+/// Registers `hax_rc_leader`: whether the cluster view names this node the
+/// RC leader, which is what the leader's work follows.
+pub fn register_rc_leader(registry: &mut Registry, view: ClusterView) {
+    registry.register_collector(Box::new(LeaderCollector(view)));
+}
+
+impl Collector for LeaderCollector {
+    fn encode(&self, encoder: DescriptorEncoder) -> Result<(), FmtError> {
+        Families(encoder).gauge(
+            "hax_rc_leader",
+            "Whether this node is the RC leader (the leader key names it): the leader's work runs here.",
+            i64::from(self.0.snapshot().is_rc()),
         )
     }
 }

@@ -67,14 +67,23 @@ pub enum IdentityError {
     Cancelled,
 }
 
+/// The local node name: the configured one, else the Consul agent's node
+/// name.
+pub async fn node_name(
+    client: &ConsulClient,
+    cfg: &IdentityOverrides,
+) -> Result<String, hax_consul::ConsulError> {
+    Ok(match &cfg.node {
+        Some(n) => n.clone(),
+        None => strip_node_suffix(&client.agent_self().await?.config.node_name).to_owned(),
+    })
+}
+
 async fn from_consul(
     client: &ConsulClient,
     cfg: &IdentityOverrides,
 ) -> Result<(String, String, Fid, Fid), IdentityError> {
-    let node = match &cfg.node {
-        Some(n) => n.clone(),
-        None => strip_node_suffix(&client.agent_self().await?.config.node_name).to_owned(),
-    };
+    let node = node_name(client, cfg).await?;
     if let (Some(ep), Some(p), Some(h)) = (&cfg.endpoint, cfg.process_fid, cfg.ha_service_fid) {
         return Ok((node, ep.clone(), p, h));
     }
