@@ -123,33 +123,34 @@ async fn wait_for_consul(client: &ConsulClient, cancel: &CancellationToken) -> O
     }
 }
 
-/// Starts the RC leader election when `[leader] elect` is on, `None`
-/// otherwise (or when stopped first). It runs before the identity is
-/// resolved, which waits for the principal RM, the leader's: without hare,
-/// only the election makes one.
-async fn start_election(
+/// The local node's name, retried until Consul tells or `cancel`.
+async fn node_name(
     cfg: &Config,
     client: &ConsulClient,
     cancel: &CancellationToken,
-) -> Option<Elector> {
-    if !cfg.leader.elect {
-        return None;
-    }
+) -> Option<String> {
     let overrides = cfg.identity.overrides();
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    let node = loop {
+    loop {
         match identity::node_name(client, &overrides).await {
-            Ok(n) => break n,
-            Err(e) => {
-                tracing::warn!(error = %e, "node name not known yet; the RC leader election waits")
-            }
+            Ok(n) => return Some(n),
+            Err(e) => tracing::warn!(error = %e, "node name not known yet; retrying"),
         }
         tokio::select! {
             _ = cancel.cancelled() => return None,
             _ = tokio::time::sleep(backoff.next_pause()) => {}
         }
-    };
-    let config = cfg.leader.elect_config(&node)?;
+    }
+}
+
+/// Starts the RC leader election when `[leader] elect` is on, `None`
+/// otherwise. It runs before the identity is resolved, which waits for the
+/// principal RM, the leader's: without hare, only the election makes one.
+fn start_election(cfg: &Config, client: &ConsulClient, node: &str) -> Option<Elector> {
+    if !cfg.leader.elect {
+        return None;
+    }
+    let config = cfg.leader.elect_config(node)?;
     Some(Elector::spawn(client.clone(), config))
 }
 
@@ -191,7 +192,35 @@ async fn run_with(
     if let Err(e) = hax_ha::leader::stale::remove_stale_session(&client).await {
         tracing::warn!(error = %e, "stale RC leader session not checked");
     }
-    *elector = start_election(&cfg, &client, &shutdown).await;
+    let Some(node) = node_name(&cfg, &client, &shutdown).await else {
+        return Ok(());
+    };
+    // The HTTP port is ours before hax's state is written or the election
+    // runs: a second hax of the same identity must fail here, not after
+    // Motr's start (whose stop would record hax STOPPED over the running
+    // one) nor after taking over the running one's leader session.
+    let (http_addr, http_from) =
+        crate::listen::address(cfg.http.bind.as_ref(), &client, &node).await?;
+    let tls = crate::listen::tls(&HaxKv::new(client.clone())).await?;
+    if http_token.is_none() && !http_addr.ip().is_loopback() {
+        tracing::warn!(%http_addr, "the HTTP API is reachable from the network and no http.token_file is set: anyone who reaches it can change state");
+    }
+    let server_cfg = ServerConfig {
+        bind: http_addr,
+        bearer_token: http_token.clone(),
+        tls,
+        ..ServerConfig::default()
+    };
+    let serve_cfg = server_cfg.clone();
+    let listener = server::bind(&server_cfg)
+        .await
+        .map_err(|source| AppError::Http {
+            addr: http_addr,
+            from: http_from,
+            source,
+        })?;
+    tracing::info!(addr = %http_addr, from = http_from, https = server_cfg.tls.is_some(), "http listening");
+    *elector = start_election(&cfg, &client, &node);
     // The daemon's tasks outlive the signal: they keep recording what Motr
     // sends while the links are disconnected. They end when `run` returns.
     let tasks = CancellationToken::new();
@@ -252,30 +281,6 @@ async fn run_with(
         Some((_, inbox)) => bridge.with_keepalives(inbox.clone()),
         None => bridge,
     };
-    // Every port is ours before Motr starts or hax's state is written: a second
-    // hax of the same identity must fail here, not after Motr's start
-    // (whose stop would record hax STOPPED over the running one).
-    let (http_addr, http_from) =
-        crate::listen::address(cfg.http.bind.as_ref(), &client, &id.node).await?;
-    let tls = crate::listen::tls(&HaxKv::new(client.clone())).await?;
-    if http_token.is_none() && !http_addr.ip().is_loopback() {
-        tracing::warn!(%http_addr, "the HTTP API is reachable from the network and no http.token_file is set: anyone who reaches it can change state");
-    }
-    let server_cfg = ServerConfig {
-        bind: http_addr,
-        bearer_token: http_token.clone(),
-        tls,
-        ..ServerConfig::default()
-    };
-    let serve_cfg = server_cfg.clone();
-    let listener = server::bind(&server_cfg)
-        .await
-        .map_err(|source| AppError::Http {
-            addr: http_addr,
-            from: http_from,
-            source,
-        })?;
-    tracing::info!(addr = %http_addr, from = http_from, https = server_cfg.tls.is_some(), "http listening");
     let halon_cfg = HalonConfig {
         endpoint: id.endpoint.clone(),
         process_fid: id.process_fid,
