@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 pub const PROCESS: FidText = FidText::new(0x7200000000000001, 0x15);
 
 /// `processes/<fid>`, decoded: what a watcher of it keeps.
+#[derive(Debug)]
 pub struct ProcessSource(pub FidText);
 
 impl WatchSource for ProcessSource {

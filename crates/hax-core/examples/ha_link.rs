@@ -18,8 +18,12 @@ use hax_core::{
     FidType, HaMsg, Halon, HalonConfig, LinkId, Tag,
 };
 
+/// What other processes send, with the link it came on.
+pub type Inbox = Receiver<(LinkId, HaMsg)>;
+
 /// hax's side of every link. Its methods run on Motr's threads, so they
 /// answer at once and hand messages on without blocking.
+#[derive(Debug)]
 pub struct Ha {
     config: HalonConfig,
     messages: SyncSender<(LinkId, HaMsg)>,
@@ -62,9 +66,8 @@ impl Callbacks for Ha {
     }
 }
 
-/// Starts the interface at `endpoint`; the receiver gets what other
-/// processes send.
-pub fn start(endpoint: &str) -> hax_core::Result<(Halon<Ha>, Receiver<(LinkId, HaMsg)>)> {
+/// Starts the interface at `endpoint`.
+pub fn start(endpoint: &str) -> hax_core::Result<(Halon<Ha>, Inbox)> {
     let config = HalonConfig {
         endpoint: endpoint.to_owned(),
         process_fid: Fid::typed(FidType::Process, 1, 3),
