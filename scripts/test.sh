@@ -27,6 +27,12 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
 
+# The library crates as their users get them (docs/releasing.md): docs with no
+# warning (broken links, missing docs), and each crate built from its packaged
+# sources alone. Offline: the build above fetched every dependency.
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked -p hax-sys -p hax-core -p hax-consul
+cargo package --offline --locked --allow-dirty -p hax-sys -p hax-core -p hax-consul
+
 # Fuzz smoke run: the corpus of every fuzz target, plus a short seeded
 # mutation run, through the same checks `cargo fuzz` runs (docs/reliability.md).
 # fuzz/ is its own workspace; it shares this target directory.
