@@ -13,6 +13,7 @@ use hax_consul::ConsulClient;
 use hax_core::ProcessEventKind;
 use hax_e2e::cluster::{bq, spec, start, told_everywhere_once};
 use hax_e2e::{assert_no_violations, wait_for};
+use hax_testkit::cluster::Election;
 
 /// The lowest entry of the broadcast queue, if any.
 async fn bq_first(client: &ConsulClient) -> Option<u64> {
@@ -26,7 +27,19 @@ const STATS_SKIPPED: &str = "not every ioservice is healthy: statistics not fetc
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_node_dies_and_another_leads() {
+    leader_node_dies(Election::Bed).await;
+}
+
+/// The same with no hare scripts: each hax elects (`[leader] elect`), and
+/// the survivors' haxes take the leadership over from the dead node's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_node_dies_and_another_hax_elects_itself() {
+    leader_node_dies(Election::Hax).await;
+}
+
+async fn leader_node_dies(election: Election) {
     let mut s = spec(3, 1);
+    s.election = election;
     s.hax_env = [
         ("HAX_LIMITS_BQ_TRIM_INTERVAL_MS", "300"),
         // The dead node stops consuming: the leader trims past it soon.
@@ -44,7 +57,7 @@ async fn the_leader_node_dies_and_another_leads() {
         .wait_leader(None, Duration::from_secs(5))
         .await
         .expect("a leader");
-    assert_eq!(old, names[0], "the bed elects the first node first");
+    assert_eq!(old, names[0], "the first node is elected first");
     let survivor = bed.node_client(&names[1]).expect("client");
 
     // The first leader trims.

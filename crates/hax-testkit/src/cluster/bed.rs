@@ -31,6 +31,9 @@ pub enum Election {
     /// Nobody: the first node is made leader once, by a session of its
     /// agent, and no one takes over when it dies.
     Once,
+    /// Every hax, with its own election (`[leader] elect`, the bed's
+    /// lock-delay); the first hax started (the first node's) wins the first.
+    Hax,
 }
 
 /// How a [`ClusterBed`] is made.
@@ -290,6 +293,7 @@ impl ClusterBed {
             Election::Once => {
                 cfgen::elect(&first, &names[0]).await?;
             }
+            Election::Hax => {}
             Election::Bed => {
                 let mut elector = Elector::default();
                 elector.add(names[0].clone(), first, self.spec.lock_delay);
@@ -375,6 +379,20 @@ impl ClusterBed {
         // identity from Consul.
         cmd.env("HAX_MOTR_KEEPALIVE_INTERVAL_MS", "0")
             .env("HAX_LIMITS_BQ_TRIM_INTERVAL_MS", "0")
+            .envs(
+                (self.spec.election == Election::Hax)
+                    .then(|| {
+                        [
+                            ("HAX_LEADER_ELECT".to_owned(), "true".to_owned()),
+                            (
+                                "HAX_LEADER_LOCK_DELAY_MS".to_owned(),
+                                self.spec.lock_delay.as_millis().to_string(),
+                            ),
+                        ]
+                    })
+                    .into_iter()
+                    .flatten(),
+            )
             .envs(self.spec.hax_env.iter().map(|(k, v)| (k, v)))
             .arg("--consul-address")
             .arg(agent.to_string())
