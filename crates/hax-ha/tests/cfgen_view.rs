@@ -196,6 +196,14 @@ async fn a_corrupt_value_leaves_out_its_own_entry() {
     cancel.cancel();
 }
 
+/// The service named `name` in a node of the fetch-fids answer.
+fn service<'a>(node: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    node["svcs"]
+        .as_array()
+        .and_then(|svcs| svcs.iter().find(|s| s["name"] == name))
+        .unwrap_or_else(|| panic!("no {name} in {node}"))
+}
+
 /// A node's name and its services: name, fid, endpoint.
 type NodeServices = (String, Vec<(String, String, String)>);
 
@@ -278,12 +286,7 @@ async fn fetch_fids_reads_what_hare_fetch_fids_reads() {
         assert_eq!(node.ha_ep.as_deref(), hax.ep.as_deref());
         assert_eq!(node.uuid, format!("uuid-{}", i + 1));
         let json = serde_json::to_value(node).expect("json");
-        let ios = json["svcs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["name"] == "ioservice")
-            .expect("ioservice");
+        let ios = service(&json, "ioservice");
         let key = ios["fid"].as_str().unwrap().rsplit("0x").next().unwrap();
         let key = u64::from_str_radix(key, 16).unwrap();
         assert_eq!(
@@ -292,26 +295,11 @@ async fn fetch_fids_reads_what_hare_fetch_fids_reads() {
         );
         assert_eq!(ios["uuid"], node.uuid.as_str());
         assert_eq!(ios["ha_ep"], node.ha_ep.as_deref().unwrap());
-        let confd = json["svcs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["name"] == "confd")
-            .expect("confd");
+        let confd = service(&json, "confd");
         assert_eq!(confd["conf_xc"], "/etc/motr/confd.xc");
-        let client = json["svcs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["name"] == "m0_client_other")
-            .expect("client");
+        let client = service(&json, "m0_client_other");
         assert_eq!(client["profile_fid"], "0x7000000000000001:0x0");
-        let hax = json["svcs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["name"] == "hax")
-            .expect("hax");
+        let hax = service(&json, "hax");
         assert!(client.get("uuid").is_none() && hax.get("ha_ep").is_none());
     }
     cancel.cancel();

@@ -90,6 +90,20 @@ pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> 
     move |source| DevAgentError::Io { what, source }
 }
 
+/// Sends an agent's output (both streams) to the end of `log`; no input.
+pub(crate) fn log_to(cmd: &mut Command, log: &Path) -> Result<(), DevAgentError> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(io_err("open an agent log"))?;
+    let copy = file.try_clone().map_err(io_err("clone an agent log"))?;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::from(file))
+        .stderr(Stdio::from(copy));
+    Ok(())
+}
+
 /// Finds the Consul binary (see the module documentation for the order).
 pub fn find_consul_binary() -> Result<PathBuf, DevAgentError> {
     let mut tried = Vec::new();
@@ -438,15 +452,7 @@ impl DevAgent {
             write_json(&extra_path, extra)?;
             cmd.arg(format!("-config-file={}", extra_path.display()));
         }
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .map_err(io_err("open the agent log"))?;
-        let log2 = log.try_clone().map_err(io_err("clone the agent log"))?;
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log2));
+        log_to(&mut cmd, &self.log_path())?;
         Ok(cmd)
     }
 

@@ -8,7 +8,7 @@ use std::fs::File;
 use std::io::Read as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -139,15 +139,7 @@ impl Agent {
             write_json(&extra_path, extra)?;
             cmd.arg(format!("-config-file={}", extra_path.display()));
         }
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .map_err(io_err("open an agent log"))?;
-        let log2 = log.try_clone().map_err(io_err("clone an agent log"))?;
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log2));
+        crate::dev_agent::log_to(&mut cmd, &self.log_path())?;
         Ok(cmd)
     }
 
