@@ -5,15 +5,22 @@
 //!
 //! 1. an idle window, for the background rate of Raft commits (sessions,
 //!    anti-entropy, checks);
-//! 2. events one at a time: a random ioservice reports STOPPED or STARTED
-//!    (each toggles it), and the time until every other process of every
-//!    node was told the new state is measured from the receive times the
-//!    simulated processes record; Consul's Raft commit index, Consul's own
-//!    KV/transaction apply counts, hax's writes, watch deliveries and bytes
-//!    read by every hax are counted over the phase;
-//! 3. a sustained rate of such events, sampling every hax's broadcast-queue
-//!    position (`hax_bq_offset`) against the newest entry any node knows
-//!    (`hax_bq_newest`) for the lag, and the CPU and RSS of every hax.
+//! 2. events one at a time on the first ioservice of a random node: STOPPED
+//!    when it is up, else it starts again as a new incarnation (hax fenced
+//!    the old one's links) and reports STARTED; the time until every other
+//!    process of every node was told the new state is measured from the
+//!    receive times the simulated processes record; Consul's Raft commit
+//!    index, Consul's own KV/transaction apply counts, hax's writes,
+//!    broadcasts and watch deliveries are counted over the phase, and the
+//!    body a `bq/` watch posts is read after each event (watch bytes are
+//!    estimated from it: hax does not count them);
+//! 3. a sustained rate of such events (offered: each restart is awaited
+//!    before the next event), sampling every hax's broadcast-queue position
+//!    (`hax_bq_offset`) against the newest entry any node knows
+//!    (`hax_bq_newest`) for the lag, and the CPU and RSS of every hax and
+//!    the CPU of the agents.
+//!
+//! Figures and what they mean: docs/performance.md, "Cluster size".
 //!
 //! Prints a Markdown table, one column per N. A benchmark, not a test:
 //! nothing is asserted beyond the events arriving.
@@ -33,16 +40,19 @@
 //! | `SCALE_IDLE_SECS` | 5 | idle window for the background rates |
 //! | `SCALE_RATE` | 20 | events per second of the sustained phase |
 //! | `SCALE_SECS` | 10 | seconds of the sustained phase |
-//! | `SCALE_SEED` | 1 | seed of the random choice of processes |
+//! | `SCALE_SEED` | 1 | seed of the random choice of nodes |
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hax_consul::schema::QueueKind;
 use hax_core::{Fid, HaMsgData, HaState, NvecKind, ProcessEventKind};
-use hax_sim::SimCluster;
 use hax_e2e::cluster::{is_down, spec, start};
 use hax_e2e::{wait_for, Metrics};
+use hax_sim::SimCluster;
 use hax_testkit::cluster::ClusterBed;
 
 fn param(name: &str, default: usize) -> usize {
@@ -163,7 +173,10 @@ async fn snap(bed: &ClusterBed, web: &reqwest::Client) -> Snap {
     for a in &bed.agents.servers {
         let text = get_text(
             web,
-            &format!("http://{}/v1/agent/metrics?format=prometheus", a.http_addr()),
+            &format!(
+                "http://{}/v1/agent/metrics?format=prometheus",
+                a.http_addr()
+            ),
         )
         .await;
         let m = Metrics::parse(&text);
@@ -210,14 +223,36 @@ async fn bq_listing(bed: &ClusterBed, web: &reqwest::Client) -> String {
     .await
 }
 
-/// Each node's (`hax_bq_offset`, `hax_bq_newest`).
-async fn bq_positions(bed: &ClusterBed, web: &reqwest::Client) -> Vec<(f64, f64)> {
+/// Each node's (`hax_bq_offset`, `hax_bq_newest`), from the hax at each
+/// of `addrs`.
+async fn bq_positions(addrs: &[SocketAddr], web: &reqwest::Client) -> Vec<(f64, f64)> {
     let mut out = Vec::new();
-    for n in &bed.nodes {
-        let m = Metrics::parse(&get_text(web, &format!("http://{}/metrics", n.hax_http)).await);
+    for a in addrs {
+        let m = Metrics::parse(&get_text(web, &format!("http://{a}/metrics")).await);
         out.push((sum(&m, "hax_bq_offset"), sum(&m, "hax_bq_newest")));
     }
     out
+}
+
+/// Samples every 100 ms, until `stop`, how far each node is behind the
+/// newest entry any node knows; the largest gap of each node.
+fn spawn_lag_sampler(
+    addrs: Vec<SocketAddr>,
+    web: reqwest::Client,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<f64>> {
+    tokio::spawn(async move {
+        let mut max_lag = vec![0.0f64; addrs.len()];
+        while !stop.load(Ordering::Relaxed) {
+            let pos = bq_positions(&addrs, &web).await;
+            let newest = pos.iter().map(|p| p.1).fold(0.0, f64::max);
+            for (l, p) in max_lag.iter_mut().zip(&pos) {
+                *l = l.max(newest - p.0);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        max_lag
+    })
 }
 
 /// Whether `msg` tells that process `fid` is down (`down`) or up again.
@@ -378,9 +413,14 @@ async fn run(n: usize, procs: usize, rng: &mut fastrand::Rng) -> Column {
                     .iter()
                     .zip(&told)
                     .filter(|(_, t)| t.is_none())
-                    .map(|(p, _)| format!("{} (state {:?}, stats {:?})", p.fid(), p.state(), p.stats()))
+                    .map(|(p, _)| {
+                        format!("{} (state {:?}, stats {:?})", p.fid(), p.state(), p.stats())
+                    })
                     .collect();
-                panic!("{} of {fid} not told within 60 s to {missing:?}", if down { "STOPPED" } else { "STARTED" });
+                panic!(
+                    "{} of {fid} not told within 60 s to {missing:?}",
+                    if down { "STOPPED" } else { "STARTED" }
+                );
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -441,7 +481,10 @@ async fn run(n: usize, procs: usize, rng: &mut fastrand::Rng) -> Column {
     let wu = (s2.watch_updates - s1.watch_updates) / ev;
     col.insert(
         "bq/ watch body during the events (bytes, mean)",
-        format!("{:.0}", bq_body.iter().sum::<usize>() as f64 / bq_body.len().max(1) as f64),
+        format!(
+            "{:.0}",
+            bq_body.iter().sum::<usize>() as f64 / bq_body.len().max(1) as f64
+        ),
     );
     col.insert(
         "watch deliveries per event (all haxes / per node)",
@@ -455,35 +498,24 @@ async fn run(n: usize, procs: usize, rng: &mut fastrand::Rng) -> Column {
 
     // 3. Sustained rate.
     eprintln!("== N={n}: {rate} events/s for {secs} s");
-    let mut max_lag = vec![0.0f64; n];
+    let addrs: Vec<SocketAddr> = bed.nodes.iter().map(|x| x.hax_http).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = spawn_lag_sampler(addrs.clone(), web.clone(), Arc::clone(&stop));
     let s3 = snap(&bed, &web).await;
     let period = Duration::from_secs_f64(1.0 / rate as f64);
     let phase = Duration::from_secs(secs as u64);
     let begin = Instant::now();
     let mut next_event = begin;
-    let mut next_sample = begin;
     let mut sent = 0usize;
     while begin.elapsed() < phase {
-        let now = Instant::now();
-        if now >= next_event {
-            let k = rng.usize(0..sources.len());
-            event(&mut bed, k, &mut up).await;
-            sent += 1;
-            next_event += period;
+        let k = rng.usize(0..sources.len());
+        event(&mut bed, k, &mut up).await;
+        sent += 1;
+        for p in bed.peers() {
+            p.take_received();
         }
-        if now >= next_sample {
-            let pos = bq_positions(&bed, &web).await;
-            let newest = pos.iter().map(|p| p.1).fold(0.0, f64::max);
-            for (l, p) in max_lag.iter_mut().zip(&pos) {
-                *l = l.max(newest - p.0);
-            }
-            next_sample = Instant::now() + Duration::from_millis(100);
-            for p in bed.peers() {
-                p.take_received();
-            }
-        }
-        let wake = next_event.min(next_sample);
-        tokio::time::sleep_until(wake.into()).await;
+        next_event += period;
+        tokio::time::sleep_until(next_event.into()).await;
     }
     let sent_for = begin.elapsed();
     let s4 = snap(&bed, &web).await;
@@ -491,29 +523,35 @@ async fn run(n: usize, procs: usize, rng: &mut fastrand::Rng) -> Column {
     // is the queue's last (the leader may still be writing).
     let last_key = QueueKind::Broadcast.prefix();
     let server = bed.node_client(&bed.nodes[0].name).expect("client");
-    wait_for("every node to drain the queue", Duration::from_secs(120), || {
-        let bed = &bed;
-        let web = &web;
-        let server = &server;
-        async move {
-            let pos = bq_positions(bed, web).await;
-            let newest = pos.iter().map(|p| p.1).fold(0.0, f64::max);
-            let last = server
-                .kv_list(last_key)
-                .await
-                .ok()?
-                .value
-                .iter()
-                .filter_map(|p| QueueKind::Broadcast.parse_entry_key(&p.key))
-                .max()
-                .unwrap_or(0) as f64;
-            pos.iter()
-                .all(|p| p.0 >= newest && p.0 >= last)
-                .then_some(())
-        }
-    })
+    wait_for(
+        "every node to drain the queue",
+        Duration::from_secs(120),
+        || {
+            let addrs = &addrs;
+            let web = &web;
+            let server = &server;
+            async move {
+                let pos = bq_positions(addrs, web).await;
+                let newest = pos.iter().map(|p| p.1).fold(0.0, f64::max);
+                let last = server
+                    .kv_list(last_key)
+                    .await
+                    .ok()?
+                    .value
+                    .iter()
+                    .filter_map(|p| QueueKind::Broadcast.parse_entry_key(&p.key))
+                    .max()
+                    .unwrap_or(0) as f64;
+                pos.iter()
+                    .all(|p| p.0 >= newest && p.0 >= last)
+                    .then_some(())
+            }
+        },
+    )
     .await;
     let drained = begin.elapsed().saturating_sub(sent_for);
+    stop.store(true, Ordering::Relaxed);
+    let max_lag = sampler.await.expect("lag sampler");
     // What the events cost, drain included.
     let s5 = snap(&bed, &web).await;
     col.insert(
@@ -567,8 +605,7 @@ async fn run(n: usize, procs: usize, rng: &mut fastrand::Rng) -> Column {
         format!(
             "{:.1} / {:.1}",
             s4.servers_cpu.saturating_sub(s3.servers_cpu).as_secs_f64() / span * 100.0,
-            s4.clients_cpu.saturating_sub(s3.clients_cpu).as_secs_f64() / span * 100.0
-                / n as f64
+            s4.clients_cpu.saturating_sub(s3.clients_cpu).as_secs_f64() / span * 100.0 / n as f64
         ),
     );
     let rss: Vec<f64> = bed
