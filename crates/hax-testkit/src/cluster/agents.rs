@@ -130,6 +130,10 @@ impl Agent {
             "performance": { "raft_multiplier": 1 },
             // The tests, the haxes and the bed all come from 127.0.0.1.
             "limits": { "http_max_conns_per_client": 4096 },
+            // Cumulative counters at /v1/agent/metrics?format=prometheus: the
+            // default in-memory sink keeps only the last 10 s interval, too
+            // short for the cluster-size benchmark's before/after deltas.
+            "telemetry": { "prometheus_retention_time": "24h", "disable_hostname": true },
         });
         let base_path = self.dir.join("base.json");
         write_json(&base_path, &base)?;
