@@ -51,9 +51,16 @@ struct Open {
 
 #[derive(Debug)]
 struct Conn {
-    /// Since when it waits for a request head; `None` while it serves one.
+    /// Since when it waits for a request head; `None` while it serves one,
+    /// or once it is closing.
     waiting_since: Option<Instant>,
     close: CancellationToken,
+}
+
+impl Conn {
+    fn closing(&self) -> bool {
+        self.close.is_cancelled()
+    }
 }
 
 impl Slots {
@@ -90,8 +97,9 @@ impl Slots {
         }
     }
 
-    /// A slot, or when the longest waiting connection's grace ends (`None`
-    /// when every slot is serving a request).
+    /// A slot, or when to try again: when the longest waiting connection's
+    /// grace ends, or (`None`) when a slot is freed: every slot serves a
+    /// request, or the one taken over is closing.
     fn try_take(self: &Arc<Self>) -> Result<Slot, Option<Instant>> {
         let mut open = self.open();
         if open.conns.len() >= self.max {
@@ -107,7 +115,11 @@ impl Slots {
             if graced > Instant::now() {
                 return Err(Some(graced));
             }
-            if let Some(conn) = open.conns.remove(&id) {
+            // The slot stays counted until the connection's task has closed
+            // it (its descriptor with it): the server never holds more
+            // connections than its slots, however late that task runs.
+            if let Some(conn) = open.conns.get_mut(&id) {
+                conn.waiting_since = None;
                 conn.close.cancel();
                 let n = self.taken_over.fetch_add(1, Ordering::Relaxed) + 1;
                 // Each one is routine under a slow-client flood; say it
@@ -120,6 +132,7 @@ impl Slots {
                     );
                 }
             }
+            return Err(None);
         }
         let id = open.next_id;
         open.next_id += 1;
@@ -156,7 +169,9 @@ pub(super) struct Slot {
 impl Slot {
     fn set_waiting(&self, waiting: bool) {
         if let Some(c) = self.slots.open().conns.get_mut(&self.id) {
-            c.waiting_since = waiting.then(Instant::now);
+            if !c.closing() {
+                c.waiting_since = waiting.then(Instant::now);
+            }
         }
     }
 
@@ -226,19 +241,24 @@ mod tests {
         // The first one is serving a request: it keeps its slot.
         first.set_waiting(false);
         let started = Instant::now();
-        let fourth = slots.take().await;
+        let fourth = {
+            let slots = Arc::clone(&slots);
+            tokio::spawn(async move { slots.take().await })
+        };
+        while !second.close.is_cancelled() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         assert!(
             started.elapsed() >= HEAD_GRACE - Duration::from_millis(5),
             "the second one had its grace to send a head"
         );
-        assert_eq!(slots.held(), 3);
-        assert!(
-            second.close.is_cancelled(),
-            "the longest waiting one gave up its slot"
-        );
         assert!(!first.close.is_cancelled() && !third.close.is_cancelled());
+        // Its slot counts until it is closed.
+        assert_eq!(slots.held(), 3);
+        assert!(!fourth.is_finished());
         drop(second);
-        assert_eq!(slots.held(), 3, "a slot taken over is not freed twice");
+        let fourth = fourth.await.expect("join");
+        assert_eq!(slots.held(), 3);
         drop((third, fourth));
         assert_eq!(slots.held(), 1);
     }
