@@ -72,8 +72,10 @@ say "sample cluster: hax, a confd, $peers ioservices, each with a disk"
     --ioservices "$peers" --first-port "$first_port"
 
 say "hax (emulator backend) on inet:tcp:127.0.0.1@$hax_port, HTTP on 127.0.0.1:$http"
+# Output through a process substitution, not a pipe: `$!` is then hax's own
+# pid, which the cleanup signals (a pipe's `$!` is sed's, and hax ran on).
 "$bin/hax" --consul-address "$CONSUL_HTTP_ADDR" --http-bind "127.0.0.1:$http" \
-    --log 'info,hax_glue=warn' 2>&1 | sed -u 's/^/[hax] /' &
+    --log 'info,hax_glue=warn' > >(sed -u 's/^/[hax] /') 2>&1 &
 pids+=($!)
 wait_port "$http"
 
