@@ -11,6 +11,10 @@ pub fn init(format: LogFormat, filter: &str) -> Result<(), String> {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // A log line that cannot be written is dropped. Reporting it would
+        // print to the same stderr, and printing to a closed pipe panics: the
+        // thread logging SIGTERM died with it and hax never stopped.
+        .log_internal_errors(false)
         .with_target(true);
     let r = match format {
         LogFormat::Human => builder.try_init(),

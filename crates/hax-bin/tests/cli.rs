@@ -431,3 +431,56 @@ fn version_names_the_backend() {
         )
     );
 }
+
+/// hax whose stderr is a pipe nobody reads any more (its reader died: a
+/// `| sed` in a script, a journal restarting) still stops on SIGTERM. The
+/// subscriber reported each log line it could not write to that same
+/// stderr, and printing to a closed pipe panics: the thread taking SIGTERM
+/// died with it and hax ran on.
+#[test]
+fn sigterm_stops_hax_whose_stderr_reader_is_gone() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    use std::io::Read;
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    // No Consul there: hax logs a warning every few hundred milliseconds.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hax"))
+        .args([
+            "--consul-address",
+            "127.0.0.1:1",
+            "--http-bind",
+            "127.0.0.1:0",
+        ])
+        .env_remove("HAX_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("hax started");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let mut first = [0u8; 64];
+    stderr.read_exact(&mut first).expect("hax logs");
+    drop(stderr);
+    // It goes on writing into the closed pipe for a while.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        child.try_wait().expect("wait").is_none(),
+        "hax ended when its stderr reader went: {:?}",
+        child.try_wait()
+    );
+    let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+    kill(pid, Signal::SIGTERM).expect("SIGTERM");
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if t.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("hax still running 20 s after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+}
