@@ -954,21 +954,7 @@ impl Env {
 
     /// Every `bq/<n>` entry, by epoch.
     pub async fn bq(&self) -> Vec<(u64, QueueMessage)> {
-        let pairs = self
-            .client
-            .kv_list(QueueKind::Broadcast.prefix())
-            .await
-            .expect("bq/ listed")
-            .value;
-        let mut out: Vec<(u64, QueueMessage)> = pairs
-            .iter()
-            .filter_map(|p| {
-                let n = QueueKind::Broadcast.parse_entry_key(&p.key)?;
-                Some((n, QueueMessage::decode(&p.key, &p.value).expect("bq entry")))
-            })
-            .collect();
-        out.sort_by_key(|(n, _)| *n);
-        out
+        cluster::bq(&self.client).await
     }
 
     /// The `PROCESS-STATE-UPDATE` entries of the BQ about `fid`, in order.

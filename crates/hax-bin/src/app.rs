@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use hax_consul::backoff::Backoff;
 use hax_consul::schema::HaxKv;
 use hax_consul::server::{self, AppState, ResyncTarget, ServerConfig, WatchUpdate};
-use hax_consul::{AclToken, ConsulClient, ConsulConfig};
+use hax_consul::{AclToken, ConsulClient};
 use hax_core::{Halon, HalonConfig};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -101,10 +101,7 @@ const VIEW_WAIT: Duration = Duration::from_secs(30);
 const FLUSH_GRACE: Duration = Duration::from_secs(10);
 
 fn consul_client(cfg: &Config, token: Option<AclToken>) -> Result<ConsulClient, AppError> {
-    let mut cc = ConsulConfig::new(cfg.consul.address.clone());
-    cc.request_timeout = cfg.consul_timeout();
-    cc.token = token;
-    Ok(ConsulClient::new(cc)?)
+    Ok(ConsulClient::new(cfg.consul_config(Duration::MAX, token))?)
 }
 
 /// Waits until Consul answers and has a leader, retrying until `cancel`.

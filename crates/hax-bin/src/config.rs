@@ -593,6 +593,19 @@ impl Config {
         Duration::from_millis(self.consul.request_timeout_ms)
     }
 
+    /// The Consul client's settings: the agent's address, each request's
+    /// timeout (at most `wait`) and `token`.
+    pub fn consul_config(
+        &self,
+        wait: Duration,
+        token: Option<hax_consul::AclToken>,
+    ) -> hax_consul::ConsulConfig {
+        let mut cc = hax_consul::ConsulConfig::new(self.consul.address.clone());
+        cc.request_timeout = self.consul_timeout().min(wait);
+        cc.token = token;
+        cc
+    }
+
     /// The tokens the settings name files of, read. A file that cannot be
     /// read, or holds nothing but blanks, is refused with the setting's
     /// name: an empty HTTP token would let every request through, an empty

@@ -46,9 +46,7 @@ fn url_of(bind: &BindAddr) -> String {
 /// ([`crate::listen::address`]): the local `hax` catalog service's node and
 /// `http_port`; `None` when Consul does not tell.
 async fn from_catalog(cfg: &Config) -> Option<BindAddr> {
-    let mut cc = hax_consul::ConsulConfig::new(cfg.consul.address.clone());
-    cc.request_timeout = Duration::from_secs(5).min(cfg.consul_timeout());
-    cc.token = cfg.consul_token().ok()?;
+    let cc = cfg.consul_config(Duration::from_secs(5), cfg.consul_token().ok()?);
     let client = hax_consul::ConsulClient::new(cc).ok()?;
     let node = match &cfg.identity.node {
         Some(n) => n.clone(),

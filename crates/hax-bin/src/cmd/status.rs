@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use hax_consul::schema::{HaxKv, ProcessState};
-use hax_consul::{ConsulClient, ConsulConfig};
+use hax_consul::ConsulClient;
 use hax_ha::http::status::{gather, ClusterStatus, HeldLinks};
 use hax_ha::view::{ClusterView, ViewConfig};
 use tokio_util::sync::CancellationToken;
@@ -58,9 +58,7 @@ pub async fn from_consul(cfg: &Config, wait: Duration) -> Result<ClusterStatus, 
         address: address.clone(),
         reason,
     };
-    let mut cc = ConsulConfig::new(cfg.consul.address.clone());
-    cc.request_timeout = cfg.consul_timeout().min(wait);
-    cc.token = cfg.consul_token()?;
+    let cc = cfg.consul_config(wait, cfg.consul_token()?);
     let client = ConsulClient::new(cc).map_err(|e| consul_failed(e.to_string()))?;
     match client.status_leader().await {
         Ok(Some(_)) => {}
