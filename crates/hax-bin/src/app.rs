@@ -196,8 +196,23 @@ async fn run_with(
     // runs: a second hax of the same identity must fail here, not after
     // Motr's start (whose stop would record hax STOPPED over the running
     // one) nor after taking over the running one's leader session.
-    let (http_addr, http_from) =
-        crate::listen::address(cfg.http.bind.as_ref(), &client, &node).await?;
+    // The identity comes from the hax catalog service unless the settings
+    // give all of it; then so does the address, and it is waited for alike.
+    let ids = &cfg.identity;
+    let catalog_needed =
+        ids.endpoint.is_none() || ids.process_fid.is_none() || ids.ha_service_fid.is_none();
+    let Some((http_addr, http_from)) = crate::listen::address(
+        cfg.http.bind.as_ref(),
+        &client,
+        &node,
+        catalog_needed,
+        Duration::from_secs(2),
+        &shutdown,
+    )
+    .await?
+    else {
+        return Ok(());
+    };
     let tls = crate::listen::tls(&HaxKv::new(client.clone())).await?;
     if http_token.is_none() && !http_addr.ip().is_loopback() {
         tracing::warn!(%http_addr, "the HTTP API is reachable from the network and no http.token_file is set: anyone who reaches it can change state");

@@ -45,25 +45,45 @@ pub enum ListenError {
 }
 
 /// Where the HTTP server listens, and what said so (for messages):
-/// `http.bind`, the `hax` catalog service of `node`, or the default.
+/// `http.bind`, the `hax` catalog service of `node`, or the default. With
+/// `catalog_needed` (the identity comes from that service too), a service
+/// not registered yet, or Consul not answering, is waited for as the
+/// identity is, every `retry`, until `cancel` (`Ok(None)`); without it, no
+/// service means the default.
 pub async fn address(
     bind: Option<&BindAddr>,
     client: &ConsulClient,
     node: &str,
-) -> Result<(SocketAddr, &'static str), ListenError> {
+    catalog_needed: bool,
+    retry: std::time::Duration,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<Option<(SocketAddr, &'static str)>, ListenError> {
     let (bind, from) = match bind {
         Some(b) => (b.clone(), "http.bind"),
-        None => match identity::catalog_http_address(client, node).await {
-            Ok((host, port)) => (
-                BindAddr::new(host, port.unwrap_or(DEFAULT_PORT)),
-                "the hax catalog service's node and http_port",
-            ),
-            // Identity given in the settings, no catalog service to ask.
-            Err(IdentityError::NoHaxService(_)) => (
-                BindAddr::new("127.0.0.1", DEFAULT_PORT),
-                "the default: no hax catalog service",
-            ),
-            Err(e) => return Err(ListenError::Catalog(e)),
+        None => loop {
+            match identity::catalog_http_address(client, node).await {
+                Ok((host, port)) => {
+                    break (
+                        BindAddr::new(host, port.unwrap_or(DEFAULT_PORT)),
+                        "the hax catalog service's node and http_port",
+                    )
+                }
+                // Identity given in the settings, no catalog service to ask.
+                Err(IdentityError::NoHaxService(_)) if !catalog_needed => {
+                    break (
+                        BindAddr::new("127.0.0.1", DEFAULT_PORT),
+                        "the default: no hax catalog service",
+                    )
+                }
+                Err(e) if catalog_needed => {
+                    tracing::warn!(error = %e, "where to listen for HTTP is not known yet; retrying");
+                }
+                Err(e) => return Err(ListenError::Catalog(e)),
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(None),
+                _ = tokio::time::sleep(retry) => {}
+            }
         },
     };
     let addr = bind
@@ -74,7 +94,7 @@ pub async fn address(
             from,
             source,
         })?;
-    Ok((addr, from))
+    Ok(Some((addr, from)))
 }
 
 /// The certificate to answer HTTPS with, when `ssl/hax` asks for https:
