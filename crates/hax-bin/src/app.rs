@@ -299,6 +299,7 @@ async fn run_with(
         ha_service_fid: id.ha_service_fid,
         rm_service_fid: id.rm_service_fid,
         debug_options: cfg.motr.debug_options.clone(),
+        receive_buffers: cfg.motr.receive_buffers,
         node_uuid: None,
     };
     let mut halon = tokio::task::spawn_blocking(move || Halon::start(halon_cfg, bridge))

@@ -174,6 +174,8 @@ settings! {
     motr_debug_options, "HAX_MOTR_DEBUG_OPTIONS" => motr.debug_options: String, value_name = "OPTIONS";
     /// Period of the keepalive probes of linked processes in milliseconds (0: off).
     motr_keepalive_interval_ms, "HAX_MOTR_KEEPALIVE_INTERVAL_MS" => motr.keepalive_interval_ms: u64, value_name = "MS";
+    /// Receive buffers Motr keeps posted, 1 to 100 (0: the halon interface's 100).
+    motr_receive_buffers, "HAX_MOTR_RECEIVE_BUFFERS" => motr.receive_buffers: u32, value_name = "N";
     /// Log format: human or json.
     log_format, "HAX_LOG_FORMAT" => log.format: LogFormat, value_name = "FORMAT";
     /// Log filter (e.g. `info`, `hax_bin=debug`).

@@ -26,7 +26,7 @@ use motr_support::{free_inet_endpoint, installed, run_m0ham};
 mod motr_support;
 
 mod daemon_support;
-use daemon_support::{bed, http_get, metric, spawn_hax, wait_for, Bed};
+use daemon_support::{bed, http_get, metric, spawn_hax, usage, wait_for, Bed};
 
 /// An NVEC GET of two controllers as one `m0_ha_msg` in xcode text, for
 /// m0ham's stdin (the fixed note array lists all 1024 notes).
@@ -40,19 +40,6 @@ fn nvec_get_text() -> String {
         "((0, 0), (0, 0), (0, 0), 0, 0, {{2| (1, 77, 0, 2, <{}>)}}, 0)\n",
         notes.join(", ")
     )
-}
-
-/// `VmRSS` (KiB) and `Threads` of process `pid`.
-fn usage(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("Threads:"))
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

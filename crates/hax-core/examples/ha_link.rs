@@ -74,6 +74,7 @@ pub fn start(endpoint: &str) -> hax_core::Result<(Halon<Ha>, Inbox)> {
         ha_service_fid: Fid::typed(FidType::Service, 1, 4),
         rm_service_fid: Fid::typed(FidType::Service, 1, 5),
         debug_options: String::new(),
+        receive_buffers: 0,
         node_uuid: None,
     };
     let (messages, rx) = sync_channel(64);

@@ -105,6 +105,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ha_service_fid: Fid::typed(FidType::Service, 1, 4),
         rm_service_fid: Fid::typed(FidType::Service, 1, 5),
         debug_options: String::new(),
+        receive_buffers: 0,
         node_uuid: None,
     };
     let mut halon = Halon::start(cfg, Demo)?;

@@ -30,6 +30,10 @@ use crate::raw;
 use crate::thread::MotrThread;
 use crate::trampoline::{self, quietly, Inner};
 
+/// The most receive buffers [`HalonConfig::receive_buffers`] can keep: the
+/// halon interface's own pool.
+pub const RECEIVE_BUFFERS_MAX: u32 = sys::HAX_RECEIVE_BUFFERS_MAX;
+
 /// What the halon interface is started with.
 #[derive(Clone, Debug)]
 pub struct HalonConfig {
@@ -43,6 +47,10 @@ pub struct HalonConfig {
     pub rm_service_fid: Fid,
     /// Motr debug options (`log-entrypoint log-link log-msg`, ...).
     pub debug_options: String,
+    /// Receive buffers Motr keeps posted once started (at most 100); 0
+    /// keeps the halon interface's own pool of 100, about 100 MiB resident
+    /// on libfabric. The emulator has no such pool.
+    pub receive_buffers: u32,
     /// Node UUID; `None` selects Motr's default.
     pub node_uuid: Option<String>,
 }
@@ -306,6 +314,12 @@ impl<C: Callbacks> Halon<C> {
     pub fn start(cfg: HalonConfig, callbacks: C) -> Result<Self> {
         let endpoint = cstring("endpoint", &cfg.endpoint)?;
         let debug = cstring("debug options", &cfg.debug_options)?;
+        if cfg.receive_buffers > RECEIVE_BUFFERS_MAX {
+            return Err(Error::InvalidArgument(format!(
+                "receive buffers: {} is over Motr's pool of {}",
+                cfg.receive_buffers, RECEIVE_BUFFERS_MAX
+            )));
+        }
         let uuid = cfg
             .node_uuid
             .as_deref()
@@ -331,6 +345,7 @@ impl<C: Callbacks> Halon<C> {
                     process: raw::fid_to_raw(cfg.process_fid),
                     ha_service: raw::fid_to_raw(cfg.ha_service_fid),
                     rm_service: raw::fid_to_raw(cfg.rm_service_fid),
+                    receive_buffers: cfg.receive_buffers,
                 };
                 let report = lifecycle(&life_inner, args, ready_tx, stop_rx);
                 // The callbacks go with this thread, not with whoever joins
@@ -449,6 +464,7 @@ struct StartArgs {
     process: sys::hax_fid,
     ha_service: sys::hax_fid,
     rm_service: sys::hax_fid,
+    receive_buffers: u32,
 }
 
 struct GlueHandle(*mut sys::hax_glue);
@@ -478,6 +494,13 @@ fn lifecycle<C: Callbacks>(
         return StopReport::default();
     }
     shared.set_glue(glue);
+    // SAFETY: init thread, handle just made, not started.
+    let rc = unsafe { sys::hax_glue_set_receive_buffers(glue, args.receive_buffers) };
+    if rc != 0 {
+        finish(shared, glue);
+        let _ = ready.send(Err(Error::glue("hax_glue_set_receive_buffers", rc)));
+        return StopReport::default();
+    }
 
     let (call_tx, call_rx) = mpsc::channel();
     let (adopted_tx, adopted_rx) = mpsc::channel();

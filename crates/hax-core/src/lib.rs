@@ -64,6 +64,7 @@
 //!     ha_service_fid: Fid::typed(FidType::Service, 1, 4),
 //!     rm_service_fid: Fid::typed(FidType::Service, 1, 5),
 //!     debug_options: String::new(),
+//!     receive_buffers: 0,
 //!     node_uuid: None,
 //! };
 //! let (events, mut rx) = mpsc::channel(64);
@@ -180,7 +181,10 @@ pub use client::{
 pub use ctx::{Ctx, Outcome};
 pub use entrypoint::{Confd, EntrypointReply, EntrypointRequest, LinkInfo};
 pub use error::{ConvertError, Error, GlueCode, Result};
-pub use halon::{Completion, HaLink, Halon, HalonConfig, StopReport, Tracked, DEFAULT_DROP_WAIT};
+pub use halon::{
+    Completion, HaLink, Halon, HalonConfig, StopReport, Tracked, DEFAULT_DROP_WAIT,
+    RECEIVE_BUFFERS_MAX,
+};
 pub use reply::{Delivery, Disconnect, EntrypointResponder, FailvecRequest, NvecGet, EAGAIN};
 
 /// The backend hax-sys was built with: `"emulator"` or `"motr"` (feature

@@ -121,6 +121,7 @@ fn client_operations_on_a_real_m0d() {
         rm_service_fid: RMS,
         // A start of rconfc that cannot finish returns after 3 s.
         debug_options: "rconfc-timeout-ms=3000".into(),
+        receive_buffers: 0,
         node_uuid: None,
     };
     let mut halon = Halon::start(cfg, Ha(Arc::clone(&seen))).expect("halon interface starts");

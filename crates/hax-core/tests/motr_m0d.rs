@@ -146,6 +146,7 @@ fn m0d_connects_to_hax() {
         ha_service_fid: Fid::typed(FidType::Service, 9, 2),
         rm_service_fid: Fid::typed(FidType::Service, 9, 3),
         debug_options: String::new(),
+        receive_buffers: 0,
         node_uuid: None,
     };
     let mut halon = Halon::start(cfg, Rec(Arc::clone(&rec))).expect("halon interface starts");

@@ -246,6 +246,7 @@ fn m0ham_entrypoint_nvec_get_and_broadcast() {
         ha_service_fid: Fid::typed(FidType::Service, 1, 4),
         rm_service_fid: Fid::typed(FidType::Service, 1, 5),
         debug_options: String::new(),
+        receive_buffers: 0,
         node_uuid: None,
     };
     let t0 = Instant::now();

@@ -131,6 +131,7 @@ fn start() -> (Halon<Cb>, String) {
             ha_service_fid: Fid::typed(FidType::Service, 1, 4),
             rm_service_fid: Fid::typed(FidType::Service, 1, 5),
             debug_options: "emu-stop-timeout-ms=2000".into(),
+            receive_buffers: 0,
             node_uuid: None,
         };
         let hax = Arc::new(Hax {

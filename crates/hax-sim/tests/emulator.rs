@@ -148,6 +148,7 @@ fn start(refuse: u32) -> (Halon<Cb>, Arc<Hax>, String) {
         ha_service_fid: Fid::typed(FidType::Service, 1, 4),
         rm_service_fid: Fid::typed(FidType::Service, 1, 5),
         debug_options: "emu-stop-timeout-ms=2000".into(),
+        receive_buffers: 0,
         node_uuid: None,
     };
     let halon = Halon::start(cfg, Cb(hax.clone())).unwrap();
@@ -338,6 +339,7 @@ async fn hax_restart_reconnects_with_continuing_tags() {
             ha_service_fid: Fid::typed(FidType::Service, 1, 4),
             rm_service_fid: Fid::typed(FidType::Service, 1, 5),
             debug_options: "emu-stop-timeout-ms=2000".into(),
+            receive_buffers: 0,
             node_uuid: None,
         };
         (Halon::start(cfg, Cb(hax.clone())).unwrap(), hax, ())

@@ -22,7 +22,7 @@
 extern "C" {
 #endif
 
-#define HAX_GLUE_ABI_VERSION 2u
+#define HAX_GLUE_ABI_VERSION 3u
 #define HAX_NOTES_MAX 1024u /* == M0_HA_STATE_UPDATE_LIMIT */
 #define HAX_EP_MAX 256u     /* >= M0_NET_IP_STRLEN_MAX + NUL */
 
@@ -199,6 +199,20 @@ const char *hax_glue_backend(void);
  */
 int hax_glue_init(hax_glue **out, const char *debug_options, const char *node_uuid);
 int hax_glue_fini(hax_glue *h);
+
+/*
+ * How many receive buffers the interface keeps posted once started. Motr's
+ * halon interface provisions and posts 100, each of the transport's RPC
+ * segment size (1 MiB on libfabric), zeroed, so resident; m0d itself posts 2.
+ * With n > 0, start() has Motr repost a completed buffer only while fewer
+ * than n are posted, and gives back the pages of the posted buffers past
+ * the first n (they come back as messages fill them). 0 (the default)
+ * leaves Motr's 100 as they are.
+ * n above 100 is refused (HAX_E_INVAL). Init thread, before start().
+ * The emulator has no receive pool: it takes the value and changes nothing.
+ */
+#define HAX_RECEIVE_BUFFERS_MAX 100u
+int hax_glue_set_receive_buffers(hax_glue *h, uint32_t n);
 
 /* Blocks until our own entrypoint request has been answered with rc 0. */
 int hax_glue_start(hax_glue *h, const char *local_ep, const struct hax_fid *process_fid,

@@ -1822,6 +1822,19 @@ static struct hax_u128 new_cookie(hax_glue *h)
 	return c;
 }
 
+/* No receive pool here: the contract (bounds, thread, state) as on Motr. */
+int hax_glue_set_receive_buffers(hax_glue *h, uint32_t n)
+{
+	if (h == NULL || n > HAX_RECEIVE_BUFFERS_MAX)
+		return HAX_E_INVAL;
+	pthread_mutex_lock(&h->mu);
+	if (!pthread_equal(pthread_self(), h->init_tid))
+		return thread_refused(h, "set_receive_buffers");
+	int rc = h->state == S_INIT ? 0 : HAX_E_STATE;
+	emu_unlock(h);
+	return rc;
+}
+
 int hax_glue_start(hax_glue *h, const char *local_ep, const struct hax_fid *process_fid,
 		   const struct hax_fid *ha_service_fid, const struct hax_fid *rm_service_fid,
 		   const struct hax_callbacks *cbs)

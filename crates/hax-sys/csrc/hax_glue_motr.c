@@ -45,6 +45,9 @@
 #include "lib/time.h"
 #include "lib/types.h"
 #include "motr/version.h"
+#include "net/buffer_pool.h"
+#include "net/net.h"
+#include "rpc/rpc_machine.h"
 #include "spiel/spiel.h"
 
 #include <errno.h>
@@ -54,6 +57,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #define DEFAULT_STOP_TIMEOUT_MS 5000u
@@ -160,6 +164,7 @@ struct hax_glue {
 	enum rconfc_state rconfc;
 	unsigned client_calls;
 	uint32_t rconfc_timeout_ms;
+	uint32_t receive_buffers; /* 0: Motr's own receive pool */
 	uint64_t run; /* start() count: a call begun in an earlier run is over */
 };
 
@@ -1065,6 +1070,72 @@ int hax_glue_thread_shun(hax_glue *h)
 	return 0;
 }
 
+int hax_glue_set_receive_buffers(hax_glue *h, uint32_t n)
+{
+	if (h == NULL || n > HAX_RECEIVE_BUFFERS_MAX)
+		return HAX_E_INVAL;
+	pthread_mutex_lock(&h->mu);
+	int rc = 0;
+	if (!pthread_equal(pthread_self(), h->init_tid))
+		rc = HAX_E_THREAD;
+	else if (h->state != S_INIT)
+		rc = HAX_E_STATE;
+	else
+		h->receive_buffers = n;
+	pthread_mutex_unlock(&h->mu);
+	return rc;
+}
+
+/*
+ * The halon interface posts all of its 100 receive buffers (ha/halon/
+ * interface.c, hic_bufs_nr and hic_queue_len), each of the transport's RPC
+ * segment size (1 MiB on libfabric), zeroed when allocated, so about 100 MiB
+ * resident from the start. They cannot be taken back: libfabric holds a
+ * posted buffer in its shared receive context until a message fills it, and
+ * Motr's libfab cancels a receive buffer without withdrawing it from there
+ * (net/libfab/libfab.c, libfab_buf_del), so a cancelled buffer, once freed,
+ * would still be written. Instead:
+ * - the queue's minimum is lowered to `keep`, so a buffer that completes is
+ *   reposted only while fewer than `keep` are posted, and the others wait
+ *   in the pool, holding only the pages their message touched;
+ * - the pages of every posted buffer past the first `keep` are given back
+ *   (MADV_DONTNEED): the memory stays allocated and reads as zeroes, as
+ *   Motr left it, and a page comes back when a message is written to it.
+ *   Receives consume posted buffers in the order they were posted, so the
+ *   buffers past `keep` are not written unless that many messages arrive
+ *   at once; this runs at start, before any peer has a link.
+ */
+static void receive_pool_shrink(hax_glue *h, uint32_t keep)
+{
+	struct m0_rpc_machine *rm = m0_halon_interface_rpc_machine(h->hi);
+	struct m0_net_transfer_mc *tm = &rm->rm_tm;
+	if (tm->ntm_recv_pool == NULL)
+		return;
+	m0_net_tm_pool_length_set(tm, keep);
+	long page = sysconf(_SC_PAGESIZE);
+	uintptr_t mask = (uintptr_t)(page > 0 ? page : 4096) - 1;
+	uint32_t posted = 0, released = 0;
+	size_t bytes = 0;
+	m0_mutex_lock(&tm->ntm_mutex);
+	struct m0_net_buffer *nb;
+	m0_tl_for(m0_net_tm, &tm->ntm_q[M0_NET_QT_MSG_RECV], nb) {
+		if (++posted <= keep)
+			continue;
+		for (uint32_t i = 0; i < nb->nb_buffer.ov_vec.v_nr; i++) {
+			uintptr_t from = ((uintptr_t)nb->nb_buffer.ov_buf[i] + mask) & ~mask;
+			uintptr_t to = ((uintptr_t)nb->nb_buffer.ov_buf[i] +
+					nb->nb_buffer.ov_vec.v_count[i]) & ~mask;
+			if (to > from && madvise((void *)from, to - from, MADV_DONTNEED) == 0)
+				bytes += to - from;
+		}
+		released++;
+	} m0_tl_endfor;
+	m0_mutex_unlock(&tm->ntm_mutex);
+	glog(h, HAX_LOG_INFO,
+	     "receive buffers: %u posted, %u kept in use, %zu KiB given back from the other %u",
+	     posted, keep, bytes / 1024, released);
+}
+
 int hax_glue_start(hax_glue *h, const char *local_ep, const struct hax_fid *process_fid,
 		   const struct hax_fid *ha_service_fid, const struct hax_fid *rm_service_fid,
 		   const struct hax_callbacks *cbs)
@@ -1122,7 +1193,10 @@ int hax_glue_start(hax_glue *h, const char *local_ep, const struct hax_fid *proc
 	h->state = S_WORKING;
 	h->rconfc = RC_OFF;
 	h->run++;
+	uint32_t keep = h->receive_buffers;
 	pthread_mutex_unlock(&h->mu);
+	if (keep > 0)
+		receive_pool_shrink(h, keep);
 	struct m0_spiel *spiel = m0_halon_interface_spiel(h->hi);
 	pthread_mutex_lock(&h->mu);
 	h->spiel = spiel;

@@ -352,6 +352,16 @@ fn thread_rule() {
 }
 
 #[test]
+fn receive_buffers_are_set_before_start_only() {
+    let mut e = Emu::init("");
+    support::receive_buffers_before_start(&e);
+    e.start(&unix_ep());
+    support::receive_buffers_after_start(&e);
+    e.wait_started();
+    assert_eq!(e.stop(), 0);
+}
+
+#[test]
 fn lifecycle_states_and_bad_arguments() {
     let mut e = Emu::init("");
     // SAFETY: live handle.

@@ -958,3 +958,46 @@ pub mod peer {
         b
     }
 }
+
+/// The contract of `hax_glue_set_receive_buffers` before start, the same
+/// on both backends: over Motr's pool refused, another thread refused, a
+/// value within the pool taken.
+pub fn receive_buffers_before_start(e: &Emu) {
+    let h = SendPtr(e.h);
+    // SAFETY: live handle.
+    unsafe {
+        assert_eq!(
+            hax_glue_set_receive_buffers(e.h, HAX_RECEIVE_BUFFERS_MAX + 1),
+            HAX_E_INVAL
+        );
+        assert_eq!(
+            hax_glue_set_receive_buffers(std::ptr::null_mut(), 8),
+            HAX_E_INVAL
+        );
+    }
+    let rc = std::thread::spawn(move || {
+        let h = h;
+        // SAFETY: live handle; the call checks the thread first.
+        unsafe { hax_glue_set_receive_buffers(h.0, 8) }
+    })
+    .join()
+    .unwrap_or(0);
+    assert_eq!(
+        rc, HAX_E_THREAD,
+        "from a thread the implementation does not know"
+    );
+    // SAFETY: live handle, init thread.
+    unsafe {
+        assert_eq!(
+            hax_glue_set_receive_buffers(e.h, HAX_RECEIVE_BUFFERS_MAX),
+            0
+        );
+        assert_eq!(hax_glue_set_receive_buffers(e.h, 8), 0);
+    }
+}
+
+/// Once started, the receive pool is Motr's: the setting is refused.
+pub fn receive_buffers_after_start(e: &Emu) {
+    // SAFETY: live handle, init thread.
+    assert_eq!(unsafe { hax_glue_set_receive_buffers(e.h, 8) }, HAX_E_STATE);
+}

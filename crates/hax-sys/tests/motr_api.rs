@@ -99,12 +99,22 @@ fn real_motr_lifecycle_contract_and_stop_deadline() {
     assert_eq!(rc, HAX_E_STATE);
     // Calls before start.
     assert_eq!(e.send(1, &keepalive(0, 1)).0, HAX_E_STATE);
+    // The run below goes on with 8 receive buffers in use, as the daemon's.
+    support::receive_buffers_before_start(&e);
 
     // --- start: the own entrypoint request, answered inside the callback.
     let ep = free_endpoint();
     let t0 = Instant::now();
     e.start(&ep);
     eprintln!("started on {ep} in {:?}", t0.elapsed());
+    support::receive_buffers_after_start(&e);
+    assert!(
+        e.logs()
+            .iter()
+            .any(|(_, l)| l.starts_with("receive buffers: ") && l.contains("8 kept in use")),
+        "the pool was shrunk: {:?}",
+        e.logs()
+    );
     let evs = e.events();
     match &evs[0] {
         Ev::EpReq {

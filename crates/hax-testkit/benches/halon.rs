@@ -59,6 +59,7 @@ fn start() -> (Halon<CounterHandle>, Arc<Counter>, String) {
         ha_service_fid: Fid::typed(FidType::Service, 1, 4),
         rm_service_fid: Fid::typed(FidType::Service, 1, 5),
         debug_options: String::new(),
+        receive_buffers: 0,
         node_uuid: None,
     };
     let h = Halon::start(cfg, CounterHandle(Arc::clone(&c))).expect("start");

@@ -120,6 +120,7 @@ fn start() -> (Halon<Cb>, Arc<Recorder>, String) {
         ha_service_fid: Fid::typed(FidType::Service, 1, 4),
         rm_service_fid: Fid::typed(FidType::Service, 1, 5),
         debug_options: "emu-stop-timeout-ms=3000".into(),
+        receive_buffers: 0,
         node_uuid: None,
     };
     let halon = Halon::start(cfg, Cb(Arc::clone(&rec))).unwrap();

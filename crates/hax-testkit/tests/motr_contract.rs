@@ -106,6 +106,7 @@ fn endpoints_early_service_events_and_keepalive_as_on_real_motr() {
         ha_service_fid: Fid::typed(FidType::Service, 1, 7),
         rm_service_fid: Fid::typed(FidType::Service, 1, 2),
         debug_options: "emu-stop-timeout-ms=2000".into(),
+        receive_buffers: 0,
         node_uuid: None,
     };
     let mut halon = Halon::start(cfg, Ha(Arc::clone(&log))).expect("starts on inet:stream:");

@@ -77,6 +77,7 @@ async fn start(debug_options: &str, n: u64) -> Started {
         ha_service_fid: Fid::typed(FidType::Service, 1, 4),
         rm_service_fid: Fid::typed(FidType::Service, 1, 5),
         debug_options: debug_options.into(),
+        receive_buffers: 0,
         node_uuid: None,
     };
     let later = Later::default();

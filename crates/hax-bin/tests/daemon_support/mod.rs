@@ -188,3 +188,16 @@ pub async fn bed(name: &str) -> Bed {
         sample,
     }
 }
+
+/// `VmRSS` (KiB) and `Threads` of process `pid`.
+pub fn usage(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("Threads:"))
+}

@@ -400,6 +400,7 @@ mod tests {
             ha_service_fid: Sample::HA1,
             rm_service_fid: Sample::RMS_HAX1,
             debug_options: "emu-stop-timeout-ms=2000".into(),
+            receive_buffers: 0,
             node_uuid: None,
         };
         let mut halon = tokio::task::spawn_blocking(move || Halon::start(cfg, Accept))

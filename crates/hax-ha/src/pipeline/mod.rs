@@ -596,14 +596,16 @@ impl<B: Broadcast, C: ClusterFacts> EventPipeline<B, C> {
         {
             Ok(begun) => {
                 let this = self.clone();
+                let process = req.process_fid;
                 tokio::spawn(async move {
                     this.restart_finish(begun).await;
                     inc(&this.inner.metrics.first_requests_accepted);
                     responder.accept(reply);
-                    this.inner
-                        .metrics
-                        .first_request_reply
-                        .observe(received.elapsed());
+                    let took = received.elapsed();
+                    this.inner.metrics.first_request_reply.observe(took);
+                    // Once per process start: what a slow start of an m0d
+                    // is first checked against.
+                    tracing::info!(%process, elapsed_us = took.as_micros() as u64, "first entrypoint request answered");
                 });
             }
             Err(e) => {
@@ -1538,6 +1540,7 @@ mod tests {
             ha_service_fid: Fid::typed(hax_core::FidType::Service, 1, 4),
             rm_service_fid: Fid::typed(hax_core::FidType::Service, 1, 5),
             debug_options: "emu-stop-timeout-ms=5000".into(),
+            receive_buffers: 0,
             node_uuid: None,
         };
         let halon =

@@ -148,6 +148,7 @@ pub fn hax_halon_config(endpoint: impl Into<String>) -> HalonConfig {
         ha_service_fid: Sample::HA1,
         rm_service_fid: Sample::RMS_HAX1,
         debug_options: "emu-stop-timeout-ms=2000".into(),
+        receive_buffers: 0,
         node_uuid: None,
     }
 }

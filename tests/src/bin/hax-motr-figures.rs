@@ -1,0 +1,455 @@
+//! hax on real Motr next to Motr's own HA listener, measured the same way:
+//! Motr's `m0ham` connects as an m0d again and again (each run a new
+//! incarnation of one process fid, as `m0ham` always uses the same one),
+//! first to `m0ham -l`, then to the `hax` daemon (built with `--features
+//! motr`) on a Consul dev agent with the sample cluster. For each listener:
+//!
+//! - the entrypoint latency at the peer: from m0ham's `Connecting to` to its
+//!   `Got entrypoint reply` (median, p99, max);
+//! - the listener's CPU time per connect (`/proc/<pid>/stat`);
+//! - its RSS and threads idle (before the first connect) and after the last;
+//! - for hax, its links at the end (its own and the last incarnation's, when
+//!   every earlier one was ended) and how long SIGTERM takes.
+//!
+//! Prints a Markdown table (docs/motr.md, "Side by side"). A benchmark, not a
+//! test: it fails only when a run cannot be made.
+//!
+//! ```text
+//! scripts/motr-figures.sh            # builds hax with the motr feature, runs this
+//! FIG_HAX=target/motr/release/hax MOTR_PREFIX=/opt/motr \
+//!     cargo run --release -p hax-e2e --bin hax-motr-figures
+//! ```
+//!
+//! | variable | default | what |
+//! |---|---|---|
+//! | `FIG_HAX` | (required) | the `hax` binary built with `--features motr` |
+//! | `MOTR_PREFIX` | `/opt/motr` | the installed Motr (`sbin/m0ham`) |
+//! | `FIG_ROUNDS` | 30 | connects per listener |
+//! | `FIG_HAX_ARGS` | (none) | more options for hax, e.g. `--motr-receive-buffers 0` |
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use hax_testkit::dev_agent::DevAgent;
+use hax_testkit::sample::{self, SampleSpec};
+
+fn param(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A free TCP port on 127.0.0.1 not handed out before.
+fn free_port(taken: &mut Vec<u16>) -> Result<u16, String> {
+    for _ in 0..100 {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("no free port: {e}"))?
+            .port();
+        if !taken.contains(&port) {
+            taken.push(port);
+            return Ok(port);
+        }
+    }
+    Err("no free port".into())
+}
+
+fn inet(port: u16) -> String {
+    format!("inet:tcp:127.0.0.1@{port}")
+}
+
+/// CPU time (user + system) of `pid`.
+fn cpu(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which may hold spaces.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    // USER_HZ is 100 on Linux.
+    Duration::from_millis(ticks * 10)
+}
+
+/// RSS (KiB) and threads of `pid`.
+fn usage(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("Threads:"))
+}
+
+/// Output lines of `child` as they come, with their arrival time.
+fn lines(child: &mut Child) -> mpsc::Receiver<(Instant, String)> {
+    let (tx, rx) = mpsc::channel();
+    let out = child
+        .stdout
+        .take()
+        .map(|o| Box::new(o) as Box<dyn std::io::Read + Send>);
+    let err = child
+        .stderr
+        .take()
+        .map(|e| Box::new(e) as Box<dyn std::io::Read + Send>);
+    for stream in [out, err].into_iter().flatten() {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                if tx.send((Instant::now(), line)).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    rx
+}
+
+fn wait_line(
+    rx: &mpsc::Receiver<(Instant, String)>,
+    what: &str,
+    limit: Duration,
+) -> Result<Instant, String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok((t, l)) if l.contains(what) => return Ok(t),
+            Ok(_) => {}
+            Err(_) => return Err(format!("no {what:?} within {limit:?}")),
+        }
+    }
+}
+
+/// One m0ham connect from `local` to `listener`: the entrypoint latency.
+fn connect(m0ham: &Path, dir: &Path, local: &str, listener: &str) -> Result<Duration, String> {
+    let mut child = Command::new(m0ham)
+        .args(["-v", "-s", local, listener])
+        .current_dir(dir)
+        .env("M0_TRACE_DIR", dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("m0ham: {e}"))?;
+    let rx = lines(&mut child);
+    let result = wait_line(&rx, "Connecting to", Duration::from_secs(30)).and_then(|t0| {
+        wait_line(&rx, "Got entrypoint reply", Duration::from_secs(60)).map(|t1| t1 - t0)
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    // Each m0ham leaves a 16 MiB trace.
+    remove_traces(dir);
+    result
+}
+
+fn remove_traces(dir: &Path) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with("m0trace") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Figures {
+    latencies: Vec<Duration>,
+    cpu_per_connect: Duration,
+    idle: (u64, u64),
+    after: (u64, u64),
+    /// hax's links once settled, and how long after the last connect.
+    links: Option<(u64, Duration)>,
+    stop: Option<(Option<i32>, Duration)>,
+}
+
+impl Figures {
+    fn pct(&self, p: f64) -> Duration {
+        let mut v = self.latencies.clone();
+        v.sort();
+        let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+        v.get(i).copied().unwrap_or_default()
+    }
+}
+
+/// Runs `rounds` connects against the listener `pid` at `ep`.
+fn measure(
+    m0ham: &Path,
+    dir: &Path,
+    pid: u32,
+    ep: &str,
+    rounds: usize,
+    taken: &mut Vec<u16>,
+) -> Result<Figures, String> {
+    let mut f = Figures {
+        idle: usage(pid),
+        ..Figures::default()
+    };
+    let c0 = cpu(pid);
+    for _ in 0..rounds {
+        let local = inet(free_port(taken)?);
+        f.latencies.push(connect(m0ham, dir, &local, ep)?);
+    }
+    f.cpu_per_connect = (cpu(pid) - c0) / rounds.max(1) as u32;
+    f.after = usage(pid);
+    Ok(f)
+}
+
+fn listener_baseline(
+    m0ham: &Path,
+    root: &Path,
+    rounds: usize,
+    taken: &mut Vec<u16>,
+) -> Result<Figures, String> {
+    let dir = root.join("m0ham-l");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let ep = inet(free_port(taken)?);
+    let mut child = Command::new(m0ham)
+        .args(["-v", "-l", "-w", "3600", &ep])
+        .current_dir(&dir)
+        .env("M0_TRACE_DIR", &dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("m0ham -l: {e}"))?;
+    let rx = lines(&mut child);
+    let ready = wait_line(&rx, "Listening at", Duration::from_secs(30));
+    // Drained so that the listener never blocks on a full pipe.
+    std::thread::spawn(move || while rx.recv().is_ok() {});
+    let f = ready.and_then(|_| {
+        std::thread::sleep(Duration::from_secs(1));
+        measure(m0ham, &dir, child.id(), &ep, rounds, taken)
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    remove_traces(&dir);
+    f
+}
+
+/// Where the dynamic loader finds the installed libmotr.
+fn lib_path() -> String {
+    let prefix = std::env::var("MOTR_PREFIX").unwrap_or_else(|_| "/opt/motr".into());
+    match std::env::var("LD_LIBRARY_PATH") {
+        Ok(p) if !p.is_empty() => format!("{prefix}/lib:{p}"),
+        _ => format!("{prefix}/lib"),
+    }
+}
+
+fn metric(http: SocketAddr, key: &str) -> Option<u64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(http).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+}
+
+async fn hax_run(
+    hax: &Path,
+    m0ham: &Path,
+    root: &Path,
+    rounds: usize,
+    taken: &mut Vec<u16>,
+) -> Result<Figures, String> {
+    let dir = root.join("hax");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let agent = DevAgent::builder()
+        .start()
+        .await
+        .map_err(|e| format!("consul agent: {e}"))?;
+    let client = agent.client().map_err(|e| e.to_string())?;
+    let hax_ep = inet(free_port(taken)?);
+    let http_port = free_port(taken)?;
+    let first_port = free_port(taken)?;
+    sample::load(
+        &client,
+        &SampleSpec {
+            node: None,
+            hax_endpoint: hax_ep.clone(),
+            hax_http_port: http_port,
+            ioservices: 1,
+            first_port,
+        },
+    )
+    .await
+    .map_err(|e| format!("sample: {e}"))?;
+    let http = SocketAddr::from(([127, 0, 0, 1], http_port));
+    let extra = std::env::var("FIG_HAX_ARGS").unwrap_or_default();
+    let mut child = Command::new(hax)
+        .arg("--consul-address")
+        .arg(agent.http_addr().to_string())
+        .arg("--http-bind")
+        .arg(http.to_string())
+        .args(["--log-format", "json", "--log", "info"])
+        .args(extra.split_whitespace())
+        .current_dir(&dir)
+        .env("M0_TRACE_DIR", &dir)
+        .env("LD_LIBRARY_PATH", lib_path())
+        .env_remove("HAX_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{}: {e}", hax.display()))?;
+    let rx = lines(&mut child);
+    let ready = wait_line(&rx, "\"hax ready\"", Duration::from_secs(60));
+    let log = dir.join("hax.log");
+    let (log_tx, log_rx) = mpsc::channel::<()>();
+    let writer = std::thread::spawn(move || {
+        let mut text = String::new();
+        while let Ok((_, l)) = rx.recv() {
+            text.push_str(&l);
+            text.push('\n');
+        }
+        let _ = std::fs::write(&log, text);
+        let _ = log_tx.send(());
+    });
+    let f = ready.and_then(|_| {
+        std::thread::sleep(Duration::from_secs(2));
+        let mut f = measure(m0ham, &dir, child.id(), &hax_ep, rounds, taken)?;
+        // The earlier incarnations' links end once Motr's RPCs to their
+        // gone peers time out: hax's own and the last one's stay.
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(60) && metric(http, "hax_links") != Some(2) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        f.links = metric(http, "hax_links").map(|l| (l, t.elapsed()));
+        f.after = usage(child.id());
+        Ok(f)
+    });
+    let pid = child.id();
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let t = Instant::now();
+    let mut code = None;
+    while t.elapsed() < Duration::from_secs(30) {
+        if let Ok(Some(st)) = child.try_wait() {
+            code = st.code();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let took = t.elapsed();
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = log_rx.recv_timeout(Duration::from_secs(5));
+    let _ = writer.join();
+    remove_traces(&dir);
+    let mut f = f.map_err(|e| {
+        let text = std::fs::read_to_string(dir.join("hax.log")).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(20).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        format!("{e}; hax's last lines:\n{}", tail.join("\n"))
+    })?;
+    f.stop = Some((code, took));
+    Ok(f)
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn table(rounds: usize, base: &Figures, hax: &Figures) {
+    let mib = |k: u64| format!("{:.0} MiB", k as f64 / 1024.0);
+    println!("| figure ({rounds} connects, one process fid) | `m0ham -l` | hax |");
+    println!("|---|---|---|");
+    let row = |name: &str, f: &dyn Fn(&Figures) -> String| {
+        println!("| {name} | {} | {} |", f(base), f(hax));
+    };
+    row(
+        "entrypoint latency at the peer, median",
+        &|f| ms(f.pct(0.5)),
+    );
+    row("entrypoint latency, p99", &|f| ms(f.pct(0.99)));
+    row("entrypoint latency, max", &|f| ms(f.pct(1.0)));
+    row("listener CPU per connect", &|f| ms(f.cpu_per_connect));
+    row("RSS / threads idle", &|f| {
+        format!("{} / {}", mib(f.idle.0), f.idle.1)
+    });
+    row("RSS / threads after", &|f| {
+        format!("{} / {}", mib(f.after.0), f.after.1)
+    });
+    row("links after the last connect (settled after)", &|f| {
+        f.links
+            .map_or("-".into(), |(l, t)| format!("{l} ({})", ms(t)))
+    });
+    row("SIGTERM: exit status, time", &|f| {
+        f.stop
+            .map_or("-".into(), |(c, t)| format!("{c:?}, {}", ms(t)))
+    });
+}
+
+fn main() -> ExitCode {
+    let Some(hax) = std::env::var_os("FIG_HAX").and_then(|p| std::fs::canonicalize(p).ok()) else {
+        eprintln!(
+            "hax-motr-figures: FIG_HAX must name a hax built with --features motr (and exist)"
+        );
+        return ExitCode::from(2);
+    };
+    let prefix = std::env::var("MOTR_PREFIX").unwrap_or_else(|_| "/opt/motr".into());
+    let m0ham = Path::new(&prefix).join("sbin/m0ham");
+    if !m0ham.exists() {
+        eprintln!(
+            "hax-motr-figures: no {} (scripts/install-motr.sh)",
+            m0ham.display()
+        );
+        return ExitCode::from(2);
+    }
+    let rounds = param("FIG_ROUNDS", 30);
+    let root = match tempfile::Builder::new()
+        .prefix("hax-motr-figures.")
+        .tempdir()
+    {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("hax-motr-figures: scratch directory: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("hax-motr-figures: runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut taken = Vec::new();
+    let base = listener_baseline(&m0ham, root.path(), rounds, &mut taken);
+    let ours = rt.block_on(hax_run(&hax, &m0ham, root.path(), rounds, &mut taken));
+    match (base, ours) {
+        (Ok(b), Ok(h)) => {
+            table(rounds, &b, &h);
+            ExitCode::SUCCESS
+        }
+        (b, h) => {
+            for e in [b.err(), h.err()].into_iter().flatten() {
+                eprintln!("hax-motr-figures: {e}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
