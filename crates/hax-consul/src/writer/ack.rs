@@ -119,3 +119,31 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock leaves plain data behind; keep going.
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::future::Future;
+    use std::task::Waker;
+
+    fn now<F: Future + Unpin>(f: &mut F) -> Poll<F::Output> {
+        Pin::new(f).poll(&mut Context::from_waker(Waker::noop()))
+    }
+
+    #[test]
+    fn a_pair_completes_once_both_have_with_the_first_error() {
+        let (ack, mut w) = Ack::channel();
+        let (a, b) = ack.split_pair();
+        a.complete(Err(WriteError::Closed));
+        assert!(now(&mut w).is_pending(), "one of two");
+        b.complete(Err(WriteError::Abandoned));
+        assert!(matches!(now(&mut w), Poll::Ready(Err(WriteError::Closed))));
+
+        let (ack, mut w) = Ack::channel();
+        let (a, b) = ack.split_pair();
+        b.complete(Ok(()));
+        a.complete(Ok(()));
+        assert!(matches!(now(&mut w), Poll::Ready(Ok(()))));
+    }
+}
