@@ -25,7 +25,7 @@ use hax_consul::{AclToken, ConsulClient};
 use hax_core::{Halon, HalonConfig};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
 use crate::config::Config;
 use hax_consul::writer::{KvWriter, WriterConfig};
@@ -536,12 +536,14 @@ async fn run_with(
     // Broadcasts wait out Consul outages; at shutdown only as long as the
     // writes do, so that the messages waiting on them are answered and
     // Motr can stop.
+    // Aborted on any return: it holds the broadcaster, whose task ends
+    // only once the last holder has gone.
     let give_up = {
         let broadcaster = Arc::clone(&broadcaster);
-        tracker.spawn(async move {
+        AbortOnDropHandle::new(tracker.spawn(async move {
             tokio::time::sleep(FLUSH_GRACE).await;
             broadcaster.stop_retrying();
-        })
+        }))
     };
     let _ = crate::notify::notify("STOPPING=1");
     http_cancel.cancel();
