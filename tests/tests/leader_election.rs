@@ -9,6 +9,7 @@ use hax_consul::schema::QueueKind;
 use hax_consul::ConsulClient;
 use hax_e2e::{device_entry, wait_for, Env, Options, T};
 use hax_ha::leader::elect::{ElectConfig, Elector, SESSION_NAME};
+use tokio_util::task::TaskTracker;
 
 fn options(elect: bool, no_rc_leader: bool) -> Options {
     let mut hax_env = vec![
@@ -126,7 +127,11 @@ async fn another_node_takes_over_when_the_leading_hax_stops() {
     let first = first.expect("held");
     // Another node's election (a dev agent is one Consul node: it differs
     // by the name it writes), waiting behind hax's.
-    let other = Elector::spawn(env.client.clone(), ElectConfig::new("srvnode-2"));
+    let other = Elector::spawn(
+        env.client.clone(),
+        ElectConfig::new("srvnode-2"),
+        &TaskTracker::new(),
+    );
 
     let stopped = Instant::now();
     env.sigterm();
@@ -278,7 +283,7 @@ async fn leadership_leaves_a_node_whose_confd_fails_and_comes_back_to_it() {
     // Another node, whose session follows its serfHealth alone.
     let mut config = ElectConfig::new("srvnode-2");
     config.services.clear();
-    let other = Elector::spawn(env.client.clone(), config);
+    let other = Elector::spawn(env.client.clone(), config, &TaskTracker::new());
 
     // This node's confd fails: Consul invalidates hax's session, and
     // refuses it a new one while the check is critical.

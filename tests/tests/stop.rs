@@ -146,12 +146,13 @@ async fn sigterm_is_graceful() {
             .unwrap_or_else(|| panic!("no {m:?} in the log"))
     };
     // Motr stops while the pipeline still records what arrives; the
-    // writes are flushed after.
+    // writes are flushed after; then every task of the daemon has ended.
     let order = [
         position("signal received: stopping (a second signal exits at once)"),
         position("stopping"),
         position("halon stopped"),
         position("consul writes finished"),
+        position("daemon tasks ended"),
     ];
     assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
     // Which backend this is, said at start; on the emulator, a warning.

@@ -25,7 +25,7 @@ use hax_consul::{AclToken, ConsulClient};
 use hax_core::{Halon, HalonConfig};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
 use crate::config::Config;
 use hax_consul::writer::{KvWriter, WriterConfig};
@@ -143,22 +143,42 @@ async fn node_name(
 /// Starts the RC leader election when `[leader] elect` is on, `None`
 /// otherwise. It runs before the identity is resolved, which waits for the
 /// principal RM, the leader's: without hare, only the election makes one.
-fn start_election(cfg: &Config, client: &ConsulClient, node: &str) -> Option<Elector> {
+fn start_election(
+    cfg: &Config,
+    client: &ConsulClient,
+    node: &str,
+    tracker: &TaskTracker,
+) -> Option<Elector> {
     if !cfg.leader.elect {
         return None;
     }
     let config = cfg.leader.elect_config(node)?;
-    Some(Elector::spawn(client.clone(), config))
+    Some(Elector::spawn(client.clone(), config, tracker))
 }
 
-/// Runs the daemon until `shutdown` is cancelled.
+/// Runs the daemon until `shutdown` is cancelled. Every task it starts
+/// runs on one tracker, waited for (bounded) before it returns: once it
+/// has, none of them runs any more.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppError> {
+    let tracker = TaskTracker::new();
     let mut elector = None;
-    let r = run_with(cfg, shutdown, &mut elector).await;
+    let r = run_with(cfg, shutdown, &mut elector, &tracker).await;
     // However the run ended, the leadership of a hax that no longer runs is
     // given back; a stop in order has already done so.
     if let Some(e) = elector.take() {
         e.stop().await;
+    }
+    // What `run_with` held is dropped by now, so tasks that end with their
+    // component (the broadcaster's, the holds of stopped processes) have
+    // ended or are ending.
+    tracker.close();
+    if tokio::time::timeout(FLUSH_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(open = tracker.len(), "daemon tasks still running at exit");
+    } else {
+        tracing::info!("daemon tasks ended");
     }
     r
 }
@@ -167,6 +187,7 @@ async fn run_with(
     cfg: Config,
     shutdown: CancellationToken,
     elector: &mut Option<Elector>,
+    tracker: &TaskTracker,
 ) -> Result<(), AppError> {
     let started = Instant::now();
     if hax_core::BACKEND != "motr" {
@@ -232,13 +253,11 @@ async fn run_with(
             source,
         })?;
     tracing::info!(addr = %http_addr, from = http_from, https = server_cfg.tls.is_some(), "http listening");
-    *elector = start_election(&cfg, &client, &node);
+    *elector = start_election(&cfg, &client, &node, tracker);
     // The daemon's tasks outlive the signal: they keep recording what Motr
     // sends while the links are disconnected. They end when `run` returns.
     let tasks = CancellationToken::new();
     let _tasks_guard = tasks.clone().drop_guard();
-    // Tasks that end when their inputs close; waited for (bounded) at stop.
-    let tracker = TaskTracker::new();
     let metrics = Arc::new(Metrics::default());
 
     let mut entrypoint = hax_ha::view::entrypoint::spawn(client.clone(), &tasks);
@@ -282,6 +301,7 @@ async fn run_with(
         id.process_fid,
         Arc::clone(&metrics),
         tokio::runtime::Handle::current(),
+        tracker,
     )
     .with_link_watch(links.clone())
     .with_confds_down(confds_down);
@@ -325,7 +345,8 @@ async fn run_with(
         Err(e) => tracing::warn!(error = %e, "events/subscription/node not written"),
     }
     let broadcaster = Arc::new(
-        Broadcaster::new(view.clone(), ha.clone(), kv.clone()).with_metrics(Arc::clone(&metrics)),
+        Broadcaster::new(view.clone(), ha.clone(), kv.clone(), tracker)
+            .with_metrics(Arc::clone(&metrics)),
     );
     let cluster = Arc::new(view.clone());
     let pipeline = EventPipeline::new(
@@ -334,6 +355,7 @@ async fn run_with(
         Arc::clone(&broadcaster),
         Arc::clone(&cluster),
         EventsConfig::default(),
+        tracker,
     )
     .with_link_watch(links)
     .with_confd_events(confds_tx);
@@ -352,13 +374,14 @@ async fn run_with(
             inbox,
             writer.clone(),
             keepalive_stop.clone(),
+            tracker,
         )
     });
 
     // Free heap pages go back to the system after bursts.
     let heap_metrics = Arc::new(hax_ha::metrics::HeapMetrics::default());
     let heap_stop = tasks.child_token();
-    let heap_task = crate::heap::spawn(Arc::clone(&heap_metrics), heap_stop.clone());
+    let heap_task = crate::heap::spawn(Arc::clone(&heap_metrics), heap_stop.clone(), tracker);
 
     // The broadcast queue consumer of this node.
     let (sns_tx, sns_rx) = mpsc::channel(64);
@@ -374,7 +397,13 @@ async fn run_with(
     ));
     let processor_metrics = processor.metrics();
     let bq_stop = tasks.child_token();
-    let bq_task = bq::spawn(consumer, processor, Arc::clone(&bq_inbox), bq_stop.clone());
+    let bq_task = bq::spawn(
+        consumer,
+        processor,
+        Arc::clone(&bq_inbox),
+        bq_stop.clone(),
+        tracker,
+    );
     let bq_trim_task = cfg.bq_trim_interval().map(|interval| {
         hax_ha::inbound::bq_trim::spawn(
             client.clone(),
@@ -386,6 +415,7 @@ async fn run_with(
             },
             Arc::clone(&metrics),
             bq_stop.clone(),
+            tracker,
         )
     });
     tracker.spawn(hax_ha::http::sns::serve_queue(ha.client(), sns_rx));
@@ -414,6 +444,7 @@ async fn run_with(
         Arc::clone(&stats_metrics),
         confds_rx,
         ops_stop.clone(),
+        tracker,
     );
     let stats = hax_ha::leader::stats::StatsUpdaters::spawn(
         hax_ha::leader::stats::StatsConfig {
@@ -426,6 +457,7 @@ async fn run_with(
         rconfc.ready(),
         Arc::clone(&stats_metrics),
         ops_stop,
+        tracker,
     );
     let api = hax_ha::http::ApiState::new(kv.clone(), view.clone(), motr, http_token.clone())
         .with_links(ha.clone());
@@ -453,7 +485,7 @@ async fn run_with(
     hax_ha::metrics::register_heap(&mut registry, heap_metrics);
     let router = hax_ha::http::daemon_router(app_state, api, Arc::new(registry));
     let http_cancel = tasks.child_token();
-    let http_task = tokio::spawn({
+    let http_task = tracker.spawn({
         let cancel = http_cancel.clone();
         async move { server::serve_with(listener, router, cancel, &serve_cfg).await }
     });
@@ -505,12 +537,14 @@ async fn run_with(
     // Broadcasts wait out Consul outages; at shutdown only as long as the
     // writes do, so that the messages waiting on them are answered and
     // Motr can stop.
+    // Aborted on any return: it holds the broadcaster, whose task ends
+    // only once the last holder has gone.
     let give_up = {
         let broadcaster = Arc::clone(&broadcaster);
-        tokio::spawn(async move {
+        AbortOnDropHandle::new(tracker.spawn(async move {
             tokio::time::sleep(FLUSH_GRACE).await;
             broadcaster.stop_retrying();
-        })
+        }))
     };
     let _ = crate::notify::notify("STOPPING=1");
     http_cancel.cancel();
@@ -567,12 +601,8 @@ async fn run_with(
         .await;
     tracing::info!(?report, "consul writes finished");
     give_up.abort();
-    tracker.close();
-    if tokio::time::timeout(FLUSH_GRACE, tracker.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(open = tracker.len(), "daemon tasks still running at exit");
-    }
+    // Nothing is waited on any more: a broadcast still retrying through a
+    // Consul outage fails instead of keeping the daemon's tasks running.
+    broadcaster.stop_retrying();
     Ok(())
 }

@@ -11,6 +11,7 @@ use hax_core::heap::{heap_usage, release_free_heap};
 use hax_ha::metrics::HeapMetrics;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// How often the heap is looked at (a walk of the allocator's free lists).
 pub const CHECK_EVERY: Duration = Duration::from_secs(5);
@@ -45,9 +46,13 @@ fn retained() -> Option<u64> {
 /// is [`RETAINED_GROWTH`] above the least ever seen, and grew by a quarter
 /// of that since the last trim (what a trim cannot give back, pages partly
 /// in use, does not make a trim at every check). Ends at once where the C
-/// library is not glibc.
-pub fn spawn(metrics: Arc<HeapMetrics>, stop: CancellationToken) -> JoinHandle<()> {
-    tokio::spawn(async move {
+/// library is not glibc. Runs on `tasks`.
+pub fn spawn(
+    metrics: Arc<HeapMetrics>,
+    stop: CancellationToken,
+    tasks: &TaskTracker,
+) -> JoinHandle<()> {
+    tasks.spawn(async move {
         let Some(mut floor) = retained() else {
             return;
         };

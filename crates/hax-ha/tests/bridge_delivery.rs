@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 mod support;
 use support::hax_halon_config;
+use tokio_util::task::TaskTracker;
 
 const T: Duration = Duration::from_secs(15);
 
@@ -50,6 +51,7 @@ async fn a_service_event_is_delivered_ahead_of_a_process_event_waiting_for_consu
         Sample::HAX1,
         Arc::new(Metrics::default()),
         tokio::runtime::Handle::current(),
+        &TaskTracker::new(),
     );
     let peer = Fid::typed(FidType::Process, 1, 0x42);
     // What the pipeline would do, but whatever of the peer's reaches it

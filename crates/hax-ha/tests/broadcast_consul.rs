@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 mod support;
 use support::{check_id, hax_halon_config, kv_state, load_sample, Hax};
+use tokio_util::task::TaskTracker;
 
 const T: Duration = Duration::from_secs(20);
 
@@ -101,7 +102,12 @@ async fn a_consul_detected_failure_is_recorded_broadcast_and_written() {
     );
 
     let mut halon = start_halon();
-    let b = Broadcaster::new(view.clone(), halon.handle(), kv.clone());
+    let b = Broadcaster::new(
+        view.clone(),
+        halon.handle(),
+        kv.clone(),
+        &TaskTracker::new(),
+    );
     let tracked = b
         .broadcast_outcomes(plan.broadcast.clone(), BroadcastOptions::default())
         .await
@@ -181,7 +187,12 @@ async fn writes_planned_on_a_stale_view_are_redone_from_fresh_reads() {
     .expect("device failure");
 
     let mut halon = start_halon();
-    let b = Broadcaster::new(stale.clone(), halon.handle(), kv.clone());
+    let b = Broadcaster::new(
+        stale.clone(),
+        halon.handle(),
+        kv.clone(),
+        &TaskTracker::new(),
+    );
     let report = b
         .broadcast_report(
             vec![HaUpdate::new(Sample::IOS2A, ObjHealth::Ok)],

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 mod support;
 use support::{hax_halon_config, kv_state, load_sample, Hax};
+use tokio_util::task::TaskTracker;
 
 const T: Duration = Duration::from_secs(20);
 
@@ -94,6 +95,7 @@ async fn broadcasts_asked_together_share_messages_in_call_order() {
         ClusterView::from_data(sample::view_data()),
         halon.handle(),
         HaxKv::new(unused),
+        &TaskTracker::new(),
     )
     .with_metrics(Arc::clone(&metrics));
     let all = || BroadcastOptions {
@@ -208,8 +210,13 @@ async fn a_group_writes_its_states_in_one_transaction_each_seeing_the_earlier() 
     let st = view.wait_loaded(T).await.expect("view loaded");
     let (halon, peers) = start(&[Sample::CONFD1]).await;
     let metrics = Arc::new(Metrics::default());
-    let b = Broadcaster::new(view.clone(), halon.handle(), kv.clone())
-        .with_metrics(Arc::clone(&metrics));
+    let b = Broadcaster::new(
+        view.clone(),
+        halon.handle(),
+        kv.clone(),
+        &TaskTracker::new(),
+    )
+    .with_metrics(Arc::clone(&metrics));
 
     // The ios fails and comes back, asked for together: the second is
     // planned on the first's writes, the final states land in one

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 
 mod support;
 use support::{hax_halon_config, Hax};
+use tokio_util::task::TaskTracker;
 
 const T: Duration = Duration::from_secs(15);
 
@@ -69,6 +70,7 @@ fn broadcaster(halon: &Halon<Hax>) -> Broadcaster {
         ClusterView::from_data(sample::view_data()),
         halon.handle(),
         HaxKv::new(unused),
+        &TaskTracker::new(),
     )
 }
 

@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, watch};
 
 mod support;
 use support::{free_endpoint, hax_halon_config, sample_view};
+use tokio_util::task::TaskTracker;
 
 const T: Duration = Duration::from_secs(20);
 
@@ -70,6 +71,7 @@ async fn hax_own_motr_is_told_no_confd_while_one_stops() {
         Sample::HAX1,
         Arc::new(Metrics::default()),
         tokio::runtime::Handle::current(),
+        &TaskTracker::new(),
     )
     .with_confds_down(down.clone());
     let cfg = hax_halon_config(endpoint.clone());
@@ -81,9 +83,15 @@ async fn hax_own_motr_is_told_no_confd_while_one_stops() {
     let pipeline = EventPipeline::new(
         KvWriter::spawn(c.clone(), WriterConfig::default()),
         kv.clone(),
-        Arc::new(Broadcaster::new(view.clone(), halon.handle(), kv)),
+        Arc::new(Broadcaster::new(
+            view.clone(),
+            halon.handle(),
+            kv,
+            &TaskTracker::new(),
+        )),
         Arc::new(view),
         EventsConfig::default(),
+        &TaskTracker::new(),
     )
     .with_confd_events(confd_events);
     pipeline.spawn(events_rx, cancel.clone());

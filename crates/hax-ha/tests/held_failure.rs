@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 mod support;
 use support::{free_endpoint, hax_halon_config, sample_view};
+use tokio_util::task::TaskTracker;
 
 const T: Duration = Duration::from_secs(20);
 
@@ -61,6 +62,7 @@ async fn daemon() -> Daemon {
         Sample::HAX1,
         Arc::new(Metrics::default()),
         tokio::runtime::Handle::current(),
+        &TaskTracker::new(),
     )
     .with_link_watch(links.clone());
     let cfg = hax_halon_config(endpoint.clone());
@@ -69,7 +71,12 @@ async fn daemon() -> Daemon {
         .expect("joined")
         .expect("halon starts");
     let kv = HaxKv::new(c.clone());
-    let broadcaster = Arc::new(Broadcaster::new(view.clone(), halon.handle(), kv.clone()));
+    let broadcaster = Arc::new(Broadcaster::new(
+        view.clone(),
+        halon.handle(),
+        kv.clone(),
+        &TaskTracker::new(),
+    ));
     let pipeline = EventPipeline::new(
         KvWriter::spawn(c.clone(), WriterConfig::default()),
         kv,
@@ -79,6 +86,7 @@ async fn daemon() -> Daemon {
             self_failed_hold: HOLD,
             ..EventsConfig::default()
         },
+        &TaskTracker::new(),
     )
     .with_link_watch(links);
     let held = pipeline.held_metrics();

@@ -14,6 +14,7 @@ use hax_consul::session::{SessionBehavior, SessionRequest};
 use hax_consul::ConsulClient;
 use hax_ha::leader::elect::{ElectConfig, Elector, SESSION_NAME};
 use hax_testkit::dev_agent::DevAgent;
+use tokio_util::task::TaskTracker;
 
 const T: Duration = Duration::from_secs(10);
 
@@ -76,7 +77,11 @@ fn config(node: &str, lock_delay: Duration) -> ElectConfig {
 async fn a_free_leader_is_taken_and_released_at_stop() {
     let agent = DevAgent::start().await.expect("agent");
     let client = agent.client().expect("client");
-    let a = Elector::spawn(client.clone(), ElectConfig::new("node-a"));
+    let a = Elector::spawn(
+        client.clone(),
+        ElectConfig::new("node-a"),
+        &TaskTracker::new(),
+    );
     let session = held_by(&client, "node-a").await;
     let info = client
         .session_info(&session)
@@ -112,9 +117,17 @@ async fn the_waiting_elector_takes_over_at_once_when_the_leader_stops() {
     let client = agent.client().expect("client");
     // A lock-delay far above the takeover time: a release has none.
     let lock_delay = Duration::from_secs(15);
-    let a = Elector::spawn(client.clone(), config("node-a", lock_delay));
+    let a = Elector::spawn(
+        client.clone(),
+        config("node-a", lock_delay),
+        &TaskTracker::new(),
+    );
     let first = held_by(&client, "node-a").await;
-    let b = Elector::spawn(client.clone(), config("node-b", lock_delay));
+    let b = Elector::spawn(
+        client.clone(),
+        config("node-b", lock_delay),
+        &TaskTracker::new(),
+    );
     let mut b_leading = b.leading();
     assert!(!*b_leading.borrow_and_update());
 
@@ -137,9 +150,17 @@ async fn an_invalidated_leader_session_passes_leadership_after_the_lock_delay() 
     let agent = DevAgent::start().await.expect("agent");
     let client = agent.client().expect("client");
     let lock_delay = Duration::from_secs(2);
-    let a = Elector::spawn(client.clone(), config("node-a", lock_delay));
+    let a = Elector::spawn(
+        client.clone(),
+        config("node-a", lock_delay),
+        &TaskTracker::new(),
+    );
     let first = held_by(&client, "node-a").await;
-    let b = Elector::spawn(client.clone(), config("node-b", lock_delay));
+    let b = Elector::spawn(
+        client.clone(),
+        config("node-b", lock_delay),
+        &TaskTracker::new(),
+    );
 
     // What Consul does when the node's serfHealth fails.
     let invalidated = Instant::now();
@@ -192,9 +213,17 @@ async fn a_session_left_by_a_killed_run_is_adopted_and_others_are_not() {
         .await
         .expect("acquire"));
     // Another node's elector leaves it alone...
-    let b = Elector::spawn(client.clone(), config("node-b", Duration::from_secs(2)));
+    let b = Elector::spawn(
+        client.clone(),
+        config("node-b", Duration::from_secs(2)),
+        &TaskTracker::new(),
+    );
     // ...and node-a's, started again, takes it as its own.
-    let a = Elector::spawn(client.clone(), config("node-a", Duration::from_secs(2)));
+    let a = Elector::spawn(
+        client.clone(),
+        config("node-a", Duration::from_secs(2)),
+        &TaskTracker::new(),
+    );
     wait_for("the restarted elector to adopt its session", T, || async {
         a.is_leading().then_some(())
     })
@@ -231,7 +260,11 @@ async fn the_session_follows_the_nodes_confd_check() {
         .await
         .expect("confd registered");
     let lock_delay = Duration::from_secs(1);
-    let a = Elector::spawn(client.clone(), config("node-a", lock_delay));
+    let a = Elector::spawn(
+        client.clone(),
+        config("node-a", lock_delay),
+        &TaskTracker::new(),
+    );
     // Consul refuses a session over a critical check: no leader while the
     // node's confd is down (the elector keeps trying).
     client
@@ -270,7 +303,11 @@ async fn the_session_follows_the_nodes_confd_check() {
 async fn a_placeholder_written_over_the_lock_stays_at_the_release() {
     let agent = DevAgent::start().await.expect("agent");
     let client = agent.client().expect("client");
-    let a = Elector::spawn(client.clone(), config("node-a", Duration::from_secs(2)));
+    let a = Elector::spawn(
+        client.clone(),
+        config("node-a", Duration::from_secs(2)),
+        &TaskTracker::new(),
+    );
     let session = held_by(&client, "node-a").await;
     // What `hctl shutdown` writes so that the next start elects anew; the
     // lock stays held.

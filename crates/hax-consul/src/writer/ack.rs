@@ -45,33 +45,14 @@ impl Ack {
             self.complete(Ok(()));
             return Vec::new();
         }
-        let group = Arc::new(Mutex::new(AckGroup {
-            remaining: n,
-            outcome: Ok(()),
-            ack: Some(self),
-        }));
-        (0..n)
-            .map(|_| {
-                let group = Arc::clone(&group);
-                Ack::new(move |outcome| {
-                    let done = {
-                        let mut g = lock(&group);
-                        if let (Err(e), Ok(())) = (outcome, &g.outcome) {
-                            g.outcome = Err(e);
-                        }
-                        g.remaining -= 1;
-                        if g.remaining == 0 {
-                            g.ack.take().map(|a| (a, g.outcome.clone()))
-                        } else {
-                            None
-                        }
-                    };
-                    if let Some((ack, outcome)) = done {
-                        ack.complete(outcome);
-                    }
-                })
-            })
-            .collect()
+        let group = AckGroup::new(self, n);
+        (0..n).map(|_| AckGroup::part(&group)).collect()
+    }
+
+    /// [`Ack::split`] in two.
+    pub fn split_pair(self) -> (Ack, Ack) {
+        let group = AckGroup::new(self, 2);
+        (AckGroup::part(&group), AckGroup::part(&group))
     }
 
     /// Runs the ack.
@@ -84,6 +65,38 @@ struct AckGroup {
     remaining: usize,
     outcome: Result<(), WriteError>,
     ack: Option<Ack>,
+}
+
+impl AckGroup {
+    fn new(ack: Ack, n: usize) -> Arc<Mutex<AckGroup>> {
+        Arc::new(Mutex::new(AckGroup {
+            remaining: n,
+            outcome: Ok(()),
+            ack: Some(ack),
+        }))
+    }
+
+    /// One of the acks the group's ack waits for.
+    fn part(group: &Arc<Mutex<AckGroup>>) -> Ack {
+        let group = Arc::clone(group);
+        Ack::new(move |outcome| {
+            let done = {
+                let mut g = lock(&group);
+                if let (Err(e), Ok(())) = (outcome, &g.outcome) {
+                    g.outcome = Err(e);
+                }
+                g.remaining -= 1;
+                if g.remaining == 0 {
+                    g.ack.take().map(|a| (a, g.outcome.clone()))
+                } else {
+                    None
+                }
+            };
+            if let Some((ack, outcome)) = done {
+                ack.complete(outcome);
+            }
+        })
+    }
 }
 
 /// Resolves with the outcome of an [`Ack::channel`] ack;
@@ -105,4 +118,32 @@ impl Future for AckWaiter {
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock leaves plain data behind; keep going.
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::future::Future;
+    use std::task::Waker;
+
+    fn now<F: Future + Unpin>(f: &mut F) -> Poll<F::Output> {
+        Pin::new(f).poll(&mut Context::from_waker(Waker::noop()))
+    }
+
+    #[test]
+    fn a_pair_completes_once_both_have_with_the_first_error() {
+        let (ack, mut w) = Ack::channel();
+        let (a, b) = ack.split_pair();
+        a.complete(Err(WriteError::Closed));
+        assert!(now(&mut w).is_pending(), "one of two");
+        b.complete(Err(WriteError::Abandoned));
+        assert!(matches!(now(&mut w), Poll::Ready(Err(WriteError::Closed))));
+
+        let (ack, mut w) = Ack::channel();
+        let (a, b) = ack.split_pair();
+        b.complete(Ok(()));
+        a.complete(Ok(()));
+        assert!(matches!(now(&mut w), Poll::Ready(Ok(()))));
+    }
 }

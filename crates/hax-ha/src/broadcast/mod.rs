@@ -37,6 +37,7 @@ use hax_core::{
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 
 mod plan;
 
@@ -149,6 +150,8 @@ struct Inner {
     /// Set by [`Broadcaster::stop_retrying`]: a transient Consul failure
     /// fails the group instead of being waited out.
     give_up: AtomicBool,
+    /// Where the broadcaster's tasks run.
+    tasks: TaskTracker,
 }
 
 /// Pauses between tries of a group whose states Consul could not take for
@@ -166,9 +169,12 @@ impl std::fmt::Debug for Request {
 
 impl Broadcaster {
     /// A broadcaster planning on `view`, writing through `kv`, sending
-    /// through `link`. Its task starts with the first broadcast (inside a
-    /// tokio runtime) and ends when the broadcaster is dropped.
-    pub fn new(view: ClusterView, link: HaLink, kv: HaxKv) -> Self {
+    /// through `link`, running its tasks on `tasks`. Its task starts with
+    /// the first broadcast (inside a tokio runtime) and ends when the
+    /// broadcaster is dropped; the tasks following messages shared by
+    /// several broadcasts end when those messages have their outcome (at
+    /// the latest when the halon interface stops).
+    pub fn new(view: ClusterView, link: HaLink, kv: HaxKv, tasks: &TaskTracker) -> Self {
         Broadcaster {
             inner: Arc::new(Inner {
                 view,
@@ -176,6 +182,7 @@ impl Broadcaster {
                 kv,
                 metrics: None,
                 give_up: AtomicBool::new(false),
+                tasks: tasks.clone(),
             }),
             queue: OnceLock::new(),
         }
@@ -249,7 +256,7 @@ impl Broadcaster {
     ) -> impl Future<Output = Result<BroadcastReport, BroadcastError>> + Send + 'static {
         let queue = self.queue.get_or_init(|| {
             let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(Arc::clone(&self.inner).run(rx));
+            self.inner.tasks.spawn(Arc::clone(&self.inner).run(rx));
             tx
         });
         let (reply, done) = oneshot::channel();
@@ -545,7 +552,7 @@ impl Inner {
             i = j;
         }
         if !shared.is_empty() {
-            tokio::spawn(follow_shared(shared));
+            self.tasks.spawn(follow_shared(shared));
         }
         (sent, messages, failure)
     }

@@ -47,6 +47,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::metrics::BqMetrics;
 use crate::model::broadcast::{Broadcast, BroadcastOptions, Sent};
@@ -541,16 +542,17 @@ fn fold(earlier: BqTrigger, later: BqTrigger) -> BqTrigger {
     }
 }
 
-/// Runs the consumer until `cancel`: consumes on every trigger of `inbox`,
-/// every [`BqConfig::resync_every`], and [`BqConfig::retry_after`] after a
-/// round that left an entry pending.
+/// Runs the consumer on `tasks` until `cancel`: consumes on every trigger
+/// of `inbox`, every [`BqConfig::resync_every`], and
+/// [`BqConfig::retry_after`] after a round that left an entry pending.
 pub fn spawn<B: Broadcast, C: ClusterFacts>(
     consumer: QueueConsumer,
     processor: Arc<BqProcessor<B, C>>,
     inbox: Arc<BqInbox>,
     cancel: CancellationToken,
+    tasks: &TaskTracker,
 ) -> JoinHandle<()> {
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         let metrics = processor.metrics();
         let config = processor.config.clone();
         tracing::info!(offset_key = consumer.offset_key(), "BQ consumer started");
@@ -707,6 +709,7 @@ mod tests {
             processor,
             Arc::clone(&inbox),
             cancel.clone(),
+            &TaskTracker::new(),
         );
         Run {
             handle,

@@ -21,6 +21,7 @@ use hax_consul::schema::QueueKind;
 use hax_consul::ConsulClient;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::metrics::Metrics;
 use crate::view::ClusterView;
@@ -36,15 +37,16 @@ pub struct TrimConfig {
     pub stalled_after: Duration,
 }
 
-/// Starts trimming; it ends with `cancel`.
+/// Starts trimming on `tasks`; it ends with `cancel`.
 pub fn spawn(
     client: ConsulClient,
     view: ClusterView,
     config: TrimConfig,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
+    tasks: &TaskTracker,
 ) -> JoinHandle<()> {
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         let mut trimmer: Option<QueueTrimmer> = None;
         // Not at once: the local consumer registers its offset first.
         let mut ticks = tokio::time::interval_at(

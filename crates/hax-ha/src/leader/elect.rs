@@ -36,6 +36,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::view::entrypoint::strip_node_suffix;
 
@@ -101,8 +102,9 @@ pub struct Elector {
 }
 
 impl Elector {
-    /// Starts electing this node on the runtime of the caller.
-    pub fn spawn(client: ConsulClient, config: ElectConfig) -> Elector {
+    /// Starts electing this node, as a task of `tasks` on the runtime of
+    /// the caller.
+    pub fn spawn(client: ConsulClient, config: ElectConfig, tasks: &TaskTracker) -> Elector {
         let cancel = CancellationToken::new();
         let (tx, leading) = watch::channel(false);
         let backoff = Backoff::new(config.retry, config.max_backoff.max(config.retry)).jittered();
@@ -115,7 +117,7 @@ impl Elector {
             leading: tx,
             backoff,
         };
-        let task = tokio::spawn(run.run(cancel.clone()));
+        let task = tasks.spawn(run.run(cancel.clone()));
         Elector {
             cancel,
             task: Some(task),

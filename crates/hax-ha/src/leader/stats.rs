@@ -29,6 +29,7 @@ use hax_core::{ClientError, Fid, MotrClient, PverState};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::model::civil::CivilTime;
 use crate::model::vocab::{fid_of, fid_text};
@@ -438,8 +439,9 @@ pub struct StatsUpdaters {
 }
 
 impl StatsUpdaters {
-    /// Starts the updaters `cfg` turns on; they begin once `ready` is true
-    /// and end on `cancel` (or [`StatsUpdaters::stop`]).
+    /// Starts the updaters `cfg` turns on, as tasks of `tasks`; they begin
+    /// once `ready` is true and end on `cancel` (or [`StatsUpdaters::stop`]).
+    #[allow(clippy::too_many_arguments)]
     pub fn spawn(
         cfg: StatsConfig,
         motr: MotrClient,
@@ -448,6 +450,7 @@ impl StatsUpdaters {
         ready: watch::Receiver<bool>,
         metrics: Arc<StatsMetrics>,
         cancel: CancellationToken,
+        tasks: &TaskTracker,
     ) -> Self {
         let ctx = Ctx {
             motr,
@@ -455,10 +458,10 @@ impl StatsUpdaters {
             view,
             metrics,
         };
-        let mut tasks = Vec::new();
+        let mut handles = Vec::new();
         if let Some(period) = cfg.filesystem {
             let c = ctx.clone();
-            tasks.push(tokio::spawn(every(
+            handles.push(tasks.spawn(every(
                 Updater::Filesystem,
                 period,
                 ready.clone(),
@@ -472,7 +475,7 @@ impl StatsUpdaters {
         }
         if let Some(period) = cfg.bytecount {
             let c = ctx.clone();
-            tasks.push(tokio::spawn(every(
+            handles.push(tasks.spawn(every(
                 Updater::Bytecount,
                 period,
                 ready,
@@ -484,7 +487,10 @@ impl StatsUpdaters {
                 },
             )));
         }
-        StatsUpdaters { tasks, cancel }
+        StatsUpdaters {
+            tasks: handles,
+            cancel,
+        }
     }
 
     /// Stops the updaters and waits for them: a run in progress is dropped

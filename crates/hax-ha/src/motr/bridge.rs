@@ -17,6 +17,7 @@ use hax_core::{
     Fid, HaMsg, HaMsgData, LinkId, LinkInfo, NvecGet, NvecKind, Tag, Uint128,
 };
 use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
 
 use crate::metrics::Metrics;
 use crate::model::facts::EntrypointSnapshot;
@@ -40,6 +41,8 @@ pub struct Bridge {
     stopping: AtomicBool,
     metrics: Arc<Metrics>,
     runtime: tokio::runtime::Handle,
+    /// Where those waits run.
+    tasks: TaskTracker,
     /// Events that found the queue full, in arrival order. While it is not
     /// empty every new event joins it, and one task moves them to the queue
     /// in order: the events of a process are recorded in the order Motr
@@ -63,7 +66,8 @@ impl std::fmt::Debug for Bridge {
 
 impl Bridge {
     /// A bridge queuing into `events`. `runtime` runs the few waits that must
-    /// not happen on Motr's threads.
+    /// not happen on Motr's threads, as tasks of `tasks`; each ends within
+    /// a second or once its event is queued.
     pub fn new(
         events: mpsc::Sender<MotrEvent>,
         entrypoint: EntrypointSnapshot,
@@ -71,6 +75,7 @@ impl Bridge {
         hax_fid: Fid,
         metrics: Arc<Metrics>,
         runtime: tokio::runtime::Handle,
+        tasks: &TaskTracker,
     ) -> Self {
         Bridge {
             events,
@@ -80,6 +85,7 @@ impl Bridge {
             stopping: AtomicBool::new(false),
             metrics,
             runtime,
+            tasks: tasks.clone(),
             overflow: Arc::default(),
             keepalives: None,
             links: LinkWatch::new(),
@@ -135,10 +141,10 @@ impl Bridge {
                 overflow.push_back(ev);
                 drop(overflow);
                 // The overflow was empty: no mover runs; start one.
-                self.runtime.spawn(move_overflow(
-                    self.events.clone(),
-                    Arc::clone(&self.overflow),
-                ));
+                self.tasks.spawn_on(
+                    move_overflow(self.events.clone(), Arc::clone(&self.overflow)),
+                    &self.runtime,
+                );
             }
             Err(mpsc::error::TrySendError::Closed(ev)) => {
                 // The pipeline has stopped (hax is stopping): nothing more
@@ -213,7 +219,7 @@ impl Callbacks for Bridge {
                 let events = self.events.clone();
                 let metrics = Arc::clone(&self.metrics);
                 let hax_fid = self.hax_fid;
-                self.runtime.spawn(async move {
+                self.tasks.spawn_on(async move {
                     let ready = tokio::time::timeout(CONFIG_WAIT, snapshot.wait_for(Option::is_some))
                         .await
                         .ok()
@@ -238,7 +244,7 @@ impl Callbacks for Bridge {
                             reply.refuse(NonZeroI32::new(hax_core::EAGAIN).unwrap_or(NonZeroI32::MIN));
                         }
                     }
-                });
+                }, &self.runtime);
             }
         }
     }

@@ -1,4 +1,5 @@
-//! When hax's own Motr fences a stopped process.
+//! The STOPPED path: how a process that reported STOPPED is told to the
+//! other processes and, later, fenced by hax's own Motr.
 //!
 //! A FAILED note about a process fid that hax sends on its own (self) link
 //! makes Motr's halon interface disconnect every link that process made.
@@ -8,7 +9,28 @@
 //! again, is told it was disconnected and aborts. So the FAILED note of a
 //! STOPPED event goes to the other processes at once, but to hax's own link
 //! only once the stopped process's link is gone, or [`HA_DISCONNECT_TIMEOUT`]
-//! after the event was delivered ([`HeldFailures`]).
+//! after the event was delivered.
+//!
+//! The whole path starts here and runs one way, from the event to hax's own
+//! link ([`HeldFailures::stopped`]):
+//!
+//! 1. the pipeline hands over the STOPPED event, in the process's lane (so
+//!    in the process's event order), with the event's ack;
+//! 2. the FAILED broadcast to the other processes is ordered at once,
+//!    leaving hax's own link out (an mkfs run, which only hax's own link
+//!    hears of, broadcasts nothing now), and the note is held: a note held
+//!    before for the process is dropped;
+//! 3. the hold's task takes it from there: once the broadcast is handed to
+//!    Motr it completes the broadcast's part of the ack and keeps the notes
+//!    hax's own link was left out of;
+//! 4. it waits for the first of: the process's link gone, the bound after
+//!    the event was delivered, a new incarnation's first entrypoint request
+//!    ([`HeldFailures::send_now`]), a newer state of the process
+//!    ([`HeldFailures::drop_held`]), hax stopping, the holds dropped;
+//! 5. it sends the notes to hax's own link itself, or drops them.
+//!
+//! The pipeline only calls in (the event, a newer state, a first request);
+//! nothing here calls back into it.
 //!
 //! Neither Motr nor the emulator tells hax when a peer closes its side of a
 //! link; hax learns that a link is gone when its own side goes through the
@@ -21,10 +43,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use hax_consul::writer::Ack;
 use hax_core::{Fid, HaNote, LinkId};
 use tokio::sync::{oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::model::broadcast::{Broadcast, Sent};
+use crate::metrics::EventMetrics;
+use crate::model::broadcast::{Broadcast, BroadcastFailed, BroadcastOptions, Sent};
+use crate::model::{HaUpdate, ObjHealth};
 
 /// How long a FAILED note for hax's own link is held after the STOPPED
 /// event was delivered. Motr's HA link disconnect timeout (`ha/ha.c`, 5 s):
@@ -121,16 +148,24 @@ type SendNow = oneshot::Sender<Option<Sent>>;
 
 type SendFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Option<Sent>> + Send>>;
 
+type BroadcastFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Sent, BroadcastFailed>> + Send>>;
+
 struct Entry {
     id: u64,
     now: oneshot::Sender<SendNow>,
 }
 
-/// FAILED notes of stopped processes held back from hax's own link (see
-/// the module documentation). At most one per process: a newer event of the
-/// process drops it ([`HeldFailures::drop_held`]), a new incarnation's first
-/// entrypoint request sends it at once ([`HeldFailures::send_now`]), so a held
-/// note never reaches Motr after a newer state of its process.
+/// FAILED notes of stopped processes held back from hax's own link, and
+/// the STOPPED path that leads to them (see the module documentation). At
+/// most one per process: a newer event of the process drops it
+/// ([`HeldFailures::drop_held`]), a new incarnation's first entrypoint
+/// request sends it at once ([`HeldFailures::send_now`]), so a held note
+/// never reaches Motr after a newer state of its process.
+///
+/// The holds' tasks run on the tracker given to [`HeldFailures::new`]; they
+/// end when hax stops ([`LinkWatch::set_stopping`]) or when this is dropped,
+/// dropping what they hold.
 pub struct HeldFailures<B> {
     broadcaster: Arc<B>,
     links: LinkWatch,
@@ -138,6 +173,17 @@ pub struct HeldFailures<B> {
     held: Arc<Mutex<HashMap<Fid, Entry>>>,
     next: AtomicU64,
     metrics: Arc<HeldMetrics>,
+    /// Where a STOPPED broadcast that fails is counted.
+    events: Arc<EventMetrics>,
+    tasks: TaskTracker,
+    /// Cancelled on drop: the holds end with their owner.
+    dropped: CancellationToken,
+}
+
+impl<B> Drop for HeldFailures<B> {
+    fn drop(&mut self) {
+        self.dropped.cancel();
+    }
 }
 
 impl<B> std::fmt::Debug for HeldFailures<B> {
@@ -179,10 +225,26 @@ enum End {
     Dropped,
 }
 
+/// Where a hold's notes come from.
+enum Notes {
+    /// Known at once: nothing was broadcast to the others.
+    Known(Vec<HaNote>),
+    /// What the broadcast to the others left out, once it is handed to
+    /// Motr; `ack` is the broadcast's part of the event's ack.
+    LeftOut { sent: BroadcastFuture, ack: Ack },
+}
+
 impl<B: Broadcast> HeldFailures<B> {
     /// Holds notes for `hold` at most after delivery, sending through
-    /// `broadcaster`, told of gone links by `links`.
-    pub fn new(broadcaster: Arc<B>, links: LinkWatch, hold: Duration) -> Self {
+    /// `broadcaster`, told of gone links by `links`, running the holds on
+    /// `tasks`; a broadcast that fails is counted in `events`.
+    pub fn new(
+        broadcaster: Arc<B>,
+        links: LinkWatch,
+        hold: Duration,
+        tasks: &TaskTracker,
+        events: Arc<EventMetrics>,
+    ) -> Self {
         HeldFailures {
             broadcaster,
             links,
@@ -190,6 +252,9 @@ impl<B: Broadcast> HeldFailures<B> {
             held: Arc::default(),
             next: AtomicU64::new(1),
             metrics: Arc::default(),
+            events,
+            tasks: tasks.clone(),
+            dropped: CancellationToken::new(),
         }
     }
 
@@ -198,18 +263,25 @@ impl<B: Broadcast> HeldFailures<B> {
         Arc::clone(&self.metrics)
     }
 
-    /// Holds the notes `notes` will give (those hax's own link did not get)
-    /// for `process`, which reported STOPPED on `link`, until `link` is gone,
-    /// or `hold` after `delivered` resolves (the STOPPED message delivered).
-    /// A note held before for the process is dropped. Must be called in the
-    /// process's event order (its lane).
-    pub fn hold(
+    /// `process`, other than hax, reported STOPPED on `link`: the STOPPED
+    /// path of the module documentation, started here and ended by the
+    /// hold's task. `health` is what the broadcast says of the process;
+    /// with `hax_only` (an mkfs run) only hax's own link is told, after the
+    /// hold. Must be called in the process's event order (its lane), before
+    /// the event's writes are submitted: its broadcast is ordered at the
+    /// call.
+    ///
+    /// Takes the event's `ack` and returns what is left of it for the
+    /// event's writes; the hold's bound counts from the completion of the
+    /// whole (the STOPPED message delivered).
+    pub fn stopped(
         &self,
         process: Fid,
         link: LinkId,
-        notes: oneshot::Receiver<Vec<HaNote>>,
-        delivered: oneshot::Receiver<()>,
-    ) {
+        health: ObjHealth,
+        hax_only: bool,
+        ack: Ack,
+    ) -> Ack {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (now_tx, now_rx) = oneshot::channel();
         if lock(&self.held)
@@ -220,17 +292,45 @@ impl<B: Broadcast> HeldFailures<B> {
         }
         inc(&self.metrics.held);
         tracing::info!(%process, %link, hold = ?self.hold, "FAILED for hax's own link held until the process's link is gone");
+        let (delivered_tx, delivered) = oneshot::channel();
+        let ack = Ack::new(move |outcome| {
+            ack.complete(outcome);
+            let _ = delivered_tx.send(());
+        });
+        let (notes, rest) = if hax_only {
+            // Only hax's own link would get it: nothing goes now.
+            let notes = vec![HaNote::new(process, health.note_state())];
+            (Notes::Known(notes), ack)
+        } else {
+            let options = BroadcastOptions {
+                skip_self_link: true,
+                coalesce: true,
+                ..BroadcastOptions::default()
+            };
+            let sent = self
+                .broadcaster
+                .broadcast(vec![HaUpdate::new(process, health)], options);
+            let (broadcast, rest) = ack.split_pair();
+            let notes = Notes::LeftOut {
+                sent: Box::pin(sent),
+                ack: broadcast,
+            };
+            (notes, rest)
+        };
         let task = HoldTask {
             broadcaster: Arc::clone(&self.broadcaster),
             links: self.links.clone(),
             hold: self.hold,
             held: Arc::clone(&self.held),
             metrics: Arc::clone(&self.metrics),
+            events: Arc::clone(&self.events),
+            dropped: self.dropped.clone(),
             process,
             link,
             id,
         };
-        tokio::spawn(task.run(notes, delivered, now_rx));
+        self.tasks.spawn(task.run(notes, delivered, now_rx));
+        rest
     }
 
     /// Drops the note held for `process`, if any: the process reported a
@@ -259,6 +359,8 @@ struct HoldTask<B> {
     hold: Duration,
     held: Arc<Mutex<HashMap<Fid, Entry>>>,
     metrics: Arc<HeldMetrics>,
+    events: Arc<EventMetrics>,
+    dropped: CancellationToken,
     process: Fid,
     link: LinkId,
     id: u64,
@@ -267,18 +369,42 @@ struct HoldTask<B> {
 impl<B: Broadcast> HoldTask<B> {
     async fn run(
         self,
-        notes: oneshot::Receiver<Vec<HaNote>>,
+        notes: Notes,
         delivered: oneshot::Receiver<()>,
         mut now: oneshot::Receiver<SendNow>,
     ) {
-        // No notes: the broadcast failed, nothing was sent to anyone.
-        let notes = notes.await.unwrap_or_default();
+        let process = self.process;
+        // Not cut short by the holds' drop: the event's delivery waits on
+        // the broadcast's part of its ack.
+        let notes = match notes {
+            Notes::Known(notes) => notes,
+            Notes::LeftOut { sent, ack } => {
+                let notes = match sent.await {
+                    Ok(sent) => sent.self_link_notes().to_vec(),
+                    Err(e) => {
+                        // Nothing was sent to anyone: nothing to hold.
+                        inc(&self.events.broadcast_failures);
+                        tracing::warn!(%process, error = %e, "broadcast not handed to Motr");
+                        Vec::new()
+                    }
+                };
+                ack.complete(Ok(()));
+                notes
+            }
+        };
         let end = tokio::select! {
             biased;
             r = &mut now => match r {
                 Ok(reply) => End::Now(reply),
                 Err(_) => End::Dropped,
             },
+            _ = self.dropped.cancelled() => {
+                if lock(&self.held).remove(&process).is_some() {
+                    inc(&self.metrics.dropped);
+                    tracing::debug!(%process, "holds dropped: held FAILED dropped");
+                }
+                End::Dropped
+            }
             _ = self.links.gone(self.link) => End::LinkGone,
             _ = async {
                 // An ack dropped unrun still ends the wait for delivery.
@@ -286,7 +412,6 @@ impl<B: Broadcast> HoldTask<B> {
                 tokio::time::sleep(self.hold).await;
             } => End::Bound,
         };
-        let process = self.process;
         match end {
             End::Dropped => {}
             End::Now(reply) => {

@@ -32,6 +32,7 @@ use hax_core::{Fid, HaLink, HaMsg, HaMsgData, LinkId, Uint128};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::metrics::Metrics;
 use crate::model::civil::CivilTime;
@@ -386,15 +387,16 @@ fn targets(ha: &HaLink) -> Vec<(LinkId, Fid)> {
         .collect()
 }
 
-/// Starts the probe task; it ends when `stop` is cancelled.
+/// Starts the probe task on `tasks`; it ends when `stop` is cancelled.
 pub fn spawn(
     cfg: KeepaliveConfig,
     ha: HaLink,
     inbox: KeepaliveInbox,
     writer: KvWriter,
     stop: CancellationToken,
+    tasks: &TaskTracker,
 ) -> JoinHandle<()> {
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         let mut tick = tokio::time::interval(cfg.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

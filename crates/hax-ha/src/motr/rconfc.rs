@@ -35,6 +35,7 @@ use hax_core::{ClientError, Fid, MotrClient};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::leader::stats::{ioservices, StatsMetrics};
 use crate::model::vocab::fid_of;
@@ -302,8 +303,9 @@ async fn run(
 }
 
 impl RconfcStarter {
-    /// Starts rconfc in the background (see the module documentation).
-    /// `confds` tells it of confd processes stopping and starting.
+    /// Starts rconfc in the background, as a task of `tasks` (see the
+    /// module documentation). `confds` tells it of confd processes stopping
+    /// and starting.
     pub fn spawn(
         motr: MotrClient,
         kv: HaxKv,
@@ -311,9 +313,10 @@ impl RconfcStarter {
         metrics: Arc<StatsMetrics>,
         confds: mpsc::UnboundedReceiver<ConfdEvent>,
         cancel: CancellationToken,
+        tasks: &TaskTracker,
     ) -> Self {
         let (tx, ready) = watch::channel(false);
-        let task = tokio::spawn(run(
+        let task = tasks.spawn(run(
             motr,
             kv,
             view,

@@ -41,6 +41,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::metrics::EventMetrics;
 use crate::model::broadcast::Broadcast;
@@ -165,21 +166,31 @@ struct Inner<B, C> {
     held: HeldFailures<B>,
     /// Told of confd processes stopping and starting (rconfc).
     confds: Option<ConfdEvents>,
+    /// Where every task of the pipeline runs.
+    tasks: TaskTracker,
 }
 
 impl<B: Broadcast, C: ClusterFacts> EventPipeline<B, C> {
-    /// A pipeline writing through `writer`, reading through `kv`.
+    /// A pipeline writing through `writer`, reading through `kv`, running
+    /// its tasks on `tasks`: they end once the pipeline's task has ended
+    /// ([`EventPipeline::spawn`]) and the pipeline is dropped, or hax stops
+    /// ([`LinkWatch::set_stopping`]), so closing and waiting for `tasks`
+    /// then waits for all of them.
     pub fn new(
         writer: KvWriter,
         kv: HaxKv,
         broadcaster: Arc<B>,
         cluster: Arc<C>,
         config: EventsConfig,
+        tasks: &TaskTracker,
     ) -> Self {
+        let metrics = Arc::new(EventMetrics::default());
         let held = HeldFailures::new(
             Arc::clone(&broadcaster),
             LinkWatch::new(),
             config.self_failed_hold,
+            tasks,
+            Arc::clone(&metrics),
         );
         EventPipeline {
             inner: Arc::new(Inner {
@@ -188,10 +199,11 @@ impl<B: Broadcast, C: ClusterFacts> EventPipeline<B, C> {
                 broadcaster,
                 cluster,
                 config,
-                metrics: Arc::new(EventMetrics::default()),
+                metrics,
                 restart_counts: tokio::sync::Mutex::new(None),
                 held,
                 confds: None,
+                tasks: tasks.clone(),
             }),
         }
     }
@@ -206,6 +218,8 @@ impl<B: Broadcast, C: ClusterFacts> EventPipeline<B, C> {
                     Arc::clone(&inner.broadcaster),
                     links,
                     inner.config.self_failed_hold,
+                    &inner.tasks,
+                    Arc::clone(&inner.metrics),
                 );
             }
             None => tracing::warn!("event pipeline already shared; link watch not attached"),
@@ -248,7 +262,7 @@ impl<B: Broadcast, C: ClusterFacts> EventPipeline<B, C> {
         cancel: CancellationToken,
     ) -> JoinHandle<()> {
         let this = self.clone();
-        tokio::spawn(async move {
+        self.inner.tasks.spawn(async move {
             let n = this.inner.config.lanes.max(1);
             let hold = Arc::new(Semaphore::new(this.inner.config.lanes_hold.max(1)));
             let mut lanes = Vec::with_capacity(n);
@@ -393,7 +407,6 @@ impl<B: Broadcast, C: ClusterFacts> EventPipeline<B, C> {
             inner.held.drop_held(fid);
         }
         let mut broadcast = None;
-        let mut self_link_notes = None;
         let broadcasting = matches!(
             event,
             ProcessEventKind::DtmRecovered | ProcessEventKind::Started | ProcessEventKind::Stopped
@@ -424,27 +437,13 @@ impl<B: Broadcast, C: ClusterFacts> EventPipeline<B, C> {
                 event = ProcessEventKind::DtmRecovered;
             }
             let hax_only = ev.process_type == ProcessType::M0mkfs || is_hax;
-            let stopped = event == ProcessEventKind::Stopped;
-            if stopped {
-                let (notes_tx, notes) = oneshot::channel();
-                let (delivered_tx, delivered) = oneshot::channel();
-                inner.held.hold(fid, link, notes, delivered);
-                let event_ack = ack;
-                ack = Ack::new(move |outcome| {
-                    event_ack.complete(outcome);
-                    let _ = delivered_tx.send(());
-                });
-                if hax_only {
-                    // Only hax's own link would get it: nothing goes now.
-                    let _ = notes_tx.send(vec![HaNote::new(fid, health.note_state())]);
-                } else {
-                    self_link_notes = Some(notes_tx);
-                }
-            }
-            if !(stopped && hax_only) {
+            if event == ProcessEventKind::Stopped {
+                // The STOPPED path is the fencing module's from here on: its
+                // broadcast, the hold and hax's own link.
+                ack = inner.held.stopped(fid, link, health, hax_only, ack);
+            } else {
                 let options = BroadcastOptions {
                     broadcast_hax_only: hax_only,
-                    skip_self_link: stopped,
                     coalesce: true,
                     ..BroadcastOptions::default()
                 };
@@ -470,17 +469,10 @@ impl<B: Broadcast, C: ClusterFacts> EventPipeline<B, C> {
         let mut acks = ack.split(parts).into_iter();
         if let Some((sent, a)) = broadcast.and_then(|b| Some((b, acks.next()?))) {
             let metrics = Arc::clone(&inner.metrics);
-            tokio::spawn(async move {
-                match sent.await {
-                    Ok(sent) => {
-                        if let Some(tx) = self_link_notes {
-                            let _ = tx.send(sent.self_link_notes().to_vec());
-                        }
-                    }
-                    Err(e) => {
-                        inc(&metrics.broadcast_failures);
-                        tracing::warn!(process = %fid, error = %e, "broadcast not handed to Motr");
-                    }
+            inner.tasks.spawn(async move {
+                if let Err(e) = sent.await {
+                    inc(&metrics.broadcast_failures);
+                    tracing::warn!(process = %fid, error = %e, "broadcast not handed to Motr");
                 }
                 a.complete(Ok(()));
             });
@@ -597,7 +589,7 @@ impl<B: Broadcast, C: ClusterFacts> EventPipeline<B, C> {
             Ok(begun) => {
                 let this = self.clone();
                 let process = req.process_fid;
-                tokio::spawn(async move {
+                self.inner.tasks.spawn(async move {
                     this.restart_finish(begun).await;
                     inc(&this.inner.metrics.first_requests_accepted);
                     responder.accept(reply);
@@ -1057,6 +1049,7 @@ mod tests {
             Arc::clone(&recorder),
             Arc::new(facts()),
             config,
+            &TaskTracker::new(),
         );
         Setup {
             _agent: agent,
@@ -1277,6 +1270,7 @@ mod tests {
             Arc::new(Recorder::default()),
             Arc::new(facts()),
             EventsConfig::default(),
+            &TaskTracker::new(),
         )
         .with_confd_events(tx);
         for (fid, e) in [
@@ -1306,6 +1300,79 @@ mod tests {
         );
     }
 
+    /// Every task of the pipeline runs on its tracker: its loop and lanes,
+    /// the wait for a broadcast, the hold of a stopped process whose link
+    /// stays. They run on a runtime of their own here (the writer and the
+    /// Consul client on the test's), so that its count of live tasks is
+    /// theirs alone: once the pipeline is stopped and dropped, none is
+    /// left, though the hold's bound is an hour away.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn once_stopped_and_dropped_no_task_of_the_pipeline_remains() {
+        use ProcessEventKind as E;
+        use ProcessType as T;
+        const WAIT: Duration = Duration::from_secs(20);
+        let agent = DevAgent::start().await.expect("agent");
+        let client = agent.client().expect("client");
+        let writer = KvWriter::spawn(client.clone(), WriterConfig::default());
+        let recorder = Arc::new(Recorder::default());
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_time()
+            .build()
+            .expect("runtime");
+        let tracker = TaskTracker::new();
+        let run = rt.spawn({
+            let tracker = tracker.clone();
+            let recorder = Arc::clone(&recorder);
+            async move {
+                let p = EventPipeline::new(
+                    writer,
+                    HaxKv::new(client),
+                    recorder,
+                    Arc::new(facts()),
+                    EventsConfig {
+                        self_failed_hold: Duration::from_secs(3600),
+                        ..EventsConfig::default()
+                    },
+                    &tracker,
+                );
+                let held = p.held_metrics();
+                let (_events, rx) = mpsc::channel(8);
+                let cancel = CancellationToken::new();
+                let task = p.spawn(rx, cancel.clone());
+                handled(&p, 3, process(IOS), ev(E::Stopped, T::M0d)).await;
+                handled(&p, 4, process(CONFD), ev(E::Started, T::M0d)).await;
+                assert_eq!(held.held.load(Ordering::Relaxed), 1);
+                assert!(!tracker.is_empty(), "the hold runs");
+                cancel.cancel();
+                task.await.expect("the pipeline's task ends");
+                drop(p);
+                tracker.close();
+                tokio::time::timeout(WAIT, tracker.wait())
+                    .await
+                    .expect("the pipeline's tasks end once it is dropped");
+                assert_eq!(held.dropped.load(Ordering::Relaxed), 1);
+            }
+        });
+        run.await.expect("the pipeline ran");
+        assert!(
+            recorder.self_link_sends().is_empty(),
+            "nothing sent at the drop"
+        );
+        // A task ends a moment after its tracker lets go of it.
+        let metrics = rt.metrics();
+        let deadline = Instant::now() + WAIT;
+        while metrics.num_alive_tasks() > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "{} tasks of the pipeline still alive",
+                metrics.num_alive_tasks()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        rt.shutdown_background();
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_stopped_process_reaches_hax_own_link_once_its_link_is_gone_or_at_the_bound() {
         use ProcessEventKind as E;
@@ -1324,6 +1391,7 @@ mod tests {
                 self_failed_hold: HOLD,
                 ..EventsConfig::default()
             },
+            &TaskTracker::new(),
         )
         .with_link_watch(links.clone());
         let held = p.held_metrics();
@@ -1691,6 +1759,7 @@ mod tests {
             Arc::clone(&recorder),
             Arc::new(facts()),
             EventsConfig::default(),
+            &TaskTracker::new(),
         );
         let ios = process(IOS);
         let (started, mut started_done) = Ack::channel();
@@ -1761,6 +1830,7 @@ mod tests {
             Arc::clone(&recorder),
             Arc::new(facts()),
             config,
+            &TaskTracker::new(),
         );
         let (tx, rx) = mpsc::channel(1024);
         let cancel = CancellationToken::new();
