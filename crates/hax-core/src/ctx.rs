@@ -42,6 +42,10 @@ struct LinkEntry {
     /// links down by itself, and a broadcast that still reaches it makes
     /// Motr disconnect the links it is closing (its stop then hangs).
     process_stopped: bool,
+    /// A newer link of its process connected: a process talks to its HA on
+    /// one link, so this one belongs to an earlier incarnation (dead, or
+    /// ending). A send to a dead peer costs Motr an RPC timeout.
+    superseded: bool,
     disconnect_requested: bool,
     disconnect_issued: bool,
 }
@@ -157,13 +161,22 @@ impl Shared {
     // ---- link table, fed by the trampolines ----
 
     pub(crate) fn link_connected(&self, info: LinkInfo) {
-        lock(&self.links).insert(
+        let mut links = lock(&self.links);
+        if !info.is_self && !info.process_fid.is_zero() {
+            for e in links.values_mut() {
+                if !e.info.is_self && e.info.process_fid == info.process_fid {
+                    e.superseded = true;
+                }
+            }
+        }
+        links.insert(
             info.id,
             LinkEntry {
                 info,
                 undelivered: 0,
                 disconnecting: false,
                 process_stopped: false,
+                superseded: false,
                 disconnect_requested: false,
                 disconnect_issued: false,
             },
@@ -215,12 +228,13 @@ impl Shared {
         }
     }
 
-    /// Links a broadcast may use: connected, not disconnecting, and their
-    /// process has not reported itself stopped.
+    /// Links a broadcast may use: connected, not disconnecting, their
+    /// process has not reported itself stopped, and no newer link of their
+    /// process has connected.
     pub(crate) fn active_links(&self) -> Vec<LinkId> {
         let mut v: Vec<LinkId> = lock(&self.links)
             .values()
-            .filter(|e| !e.disconnecting && !e.process_stopped)
+            .filter(|e| !e.disconnecting && !e.process_stopped && !e.superseded)
             .map(|e| e.info.id)
             .collect();
         v.sort();

@@ -172,9 +172,10 @@ impl HaLink {
         self.shared.links()
     }
 
-    /// Links a broadcast should use now: connected, not disconnecting, and
-    /// their process has not reported PROCESS STOPPED on them (as the
-    /// original's `m0_hax_link_stopped`; the process tears them down itself).
+    /// Links a broadcast should use now: connected, not disconnecting, their
+    /// process has not reported PROCESS STOPPED on them (as the original's
+    /// `m0_hax_link_stopped`; the process tears them down itself), and no
+    /// newer link of their process has connected (an earlier incarnation's).
     pub fn active_links(&self) -> Vec<LinkId> {
         self.shared.active_links()
     }

@@ -306,6 +306,40 @@ async fn sixty_four_peers_at_once() {
     assert_eq!(rec.with(|r| r.disconnected.len()), 65);
 }
 
+/// A process talks to its HA on one link: when a new incarnation of it
+/// connects, the earlier incarnation's link (dead, or ending) is no broadcast
+/// or keepalive target any more, though it stays until Motr ends it. A send
+/// to a dead peer costs Motr an RPC timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_earlier_incarnations_link_is_no_target() {
+    let (halon, rec, ep) = start();
+    let configs = cluster::configs(&ep, 2, 2100);
+    let first = SimCluster::connect(configs.clone()).await.unwrap();
+    let [a, b] = first.processes() else {
+        panic!("two peers")
+    };
+    let (old_a, lb) = (link_of(&rec, a.fid()), link_of(&rec, b.fid()));
+    let active = halon.handle().active_links();
+    assert!(
+        active.contains(&old_a) && active.contains(&lb),
+        "{active:?}"
+    );
+    // a again, as a new incarnation, while its first link is still there.
+    let again = SimCluster::connect(configs[..1].to_vec()).await.unwrap();
+    let new_a = link_of(&rec, a.fid());
+    assert_ne!(new_a, old_a);
+    let active = halon.handle().active_links();
+    assert!(!active.contains(&old_a), "{active:?}");
+    assert!(
+        active.contains(&new_a) && active.contains(&lb),
+        "{active:?}"
+    );
+    assert!(halon.handle().links().iter().any(|l| l.id == old_a));
+    drop((first, again));
+    let report = stop(halon).await;
+    assert_eq!(report.violations, 0);
+}
+
 /// A process that reports itself stopped closes its links on its own; a
 /// broadcast that still reached it would make Motr disconnect them under it.
 /// Its link leaves the broadcast targets, and only its own report does that.
