@@ -216,11 +216,13 @@ async fn killed_m0ds_leave_no_links_behind() {
         first.threads,
         last.threads
     );
-    // Motr's heap takes a few rounds to settle; past that, nothing a dead
-    // incarnation leaves may stay.
+    // Motr keeps some of every incarnation it served (the entrypoint
+    // reply, libfabric's connection state: 70-250 KiB a restart with
+    // heaptrack, docs/motr.md); what hax keeps of one is far less.
+    let bound = first.rss_kib + 16 * 1024 + 512 * cycles as u64;
     assert!(
-        last.rss_kib <= first.rss_kib + 16 * 1024,
-        "RSS flat: {} -> {} KiB",
+        last.rss_kib <= bound,
+        "RSS flat: {} -> {} KiB (bound {bound})",
         first.rss_kib,
         last.rss_kib
     );

@@ -165,6 +165,7 @@ struct hax_glue {
 	unsigned client_calls;
 	uint32_t rconfc_timeout_ms;
 	uint32_t receive_buffers; /* 0: Motr's own receive pool */
+	uint64_t pool_trimmed_ms;  /* when the receive pool was last trimmed */
 	uint64_t run; /* start() count: a call begun in an earlier run is over */
 };
 
@@ -761,12 +762,44 @@ static void on_entrypoint_request(struct m0_halon_interface *hi, const struct m0
 	tl_in_cb--;
 }
 
+/*
+ * A receive buffer that completes while `receive_buffers` are posted goes
+ * back to the pool (receive_pool_shrink), holding the pages its message
+ * touched; the pool hands its free buffers out in turn, so over time every
+ * one of Motr's 100 would be touched. Past the pool's threshold, free
+ * buffers are freed (m0_net_buffer_pool_prune: deregistered, freed; a free
+ * buffer is posted nowhere). At most once a second, on a Motr thread: the
+ * one that brings a message.
+ */
+static void receive_pool_trim(hax_glue *h)
+{
+	if (__atomic_load_n(&h->receive_buffers, __ATOMIC_RELAXED) == 0)
+		return;
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	uint64_t now = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+	uint64_t last = __atomic_load_n(&h->pool_trimmed_ms, __ATOMIC_RELAXED);
+	if (now - last < 1000 ||
+	    !__atomic_compare_exchange_n(&h->pool_trimmed_ms, &last, now, false,
+					 __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+		return;
+	struct m0_rpc_machine *rm = m0_halon_interface_rpc_machine(h->hi);
+	struct m0_net_buffer_pool *pool = rm->rm_tm.ntm_recv_pool;
+	if (pool == NULL)
+		return;
+	m0_net_buffer_pool_lock(pool);
+	while (m0_net_buffer_pool_prune(pool))
+		;
+	m0_net_buffer_pool_unlock(pool);
+}
+
 static void on_msg_received(struct m0_halon_interface *hi, struct m0_ha_link *hl,
 			    const struct m0_ha_msg *msg, uint64_t tag)
 {
 	hax_glue *h = cb_handle();
 	if (h == NULL)
 		return;
+	receive_pool_trim(h);
 	pthread_mutex_lock(&h->mu);
 	struct glink *l = link_by_hl(h, hl);
 	if (l == NULL || rx_push(l, tag, msg) != 0) {
@@ -1096,8 +1129,8 @@ int hax_glue_set_receive_buffers(hax_glue *h, uint32_t n)
  * (net/libfab/libfab.c, libfab_buf_del), so a cancelled buffer, once freed,
  * would still be written. Instead:
  * - the queue's minimum is lowered to `keep`, so a buffer that completes is
- *   reposted only while fewer than `keep` are posted, and the others wait
- *   in the pool, holding only the pages their message touched;
+ *   reposted only while fewer than `keep` are posted; the others go back to
+ *   the pool, which frees them (receive_pool_trim);
  * - the pages of every posted buffer past the first `keep` are given back
  *   (MADV_DONTNEED): the memory stays allocated and reads as zeroes, as
  *   Motr left it, and a page comes back when a message is written to it.
