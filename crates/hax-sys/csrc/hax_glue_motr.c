@@ -783,14 +783,21 @@ static void receive_pool_trim(hax_glue *h)
 	    !__atomic_compare_exchange_n(&h->pool_trimmed_ms, &last, now, false,
 					 __ATOMIC_RELAXED, __ATOMIC_RELAXED))
 		return;
-	struct m0_rpc_machine *rm = m0_halon_interface_rpc_machine(h->hi);
-	struct m0_net_buffer_pool *pool = rm->rm_tm.ntm_recv_pool;
-	if (pool == NULL)
-		return;
-	m0_net_buffer_pool_lock(pool);
-	while (m0_net_buffer_pool_prune(pool))
-		;
-	m0_net_buffer_pool_unlock(pool);
+	/* Only while working: Motr's stop finalises the pool, and stop() cannot
+	 * get past the state change while this holds h->mu. Nothing takes
+	 * h->mu under the pool's lock. */
+	pthread_mutex_lock(&h->mu);
+	if (h->state == S_WORKING) {
+		struct m0_rpc_machine *rm = m0_halon_interface_rpc_machine(h->hi);
+		struct m0_net_buffer_pool *pool = rm != NULL ? rm->rm_tm.ntm_recv_pool : NULL;
+		if (pool != NULL) {
+			m0_net_buffer_pool_lock(pool);
+			while (m0_net_buffer_pool_prune(pool))
+				;
+			m0_net_buffer_pool_unlock(pool);
+		}
+	}
+	pthread_mutex_unlock(&h->mu);
 }
 
 static void on_msg_received(struct m0_halon_interface *hi, struct m0_ha_link *hl,
