@@ -4,11 +4,15 @@
 //! It holds the configuration tree (`m0conf/`), the recorded process states
 //! (`processes/`), the health checks of the Motr services (one
 //! service-health watch per service name), the Consul node of each host
-//! (`consul/node/`), the RC leader (`leader`), the client service types
-//! (`m0_client_types`), and this node's identity. Watchers built on blocking
-//! queries keep each part up to date; every change publishes a new immutable
-//! [`ClusterState`], which readers take with [`ClusterView::snapshot`] (a
-//! pointer copy under a lock held for nothing else) and query synchronously.
+//! (`consul/node/`), the RC leader (`leader`, and the node of the session
+//! holding it), the confd services (catalog service `confd`), the client
+//! service types (`m0_client_types`), and this node's identity. Watchers
+//! built on blocking queries keep each part up to date, one per source;
+//! every change publishes a new immutable [`ClusterState`], which readers
+//! take with [`ClusterView::snapshot`] (a pointer copy under a lock held for
+//! nothing else) and query synchronously. The entrypoint configuration is
+//! derived from these states ([`ClusterView::entrypoint`]), not followed
+//! apart.
 //!
 //! What hax itself writes (configuration states, process states) is made
 //! visible at once with [`ClusterView::record_conf_writes`] and
@@ -34,17 +38,21 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
-use hax_consul::catalog::ServiceEntry;
+use hax_consul::catalog::{CatalogService, ServiceEntry};
 use hax_consul::schema::{
     keys, ConfEntry, ConfKey, ConfObject, ConfTree, ConfValue, FidText, ProcessStatus,
 };
-use hax_consul::watch::{ServiceHealthSource, Snapshot, WatchConfig, Watcher};
-use hax_consul::ConsulClient;
+use hax_consul::watch::{
+    CatalogServiceSource, ServiceHealthSource, Snapshot, WatchConfig, Watcher,
+};
+use hax_consul::{ConsulClient, KvPair};
 use hax_core::{Fid, HaState};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use self::entrypoint::{strip_node_suffix, EntrypointPublisher};
 use self::health::NodeHealthMap;
+use crate::model::facts::EntrypointSnapshot;
 use crate::model::vocab::fid_text;
 
 use self::sources::*;
@@ -96,6 +104,10 @@ pub struct ViewData {
     pub consul_nodes: BTreeMap<String, String>,
     /// The RC leader's node name.
     pub leader: Option<String>,
+    /// The node of the session holding `leader`.
+    pub leader_session_node: Option<String>,
+    /// Catalog instances of the `confd` service.
+    pub confds: Vec<CatalogService>,
     /// `m0_client_types`.
     pub client_types: Vec<String>,
     /// Base fid → full fid (top-level `<base fid>` keys).
@@ -137,20 +149,29 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// How long to wait before asking again for the node of the leader's
+/// session after Consul did not answer.
+const LEADER_SESSION_RETRY: Duration = Duration::from_secs(1);
+
 #[derive(Debug)]
 struct ViewInner {
     sources: Mutex<Sources>,
     current: RwLock<Arc<ClusterState>>,
     version: watch::Sender<u64>,
+    /// Locked only under `sources`, so replies follow the states in order.
+    entrypoint: Mutex<EntrypointPublisher>,
 }
 
 impl ViewInner {
     fn new(sources: Sources) -> Self {
-        let current = RwLock::new(Arc::new(sources.state()));
+        let state = sources.state();
+        let mut entrypoint = EntrypointPublisher::new();
+        entrypoint.refresh(&state);
         ViewInner {
             sources: Mutex::new(sources),
-            current,
+            current: RwLock::new(Arc::new(state)),
             version: watch::Sender::new(0),
+            entrypoint: Mutex::new(entrypoint),
         }
     }
 
@@ -161,6 +182,7 @@ impl ViewInner {
         s.version += 1;
         let state = Arc::new(s.state());
         let version = s.version;
+        lock(&self.entrypoint).refresh(&state);
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = state;
         drop(s);
         self.version.send_replace(version);
@@ -195,6 +217,8 @@ impl ClusterView {
             local_node: data.local_node,
             hax_fid: data.hax_fid,
             leader: data.leader,
+            leader_session_node: data.leader_session_node,
+            confds: Arc::new(data.confds),
             client_types: Arc::new(data.client_types),
             consul_nodes: Arc::new(data.consul_nodes),
             dynamic_fids: Arc::new(data.dynamic_fids),
@@ -225,6 +249,7 @@ impl ClusterView {
             PART_CONSUL_NODES,
             PART_LEADER,
             PART_CLIENT_TYPES,
+            PART_CONFDS,
         ]
         .into_iter()
         .map(str::to_owned)
@@ -257,10 +282,15 @@ impl ClusterView {
             PART_CONSUL_NODES.to_owned(),
             |s, snap| s.consul_nodes = Arc::new(parse_consul_nodes(&snap.value)),
         );
-        view.follow(
+        view.follow_leader(
+            c.clone(),
             hax_consul::watch::watch_key(c.clone(), keys::LEADER, wc, cancel),
-            PART_LEADER.to_owned(),
-            |s, snap| s.leader = parse_leader(snap.value.as_ref().as_ref()),
+            cancel.clone(),
+        );
+        view.follow(
+            Watcher::spawn(c.clone(), CatalogServiceSource("confd".into()), wc, cancel),
+            PART_CONFDS.to_owned(),
+            |s, snap| s.confds = Arc::clone(&snap.value),
         );
         view.follow(
             hax_consul::watch::watch_key(c.clone(), keys::M0_CLIENT_TYPES, wc, cancel),
@@ -326,6 +356,88 @@ impl ClusterView {
             drop(watcher);
             tracing::debug!(%part, "view source stopped");
         });
+    }
+
+    /// Feeds the `leader` key into the view: its value, and the node of the
+    /// session holding it (the principal RM's node), asked of Consul once per
+    /// session, as the original hax asks the leader's session for its node.
+    fn follow_leader(
+        &self,
+        client: ConsulClient,
+        watcher: Watcher<Option<KvPair>>,
+        cancel: CancellationToken,
+    ) {
+        let inner = Arc::clone(&self.inner);
+        tokio::spawn(async move {
+            let mut rx = watcher.subscribe();
+            let mut last: Option<Arc<Option<KvPair>>> = None;
+            // The session last asked about, and its node.
+            let mut resolved: Option<(String, Option<String>)> = None;
+            let mut failures = 0u32;
+            loop {
+                let snap = rx.borrow_and_update().clone();
+                let fresh = !last.as_ref().is_some_and(|l| Arc::ptr_eq(l, &snap.value));
+                if snap.loaded && (fresh || failures > 0) {
+                    let pair = snap.value.as_ref().as_ref();
+                    let node = match pair.and_then(|p| p.session.as_deref()) {
+                        None => Some(None),
+                        Some(id) => match &resolved {
+                            Some((r, node)) if r == id => Some(node.clone()),
+                            _ => {
+                                let asked = tokio::select! {
+                                    () = cancel.cancelled() => break,
+                                    r = client.session_info(id) => r,
+                                };
+                                match asked {
+                                    Ok(info) => {
+                                        let node = info
+                                            .value
+                                            .map(|s| strip_node_suffix(&s.node).to_owned());
+                                        resolved = Some((id.to_owned(), node.clone()));
+                                        Some(node)
+                                    }
+                                    Err(e) => {
+                                        if failures == 0 {
+                                            tracing::warn!(error = %e, "cannot read the leader session; asking again");
+                                        } else {
+                                            tracing::debug!(error = %e, failures, "cannot read the leader session");
+                                        }
+                                        None
+                                    }
+                                }
+                            }
+                        },
+                    };
+                    failures = if node.is_some() { 0 } else { failures + 1 };
+                    let leader = parse_leader(pair);
+                    inner.update(|s| {
+                        s.leader = leader;
+                        s.leader_session_node = node.flatten();
+                        s.missing.remove(PART_LEADER);
+                    });
+                    last = Some(Arc::clone(&snap.value));
+                }
+                let changed = if failures > 0 {
+                    tokio::select! {
+                        r = rx.changed() => r,
+                        () = tokio::time::sleep(LEADER_SESSION_RETRY) => Ok(()),
+                    }
+                } else {
+                    rx.changed().await
+                };
+                if changed.is_err() {
+                    break;
+                }
+            }
+            drop(watcher);
+            tracing::debug!(part = PART_LEADER, "view source stopped");
+        });
+    }
+
+    /// The entrypoint reply of the current picture, and of every later one
+    /// ([`entrypoint`]): `None` while it cannot be built.
+    pub fn entrypoint(&self) -> EntrypointSnapshot {
+        lock(&self.inner.entrypoint).subscribe()
     }
 
     /// The current picture.
