@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use hax_consul::catalog::CatalogService;
-use hax_consul::schema::{decode_decimal, ConfKey, HaxKv};
+use hax_consul::schema::{decode_decimal, ConfKey, HaxKv, ServiceType};
 use hax_consul::ConsulClient;
 use hax_core::{Fid, FidType};
 use tokio_util::sync::CancellationToken;
@@ -170,7 +170,7 @@ async fn ha_service_of(
     let key = ConfKey::ServiceKey {
         node_name: node.to_owned(),
         process_key,
-        service_type: "ha".into(),
+        service_type: ServiceType::Ha.as_str().into(),
     }
     .to_key();
     let listed = client.kv_get(&key).await?.value;

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use hax_consul::catalog::CatalogService;
 use hax_consul::schema::{
     ConfEntry, ConfKey, ConfObject, ConfTree, ConfValue, FidText, ProcessStatus, ProcessType,
+    ServiceType,
 };
 use hax_core::{Fid, FidType, HaState};
 
@@ -82,7 +83,10 @@ impl ConfStructure {
                         .entry(*service)
                         .or_default()
                         .push(*process);
-                    if obj.and_then(|o| o.name.as_deref()) == Some("ios") {
+                    if obj
+                        .and_then(|o| o.name.as_deref())
+                        .is_some_and(|n| ServiceType::Ios.is(n))
+                    {
                         s.ios_of_node.entry(*node).or_default().push(*process);
                     }
                 }
@@ -296,7 +300,7 @@ impl ClusterState {
     pub fn is_confd(&self, fid: Fid) -> bool {
         self.services_of_process(fid)
             .iter()
-            .any(|(t, _)| *t == "confd")
+            .any(|(t, _)| ServiceType::Confd.is(t))
     }
 
     /// Whether the process is a Motr client (one of its service types is in
@@ -487,7 +491,7 @@ impl ClusterState {
             .services_by_pkey
             .get(&key)?
             .iter()
-            .find_map(|(t, k)| (t == "rms").then_some(*k))
+            .find_map(|(t, k)| ServiceType::Rms.is(t).then_some(*k))
     }
 
     /// Whether this node is the RC leader.
