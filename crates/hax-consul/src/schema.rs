@@ -382,6 +382,34 @@ pub enum ProcessState {
     DtmRecovered,
 }
 
+impl ProcessState {
+    /// Every state, for tables and tests.
+    pub const ALL: [ProcessState; 5] = [
+        ProcessState::Starting,
+        ProcessState::Started,
+        ProcessState::Stopping,
+        ProcessState::Stopped,
+        ProcessState::DtmRecovered,
+    ];
+
+    /// The name as written in Consul (`M0_CONF_HA_PROCESS_STARTED`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ProcessState::Starting => "M0_CONF_HA_PROCESS_STARTING",
+            ProcessState::Started => "M0_CONF_HA_PROCESS_STARTED",
+            ProcessState::Stopping => "M0_CONF_HA_PROCESS_STOPPING",
+            ProcessState::Stopped => "M0_CONF_HA_PROCESS_STOPPED",
+            ProcessState::DtmRecovered => "M0_CONF_HA_PROCESS_DTM_RECOVERED",
+        }
+    }
+
+    /// The name without its `M0_CONF_HA_PROCESS_` prefix (`STARTED`).
+    pub fn short_name(self) -> &'static str {
+        let name = self.as_str();
+        name.strip_prefix("M0_CONF_HA_PROCESS_").unwrap_or(name)
+    }
+}
+
 /// Process types (`M0_CONF_HA_PROCESS_*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ProcessType {
@@ -2587,6 +2615,17 @@ mod tests {
             other.broadcast("bq/4").expect("kept"),
             BroadcastMessage::Other(_)
         ));
+    }
+
+    #[test]
+    fn process_state_names_are_what_serde_writes() {
+        for st in ProcessState::ALL {
+            let json = serde_json::to_value(st).expect("json");
+            assert_eq!(json.as_str(), Some(st.as_str()));
+            let back: ProcessState = serde_json::from_value(json).expect("read back");
+            assert_eq!(back, st);
+        }
+        assert_eq!(ProcessState::DtmRecovered.short_name(), "DTM_RECOVERED");
     }
 
     #[test]
