@@ -28,6 +28,7 @@ mod conf_reader;
 pub mod entrypoint;
 pub mod health;
 pub mod identity;
+mod leader_session;
 mod reported;
 #[cfg(test)]
 pub(crate) mod sample;
@@ -45,12 +46,12 @@ use hax_consul::schema::{
 use hax_consul::watch::{
     CatalogServiceSource, ServiceHealthSource, Snapshot, WatchConfig, Watcher,
 };
-use hax_consul::{ConsulClient, KvPair};
+use hax_consul::ConsulClient;
 use hax_core::{Fid, HaState};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use self::entrypoint::{strip_node_suffix, EntrypointPublisher};
+use self::entrypoint::EntrypointPublisher;
 use self::health::NodeHealthMap;
 use crate::model::facts::EntrypointSnapshot;
 use crate::model::vocab::fid_text;
@@ -148,10 +149,6 @@ pub enum ViewError {
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
-
-/// How long to wait before asking again for the node of the leader's
-/// session after Consul did not answer.
-const LEADER_SESSION_RETRY: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 struct ViewInner {
@@ -282,7 +279,8 @@ impl ClusterView {
             PART_CONSUL_NODES.to_owned(),
             |s, snap| s.consul_nodes = Arc::new(parse_consul_nodes(&snap.value)),
         );
-        view.follow_leader(
+        leader_session::follow(
+            Arc::clone(&view.inner),
             c.clone(),
             hax_consul::watch::watch_key(c.clone(), keys::LEADER, wc, cancel),
             cancel.clone(),
@@ -355,82 +353,6 @@ impl ClusterView {
             }
             drop(watcher);
             tracing::debug!(%part, "view source stopped");
-        });
-    }
-
-    /// Feeds the `leader` key into the view: its value, and the node of the
-    /// session holding it (the principal RM's node), asked of Consul once per
-    /// session, as the original hax asks the leader's session for its node.
-    fn follow_leader(
-        &self,
-        client: ConsulClient,
-        watcher: Watcher<Option<KvPair>>,
-        cancel: CancellationToken,
-    ) {
-        let inner = Arc::clone(&self.inner);
-        tokio::spawn(async move {
-            let mut rx = watcher.subscribe();
-            let mut last: Option<Arc<Option<KvPair>>> = None;
-            // The session last asked about, and its node.
-            let mut resolved: Option<(String, Option<String>)> = None;
-            let mut failures = 0u32;
-            loop {
-                let snap = rx.borrow_and_update().clone();
-                let fresh = !last.as_ref().is_some_and(|l| Arc::ptr_eq(l, &snap.value));
-                if snap.loaded && (fresh || failures > 0) {
-                    let pair = snap.value.as_ref().as_ref();
-                    let node = match pair.and_then(|p| p.session.as_deref()) {
-                        None => Some(None),
-                        Some(id) => match &resolved {
-                            Some((r, node)) if r == id => Some(node.clone()),
-                            _ => {
-                                let asked = tokio::select! {
-                                    () = cancel.cancelled() => break,
-                                    r = client.session_info(id) => r,
-                                };
-                                match asked {
-                                    Ok(info) => {
-                                        let node = info
-                                            .value
-                                            .map(|s| strip_node_suffix(&s.node).to_owned());
-                                        resolved = Some((id.to_owned(), node.clone()));
-                                        Some(node)
-                                    }
-                                    Err(e) => {
-                                        if failures == 0 {
-                                            tracing::warn!(error = %e, "cannot read the leader session; asking again");
-                                        } else {
-                                            tracing::debug!(error = %e, failures, "cannot read the leader session");
-                                        }
-                                        None
-                                    }
-                                }
-                            }
-                        },
-                    };
-                    failures = if node.is_some() { 0 } else { failures + 1 };
-                    let leader = parse_leader(pair);
-                    inner.update(|s| {
-                        s.leader = leader;
-                        s.leader_session_node = node.flatten();
-                        s.missing.remove(PART_LEADER);
-                    });
-                    last = Some(Arc::clone(&snap.value));
-                }
-                let changed = if failures > 0 {
-                    tokio::select! {
-                        r = rx.changed() => r,
-                        () = tokio::time::sleep(LEADER_SESSION_RETRY) => Ok(()),
-                    }
-                } else {
-                    rx.changed().await
-                };
-                if changed.is_err() {
-                    break;
-                }
-            }
-            drop(watcher);
-            tracing::debug!(part = PART_LEADER, "view source stopped");
         });
     }
 
