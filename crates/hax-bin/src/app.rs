@@ -260,25 +260,29 @@ async fn run_with(
     let _tasks_guard = tasks.clone().drop_guard();
     let metrics = Arc::new(Metrics::default());
 
-    let mut entrypoint = hax_ha::view::entrypoint::spawn(client.clone(), &tasks);
-    let id = match identity::resolve(
-        &client,
-        &cfg.identity.overrides(),
-        &mut entrypoint,
-        Duration::from_secs(2),
-        &shutdown,
-    )
-    .await
-    {
-        Ok(id) => id,
-        Err(identity::IdentityError::Cancelled) => return Ok(()),
-        Err(e) => return Err(e.into()),
-    };
+    // The view follows Consul for the entrypoint configuration too: it is
+    // started with hax's process, before the principal RM it provides.
+    let overrides = cfg.identity.overrides();
+    let process =
+        match identity::resolve_process(&client, &overrides, Duration::from_secs(2), &shutdown)
+            .await
+        {
+            Ok(p) => p,
+            Err(identity::IdentityError::Cancelled) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
     let view = ClusterView::spawn(
         client.clone(),
-        ViewConfig::new(id.node.clone(), id.process_fid),
+        ViewConfig::new(process.node.clone(), process.process_fid),
         &tasks,
     );
+    let mut entrypoint = view.entrypoint();
+    let id =
+        match identity::with_principal_rm(process, &overrides, &mut entrypoint, &shutdown).await {
+            Ok(id) => id,
+            Err(identity::IdentityError::Cancelled) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
 
     // NVEC GETs are answered from the view: load it before Motr can ask.
     tokio::select! {

@@ -382,6 +382,34 @@ pub enum ProcessState {
     DtmRecovered,
 }
 
+impl ProcessState {
+    /// Every state, for tables and tests.
+    pub const ALL: [ProcessState; 5] = [
+        ProcessState::Starting,
+        ProcessState::Started,
+        ProcessState::Stopping,
+        ProcessState::Stopped,
+        ProcessState::DtmRecovered,
+    ];
+
+    /// The name as written in Consul (`M0_CONF_HA_PROCESS_STARTED`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ProcessState::Starting => "M0_CONF_HA_PROCESS_STARTING",
+            ProcessState::Started => "M0_CONF_HA_PROCESS_STARTED",
+            ProcessState::Stopping => "M0_CONF_HA_PROCESS_STOPPING",
+            ProcessState::Stopped => "M0_CONF_HA_PROCESS_STOPPED",
+            ProcessState::DtmRecovered => "M0_CONF_HA_PROCESS_DTM_RECOVERED",
+        }
+    }
+
+    /// The name without its `M0_CONF_HA_PROCESS_` prefix (`STARTED`).
+    pub fn short_name(self) -> &'static str {
+        let name = self.as_str();
+        name.strip_prefix("M0_CONF_HA_PROCESS_").unwrap_or(name)
+    }
+}
+
 /// Process types (`M0_CONF_HA_PROCESS_*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ProcessType {
@@ -717,8 +745,78 @@ pub struct DeviceStateUpdate {
     pub node: String,
     /// Device path, e.g. `/dev/sdc`.
     pub device: String,
-    /// `online|failed|offline|repair|repaired|rebalance`.
+    /// `online|failed|offline|repair|repaired|rebalance` ([`DeviceState`]);
+    /// kept as text so that an entry with another word is skipped alone.
     pub state: String,
+}
+
+impl DeviceStateUpdate {
+    /// The state, if it is one of the words hare's `hctl drive-state`
+    /// writes.
+    pub fn device_state(&self) -> std::result::Result<DeviceState, String> {
+        self.state.parse()
+    }
+}
+
+/// The device states of an `M0_HA_MSG_NVEC` entry (hare's
+/// `hctl drive-state`): not the words of the configuration tree
+/// ([`ObjState`]), whose `repairing` and `rebalancing` are `repair` and
+/// `rebalance` here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeviceState {
+    /// `online`
+    Online,
+    /// `failed`
+    Failed,
+    /// `offline`
+    Offline,
+    /// `repair`
+    Repair,
+    /// `repaired`
+    Repaired,
+    /// `rebalance`
+    Rebalance,
+}
+
+impl DeviceState {
+    /// Every state, for tables and tests.
+    pub const ALL: [DeviceState; 6] = [
+        DeviceState::Online,
+        DeviceState::Failed,
+        DeviceState::Offline,
+        DeviceState::Repair,
+        DeviceState::Repaired,
+        DeviceState::Rebalance,
+    ];
+
+    /// The word as written in the queue entry.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DeviceState::Online => "online",
+            DeviceState::Failed => "failed",
+            DeviceState::Offline => "offline",
+            DeviceState::Repair => "repair",
+            DeviceState::Repaired => "repaired",
+            DeviceState::Rebalance => "rebalance",
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for DeviceState {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        DeviceState::ALL
+            .into_iter()
+            .find(|d| d.as_str() == s)
+            .ok_or_else(|| format!("{s:?} is not a device state"))
+    }
 }
 
 /// Payload of `SNS_OP`.
@@ -779,6 +877,64 @@ pub enum BroadcastMessage {
 
 // ---------------------------------------------------------------------------
 // Configuration tree
+
+/// The Motr service types hax looks for, as cfgen writes them: the last
+/// segment of `m0conf/nodes/<name>/processes/<key>/services/<type>` and the
+/// `name` of a service object. The others (`addb2`, `cas`, the client types
+/// of `m0_client_types`, ...) stay text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ServiceType {
+    /// `ha`: hax's HA service.
+    Ha,
+    /// `confd`
+    Confd,
+    /// `rms`: resource manager.
+    Rms,
+    /// `ios`: I/O service.
+    Ios,
+}
+
+impl ServiceType {
+    /// Every type, for tables and tests.
+    pub const ALL: [ServiceType; 4] = [
+        ServiceType::Ha,
+        ServiceType::Confd,
+        ServiceType::Rms,
+        ServiceType::Ios,
+    ];
+
+    /// The type as written in the tree.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ServiceType::Ha => "ha",
+            ServiceType::Confd => "confd",
+            ServiceType::Rms => "rms",
+            ServiceType::Ios => "ios",
+        }
+    }
+
+    /// Whether a service type read from the tree is this one.
+    pub fn is(self, text: &str) -> bool {
+        text == self.as_str()
+    }
+}
+
+impl std::fmt::Display for ServiceType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ServiceType {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        ServiceType::ALL
+            .into_iter()
+            .find(|t| t.is(s))
+            .ok_or_else(|| format!("{s:?} is not a service type hax uses"))
+    }
+}
 
 /// A key of the `m0conf/` configuration tree.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -2459,6 +2615,78 @@ mod tests {
             other.broadcast("bq/4").expect("kept"),
             BroadcastMessage::Other(_)
         ));
+    }
+
+    #[test]
+    fn process_state_names_are_what_serde_writes() {
+        for st in ProcessState::ALL {
+            let json = serde_json::to_value(st).expect("json");
+            assert_eq!(json.as_str(), Some(st.as_str()));
+            let back: ProcessState = serde_json::from_value(json).expect("read back");
+            assert_eq!(back, st);
+        }
+        assert_eq!(ProcessState::DtmRecovered.short_name(), "DTM_RECOVERED");
+    }
+
+    #[test]
+    fn service_types_are_the_words_of_cfgen() {
+        for t in ServiceType::ALL {
+            assert_eq!(t.as_str().parse::<ServiceType>(), Ok(t));
+            assert_eq!(t.to_string(), t.as_str());
+        }
+        // As cfgen lists a confd process: by type under the node's name, and
+        // the service object's name under the node's fid.
+        let pairs = [
+            pair("m0conf/nodes/srvnode-1/processes/1/services/confd", "3", 1),
+            pair("m0conf/nodes/srvnode-1/processes/1/services/rms", "4", 1),
+            pair("m0conf/nodes/srvnode-1/processes/1/services/addb2", "5", 1),
+        ];
+        let tree = ConfTree::from_pairs(&pairs).expect("tree");
+        let types: Vec<Option<ServiceType>> = tree
+            .services_of_process_key(1)
+            .into_iter()
+            .map(|(t, _)| t.parse().ok())
+            .collect();
+        assert_eq!(
+            types,
+            [None, Some(ServiceType::Confd), Some(ServiceType::Rms)],
+            "addb2 is not one hax uses"
+        );
+        assert!(ServiceType::Ios.is("ios"));
+        assert!(!ServiceType::Ios.is("IOS"));
+        assert!("m0_client_other".parse::<ServiceType>().is_err());
+    }
+
+    #[test]
+    fn device_states_are_the_words_of_hctl_drive_state() {
+        for d in DeviceState::ALL {
+            assert_eq!(d.as_str().parse::<DeviceState>(), Ok(d));
+            assert_eq!(d.to_string(), d.as_str());
+        }
+        // As `hctl drive-state` queues it.
+        let m = QueueMessage::decode(
+            "bq/5",
+            br#"{"timestamp": "t", "message_type": "M0_HA_MSG_NVEC", "payload": {"node": "srvnode-1", "device": "/dev/sdc", "state": "rebalance"}}"#,
+        )
+        .expect("message");
+        let BroadcastMessage::DeviceState(u) = m.broadcast("bq/5").expect("typed") else {
+            panic!("{m:?}");
+        };
+        assert_eq!(u.device_state(), Ok(DeviceState::Rebalance));
+        // The configuration tree's words, or another case, are not these.
+        for word in [
+            "repairing",
+            "rebalancing",
+            "unknown",
+            "Online",
+            "M0_NC_ONLINE",
+        ] {
+            let u = DeviceStateUpdate {
+                state: word.into(),
+                ..u.clone()
+            };
+            assert!(u.device_state().is_err(), "{word}");
+        }
     }
 
     #[test]

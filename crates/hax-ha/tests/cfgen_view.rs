@@ -5,12 +5,14 @@
 //! objects named after their portal group, Motr clients; and a value hax
 //! cannot use leaves out its own entry only.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use hax_consul::schema::{ConfKey, FidText};
 use hax_consul::ConsulClient;
-use hax_core::{Fid, FidType};
-use hax_ha::view::{entrypoint, ClusterState, ClusterView, ViewConfig};
+use hax_core::{EntrypointReply, Fid, FidType};
+use hax_ha::model::facts::EntrypointSnapshot;
+use hax_ha::view::{ClusterState, ClusterView, ViewConfig};
 use hax_testkit::cfgen::{self, CfgenKv};
 use hax_testkit::dev_agent::DevAgent;
 use tokio_util::sync::CancellationToken;
@@ -125,7 +127,7 @@ async fn one_node_as_cfgen_writes_it() {
 
     // The entrypoint: the confd process (key 1) and the rms of that process
     // (service key 2), at the confd's endpoint.
-    let mut ep = entrypoint::spawn(c.clone(), &cancel);
+    let mut ep = view.entrypoint();
     let reply = tokio::time::timeout(T, ep.wait_for(Option::is_some))
         .await
         .expect("entrypoint ready in time")
@@ -188,11 +190,92 @@ async fn a_corrupt_value_leaves_out_its_own_entry() {
         Some(Fid::typed(FidType::Drive, 1, 0))
     );
     assert_pools(&st);
-    let mut ep = entrypoint::spawn(c.clone(), &cancel);
+    let mut ep = view.entrypoint();
     tokio::time::timeout(T, ep.wait_for(Option::is_some))
         .await
         .expect("entrypoint ready in time")
         .expect("entrypoint watch");
+    cancel.cancel();
+}
+
+/// The first entrypoint reply for which `pred` holds, waited for at most `T`.
+async fn reply_where(
+    ep: &mut EntrypointSnapshot,
+    what: &str,
+    pred: &dyn Fn(&EntrypointReply) -> bool,
+) -> Arc<EntrypointReply> {
+    let r = tokio::time::timeout(T, ep.wait_for(|r| r.as_ref().is_some_and(|r| pred(r))))
+        .await
+        .unwrap_or_else(|_| panic!("entrypoint reply with {what} in time"))
+        .expect("entrypoint watch")
+        .clone();
+    r.expect("reply")
+}
+
+/// The entrypoint reply follows, through the view, a confd registered on
+/// another node's agent, the `leader` lock taken by a session of that node
+/// (the principal RM moves to its confd), and a change of that confd's
+/// `rms` service in `m0conf/`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_entrypoint_follows_the_leader_the_confds_and_m0conf() {
+    let kv = CfgenKv::three_nodes();
+    let (agent1, c1) = bootstrap(&kv).await;
+    let cancel = CancellationToken::new();
+    let config = ViewConfig::new("srvnode-1", Fid::typed(FidType::Process, 1, 0));
+    let view = ClusterView::spawn(c1.clone(), config, &cancel);
+    let mut ep = view.entrypoint();
+    let node1 = kv.node("srvnode-1").expect("srvnode-1");
+    let confd1 = node1.confd().expect("confd of srvnode-1");
+    let r = reply_where(&mut ep, "srvnode-1's RM", &|r| r.confds.len() == 1).await;
+    assert_eq!(r.rm_fid, confd1.service("rms").expect("rms"));
+    assert_eq!(r.rm_endpoint, confd1.endpoint);
+
+    // srvnode-2's agent joins and registers its services.
+    let agent2 = DevAgent::builder()
+        .node_name("srvnode-2")
+        .client_of(&agent1)
+        .start()
+        .await
+        .expect("agent of srvnode-2");
+    let c2 = agent2.client().expect("client");
+    cfgen::register_services(&c2, &kv, "srvnode-2")
+        .await
+        .expect("services");
+    let node2 = kv.node("srvnode-2").expect("srvnode-2");
+    let confd2 = node2.confd().expect("confd of srvnode-2");
+    let r = reply_where(&mut ep, "two confds", &|r| r.confds.len() == 2).await;
+    assert_eq!(r.quorum, 2);
+    assert!(r.confds.iter().any(|c| c.fid == confd2.fid()));
+    assert_eq!(r.rm_endpoint, confd1.endpoint, "the leader has not moved");
+
+    // srvnode-2 becomes the RC leader: its session holds the lock.
+    let s1 = c1
+        .kv_get("leader")
+        .await
+        .expect("leader read")
+        .value
+        .and_then(|p| p.session)
+        .expect("leader session");
+    assert!(c1
+        .kv_release("leader", b"srvnode-1", &s1)
+        .await
+        .expect("released"));
+    c1.session_destroy(&s1).await.expect("session destroyed");
+    cfgen::elect(&c2, "srvnode-2")
+        .await
+        .expect("srvnode-2 elected");
+    let rms2 = confd2.service("rms").expect("rms of srvnode-2's confd");
+    let r = reply_where(&mut ep, "srvnode-2's RM", &|r| r.rm_fid == rms2).await;
+    assert_eq!(r.rm_endpoint, confd2.endpoint);
+
+    // The rms service of srvnode-2's confd changes in m0conf.
+    let key = format!(
+        "m0conf/nodes/srvnode-2/processes/{}/services/rms",
+        confd2.key
+    );
+    c1.kv_put(&key, "99").await.expect("rms rewritten");
+    let moved = Fid::typed(FidType::Service, 1, 99);
+    reply_where(&mut ep, "the rewritten rms", &|r| r.rm_fid == moved).await;
     cancel.cancel();
 }
 

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use hax_consul::schema::{HaxKv, ProcessState};
+use hax_consul::schema::HaxKv;
 use hax_consul::ConsulClient;
 use hax_ha::http::status::{gather, ClusterStatus, HeldLinks};
 use hax_ha::view::{ClusterView, ViewConfig};
@@ -86,17 +86,6 @@ pub async fn from_consul(cfg: &Config, wait: Duration) -> Result<ClusterStatus, 
         .map_err(|e| consul_failed(e.to_string()))
 }
 
-/// The short name of a recorded state (`DTM_RECOVERED`).
-fn state_name(state: ProcessState) -> String {
-    let full = serde_json::to_value(state)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default();
-    full.strip_prefix("M0_CONF_HA_PROCESS_")
-        .unwrap_or(&full)
-        .to_owned()
-}
-
 fn plural(n: usize) -> &'static str {
     if n == 1 {
         ""
@@ -152,7 +141,7 @@ pub fn render(status: &ClusterStatus) -> String {
             );
             if let Some(s) = p.state {
                 text.push_str("  ");
-                text.push_str(&state_name(s));
+                text.push_str(s.short_name());
             }
             line(text);
         }
@@ -238,7 +227,7 @@ fn render_links(held: &HeldLinks, line: &mut impl FnMut(String)) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hax_consul::schema::{FidText, PoolRecord, ProfileRecord};
+    use hax_consul::schema::{FidText, PoolRecord, ProcessState, ProfileRecord};
     use hax_ha::http::status::{BqNode, BqStatus, LinkLine, Liveness, NodeLine, ProcessLine};
 
     fn sample() -> ClusterStatus {

@@ -30,7 +30,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
-use hax_consul::schema::{ConfKey, ConfValue, FidText};
+use hax_consul::schema::{ConfKey, ConfValue, FidText, ServiceType};
 use serde::Serialize;
 
 use super::{json_response, ApiState, Failure};
@@ -122,18 +122,18 @@ pub fn fetch_fids(state: &ClusterState, mut uuid: impl FnMut() -> String) -> Vec
         .map(|name| {
             let ha_ep = services
                 .iter()
-                .find(|(n, _, kind)| *n == name && *kind == "ha")
+                .find(|(n, _, kind)| *n == name && ServiceType::Ha.is(kind))
                 .and_then(|(_, key, _)| attr(name, *key, "endpoint"));
             let uuid = uuid();
             let svcs = services
                 .iter()
                 .filter(|(n, _, _)| *n == name)
                 .filter_map(|&(_, key, kind)| {
-                    let display = match kind {
-                        "ha" => "hax",
-                        "confd" => "confd",
-                        "ios" => "ioservice",
-                        t if clients.iter().any(|c| c == t) => t,
+                    let display = match kind.parse() {
+                        Ok(ServiceType::Ha) => "hax",
+                        Ok(ServiceType::Confd) => "confd",
+                        Ok(ServiceType::Ios) => "ioservice",
+                        _ if clients.iter().any(|c| c == kind) => kind,
                         _ => return None,
                     };
                     let mut svc = ServiceFids {

@@ -42,6 +42,7 @@ use axum::response::Response;
 use hax_consul::catalog::CheckStatus;
 use hax_consul::schema::{
     ConfKey, FidText, HaxKv, PoolRecord, ProcessState, ProfileRecord, QueueKind, SchemaError,
+    ServiceType,
 };
 use hax_core::{LinkId, LinkInfo};
 use serde::{Deserialize, Serialize};
@@ -191,15 +192,17 @@ pub fn process_name<'a>(
     service_types: impl IntoIterator<Item = &'a str>,
     client_types: &[String],
 ) -> String {
-    const NAMES: [(&str, &str); 4] = [
-        ("confd", "confd"),
-        ("ha", "hax"),
-        ("ios", "ioservice"),
-        ("m0_client_s3", "s3server"),
-    ];
     for t in service_types {
-        if let Some((_, name)) = NAMES.iter().find(|(k, _)| *k == t) {
-            return (*name).to_owned();
+        let name = match t.parse() {
+            Ok(ServiceType::Confd) => Some("confd"),
+            Ok(ServiceType::Ha) => Some("hax"),
+            Ok(ServiceType::Ios) => Some("ioservice"),
+            // A client type hare-status knows by name.
+            _ if t == "m0_client_s3" => Some("s3server"),
+            _ => None,
+        };
+        if let Some(name) = name {
+            return name.to_owned();
         }
         if client_types.iter().any(|c| c == t) {
             return t.to_owned();

@@ -37,8 +37,8 @@ use std::time::Duration;
 use hax_consul::pyjson;
 use hax_consul::queue::{ConsumerConfig, Handled, QueueConsumer, QueueEntry, QueueError};
 use hax_consul::schema::{
-    keys, BroadcastMessage, DeviceStateUpdate, FidText, ProcessState, ProcessStateUpdate,
-    ProcessStatus, QueueKind, SnsOp,
+    keys, BroadcastMessage, DeviceState, DeviceStateUpdate, FidText, ProcessState,
+    ProcessStateUpdate, ProcessStatus, QueueKind, SnsOp,
 };
 use hax_consul::server::{UpdateData, WatchUpdate};
 use hax_consul::{ConsulClient, TxnOp};
@@ -219,17 +219,16 @@ pub fn health_event(health: ObjHealth) -> ProcessState {
     }
 }
 
-/// The health of a device state word of an `M0_HA_MSG_NVEC` entry.
-pub fn device_health(state: &str) -> Option<ObjHealth> {
-    Some(match state {
-        "online" => ObjHealth::Ok,
-        "failed" => ObjHealth::Failed,
-        "offline" => ObjHealth::Offline,
-        "repair" => ObjHealth::Repair,
-        "repaired" => ObjHealth::Repaired,
-        "rebalance" => ObjHealth::Rebalance,
-        _ => return None,
-    })
+/// The health of the device state of an `M0_HA_MSG_NVEC` entry.
+pub fn device_health(state: DeviceState) -> ObjHealth {
+    match state {
+        DeviceState::Online => ObjHealth::Ok,
+        DeviceState::Failed => ObjHealth::Failed,
+        DeviceState::Offline => ObjHealth::Offline,
+        DeviceState::Repair => ObjHealth::Repair,
+        DeviceState::Repaired => ObjHealth::Repaired,
+        DeviceState::Rebalance => ObjHealth::Rebalance,
+    }
 }
 
 impl<B: Broadcast, C: ClusterFacts> BqProcessor<B, C> {
@@ -378,9 +377,10 @@ impl<B: Broadcast, C: ClusterFacts> BqProcessor<B, C> {
         entry: &QueueEntry,
         d: &DeviceStateUpdate,
     ) -> Result<Handled, BqError> {
-        let Some(health) = device_health(&d.state) else {
+        let Ok(state) = d.device_state() else {
             return self.skip(entry, &format!("unknown device state {:?}", d.state));
         };
+        let health = device_health(state);
         // The original broadcast the fid 0:0 for a device it did not know.
         let Some(drive) = self.cluster.drive_of_device(&d.node, &d.device) else {
             return self.skip(
@@ -1103,7 +1103,7 @@ mod tests {
         assert_eq!(health_event(ObjHealth::Recovering), ProcessState::Started);
         assert_eq!(health_event(ObjHealth::Ok), ProcessState::DtmRecovered);
         assert_eq!(health_event(ObjHealth::Offline), ProcessState::Stopped);
-        assert_eq!(device_health("repair"), Some(ObjHealth::Repair));
-        assert_eq!(device_health("bogus"), None);
+        assert_eq!(device_health(DeviceState::Repair), ObjHealth::Repair);
+        assert_eq!(device_health(DeviceState::Online), ObjHealth::Ok);
     }
 }

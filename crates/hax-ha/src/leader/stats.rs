@@ -24,6 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hax_consul::schema::{
     ByteCount, ConfKey, FidText, FsStats as FsStatsValue, FsStatsRecord, HaxKv, PverHealth,
+    ServiceType,
 };
 use hax_core::{ClientError, Fid, MotrClient, PverState};
 use tokio::sync::watch;
@@ -157,7 +158,7 @@ pub fn ioservices(state: &ClusterState) -> Vec<(Fid, bool)> {
             let is_ios = conf
                 .services_of_process_key(p.key())
                 .iter()
-                .any(|(t, _)| *t == "ios");
+                .any(|(t, _)| ServiceType::Ios.is(t));
             if is_ios {
                 let ok = state.service_health(name, p.key()) == ObjHealth::Ok;
                 out.push((fid_of(p), ok));

@@ -3,12 +3,14 @@
 //! it: the `hax` catalog service registered on the local Consul node gives
 //! the process fid key (its ServiceID), the HA service fid (the next key) and
 //! the endpoint; the RM service is the principal RM of the entrypoint
-//! configuration.
+//! configuration, which the cluster view derives: so the process part is
+//! resolved first ([`resolve_process`]), the view started with it, and the
+//! RM taken from the view ([`with_principal_rm`]).
 
 use std::time::Duration;
 
 use hax_consul::catalog::CatalogService;
-use hax_consul::schema::{decode_decimal, ConfKey, HaxKv};
+use hax_consul::schema::{decode_decimal, ConfKey, HaxKv, ServiceType};
 use hax_consul::ConsulClient;
 use hax_core::{Fid, FidType};
 use tokio_util::sync::CancellationToken;
@@ -45,6 +47,19 @@ pub struct Identity {
     pub ha_service_fid: Fid,
     /// The principal RM service fid.
     pub rm_service_fid: Fid,
+}
+
+/// hax's identity but its RM: what the cluster view is started with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessIdentity {
+    /// Local node name.
+    pub node: String,
+    /// hax's Motr endpoint.
+    pub endpoint: String,
+    /// hax's process fid.
+    pub process_fid: Fid,
+    /// hax's HA service fid.
+    pub ha_service_fid: Fid,
 }
 
 /// Why the identity is not known (yet).
@@ -155,7 +170,7 @@ async fn ha_service_of(
     let key = ConfKey::ServiceKey {
         node_name: node.to_owned(),
         process_key,
-        service_type: "ha".into(),
+        service_type: ServiceType::Ha.as_str().into(),
     }
     .to_key();
     let listed = client.kv_get(&key).await?.value;
@@ -170,25 +185,43 @@ async fn ha_service_of(
     Ok(Fid::typed(FidType::Service, 1, service_key))
 }
 
-/// Resolves the identity, retrying every `retry` while Consul does not know
-/// it yet (the original waits the same way), until `cancel`.
-pub async fn resolve(
+/// Resolves hax's process, endpoint and HA service, retrying every `retry`
+/// while Consul does not know them yet (the original waits the same way),
+/// until `cancel`.
+pub async fn resolve_process(
     client: &ConsulClient,
     cfg: &IdentityOverrides,
-    entrypoint: &mut EntrypointSnapshot,
     retry: Duration,
     cancel: &CancellationToken,
-) -> Result<Identity, IdentityError> {
-    let (node, endpoint, process_fid, ha_service_fid) = loop {
+) -> Result<ProcessIdentity, IdentityError> {
+    loop {
         match from_consul(client, cfg).await {
-            Ok(v) => break v,
+            Ok((node, endpoint, process_fid, ha_service_fid)) => {
+                return Ok(ProcessIdentity {
+                    node,
+                    endpoint,
+                    process_fid,
+                    ha_service_fid,
+                })
+            }
             Err(e) => tracing::warn!(error = %e, "identity not known yet; retrying"),
         }
         tokio::select! {
             _ = cancel.cancelled() => return Err(IdentityError::Cancelled),
             _ = tokio::time::sleep(retry) => {}
         }
-    };
+    }
+}
+
+/// Completes the identity with the principal RM: the configured one, else
+/// that of the entrypoint configuration (the view's), waited for until
+/// `cancel`.
+pub async fn with_principal_rm(
+    process: ProcessIdentity,
+    cfg: &IdentityOverrides,
+    entrypoint: &mut EntrypointSnapshot,
+    cancel: &CancellationToken,
+) -> Result<Identity, IdentityError> {
     let rm_service_fid = match cfg.rm_service_fid {
         Some(f) => f,
         None => {
@@ -202,6 +235,12 @@ pub async fn resolve(
             }
         }
     };
+    let ProcessIdentity {
+        node,
+        endpoint,
+        process_fid,
+        ha_service_fid,
+    } = process;
     let id = Identity {
         node,
         endpoint,

@@ -4,11 +4,15 @@
 //! It holds the configuration tree (`m0conf/`), the recorded process states
 //! (`processes/`), the health checks of the Motr services (one
 //! service-health watch per service name), the Consul node of each host
-//! (`consul/node/`), the RC leader (`leader`), the client service types
-//! (`m0_client_types`), and this node's identity. Watchers built on blocking
-//! queries keep each part up to date; every change publishes a new immutable
-//! [`ClusterState`], which readers take with [`ClusterView::snapshot`] (a
-//! pointer copy under a lock held for nothing else) and query synchronously.
+//! (`consul/node/`), the RC leader (`leader`, and the node of the session
+//! holding it), the confd services (catalog service `confd`), the client
+//! service types (`m0_client_types`), and this node's identity. Watchers
+//! built on blocking queries keep each part up to date, one per source;
+//! every change publishes a new immutable [`ClusterState`], which readers
+//! take with [`ClusterView::snapshot`] (a pointer copy under a lock held for
+//! nothing else) and query synchronously. The entrypoint configuration is
+//! derived from these states ([`ClusterView::entrypoint`]), not followed
+//! apart.
 //!
 //! What hax itself writes (configuration states, process states) is made
 //! visible at once with [`ClusterView::record_conf_writes`] and
@@ -24,6 +28,7 @@ mod conf_reader;
 pub mod entrypoint;
 pub mod health;
 pub mod identity;
+mod leader_session;
 mod reported;
 #[cfg(test)]
 pub(crate) mod sample;
@@ -34,17 +39,21 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
-use hax_consul::catalog::ServiceEntry;
+use hax_consul::catalog::{CatalogService, ServiceEntry};
 use hax_consul::schema::{
     keys, ConfEntry, ConfKey, ConfObject, ConfTree, ConfValue, FidText, ProcessStatus,
 };
-use hax_consul::watch::{ServiceHealthSource, Snapshot, WatchConfig, Watcher};
+use hax_consul::watch::{
+    CatalogServiceSource, ServiceHealthSource, Snapshot, WatchConfig, Watcher,
+};
 use hax_consul::ConsulClient;
 use hax_core::{Fid, HaState};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use self::entrypoint::EntrypointPublisher;
 use self::health::NodeHealthMap;
+use crate::model::facts::EntrypointSnapshot;
 use crate::model::vocab::fid_text;
 
 use self::sources::*;
@@ -96,6 +105,10 @@ pub struct ViewData {
     pub consul_nodes: BTreeMap<String, String>,
     /// The RC leader's node name.
     pub leader: Option<String>,
+    /// The node of the session holding `leader`.
+    pub leader_session_node: Option<String>,
+    /// Catalog instances of the `confd` service.
+    pub confds: Vec<CatalogService>,
     /// `m0_client_types`.
     pub client_types: Vec<String>,
     /// Base fid → full fid (top-level `<base fid>` keys).
@@ -142,15 +155,20 @@ struct ViewInner {
     sources: Mutex<Sources>,
     current: RwLock<Arc<ClusterState>>,
     version: watch::Sender<u64>,
+    /// Locked only under `sources`, so replies follow the states in order.
+    entrypoint: Mutex<EntrypointPublisher>,
 }
 
 impl ViewInner {
     fn new(sources: Sources) -> Self {
-        let current = RwLock::new(Arc::new(sources.state()));
+        let state = sources.state();
+        let mut entrypoint = EntrypointPublisher::new();
+        entrypoint.refresh(&state);
         ViewInner {
             sources: Mutex::new(sources),
-            current,
+            current: RwLock::new(Arc::new(state)),
             version: watch::Sender::new(0),
+            entrypoint: Mutex::new(entrypoint),
         }
     }
 
@@ -161,6 +179,7 @@ impl ViewInner {
         s.version += 1;
         let state = Arc::new(s.state());
         let version = s.version;
+        lock(&self.entrypoint).refresh(&state);
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = state;
         drop(s);
         self.version.send_replace(version);
@@ -195,6 +214,8 @@ impl ClusterView {
             local_node: data.local_node,
             hax_fid: data.hax_fid,
             leader: data.leader,
+            leader_session_node: data.leader_session_node,
+            confds: Arc::new(data.confds),
             client_types: Arc::new(data.client_types),
             consul_nodes: Arc::new(data.consul_nodes),
             dynamic_fids: Arc::new(data.dynamic_fids),
@@ -225,6 +246,7 @@ impl ClusterView {
             PART_CONSUL_NODES,
             PART_LEADER,
             PART_CLIENT_TYPES,
+            PART_CONFDS,
         ]
         .into_iter()
         .map(str::to_owned)
@@ -257,10 +279,16 @@ impl ClusterView {
             PART_CONSUL_NODES.to_owned(),
             |s, snap| s.consul_nodes = Arc::new(parse_consul_nodes(&snap.value)),
         );
-        view.follow(
+        leader_session::follow(
+            Arc::clone(&view.inner),
+            c.clone(),
             hax_consul::watch::watch_key(c.clone(), keys::LEADER, wc, cancel),
-            PART_LEADER.to_owned(),
-            |s, snap| s.leader = parse_leader(snap.value.as_ref().as_ref()),
+            cancel.clone(),
+        );
+        view.follow(
+            Watcher::spawn(c.clone(), CatalogServiceSource("confd".into()), wc, cancel),
+            PART_CONFDS.to_owned(),
+            |s, snap| s.confds = Arc::clone(&snap.value),
         );
         view.follow(
             hax_consul::watch::watch_key(c.clone(), keys::M0_CLIENT_TYPES, wc, cancel),
@@ -326,6 +354,12 @@ impl ClusterView {
             drop(watcher);
             tracing::debug!(%part, "view source stopped");
         });
+    }
+
+    /// The entrypoint reply of the current picture, and of every later one
+    /// ([`entrypoint`]): `None` while it cannot be built.
+    pub fn entrypoint(&self) -> EntrypointSnapshot {
+        lock(&self.inner.entrypoint).subscribe()
     }
 
     /// The current picture.

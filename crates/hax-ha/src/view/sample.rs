@@ -30,6 +30,8 @@ pub fn view_data() -> ViewData {
         .into_iter()
         .collect(),
         leader: None,
+        leader_session_node: None,
+        confds: Vec::new(),
         client_types: vec!["m0_client_s3".to_owned()],
         dynamic_fids: BTreeMap::new(),
     }

@@ -1,11 +1,12 @@
 //! What the view follows in Consul ([`Sources`]: the configuration tree, the
 //! process states, the service health, the Consul nodes, the leader and the
-//! client types) and how each is read into [`ViewData`].
+//! node of its session, the confd services and the client types) and how
+//! each is read into [`ViewData`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use hax_consul::catalog::ServiceEntry;
+use hax_consul::catalog::{CatalogService, ServiceEntry};
 use hax_consul::schema::{keys, ConfEntry, ConfKey, ConfTree, FidText, ProcessStatus};
 use hax_consul::{ConsulClient, KvPair};
 use hax_core::Fid;
@@ -28,6 +29,8 @@ pub(super) const PART_LEADER: &str = keys::LEADER;
 
 pub(super) const PART_CLIENT_TYPES: &str = keys::M0_CLIENT_TYPES;
 
+pub(super) const PART_CONFDS: &str = "catalog service confd";
+
 /// The latest data of each source, and hax's own writes not yet seen in it.
 #[derive(Debug, Default)]
 pub(super) struct Sources {
@@ -49,6 +52,10 @@ pub(super) struct Sources {
     pub(super) health: Arc<NodeHealthMap>,
     pub(super) consul_nodes: Arc<BTreeMap<String, String>>,
     pub(super) leader: Option<String>,
+    /// The node of the session holding `leader`, suffix stripped.
+    pub(super) leader_session_node: Option<String>,
+    /// Catalog instances of the `confd` service.
+    pub(super) confds: Arc<Vec<CatalogService>>,
     pub(super) client_types: Arc<Vec<String>>,
     pub(super) dynamic_fids: Arc<BTreeMap<FidText, FidText>>,
     /// Parts not loaded yet; health services are listed by name.
@@ -66,6 +73,7 @@ impl Sources {
                 PART_CONSUL_NODES => PART_CONSUL_NODES,
                 PART_LEADER => PART_LEADER,
                 PART_CLIENT_TYPES => PART_CLIENT_TYPES,
+                PART_CONFDS => PART_CONFDS,
                 _ => PART_HEALTH,
             };
             if !missing.contains(&part) {
@@ -81,6 +89,8 @@ impl Sources {
             health: Arc::clone(&self.health),
             consul_nodes: Arc::clone(&self.consul_nodes),
             leader: self.leader.clone(),
+            leader_session_node: self.leader_session_node.clone(),
+            confds: Arc::clone(&self.confds),
             client_types: Arc::clone(&self.client_types),
             dynamic_fids: Arc::clone(&self.dynamic_fids),
             missing,

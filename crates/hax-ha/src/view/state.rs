@@ -6,8 +6,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use hax_consul::catalog::CatalogService;
 use hax_consul::schema::{
     ConfEntry, ConfKey, ConfObject, ConfTree, ConfValue, FidText, ProcessStatus, ProcessType,
+    ServiceType,
 };
 use hax_core::{Fid, FidType, HaState};
 
@@ -81,7 +83,10 @@ impl ConfStructure {
                         .entry(*service)
                         .or_default()
                         .push(*process);
-                    if obj.and_then(|o| o.name.as_deref()) == Some("ios") {
+                    if obj
+                        .and_then(|o| o.name.as_deref())
+                        .is_some_and(|n| ServiceType::Ios.is(n))
+                    {
                         s.ios_of_node.entry(*node).or_default().push(*process);
                     }
                 }
@@ -175,6 +180,8 @@ pub struct ClusterState {
     pub(super) health: Arc<NodeHealthMap>,
     pub(super) consul_nodes: Arc<BTreeMap<String, String>>,
     pub(super) leader: Option<String>,
+    pub(super) leader_session_node: Option<String>,
+    pub(super) confds: Arc<Vec<CatalogService>>,
     pub(super) client_types: Arc<Vec<String>>,
     pub(super) dynamic_fids: Arc<BTreeMap<FidText, FidText>>,
     pub(super) missing: Vec<&'static str>,
@@ -293,7 +300,7 @@ impl ClusterState {
     pub fn is_confd(&self, fid: Fid) -> bool {
         self.services_of_process(fid)
             .iter()
-            .any(|(t, _)| *t == "confd")
+            .any(|(t, _)| ServiceType::Confd.is(t))
     }
 
     /// Whether the process is a Motr client (one of its service types is in
@@ -464,6 +471,27 @@ impl ClusterState {
     /// The RC leader's node name.
     pub fn leader(&self) -> Option<&str> {
         self.leader.as_deref()
+    }
+
+    /// The node of the session holding `leader` (the principal RM's node),
+    /// without a container suffix; none while no session holds the key.
+    pub fn leader_session_node(&self) -> Option<&str> {
+        self.leader_session_node.as_deref()
+    }
+
+    /// The catalog instances of the `confd` service.
+    pub fn confd_services(&self) -> &[CatalogService] {
+        &self.confds
+    }
+
+    /// The key of the `rms` service of process `key`, from the by-name
+    /// branch of the tree.
+    pub fn rms_of_process_key(&self, key: u64) -> Option<u64> {
+        self.structure
+            .services_by_pkey
+            .get(&key)?
+            .iter()
+            .find_map(|(t, k)| ServiceType::Rms.is(t).then_some(*k))
     }
 
     /// Whether this node is the RC leader.

@@ -182,6 +182,8 @@ pub mod sample {
             .into_iter()
             .collect(),
             leader: None,
+            leader_session_node: None,
+            confds: Vec::new(),
             client_types: vec!["m0_client_s3".to_owned()],
             dynamic_fids: BTreeMap::new(),
         }
