@@ -35,11 +35,11 @@ fn resident_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// Resident bytes not in use by an allocation: free heap pages not given
-/// back, plus what is never heap (code, stacks).
-fn retained() -> Option<u64> {
+/// Resident bytes not in use by an allocation (free heap pages not given
+/// back, plus what is never heap: code, stacks), and the bytes in use.
+fn retained() -> Option<(u64, u64)> {
     let usage = heap_usage()?;
-    Some(resident_bytes()?.saturating_sub(usage.in_use))
+    Some((resident_bytes()?.saturating_sub(usage.in_use), usage.in_use))
 }
 
 /// Checks every [`CHECK_EVERY`] until `stop`; trims when what is retained
@@ -53,9 +53,10 @@ pub fn spawn(
     tasks: &TaskTracker,
 ) -> JoinHandle<()> {
     tasks.spawn(async move {
-        let Some(mut floor) = retained() else {
+        let Some((mut floor, in_use)) = retained() else {
             return;
         };
+        metrics.in_use.store(in_use, Ordering::Relaxed);
         let mut last = floor;
         let mut tick = tokio::time::interval(CHECK_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -64,8 +65,11 @@ pub fn spawn(
                 _ = stop.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let Some(now) = retained() else { return };
+            let Some((now, in_use)) = retained() else {
+                return;
+            };
             metrics.retained.store(now, Ordering::Relaxed);
+            metrics.in_use.store(in_use, Ordering::Relaxed);
             floor = floor.min(now);
             last = last.min(now);
             if now < floor + RETAINED_GROWTH || now < last + RETAINED_GROWTH / 4 {
@@ -75,7 +79,7 @@ pub fn spawn(
             let released = tokio::task::spawn_blocking(release_free_heap)
                 .await
                 .unwrap_or(false);
-            let after = retained().unwrap_or(now);
+            let after = retained().map_or(now, |(r, _)| r);
             metrics.trims.fetch_add(1, Ordering::Relaxed);
             metrics.retained.store(after, Ordering::Relaxed);
             tracing::debug!(

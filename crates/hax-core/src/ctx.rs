@@ -61,6 +61,26 @@ struct Herald {
     early: HashMap<(LinkId, Tag), Outcome>,
 }
 
+/// Slots the herald's maps keep once no send is waiting. A broadcast to a
+/// thousand links fills them with thousands of entries, and a `HashMap`
+/// never gives its room back by itself: the largest burst's would stay.
+const HERALD_IDLE_CAPACITY: usize = 64;
+
+impl Herald {
+    /// Gives back the room of a burst once its maps are empty.
+    fn shrink_when_empty(&mut self) {
+        if self.waiters.is_empty() && self.waiters.capacity() > HERALD_IDLE_CAPACITY {
+            self.waiters.shrink_to(HERALD_IDLE_CAPACITY);
+        }
+        if self.early.is_empty() && self.early.capacity() > HERALD_IDLE_CAPACITY {
+            self.early.shrink_to(HERALD_IDLE_CAPACITY);
+        }
+        if self.in_flight.is_empty() && self.in_flight.capacity() > HERALD_IDLE_CAPACITY {
+            self.in_flight.shrink_to(HERALD_IDLE_CAPACITY);
+        }
+    }
+}
+
 struct GluePtr(*mut sys::hax_glue);
 
 // SAFETY: the handle is only passed to hax_glue_* functions, which are
@@ -269,6 +289,7 @@ impl Shared {
         let mut h = lock(&self.herald);
         if let Some(w) = h.waiters.remove(&(link, tag)) {
             let _ = w.send(o);
+            h.shrink_when_empty();
         } else if h.in_flight.get(&link).is_some_and(|n| *n > 0) {
             h.early.insert((link, tag), o);
         }
@@ -393,6 +414,7 @@ impl<'t> Ctx<'t> {
         if idle {
             h.in_flight.remove(&link);
             h.early.retain(|(l, _), _| *l != link);
+            h.shrink_when_empty();
         }
         sent.map(|tag| (tag, rx))
     }
@@ -508,5 +530,41 @@ impl<'t> Ctx<'t> {
                 Err(Error::glue("hax_glue_entrypoint_reply", rc))
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A broadcast to many links leaves as many waiters; once their
+    /// outcomes are in, the map's room goes too, or every burst would keep
+    /// the largest one's (issue 15, point 8).
+    #[test]
+    fn the_herald_gives_back_a_bursts_room() {
+        let shared = Shared::new("inet:tcp:127.0.0.1@1".into(), Fid::default());
+        let mut outcomes = Vec::new();
+        {
+            let mut h = lock(&shared.herald);
+            for link in 0..2_000 {
+                let (tx, rx) = oneshot::channel();
+                h.waiters.insert((LinkId(link), Tag(1)), tx);
+                outcomes.push(rx);
+            }
+            assert!(h.waiters.capacity() >= 2_000);
+        }
+        for link in 0..2_000 {
+            shared.outcome(LinkId(link), Tag(1), Outcome::Delivered);
+        }
+        for mut rx in outcomes {
+            assert_eq!(rx.try_recv(), Ok(Outcome::Delivered));
+        }
+        let h = lock(&shared.herald);
+        assert!(h.waiters.is_empty());
+        assert!(
+            h.waiters.capacity() <= 2 * HERALD_IDLE_CAPACITY,
+            "{} slots kept",
+            h.waiters.capacity()
+        );
     }
 }

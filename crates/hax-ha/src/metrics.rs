@@ -669,12 +669,16 @@ pub struct HeapMetrics {
     pub trims: AtomicU64,
     /// Resident bytes not in use by an allocation, at the last check.
     pub retained: AtomicU64,
+    /// Bytes in allocations not freed, at the last check: what hax holds,
+    /// as against what the allocator keeps.
+    pub in_use: AtomicU64,
 }
 
 #[derive(Debug)]
 struct HeapCollector(Arc<HeapMetrics>);
 
-/// Registers `hax_heap_trims_total` and `hax_heap_retained_bytes`.
+/// Registers `hax_heap_trims_total`, `hax_heap_retained_bytes` and
+/// `hax_heap_in_use_bytes`.
 pub fn register_heap(registry: &mut Registry, heap: Arc<HeapMetrics>) {
     registry.register_collector(Box::new(HeapCollector(heap)));
 }
@@ -691,6 +695,11 @@ impl Collector for HeapCollector {
             "hax_heap_retained_bytes",
             "Resident memory not in use by an allocation (the C heap's free pages, code, stacks), at the last check.",
             i64::try_from(self.0.retained.load(Ordering::Relaxed)).unwrap_or(i64::MAX),
+        )?;
+        f.gauge(
+            "hax_heap_in_use_bytes",
+            "Bytes of the C heap in allocations not freed (Rust's and the emulator's), at the last check.",
+            i64::try_from(self.0.in_use.load(Ordering::Relaxed)).unwrap_or(i64::MAX),
         )
     }
 }

@@ -56,7 +56,23 @@ pub(super) struct State {
     pub(super) closed: bool,
 }
 
+/// Slots the pending map and queue keep once the writer is idle. A burst
+/// (a thousand processes restarting) grows both to its size, and neither a
+/// `HashMap` nor a `VecDeque` gives its room back by itself: the largest
+/// burst's would stay.
+const IDLE_CAPACITY: usize = 64;
+
 impl State {
+    /// Gives back the room of a burst once nothing waits.
+    pub(super) fn shrink_when_empty(&mut self) {
+        if self.keys.is_empty() && self.keys.capacity() > IDLE_CAPACITY {
+            self.keys.shrink_to(IDLE_CAPACITY);
+        }
+        if self.order.is_empty() && self.order.capacity() > IDLE_CAPACITY {
+            self.order.shrink_to(IDLE_CAPACITY);
+        }
+    }
+
     /// Lowest sequence number not yet durable.
     pub(super) fn lowest_outstanding(&self) -> Option<u64> {
         let waiting = self.order.iter().filter_map(|s| match s {
@@ -280,6 +296,7 @@ impl Task {
                         tracing::debug!("Consul writer finished");
                         return;
                     }
+                    st.shrink_when_empty();
                     None
                 } else {
                     Some(self.take_batch(&mut st))
@@ -633,5 +650,45 @@ impl Task {
                 Err(classify(e))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// After a burst has been taken in batches, the idle writer keeps a few
+    /// slots, not the burst's thousands (issue 15, point 8).
+    #[test]
+    fn an_idle_writer_gives_back_a_bursts_room() {
+        let mut st = State::default();
+        for i in 0..5_000u64 {
+            let key = format!("processes/0x7200000000000001:{i:#x}");
+            st.keys.insert(
+                key.clone(),
+                PendingKey {
+                    value: Some(b"{}".to_vec()),
+                    acks: Vec::new(),
+                    first_seq: i,
+                    since: Instant::now(),
+                },
+            );
+            st.order.push_back(Slot::Key(key));
+        }
+        while let Some(Slot::Key(k)) = st.order.pop_front() {
+            st.keys.remove(&k);
+        }
+        assert!(st.keys.capacity() >= 5_000 && st.order.capacity() >= 5_000);
+        st.shrink_when_empty();
+        assert!(
+            st.keys.capacity() <= 2 * IDLE_CAPACITY,
+            "{}",
+            st.keys.capacity()
+        );
+        assert!(
+            st.order.capacity() <= 2 * IDLE_CAPACITY,
+            "{}",
+            st.order.capacity()
+        );
     }
 }
