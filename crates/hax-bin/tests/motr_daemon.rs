@@ -35,7 +35,9 @@ mod daemon_support;
 use daemon_support::{bed, http_get, json_lines, metric, spawn_hax, tail, wait_for, Bed, Proc};
 
 mod motr_cluster;
-use motr_cluster::{assert_clean_exit, conf_xc, m0_args, m0_command, process_state};
+use motr_cluster::{
+    assert_clean_exit, conf_xc, format_both, m0_args, m0_command, process_state, started,
+};
 
 async fn bq_process_updates(client: &ConsulClient, fid: Fid) -> Vec<ProcessState> {
     let pairs = client
@@ -89,27 +91,7 @@ async fn real_m0ds_with_the_hax_daemon_and_consul() {
     std::fs::write(&conf, conf_xc(&s, &hax_ep)).expect("conf.xc");
 
     // Both processes formatted (each is its own HA here), side by side.
-    let (confd_dir, ios_dir) = (root.join("confd"), root.join("ios"));
-    let mut mkfs = Vec::new();
-    for (d, (fid, ep)) in [(&confd_dir, &confd), (&ios_dir, &ios)] {
-        std::fs::create_dir_all(d).expect("process dir");
-        let args = m0_args(d, ep, *fid, Some(&conf), None);
-        mkfs.push(Proc::start(
-            "m0mkfs",
-            &mut m0_command(&tools.m0mkfs, d, &args),
-            &d.join("m0mkfs.log"),
-        ));
-    }
-    for (p, d) in mkfs.iter_mut().zip([&confd_dir, &ios_dir]) {
-        let rc = p.wait(Duration::from_secs(180));
-        assert_eq!(
-            rc,
-            Some(0),
-            "m0mkfs in {}:\n{}",
-            d.display(),
-            tail(&d.join("m0mkfs.log"), 30)
-        );
-    }
+    let (confd_dir, ios_dir) = format_both(&tools, &root, &s, &conf);
     eprintln!("m0mkfs x2 done at {:?}", t0.elapsed());
 
     // hax, as the daemon runs.
@@ -132,24 +114,11 @@ async fn real_m0ds_with_the_hax_daemon_and_consul() {
         &mut m0_command(&tools.m0d, &confd_dir, &args),
         &confd_dir.join("m0d.log"),
     );
-    let started = |f: Fid| {
-        let kv = kv.clone();
-        move || {
-            let kv = kv.clone();
-            async move {
-                matches!(
-                    process_state(&kv, f).await,
-                    Some(ProcessState::Started | ProcessState::DtmRecovered)
-                )
-                .then_some(())
-            }
-        }
-    };
     wait_for(
         "the confd m0d started in Consul",
         Duration::from_secs(90),
         &hax_log,
-        started(confd.0),
+        || started(&kv, confd.0),
     )
     .await;
     eprintln!("confd m0d started at {:?}", t0.elapsed());
@@ -166,7 +135,7 @@ async fn real_m0ds_with_the_hax_daemon_and_consul() {
         "the ioservice m0d started in Consul",
         Duration::from_secs(90),
         &hax_log,
-        started(ios.0),
+        || started(&kv, ios.0),
     )
     .await;
     eprintln!("ioservice m0d started at {:?}", t0.elapsed());
@@ -333,7 +302,7 @@ async fn real_m0ds_with_the_hax_daemon_and_consul() {
         "the confd m0d started again in Consul",
         Duration::from_secs(60),
         &hax_log,
-        started(confd.0),
+        || started(&kv, confd.0),
     )
     .await;
     wait_for(

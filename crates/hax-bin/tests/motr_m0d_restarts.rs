@@ -19,7 +19,7 @@
 
 use std::time::{Duration, Instant};
 
-use hax_consul::schema::{HaxKv, ProcessState};
+use hax_consul::schema::HaxKv;
 use hax_core::Fid;
 use motr_support::tools;
 
@@ -32,7 +32,7 @@ use daemon_support::{
 };
 
 mod motr_cluster;
-use motr_cluster::{conf_xc, m0_args, m0_command, process_state};
+use motr_cluster::{conf_xc, format_both, m0_args, m0_command, started};
 
 /// The `elapsed_us` of every "first entrypoint request answered" of `fid`
 /// in hax's log, in order.
@@ -81,28 +81,7 @@ async fn killed_m0ds_leave_no_links_behind() {
     let conf = root.join("conf.xc");
     std::fs::write(&conf, conf_xc(&s, &hax_ep)).expect("conf.xc");
 
-    let (confd_dir, ios_dir) = (root.join("confd"), root.join("ios"));
-    let mut mkfs = Vec::new();
-    for (d, (fid, ep)) in [(&confd_dir, &confd), (&ios_dir, &ios)] {
-        std::fs::create_dir_all(d).expect("process dir");
-        let args = m0_args(d, ep, *fid, Some(&conf), None);
-        mkfs.push(Proc::start(
-            "m0mkfs",
-            &mut m0_command(&tools.m0mkfs, d, &args),
-            &d.join("m0mkfs.log"),
-        ));
-    }
-    for (p, d) in mkfs.iter_mut().zip([&confd_dir, &ios_dir]) {
-        let rc = p.wait(Duration::from_secs(180));
-        let log = d.join("m0mkfs.log");
-        assert_eq!(
-            rc,
-            Some(0),
-            "m0mkfs in {}:\n{}",
-            d.display(),
-            tail(&log, 30)
-        );
-    }
+    let (confd_dir, ios_dir) = format_both(&tools, &root, &s, &conf);
 
     let hax_log = root.join("hax.log");
     let mut hax = spawn_hax(
@@ -120,24 +99,11 @@ async fn killed_m0ds_leave_no_links_behind() {
         &mut m0_command(&tools.m0d, &confd_dir, &confd_args),
         &confd_dir.join("m0d.log"),
     );
-    let started = |f: Fid| {
-        let kv = kv.clone();
-        move || {
-            let kv = kv.clone();
-            async move {
-                matches!(
-                    process_state(&kv, f).await,
-                    Some(ProcessState::Started | ProcessState::DtmRecovered)
-                )
-                .then_some(())
-            }
-        }
-    };
     wait_for(
         "the confd m0d started in Consul",
         Duration::from_secs(90),
         &hax_log,
-        started(confd.0),
+        || started(&kv, confd.0),
     )
     .await;
 
@@ -165,7 +131,7 @@ async fn killed_m0ds_leave_no_links_behind() {
             &format!("cycle {cycle}: the ioservice m0d started in Consul"),
             Duration::from_secs(90),
             &hax_log,
-            started(ios.0),
+            || started(&kv, ios.0),
         )
         .await;
         // hax's own link, the confd's and this incarnation's: every earlier

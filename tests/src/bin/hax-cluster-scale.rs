@@ -51,7 +51,7 @@ use std::time::{Duration, Instant};
 use hax_consul::schema::QueueKind;
 use hax_core::{Fid, HaMsgData, HaState, NvecKind, ProcessEventKind};
 use hax_e2e::cluster::{is_down, spec, start};
-use hax_e2e::{wait_for, Metrics};
+use hax_e2e::{process_cpu as cpu, wait_for, Metrics};
 use hax_sim::SimCluster;
 use hax_testkit::cluster::ClusterBed;
 
@@ -91,21 +91,6 @@ fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "?".into())
-}
-
-/// CPU time (user + system) of process `pid`.
-fn cpu(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command (which may hold spaces) start at "state".
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
-    // utime and stime are fields 14 and 15 of stat, 12 and 13 after ")".
-    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
-    // The kernel's USER_HZ is 100 on every Linux this runs on.
-    Duration::from_millis(ticks * 10)
 }
 
 fn rss_mib(pid: u32) -> f64 {

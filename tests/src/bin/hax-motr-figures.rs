@@ -34,6 +34,7 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use hax_e2e::process_cpu as cpu;
 use hax_testkit::dev_agent::DevAgent;
 use hax_testkit::sample::{self, SampleSpec};
 
@@ -61,20 +62,6 @@ fn free_port(taken: &mut Vec<u16>) -> Result<u16, String> {
 
 fn inet(port: u16) -> String {
     format!("inet:tcp:127.0.0.1@{port}")
-}
-
-/// CPU time (user + system) of `pid`.
-fn cpu(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The fields after the command name, which may hold spaces.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
-    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
-    // USER_HZ is 100 on Linux.
-    Duration::from_millis(ticks * 10)
 }
 
 /// RSS (KiB) and threads of `pid`.

@@ -3,15 +3,16 @@
 //! an m0d's exit and the process states hax records in Consul.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use hax_consul::schema::{FidText, HaxKv, ProcessState, ProcessStatus};
 use hax_core::Fid;
 use hax_testkit::sample::{fids, Sample};
 
-use crate::daemon_support::tail;
-use crate::motr_support::{self, m0_common_args};
+use crate::daemon_support::{tail, Proc};
+use crate::motr_support::{self, m0_common_args, Tools};
 
 pub fn x(kind: char, key: u64) -> String {
     format!("^{kind}|1:{key}")
@@ -160,4 +161,41 @@ pub async fn process_state(kv: &HaxKv, fid: Fid) -> Option<ProcessState> {
         .ok()
         .flatten()
         .map(|s: ProcessStatus| s.state)
+}
+
+/// Formats the confd and the ioservice process of `s` side by side (each
+/// its own HA here) in `root/confd` and `root/ios`, which it returns.
+pub fn format_both(tools: &Tools, root: &Path, s: &Sample, conf: &Path) -> (PathBuf, PathBuf) {
+    let (confd_dir, ios_dir) = (root.join("confd"), root.join("ios"));
+    let mut mkfs = Vec::new();
+    for (d, (fid, ep)) in [(&confd_dir, &s.confd), (&ios_dir, &s.ioservices[0])] {
+        std::fs::create_dir_all(d).expect("process dir");
+        let args = m0_args(d, ep, *fid, Some(conf), None);
+        mkfs.push(Proc::start(
+            "m0mkfs",
+            &mut m0_command(&tools.m0mkfs, d, &args),
+            &d.join("m0mkfs.log"),
+        ));
+    }
+    for (p, d) in mkfs.iter_mut().zip([&confd_dir, &ios_dir]) {
+        let rc = p.wait(Duration::from_secs(180));
+        let log = d.join("m0mkfs.log");
+        assert_eq!(
+            rc,
+            Some(0),
+            "m0mkfs in {}:\n{}",
+            d.display(),
+            tail(&log, 30)
+        );
+    }
+    (confd_dir, ios_dir)
+}
+
+/// `Some` once hax has recorded process `fid` STARTED (or DTM-recovered).
+pub async fn started(kv: &HaxKv, fid: Fid) -> Option<()> {
+    matches!(
+        process_state(kv, fid).await,
+        Some(ProcessState::Started | ProcessState::DtmRecovered)
+    )
+    .then_some(())
 }
