@@ -275,6 +275,7 @@ async fn run_with(
         client.clone(),
         ViewConfig::new(process.node.clone(), process.process_fid),
         &tasks,
+        tracker,
     );
     let mut entrypoint = view.entrypoint();
     let id =

@@ -49,6 +49,7 @@ async fn a_consul_detected_failure_is_recorded_broadcast_and_written() {
         c.clone(),
         ViewConfig::new(Sample::NODE1_NAME, Sample::HAX1),
         &cancel,
+        &tokio_util::task::TaskTracker::new(),
     );
     let st = view.wait_loaded(T).await.expect("view loaded");
     assert!(st.is_rc());

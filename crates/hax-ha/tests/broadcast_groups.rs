@@ -206,6 +206,7 @@ async fn a_group_writes_its_states_in_one_transaction_each_seeing_the_earlier() 
         c.clone(),
         ViewConfig::new(Sample::NODE1_NAME, Sample::HAX1),
         &cancel,
+        &tokio_util::task::TaskTracker::new(),
     );
     let st = view.wait_loaded(T).await.expect("view loaded");
     let (halon, peers) = start(&[Sample::CONFD1]).await;

@@ -16,6 +16,7 @@ use hax_ha::view::{ClusterState, ClusterView, ViewConfig};
 use hax_testkit::cfgen::{self, CfgenKv};
 use hax_testkit::dev_agent::DevAgent;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 const T: Duration = Duration::from_secs(20);
 
@@ -110,7 +111,7 @@ async fn one_node_as_cfgen_writes_it() {
     let (_agent, c) = bootstrap(&kv).await;
     let cancel = CancellationToken::new();
     let config = ViewConfig::new("srvnode-1", Fid::typed(FidType::Process, 1, 0));
-    let view = ClusterView::spawn(c.clone(), config, &cancel);
+    let view = ClusterView::spawn(c.clone(), config, &cancel, &TaskTracker::new());
     let st = view.wait_loaded(T).await.expect("view loaded");
     assert_structure(&st, &kv);
     assert_pools(&st);
@@ -151,7 +152,7 @@ async fn three_nodes_as_cfgen_writes_them() {
     let (_agent, c) = bootstrap(&kv).await;
     let cancel = CancellationToken::new();
     let config = ViewConfig::new("srvnode-1", Fid::typed(FidType::Process, 1, 0));
-    let view = ClusterView::spawn(c.clone(), config, &cancel);
+    let view = ClusterView::spawn(c.clone(), config, &cancel, &TaskTracker::new());
     let st = view.wait_loaded(T).await.expect("view loaded");
     assert_structure(&st, &kv);
     assert_pools(&st);
@@ -176,7 +177,7 @@ async fn a_corrupt_value_leaves_out_its_own_entry() {
     let (_agent, c) = bootstrap(&kv).await;
     let cancel = CancellationToken::new();
     let config = ViewConfig::new("srvnode-1", Fid::typed(FidType::Process, 1, 0));
-    let view = ClusterView::spawn(c.clone(), config, &cancel);
+    let view = ClusterView::spawn(c.clone(), config, &cancel, &TaskTracker::new());
     let st = view.wait_loaded(T).await.expect("view loaded");
     let malformed: Vec<&str> = st.conf().malformed.iter().map(|m| m.key.as_str()).collect();
     assert_eq!(malformed, [drive.as_str()]);
@@ -222,7 +223,7 @@ async fn the_entrypoint_follows_the_leader_the_confds_and_m0conf() {
     let (agent1, c1) = bootstrap(&kv).await;
     let cancel = CancellationToken::new();
     let config = ViewConfig::new("srvnode-1", Fid::typed(FidType::Process, 1, 0));
-    let view = ClusterView::spawn(c1.clone(), config, &cancel);
+    let view = ClusterView::spawn(c1.clone(), config, &cancel, &TaskTracker::new());
     let mut ep = view.entrypoint();
     let node1 = kv.node("srvnode-1").expect("srvnode-1");
     let confd1 = node1.confd().expect("confd of srvnode-1");
@@ -300,7 +301,7 @@ async fn fetch_fids_reads_what_hare_fetch_fids_reads() {
     let (_agent, c) = bootstrap(&kv).await;
     let cancel = CancellationToken::new();
     let config = ViewConfig::new("srvnode-1", Fid::typed(FidType::Process, 1, 0));
-    let view = ClusterView::spawn(c.clone(), config, &cancel);
+    let view = ClusterView::spawn(c.clone(), config, &cancel, &TaskTracker::new());
     let st = view.wait_loaded(T).await.expect("view loaded");
     let mut n = 0;
     let answer = hax_ha::http::fetch_fids::fetch_fids(&st, || {

@@ -76,6 +76,7 @@ pub async fn from_consul(cfg: &Config, wait: Duration) -> Result<ClusterStatus, 
             cfg.identity.process_fid.unwrap_or_default(),
         ),
         &cancel,
+        &tokio_util::task::TaskTracker::new(),
     );
     let state = view
         .wait_loaded(wait)

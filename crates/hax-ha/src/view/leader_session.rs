@@ -80,12 +80,13 @@ impl SessionNodes {
 /// does not say whose the session is, the leader has no node, as before any
 /// session held the lock, and the question is asked again every [`RETRY`].
 pub(super) fn follow(
+    tasks: &tokio_util::task::TaskTracker,
     inner: Arc<ViewInner>,
     client: ConsulClient,
     watcher: Watcher<Option<KvPair>>,
     cancel: CancellationToken,
 ) {
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         let mut rx = watcher.subscribe();
         let mut last: Option<Arc<Option<KvPair>>> = None;
         let mut nodes = SessionNodes::default();

@@ -50,6 +50,7 @@ use hax_consul::ConsulClient;
 use hax_core::{Fid, HaState};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use self::entrypoint::EntrypointPublisher;
 use self::health::NodeHealthMap;
@@ -237,9 +238,15 @@ impl ClusterView {
     }
 
     /// A view kept up to date by Consul watchers, which run until `cancel`
-    /// is cancelled. Must be called inside a tokio runtime. The view starts
-    /// empty and not loaded: wait with [`ClusterView::wait_loaded`].
-    pub fn spawn(client: ConsulClient, config: ViewConfig, cancel: &CancellationToken) -> Self {
+    /// is cancelled; the tasks that feed the view run on `tasks`. Must be
+    /// called inside a tokio runtime. The view starts empty and not loaded:
+    /// wait with [`ClusterView::wait_loaded`].
+    pub fn spawn(
+        client: ConsulClient,
+        config: ViewConfig,
+        cancel: &CancellationToken,
+        tasks: &TaskTracker,
+    ) -> Self {
         let mut missing: BTreeSet<String> = [
             PART_CONF,
             PART_PROCESSES,
@@ -265,32 +272,38 @@ impl ClusterView {
         let wc = config.watch;
         let c = &client;
         view.follow(
+            tasks,
             hax_consul::watch::watch_prefix(c.clone(), keys::CONF_PREFIX, wc, cancel),
             PART_CONF.to_owned(),
             |s, snap| s.read_conf(&snap.value, snap.index),
         );
         view.follow(
+            tasks,
             hax_consul::watch::watch_prefix(c.clone(), keys::PROCESSES_PREFIX, wc, cancel),
             PART_PROCESSES.to_owned(),
             |s, snap| s.read_processes(&snap.value, snap.index),
         );
         view.follow(
+            tasks,
             hax_consul::watch::watch_prefix(c.clone(), keys::CONSUL_NODES_PREFIX, wc, cancel),
             PART_CONSUL_NODES.to_owned(),
             |s, snap| s.consul_nodes = Arc::new(parse_consul_nodes(&snap.value)),
         );
         leader_session::follow(
+            tasks,
             Arc::clone(&view.inner),
             c.clone(),
             hax_consul::watch::watch_key(c.clone(), keys::LEADER, wc, cancel),
             cancel.clone(),
         );
         view.follow(
+            tasks,
             Watcher::spawn(c.clone(), CatalogServiceSource("confd".into()), wc, cancel),
             PART_CONFDS.to_owned(),
             |s, snap| s.confds = Arc::clone(&snap.value),
         );
         view.follow(
+            tasks,
             hax_consul::watch::watch_key(c.clone(), keys::M0_CLIENT_TYPES, wc, cancel),
             PART_CLIENT_TYPES.to_owned(),
             |s, snap| s.client_types = Arc::new(parse_client_types(snap.value.as_ref().as_ref())),
@@ -302,6 +315,7 @@ impl ClusterView {
             };
             let key = name.clone();
             view.follow(
+                tasks,
                 Watcher::spawn(c.clone(), source, wc, cancel),
                 format!("health:{name}"),
                 move |s, snap| s.set_health(&key, (*snap.value).clone()),
@@ -310,7 +324,7 @@ impl ClusterView {
         let inner = Arc::clone(&view.inner);
         let client = client.clone();
         let token = cancel.clone();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             tokio::select! {
                 () = token.cancelled() => {}
                 fids = load_dynamic_fids(&client) => match fids {
@@ -328,13 +342,13 @@ impl ClusterView {
 
     /// Feeds the snapshots of `watcher` into the view with `apply`, from a
     /// task that owns the watcher and ends with it.
-    fn follow<T, F>(&self, watcher: Watcher<T>, part: String, apply: F)
+    fn follow<T, F>(&self, tasks: &TaskTracker, watcher: Watcher<T>, part: String, apply: F)
     where
         T: Clone + PartialEq + Default + Send + Sync + 'static,
         F: Fn(&mut Sources, &Snapshot<T>) + Send + 'static,
     {
         let inner = Arc::clone(&self.inner);
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             let mut rx = watcher.subscribe();
             let mut last: Option<Arc<T>> = None;
             loop {

@@ -126,6 +126,7 @@ pub async fn sample_view(
         c.clone(),
         ViewConfig::new(Sample::NODE1_NAME, Sample::HAX1),
         &cancel,
+        &tokio_util::task::TaskTracker::new(),
     );
     view.wait_loaded(wait).await.expect("view loaded");
     (agent, c, view, cancel)
