@@ -1469,3 +1469,32 @@ pub fn process_cpu(pid: u32) -> std::time::Duration {
     // The kernel's USER_HZ is 100 on every Linux this runs on.
     std::time::Duration::from_millis(ticks * 10)
 }
+
+/// The release `hax` next to the running executable (a benchmark of
+/// `tests/src/bin`), unless `HAX_BIN` names one.
+pub fn set_hax_bin() {
+    if std::env::var_os("HAX_BIN").is_some() {
+        return;
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let bin = exe.with_file_name("hax");
+    assert!(
+        bin.is_file(),
+        "{} missing: run `cargo build --release -p hax-bin` first, or set HAX_BIN",
+        bin.display()
+    );
+    std::env::set_var("HAX_BIN", &bin);
+}
+
+/// The `Environment=` settings of the systemd unit, so that hax runs here
+/// as it is deployed (they are read by glibc when hax starts).
+pub fn unit_environment() -> Vec<(String, String)> {
+    let unit = concat!(env!("CARGO_MANIFEST_DIR"), "/../dist/hax.service");
+    let text = std::fs::read_to_string(unit).unwrap_or_else(|e| panic!("{unit}: {e}"));
+    text.lines()
+        .filter_map(|l| l.strip_prefix("Environment="))
+        .flat_map(str::split_whitespace)
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}

@@ -51,7 +51,7 @@ use std::time::{Duration, Instant};
 use hax_consul::schema::QueueKind;
 use hax_core::{Fid, HaMsgData, HaState, NvecKind, ProcessEventKind};
 use hax_e2e::cluster::{is_down, spec, start};
-use hax_e2e::{process_cpu as cpu, wait_for, Metrics};
+use hax_e2e::{process_cpu as cpu, set_hax_bin, unit_environment, wait_for, Metrics};
 use hax_sim::SimCluster;
 use hax_testkit::cluster::ClusterBed;
 
@@ -633,34 +633,6 @@ async fn run(n: usize, procs: usize, rng: &mut fastrand::Rng) -> Column {
     );
     drop(bed);
     col
-}
-
-/// The release `hax` next to this executable, unless `HAX_BIN` names one.
-fn set_hax_bin() {
-    if std::env::var_os("HAX_BIN").is_some() {
-        return;
-    }
-    let exe = std::env::current_exe().expect("current_exe");
-    let bin = exe.with_file_name("hax");
-    assert!(
-        bin.is_file(),
-        "{} missing: run `cargo build --release -p hax-bin` first, or set HAX_BIN",
-        bin.display()
-    );
-    std::env::set_var("HAX_BIN", &bin);
-}
-
-/// The `Environment=` settings of the systemd unit (malloc settings), so
-/// that hax's RSS here is what it is deployed.
-fn unit_environment() -> Vec<(String, String)> {
-    let unit = concat!(env!("CARGO_MANIFEST_DIR"), "/../dist/hax.service");
-    let text = std::fs::read_to_string(unit).unwrap_or_else(|e| panic!("{unit}: {e}"));
-    text.lines()
-        .filter_map(|l| l.strip_prefix("Environment="))
-        .flat_map(str::split_whitespace)
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
 }
 
 fn main() {

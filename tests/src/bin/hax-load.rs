@@ -38,7 +38,10 @@ use hax_core::{
     Fid, FidType, HaMsg, HaMsgData, HaNote, HaState, NvecKind, ProcessEventKind, ServiceEventKind,
     ServiceType,
 };
-use hax_e2e::{device_entry, ios_fid, ios_service, wait_for, Env, Metrics, Options, T};
+use hax_e2e::{
+    device_entry, ios_fid, ios_service, set_hax_bin, unit_environment, wait_for, Env, Metrics,
+    Options, T,
+};
 use hax_sim::{SimCluster, SimConfig, SimEvent, SimEventKind, SimProcess};
 use hax_testkit::sample;
 use tokio::sync::mpsc;
@@ -303,34 +306,6 @@ fn bound_ms(s: f64, n: u64) -> String {
     } else {
         format!("<= {} ms", s * 1e3)
     }
-}
-
-/// The release `hax` next to this executable, unless `HAX_BIN` names one.
-fn set_hax_bin() {
-    if std::env::var_os("HAX_BIN").is_some() {
-        return;
-    }
-    let exe = std::env::current_exe().expect("current_exe");
-    let bin = exe.with_file_name("hax");
-    assert!(
-        bin.is_file(),
-        "{} missing: run `cargo build --release -p hax-bin` first, or set HAX_BIN",
-        bin.display()
-    );
-    std::env::set_var("HAX_BIN", &bin);
-}
-
-/// The `Environment=` settings of the systemd unit, so that hax runs here
-/// as it is deployed (they are read by glibc when hax starts).
-fn unit_environment() -> Vec<(String, String)> {
-    let unit = concat!(env!("CARGO_MANIFEST_DIR"), "/../dist/hax.service");
-    let text = std::fs::read_to_string(unit).unwrap_or_else(|e| panic!("{unit}: {e}"));
-    text.lines()
-        .filter_map(|l| l.strip_prefix("Environment="))
-        .flat_map(str::split_whitespace)
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
 }
 
 fn main() {

@@ -28,7 +28,7 @@
 //! | `FIG_HAX_ARGS` | (none) | more options for hax, e.g. `--motr-receive-buffers 0` |
 
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::mpsc;
@@ -45,13 +45,11 @@ fn param(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// A free TCP port on 127.0.0.1 not handed out before.
+/// A free TCP port on 127.0.0.1 (`hax_e2e::free_port`) not handed out
+/// before: hax's ports are chosen before it binds them.
 fn free_port(taken: &mut Vec<u16>) -> Result<u16, String> {
     for _ in 0..100 {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| format!("no free port: {e}"))?
-            .port();
+        let port = hax_e2e::free_port();
         if !taken.contains(&port) {
             taken.push(port);
             return Ok(port);
