@@ -31,6 +31,11 @@ cargo test --workspace --locked
 # warning (broken links, missing docs), and each crate built from its packaged
 # sources alone. Offline: the build above fetched every dependency.
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked -p hax-sys -p hax-core -p hax-consul
+# cargo verifies each crate against the others' packaged sources through a
+# registry of its own under target/package, extracted once into
+# $CARGO_HOME/registry/src/-<hash of that path>/: a copy an earlier run left
+# for the same path and version would stand in for the new sources.
+rm -rf "${CARGO_HOME:-$HOME/.cargo}"/registry/src/-*/hax-{sys,core,consul}-[0-9]*
 cargo package --offline --locked --allow-dirty -p hax-sys -p hax-core -p hax-consul
 
 # Fuzz smoke run: the corpus of every fuzz target, plus a short seeded
