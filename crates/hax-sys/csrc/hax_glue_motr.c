@@ -1249,6 +1249,38 @@ int hax_glue_start(hax_glue *h, const char *local_ep, const struct hax_fid *proc
 /* --- client operations: shutdown ----------------------------------------- */
 
 /*
+ * m0_spiel_rconfc_stop(), with a repair between its two steps. rconfc adds
+ * the active RM's fid to its phony cache each time it consumes an entrypoint
+ * reply, and removes it only with the RM creditor; when the confds cannot be
+ * reached (rconfc_start_internal() fails with -EAGAIN and tries again), the
+ * fid stays, and m0_rconfc_fini() then asserts that the root alone is left
+ * (conf/rconfc.c, _confc_phony_fini()): a stop or a new start after such a
+ * failure panicked. Once rconfc is stopped nothing refers to those objects;
+ * they go the way rconfc removes its own (_confc_phony_cache_remove()).
+ */
+static void spiel_rconfc_stop(struct m0_spiel *spiel)
+{
+	struct m0_rconfc *rconfc = &spiel->spl_rconfc;
+	m0_rconfc_stop_sync(rconfc);
+	struct m0_confc *phony = &rconfc->rc_phony;
+	struct m0_conf_cache *cache = &phony->cc_cache;
+	m0_conf_cache_lock(cache);
+	struct m0_conf_obj *next;
+	for (struct m0_conf_obj *obj = m0_conf_cache_tlist_head(&cache->ca_registry); obj != NULL;
+	     obj = next) {
+		next = m0_conf_cache_tlist_next(&cache->ca_registry, obj);
+		if (obj == phony->cc_root || m0_conf_obj_is_stub(obj))
+			continue;
+		obj->co_status = M0_CS_MISSING;
+		obj->co_nrefs = 0;
+		m0_conf_cache_del(cache, obj);
+	}
+	m0_conf_cache_unlock(cache);
+	m0_rconfc_fini(rconfc);
+}
+
+
+/*
  * Waits for the client calls in progress (they end when their RPCs do; each
  * then returns -ESHUTDOWN) and stops rconfc. Runs on the init thread, from
  * stop(), with the state already S_STOPPING, so that no new call begins.
@@ -1279,7 +1311,7 @@ static void client_shutdown(hax_glue *h)
 	if (waited > (long)h->stop_timeout_ms)
 		glog(h, HAX_LOG_WARN, "stop: client calls in progress took %ld ms to end", waited);
 	if ((st == RC_ON || st == RC_FAILED) && spiel != NULL) {
-		m0_spiel_rconfc_stop(spiel);
+		spiel_rconfc_stop(spiel);
 		glog(h, HAX_LOG_INFO, "stop: rconfc stopped");
 	} else if (st == RC_STARTING) {
 		glog(h, HAX_LOG_ERROR, "stop: rconfc is still starting after %u ms (no confd "
@@ -1867,7 +1899,7 @@ static void on_rconfc_fatal(struct m0_rconfc *rconfc)
 /* Stops and finalises a failed rconfc, so that it can start again. */
 static void rconfc_reap(hax_glue *h, struct m0_spiel *spiel)
 {
-	m0_spiel_rconfc_stop(spiel);
+	spiel_rconfc_stop(spiel);
 	pthread_mutex_lock(&h->mu);
 	h->rconfc = RC_OFF;
 	pthread_mutex_unlock(&h->mu);

@@ -25,6 +25,7 @@
 //! | `FIG_HAX` | (required) | the `hax` binary built with `--features motr` |
 //! | `MOTR_PREFIX` | `/opt/motr` | the installed Motr (`sbin/m0ham`) |
 //! | `FIG_ROUNDS` | 30 | connects per listener |
+//! | `FIG_KEEP` | (unset) | set: keep the scratch directory (hax's log) |
 //! | `FIG_HAX_ARGS` | (none) | more options for hax, e.g. `--motr-receive-buffers 0` |
 
 use std::io::{BufRead, BufReader};
@@ -155,10 +156,14 @@ fn remove_traces(dir: &Path) {
 struct Figures {
     latencies: Vec<Duration>,
     cpu_per_connect: Duration,
+    /// CPU the listener spends per second with no peer connecting.
+    cpu_idle_per_s: Duration,
     idle: (u64, u64),
     after: (u64, u64),
     /// hax's links once settled, and how long after the last connect.
     links: Option<(u64, Duration)>,
+    /// CPU spent from the last connect until the links settled.
+    cpu_settling: Duration,
     stop: Option<(Option<i32>, Duration)>,
 }
 
@@ -180,8 +185,12 @@ fn measure(
     rounds: usize,
     taken: &mut Vec<u16>,
 ) -> Result<Figures, String> {
+    let quiet = Duration::from_secs(5);
+    let c0 = cpu(pid);
+    std::thread::sleep(quiet);
     let mut f = Figures {
         idle: usage(pid),
+        cpu_idle_per_s: (cpu(pid) - c0).div_f64(quiet.as_secs_f64()),
         ..Figures::default()
     };
     let c0 = cpu(pid);
@@ -314,10 +323,12 @@ async fn hax_run(
         // The earlier incarnations' links end once Motr's RPCs to their
         // gone peers time out: hax's own and the last one's stay.
         let t = Instant::now();
+        let c0 = cpu(child.id());
         while t.elapsed() < Duration::from_secs(60) && metric(http, "hax_links") != Some(2) {
             std::thread::sleep(Duration::from_millis(100));
         }
         f.links = metric(http, "hax_links").map(|l| (l, t.elapsed()));
+        f.cpu_settling = cpu(child.id()) - c0;
         f.after = usage(child.id());
         Ok(f)
     });
@@ -368,6 +379,7 @@ fn table(rounds: usize, base: &Figures, hax: &Figures) {
     row("entrypoint latency, p99", &|f| ms(f.pct(0.99)));
     row("entrypoint latency, max", &|f| ms(f.pct(1.0)));
     row("listener CPU per connect", &|f| ms(f.cpu_per_connect));
+    row("listener CPU per second, idle", &|f| ms(f.cpu_idle_per_s));
     row("RSS / threads idle", &|f| {
         format!("{} / {}", mib(f.idle.0), f.idle.1)
     });
@@ -377,6 +389,9 @@ fn table(rounds: usize, base: &Figures, hax: &Figures) {
     row("links after the last connect (settled after)", &|f| {
         f.links
             .map_or("-".into(), |(l, t)| format!("{l} ({})", ms(t)))
+    });
+    row("listener CPU until the links settled", &|f| {
+        ms(f.cpu_settling)
     });
     row("SIGTERM: exit status, time", &|f| {
         f.stop
@@ -425,6 +440,9 @@ fn main() -> ExitCode {
     let mut taken = Vec::new();
     let base = listener_baseline(&m0ham, root.path(), rounds, &mut taken);
     let ours = rt.block_on(hax_run(&hax, &m0ham, root.path(), rounds, &mut taken));
+    if std::env::var_os("FIG_KEEP").is_some() {
+        eprintln!("hax-motr-figures: logs kept in {}", root.keep().display());
+    }
     match (base, ours) {
         (Ok(b), Ok(h)) => {
             table(rounds, &b, &h);
