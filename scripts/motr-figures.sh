@@ -7,6 +7,7 @@
 #
 # Environment (defaults in brackets):
 #   FIG_ROUNDS          m0ham connects per listener [30]
+#   FIG_LINKS           processes linked to hax at once (hax-m0peers) [100]
 #   HAX_M0D_CYCLES      m0d kill/start cycles [50]
 #   HAX_CHURN_ROUNDS    m0ham restarts under one fid [100]
 set -euo pipefail
@@ -26,9 +27,17 @@ motr_target="$repo_root/target/motr"
 CARGO_TARGET_DIR="$motr_target" cargo build --release --locked -p hax-bin --features motr
 cargo build --release --locked -p hax-e2e --bin hax-motr-figures
 
+# Many processes' HA links from one process (tests/motr-peers): built against
+# the installed Motr with the defines Motr is built with, as hax-sys's glue.
+peers="$motr_target/hax-m0peers"
+${CC:-cc} -std=gnu11 -O2 -g -isystem "$MOTR_PREFIX/include/motr" -include config.h \
+    -D_REENTRANT -DM0_INTERNAL= -DM0_EXTERN=extern -Wno-attributes -Wall -Wextra -Werror \
+    -o "$peers" tests/motr-peers/hax-m0peers.c -L"$MOTR_PREFIX/lib" -lmotr -lpthread
+
 echo "== side by side: m0ham -l and hax, ${FIG_ROUNDS:-30} connects each"
-FIG_HAX="$motr_target/release/hax" FIG_ROUNDS="${FIG_ROUNDS:-30}" \
-    "$repo_root/target/release/hax-motr-figures"
+echo "   then hax with ${FIG_LINKS:-100} processes linked at once"
+FIG_HAX="$motr_target/release/hax" FIG_ROUNDS="${FIG_ROUNDS:-30}" FIG_M0PEERS="$peers" \
+    FIG_LINKS="${FIG_LINKS:-100}" "$repo_root/target/release/hax-motr-figures"
 
 echo "== real m0ds killed and started again, ${HAX_M0D_CYCLES:-50} cycles"
 HAX_REQUIRE_MOTR=1 HAX_M0D_CYCLES="${HAX_M0D_CYCLES:-50}" CARGO_TARGET_DIR="$motr_target" \

@@ -145,6 +145,42 @@ async fn restarts_leave_no_dead_links_on_real_motr() {
         .and_then(|v| v.parse::<f64>().ok())
         .unwrap_or(0.0);
     times.sort();
+    // hax's side of each first request, from its log: request to reply.
+    let mut replies_us: Vec<Duration> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["message"] == "first entrypoint request answered")
+        .filter_map(|l| l["elapsed_us"].as_u64())
+        .map(Duration::from_micros)
+        .collect();
+    // Whether replies slow down as restarts accumulate: the median of the
+    // first and of the last quarter, in the order they came.
+    let quarter = replies_us.len() / 4;
+    if quarter > 0 {
+        let median = |part: &[Duration]| {
+            let mut v = part.to_vec();
+            v.sort();
+            percentile(&v, 0.5)
+        };
+        eprintln!(
+            "first-request replies: median {:?} over the first {quarter} restarts, {:?} over the last {quarter}",
+            median(&replies_us[..quarter]),
+            median(&replies_us[replies_us.len() - quarter..]),
+        );
+    }
+    replies_us.sort();
+    if !replies_us.is_empty() {
+        let (p50, p99) = (percentile(&replies_us, 0.5), percentile(&replies_us, 0.99));
+        eprintln!(
+            "first-request replies in hax's log: {} p50 {p50:?} p99 {p99:?} ({:.1} times p50) max {:?}; \
+             RSS {:+.0} KiB a restart after run {}",
+            replies_us.len(),
+            p99.as_secs_f64() / p50.as_secs_f64().max(1e-9),
+            replies_us[replies_us.len() - 1],
+            (rss as f64 - early.0 as f64) / (rounds - rounds / 4 - 1).max(1) as f64,
+            rounds / 4 + 1,
+        );
+    }
     eprintln!(
         "{rounds} m0ham restarts of one process fid: m0ham run p50 {:?} p99 {:?} max {:?}; \
          hax's first-request reply mean {:.1} ms over {replies}; links now {live}, at most {most_links} \

@@ -26,11 +26,13 @@
 //! | `MOTR_PREFIX` | `/opt/motr` | the installed Motr (`sbin/m0ham`) |
 //! | `FIG_ROUNDS` | 30 | connects per listener |
 //! | `FIG_KEEP` | (unset) | set: keep the scratch directory (hax's log) |
+//! | `FIG_M0PEERS` | (unset) | `hax-m0peers` (tests/motr-peers): also measure hax with `FIG_LINKS` linked processes |
+//! | `FIG_LINKS` | 100 | processes linked at once in that run |
 //! | `FIG_HAX_ARGS` | (none) | more options for hax, e.g. `--motr-receive-buffers 0` |
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -79,6 +81,12 @@ fn usage(pid: u32) -> (u64, u64) {
 /// Output lines of `child` as they come, with their arrival time.
 fn lines(child: &mut Child) -> mpsc::Receiver<(Instant, String)> {
     let (tx, rx) = mpsc::channel();
+    lines_to(child, &tx);
+    rx
+}
+
+/// Sends the output lines of `child` to `tx` as they come.
+fn lines_to(child: &mut Child, tx: &mpsc::Sender<(Instant, String)>) {
     let out = child
         .stdout
         .take()
@@ -97,7 +105,6 @@ fn lines(child: &mut Child) -> mpsc::Receiver<(Instant, String)> {
             }
         });
     }
-    rx
 }
 
 fn wait_line(
@@ -162,8 +169,10 @@ struct Figures {
     after: (u64, u64),
     /// hax's links once settled, and how long after the last connect.
     links: Option<(u64, Duration)>,
-    /// CPU spent from the last connect until the links settled.
+    /// CPU spent from the last connect until the links settled, and the
+    /// links that ended meanwhile.
     cpu_settling: Duration,
+    ended_settling: u64,
     stop: Option<(Option<i32>, Duration)>,
 }
 
@@ -257,6 +266,154 @@ fn metric(http: SocketAddr, key: &str) -> Option<u64> {
         .map(|v| v as u64)
 }
 
+/// hax on real Motr on a dev agent with the sample cluster, its output kept
+/// in `<dir>/hax.log`.
+struct RunningHax {
+    // Stops with the run.
+    _agent: DevAgent,
+    child: Child,
+    http: SocketAddr,
+    endpoint: String,
+    sample: sample::Sample,
+    dir: PathBuf,
+    writer: std::thread::JoinHandle<()>,
+    written: mpsc::Receiver<()>,
+}
+
+impl RunningHax {
+    /// Starts hax in `dir` with a sample of `ioservices` processes and waits
+    /// for `hax ready`.
+    async fn start(
+        hax: &Path,
+        dir: PathBuf,
+        ioservices: u64,
+        taken: &mut Vec<u16>,
+    ) -> Result<RunningHax, String> {
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let agent = DevAgent::builder()
+            .start()
+            .await
+            .map_err(|e| format!("consul agent: {e}"))?;
+        let client = agent.client().map_err(|e| e.to_string())?;
+        let endpoint = inet(free_port(taken)?);
+        let http_port = free_port(taken)?;
+        let first_port = free_port(taken)?;
+        let sample = sample::load(
+            &client,
+            &SampleSpec {
+                node: None,
+                hax_endpoint: endpoint.clone(),
+                hax_http_port: http_port,
+                ioservices,
+                first_port,
+            },
+        )
+        .await
+        .map_err(|e| format!("sample: {e}"))?;
+        let http = SocketAddr::from(([127, 0, 0, 1], http_port));
+        let extra = std::env::var("FIG_HAX_ARGS").unwrap_or_default();
+        let mut child = Command::new(hax)
+            .arg("--consul-address")
+            .arg(agent.http_addr().to_string())
+            .arg("--http-bind")
+            .arg(http.to_string())
+            .args(["--log-format", "json", "--log", "info"])
+            .args(extra.split_whitespace())
+            .current_dir(&dir)
+            .env("M0_TRACE_DIR", &dir)
+            .env("LD_LIBRARY_PATH", lib_path())
+            .env_remove("HAX_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("{}: {e}", hax.display()))?;
+        let rx = lines(&mut child);
+        let ready = wait_line(&rx, "\"hax ready\"", Duration::from_secs(60));
+        let log = dir.join("hax.log");
+        let (log_tx, written) = mpsc::channel::<()>();
+        let writer = std::thread::spawn(move || {
+            let mut text = String::new();
+            while let Ok((_, l)) = rx.recv() {
+                text.push_str(&l);
+                text.push('\n');
+            }
+            let _ = std::fs::write(&log, text);
+            let _ = log_tx.send(());
+        });
+        let running = RunningHax {
+            _agent: agent,
+            child,
+            http,
+            endpoint,
+            sample,
+            dir,
+            writer,
+            written,
+        };
+        match ready {
+            Ok(_) => Ok(running),
+            Err(e) => {
+                let (_, dir) = running.stop();
+                Err(with_tail(e, &dir))
+            }
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn links(&self) -> Option<u64> {
+        metric(self.http, "hax_links")
+    }
+
+    /// Waits (up to `limit`) until hax holds `n` links: how long it took.
+    fn wait_links(&self, n: u64, limit: Duration) -> Result<Duration, String> {
+        let t = Instant::now();
+        while self.links() != Some(n) {
+            if t.elapsed() > limit {
+                return Err(format!("hax holds {:?} links, not {n}", self.links()));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(t.elapsed())
+    }
+
+    /// SIGTERM: hax's exit status and how long it took; the directory of its
+    /// log, written.
+    fn stop(mut self) -> ((Option<i32>, Duration), PathBuf) {
+        let pid = self.child.id();
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        let t = Instant::now();
+        let mut code = None;
+        while t.elapsed() < Duration::from_secs(30) {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                code = st.code();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let took = t.elapsed();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = self.written.recv_timeout(Duration::from_secs(5));
+        let _ = self.writer.join();
+        remove_traces(&self.dir);
+        ((code, took), self.dir)
+    }
+}
+
+/// `e` with the last lines of hax's log in `dir`.
+fn with_tail(e: String, dir: &Path) -> String {
+    let text = std::fs::read_to_string(dir.join("hax.log")).unwrap_or_default();
+    let tail: Vec<&str> = text.lines().rev().take(20).collect();
+    let tail: Vec<&str> = tail.into_iter().rev().collect();
+    format!("{e}; hax's last lines:\n{}", tail.join("\n"))
+}
+
 async fn hax_run(
     hax: &Path,
     m0ham: &Path,
@@ -264,101 +421,189 @@ async fn hax_run(
     rounds: usize,
     taken: &mut Vec<u16>,
 ) -> Result<Figures, String> {
-    let dir = root.join("hax");
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let agent = DevAgent::builder()
-        .start()
-        .await
-        .map_err(|e| format!("consul agent: {e}"))?;
-    let client = agent.client().map_err(|e| e.to_string())?;
-    let hax_ep = inet(free_port(taken)?);
-    let http_port = free_port(taken)?;
-    let first_port = free_port(taken)?;
-    sample::load(
-        &client,
-        &SampleSpec {
-            node: None,
-            hax_endpoint: hax_ep.clone(),
-            hax_http_port: http_port,
-            ioservices: 1,
-            first_port,
-        },
-    )
-    .await
-    .map_err(|e| format!("sample: {e}"))?;
-    let http = SocketAddr::from(([127, 0, 0, 1], http_port));
-    let extra = std::env::var("FIG_HAX_ARGS").unwrap_or_default();
-    let mut child = Command::new(hax)
-        .arg("--consul-address")
-        .arg(agent.http_addr().to_string())
-        .arg("--http-bind")
-        .arg(http.to_string())
-        .args(["--log-format", "json", "--log", "info"])
-        .args(extra.split_whitespace())
-        .current_dir(&dir)
-        .env("M0_TRACE_DIR", &dir)
-        .env("LD_LIBRARY_PATH", lib_path())
-        .env_remove("HAX_CONFIG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("{}: {e}", hax.display()))?;
-    let rx = lines(&mut child);
-    let ready = wait_line(&rx, "\"hax ready\"", Duration::from_secs(60));
-    let log = dir.join("hax.log");
-    let (log_tx, log_rx) = mpsc::channel::<()>();
-    let writer = std::thread::spawn(move || {
-        let mut text = String::new();
-        while let Ok((_, l)) = rx.recv() {
-            text.push_str(&l);
-            text.push('\n');
-        }
-        let _ = std::fs::write(&log, text);
-        let _ = log_tx.send(());
-    });
-    let f = ready.and_then(|_| {
-        std::thread::sleep(Duration::from_secs(2));
-        let mut f = measure(m0ham, &dir, child.id(), &hax_ep, rounds, taken)?;
+    let run = RunningHax::start(hax, root.join("hax"), 1, taken).await?;
+    std::thread::sleep(Duration::from_secs(2));
+    let f = measure(m0ham, &run.dir, run.pid(), &run.endpoint, rounds, taken).map(|mut f| {
         // The earlier incarnations' links end once Motr's RPCs to their
         // gone peers time out: hax's own and the last one's stay.
+        let c0 = cpu(run.pid());
         let t = Instant::now();
-        let c0 = cpu(child.id());
-        while t.elapsed() < Duration::from_secs(60) && metric(http, "hax_links") != Some(2) {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        f.links = metric(http, "hax_links").map(|l| (l, t.elapsed()));
-        f.cpu_settling = cpu(child.id()) - c0;
-        f.after = usage(child.id());
-        Ok(f)
+        f.ended_settling = run.links().unwrap_or(2).saturating_sub(2);
+        let _ = run.wait_links(2, Duration::from_secs(60));
+        f.links = run.links().map(|l| (l, t.elapsed()));
+        f.cpu_settling = cpu(run.pid()) - c0;
+        f.after = usage(run.pid());
+        f
     });
-    let pid = child.id();
-    let _ = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status();
-    let t = Instant::now();
-    let mut code = None;
-    while t.elapsed() < Duration::from_secs(30) {
-        if let Ok(Some(st)) = child.try_wait() {
-            code = st.code();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let took = t.elapsed();
-    let _ = child.kill();
-    let _ = child.wait();
-    let _ = log_rx.recv_timeout(Duration::from_secs(5));
-    let _ = writer.join();
-    remove_traces(&dir);
-    let mut f = f.map_err(|e| {
-        let text = std::fs::read_to_string(dir.join("hax.log")).unwrap_or_default();
-        let tail: Vec<&str> = text.lines().rev().take(20).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
-        format!("{e}; hax's last lines:\n{}", tail.join("\n"))
-    })?;
-    f.stop = Some((code, took));
+    let (stop, dir) = run.stop();
+    let mut f = f.map_err(|e| with_tail(e, &dir))?;
+    f.stop = Some(stop);
     Ok(f)
+}
+
+/// hax with `n` linked processes (the sample's ioservices, each a link of
+/// `hax-m0peers`).
+#[derive(Default)]
+struct LinkFigures {
+    n: usize,
+    idle: (u64, u64),
+    connects: Vec<Duration>,
+    all_linked: Duration,
+    linked: (u64, u64),
+    cpu_linked_per_s: Duration,
+    stop: (Option<i32>, Duration),
+}
+
+async fn links_run(
+    hax: &Path,
+    peers: &Path,
+    root: &Path,
+    n: usize,
+    taken: &mut Vec<u16>,
+) -> Result<LinkFigures, String> {
+    let run = RunningHax::start(hax, root.join("hax-links"), n as u64, taken).await?;
+    std::thread::sleep(Duration::from_secs(2));
+    let mut f = LinkFigures {
+        n,
+        idle: usage(run.pid()),
+        ..LinkFigures::default()
+    };
+    let mut peers = Peers::start(&run, peers);
+    let result = peers.wait_linked(&run, &mut f);
+    // hax stops with every peer still linked, as on a node being stopped.
+    let (stop, dir) = run.stop();
+    peers.stop();
+    result.map_err(|e| with_tail(e, &dir))?;
+    f.stop = stop;
+    Ok(f)
+}
+
+/// Links one `hax-m0peers` process holds: Motr's lockers table (one slot
+/// per request handler service, `lib/lockers.c`) overflows past about 60.
+const PEERS_PER_PROCESS: usize = 50;
+
+/// The `hax-m0peers` processes linking the sample's ioservices to hax.
+struct Peers {
+    children: Vec<Child>,
+    rx: mpsc::Receiver<(Instant, String)>,
+    spawned: Result<(), String>,
+    t0: Instant,
+}
+
+impl Peers {
+    fn start(run: &RunningHax, peers: &Path) -> Peers {
+        let t0 = Instant::now();
+        let (tx, rx) = mpsc::channel();
+        let mut children = Vec::new();
+        let mut spawned = Ok(());
+        for chunk in run.sample.ioservices.chunks(PEERS_PER_PROCESS) {
+            let child = Command::new(peers)
+                .arg(&run.endpoint)
+                .args(chunk.iter().map(|(fid, ep)| format!("{fid}@{ep}")))
+                .current_dir(&run.dir)
+                .env("M0_TRACE_DIR", &run.dir)
+                .env("LD_LIBRARY_PATH", lib_path())
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn();
+            match child {
+                Ok(mut c) => {
+                    lines_to(&mut c, &tx);
+                    children.push(c);
+                }
+                Err(e) => {
+                    spawned = Err(format!("{}: {e}", peers.display()));
+                    break;
+                }
+            }
+        }
+        Peers {
+            children,
+            rx,
+            spawned,
+            t0,
+        }
+    }
+
+    /// Waits until every peer is linked, then measures hax with them.
+    fn wait_linked(&mut self, run: &RunningHax, f: &mut LinkFigures) -> Result<(), String> {
+        self.spawned.clone()?;
+        let limit = Duration::from_secs(30 + 2 * f.n as u64);
+        let mut all = 0;
+        while all < self.children.len() {
+            let (_, l) = self
+                .rx
+                .recv_timeout(limit)
+                .map_err(|_| format!("hax-m0peers: no line in {limit:?}"))?;
+            if let Some(rest) = l.strip_prefix("connected ") {
+                let us = rest.rsplit(' ').next().and_then(|v| v.parse().ok());
+                f.connects.push(Duration::from_micros(us.unwrap_or(0)));
+            } else if l.starts_with("all connected") {
+                all += 1;
+            } else if l.starts_with("hax-m0peers error:") || l.contains("panic") {
+                return Err(l);
+            }
+        }
+        f.all_linked = self.t0.elapsed();
+        run.wait_links(f.n as u64 + 1, Duration::from_secs(60))?;
+        // A few keepalive rounds with every link probed.
+        std::thread::sleep(Duration::from_secs(5));
+        let quiet = Duration::from_secs(10);
+        let c0 = cpu(run.pid());
+        std::thread::sleep(quiet);
+        f.cpu_linked_per_s = (cpu(run.pid()) - c0).div_f64(quiet.as_secs_f64());
+        f.linked = usage(run.pid());
+        Ok(())
+    }
+
+    /// End of input: the peers close their links and exit (killed if they
+    /// do not within a while: hax, stopped, no longer answers them).
+    fn stop(self) {
+        for mut c in self.children {
+            drop(c.stdin.take());
+            let t = Instant::now();
+            while matches!(c.try_wait(), Ok(None)) && t.elapsed() < Duration::from_secs(20) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn links_table(f: &LinkFigures) {
+    let mib = |(k, t): (u64, u64)| format!("{:.0} MiB / {t}", k as f64 / 1024.0);
+    let mut v = f.connects.clone();
+    v.sort();
+    let pct = |p: f64| {
+        let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+        v.get(i).copied().unwrap_or_default()
+    };
+    println!();
+    println!(
+        "| figure ({} processes linked at once, `hax-m0peers`) | hax |",
+        f.n
+    );
+    println!("|---|---|");
+    println!("| RSS / threads before | {} |", mib(f.idle));
+    println!(
+        "| connect at the peer (its RPC machine, entrypoint, link), median / p99 / max | {} / {} / {} |",
+        ms(pct(0.5)),
+        ms(pct(0.99)),
+        ms(pct(1.0))
+    );
+    println!("| all {} linked after | {} |", f.n, ms(f.all_linked));
+    println!("| RSS / threads with every link | {} |", mib(f.linked));
+    println!(
+        "| CPU per second with every link (keepalives) | {} |",
+        ms(f.cpu_linked_per_s)
+    );
+    println!(
+        "| SIGTERM with every link live: exit status, time | {:?}, {} |",
+        f.stop.0,
+        ms(f.stop.1)
+    );
 }
 
 fn ms(d: Duration) -> String {
@@ -390,8 +635,8 @@ fn table(rounds: usize, base: &Figures, hax: &Figures) {
         f.links
             .map_or("-".into(), |(l, t)| format!("{l} ({})", ms(t)))
     });
-    row("listener CPU until the links settled", &|f| {
-        ms(f.cpu_settling)
+    row("listener CPU until the links settled (links ended)", &|f| {
+        format!("{} ({})", ms(f.cpu_settling), f.ended_settling)
     });
     row("SIGTERM: exit status, time", &|f| {
         f.stop
@@ -440,12 +685,27 @@ fn main() -> ExitCode {
     let mut taken = Vec::new();
     let base = listener_baseline(&m0ham, root.path(), rounds, &mut taken);
     let ours = rt.block_on(hax_run(&hax, &m0ham, root.path(), rounds, &mut taken));
+    // Canonical: the peers run in a directory of their own.
+    let peers =
+        std::env::var_os("FIG_M0PEERS").map(|p| std::fs::canonicalize(&p).unwrap_or(p.into()));
+    let links = peers.map(|peers| {
+        let n = param("FIG_LINKS", 100);
+        rt.block_on(links_run(&hax, &peers, root.path(), n, &mut taken))
+    });
     if std::env::var_os("FIG_KEEP").is_some() {
         eprintln!("hax-motr-figures: logs kept in {}", root.keep().display());
     }
     match (base, ours) {
         (Ok(b), Ok(h)) => {
             table(rounds, &b, &h);
+            match links {
+                Some(Ok(l)) => links_table(&l),
+                Some(Err(e)) => {
+                    eprintln!("hax-motr-figures: links: {e}");
+                    return ExitCode::FAILURE;
+                }
+                None => println!("\n(FIG_M0PEERS unset: no run with many links)"),
+            }
             ExitCode::SUCCESS
         }
         (b, h) => {
