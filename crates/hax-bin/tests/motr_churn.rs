@@ -10,8 +10,10 @@
 //!
 //! Ignored unless built with `--features motr`; built with it, fails unless
 //! `MOTR_PREFIX` names an installed Motr with `m0ham`. `HAX_CHURN_ROUNDS`
-//! sets the number of restarts (default 12, as in CI); the figures are
-//! printed (docs/motr.md has them for 500):
+//! sets the number of restarts (default 12, as in CI);
+//! `HAX_CHURN_SAME_ENDPOINT=1` starts every incarnation at one endpoint, as
+//! an m0d restarts (otherwise each gets a new one). The figures are printed,
+//! with where a first request's time goes (docs/motr.md has them for 500):
 //!
 //! ```text
 //! HAX_CHURN_ROUNDS=500 MOTR_PREFIX=/opt/motr cargo test --release -p hax-bin --features motr \
@@ -83,8 +85,16 @@ async fn restarts_leave_no_dead_links_on_real_motr() {
     let mut most_links = 0;
     let mut early = (0, 0);
     let mut unsolicited = 0;
+    // HAX_CHURN_SAME_ENDPOINT=1: every incarnation at one endpoint, as an
+    // m0d restarts; otherwise a new one each time.
+    let same = std::env::var("HAX_CHURN_SAME_ENDPOINT").is_ok_and(|v| v == "1");
+    let fixed = free_inet_endpoint(&mut taken);
     for round in 0..rounds {
-        let local = free_inet_endpoint(&mut taken);
+        let local = if same {
+            fixed.clone()
+        } else {
+            free_inet_endpoint(&mut taken)
+        };
         // Each m0ham writes a 16 MiB trace: kept only for a failed run.
         let dir = root.join(format!("m0ham-{round}"));
         std::fs::create_dir_all(&dir).expect("m0ham dir");
@@ -153,6 +163,29 @@ async fn restarts_leave_no_dead_links_on_real_motr() {
         .filter_map(|l| l["elapsed_us"].as_u64())
         .map(Duration::from_micros)
         .collect();
+    // Where a first request's time goes, first and last quarter: hax
+    // handling it up to the fence (request to `FAILED to hax's own link`),
+    // Motr delivering the fence on hax's own link (to `fenced`), the rest.
+    let segments = fence_segments(&text);
+    let q = segments.len() / 4;
+    if q > 0 {
+        for (name, part) in [
+            ("first", &segments[..q]),
+            ("last", &segments[segments.len() - q..]),
+        ] {
+            let med = |i: usize| {
+                let mut v: Vec<Duration> = part.iter().map(|s| s[i]).collect();
+                v.sort();
+                percentile(&v, 0.5)
+            };
+            eprintln!(
+                "{name} {q} fenced restarts, medians: to the fence {:?}, the fence's delivery {:?}, then to the reply {:?}",
+                med(0),
+                med(1),
+                med(2)
+            );
+        }
+    }
     // Whether replies slow down as restarts accumulate: the median of the
     // first and of the last quarter, in the order they came.
     let quarter = replies_us.len() / 4;
@@ -213,4 +246,51 @@ async fn restarts_leave_no_dead_links_on_real_motr() {
         "threads flat: {early:?} then {threads}"
     );
     let _ = std::fs::remove_dir_all(&root);
+}
+
+/// Seconds since midnight of a log line's `timestamp` (UTC, RFC 3339).
+fn seconds_of_day(l: &serde_json::Value) -> Option<f64> {
+    let t = l["timestamp"]
+        .as_str()?
+        .split('T')
+        .nth(1)?
+        .trim_end_matches('Z');
+    let mut parts = t.split(':');
+    let h: f64 = parts.next()?.parse().ok()?;
+    let m: f64 = parts.next()?.parse().ok()?;
+    let s: f64 = parts.next()?.parse().ok()?;
+    Some(h * 3600.0 + m * 60.0 + s)
+}
+
+/// For each fenced restart in hax's log: request to the fence's send, the
+/// fence's delivery, and from there to the reply.
+fn fence_segments(text: &str) -> Vec<[Duration; 3]> {
+    let mut out = Vec::new();
+    let mut request = None;
+    let mut fence = None;
+    let mut fenced = None;
+    let span = |a: f64, b: f64| Duration::from_secs_f64((b - a).rem_euclid(86_400.0));
+    for l in text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    {
+        let Some(t) = seconds_of_day(&l) else {
+            continue;
+        };
+        match l["message"].as_str().unwrap_or("") {
+            "entrypoint request" if l["first"] == true => {
+                (request, fence, fenced) = (Some(t), None, None);
+            }
+            m if m.starts_with("links of a previous incarnation: FAILED") => fence = Some(t),
+            "previous incarnation's links fenced" => fenced = Some(t),
+            "first entrypoint request answered" => {
+                if let (Some(r), Some(f), Some(d)) = (request, fence, fenced) {
+                    out.push([span(r, f), span(f, d), span(d, t)]);
+                }
+                request = None;
+            }
+            _ => {}
+        }
+    }
+    out
 }
