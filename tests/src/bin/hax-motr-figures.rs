@@ -9,7 +9,13 @@
 //! - the listener's CPU time per connect (`/proc/<pid>/stat`);
 //! - its RSS and threads idle (before the first connect) and after the last;
 //! - for hax, its links at the end (its own and the last incarnation's, when
-//!   every earlier one was ended) and how long SIGTERM takes.
+//!   every earlier one was ended), the CPU it spends while the last ones end,
+//!   and how long SIGTERM takes.
+//!
+//! With `FIG_M0PEERS`, then hax with `FIG_LINKS` processes linked at once
+//! (`hax-m0peers`): its RSS and threads before and with every link, the
+//! connects at the peers, its CPU with every link probed, and SIGTERM with
+//! every peer still linked.
 //!
 //! Prints a Markdown table (docs/motr.md, "Side by side"). A benchmark, not a
 //! test: it fails only when a run cannot be made.
