@@ -44,6 +44,11 @@ fn nvec_get_text() -> String {
     )
 }
 
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    percentile(&v, 0.5)
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
@@ -155,10 +160,13 @@ async fn restarts_leave_no_dead_links_on_real_motr() {
         .and_then(|v| v.parse::<f64>().ok())
         .unwrap_or(0.0);
     times.sort();
-    // hax's side of each first request, from its log: request to reply.
-    let mut replies_us: Vec<Duration> = text
+    let lines: Vec<serde_json::Value> = text
         .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    // hax's side of each first request, from its log: request to reply.
+    let mut answered: Vec<Duration> = lines
+        .iter()
         .filter(|l| l["message"] == "first entrypoint request answered")
         .filter_map(|l| l["elapsed_us"].as_u64())
         .map(Duration::from_micros)
@@ -166,18 +174,14 @@ async fn restarts_leave_no_dead_links_on_real_motr() {
     // Where a first request's time goes, first and last quarter: hax
     // handling it up to the fence (request to `FAILED to hax's own link`),
     // Motr delivering the fence on hax's own link (to `fenced`), the rest.
-    let segments = fence_segments(&text);
+    let segments = fence_segments(&lines);
     let q = segments.len() / 4;
     if q > 0 {
         for (name, part) in [
             ("first", &segments[..q]),
             ("last", &segments[segments.len() - q..]),
         ] {
-            let med = |i: usize| {
-                let mut v: Vec<Duration> = part.iter().map(|s| s[i]).collect();
-                v.sort();
-                percentile(&v, 0.5)
-            };
+            let med = |i: usize| median(part.iter().map(|s| s[i]).collect());
             eprintln!(
                 "{name} {q} fenced restarts, medians: to the fence {:?}, the fence's delivery {:?}, then to the reply {:?}",
                 med(0),
@@ -186,30 +190,25 @@ async fn restarts_leave_no_dead_links_on_real_motr() {
             );
         }
     }
-    // Whether replies slow down as restarts accumulate: the median of the
+    // Whether answered slow down as restarts accumulate: the median of the
     // first and of the last quarter, in the order they came.
-    let quarter = replies_us.len() / 4;
+    let quarter = answered.len() / 4;
     if quarter > 0 {
-        let median = |part: &[Duration]| {
-            let mut v = part.to_vec();
-            v.sort();
-            percentile(&v, 0.5)
-        };
         eprintln!(
-            "first-request replies: median {:?} over the first {quarter} restarts, {:?} over the last {quarter}",
-            median(&replies_us[..quarter]),
-            median(&replies_us[replies_us.len() - quarter..]),
+            "first-request answered: median {:?} over the first {quarter} restarts, {:?} over the last {quarter}",
+            median(answered[..quarter].to_vec()),
+            median(answered[answered.len() - quarter..].to_vec()),
         );
     }
-    replies_us.sort();
-    if !replies_us.is_empty() {
-        let (p50, p99) = (percentile(&replies_us, 0.5), percentile(&replies_us, 0.99));
+    answered.sort();
+    if !answered.is_empty() {
+        let (p50, p99) = (percentile(&answered, 0.5), percentile(&answered, 0.99));
         eprintln!(
-            "first-request replies in hax's log: {} p50 {p50:?} p99 {p99:?} ({:.1} times p50) max {:?}; \
+            "first-request answered in hax's log: {} p50 {p50:?} p99 {p99:?} ({:.1} times p50) max {:?}; \
              RSS {:+.0} KiB a restart after run {}",
-            replies_us.len(),
+            answered.len(),
             p99.as_secs_f64() / p50.as_secs_f64().max(1e-9),
-            replies_us[replies_us.len() - 1],
+            answered[answered.len() - 1],
             (rss as f64 - early.0 as f64) / (rounds - rounds / 4 - 1).max(1) as f64,
             rounds / 4 + 1,
         );
@@ -264,17 +263,14 @@ fn seconds_of_day(l: &serde_json::Value) -> Option<f64> {
 
 /// For each fenced restart in hax's log: request to the fence's send, the
 /// fence's delivery, and from there to the reply.
-fn fence_segments(text: &str) -> Vec<[Duration; 3]> {
+fn fence_segments(lines: &[serde_json::Value]) -> Vec<[Duration; 3]> {
     let mut out = Vec::new();
     let mut request = None;
     let mut fence = None;
     let mut fenced = None;
     let span = |a: f64, b: f64| Duration::from_secs_f64((b - a).rem_euclid(86_400.0));
-    for l in text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-    {
-        let Some(t) = seconds_of_day(&l) else {
+    for l in lines {
+        let Some(t) = seconds_of_day(l) else {
             continue;
         };
         match l["message"].as_str().unwrap_or("") {

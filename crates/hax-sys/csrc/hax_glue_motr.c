@@ -1279,7 +1279,6 @@ static void spiel_rconfc_stop(struct m0_spiel *spiel)
 	m0_rconfc_fini(rconfc);
 }
 
-
 /*
  * Waits for the client calls in progress (they end when their RPCs do; each
  * then returns -ESHUTDOWN) and stops rconfc. Runs on the init thread, from

@@ -144,15 +144,26 @@ fn connect(m0ham: &Path, dir: &Path, local: &str, listener: &str) -> Result<Dura
     let result = wait_line(&rx, "Connecting to", Duration::from_secs(30)).and_then(|t0| {
         wait_line(&rx, "Got entrypoint reply", Duration::from_secs(60)).map(|t1| t1 - t0)
     });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+    reap(&mut child, Duration::from_secs(30));
     // Each m0ham leaves a 16 MiB trace.
     remove_traces(dir);
     result
+}
+
+/// Waits up to `limit` for `child` to exit, then kills it: its exit status
+/// if it exited by itself.
+fn reap(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let t = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break Some(st),
+            Ok(None) if t.elapsed() < limit => std::thread::sleep(Duration::from_millis(10)),
+            _ => break None,
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    status
 }
 
 fn remove_traces(dir: &Path) {
@@ -394,17 +405,8 @@ impl RunningHax {
             .args(["-TERM", &pid.to_string()])
             .status();
         let t = Instant::now();
-        let mut code = None;
-        while t.elapsed() < Duration::from_secs(30) {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                code = st.code();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let code = reap(&mut self.child, Duration::from_secs(30)).and_then(|st| st.code());
         let took = t.elapsed();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
         let _ = self.written.recv_timeout(Duration::from_secs(5));
         let _ = self.writer.join();
         remove_traces(&self.dir);
@@ -566,14 +568,12 @@ impl Peers {
     /// End of input: the peers close their links and exit (killed if they
     /// do not within a while: hax, stopped, no longer answers them).
     fn stop(self) {
-        for mut c in self.children {
+        let mut children = self.children;
+        for c in &mut children {
             drop(c.stdin.take());
-            let t = Instant::now();
-            while matches!(c.try_wait(), Ok(None)) && t.elapsed() < Duration::from_secs(20) {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+        }
+        for c in &mut children {
+            reap(c, Duration::from_secs(20));
         }
     }
 }
