@@ -195,7 +195,7 @@ async fn restarts_leave_no_dead_links_on_real_motr() {
     let quarter = answered.len() / 4;
     if quarter > 0 {
         eprintln!(
-            "first-request answered: median {:?} over the first {quarter} restarts, {:?} over the last {quarter}",
+            "first-request replies: median {:?} over the first {quarter} restarts, {:?} over the last {quarter}",
             median(answered[..quarter].to_vec()),
             median(answered[answered.len() - quarter..].to_vec()),
         );
@@ -204,7 +204,7 @@ async fn restarts_leave_no_dead_links_on_real_motr() {
     if !answered.is_empty() {
         let (p50, p99) = (percentile(&answered, 0.5), percentile(&answered, 0.99));
         eprintln!(
-            "first-request answered in hax's log: {} p50 {p50:?} p99 {p99:?} ({:.1} times p50) max {:?}; \
+            "first-request replies in hax's log: {} p50 {p50:?} p99 {p99:?} ({:.1} times p50) max {:?}; \
              RSS {:+.0} KiB a restart after run {}",
             answered.len(),
             p99.as_secs_f64() / p50.as_secs_f64().max(1e-9),
