@@ -3,16 +3,28 @@
 //! that stops answering is marked not responding while the others stay
 //! responding, and is marked responding again once it answers; a process no
 //! longer probed (stopped) loses its key; with the interval at 0 nothing is
-//! probed or written.
+//! probed or written. A process that answered and then leaves the fencing
+//! bound of rounds unanswered (dead without STOPPED, or hung for good) has
+//! its link fenced; one that never answered keeps its link.
 
 use hax_consul::schema::KeepaliveStatus;
 use hax_core::{Fid, HaMsgData, ProcessEventKind};
 use hax_e2e::{ft, wait_for, Env, Options, T};
-use hax_sim::{Delivery, SimProcess};
+use hax_sim::{Delivery, LinkOutcome, SimError, SimProcess};
 
 fn keepalive_options(ms: u64) -> Options {
+    fencing_options(ms, 0)
+}
+
+/// Probes every `ms`, fencing after `rounds` missed (0: never).
+fn fencing_options(ms: u64, rounds: u32) -> Options {
     Options {
-        hax_args: vec!["--motr-keepalive-interval-ms".into(), ms.to_string()],
+        hax_args: vec![
+            "--motr-keepalive-interval-ms".into(),
+            ms.to_string(),
+            "--motr-keepalive-fence-rounds".into(),
+            rounds.to_string(),
+        ],
         ..Options::default()
     }
 }
@@ -177,4 +189,62 @@ async fn interval_zero_probes_nothing() {
         m.n("hax_messages_total{direction=\"out\",type=\"keepalive_req\"}"),
         0
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_that_stops_answering_is_fenced() {
+    const ROUNDS: u32 = 4;
+    let env = Env::start(fencing_options(200, ROUNDS)).await;
+    let peers = env.connect_peers(2).await;
+    // A peer without a keepalive handler (m0ham): it never answers.
+    let mut cfg = env.peer_config(2);
+    cfg.delivery = Delivery::Never;
+    let mute = SimProcess::connect(cfg).await.unwrap();
+    assert_eq!(mute.entrypoint().unwrap().outcome, LinkOutcome::New);
+    counters_grow(&env, &peers.iter().collect::<Vec<_>>()).await;
+    let before = env.wait_idle().await;
+    assert_eq!(before.n("hax_keepalive_fenced_total"), 0);
+
+    // The first process dies without a word (no STOPPED, its link left
+    // at hax).
+    let dead = &peers[0];
+    dead.vanish();
+    let m = env
+        .wait_metrics("the dead process's link fenced and disconnected", |m| {
+            m.n("hax_keepalive_fenced_total") == 1
+                && m.n("hax_links_disconnected_total")
+                    == before.n("hax_links_disconnected_total") + 1
+        })
+        .await;
+    assert_eq!(m.n("hax_links"), before.n("hax_links") - 1, "{m:?}");
+    // Coming back, it learns that hax ended its link.
+    assert!(matches!(dead.reattach().await, Err(SimError::Fenced)));
+    // Its record goes with its link.
+    wait_for("the dead process's key to go", T, || async {
+        status(&env, dead.fid()).await.is_none().then_some(())
+    })
+    .await;
+    let run = env.runs();
+    let fenced: Vec<_> = env
+        .log_messages(
+            run,
+            "process stopped answering keepalives: its links are fenced",
+        )
+        .into_iter()
+        .map(|l| l["process"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(fenced, vec![dead.fid().to_string()]);
+
+    // The peer that never answered is marked, and keeps its link however
+    // long it stays mute; the other answers on.
+    wait_status(&env, mute.fid(), "the mute peer past the bound", |s| {
+        !s.responding && s.missed >= 2 * ROUNDS
+    })
+    .await;
+    counters_grow(&env, &[&peers[1]]).await;
+    let m = env.metrics().await;
+    assert_eq!(m.n("hax_keepalive_fenced_total"), 1, "{m:?}");
+    assert_eq!(m.n("hax_links"), before.n("hax_links") - 1, "{m:?}");
+    assert_eq!(mute.state(), hax_sim::LinkState::Up);
+    env.assert_no_contract_violations();
 }

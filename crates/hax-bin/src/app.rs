@@ -36,7 +36,8 @@ use hax_ha::inbound::watches::WatchHandlers;
 use hax_ha::leader::elect::Elector;
 use hax_ha::metrics::{Metrics, Registry};
 use hax_ha::motr::bridge::Bridge;
-use hax_ha::motr::keepalive::{self, KeepaliveConfig, KeepaliveInbox};
+use hax_ha::motr::fencing::Incarnations;
+use hax_ha::motr::keepalive::{self, KeepaliveConfig, KeepaliveInbox, KeepaliveParts};
 use hax_ha::pipeline::{EventPipeline, EventsConfig};
 use hax_ha::view::identity;
 use hax_ha::view::{ClusterView, ViewConfig};
@@ -314,6 +315,7 @@ async fn run_with(
         .motr
         .keepalive_interval()
         .map(|interval| (interval, KeepaliveInbox::new(Arc::clone(&metrics))));
+    let keepalive_fence_after = cfg.motr.keepalive_fence_after();
     let bridge = match &keepalives {
         Some((_, inbox)) => bridge.with_keepalives(inbox.clone()),
         None => bridge,
@@ -354,6 +356,7 @@ async fn run_with(
             .with_metrics(Arc::clone(&metrics)),
     );
     let cluster = Arc::new(view.clone());
+    let incarnations = Incarnations::new();
     let pipeline = EventPipeline::new(
         writer.clone(),
         kv.clone(),
@@ -363,6 +366,7 @@ async fn run_with(
         tracker,
     )
     .with_link_watch(links)
+    .with_incarnations(incarnations.clone())
     .with_confd_events(confds_tx);
     let pipeline_task = pipeline.spawn(events_rx, tasks.clone());
 
@@ -372,15 +376,16 @@ async fn run_with(
         let cfg = KeepaliveConfig {
             interval,
             node: id.node.clone(),
+            fence_after: keepalive_fence_after,
         };
-        keepalive::spawn(
-            cfg,
-            ha.clone(),
+        let parts = KeepaliveParts {
+            ha: ha.clone(),
             inbox,
-            writer.clone(),
-            keepalive_stop.clone(),
-            tracker,
-        )
+            writer: writer.clone(),
+            fencer: Arc::clone(&broadcaster),
+            incarnations: incarnations.clone(),
+        };
+        keepalive::spawn(cfg, parts, keepalive_stop.clone(), tracker)
     });
 
     // Free heap pages go back to the system after bursts.

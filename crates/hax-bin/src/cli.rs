@@ -174,6 +174,8 @@ settings! {
     motr_debug_options, "HAX_MOTR_DEBUG_OPTIONS" => motr.debug_options: String, value_name = "OPTIONS";
     /// Period of the keepalive probes of linked processes in milliseconds (0: off).
     motr_keepalive_interval_ms, "HAX_MOTR_KEEPALIVE_INTERVAL_MS" => motr.keepalive_interval_ms: u64, value_name = "MS";
+    /// Keepalive rounds a process that answered before may miss in a row before its links are fenced (0: never).
+    motr_keepalive_fence_rounds, "HAX_MOTR_KEEPALIVE_FENCE_ROUNDS" => motr.keepalive_fence_rounds: u32, value_name = "N";
     /// Receive buffers Motr keeps posted, 1 to 100 (0: the halon interface's 100).
     motr_receive_buffers, "HAX_MOTR_RECEIVE_BUFFERS" => motr.receive_buffers: u32, value_name = "N";
     /// Log format: human or json.

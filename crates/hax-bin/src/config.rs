@@ -183,6 +183,9 @@ pub struct MotrSection {
     /// Period of the keepalive probes of the linked processes
     /// (`<node>/keepalive/<fid>`), in milliseconds; 0 turns them off.
     pub keepalive_interval_ms: u64,
+    /// Keepalive rounds in a row a process that answered before may leave
+    /// unanswered before its links are fenced; 0 never fences.
+    pub keepalive_fence_rounds: u32,
     /// Receive buffers Motr keeps posted (1 to 100); 0 keeps the halon
     /// interface's 100, which hold about 100 MiB on libfabric.
     pub receive_buffers: u32,
@@ -338,6 +341,10 @@ impl Default for MotrSection {
             // Three missed rounds mark a process not responding: half a
             // minute, well inside Consul's usual check periods.
             keepalive_interval_ms: 10_000,
+            // A minute of silence: twice the time that marks a process not
+            // responding, so an alert comes first, and past the 30 s a
+            // loaded m0d may take to answer an HA message.
+            keepalive_fence_rounds: 6,
             // Four times m0d's own queue (2): idle RSS on libfabric 56 MB
             // instead of 150 (docs/motr.md, "Where hax's memory goes").
             receive_buffers: 8,
@@ -349,6 +356,11 @@ impl MotrSection {
     /// The keepalive period, `None` when off.
     pub fn keepalive_interval(&self) -> Option<Duration> {
         (self.keepalive_interval_ms > 0).then(|| Duration::from_millis(self.keepalive_interval_ms))
+    }
+
+    /// The missed rounds after which a process is fenced, `None` when never.
+    pub fn keepalive_fence_after(&self) -> Option<u32> {
+        (self.keepalive_fence_rounds > 0).then_some(self.keepalive_fence_rounds)
     }
 }
 
@@ -557,6 +569,16 @@ impl Config {
                 format!(
                     "{ka} ms is below the minimum of {} ms (0 turns it off)",
                     MIN_KEEPALIVE_INTERVAL.as_millis()
+                ),
+            );
+        }
+        let fence = self.motr.keepalive_fence_rounds;
+        if fence != 0 && fence < hax_ha::motr::keepalive::MISS_LIMIT {
+            return invalid(
+                "motr.keepalive_fence_rounds",
+                format!(
+                    "{fence} is below the {} rounds that mark a process not responding (0 never fences)",
+                    hax_ha::motr::keepalive::MISS_LIMIT
                 ),
             );
         }
@@ -823,6 +845,13 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.motr.keepalive_interval(), None);
         assert_eq!(c.motr.debug_options, d.motr.debug_options);
+        assert_eq!(d.motr.keepalive_fence_after(), Some(6));
+        let c = Config::from_toml("[motr]\nkeepalive_fence_rounds = 0\n").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.motr.keepalive_fence_after(), None);
+        let c = Config::from_toml("[motr]\nkeepalive_fence_rounds = 2\n").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("motr.keepalive_fence_rounds"), "{e}");
         let fast = Config::from_toml("[motr]\nkeepalive_interval_ms = 20").unwrap();
         let e = fast.validate().unwrap_err().to_string();
         assert!(e.contains("motr.keepalive_interval_ms"), "{e}");

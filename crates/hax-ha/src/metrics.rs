@@ -133,6 +133,9 @@ pub struct Metrics {
     /// Gauge: processes probed now that do not answer keepalives (missed
     /// [`crate::motr::keepalive::MISS_LIMIT`] rounds in a row).
     pub keepalive_not_responding: AtomicI64,
+    /// Processes whose links were fenced because they stopped answering
+    /// keepalives.
+    pub keepalive_fenced: AtomicU64,
     /// Broadcast-queue entries deleted by trimming.
     pub bq_trimmed: AtomicU64,
     /// Broadcast-queue trims that failed (retried next period).
@@ -512,6 +515,11 @@ impl Collector for DaemonCollector {
             "hax_keepalive_not_responding",
             "Processes probed now that left their last keepalive rounds unanswered (3 in a row).",
             m.keepalive_not_responding.load(Ordering::Relaxed),
+        )?;
+        f.counter(
+            "hax_keepalive_fenced_total",
+            "Processes whose links were fenced because they stopped answering keepalives.",
+            load(&m.keepalive_fenced),
         )?;
         f.counter(
             "hax_bq_trimmed_total",

@@ -63,6 +63,10 @@ pub const HA_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Gone links remembered (ids are never reused, so the oldest are dropped).
 const GONE_KEPT: usize = 4096;
 
+/// Processes whose last first request is remembered at most (the oldest
+/// are dropped).
+const INCARNATIONS_KEPT: usize = 4096;
+
 /// Which links are gone, as the Motr callbacks report it; cheap to clone,
 /// safe to call from Motr's threads (nothing here blocks for long).
 #[derive(Clone, Debug)]
@@ -140,6 +144,74 @@ impl LinkWatch {
                 return;
             }
         }
+    }
+}
+
+/// When each process last asked for the entrypoint as a new incarnation,
+/// and the order between fencing a process and answering such a request.
+///
+/// A FAILED note on hax's own link fences every link of its process that
+/// Motr holds when the note arrives, a new incarnation's link too if its
+/// reply went first. The first-request path records the request
+/// ([`Incarnations::first_request`]) before it counts the old links and
+/// queues its own fence; a fence sent for any other reason is queued under
+/// the same lock ([`Incarnations::fence_unless_restarted`]) unless such a
+/// request came since. So a fence queued first reaches Motr before the
+/// restart's own fence, which the reply waits for, and one that would come
+/// after the request is not sent: the restart fences the old links itself.
+/// Cheap to clone; the clones share the record.
+#[derive(Clone, Debug, Default)]
+pub struct Incarnations {
+    first_requests: Arc<Mutex<HashMap<Fid, std::time::Instant>>>,
+}
+
+impl Incarnations {
+    /// An empty record.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A first entrypoint request of `process` arrived now.
+    pub fn first_request(&self, process: Fid) {
+        let mut requests = lock(&self.first_requests);
+        if requests.len() >= INCARNATIONS_KEPT && !requests.contains_key(&process) {
+            let oldest = requests.iter().min_by_key(|(_, at)| **at).map(|(f, _)| *f);
+            if let Some(f) = oldest {
+                requests.remove(&f);
+            }
+        }
+        requests.insert(process, std::time::Instant::now());
+    }
+
+    /// Runs `send`, which queues a fence of `process`, unless `process`
+    /// asked for the entrypoint after `since`; returns what `send` did.
+    pub fn fence_unless_restarted<T>(
+        &self,
+        process: Fid,
+        since: std::time::Instant,
+        send: impl FnOnce() -> T,
+    ) -> Option<T> {
+        let requests = lock(&self.first_requests);
+        if requests.get(&process).is_some_and(|at| *at > since) {
+            return None;
+        }
+        Some(send())
+    }
+
+    /// Forgets requests made before `t` (kept at most as long as a fence
+    /// may look back).
+    pub fn forget_before(&self, t: std::time::Instant) {
+        lock(&self.first_requests).retain(|_, at| *at >= t);
+    }
+
+    /// Processes whose last request is remembered.
+    pub fn len(&self) -> usize {
+        lock(&self.first_requests).len()
+    }
+
+    /// Whether no request is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -471,5 +543,54 @@ impl<B: Broadcast> HoldTask<B> {
                 }
             }
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hax_core::FidType;
+    use std::time::Instant;
+
+    fn p(key: u64) -> Fid {
+        Fid::typed(FidType::Process, 1, key)
+    }
+
+    #[test]
+    fn a_fence_is_not_sent_after_a_new_incarnations_request() {
+        let inc = Incarnations::new();
+        let silent_since = Instant::now();
+        assert_eq!(
+            inc.fence_unless_restarted(p(1), silent_since, || 1),
+            Some(1)
+        );
+        inc.first_request(p(1));
+        assert_eq!(inc.fence_unless_restarted(p(1), silent_since, || 1), None);
+        // A request before the silence began does not stop it.
+        let later = Instant::now() + Duration::from_millis(1);
+        assert_eq!(inc.fence_unless_restarted(p(1), later, || 2), Some(2));
+        assert_eq!(
+            inc.fence_unless_restarted(p(2), silent_since, || 3),
+            Some(3)
+        );
+        inc.forget_before(later);
+        assert!(inc.is_empty());
+        assert_eq!(
+            inc.fence_unless_restarted(p(1), silent_since, || 4),
+            Some(4)
+        );
+    }
+
+    #[test]
+    fn the_record_is_bounded() {
+        let inc = Incarnations::new();
+        let t = Instant::now();
+        for k in 0..(INCARNATIONS_KEPT as u64 + 10) {
+            inc.first_request(p(k));
+        }
+        assert_eq!(inc.len(), INCARNATIONS_KEPT);
+        // The newest are kept.
+        let last = p(INCARNATIONS_KEPT as u64 + 9);
+        assert_eq!(inc.fence_unless_restarted(last, t, || ()), None);
     }
 }

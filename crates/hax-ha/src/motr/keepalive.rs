@@ -20,23 +20,35 @@
 //! it answers: a hung process collects fewer messages. A link that goes away drops its
 //! probe state; once no link of its process is probed, the process's key is
 //! deleted (a restarted process has a new link, and its key stays).
+//!
+//! A process that answered before and then leaves `fence_after` rounds in a
+//! row unanswered on every link it has is dead or hung for good: nothing
+//! else would end its link (Motr says nothing when a peer dies, and a dead
+//! m0d never reports STOPPED), and every round and broadcast would go on
+//! waiting for RPC timeouts to it. Its links are fenced as a restart's are,
+//! with a FAILED note on hax's own link ([`Broadcast::send_to_self_link`]);
+//! a hung m0d that wakes up later finds its link gone and restarts. A
+//! process that never answered is not fenced: not every Motr peer answers
+//! keepalives (`m0ham` has no keepalive handler).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use hax_consul::pyjson;
 use hax_consul::schema::{keys, KeepaliveStatus};
-use hax_core::{Fid, HaLink, HaMsg, HaMsgData, LinkId, Uint128};
+use hax_core::{Fid, HaLink, HaMsg, HaMsgData, HaNote, HaState, LinkId, Uint128};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::metrics::Metrics;
+use crate::model::broadcast::Broadcast;
 use crate::model::civil::CivilTime;
 use crate::model::vocab::fid_text;
+use crate::motr::fencing::Incarnations;
 use hax_consul::writer::{KvWriter, TrySubmitError, WriteOp};
 
 /// Missed rounds in a row after which a process is not responding.
@@ -78,6 +90,8 @@ struct Probe {
     answered: bool,
     /// The last reply: the process's counter and when it arrived.
     last: Option<(u64, SystemTime)>,
+    /// When the last reply arrived, on the monotonic clock.
+    answered_at: Option<Instant>,
     missed: u32,
     /// Rounds without a request since the kept requests went unanswered.
     quiet_rounds: usize,
@@ -86,6 +100,8 @@ struct Probe {
     dirty: bool,
     /// Its record was handed out to be written at least once.
     recorded: bool,
+    /// Its process's links were fenced for missed rounds.
+    fenced: bool,
 }
 
 impl Probe {
@@ -128,6 +144,10 @@ pub struct Round {
     /// Processes with a record written whose every probed link is gone:
     /// their record goes too.
     pub forgotten: Vec<Fid>,
+    /// Processes to fence, with their last reply: every link of theirs
+    /// answered once and has since missed the fencing bound of rounds in a
+    /// row.
+    pub fence: Vec<(Fid, Instant)>,
 }
 
 /// The probe state of every link: pure, driven by [`Probes::round`] and
@@ -141,6 +161,8 @@ pub struct Probes {
     links: HashMap<LinkId, Probe>,
     /// Processes whose record's deletion found no room: tried again.
     forget_again: HashSet<Fid>,
+    /// Missed rounds after which a process that answered before is fenced.
+    fence_after: Option<u32>,
 }
 
 impl Probes {
@@ -151,7 +173,14 @@ impl Probes {
             next: 1,
             links: HashMap::new(),
             forget_again: HashSet::new(),
+            fence_after: None,
         }
+    }
+
+    /// Fences processes that answered before once they miss `rounds`
+    /// rounds in a row on every link; `None` never fences.
+    pub fn set_fence_after(&mut self, rounds: Option<u32>) {
+        self.fence_after = rounds;
     }
 
     /// Ends the running round and begins a new one on `links` (link and its
@@ -184,11 +213,13 @@ impl Probes {
                 asked: None,
                 answered: false,
                 last: None,
+                answered_at: None,
                 missed: 0,
                 quiet_rounds: 0,
                 liveness: Liveness::Unknown,
                 dirty: false,
                 recorded: false,
+                fenced: false,
             });
             if p.asked.is_some() && !p.answered {
                 p.missed = p.missed.saturating_add(1);
@@ -222,7 +253,43 @@ impl Probes {
             p.asked = Some(id);
             round.requests.push((link, id));
         }
+        if let Some(bound) = self.fence_after {
+            round.fence = self.take_silent(bound);
+        }
         round
+    }
+
+    /// Processes every link of which answered once and has since missed
+    /// `bound` rounds in a row, not fenced yet, with their last reply; they
+    /// are marked fenced.
+    fn take_silent(&mut self, bound: u32) -> Vec<(Fid, Instant)> {
+        let mut verdict: HashMap<Fid, Option<Instant>> = HashMap::new();
+        for p in self.links.values() {
+            let gone = match p.answered_at {
+                Some(at) if !p.fenced && p.missed >= bound => Some(at),
+                _ => None,
+            };
+            let v = verdict.entry(p.process).or_insert(gone);
+            *v = v.zip(gone).map(|(a, b)| a.max(b));
+        }
+        let mut fence: Vec<(Fid, Instant)> = verdict
+            .into_iter()
+            .filter_map(|(f, last)| Some((f, last?)))
+            .collect();
+        fence.sort();
+        for p in self.links.values_mut() {
+            if fence.iter().any(|(f, _)| *f == p.process) {
+                p.fenced = true;
+            }
+        }
+        fence
+    }
+
+    /// The fence of `process` could not be sent: the next round tries again.
+    pub fn fence_not_sent(&mut self, process: Fid) {
+        for p in self.links.values_mut().filter(|p| p.process == process) {
+            p.fenced = false;
+        }
     }
 
     /// A request could not be sent: it is not waited for.
@@ -251,6 +318,7 @@ impl Probes {
         p.answered = true;
         p.missed = 0;
         p.last = Some((counter, at));
+        p.answered_at = Some(Instant::now());
         p.dirty = true;
         ReplyMatch::Matched {
             process: p.process,
@@ -375,6 +443,9 @@ pub struct KeepaliveConfig {
     pub interval: Duration,
     /// This node's name (the key prefix).
     pub node: String,
+    /// Missed rounds in a row after which a process that answered before
+    /// has its links fenced; `None` never fences.
+    pub fence_after: Option<u32>,
 }
 
 /// The links to probe now: active, not hax's own, process known.
@@ -387,15 +458,52 @@ fn targets(ha: &HaLink) -> Vec<(LinkId, Fid)> {
         .collect()
 }
 
+/// What the probe task works with besides its settings.
+#[derive(Debug)]
+pub struct KeepaliveParts<B> {
+    /// The links to probe and send on.
+    pub ha: HaLink,
+    /// Where the replies arrive.
+    pub inbox: KeepaliveInbox,
+    /// The records' one write path.
+    pub writer: KvWriter,
+    /// What fences a process ([`Broadcast::send_to_self_link`]).
+    pub fencer: Arc<B>,
+    /// The first entrypoint requests the fences are ordered with.
+    pub incarnations: Incarnations,
+}
+
 /// Starts the probe task on `tasks`; it ends when `stop` is cancelled.
-pub fn spawn(
+pub fn spawn<B: Broadcast>(
     cfg: KeepaliveConfig,
-    ha: HaLink,
-    inbox: KeepaliveInbox,
-    writer: KvWriter,
+    parts: KeepaliveParts<B>,
     stop: CancellationToken,
     tasks: &TaskTracker,
 ) -> JoinHandle<()> {
+    let KeepaliveParts {
+        ha,
+        inbox,
+        writer,
+        fencer,
+        incarnations,
+    } = parts;
+    inbox.lock().set_fence_after(cfg.fence_after);
+    let fences = Fences {
+        fencer,
+        incarnations,
+        tasks: tasks.clone(),
+    };
+    // A first request older than the longest silence a fence follows
+    // cannot be one after the fenced process's last reply.
+    let look_back = cfg
+        .interval
+        .saturating_mul(
+            cfg.fence_after
+                .unwrap_or(0)
+                .saturating_add(2)
+                .saturating_mul(2),
+        )
+        .max(Duration::from_secs(60));
     tasks.spawn(async move {
         let mut tick = tokio::time::interval(cfg.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -403,7 +511,15 @@ pub fn spawn(
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => break,
-                _ = tick.tick() => run_round(&cfg, &ha, &inbox, &writer).await,
+                _ = tick.tick() => {
+                    let fence = run_round(&cfg, &ha, &inbox, &writer).await;
+                    for (process, last_reply) in fence {
+                        fences.fence(process, last_reply, &inbox);
+                    }
+                    if let Some(t) = Instant::now().checked_sub(look_back) {
+                        fences.incarnations.forget_before(t);
+                    }
+                }
                 _ = inbox.wake.notified() => write_records(&cfg, &inbox, &writer),
             }
         }
@@ -411,7 +527,49 @@ pub fn spawn(
     })
 }
 
-async fn run_round(cfg: &KeepaliveConfig, ha: &HaLink, inbox: &KeepaliveInbox, writer: &KvWriter) {
+/// What fences the processes that stopped answering.
+struct Fences<B> {
+    fencer: Arc<B>,
+    incarnations: Incarnations,
+    tasks: TaskTracker,
+}
+
+impl<B: Broadcast> Fences<B> {
+    /// Queues the FAILED that ends the links of `process`, silent since
+    /// `last_reply`, unless a new incarnation asked for the entrypoint
+    /// since (its restart fences the old links itself). Does not hold up
+    /// the rounds; one that is not sent is tried again next round.
+    fn fence(&self, process: Fid, last_reply: Instant, inbox: &KeepaliveInbox) {
+        let note = vec![HaNote::new(process, HaState::Failed)];
+        let queued = self
+            .incarnations
+            .fence_unless_restarted(process, last_reply, || self.fencer.send_to_self_link(note));
+        let Some(sent) = queued else {
+            tracing::info!(%process, "process stopped answering keepalives, but a new incarnation asked for the entrypoint: its restart fences the old links");
+            return;
+        };
+        inbox
+            .metrics
+            .keepalive_fenced
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(%process, "process stopped answering keepalives: its links are fenced");
+        let inbox = inbox.clone();
+        self.tasks.spawn(async move {
+            if let Err(e) = sent.await {
+                tracing::warn!(%process, error = %e, "fence of a process that stopped answering keepalives not sent; tried again next round");
+                inbox.lock().fence_not_sent(process);
+            }
+        });
+    }
+}
+
+/// Runs one round; returns the processes to fence, with their last reply.
+async fn run_round(
+    cfg: &KeepaliveConfig,
+    ha: &HaLink,
+    inbox: &KeepaliveInbox,
+    writer: &KvWriter,
+) -> Vec<(Fid, Instant)> {
     let links = targets(ha);
     let round = {
         let mut probes = inbox.lock();
@@ -443,8 +601,9 @@ async fn run_round(cfg: &KeepaliveConfig, ha: &HaLink, inbox: &KeepaliveInbox, w
         }
     }
     write_records(cfg, inbox, writer);
+    let fence = round.fence;
     if round.requests.is_empty() {
-        return;
+        return fence;
     }
     let requests = round.requests;
     let sent = ha
@@ -462,7 +621,7 @@ async fn run_round(cfg: &KeepaliveConfig, ha: &HaLink, inbox: &KeepaliveInbox, w
         Ok(s) => s,
         Err(e) => {
             tracing::debug!(error = %e, "keepalive requests not sent");
-            return;
+            return fence;
         }
     };
     let mut ok = 0;
@@ -480,6 +639,7 @@ async fn run_round(cfg: &KeepaliveConfig, ha: &HaLink, inbox: &KeepaliveInbox, w
     drop(probes);
     m.keepalive_requests.fetch_add(ok, Ordering::Relaxed);
     m.count_sent("keepalive_req", ok);
+    fence
 }
 
 fn write_records(cfg: &KeepaliveConfig, inbox: &KeepaliveInbox, writer: &KvWriter) {
@@ -732,6 +892,69 @@ mod tests {
         probes.round(&[(LinkId(3), p(1)), (LinkId(4), p(4))]);
         let r = probes.round(&[(LinkId(3), p(1))]);
         assert!(r.forgotten.is_empty());
+    }
+
+    #[test]
+    fn a_process_that_stops_answering_is_fenced_once() {
+        let mut probes = Probes::new(1);
+        probes.set_fence_after(Some(5));
+        let links = [(LinkId(1), p(1)), (LinkId(2), p(2))];
+        let r = probes.round(&links);
+        probes.reply(LinkId(1), id_of(&r, 1), 1, at(1));
+        probes.reply(LinkId(2), id_of(&r, 2), 1, at(1));
+        let mut fenced_at = None;
+        for n in 1..=8 {
+            let r = probes.round(&links);
+            // Process 2 goes on answering whatever it is asked.
+            for (link, id) in &r.requests {
+                if *link == LinkId(2) {
+                    probes.reply(*link, *id, n, at(n));
+                }
+            }
+            if !r.fence.is_empty() {
+                let fenced: Vec<Fid> = r.fence.iter().map(|(f, _)| *f).collect();
+                assert_eq!(fenced, vec![p(1)], "round {n}");
+                assert!(fenced_at.is_none(), "fenced once: round {n}");
+                fenced_at = Some(n);
+            }
+        }
+        // The round ending the fifth missed one fences it (the first round
+        // here ends the answered one).
+        assert_eq!(fenced_at, Some(6));
+        // A fence that was not sent is tried again next round.
+        probes.fence_not_sent(p(1));
+        let again = probes.round(&links).fence;
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].0, p(1));
+        assert!(probes.round(&links).fence.is_empty());
+    }
+
+    #[test]
+    fn a_process_never_heard_from_or_answering_on_a_link_is_not_fenced() {
+        let mut probes = Probes::new(1);
+        probes.set_fence_after(Some(3));
+        // Process 1 never answered (a peer without a keepalive handler);
+        // process 2 answers on its new link, not on its old one.
+        let links = [(LinkId(1), p(1)), (LinkId(2), p(2)), (LinkId(3), p(2))];
+        let r = probes.round(&links);
+        probes.reply(LinkId(2), id_of(&r, 2), 1, at(1));
+        probes.reply(LinkId(3), id_of(&r, 3), 1, at(1));
+        for n in 1..20 {
+            let r = probes.round(&links);
+            assert!(r.fence.is_empty(), "round {n}: {r:?}");
+            for (link, id) in &r.requests {
+                if *link == LinkId(3) {
+                    probes.reply(*link, *id, n, at(n));
+                }
+            }
+        }
+        // Without a bound nothing is fenced.
+        let mut probes = Probes::new(1);
+        let r = probes.round(&links[1..2]);
+        probes.reply(LinkId(2), id_of(&r, 2), 1, at(1));
+        for _ in 0..20 {
+            assert!(probes.round(&links[1..2]).fence.is_empty());
+        }
     }
 
     #[test]

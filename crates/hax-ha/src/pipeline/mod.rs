@@ -63,7 +63,9 @@ use crate::model::{
     EntrypointReply, EntrypointRequest, EntrypointResponder, HaUpdate, MotrEvent, ObjHealth,
     StobIoqError,
 };
-use crate::motr::fencing::{HeldFailures, HeldMetrics, LinkWatch, HA_DISCONNECT_TIMEOUT};
+use crate::motr::fencing::{
+    HeldFailures, HeldMetrics, Incarnations, LinkWatch, HA_DISCONNECT_TIMEOUT,
+};
 use crate::motr::rconfc::{ConfdEvent, ConfdEvents};
 use hax_consul::writer::{Ack, AckWaiter, KvWriter, WriteOp};
 
@@ -164,6 +166,8 @@ struct Inner<B, C> {
     restart_counts: tokio::sync::Mutex<Option<HashMap<Fid, u64>>>,
     /// FAILED notes of stopped processes held back from hax's own link.
     held: HeldFailures<B>,
+    /// First requests, recorded for the fences sent elsewhere.
+    incarnations: Incarnations,
     /// Told of confd processes stopping and starting (rconfc).
     confds: Option<ConfdEvents>,
     /// Where every task of the pipeline runs.
@@ -202,6 +206,7 @@ impl<B: Broadcast, C: ClusterFacts> EventPipeline<B, C> {
                 metrics,
                 restart_counts: tokio::sync::Mutex::new(None),
                 held,
+                incarnations: Incarnations::new(),
                 confds: None,
                 tasks: tasks.clone(),
             }),
@@ -223,6 +228,17 @@ impl<B: Broadcast, C: ClusterFacts> EventPipeline<B, C> {
                 );
             }
             None => tracing::warn!("event pipeline already shared; link watch not attached"),
+        }
+        self
+    }
+
+    /// Records first entrypoint requests in `incarnations`, which fences
+    /// sent elsewhere (keepalives) are ordered by. Call before the pipeline
+    /// is shared.
+    pub fn with_incarnations(mut self, incarnations: Incarnations) -> Self {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.incarnations = incarnations,
+            None => tracing::warn!("event pipeline already shared; incarnations not attached"),
         }
         self
     }
@@ -630,6 +646,8 @@ impl<B: Broadcast, C: ClusterFacts> EventPipeline<B, C> {
     ) -> Result<RestartBegun, ConsulUnavailable> {
         let inner = &self.inner;
         inc(&inner.metrics.first_requests);
+        // Before the old links are counted and fenced (see Incarnations).
+        inner.incarnations.first_request(fid);
         let node = inner.cluster.local_node();
         let deadline = Instant::now() + inner.config.consul_wait;
         let count = self
@@ -1040,6 +1058,10 @@ mod tests {
     }
 
     async fn setup(agent: DevAgent, config: EventsConfig) -> Setup {
+        setup_with(agent, config, Incarnations::new()).await
+    }
+
+    async fn setup_with(agent: DevAgent, config: EventsConfig, inc: Incarnations) -> Setup {
         let client = agent.client().expect("client");
         let writer = KvWriter::spawn(client.clone(), WriterConfig::default());
         let recorder = Arc::new(Recorder::default());
@@ -1050,7 +1072,8 @@ mod tests {
             Arc::new(facts()),
             config,
             &TaskTracker::new(),
-        );
+        )
+        .with_incarnations(inc);
         Setup {
             _agent: agent,
             client,
@@ -1159,15 +1182,31 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_first_request_ends_the_links_its_process_left() {
-        let s = setup(
+        let incarnations = Incarnations::new();
+        let s = setup_with(
             DevAgent::start().await.expect("agent"),
             EventsConfig::default(),
+            incarnations.clone(),
         )
         .await;
         let ios = process(IOS);
+        let before = std::time::Instant::now();
+        // A fence decided before any request of the process is sent.
+        assert_eq!(
+            incarnations.fence_unless_restarted(ios, before, || 1),
+            Some(1)
+        );
         // No link of it held: nothing to end.
         s.pipeline.restart_check(ios, "ep").await.expect("checked");
         assert!(s.recorder.self_link_sends().is_empty());
+        // The request is recorded before its old links are counted: a fence
+        // of the process from its silence since `before` is not sent.
+        assert_eq!(incarnations.fence_unless_restarted(ios, before, || 1), None);
+        let other = process(IOS + 1);
+        assert_eq!(
+            incarnations.fence_unless_restarted(other, before, || 1),
+            Some(1)
+        );
         // Its first incarnation's link is still held when it asks again
         // (count 1: not a restart, nothing told to the others).
         s.recorder.links.lock().unwrap().insert(ios, 1);
