@@ -6,6 +6,8 @@
 //! the links of the dead ones, so after every start hax holds its own link,
 //! the confd's and the new ioservice's; its threads and memory stay flat,
 //! and the first request's reply takes about the same time each round.
+//! The last incarnation killed is not started again: it stops answering
+//! keepalives, and that alone ends its link.
 //!
 //! Ignored unless built with `--features motr`; built with it, fails unless
 //! `MOTR_PREFIX` names an installed Motr with `m0d` and `m0mkfs`.
@@ -19,7 +21,7 @@
 
 use std::time::{Duration, Instant};
 
-use hax_consul::schema::HaxKv;
+use hax_consul::schema::{FidText, HaxKv};
 use hax_core::Fid;
 use motr_support::tools;
 
@@ -88,7 +90,12 @@ async fn killed_m0ds_leave_no_links_behind() {
         &root,
         agent.http_addr(),
         http,
-        &["--motr-keepalive-interval-ms", "500"],
+        &[
+            "--motr-keepalive-interval-ms",
+            "500",
+            "--motr-keepalive-fence-rounds",
+            "4",
+        ],
     )
     .await;
     let links = || metric(&http_get(http, "/metrics").unwrap_or_default(), "hax_links");
@@ -155,10 +162,56 @@ async fn killed_m0ds_leave_no_links_behind() {
         };
         eprintln!("cycle {cycle}: {round:?}");
         rounds.push(round);
+        if cycle + 1 == cycles {
+            // Probed and answering before it dies.
+            wait_for(
+                "the last ioservice answering keepalives",
+                Duration::from_secs(30),
+                &hax_log,
+                || keepalive(&kv, &s.node, ios.0),
+            )
+            .await;
+        }
         m0d.signal("KILL");
         // Reaped here, or killed once more at the bound: gone either way.
         let _ = m0d.wait(Duration::from_secs(10));
     }
+
+    // The last one stays dead: no STOPPED, no new incarnation. Four missed
+    // rounds of 500 ms fence it, and Motr ends its link once its RPCs to
+    // the dead endpoint time out (at most 5 s).
+    let t_dead = Instant::now();
+    wait_for(
+        "the dead ioservice's link ended by its silence",
+        Duration::from_secs(60),
+        &hax_log,
+        || async { (links() == 2).then_some(()) },
+    )
+    .await;
+    let fenced_after = t_dead.elapsed();
+    let metrics = http_get(http, "/metrics").unwrap_or_default();
+    assert_eq!(metric(&metrics, "hax_keepalive_fenced_total"), 1);
+    wait_for(
+        "the dead ioservice's keepalive key to go",
+        Duration::from_secs(30),
+        &hax_log,
+        || async {
+            let key = kv
+                .keepalive_status(&s.node, FidText::new(ios.0.container, ios.0.key))
+                .await;
+            matches!(key, Ok(None)).then_some(())
+        },
+    )
+    .await;
+    // The confd, alive, is never fenced.
+    wait_for(
+        "the confd answering keepalives",
+        Duration::from_secs(30),
+        &hax_log,
+        || keepalive(&kv, &s.node, confd.0),
+    )
+    .await;
+    eprintln!("the dead ioservice's link ended {fenced_after:?} after its kill");
 
     let mut replies: Vec<u64> = rounds.iter().map(|r| r.reply_us).collect();
     replies.sort_unstable();
@@ -193,14 +246,24 @@ async fn killed_m0ds_leave_no_links_behind() {
         last.rss_kib
     );
 
+    assert_eq!(links(), 2);
+    let t_stop = Instant::now();
     hax.signal("TERM");
     let rc = hax.wait(Duration::from_secs(30));
+    eprintln!("hax exited {:?} after SIGTERM", t_stop.elapsed());
     assert_eq!(rc, Some(0), "hax exits 0:\n{}", tail(&hax_log, 40));
     if std::env::var_os("HAX_KEEP_TEST_DIR").is_none() {
         let _ = std::fs::remove_dir_all(&root);
     } else {
         eprintln!("logs kept in {}", root.display());
     }
+}
+
+/// The keepalive record of `fid` when it shows a process answering.
+async fn keepalive(kv: &HaxKv, node: &str, fid: Fid) -> Option<()> {
+    let key = FidText::new(fid.container, fid.key);
+    let k = kv.keepalive_status(node, key).await.ok().flatten()?;
+    (k.responding && k.counter > 0).then_some(())
 }
 
 /// What one kill/start cycle measured.
