@@ -493,8 +493,9 @@ pub fn spawn<B: Broadcast>(
         incarnations,
         tasks: tasks.clone(),
     };
-    // A first request older than the longest silence a fence follows
-    // cannot be one after the fenced process's last reply.
+    // A fence follows a silence of `fence_after` rounds. A first request
+    // older than twice that made a link the rounds have probed since, and a
+    // fence needs every link of its process silent: it may be forgotten.
     let look_back = cfg
         .interval
         .saturating_mul(
