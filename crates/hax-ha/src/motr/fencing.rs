@@ -148,7 +148,8 @@ impl LinkWatch {
 }
 
 /// When each process last asked for the entrypoint as a new incarnation,
-/// and the order between fencing a process and answering such a request.
+/// whether it reported STOPPED since, and the order between fencing a
+/// process and answering such a request.
 ///
 /// A FAILED note on hax's own link fences every link of its process that
 /// Motr holds when the note arrives, a new incarnation's link too if its
@@ -159,10 +160,20 @@ impl LinkWatch {
 /// request came since. So a fence queued first reaches Motr before the
 /// restart's own fence, which the reply waits for, and one that would come
 /// after the request is not sent: the restart fences the old links itself.
+/// Neither is one sent for a process that reported STOPPED: the STOPPED
+/// path fences it once its flush is over ([`HeldFailures::stopped`]), and a
+/// fence in that window would catch it in its flush.
 /// Cheap to clone; the clones share the record.
 #[derive(Clone, Debug, Default)]
 pub struct Incarnations {
-    first_requests: Arc<Mutex<HashMap<Fid, std::time::Instant>>>,
+    records: Arc<Mutex<HashMap<Fid, Incarnation>>>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Incarnation {
+    first_request: Option<std::time::Instant>,
+    stopped: bool,
+    touched: std::time::Instant,
 }
 
 impl Incarnations {
@@ -171,45 +182,78 @@ impl Incarnations {
         Self::default()
     }
 
-    /// A first entrypoint request of `process` arrived now.
-    pub fn first_request(&self, process: Fid) {
-        let mut requests = lock(&self.first_requests);
-        if requests.len() >= INCARNATIONS_KEPT && !requests.contains_key(&process) {
-            let oldest = requests.iter().min_by_key(|(_, at)| **at).map(|(f, _)| *f);
+    fn update(&self, process: Fid, f: impl FnOnce(&mut Incarnation)) {
+        let now = std::time::Instant::now();
+        let mut records = lock(&self.records);
+        if records.len() >= INCARNATIONS_KEPT && !records.contains_key(&process) {
+            let oldest = records
+                .iter()
+                .min_by_key(|(_, r)| r.touched)
+                .map(|(f, _)| *f);
             if let Some(f) = oldest {
-                requests.remove(&f);
+                records.remove(&f);
             }
         }
-        requests.insert(process, std::time::Instant::now());
+        let r = records.entry(process).or_insert(Incarnation {
+            first_request: None,
+            stopped: false,
+            touched: now,
+        });
+        r.touched = now;
+        f(r);
+    }
+
+    /// A first entrypoint request of `process` arrived now.
+    pub fn first_request(&self, process: Fid) {
+        self.update(process, |r| {
+            r.first_request = Some(std::time::Instant::now());
+            r.stopped = false;
+        });
+    }
+
+    /// `process` reported STOPPED.
+    pub fn stopped(&self, process: Fid) {
+        self.update(process, |r| r.stopped = true);
+    }
+
+    /// `process` reported a state newer than STOPPED.
+    pub fn running(&self, process: Fid) {
+        let mut records = lock(&self.records);
+        if let Some(r) = records.get_mut(&process) {
+            r.stopped = false;
+        }
     }
 
     /// Runs `send`, which queues a fence of `process`, unless `process`
-    /// asked for the entrypoint after `since`; returns what `send` did.
+    /// asked for the entrypoint after `since` or reported STOPPED last;
+    /// returns what `send` did.
     pub fn fence_unless_restarted<T>(
         &self,
         process: Fid,
         since: std::time::Instant,
         send: impl FnOnce() -> T,
     ) -> Option<T> {
-        let requests = lock(&self.first_requests);
-        if requests.get(&process).is_some_and(|at| *at > since) {
-            return None;
+        let records = lock(&self.records);
+        if let Some(r) = records.get(&process) {
+            if r.stopped || r.first_request.is_some_and(|at| at > since) {
+                return None;
+            }
         }
         Some(send())
     }
 
-    /// Forgets requests made before `t` (kept at most as long as a fence
-    /// may look back).
+    /// Forgets what was recorded before `t` (kept at most as long as a
+    /// fence may look back).
     pub fn forget_before(&self, t: std::time::Instant) {
-        lock(&self.first_requests).retain(|_, at| *at >= t);
+        lock(&self.records).retain(|_, r| r.touched >= t);
     }
 
-    /// Processes whose last request is remembered.
+    /// Processes with a record.
     pub fn len(&self) -> usize {
-        lock(&self.first_requests).len()
+        lock(&self.records).len()
     }
 
-    /// Whether no request is remembered.
+    /// Whether no process has a record.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -577,6 +621,30 @@ mod tests {
         assert!(inc.is_empty());
         assert_eq!(
             inc.fence_unless_restarted(p(1), silent_since, || 4),
+            Some(4)
+        );
+    }
+
+    #[test]
+    fn a_stopped_process_is_left_to_the_stopped_path() {
+        let inc = Incarnations::new();
+        let silent_since = Instant::now();
+        inc.stopped(p(1));
+        assert_eq!(inc.fence_unless_restarted(p(1), silent_since, || 1), None);
+        // A newer state, or a new incarnation, ends that.
+        inc.running(p(1));
+        assert_eq!(
+            inc.fence_unless_restarted(p(1), silent_since, || 2),
+            Some(2)
+        );
+        inc.stopped(p(1));
+        inc.first_request(p(1));
+        let later = Instant::now() + Duration::from_millis(1);
+        assert_eq!(inc.fence_unless_restarted(p(1), later, || 3), Some(3));
+        // Another process is not concerned.
+        inc.stopped(p(1));
+        assert_eq!(
+            inc.fence_unless_restarted(p(2), silent_since, || 4),
             Some(4)
         );
     }

@@ -421,6 +421,7 @@ impl<B: Broadcast, C: ClusterFacts> EventPipeline<B, C> {
             )
         {
             inner.held.drop_held(fid);
+            inner.incarnations.running(fid);
         }
         let mut broadcast = None;
         let broadcasting = matches!(
@@ -456,6 +457,7 @@ impl<B: Broadcast, C: ClusterFacts> EventPipeline<B, C> {
             if event == ProcessEventKind::Stopped {
                 // The STOPPED path is the fencing module's from here on: its
                 // broadcast, the hold and hax's own link.
+                inner.incarnations.stopped(fid);
                 ack = inner.held.stopped(fid, link, health, hax_only, ack);
             } else {
                 let options = BroadcastOptions {
@@ -1421,6 +1423,7 @@ mod tests {
         let client = agent.client().expect("client");
         let recorder = Arc::new(Recorder::default());
         let links = LinkWatch::new();
+        let incarnations = Incarnations::new();
         let p = EventPipeline::new(
             KvWriter::spawn(client.clone(), WriterConfig::default()),
             HaxKv::new(client.clone()),
@@ -1432,14 +1435,19 @@ mod tests {
             },
             &TaskTracker::new(),
         )
-        .with_link_watch(links.clone());
+        .with_link_watch(links.clone())
+        .with_incarnations(incarnations.clone());
         let held = p.held_metrics();
         let failed = |key| vec![HaNote::new(process(key), HaState::Failed)];
         let sends = || recorder.self_link_sends();
 
         // The others are told at once, hax's own link is not; once the
         // process's link is gone, it is, without waiting for the bound.
+        let silent_since = std::time::Instant::now();
         handled(&p, 3, process(IOS), ev(E::Stopped, T::M0d)).await;
+        // Its fence is the STOPPED path's: no other is sent meanwhile.
+        let other_fence = incarnations.fence_unless_restarted(process(IOS), silent_since, || ());
+        assert_eq!(other_fence, None);
         let last = recorder.calls().pop().expect("broadcast");
         assert_eq!(last.0, vec![HaUpdate::new(process(IOS), ObjHealth::Failed)]);
         assert!(last.1.skip_self_link && !last.1.broadcast_hax_only);
