@@ -35,6 +35,7 @@
 //! | `FIG_M0PEERS` | (unset) | `hax-m0peers` (tests/motr-peers): also measure hax with `FIG_LINKS` linked processes |
 //! | `FIG_LINKS` | 100 | processes linked at once in that run |
 //! | `FIG_HAX_ARGS` | (none) | more options for hax, e.g. `--motr-receive-buffers 0` |
+//! | `FIG_SAME_ENDPOINT` | (unset) | `1`: every connect from one endpoint, as an m0d restarts (otherwise a new one each time) |
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -219,9 +220,17 @@ fn measure(
         cpu_idle_per_s: (cpu(pid) - c0).div_f64(quiet.as_secs_f64()),
         ..Figures::default()
     };
+    // FIG_SAME_ENDPOINT=1: every incarnation at one endpoint, as an m0d
+    // restarts; otherwise a new one each time.
+    let same = std::env::var("FIG_SAME_ENDPOINT").is_ok_and(|v| v == "1");
+    let fixed = inet(free_port(taken)?);
     let c0 = cpu(pid);
     for _ in 0..rounds {
-        let local = inet(free_port(taken)?);
+        let local = if same {
+            fixed.clone()
+        } else {
+            inet(free_port(taken)?)
+        };
         f.latencies.push(connect(m0ham, dir, &local, ep)?);
     }
     f.cpu_per_connect = (cpu(pid) - c0) / rounds.max(1) as u32;
