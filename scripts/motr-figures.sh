@@ -27,12 +27,8 @@ motr_target="$repo_root/target/motr"
 CARGO_TARGET_DIR="$motr_target" cargo build --release --locked -p hax-bin --features motr
 cargo build --release --locked -p hax-e2e --bin hax-motr-figures
 
-# Many processes' HA links from one process (tests/motr-peers): built against
-# the installed Motr with the defines Motr is built with, as hax-sys's glue.
-peers="$motr_target/hax-m0peers"
-${CC:-cc} -std=gnu11 -O2 -g -isystem "$MOTR_PREFIX/include/motr" -include config.h \
-    -D_REENTRANT -DM0_INTERNAL= -DM0_EXTERN=extern -Wno-attributes -Wall -Wextra -Werror \
-    -o "$peers" tests/motr-peers/hax-m0peers.c -L"$MOTR_PREFIX/lib" -lmotr -lpthread
+# Many processes' HA links from one process (tests/motr-peers).
+peers="$(./scripts/build-m0peers.sh "$motr_target/hax-m0peers")"
 
 echo "== side by side: m0ham -l and hax, ${FIG_ROUNDS:-30} connects each"
 echo "   then hax with ${FIG_LINKS:-100} processes linked at once"

@@ -64,6 +64,10 @@ for f in crates/*/tests/motr_*.rs; do
     [[ " ${packages[*]} " == *" $pkg "* ]] || packages+=("$pkg")
     targets+=("$(basename "$f" .rs)")
 done
+# Many processes' HA links from one process, for the tests that need more
+# peers than m0ds are practical for.
+export HAX_M0PEERS
+HAX_M0PEERS="$(MOTR_PREFIX="$motr_prefix" ./scripts/build-m0peers.sh "$repo_root/target/motr/hax-m0peers")"
 log="$repo_root/target/motr/real-motr-tests.log"
 mkdir -p "$(dirname "$log")"
 echo "test: real-Motr tests on $motr_prefix: ${targets[*]}" >&2

@@ -248,3 +248,37 @@ async fn a_process_that_stops_answering_is_fenced() {
     assert_eq!(mute.state(), hax_sim::LinkState::Up);
     env.assert_no_contract_violations();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_silent_at_the_stop_are_fenced_together() {
+    // Never fenced for their silence while hax runs: only the stop does.
+    let mut env = Env::start(fencing_options(200, 0)).await;
+    let peers = env.connect_peers(3).await;
+    counters_grow(&env, &peers.iter().collect::<Vec<_>>()).await;
+    // Two die without a word; the third answers on.
+    peers[0].vanish();
+    peers[2].vanish();
+    for dead in [&peers[0], &peers[2]] {
+        wait_status(&env, dead.fid(), "a missed round recorded", |s| {
+            s.missed >= 1
+        })
+        .await;
+    }
+    counters_grow(&env, &[&peers[1]]).await;
+    env.sigterm();
+    let status = env.wait_exit(T).await;
+    assert!(status.success(), "exit status {status}");
+    let run = env.runs();
+    let fenced = env.log_messages(run, "processes silent at the stop fenced together");
+    assert_eq!(fenced.len(), 1, "{fenced:?}");
+    let want = [peers[0].fid().to_string(), peers[2].fid().to_string()];
+    let listed = fenced[0]["processes"].as_str().unwrap_or_default();
+    for fid in &want {
+        assert!(listed.contains(fid.as_str()), "{fid} in {listed}");
+    }
+    assert!(
+        !listed.contains(&peers[1].fid().to_string()),
+        "{} answering, not fenced: {listed}",
+        peers[1].fid()
+    );
+}

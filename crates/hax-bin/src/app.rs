@@ -101,6 +101,10 @@ const VIEW_WAIT: Duration = Duration::from_secs(30);
 /// How long shutdown waits for queued Consul writes.
 const FLUSH_GRACE: Duration = Duration::from_secs(10);
 
+/// How long the stop waits for Motr to take the fence of the processes
+/// silent at the stop (a message on hax's own link: milliseconds).
+const SILENT_FENCE_WAIT: Duration = Duration::from_secs(2);
+
 fn consul_client(cfg: &Config, token: Option<AclToken>) -> Result<ConsulClient, AppError> {
     Ok(ConsulClient::new(cfg.consul_config(Duration::MAX, token))?)
 }
@@ -316,6 +320,7 @@ async fn run_with(
         .keepalive_interval()
         .map(|interval| (interval, KeepaliveInbox::new(Arc::clone(&metrics))));
     let keepalive_fence_after = cfg.motr.keepalive_fence_after();
+    let silent_at_stop = keepalives.as_ref().map(|(_, inbox)| inbox.clone());
     let bridge = match &keepalives {
         Some((_, inbox)) => bridge.with_keepalives(inbox.clone()),
         None => bridge,
@@ -583,6 +588,16 @@ async fn run_with(
     // processes send until their links are gone is recorded before it is
     // delivered. If Consul cannot take it in time, the writes are abandoned,
     // which delivers the messages and lets Motr finish.
+    if let Some(inbox) = &silent_at_stop {
+        // Motr's stop would end their links one after another.
+        keepalive::fence_silent_at_stop(
+            inbox,
+            broadcaster.as_ref(),
+            &incarnations,
+            SILENT_FENCE_WAIT,
+        )
+        .await;
+    }
     let mut stop = tokio::task::spawn_blocking(move || halon.stop());
     let stop = tokio::select! {
         r = &mut stop => r,

@@ -153,12 +153,17 @@ pub struct Bed {
 
 /// Sets up a [`Bed`] in a scratch directory called `name`.
 pub async fn bed(name: &str) -> Bed {
+    bed_with(name, 1).await
+}
+
+/// [`bed`] with `ioservices` ioservice processes in the sample.
+pub async fn bed_with(name: &str, ioservices: u16) -> Bed {
     use crate::motr_support::{free_inet_endpoint, free_port, scratch};
     let root = scratch(name);
     let mut taken = Vec::new();
     let http = SocketAddr::from(([127, 0, 0, 1], free_http_port()));
     let hax_ep = free_inet_endpoint(&mut taken);
-    let first_port = free_port(&mut taken, 2);
+    let first_port = free_port(&mut taken, 1 + ioservices);
     let agent = hax_testkit::dev_agent::DevAgent::builder()
         .extra_config(watches(http))
         .start()
@@ -171,7 +176,7 @@ pub async fn bed(name: &str) -> Bed {
             node: None,
             hax_endpoint: hax_ep.clone(),
             hax_http_port: http.port(),
-            ioservices: 1,
+            ioservices: ioservices.into(),
             first_port,
         },
     )

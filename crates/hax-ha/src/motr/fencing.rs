@@ -233,13 +233,33 @@ impl Incarnations {
         since: std::time::Instant,
         send: impl FnOnce() -> T,
     ) -> Option<T> {
+        self.fence_those_not_restarted(&[(process, since)], |_| send())
+            .map(|(_, t)| t)
+    }
+
+    /// [`Incarnations::fence_unless_restarted`] for many processes, each
+    /// silent since its instant: runs `send` once with those to fence, if
+    /// any; returns them and what `send` did.
+    pub fn fence_those_not_restarted<T>(
+        &self,
+        silent: &[(Fid, std::time::Instant)],
+        send: impl FnOnce(&[Fid]) -> T,
+    ) -> Option<(Vec<Fid>, T)> {
         let records = lock(&self.records);
-        if let Some(r) = records.get(&process) {
-            if r.stopped || r.first_request.is_some_and(|at| at > since) {
-                return None;
-            }
+        let fence: Vec<Fid> = silent
+            .iter()
+            .filter(|(process, since)| {
+                records
+                    .get(process)
+                    .is_none_or(|r| !r.stopped && !r.first_request.is_some_and(|at| at > *since))
+            })
+            .map(|(process, _)| *process)
+            .collect();
+        if fence.is_empty() {
+            return None;
         }
-        Some(send())
+        let t = send(&fence);
+        Some((fence, t))
     }
 
     /// Forgets what was recorded before `t` (kept at most as long as a

@@ -92,6 +92,9 @@ struct Probe {
     last: Option<(u64, SystemTime)>,
     /// When the last reply arrived, on the monotonic clock.
     answered_at: Option<Instant>,
+    /// Since when the link has been silent: its last reply, or its first
+    /// round.
+    silent_since: Instant,
     missed: u32,
     /// Rounds without a request since the kept requests went unanswered.
     quiet_rounds: usize,
@@ -214,6 +217,7 @@ impl Probes {
                 answered: false,
                 last: None,
                 answered_at: None,
+                silent_since: Instant::now(),
                 missed: 0,
                 quiet_rounds: 0,
                 liveness: Liveness::Unknown,
@@ -263,26 +267,39 @@ impl Probes {
     /// `bound` rounds in a row, not fenced yet, with their last reply; they
     /// are marked fenced.
     fn take_silent(&mut self, bound: u32) -> Vec<(Fid, Instant)> {
-        let mut verdict: HashMap<Fid, Option<Instant>> = HashMap::new();
-        for p in self.links.values() {
-            let gone = match p.answered_at {
-                Some(at) if !p.fenced && p.missed >= bound => Some(at),
-                _ => None,
-            };
-            let v = verdict.entry(p.process).or_insert(gone);
-            *v = v.zip(gone).map(|(a, b)| a.max(b));
-        }
-        let mut fence: Vec<(Fid, Instant)> = verdict
-            .into_iter()
-            .filter_map(|(f, last)| Some((f, last?)))
-            .collect();
-        fence.sort();
+        let fence = self.silent_where(bound, true);
         for p in self.links.values_mut() {
             if fence.iter().any(|(f, _)| *f == p.process) {
                 p.fenced = true;
             }
         }
         fence
+    }
+
+    /// Processes not fenced yet whose every link left its last `rounds`
+    /// rounds unanswered, answered before or not, with since when they are
+    /// silent.
+    pub fn silent(&self, rounds: u32) -> Vec<(Fid, Instant)> {
+        self.silent_where(rounds, false)
+    }
+
+    /// Processes not fenced yet whose every link missed `rounds` rounds in
+    /// a row (and, with `answered`, answered before), with the latest
+    /// instant since which one of their links is silent.
+    fn silent_where(&self, rounds: u32, answered: bool) -> Vec<(Fid, Instant)> {
+        let mut verdict: HashMap<Fid, Option<Instant>> = HashMap::new();
+        for p in self.links.values() {
+            let silent = !p.fenced && p.missed >= rounds && (!answered || p.answered_at.is_some());
+            let since = silent.then_some(p.silent_since);
+            let v = verdict.entry(p.process).or_insert(since);
+            *v = v.zip(since).map(|(a, b)| a.max(b));
+        }
+        let mut silent: Vec<(Fid, Instant)> = verdict
+            .into_iter()
+            .filter_map(|(f, since)| Some((f, since?)))
+            .collect();
+        silent.sort();
+        silent
     }
 
     /// The fence of `process` could not be sent: the next round tries again.
@@ -318,7 +335,9 @@ impl Probes {
         p.answered = true;
         p.missed = 0;
         p.last = Some((counter, at));
-        p.answered_at = Some(Instant::now());
+        let now = Instant::now();
+        p.answered_at = Some(now);
+        p.silent_since = now;
         p.dirty = true;
         ReplyMatch::Matched {
             process: p.process,
@@ -562,6 +581,54 @@ impl<B: Broadcast> Fences<B> {
             }
         });
     }
+}
+
+/// Fences together, at hax's stop, the processes whose every link left the
+/// last round unanswered (gone or hung, answering keepalives or not), unless
+/// they reported STOPPED or a new incarnation asked for the entrypoint since;
+/// waits up to `wait` for Motr to take the notes. Motr's stop ends the links
+/// one after another, each waiting up to 5 s for a gone peer; told first,
+/// theirs end at once. Returns the processes fenced.
+pub async fn fence_silent_at_stop<B: Broadcast>(
+    inbox: &KeepaliveInbox,
+    fencer: &B,
+    incarnations: &Incarnations,
+    wait: Duration,
+) -> Vec<Fid> {
+    let silent = inbox.lock().silent(1);
+    let queued = incarnations.fence_those_not_restarted(&silent, |fids| {
+        let notes = fids
+            .iter()
+            .map(|f| HaNote::new(*f, HaState::Failed))
+            .collect();
+        fencer.send_to_self_link(notes)
+    });
+    let Some((fenced, sent)) = queued else {
+        return Vec::new();
+    };
+    let deadline = tokio::time::Instant::now() + wait;
+    match tokio::time::timeout_at(deadline, sent).await {
+        Ok(Ok(sent)) => {
+            let report = sent.wait_all(deadline).await;
+            let processes: Vec<String> = fenced.iter().map(Fid::to_string).collect();
+            tracing::info!(
+                ?processes,
+                delivered = report.delivered,
+                pending = report.pending,
+                "processes silent at the stop fenced together"
+            );
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(processes = fenced.len(), error = %e, "processes silent at the stop not fenced")
+        }
+        Err(_) => {
+            tracing::warn!(
+                processes = fenced.len(),
+                "fencing the processes silent at the stop is taking long; stopping anyway"
+            )
+        }
+    }
+    fenced
 }
 
 /// Runs one round; returns the processes to fence, with their last reply.
@@ -956,6 +1023,49 @@ mod tests {
         for _ in 0..20 {
             assert!(probes.round(&links[1..2]).fence.is_empty());
         }
+    }
+
+    #[test]
+    fn processes_silent_for_a_round_on_every_link_are_listed() {
+        let mut probes = Probes::new(1);
+        probes.set_fence_after(Some(3));
+        // 1 answers; 2 never answers; 3 answers on one of its links only.
+        let links = [
+            (LinkId(1), p(1)),
+            (LinkId(2), p(2)),
+            (LinkId(3), p(3)),
+            (LinkId(4), p(3)),
+        ];
+        let answer = |probes: &mut Probes, r: &Round, which: &[u64]| {
+            for (link, id) in &r.requests {
+                if which.contains(&link.0) {
+                    probes.reply(*link, *id, 1, at(1));
+                }
+            }
+        };
+        let r = probes.round(&links);
+        assert!(probes.silent(1).is_empty(), "no round ended yet");
+        answer(&mut probes, &r, &[1, 3]);
+        let r = probes.round(&links);
+        let silent: Vec<Fid> = probes.silent(1).into_iter().map(|(f, _)| f).collect();
+        assert_eq!(silent, vec![p(2)]);
+        // 1 stops answering too; 3's silent link does not make it silent.
+        answer(&mut probes, &r, &[3]);
+        probes.round(&links);
+        let silent: Vec<Fid> = probes.silent(1).into_iter().map(|(f, _)| f).collect();
+        assert_eq!(silent, vec![p(1), p(2)]);
+        // Fenced for its silence, 1 is not listed again.
+        let r = probes.round(&links);
+        answer(&mut probes, &r, &[3]);
+        let r = probes.round(&links);
+        answer(&mut probes, &r, &[3]);
+        let fence = r.fence;
+        assert_eq!(
+            fence.iter().map(|(f, _)| *f).collect::<Vec<_>>(),
+            vec![p(1)]
+        );
+        let silent: Vec<Fid> = probes.silent(1).into_iter().map(|(f, _)| f).collect();
+        assert_eq!(silent, vec![p(2)]);
     }
 
     #[test]
