@@ -251,7 +251,7 @@ impl Incarnations {
             .filter(|(process, since)| {
                 records
                     .get(process)
-                    .is_none_or(|r| !r.stopped && !r.first_request.is_some_and(|at| at > *since))
+                    .is_none_or(|r| !r.stopped && r.first_request.is_none_or(|at| at <= *since))
             })
             .map(|(process, _)| *process)
             .collect();
