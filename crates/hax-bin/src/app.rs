@@ -584,12 +584,9 @@ async fn run_with(
     if let Some(e) = elector.take() {
         e.stop().await;
     }
-    // Motr stops while the pipeline and the writer still run: what the
-    // processes send until their links are gone is recorded before it is
-    // delivered. If Consul cannot take it in time, the writes are abandoned,
-    // which delivers the messages and lets Motr finish.
+    // Motr's stop would end the links of gone processes one after another,
+    // each taking seconds: told first, they end together.
     if let Some(inbox) = &silent_at_stop {
-        // Motr's stop would end their links one after another.
         keepalive::fence_silent_at_stop(
             inbox,
             broadcaster.as_ref(),
@@ -598,6 +595,10 @@ async fn run_with(
         )
         .await;
     }
+    // Motr stops while the pipeline and the writer still run: what the
+    // processes send until their links are gone is recorded before it is
+    // delivered. If Consul cannot take it in time, the writes are abandoned,
+    // which delivers the messages and lets Motr finish.
     let mut stop = tokio::task::spawn_blocking(move || halon.stop());
     let stop = tokio::select! {
         r = &mut stop => r,

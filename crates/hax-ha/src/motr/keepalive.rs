@@ -30,6 +30,11 @@
 //! a hung m0d that wakes up later finds its link gone and restarts. A
 //! process that never answered is not fenced: not every Motr peer answers
 //! keepalives (`m0ham` has no keepalive handler).
+//!
+//! At hax's stop, every process that left the last round unanswered, having
+//! answered before or not, is fenced the same way ([`fence_silent_at_stop`]):
+//! Motr's stop would end the links one after another, each link to a gone
+//! peer taking seconds.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
@@ -90,8 +95,6 @@ struct Probe {
     answered: bool,
     /// The last reply: the process's counter and when it arrived.
     last: Option<(u64, SystemTime)>,
-    /// When the last reply arrived, on the monotonic clock.
-    answered_at: Option<Instant>,
     /// Since when the link has been silent: its last reply, or its first
     /// round.
     silent_since: Instant,
@@ -216,7 +219,6 @@ impl Probes {
                 asked: None,
                 answered: false,
                 last: None,
-                answered_at: None,
                 silent_since: Instant::now(),
                 missed: 0,
                 quiet_rounds: 0,
@@ -289,7 +291,7 @@ impl Probes {
     fn silent_where(&self, rounds: u32, answered: bool) -> Vec<(Fid, Instant)> {
         let mut verdict: HashMap<Fid, Option<Instant>> = HashMap::new();
         for p in self.links.values() {
-            let silent = !p.fenced && p.missed >= rounds && (!answered || p.answered_at.is_some());
+            let silent = !p.fenced && p.missed >= rounds && (!answered || p.last.is_some());
             let since = silent.then_some(p.silent_since);
             let v = verdict.entry(p.process).or_insert(since);
             *v = v.zip(since).map(|(a, b)| a.max(b));
@@ -335,9 +337,7 @@ impl Probes {
         p.answered = true;
         p.missed = 0;
         p.last = Some((counter, at));
-        let now = Instant::now();
-        p.answered_at = Some(now);
-        p.silent_since = now;
+        p.silent_since = Instant::now();
         p.dirty = true;
         ReplyMatch::Matched {
             process: p.process,
