@@ -156,8 +156,8 @@ pub struct Round {
     pub fence: Vec<(Fid, Instant)>,
 }
 
-/// The probe state of every link: pure, driven by [`Probes::round`] and
-/// [`Probes::reply`].
+/// The probe state of every link: no I/O, driven by [`Probes::round`] and
+/// [`Probes::reply`] (which read the monotonic clock for silences).
 #[derive(Debug)]
 pub struct Probes {
     /// High half of every id: differs between runs of hax, so a reply to a
@@ -587,8 +587,8 @@ impl<B: Broadcast> Fences<B> {
 /// last round unanswered (gone or hung, answering keepalives or not), unless
 /// they reported STOPPED or a new incarnation asked for the entrypoint since;
 /// waits up to `wait` for Motr to take the notes. Motr's stop ends the links
-/// one after another, each waiting up to 5 s for a gone peer; told first,
-/// theirs end at once. Returns the processes fenced.
+/// one after another, a gone peer's taking an RPC timeout and then 5 s
+/// (about 12 s each on libfabric); told first, theirs end at once. Returns the processes fenced.
 pub async fn fence_silent_at_stop<B: Broadcast>(
     inbox: &KeepaliveInbox,
     fencer: &B,
