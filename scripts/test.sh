@@ -21,6 +21,9 @@ require_motr="${HAX_REQUIRE_MOTR:-}"
 unset HAX_REQUIRE_MOTR
 
 ./scripts/setup.sh
+# A build from a clean clone gains nothing from incremental state, which is
+# 4.5 GB there and written all along the build.
+export CARGO_INCREMENTAL=0
 export HAX_CONSUL_BIN="$repo_root/.local/consul/usr/bin/consul"
 
 cargo fmt --all -- --check
