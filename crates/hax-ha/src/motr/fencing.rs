@@ -27,7 +27,10 @@
 //!    the event was delivered, a new incarnation's first entrypoint request
 //!    ([`HeldFailures::send_now`]), a newer state of the process
 //!    ([`HeldFailures::drop_held`]), hax stopping, the holds dropped;
-//! 5. it sends the notes to hax's own link itself, or drops them.
+//! 5. it sends the notes to hax's own link itself, or drops them;
+//! 6. until the notes it sent are delivered, a new incarnation's first
+//!    request waits for them ([`HeldFailures::send_now`]): answered first,
+//!    the new incarnation would make a link that the notes then fence.
 //!
 //! The pipeline only calls in (the event, a newer state, a first request);
 //! nothing here calls back into it.
@@ -50,7 +53,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::metrics::EventMetrics;
-use crate::model::broadcast::{Broadcast, BroadcastFailed, BroadcastOptions, Sent};
+use crate::model::broadcast::{Broadcast, BroadcastFailed, BroadcastOptions, DeliveryReport, Sent};
 use crate::model::{HaUpdate, ObjHealth};
 
 /// How long a FAILED note for hax's own link is held after the STOPPED
@@ -279,17 +282,38 @@ impl Incarnations {
     }
 }
 
-/// A request to send a held note at once; answered with the send, if any.
-type SendNow = oneshot::Sender<Option<Sent>>;
+/// A first request's wait for its process's note: answered once the note
+/// reached hax's own link (or that wait ended), with how it went; `None`:
+/// nothing was sent.
+type SendNow = oneshot::Sender<Option<DeliveryReport>>;
+
+/// How long a note sent to hax's own link is waited for at most, when a
+/// new incarnation's first request waits for it (as the pipeline's default
+/// `restart_delivery_wait`).
+const SENT_WAIT: Duration = Duration::from_secs(30);
 
 type SendFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Option<Sent>> + Send>>;
 
 type BroadcastFuture =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<Sent, BroadcastFailed>> + Send>>;
 
-struct Entry {
-    id: u64,
-    now: oneshot::Sender<SendNow>,
+enum Entry {
+    /// Held: a first request has it sent at once, through `now`.
+    Held {
+        id: u64,
+        now: oneshot::Sender<SendNow>,
+    },
+    /// Sent at the link's end or the bound, not known delivered yet: a first
+    /// request waits for it, so that it does not fence the new link.
+    Sending { id: u64, waiters: Vec<SendNow> },
+}
+
+impl Entry {
+    fn id(&self) -> u64 {
+        match self {
+            Entry::Held { id, .. } | Entry::Sending { id, .. } => *id,
+        }
+    }
 }
 
 /// FAILED notes of stopped processes held back from hax's own link, and
@@ -420,9 +444,8 @@ impl<B: Broadcast> HeldFailures<B> {
     ) -> Ack {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (now_tx, now_rx) = oneshot::channel();
-        if lock(&self.held)
-            .insert(process, Entry { id, now: now_tx })
-            .is_some()
+        if let Some(Entry::Held { .. }) =
+            lock(&self.held).insert(process, Entry::Held { id, now: now_tx })
         {
             inc(&self.metrics.dropped);
         }
@@ -472,19 +495,36 @@ impl<B: Broadcast> HeldFailures<B> {
     /// Drops the note held for `process`, if any: the process reported a
     /// newer state.
     pub fn drop_held(&self, process: Fid) {
-        if lock(&self.held).remove(&process).is_some() {
+        let mut held = lock(&self.held);
+        // A note already sent cannot be taken back.
+        if let Some(Entry::Held { .. }) = held.get(&process) {
+            held.remove(&process);
             inc(&self.metrics.dropped);
             tracing::info!(%process, "held FAILED for hax's own link dropped: the process reported a newer state");
         }
     }
 
-    /// Sends the note held for `process` now, if any (a new incarnation
-    /// asks for the entrypoint: its old link must be fenced before the new
-    /// one exists). Resolves with the send once it is handed to Motr.
-    pub fn send_now(&self, process: Fid) -> Option<oneshot::Receiver<Option<Sent>>> {
-        let entry = lock(&self.held).remove(&process)?;
+    /// A new incarnation of `process` asks for the entrypoint: its old link
+    /// must be fenced before the new one exists. Sends the note held for it
+    /// now, if any, or joins the wait for a note of it already sent and not
+    /// known delivered. Resolves once that note reached hax's own link (or
+    /// the wait for it ended).
+    pub fn send_now(&self, process: Fid) -> Option<oneshot::Receiver<Option<DeliveryReport>>> {
         let (tx, rx) = oneshot::channel();
-        entry.now.send(tx).ok()?;
+        let mut held = lock(&self.held);
+        match held.get_mut(&process)? {
+            Entry::Sending { waiters, .. } => {
+                tracing::info!(%process, "first request waits for the FAILED on its way to hax's own link");
+                waiters.push(tx);
+            }
+            Entry::Held { .. } => {
+                let Some(Entry::Held { now, .. }) = held.remove(&process) else {
+                    return None;
+                };
+                drop(held);
+                now.send(tx).ok()?;
+            }
+        }
         Some(rx)
     }
 }
@@ -553,27 +593,36 @@ impl<B: Broadcast> HoldTask<B> {
             End::Now(reply) => {
                 inc(&self.metrics.sent_restart);
                 tracing::info!(%process, "held FAILED sent to hax's own link before the new incarnation's reply");
-                let sent = self.send(notes);
-                let _ = reply.send(match sent {
-                    Some(f) => f.await,
+                let report = match self.send(notes) {
+                    Some(f) => self.delivered(f).await,
                     None => None,
-                });
+                };
+                let _ = reply.send(report);
             }
             End::LinkGone | End::Bound => {
                 let send = {
                     let mut held = lock(&self.held);
-                    if held.get(&process).map(|e| e.id) != Some(self.id) {
+                    if held.get(&process).map(Entry::id) != Some(self.id) {
                         return;
                     }
-                    held.remove(&process);
                     if self.links.is_stopping() {
+                        held.remove(&process);
                         inc(&self.metrics.dropped);
                         tracing::debug!(%process, "hax stopping: held FAILED dropped");
                         return;
                     }
+                    held.insert(
+                        process,
+                        Entry::Sending {
+                            id: self.id,
+                            waiters: Vec::new(),
+                        },
+                    );
                     // Handed to the broadcaster under the lock: a newer
                     // event of the process, which takes the lock to drop
-                    // the note, has its broadcast queued after this one.
+                    // the note, has its broadcast queued after this one,
+                    // and a first request either sends the note itself or
+                    // finds it on its way.
                     self.send(notes)
                 };
                 let counter = if matches!(end, End::LinkGone) {
@@ -583,10 +632,39 @@ impl<B: Broadcast> HoldTask<B> {
                 };
                 inc(counter);
                 tracing::info!(%process, link = %self.link, link_gone = matches!(end, End::LinkGone), "held FAILED sent to hax's own link");
-                if let Some(f) = send {
-                    let _ = f.await;
+                let report = match send {
+                    Some(f) => self.delivered(f).await,
+                    None => None,
+                };
+                let waiters = {
+                    let mut held = lock(&self.held);
+                    match held.get(&process) {
+                        Some(Entry::Sending { id, .. }) if *id == self.id => {
+                            match held.remove(&process) {
+                                Some(Entry::Sending { waiters, .. }) => waiters,
+                                _ => Vec::new(),
+                            }
+                        }
+                        _ => Vec::new(),
+                    }
+                };
+                for w in waiters {
+                    let _ = w.send(report);
                 }
             }
+        }
+    }
+
+    /// Waits for the send to be handed to Motr, then for its delivery (at
+    /// most [`SENT_WAIT`], or until the holds are dropped).
+    async fn delivered(&self, send: SendFuture) -> Option<DeliveryReport> {
+        let deadline = tokio::time::Instant::now() + SENT_WAIT;
+        tokio::select! {
+            r = async {
+                let sent = send.await?;
+                Some(sent.wait_all(deadline).await)
+            } => r,
+            _ = self.dropped.cancelled() => None,
         }
     }
 

@@ -737,9 +737,8 @@ impl<B: Broadcast, C: ClusterFacts> EventPipeline<B, C> {
         let mut own_link_told = false;
         if let Some(held) = held {
             let wait = Instant::now() + self.inner.config.restart_delivery_wait;
-            if let Ok(Ok(Some(sent))) = tokio::time::timeout_at(wait, held).await {
+            if let Ok(Ok(Some(report))) = tokio::time::timeout_at(wait, held).await {
                 own_link_told = true;
-                let report = sent.wait_all(wait).await;
                 tracing::info!(process = %fid, delivered = report.delivered, pending = report.pending, "held FAILED of the previous incarnation sent to hax's own link");
             }
         }
@@ -812,8 +811,8 @@ struct RestartBegun {
     count: u64,
     restarted: bool,
     waiting: Vec<AckWaiter>,
-    /// The previous incarnation's held FAILED, being sent.
-    held: Option<oneshot::Receiver<Option<Sent>>>,
+    /// The previous incarnation's held FAILED, being sent or delivered.
+    held: Option<oneshot::Receiver<Option<DeliveryReport>>>,
     /// The FAILED that ends the previous incarnations' links, being sent.
     fence: Option<FenceSend>,
     deadline: Instant,
@@ -894,6 +893,9 @@ pub(crate) mod testing {
         /// Notes sent to hax's own link alone, in order.
         pub(crate) self_link: Arc<Mutex<Vec<Vec<HaNote>>>>,
         pub(crate) self_link_sent: Arc<Notify>,
+        /// When set, what is sent to hax's own link alone is delivered only
+        /// once this turns true.
+        pub(crate) self_link_gate: Option<tokio::sync::watch::Receiver<bool>>,
         /// The links each process holds, as `links_of` tells.
         pub(crate) links: Arc<Mutex<HashMap<Fid, usize>>>,
     }
@@ -958,7 +960,15 @@ pub(crate) mod testing {
                 .unwrap_or_else(|e| e.into_inner())
                 .push(notes);
             self.self_link_sent.notify_waiters();
-            async { Ok(Sent::from_futures([async { Some(Outcome::Delivered) }])) }
+            let gate = self.self_link_gate.clone();
+            async move {
+                Ok(Sent::from_futures([async move {
+                    if let Some(mut gate) = gate {
+                        gate.wait_for(|open| *open).await.ok()?;
+                    }
+                    Some(Outcome::Delivered)
+                }]))
+            }
         }
 
         fn links_of(&self, process: Fid) -> usize {
@@ -1507,6 +1517,85 @@ mod tests {
         .await;
         assert_eq!(sends().len(), 4);
         assert_eq!(held.held.load(Ordering::Relaxed), 7);
+    }
+
+    /// The held note of a stopped mkfs run is sent once its link is gone;
+    /// the m0d of the same fid, starting while that note is still on its
+    /// way, is answered only once it reached hax's own link: delivered after
+    /// the answer, it would fence the new link.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_first_request_waits_for_the_held_note_on_its_way() {
+        use ProcessEventKind as E;
+        use ProcessType as T;
+        let agent = DevAgent::start().await.expect("agent");
+        let client = agent.client().expect("client");
+        let (open, gate) = tokio::sync::watch::channel(false);
+        let recorder = Arc::new(Recorder {
+            self_link_gate: Some(gate),
+            ..Recorder::default()
+        });
+        let links = LinkWatch::new();
+        let p = EventPipeline::new(
+            KvWriter::spawn(client.clone(), WriterConfig::default()),
+            HaxKv::new(client.clone()),
+            Arc::clone(&recorder),
+            Arc::new(facts()),
+            EventsConfig {
+                self_failed_hold: Duration::from_secs(3600),
+                ..EventsConfig::default()
+            },
+            &TaskTracker::new(),
+        )
+        .with_link_watch(links.clone());
+        let held = p.held_metrics();
+        let ios = process(IOS);
+        // The mkfs run asked for the entrypoint first (count 0 to 1).
+        p.restart_check(ios, "ep").await.expect("checked");
+        handled(&p, 5, ios, ev(E::Stopped, T::M0mkfs)).await;
+        links.link_gone(LinkId(5));
+        eventually("the held note sent", || {
+            recorder.self_link_sends() == vec![vec![HaNote::new(ios, HaState::Failed)]]
+        })
+        .await;
+        assert_eq!(held.sent_link_gone.load(Ordering::Relaxed), 1);
+
+        let answered = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let check = tokio::spawn({
+            let p = p.clone();
+            let answered = Arc::clone(&answered);
+            async move {
+                let r = p.restart_check(ios, "ep").await;
+                answered.store(true, Ordering::SeqCst);
+                r
+            }
+        });
+        // Its bookkeeping is durable, which the answer also waits for; a
+        // pipeline not waiting for the note answers right after.
+        let restarts_key = format!("node-1/process_restarts/{ios}");
+        let durable = Instant::now() + Duration::from_secs(20);
+        while text(&client, &restarts_key).await.as_deref() != Some("\"2\"") {
+            assert!(Instant::now() < durable, "restart count not written");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !answered.load(Ordering::SeqCst),
+            "answered before the note reached hax's own link"
+        );
+        open.send_replace(true);
+        let r = tokio::time::timeout(Duration::from_secs(20), check)
+            .await
+            .expect("answered once the note is delivered")
+            .expect("joined")
+            .expect("checked");
+        assert_eq!((r.count, r.restarted), (1, false));
+        // The note went once, and nothing is left waiting: the next start
+        // is answered without it.
+        assert_eq!(recorder.self_link_sends().len(), 1);
+        let again = Instant::now();
+        p.restart_check(ios, "ep").await.expect("checked");
+        assert!(again.elapsed() < Duration::from_secs(10));
+        assert_eq!(recorder.self_link_sends().len(), 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
