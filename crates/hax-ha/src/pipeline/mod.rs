@@ -1424,6 +1424,28 @@ mod tests {
         rt.shutdown_background();
     }
 
+    /// A pipeline holding FAILED notes for `hold`, told of gone links by
+    /// `links`.
+    fn holding_pipeline(
+        client: &ConsulClient,
+        recorder: &Arc<Recorder>,
+        hold: Duration,
+        links: &LinkWatch,
+    ) -> EventPipeline<Recorder, Facts> {
+        EventPipeline::new(
+            KvWriter::spawn(client.clone(), WriterConfig::default()),
+            HaxKv::new(client.clone()),
+            Arc::clone(recorder),
+            Arc::new(facts()),
+            EventsConfig {
+                self_failed_hold: hold,
+                ..EventsConfig::default()
+            },
+            &TaskTracker::new(),
+        )
+        .with_link_watch(links.clone())
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_stopped_process_reaches_hax_own_link_once_its_link_is_gone_or_at_the_bound() {
         use ProcessEventKind as E;
@@ -1436,19 +1458,8 @@ mod tests {
         let recorder = Arc::new(Recorder::default());
         let links = LinkWatch::new();
         let incarnations = Incarnations::new();
-        let p = EventPipeline::new(
-            KvWriter::spawn(client.clone(), WriterConfig::default()),
-            HaxKv::new(client.clone()),
-            Arc::clone(&recorder),
-            Arc::new(facts()),
-            EventsConfig {
-                self_failed_hold: HOLD,
-                ..EventsConfig::default()
-            },
-            &TaskTracker::new(),
-        )
-        .with_link_watch(links.clone())
-        .with_incarnations(incarnations.clone());
+        let p = holding_pipeline(&client, &recorder, HOLD, &links)
+            .with_incarnations(incarnations.clone());
         let held = p.held_metrics();
         let failed = |key| vec![HaNote::new(process(key), HaState::Failed)];
         let sends = || recorder.self_link_sends();
@@ -1535,18 +1546,7 @@ mod tests {
             ..Recorder::default()
         });
         let links = LinkWatch::new();
-        let p = EventPipeline::new(
-            KvWriter::spawn(client.clone(), WriterConfig::default()),
-            HaxKv::new(client.clone()),
-            Arc::clone(&recorder),
-            Arc::new(facts()),
-            EventsConfig {
-                self_failed_hold: Duration::from_secs(3600),
-                ..EventsConfig::default()
-            },
-            &TaskTracker::new(),
-        )
-        .with_link_watch(links.clone());
+        let p = holding_pipeline(&client, &recorder, Duration::from_secs(3600), &links);
         let held = p.held_metrics();
         let ios = process(IOS);
         // The mkfs run asked for the entrypoint first (count 0 to 1).
