@@ -158,22 +158,7 @@ pub fn raise_own_fd_limit(need: u64) {
 /// of the ephemeral range may meanwhile become the local end of some
 /// connection, or be handed to another test asking for port 0.
 pub fn free_port() -> u16 {
-    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|t| t.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
-    if low > 12_000 {
-        for _ in 0..200 {
-            let port = fastrand::u16(10_000..low);
-            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-                return port;
-            }
-        }
-    }
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    hax_testkit::ports::free_port().expect("a free port")
 }
 
 /// Polls `f` every 25 ms until it gives a value or `timeout` passes; then

@@ -18,7 +18,7 @@
 
 use std::fs::File;
 use std::io::Read as _;
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -184,21 +184,7 @@ impl AgentPorts {
     /// [`AgentPorts::pick`] for `n` agents at once: all `5 * n` ports are
     /// distinct, since every one stays bound until all are picked.
     pub fn pick_many(n: usize) -> Result<Vec<Self>, DevAgentError> {
-        let mut held = Vec::new();
-        let mut ports = Vec::new();
-        while ports.len() < 5 * n {
-            let listener = TcpListener::bind("127.0.0.1:0").map_err(io_err("bind a free port"))?;
-            let port = listener
-                .local_addr()
-                .map_err(io_err("read a bound port"))?
-                .port();
-            // Serf also needs the UDP port.
-            if UdpSocket::bind(("127.0.0.1", port)).is_ok() && !ports.contains(&port) {
-                ports.push(port);
-            }
-            held.push(listener);
-        }
-        drop(held);
+        let ports = crate::ports::free_ports(5 * n, true)?;
         Ok(ports
             .chunks_exact(5)
             .map(|p| AgentPorts {

@@ -9,5 +9,6 @@
 pub mod cfgen;
 pub mod cluster;
 pub mod dev_agent;
+pub mod ports;
 pub mod sample;
 pub mod view_sample;

@@ -4,17 +4,14 @@
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// A free TCP port for hax's HTTP server.
 pub fn free_http_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    hax_testkit::ports::free_port().expect("a free port")
 }
 
 pub use crate::motr_support::Proc;

@@ -134,10 +134,7 @@ pub async fn sample_view(
 
 /// A loopback TCP endpoint on a port free now.
 pub fn free_endpoint() -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port");
+    let port = hax_testkit::ports::free_port().expect("a free port");
     format!("inet:tcp:127.0.0.1@{port}")
 }
 

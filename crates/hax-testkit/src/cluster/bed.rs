@@ -4,7 +4,7 @@
 //! the working directory is kept).
 
 use std::collections::BTreeSet;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -124,48 +124,10 @@ pub struct ClusterBed {
     dir: Option<tempfile::TempDir>,
 }
 
-/// TCP ports free on 127.0.0.1 right now, distinct, below the ephemeral
-/// range when there is room (hax may be started again on the same ones).
+/// TCP ports free on 127.0.0.1 right now, distinct (hax may be started
+/// again on the same ones).
 fn free_ports(n: usize) -> Result<Vec<u16>, BedError> {
-    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|t| t.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
-    let mut held = Vec::new();
-    let mut ports = BTreeSet::new();
-    // From a start that differs between runs, so that beds started at
-    // the same time by other test processes seldom pick the same ports.
-    let span = u64::from(low.saturating_sub(10_000).max(1));
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::from(d.subsec_nanos()))
-        ^ u64::from(std::process::id());
-    let mut candidate = 10_000 + u16::try_from(seed % span).unwrap_or(0);
-    let mut tries = 0;
-    while ports.len() < n {
-        tries += 1;
-        let listener = if low > 12_000 && tries < 20_000 {
-            candidate = if candidate + 1 >= low {
-                10_000
-            } else {
-                candidate + 1
-            };
-            match TcpListener::bind(("127.0.0.1", candidate)) {
-                Ok(l) => l,
-                Err(_) => continue,
-            }
-        } else {
-            TcpListener::bind("127.0.0.1:0").map_err(io_err("bind a free port"))?
-        };
-        let port = listener
-            .local_addr()
-            .map_err(io_err("read a bound port"))?
-            .port();
-        if ports.insert(port) {
-            held.push(listener);
-        }
-    }
-    Ok(ports.into_iter().collect())
+    Ok(crate::ports::free_ports(n, false)?)
 }
 
 /// hare's watches (`consul-*-conf.json.in`) for the agent of a node whose
