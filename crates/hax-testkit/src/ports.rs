@@ -21,7 +21,10 @@ const LOWEST: u16 = 10_000;
 pub fn free_port() -> Result<u16, DevAgentError> {
     free_ports(1, false)?
         .pop()
-        .ok_or_else(|| io_err("pick a free port")(std::io::ErrorKind::AddrNotAvailable.into()))
+        .ok_or_else(|| DevAgentError::Io {
+            what: "pick a free port".into(),
+            source: std::io::ErrorKind::AddrNotAvailable.into(),
+        })
 }
 
 /// `n` distinct ports free on 127.0.0.1 right now for TCP, and for UDP as
