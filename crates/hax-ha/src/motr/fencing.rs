@@ -287,6 +287,8 @@ impl Incarnations {
 /// nothing was sent.
 type SendNow = oneshot::Sender<Option<DeliveryReport>>;
 
+type Waiters = Arc<Mutex<Vec<SendNow>>>;
+
 /// How long a note sent to hax's own link is waited for at most, when a
 /// new incarnation's first request waits for it (as the pipeline's default
 /// `restart_delivery_wait`).
@@ -304,8 +306,10 @@ enum Entry {
         now: oneshot::Sender<SendNow>,
     },
     /// Sent at the link's end or the bound, not known delivered yet: a first
-    /// request waits for it, so that it does not fence the new link.
-    Sending { id: u64, waiters: Vec<SendNow> },
+    /// request waits for it, so that it does not fence the new link. The
+    /// waiters are the sending task's too: a newer hold replacing the entry
+    /// does not lose them.
+    Sending { id: u64, waiters: Waiters },
 }
 
 impl Entry {
@@ -515,7 +519,7 @@ impl<B: Broadcast> HeldFailures<B> {
         match held.get_mut(&process)? {
             Entry::Sending { waiters, .. } => {
                 tracing::info!(%process, "first request waits for the FAILED on its way to hax's own link");
-                waiters.push(tx);
+                lock(waiters).push(tx);
             }
             Entry::Held { .. } => {
                 let Some(Entry::Held { now, .. }) = held.remove(&process) else {
@@ -600,6 +604,7 @@ impl<B: Broadcast> HoldTask<B> {
                 let _ = reply.send(report);
             }
             End::LinkGone | End::Bound => {
+                let waiters = Waiters::default();
                 let send = {
                     let mut held = lock(&self.held);
                     if held.get(&process).map(Entry::id) != Some(self.id) {
@@ -615,7 +620,7 @@ impl<B: Broadcast> HoldTask<B> {
                         process,
                         Entry::Sending {
                             id: self.id,
-                            waiters: Vec::new(),
+                            waiters: Arc::clone(&waiters),
                         },
                     );
                     // Handed to the broadcaster under the lock: a newer
@@ -636,19 +641,14 @@ impl<B: Broadcast> HoldTask<B> {
                     Some(f) => self.delivered(f).await,
                     None => None,
                 };
-                let waiters = {
+                let waiting = {
                     let mut held = lock(&self.held);
-                    match held.get(&process) {
-                        Some(Entry::Sending { id, .. }) if *id == self.id => {
-                            match held.remove(&process) {
-                                Some(Entry::Sending { waiters, .. }) => waiters,
-                                _ => Vec::new(),
-                            }
-                        }
-                        _ => Vec::new(),
+                    if held.get(&process).map(Entry::id) == Some(self.id) {
+                        held.remove(&process);
                     }
+                    std::mem::take(&mut *lock(&waiters))
                 };
-                for w in waiters {
+                for w in waiting {
                     let _ = w.send(report);
                 }
             }

@@ -1577,6 +1577,9 @@ mod tests {
             assert!(Instant::now() < durable, "restart count not written");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        // A late STOPPED of the process, held anew, does not end the wait
+        // for the note on its way.
+        handled(&p, 6, ios, ev(E::Stopped, T::M0d)).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(
             !answered.load(Ordering::SeqCst),
@@ -1589,13 +1592,15 @@ mod tests {
             .expect("joined")
             .expect("checked");
         assert_eq!((r.count, r.restarted), (1, false));
-        // The note went once, and nothing is left waiting: the next start
-        // is answered without it.
+        // The note went once; the late one is still held, and the next
+        // start sends it; after that nothing is left waiting.
         assert_eq!(recorder.self_link_sends().len(), 1);
+        p.restart_check(ios, "ep").await.expect("checked");
+        assert_eq!(recorder.self_link_sends().len(), 2);
         let again = Instant::now();
         p.restart_check(ios, "ep").await.expect("checked");
         assert!(again.elapsed() < Duration::from_secs(10));
-        assert_eq!(recorder.self_link_sends().len(), 1);
+        assert_eq!(recorder.self_link_sends().len(), 2);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
