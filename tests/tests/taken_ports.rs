@@ -6,7 +6,8 @@ use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hax_e2e::{hax_binary, Env, Options, T};
+use hax_consul::schema::ProcessState;
+use hax_e2e::{hax_binary, wait_for, Env, Options, T};
 
 /// Runs hax as the harness does, against `env`'s agent; its exit code and
 /// what it wrote on stderr (killed after 60 s).
@@ -108,6 +109,16 @@ async fn a_taken_port_is_named_with_what_needed_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_hax_of_the_same_identity_writes_nothing() {
     let env = Env::start(Options::default()).await;
+    // Its own last state recorded, then nothing queued: Consul holds all
+    // the running hax writes at its start (an idle queue alone may come
+    // before its own events are queued, or while their writes land).
+    let hax = env.sample.hax;
+    let env_ref = &env;
+    wait_for("hax's own DTM_RECOVERED recorded", T, || async move {
+        (env_ref.process_status(hax).await.map(|s| s.state) == Some(ProcessState::DtmRecovered))
+            .then_some(())
+    })
+    .await;
     env.wait_idle().await;
     let client = env.agent.client().expect("consul client");
     let keys: Vec<String> = ["processes/", "bq/", "eq/"].map(String::from).into();
