@@ -17,6 +17,14 @@ use crate::dev_agent::{io_err, DevAgentError};
 /// The lowest port picked below the ephemeral range.
 const LOWEST: u16 = 10_000;
 
+/// The first port of the kernel's ephemeral range.
+fn ephemeral_low() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768)
+}
+
 /// One port free on 127.0.0.1 right now for TCP.
 pub fn free_port() -> Result<u16, DevAgentError> {
     free_ports(1, false)?
@@ -30,10 +38,7 @@ pub fn free_port() -> Result<u16, DevAgentError> {
 /// `n` distinct ports free on 127.0.0.1 right now for TCP, and for UDP as
 /// well with `udp_too` (serf listens on both).
 pub fn free_ports(n: usize, udp_too: bool) -> Result<Vec<u16>, DevAgentError> {
-    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|t| t.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
+    let low = ephemeral_low();
     // Every port stays bound until all are picked: they are distinct.
     let mut held = Vec::new();
     let mut ports = BTreeSet::new();
@@ -77,10 +82,7 @@ mod tests {
 
     #[test]
     fn ports_are_distinct_free_and_below_the_ephemeral_range() {
-        let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-            .ok()
-            .and_then(|t| t.split_whitespace().next()?.parse().ok())
-            .unwrap_or(32768);
+        let low = ephemeral_low();
         let ports = free_ports(40, true).expect("picked");
         assert_eq!(ports.len(), 40);
         let distinct: BTreeSet<u16> = ports.iter().copied().collect();
